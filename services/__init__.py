@@ -1,0 +1,1 @@
+"""LLM Mesh services. Each service lives in its own package; shared runtime is in `services.common`."""

@@ -1,0 +1,1 @@
+"""Runtime shared by every service: settings, gRPC server bootstrap, errors and logging."""

@@ -1,0 +1,27 @@
+"""Typed settings, parsed once from the environment.
+
+Every service has one settings class deriving from `ServiceSettings`, with its
+own env prefix (`LLMMESH_<SERVICE>_`). Modules receive settings objects; they
+never read `os.environ` themselves.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServiceSettings(BaseSettings):
+    """Fields every service process has."""
+
+    model_config = SettingsConfigDict(env_prefix="LLMMESH_", extra="ignore", frozen=True)
+
+    host: str = Field("127.0.0.1", description="Interface to bind. Use 0.0.0.0 in containers.")
+    port: int = Field(0, ge=0, le=65535, description="Port to bind; 0 picks a free one.")
+    log_level: str = Field("info", description="Python logging level.")
+    shutdown_grace_seconds: float = Field(
+        10.0, ge=0, description="On SIGTERM, how long in-flight requests may run before they are cut."
+    )
+    data_dir: Path = Field(Path(".data"), description="Where services keep caches and state.")

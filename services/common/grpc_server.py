@@ -1,0 +1,134 @@
+"""gRPC server bootstrap shared by every service: errors, health, reflection, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from services.common.errors import MeshError, to_status
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+async def _abort(context: grpc.aio.ServicerContext, error: Exception, method: str) -> None:
+    if isinstance(error, MeshError):
+        log.info("%s failed: %s %s: %s", method, error.code.name, error.reason, error.message)
+        await context.abort_with_status(to_status(error))
+    log.exception("%s failed with an unexpected error", method, exc_info=error)
+    await context.abort(grpc.StatusCode.INTERNAL, "Internal error; see the service log.")
+
+
+class ErrorInterceptor(grpc.aio.ServerInterceptor):
+    """Maps exceptions escaping any handler to a status: MeshError by its code, anything else INTERNAL."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        method = handler_call_details.method
+
+        if handler.unary_unary:
+            behavior = handler.unary_unary
+
+            async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                try:
+                    return await behavior(request, context)
+                except (grpc.aio.AbortError, asyncio.CancelledError):
+                    raise
+                except Exception as error:  # noqa: BLE001 - the one place errors become statuses
+                    await _abort(context, error, method)
+
+            return handler._replace(unary_unary=unary_unary)
+
+        if handler.unary_stream:
+            stream_behavior = handler.unary_stream
+
+            async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                try:
+                    async for response in stream_behavior(request, context):
+                        yield response
+                except (grpc.aio.AbortError, asyncio.CancelledError):
+                    raise
+                except Exception as error:  # noqa: BLE001
+                    await _abort(context, error, method)
+
+            return handler._replace(unary_stream=unary_stream)
+
+        return handler
+
+
+@dataclass
+class GrpcServer:
+    server: grpc.aio.Server
+    health: HealthServicer
+    port: int
+
+    async def set_serving(self, names: Sequence[str], serving: bool) -> None:
+        for name in names:
+            await self.health.set(name, SERVING if serving else NOT_SERVING)
+
+    async def stop(self, grace: float) -> None:
+        """Report NOT_SERVING, let in-flight RPCs finish for `grace` seconds, then stop."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+
+
+async def start_grpc_server(
+    *,
+    host: str,
+    port: int,
+    register: Callable[[grpc.aio.Server], None],
+    service_names: Sequence[str],
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    serving: bool = True,
+) -> GrpcServer:
+    """Start a server with health and reflection. `port=0` binds an ephemeral port, returned in `.port`.
+
+    With `serving=False` health reports NOT_SERVING until the caller sets it (after warm-up).
+    """
+    server = grpc.aio.server(
+        interceptors=[*interceptors, ErrorInterceptor()],
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ],
+    )
+    register(server)
+    health = HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    for name in ("", *service_names):
+        await health.set(name, SERVING if serving else NOT_SERVING)
+    reflection.enable_server_reflection(
+        (*service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+        server,
+    )
+    bound_port = server.add_insecure_port(f"{host}:{port}")
+    await server.start()
+    log.info("gRPC server listening on %s:%d (%s)", host, bound_port, ", ".join(service_names))
+    return GrpcServer(server=server, health=health, port=bound_port)
+
+
+async def wait_for_shutdown_signal() -> None:
+    """Return on the first SIGINT or SIGTERM."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()

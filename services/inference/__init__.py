@@ -1,0 +1,1 @@
+"""Inference service: owns the models and runs generation behind a gRPC API."""

@@ -1,0 +1,45 @@
+"""The one contract every backend implements."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, ClassVar
+
+from services.inference.domain import Chunk, GenerationRequest
+
+if TYPE_CHECKING:
+    from services.inference.registry import ModelSpec
+
+
+class Backend(ABC):
+    """Runs one model.
+
+    `generate_stream` yields text chunks; the last one carries finish_reason
+    and usage. Closing the iterator early (the client went away) must stop
+    generation: that is how cancellation reaches a backend.
+    """
+
+    # Optional capabilities, declared rather than discovered by hasattr().
+    supports_images: ClassVar[bool] = False
+    supports_adapters: ClassVar[bool] = False
+
+    def __init__(self, spec: ModelSpec) -> None:
+        self.spec = spec
+
+    @abstractmethod
+    async def load(self) -> None:
+        """Load the model and warm it up. Called once, before any generation."""
+
+    async def unload(self) -> None:
+        """Release the model's memory."""
+
+    @abstractmethod
+    def generate_stream(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
+        """Generate for `request`, chunk by chunk."""
+
+    async def abort(self, request_id: str) -> None:
+        """Stop a running generation from outside its stream. Unknown ids are ignored."""
+
+    async def check_health(self) -> None:
+        """Raise if the backend cannot serve."""

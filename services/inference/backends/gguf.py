@@ -1,0 +1,179 @@
+"""llama.cpp backend (llama-cpp-python) for GGUF models.
+
+llama.cpp calls block and a `Llama` object is not thread-safe, so each model
+owns one worker thread: generations run there one at a time, off the event
+loop, and hand tokens back through an asyncio queue. The thread checks a
+cancel flag before every token, so a closed stream stops within one token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import logging
+import os
+import random
+import threading
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from services.common.errors import InvalidArgument, Unavailable
+from services.inference.backends.base import Backend
+from services.inference.chat_templates import ChatTemplate
+from services.inference.domain import Chunk, FinishReason, GenerationRequest, SamplingParams, Usage
+from services.inference.stop_sequences import StopSequenceMatcher
+
+log = logging.getLogger(__name__)
+
+# llama.cpp's own defaults, used where neither the request nor the registry sets a value.
+_LLAMA_DEFAULTS = SamplingParams(
+    temperature=0.8, top_p=0.95, top_k=40, min_p=0.05,
+    presence_penalty=0.0, frequency_penalty=0.0, repeat_penalty=1.0,
+)
+
+_END = object()
+
+
+class GGUFBackend(Backend):
+    async def load(self) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"gguf-{self.spec.name}")
+        self._cancel_flags: dict[str, threading.Event] = {}
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, self._load_blocking)
+
+    def _load_blocking(self) -> None:
+        from llama_cpp import Llama, llama_vocab_is_eog  # heavy: imported only when this backend is used
+
+        path = self.spec.resolve_path()
+        if not path.is_file():
+            raise Unavailable(f"GGUF file for model '{self.spec.name}' not found: {path}")
+        options = self.spec.options
+        self._llm = Llama(
+            model_path=str(path),
+            n_ctx=self.spec.context_length,
+            n_threads=options.get("n_threads") or os.cpu_count(),
+            n_batch=options.get("n_batch", 512),
+            n_gpu_layers=options.get("n_gpu_layers", 0),
+            flash_attn=options.get("flash_attn", False),
+            verbose=False,
+        )
+        self._is_end_of_generation: Callable[[int], bool] = lambda token: llama_vocab_is_eog(
+            self._llm._model.vocab, token
+        )
+        self._template = self._chat_template()
+        warmup = SamplingParams(max_tokens=1).with_defaults(_LLAMA_DEFAULTS)
+        self._generate_blocking("Hello", warmup, (), threading.Event(), lambda _: None)
+        log.info("loaded GGUF model '%s' from %s", self.spec.name, path)
+
+    def _chat_template(self) -> ChatTemplate:
+        metadata = self._llm.metadata
+        bos, eos = (
+            self._llm.detokenize([token], special=True).decode("utf-8", errors="replace") if token >= 0 else ""
+            for token in (self._llm.token_bos(), self._llm.token_eos())
+        )
+        source = self.spec.chat_template or metadata.get("tokenizer.chat_template")
+        if not source:
+            log.warning("model '%s' has no chat template; using chatml", self.spec.name)
+            source = "chatml"
+        return ChatTemplate.named_or_inline(source, bos_token=bos, eos_token=eos)
+
+    async def unload(self) -> None:
+        for flag in self._cancel_flags.values():
+            flag.set()
+        self._executor.shutdown(wait=True, cancel_futures=True)
+        self._llm.close()
+
+    async def abort(self, request_id: str) -> None:
+        if flag := self._cancel_flags.get(request_id):
+            flag.set()
+
+    async def generate_stream(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
+        if request.is_chat:
+            prompt = self._template.render(request.messages)
+            stop = request.sampling.stop + self._template.stop
+        else:
+            prompt, stop = request.prompt or "", request.sampling.stop
+        sampling = request.sampling.with_defaults(_LLAMA_DEFAULTS)
+
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        cancel = threading.Event()
+        self._cancel_flags[request.request_id] = cancel
+
+        def emit(item: Any) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, item)
+
+        def run() -> None:
+            try:
+                self._generate_blocking(prompt, sampling, stop, cancel, emit)
+            except BaseException as error:  # noqa: BLE001 - re-raised on the event loop
+                emit(error)
+            finally:
+                emit(_END)
+
+        worker = loop.run_in_executor(self._executor, run)
+        try:
+            while (item := await queue.get()) is not _END:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+            await worker
+        finally:
+            # Reached on normal end, on error, and when the consumer closes the stream early.
+            cancel.set()
+            self._cancel_flags.pop(request.request_id, None)
+
+    def _generate_blocking(
+        self,
+        prompt: str,
+        sampling: SamplingParams,
+        stop: tuple[str, ...],
+        cancel: threading.Event,
+        emit: Callable[[Chunk], None],
+    ) -> None:
+        if cancel.is_set():  # the client left while this request waited for the thread
+            return
+        llm = self._llm
+        tokens = llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
+        context = llm.n_ctx()
+        if len(tokens) >= context:
+            raise InvalidArgument(
+                f"The prompt is {len(tokens)} tokens; model '{self.spec.name}' has a context window of {context}.",
+                param="messages" if stop else "prompt",
+            )
+        room = context - len(tokens)
+        max_tokens = min(sampling.max_tokens or room, room)
+        llm.set_seed(sampling.seed if sampling.seed is not None else random.randrange(2**31))
+
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        matcher = StopSequenceMatcher(stop)
+        generated = 0
+        finish, hit_stop_sequence = FinishReason.LENGTH, False
+        for token in llm.generate(
+            tokens,
+            temp=sampling.temperature,
+            top_p=sampling.top_p,
+            top_k=sampling.top_k,
+            min_p=sampling.min_p,
+            presence_penalty=sampling.presence_penalty,
+            frequency_penalty=sampling.frequency_penalty,
+            repeat_penalty=sampling.repeat_penalty,
+        ):
+            if cancel.is_set():
+                return
+            if self._is_end_of_generation(token):
+                finish = FinishReason.STOP
+                break
+            generated += 1
+            text, hit_stop_sequence = matcher.feed(decoder.decode(llm.detokenize([token], special=False)))
+            if text:
+                emit(Chunk(text=text))
+            if hit_stop_sequence:
+                finish = FinishReason.STOP
+                break
+            if generated >= max_tokens:
+                break
+        # Text held back as a possible stop-sequence prefix is real output unless a stop sequence matched.
+        tail = "" if hit_stop_sequence else matcher.flush() + decoder.decode(b"", final=True)
+        emit(Chunk(text=tail, finish_reason=finish, usage=Usage(len(tokens), generated)))

@@ -1,0 +1,38 @@
+"""A deterministic backend for tests: it echoes `[mock-text:<model>] <last user message>`."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+from services.inference.backends.base import Backend
+from services.inference.domain import Chunk, FinishReason, GenerationRequest, Usage
+
+
+class MockBackend(Backend):
+    """Streams the reply word by word; each word counts as one token.
+
+    Option `token_delay_seconds` paces the words, so that tests can cancel a
+    stream halfway through.
+    """
+
+    async def load(self) -> None:
+        self.token_delay = float(self.spec.options.get("token_delay_seconds", 0.0))
+        self.tokens_generated = 0  # read by tests to prove that a cancelled stream stopped
+
+    async def generate_stream(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
+        source = request.last_user_message if request.is_chat else request.prompt or ""
+        prompt_words = (
+            sum(len(m.content.split()) for m in request.messages) if request.is_chat else len(source.split())
+        )
+        words = f"[mock-text:{self.spec.name}] {source}".split(" ")
+        limit = request.sampling.max_tokens or len(words)
+        emitted = 0
+        for index, word in enumerate(words[:limit]):
+            if self.token_delay:
+                await asyncio.sleep(self.token_delay)
+            emitted += 1
+            self.tokens_generated += 1
+            yield Chunk(text=word if index == 0 else f" {word}")
+        finish = FinishReason.LENGTH if limit < len(words) else FinishReason.STOP
+        yield Chunk(text="", finish_reason=finish, usage=Usage(prompt_words, emitted))

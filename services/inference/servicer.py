@@ -1,0 +1,71 @@
+"""The gRPC face of the inference engine: protobuf in, domain calls, protobuf out."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+import grpc
+from llmmesh.inference.v1 import inference_service_pb2 as pb
+from llmmesh.inference.v1 import inference_service_pb2_grpc as pb_grpc
+
+from services.inference.domain import ChatMessage, ChatRequest, CompletionRequest, Generation, Role
+from services.inference.engine import InferenceEngine
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["InferenceService"].full_name
+
+
+class InferenceServicer(pb_grpc.InferenceServiceServicer):
+    def __init__(self, engine: InferenceEngine) -> None:
+        self.engine = engine
+
+    async def Chat(self, request: pb.ChatRequest, context: grpc.aio.ServicerContext) -> pb.ChatResponse:
+        generation = await self.engine.chat(ChatRequest.from_pb(request))
+        text, finish_reason, usage = await generation.collect()
+        return pb.ChatResponse(
+            request_id=generation.request_id,
+            model=generation.model,
+            message=ChatMessage(role=Role.ASSISTANT, content=text).to_pb(),
+            finish_reason=finish_reason.to_pb(),
+            usage=usage.to_pb(),
+        )
+
+    async def ChatStream(
+        self, request: pb.ChatStreamRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ChatStreamResponse]:
+        generation = await self.engine.chat(ChatRequest.from_pb(request))
+        async for response in _stream(generation, pb.ChatStreamResponse):
+            yield response
+
+    async def Complete(self, request: pb.CompleteRequest, context: grpc.aio.ServicerContext) -> pb.CompleteResponse:
+        generation = await self.engine.complete(CompletionRequest.from_pb(request))
+        text, finish_reason, usage = await generation.collect()
+        return pb.CompleteResponse(
+            request_id=generation.request_id,
+            model=generation.model,
+            text=text,
+            finish_reason=finish_reason.to_pb(),
+            usage=usage.to_pb(),
+        )
+
+    async def CompleteStream(
+        self, request: pb.CompleteStreamRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.CompleteStreamResponse]:
+        generation = await self.engine.complete(CompletionRequest.from_pb(request))
+        async for response in _stream(generation, pb.CompleteStreamResponse):
+            yield response
+
+    async def ListModels(
+        self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListModelsResponse:
+        return pb.ListModelsResponse(models=[info.to_pb() for info in self.engine.list_models()])
+
+    async def GetModel(self, request: pb.GetModelRequest, context: grpc.aio.ServicerContext) -> pb.GetModelResponse:
+        return pb.GetModelResponse(model=self.engine.get_model(request.name).to_pb())
+
+
+async def _stream(generation: Generation, message_type: type) -> AsyncIterator:
+    # aclosing: when the RPC is cancelled, the backend's stream is closed and generation stops.
+    async with contextlib.aclosing(generation.chunks) as chunks:  # type: ignore[type-var]
+        async for chunk in chunks:
+            yield chunk.to_pb(message_type, request_id=generation.request_id, model=generation.model)

@@ -68,6 +68,10 @@ class ModelState(str, Enum):
     def to_pb(self) -> pb.ModelState.ValueType:
         return pb.ModelState.Value(f"MODEL_STATE_{self.name}")
 
+    @classmethod
+    def from_pb(cls, value: pb.ModelState.ValueType) -> ModelState:
+        return cls[pb.ModelState.Name(value).removeprefix("MODEL_STATE_")]
+
 
 @dataclass(frozen=True)
 class ChatMessage:
@@ -325,6 +329,17 @@ class ModelInfo:
             aliases=list(self.aliases),
             context_length=self.context_length,
             is_default=self.is_default,
+        )
+
+    @classmethod
+    def from_pb(cls, model: pb.Model) -> ModelInfo:
+        return cls(
+            name=model.name,
+            backend=model.backend,
+            state=ModelState.from_pb(model.state),
+            aliases=tuple(model.aliases),
+            context_length=model.context_length,
+            is_default=model.is_default,
         )
 
 

@@ -1,0 +1,106 @@
+"""`python -m services` (what `make run` calls): start the whole mesh on this machine.
+
+Each service runs as its own process, as it would in a deployment. Ctrl-C (or
+SIGTERM) stops them all gracefully.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from services.gateway.config import GatewaySettings
+from services.inference.config import InferenceSettings
+
+STARTUP_TIMEOUT_SECONDS = 300
+
+
+@dataclass
+class Service:
+    name: str
+    module: str
+    address: str
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen([sys.executable, "-m", self.module])
+
+    def exited(self) -> bool:
+        return self.process is not None and self.process.poll() is not None
+
+
+def _grpc_serving(address: str) -> bool:
+    try:
+        with grpc.insecure_channel(address) as channel:
+            response = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1)
+        return response.status == health_pb2.HealthCheckResponse.SERVING
+    except grpc.RpcError:
+        return False
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def _wait_until(service: Service, ready: callable) -> None:  # type: ignore[valid-type]
+    deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
+    while not ready():
+        if service.exited():
+            raise SystemExit(f"{service.name} exited during startup (code {service.process.returncode})")  # type: ignore[union-attr]
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{service.name} was not ready after {STARTUP_TIMEOUT_SECONDS}s")
+        time.sleep(0.2)  # polling a local port during startup
+
+
+def _stop(services: list[Service]) -> None:
+    for service in reversed(services):
+        if service.process and service.process.poll() is None:
+            service.process.send_signal(signal.SIGTERM)
+    for service in reversed(services):
+        if service.process:
+            try:
+                service.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                service.process.kill()
+
+
+def main() -> None:
+    inference_settings, gateway_settings = InferenceSettings(), GatewaySettings()
+    inference = Service("inference", "services.inference", f"{inference_settings.host}:{inference_settings.port}")
+    gateway = Service("gateway", "services.gateway", f"http://{gateway_settings.host}:{gateway_settings.port}")
+    services = [inference, gateway]
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        inference.start()
+        _wait_until(inference, lambda: _grpc_serving(inference.address))
+        gateway.start()
+        _wait_until(gateway, lambda: _http_ok(f"{gateway.address}/health"))
+        print(
+            f"\nLLM Mesh is up.\n"
+            f"  OpenAI-compatible HTTP:  {gateway.address}/v1   (health: {gateway.address}/health)\n"
+            f"  inference gRPC:          {inference.address}   (grpcurl -plaintext {inference.address} list)\n"
+            f"Press Ctrl-C to stop.\n",
+            flush=True,
+        )
+        while not any(service.exited() for service in services):
+            time.sleep(0.5)  # supervising child processes
+        raise SystemExit("a service exited; stopping the mesh")
+    except KeyboardInterrupt:
+        pass
+    finally:
+        _stop(services)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Gateway: OpenAI-compatible HTTP in front of the mesh's gRPC services."""

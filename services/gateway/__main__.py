@@ -1,0 +1,25 @@
+"""`python -m services.gateway`: serve the gateway with uvicorn."""
+
+from __future__ import annotations
+
+import uvicorn
+
+from services.common.logs import configure_logging
+from services.gateway.app import build_app
+from services.gateway.config import GatewaySettings
+
+
+def main() -> None:
+    settings = GatewaySettings()
+    configure_logging(settings.log_level)
+    uvicorn.run(
+        build_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,44 @@
+"""What routers get from the app: settings, upstream clients, disconnect handling."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from typing import TypeVar
+
+from fastapi import Request
+
+from services.common.errors import Cancelled
+from services.gateway.config import GatewaySettings
+from services.gateway.upstream import InferenceClient
+
+T = TypeVar("T")
+
+
+def get_settings(request: Request) -> GatewaySettings:
+    return request.app.state.settings
+
+
+def get_inference(request: Request) -> InferenceClient:
+    return request.app.state.inference
+
+
+async def cancel_on_disconnect(request: Request, work: Awaitable[T]) -> T:
+    """Await `work`, cancelling it if the HTTP client goes away first, so that the
+    backend stops generating an answer nobody will read."""
+    task = asyncio.ensure_future(work)
+
+    async def client_gone() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    watcher = asyncio.ensure_future(client_gone())
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        if not task.done():
+            task.cancel()
+    if task.cancelled():
+        raise Cancelled("The client disconnected.")
+    return task.result()

@@ -1,0 +1,76 @@
+"""The OpenAI error body, used for every error the gateway returns."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from services.common.errors import MeshError, http_status
+
+log = logging.getLogger(__name__)
+
+
+def _error_type(status: int) -> str:
+    if status == 401:
+        return "authentication_error"
+    if status == 403:
+        return "permission_error"
+    if status == 429:
+        return "rate_limit_error"
+    if status >= 500:
+        return "server_error"
+    return "invalid_request_error"
+
+
+def error_body(status: int, message: str, *, param: str | None = None, code: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": _error_type(status), "param": param, "code": code}}
+
+
+def error_response(
+    status: int, message: str, *, param: str | None = None, code: str | None = None, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse(error_body(status, message, param=param, code=code), status_code=status, headers=headers)
+
+
+def mesh_error_body(error: MeshError) -> dict[str, Any]:
+    return error_body(http_status(error), error.message, param=error.param, code=error.reason.lower())
+
+
+def mesh_error_response(error: MeshError) -> JSONResponse:
+    return JSONResponse(mesh_error_body(error), status_code=http_status(error))
+
+
+def _validation_param(location: tuple[Any, ...]) -> str:
+    # ("body", "messages", 0, "role") -> "messages.0.role"
+    parts = [str(part) for part in location if part != "body"]
+    # Union members show up as extra path parts ("str", "list[...]"): keep the field path only.
+    return ".".join(part for part in parts if "[" not in part and part not in ("str", "int", "float", "bool"))
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(MeshError)
+    async def _mesh_error(request: Request, error: MeshError) -> JSONResponse:
+        return mesh_error_response(error)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
+        first = error.errors()[0]
+        param = _validation_param(tuple(first.get("loc", ())))
+        if first.get("type") == "json_invalid":
+            return error_response(400, "The request body is not valid JSON.", code="invalid_json")
+        message = f"Invalid value for '{param}': {first.get('msg', 'invalid')}." if param else first.get("msg", "")
+        return error_response(400, message, param=param or None, code="invalid_value")
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(request: Request, error: HTTPException) -> JSONResponse:
+        return error_response(error.status_code, str(error.detail), headers=error.headers)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, error: Exception) -> JSONResponse:
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return error_response(500, "Internal error; see the gateway log.", code="internal_error")

@@ -1,0 +1,79 @@
+"""POST /v1/chat/completions."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+
+from services.gateway.config import GatewaySettings
+from services.gateway.dependencies import cancel_on_disconnect, get_inference, get_settings
+from services.gateway.schemas import ChatCompletionRequest, chat_completion_body, new_id, usage_body
+from services.gateway.sse import sse_response
+from services.gateway.upstream import InferenceClient, StreamEvent
+from services.inference.domain import Usage
+
+router = APIRouter()
+
+
+@router.post("/v1/chat/completions", response_model=None)
+async def create_chat_completion(
+    body: ChatCompletionRequest,
+    request: Request,
+    settings: GatewaySettings = Depends(get_settings),
+    inference: InferenceClient = Depends(get_inference),
+) -> Any:
+    requests = body.to_domain(settings.max_choices)
+    completion_id = new_id("chatcmpl")
+    if body.stream:
+        events = await inference.stream_chat(requests)
+        return sse_response(_chunks(events, completion_id, body.n, body.include_usage_chunk))
+    results = await cancel_on_disconnect(request, inference.chat(requests))
+    return chat_completion_body(
+        completion_id,
+        results[0].model,
+        [(r.text, r.finish_reason) for r in results],
+        usage_body([r.usage for r in results], body.n),
+    )
+
+
+async def _chunks(
+    events: AsyncIterator[StreamEvent], completion_id: str, choices: int, include_usage: bool
+) -> AsyncIterator[dict[str, Any]]:
+    created = int(time.time())
+    usages: dict[int, Usage] = {}
+    model = ""
+
+    def chunk(choice_list: list[dict[str, Any]], usage: dict[str, int] | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "id": completion_id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "choices": choice_list,
+        }
+        if include_usage:  # OpenAI sends usage: null on every chunk but the last when usage is asked for
+            body["usage"] = usage
+        return body
+
+    async with contextlib.aclosing(events):  # type: ignore[type-var]
+        async for event in events:
+            if not model:
+                model = event.model
+                for index in range(choices):
+                    yield chunk([_choice(index, {"role": "assistant", "content": ""}, None)])
+            finish = event.chunk.finish_reason
+            if event.chunk.text or finish:
+                delta = {"content": event.chunk.text} if event.chunk.text else {}
+                yield chunk([_choice(event.index, delta, finish.value if finish else None)])
+            if event.chunk.usage:
+                usages[event.index] = event.chunk.usage
+    if include_usage:
+        yield chunk([], usage_body([usages[i] for i in sorted(usages)], choices))
+
+
+def _choice(index: int, delta: dict[str, Any], finish_reason: str | None) -> dict[str, Any]:
+    return {"index": index, "delta": delta, "finish_reason": finish_reason, "logprobs": None}

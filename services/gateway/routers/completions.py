@@ -1,0 +1,76 @@
+"""POST /v1/completions (raw prompts, no chat template)."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+
+from services.gateway.config import GatewaySettings
+from services.gateway.dependencies import cancel_on_disconnect, get_inference, get_settings
+from services.gateway.schemas import CompletionRequestIn, completion_body, new_id, usage_body
+from services.gateway.sse import sse_response
+from services.gateway.upstream import InferenceClient, StreamEvent
+from services.inference.domain import Usage
+
+router = APIRouter()
+
+
+@router.post("/v1/completions", response_model=None)
+async def create_completion(
+    body: CompletionRequestIn,
+    request: Request,
+    settings: GatewaySettings = Depends(get_settings),
+    inference: InferenceClient = Depends(get_inference),
+) -> Any:
+    requests = body.to_domain(settings.max_choices)
+    completion_id = new_id("cmpl")
+    if body.stream:
+        events = await inference.stream_complete(requests)
+        return sse_response(_chunks(events, completion_id, body.n, body.include_usage_chunk))
+    results = await cancel_on_disconnect(request, inference.complete(requests))
+    return completion_body(
+        completion_id,
+        results[0].model,
+        [(r.text, r.finish_reason) for r in results],
+        usage_body([r.usage for r in results], body.n),
+    )
+
+
+async def _chunks(
+    events: AsyncIterator[StreamEvent], completion_id: str, choices_per_prompt: int, include_usage: bool
+) -> AsyncIterator[dict[str, Any]]:
+    created = int(time.time())
+    usages: dict[int, Usage] = {}
+    model = ""
+
+    def chunk(choice_list: list[dict[str, Any]], usage: dict[str, int] | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "id": completion_id,
+            "object": "text_completion",
+            "created": created,
+            "model": model,
+            "choices": choice_list,
+        }
+        if include_usage:
+            body["usage"] = usage
+        return body
+
+    async with contextlib.aclosing(events):  # type: ignore[type-var]
+        async for event in events:
+            model = event.model
+            finish = event.chunk.finish_reason
+            if event.chunk.text or finish:
+                yield chunk([{
+                    "index": event.index,
+                    "text": event.chunk.text,
+                    "finish_reason": finish.value if finish else None,
+                    "logprobs": None,
+                }])
+            if event.chunk.usage:
+                usages[event.index] = event.chunk.usage
+    if include_usage:
+        yield chunk([], usage_body([usages[i] for i in sorted(usages)], choices_per_prompt))

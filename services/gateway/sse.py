@@ -1,0 +1,43 @@
+"""Server-sent events in OpenAI's framing: `data: <json>` events, closed by `data: [DONE]`."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi.responses import StreamingResponse
+
+from services.common.errors import MeshError
+from services.gateway.errors import error_body, mesh_error_body
+
+log = logging.getLogger(__name__)
+
+
+def _event(payload: dict[str, Any] | str) -> str:
+    data = payload if isinstance(payload, str) else json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+    return f"data: {data}\n\n"
+
+
+async def _events(payloads: AsyncIterator[dict[str, Any]]) -> AsyncIterator[str]:
+    # Headers are already sent: an error mid-stream becomes one error event, then [DONE].
+    try:
+        async with contextlib.aclosing(payloads):  # type: ignore[type-var]
+            async for payload in payloads:
+                yield _event(payload)
+    except MeshError as error:
+        yield _event(mesh_error_body(error))
+    except Exception:  # noqa: BLE001 - never end a stream without telling the client
+        log.exception("stream failed")
+        yield _event(error_body(500, "Internal error; see the gateway log.", code="internal_error"))
+    yield _event("[DONE]")
+
+
+def sse_response(payloads: AsyncIterator[dict[str, Any]]) -> StreamingResponse:
+    return StreamingResponse(
+        _events(payloads),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )

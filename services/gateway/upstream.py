@@ -1,0 +1,177 @@
+"""gRPC clients for the services behind the gateway, speaking domain types.
+
+Every gRPC error is turned back into the `MeshError` the service raised, here
+and nowhere else, so routers only ever see domain errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from llmmesh.inference.v1 import inference_service_pb2 as pb
+from llmmesh.inference.v1 import inference_service_pb2_grpc as pb_grpc
+
+from services.common.errors import from_rpc_error
+from services.inference.domain import ChatRequest, Chunk, CompletionRequest, FinishReason, ModelInfo, Usage
+
+T = TypeVar("T")
+
+CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+]
+
+
+@contextlib.contextmanager
+def rpc_errors_as_domain_errors() -> Iterator[None]:
+    try:
+        yield
+    except grpc.aio.AioRpcError as error:
+        raise from_rpc_error(error) from None
+
+
+@dataclass(frozen=True)
+class Completed:
+    """One finished choice of a unary call."""
+
+    model: str
+    text: str
+    finish_reason: FinishReason
+    usage: Usage
+
+
+@dataclass(frozen=True)
+class StreamEvent:
+    """One chunk of one choice of a streamed call."""
+
+    index: int
+    model: str
+    chunk: Chunk
+
+
+class InferenceClient:
+    def __init__(self, channel: grpc.aio.Channel, timeout: float) -> None:
+        self._stub = pb_grpc.InferenceServiceStub(channel)
+        self._health = health_pb2_grpc.HealthStub(channel)
+        self._timeout = timeout
+
+    async def chat(self, requests: Sequence[ChatRequest]) -> list[Completed]:
+        async def one(request: ChatRequest) -> Completed:
+            response = await self._stub.Chat(request.to_pb(), timeout=self._timeout)
+            text = "".join(part.text for part in response.message.content)
+            return _completed(response, text)
+
+        return await _all_or_none([one(r) for r in requests])
+
+    async def complete(self, requests: Sequence[CompletionRequest]) -> list[Completed]:
+        async def one(request: CompletionRequest) -> Completed:
+            return _completed(await self._stub.Complete(request.to_pb(), timeout=self._timeout), None)
+
+        return await _all_or_none([one(r) for r in requests])
+
+    async def stream_chat(self, requests: Sequence[ChatRequest]) -> AsyncIterator[StreamEvent]:
+        """Open one stream per choice and merge them. Errors before the first chunk raise here, so
+        that the caller can still answer with an HTTP error status."""
+        return await _open([lambda r=r: self._stub.ChatStream(r.to_stream_pb(), timeout=self._timeout) for r in requests])
+
+    async def stream_complete(self, requests: Sequence[CompletionRequest]) -> AsyncIterator[StreamEvent]:
+        return await _open(
+            [lambda r=r: self._stub.CompleteStream(r.to_stream_pb(), timeout=self._timeout) for r in requests]
+        )
+
+    async def list_models(self) -> list[ModelInfo]:
+        with rpc_errors_as_domain_errors():
+            response = await self._stub.ListModels(pb.ListModelsRequest(), timeout=self._timeout)
+        return [ModelInfo.from_pb(m) for m in response.models]
+
+    async def get_model(self, name: str) -> ModelInfo:
+        with rpc_errors_as_domain_errors():
+            response = await self._stub.GetModel(pb.GetModelRequest(name=name), timeout=self._timeout)
+        return ModelInfo.from_pb(response.model)
+
+    async def health(self, timeout: float) -> str:
+        """The service's overall grpc.health.v1 status name, or UNREACHABLE."""
+        try:
+            response = await self._health.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
+        except grpc.aio.AioRpcError:
+            return "UNREACHABLE"
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+
+
+def _completed(response: Any, text: str | None) -> Completed:
+    return Completed(
+        model=response.model,
+        text=response.text if text is None else text,
+        finish_reason=FinishReason.from_pb(response.finish_reason) or FinishReason.STOP,
+        usage=Usage.from_pb(response.usage),
+    )
+
+
+async def _all_or_none(calls: list[Awaitable[T]]) -> list[T]:
+    """Run calls concurrently; the first failure cancels the rest and is raised as a domain error."""
+    tasks = [asyncio.ensure_future(call) for call in calls]
+    try:
+        with rpc_errors_as_domain_errors():
+            return list(await asyncio.gather(*tasks))
+    finally:
+        for task in tasks:
+            task.cancel()
+
+
+async def _open(starters: list[Callable[[], Any]]) -> AsyncIterator[StreamEvent]:
+    stream = _merged([starter() for starter in starters])
+    with rpc_errors_as_domain_errors():
+        first = await anext(stream)
+    return _prepend(first, stream)
+
+
+async def _prepend(first: StreamEvent, rest: AsyncIterator[StreamEvent]) -> AsyncIterator[StreamEvent]:
+    async with contextlib.aclosing(rest):  # type: ignore[type-var]
+        yield first
+        with rpc_errors_as_domain_errors():
+            async for event in rest:
+                yield event
+
+
+async def _merged(calls: list[grpc.aio.UnaryStreamCall]) -> AsyncIterator[StreamEvent]:
+    """Interleave the streams' chunks as they arrive. Leaving early cancels every call,
+    which is how a client disconnect reaches the backend."""
+    try:
+        if len(calls) == 1:
+            async for response in calls[0]:
+                yield StreamEvent(0, response.model, Chunk.from_pb(response))
+            return
+        queue: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
+        done = object()
+
+        async def pump(index: int, call: grpc.aio.UnaryStreamCall) -> None:
+            try:
+                async for response in call:
+                    await queue.put((index, response))
+                await queue.put((index, done))
+            except grpc.aio.AioRpcError as error:
+                await queue.put((index, error))
+
+        pumps = [asyncio.create_task(pump(i, call)) for i, call in enumerate(calls)]
+        try:
+            remaining = len(calls)
+            while remaining:
+                index, item = await queue.get()
+                if item is done:
+                    remaining -= 1
+                elif isinstance(item, BaseException):
+                    raise item
+                else:
+                    yield StreamEvent(index, item.model, Chunk.from_pb(item))
+        finally:
+            for task in pumps:
+                task.cancel()
+    finally:
+        for call in calls:
+            call.cancel()

@@ -9,10 +9,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from services.gateway.errors import error_body
 
 
-class _BodyTooLarge(Exception):
-    pass
-
-
 class BodySizeLimitMiddleware:
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
@@ -28,27 +24,33 @@ class BodySizeLimitMiddleware:
             return
 
         received = 0
-        response_started = False
+        too_large = rejected = False
 
         async def limited_receive() -> Message:
-            nonlocal received
+            # Chunked bodies declare no length: count while reading, and past the limit end the
+            # body early. Whatever the app then answers is replaced by the 413 (guarded_send).
+            nonlocal received, too_large
+            if too_large:
+                return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:  # chunked bodies declare no length
-                    raise _BodyTooLarge
+                if received > self.max_bytes:
+                    too_large = True
+                    return {"type": "http.request", "body": b"", "more_body": False}
             return message
 
-        async def tracking_send(message: Message) -> None:
-            nonlocal response_started
-            response_started = response_started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, limited_receive, tracking_send)
-        except _BodyTooLarge:
-            if not response_started:
+        async def guarded_send(message: Message) -> None:
+            nonlocal rejected
+            if not too_large:
+                await send(message)
+            elif not rejected:
+                rejected = True
                 await self._reject(send)
+
+        await self.app(scope, limited_receive, guarded_send)
+        if too_large and not rejected:
+            await self._reject(send)
 
     async def _reject(self, send: Send) -> None:
         body = json.dumps(

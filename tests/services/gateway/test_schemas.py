@@ -1,0 +1,75 @@
+"""The OpenAI -> inference mapping."""
+
+import pytest
+from pydantic import ValidationError
+
+from services.common.errors import InvalidArgument
+from services.gateway.schemas import ChatCompletionRequest, CompletionRequestIn, usage_body
+from services.inference.domain import Role, Usage
+
+
+def chat(**fields) -> ChatCompletionRequest:
+    return ChatCompletionRequest.model_validate({"model": "m", "messages": [{"role": "user", "content": "hi"}], **fields})
+
+
+def test_chat_maps_roles_content_parts_and_sampling() -> None:
+    request = ChatCompletionRequest.model_validate({
+        "model": "live",
+        "messages": [
+            {"role": "developer", "content": "be brief"},
+            {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
+        ],
+        "temperature": 0,
+        "stop": "END",
+        "max_completion_tokens": 7,
+        "top_k": 5,
+        "unknown_extra_field": True,
+    })
+    (domain,) = request.to_domain(max_choices=8)
+    assert domain.model == "live"
+    assert [m.role for m in domain.messages] == [Role.SYSTEM, Role.USER]
+    assert domain.messages[1].content == "ab"
+    assert domain.sampling.temperature == 0.0
+    assert domain.sampling.stop == ("END",)
+    assert domain.sampling.max_tokens == 7
+    assert domain.sampling.top_k == 5
+    assert domain.sampling.top_p is None
+
+
+def test_n_makes_one_request_per_choice_with_distinct_ids() -> None:
+    requests = chat(n=3).to_domain(max_choices=8)
+    assert len(requests) == 3
+    assert len({r.request_id for r in requests}) == 3
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [({"n": 9}, "n"), ({"tools": [{"type": "function"}]}, "tools"), ({"logprobs": True}, "logprobs"),
+     ({"response_format": {"type": "json_object"}}, "response_format"),
+     ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}, "messages.0.content")],
+)
+def test_unsupported_features_are_rejected_by_name(fields, param) -> None:
+    with pytest.raises(InvalidArgument) as raised:
+        chat(**fields).to_domain(max_choices=8)
+    assert raised.value.param == param
+
+
+@pytest.mark.parametrize("fields", [{"temperature": 2.1}, {"max_tokens": 0}, {"top_p": 0}, {"messages": []}, {"n": 0}])
+def test_out_of_range_values_fail_validation(fields) -> None:
+    with pytest.raises(ValidationError):
+        chat(**fields)
+
+
+def test_completion_prompt_list_orders_choices_prompt_major() -> None:
+    request = CompletionRequestIn.model_validate({"model": "m", "prompt": ["a", "b"], "n": 2})
+    assert [r.prompt for r in request.to_domain(max_choices=8)] == ["a", "a", "b", "b"]
+
+
+def test_completion_token_prompts_are_rejected_clearly() -> None:
+    with pytest.raises(InvalidArgument, match="token ids"):
+        CompletionRequestIn.model_validate({"model": "m", "prompt": [1, 2, 3]}).to_domain(max_choices=8)
+
+
+def test_usage_counts_each_prompt_once() -> None:
+    usages = [Usage(10, 3), Usage(10, 4), Usage(20, 5), Usage(20, 6)]
+    assert usage_body(usages, choices_per_prompt=2) == {"prompt_tokens": 30, "completion_tokens": 18, "total_tokens": 48}

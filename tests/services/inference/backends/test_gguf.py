@@ -1,0 +1,69 @@
+"""The llama.cpp backend on the real Gemma 3 270M model."""
+
+import contextlib
+
+import pytest
+
+from services.common.errors import InvalidArgument
+from services.inference.domain import ChatMessage, FinishReason, GenerationRequest, Role, SamplingParams
+from services.inference.server import InferenceServer
+from tests.conftest import GEMMA, wait_until_idle
+
+
+@pytest.fixture
+async def gemma(inference: InferenceServer):
+    return await inference.models.get(inference.registry.resolve(GEMMA))
+
+
+async def generate(backend, **request) -> tuple[str, object]:
+    chunks = [c async for c in backend.generate_stream(GenerationRequest(request_id="t", **request))]
+    return "".join(c.text for c in chunks), chunks[-1]
+
+
+async def test_chat_generates_real_text_with_usage(gemma) -> None:
+    text, last = await generate(
+        gemma,
+        messages=(ChatMessage(Role.USER, "Name three colours."),),
+        sampling=SamplingParams(max_tokens=12, temperature=0.0),
+    )
+    assert text.strip()
+    assert "<end_of_turn>" not in text
+    assert last.finish_reason in (FinishReason.STOP, FinishReason.LENGTH)
+    assert last.usage.prompt_tokens > 5
+    assert 0 < last.usage.completion_tokens <= 12
+
+
+async def test_max_tokens_gives_length(gemma) -> None:
+    _, last = await generate(gemma, prompt="1, 2, 3, 4,", sampling=SamplingParams(max_tokens=5, temperature=0.0))
+    assert last.finish_reason is FinishReason.LENGTH
+    assert last.usage.completion_tokens == 5
+
+
+async def test_same_seed_same_text(gemma) -> None:
+    sampling = SamplingParams(max_tokens=10, temperature=1.0, seed=7)
+    first, _ = await generate(gemma, prompt="Once upon a time", sampling=sampling)
+    second, _ = await generate(gemma, prompt="Once upon a time", sampling=sampling)
+    assert first == second
+
+
+async def test_stop_sequence_ends_generation_and_is_not_returned(gemma) -> None:
+    text, last = await generate(gemma, prompt="1, 2, 3, 4,", sampling=SamplingParams(max_tokens=30, temperature=0.0, stop=("7",)))
+    assert "7" not in text
+    assert last.finish_reason is FinishReason.STOP
+
+
+async def test_prompt_over_the_context_window_is_invalid_argument(gemma) -> None:
+    with pytest.raises(InvalidArgument) as raised:
+        await generate(gemma, prompt="word " * 5000, sampling=SamplingParams(max_tokens=1))
+    assert raised.value.param == "prompt"
+
+
+async def test_closing_the_stream_stops_generation_within_one_token(gemma) -> None:
+    stream = gemma.generate_stream(
+        GenerationRequest(request_id="cancel-me", prompt="1, 2, 3, 4,", sampling=SamplingParams(max_tokens=400, temperature=0.0))
+    )
+    async with contextlib.aclosing(stream):
+        await anext(stream)
+        generated_at_close = gemma.stats.tokens_generated
+    await wait_until_idle(gemma)
+    assert gemma.stats.tokens_generated - generated_at_close <= 1

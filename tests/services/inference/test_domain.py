@@ -1,0 +1,89 @@
+import pytest
+from llmmesh.inference.v1 import inference_service_pb2 as pb
+
+from services.common.errors import InvalidArgument
+from services.inference.domain import (
+    ChatMessage,
+    ChatRequest,
+    Chunk,
+    CompletionRequest,
+    FinishReason,
+    ModelInfo,
+    ModelState,
+    Role,
+    SamplingParams,
+    Usage,
+)
+
+
+def test_chat_request_round_trips_through_protobuf() -> None:
+    request = ChatRequest(
+        model="live",
+        messages=(ChatMessage(Role.SYSTEM, "be brief"), ChatMessage(Role.USER, "hi", name="ann")),
+        sampling=SamplingParams(temperature=0.0, seed=0, top_k=0, stop=("\n",), max_tokens=5),
+        request_id="r1",
+    )
+    assert ChatRequest.from_pb(request.to_pb()) == request
+    assert ChatRequest.from_pb(request.to_stream_pb()) == request
+
+
+def test_explicit_zero_differs_from_unset() -> None:
+    sampling = SamplingParams.from_pb(pb.SamplingParams(temperature=0.0))
+    assert sampling.temperature == 0.0
+    assert sampling.top_p is None
+
+
+def test_completion_request_round_trips() -> None:
+    request = CompletionRequest(model="m", prompt="1, 2,", sampling=SamplingParams(top_p=0.5), request_id="r2")
+    assert CompletionRequest.from_pb(request.to_pb()) == request
+    assert CompletionRequest.from_pb(request.to_stream_pb()) == request
+
+
+def test_request_id_is_generated_when_missing() -> None:
+    assert ChatRequest.from_pb(pb.ChatRequest()).request_id.startswith("req-")
+
+
+def test_unspecified_role_is_rejected() -> None:
+    with pytest.raises(InvalidArgument):
+        ChatMessage.from_pb(pb.ChatMessage(content=[pb.ContentPart(text="x")]))
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("temperature", -0.1), ("temperature", 2.5), ("top_p", 0.0), ("max_tokens", 0), ("min_p", 1.5),
+     ("presence_penalty", 3.0), ("repeat_penalty", 0.0), ("temperature", float("nan"))],
+)
+def test_out_of_range_sampling_names_the_parameter(field: str, value: float) -> None:
+    with pytest.raises(InvalidArgument) as raised:
+        SamplingParams(**{field: value}).validate()
+    assert raised.value.param == field
+
+
+def test_defaults_fill_only_unset_fields() -> None:
+    merged = SamplingParams(temperature=0.0, stop=("a",)).with_defaults(
+        SamplingParams(temperature=0.7, top_k=40, stop=("b", "a"))
+    )
+    assert merged.temperature == 0.0
+    assert merged.top_k == 40
+    assert merged.stop == ("a", "b")
+
+
+def test_empty_messages_rejected() -> None:
+    with pytest.raises(InvalidArgument) as raised:
+        ChatRequest(model="m", messages=()).validate()
+    assert raised.value.param == "messages"
+
+
+def test_chunk_round_trips_for_both_stream_types() -> None:
+    last = Chunk(text="!", finish_reason=FinishReason.LENGTH, usage=Usage(3, 4))
+    for message_type in (pb.ChatStreamResponse, pb.CompleteStreamResponse):
+        message = last.to_pb(message_type, request_id="r", model="m")
+        assert message.usage.total_tokens == 7
+        assert Chunk.from_pb(message) == last
+    middle = Chunk(text="a")
+    assert Chunk.from_pb(middle.to_pb(pb.ChatStreamResponse, request_id="r", model="m")) == middle
+
+
+def test_model_info_round_trips() -> None:
+    info = ModelInfo("m", "gguf", ModelState.LOADED, ("live",), 2048, True)
+    assert ModelInfo.from_pb(info.to_pb()) == info

@@ -1,0 +1,47 @@
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from services.common.errors import ModelNotFound
+from services.inference.config import DEFAULT_MODELS_FILE
+from services.inference.registry import ModelRegistry, ModelSpec, RegistryError
+
+
+def test_shipped_registry_loads_with_gemma_as_default() -> None:
+    registry = ModelRegistry.from_yaml(DEFAULT_MODELS_FILE)
+    default = registry.resolve("")
+    assert default.name == "gemma-3-270m"
+    assert default.backend == "gguf"
+    assert default.chat_template == "gemma"
+    assert registry.resolve("live") is default
+
+
+def test_unknown_model_lists_known_names() -> None:
+    registry = ModelRegistry.from_specs([ModelSpec(name="a", backend="mock", aliases=("live",))])
+    with pytest.raises(ModelNotFound, match="a, live"):
+        registry.resolve("b")
+
+
+def test_unknown_backend_fails_at_startup_with_valid_names() -> None:
+    with pytest.raises(ValidationError, match="valid backends: gguf, mock"):
+        ModelSpec(name="a", backend="nope")
+
+
+def test_duplicate_alias_is_rejected() -> None:
+    with pytest.raises(RegistryError, match="twice"):
+        ModelRegistry.from_specs([ModelSpec(name="a", backend="mock"), ModelSpec(name="b", backend="mock", aliases=("a",))])
+
+
+def test_any_gguf_path_can_be_configured(tmp_path: Path) -> None:
+    file = tmp_path / "models.yaml"
+    file.write_text("models:\n  - name: mine\n    backend: gguf\n    path: ~/models/other.gguf\n")
+    spec = ModelRegistry.from_yaml(file).resolve("mine")
+    assert spec.resolve_path() == Path.home() / "models" / "other.gguf"
+
+
+def test_invalid_yaml_is_a_clear_startup_error(tmp_path: Path) -> None:
+    file = tmp_path / "models.yaml"
+    file.write_text("models: [{name: x}]\n")
+    with pytest.raises(RegistryError, match="invalid model registry"):
+        ModelRegistry.from_yaml(file)

@@ -6,6 +6,7 @@ SIGTERM) stops them all gracefully.
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -29,8 +30,8 @@ class Service:
     address: str
     process: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> None:
-        self.process = subprocess.Popen([sys.executable, "-m", self.module])
+    def start(self, env: dict[str, str] | None = None) -> None:
+        self.process = subprocess.Popen([sys.executable, "-m", self.module], env={**os.environ, **(env or {})})
 
     def exited(self) -> bool:
         return self.process is not None and self.process.poll() is not None
@@ -84,7 +85,8 @@ def main() -> None:
     try:
         inference.start()
         _wait_until(inference, lambda: _grpc_serving(inference.address))
-        gateway.start()
+        # The gateway follows the inference address unless told otherwise.
+        gateway.start({"LLMMESH_GATEWAY_INFERENCE_TARGET": os.environ.get("LLMMESH_GATEWAY_INFERENCE_TARGET", inference.address)})
         _wait_until(gateway, lambda: _http_ok(f"{gateway.address}/health"))
         print(
             f"\nLLM Mesh is up.\n"

@@ -1,0 +1,41 @@
+"""`make run` (python -m services): the whole mesh comes up, answers, and stops cleanly on Ctrl-C."""
+
+import asyncio
+import os
+import signal
+import socket
+import sys
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+async def test_mesh_starts_answers_and_stops_on_ctrl_c() -> None:
+    http_port, grpc_port = free_port(), free_port()
+    env = {**os.environ, "LLMMESH_GATEWAY_PORT": str(http_port), "LLMMESH_INFERENCE_PORT": str(grpc_port)}
+    env.pop("LLMMESH_GATEWAY_INFERENCE_TARGET", None)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "services", env=env, stdout=asyncio.subprocess.PIPE, start_new_session=True
+    )
+    try:
+        async with asyncio.timeout(240):
+            while b"LLM Mesh is up" not in (line := await process.stdout.readline()):
+                assert line, "the launcher exited before the mesh was up"
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{http_port}", timeout=60) as http:
+            assert (await http.get("/health")).status_code == 200
+            response = await http.post(
+                "/v1/chat/completions", json={"model": "mock", "messages": [{"role": "user", "content": "hi"}]}
+            )
+            assert response.json()["choices"][0]["message"]["content"] == "[mock-text:mock] hi"
+        os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+        async with asyncio.timeout(60):
+            assert await process.wait() == 0
+    finally:
+        if process.returncode is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            await process.wait()

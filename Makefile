@@ -10,7 +10,7 @@ GENERATED := gen/.generated
 export PYTHONPATH := $(CURDIR)/gen:$(CURDIR)
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install proto run test clean
+.PHONY: install proto run test lint clean
 
 install: $(INSTALLED)
 
@@ -38,6 +38,11 @@ run: proto
 
 test: proto
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: proto
+	$(VENV)/bin/ruff check services tests
+	$(VENV)/bin/ruff format --check services tests
+	$(VENV)/bin/mypy services
 
 clean:
 	rm -rf gen .pytest_cache

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
@@ -54,7 +55,7 @@ def _http_ok(url: str) -> bool:
         return False
 
 
-def _wait_until(service: Service, ready: callable) -> None:  # type: ignore[valid-type]
+def _wait_until(service: Service, ready: Callable[[], bool]) -> None:
     deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
     while not ready():
         if service.exited():
@@ -86,7 +87,9 @@ def main() -> None:
         inference.start()
         _wait_until(inference, lambda: _grpc_serving(inference.address))
         # The gateway follows the inference address unless told otherwise.
-        gateway.start({"LLMMESH_GATEWAY_INFERENCE_TARGET": os.environ.get("LLMMESH_GATEWAY_INFERENCE_TARGET", inference.address)})
+        gateway.start(
+            {"LLMMESH_GATEWAY_INFERENCE_TARGET": os.environ.get("LLMMESH_GATEWAY_INFERENCE_TARGET", inference.address)}
+        )
         _wait_until(gateway, lambda: _http_ok(f"{gateway.address}/health"))
         print(
             f"\nLLM Mesh is up.\n"

@@ -16,8 +16,8 @@ import grpc
 import pytest
 import pytest_asyncio
 import uvicorn
-from llmmesh.inference.v1 import inference_service_pb2_grpc as pb_grpc
 
+from llmmesh.inference.v1 import inference_service_pb2_grpc as pb_grpc
 from services.gateway.app import build_app
 from services.gateway.config import GatewaySettings
 from services.inference.config import InferenceSettings

@@ -94,8 +94,16 @@ class Internal(MeshError):
 _ERROR_BY_CODE: dict[grpc.StatusCode, type[MeshError]] = {
     cls.code: cls
     for cls in (
-        InvalidArgument, NotFound, FailedPrecondition, ResourceExhausted, Unavailable,
-        DeadlineExceeded, Cancelled, Unauthenticated, PermissionDenied, Internal,
+        InvalidArgument,
+        NotFound,
+        FailedPrecondition,
+        ResourceExhausted,
+        Unavailable,
+        DeadlineExceeded,
+        Cancelled,
+        Unauthenticated,
+        PermissionDenied,
+        Internal,
     )
 }
 
@@ -156,4 +164,3 @@ def from_rpc_error(error: grpc.aio.AioRpcError | grpc.RpcError) -> MeshError:
     mesh_error = error_class(message, reason=reason or code.name, param=param)
     mesh_error.code = code  # type: ignore[misc]  # keep codes we have no class for (e.g. UNIMPLEMENTED)
     return mesh_error
-

@@ -56,9 +56,11 @@ class BodySizeLimitMiddleware:
         body = json.dumps(
             error_body(413, f"The request body exceeds the limit of {self.max_bytes} bytes.", code="request_too_large")
         ).encode()
-        await send({
-            "type": "http.response.start",
-            "status": 413,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-        })
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+            }
+        )
         await send({"type": "http.response.body", "body": body})

@@ -32,7 +32,12 @@ def error_body(status: int, message: str, *, param: str | None = None, code: str
 
 
 def error_response(
-    status: int, message: str, *, param: str | None = None, code: str | None = None, headers: dict[str, str] | None = None
+    status: int,
+    message: str,
+    *,
+    param: str | None = None,
+    code: str | None = None,
+    headers: dict[str, str] | None = None,
 ) -> JSONResponse:
     return JSONResponse(error_body(status, message, param=param, code=code), status_code=status, headers=headers)
 
@@ -68,7 +73,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(HTTPException)
     async def _http_error(request: Request, error: HTTPException) -> JSONResponse:
-        return error_response(error.status_code, str(error.detail), headers=error.headers)
+        return error_response(error.status_code, str(error.detail), headers=dict(error.headers or {}))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, error: Exception) -> JSONResponse:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -160,13 +160,18 @@ class CompletionRequestIn(SamplingFields):
                 raise InvalidArgument(f"'{name}' is not supported yet.", param=name)
         if self.best_of not in (None, 1, self.n):
             raise InvalidArgument("'best_of' other than n is not supported.", param="best_of")
-        prompts = [self.prompt] if isinstance(self.prompt, str) else self.prompt
-        if not prompts or not all(isinstance(p, str) for p in prompts):
-            raise InvalidArgument("'prompt' must be a string or a non-empty list of strings; token ids are not supported.", param="prompt")
+        raw = [self.prompt] if isinstance(self.prompt, str) else self.prompt
+        prompts = [p for p in raw if isinstance(p, str)]
+        if not prompts or len(prompts) != len(raw):
+            raise InvalidArgument(
+                "'prompt' must be a string or a non-empty list of strings; token ids are not supported.", param="prompt"
+            )
         if len(prompts) * self.n > max_choices:
             raise InvalidArgument(f"At most {max_choices} prompts times n are allowed per request.", param="prompt")
         sampling = self.sampling()
-        return [CompletionRequest(model=self.model, prompt=p, sampling=sampling) for p in prompts for _ in range(self.n)]  # type: ignore[arg-type]
+        return [
+            CompletionRequest(model=self.model, prompt=p, sampling=sampling) for p in prompts for _ in range(self.n)
+        ]
 
 
 # ---- responses ----

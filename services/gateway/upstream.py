@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from llmmesh.inference.v1 import inference_service_pb2 as pb
 from llmmesh.inference.v1 import inference_service_pb2_grpc as pb_grpc
-
 from services.common.errors import from_rpc_error
 from services.inference.domain import ChatRequest, Chunk, CompletionRequest, FinishReason, ModelInfo, Usage
 
@@ -78,12 +78,10 @@ class InferenceClient:
     async def stream_chat(self, requests: Sequence[ChatRequest]) -> AsyncIterator[StreamEvent]:
         """Open one stream per choice and merge them. Errors before the first chunk raise here, so
         that the caller can still answer with an HTTP error status."""
-        return await _open([lambda r=r: self._stub.ChatStream(r.to_stream_pb(), timeout=self._timeout) for r in requests])
+        return await _open([self._stub.ChatStream(r.to_stream_pb(), timeout=self._timeout) for r in requests])
 
     async def stream_complete(self, requests: Sequence[CompletionRequest]) -> AsyncIterator[StreamEvent]:
-        return await _open(
-            [lambda r=r: self._stub.CompleteStream(r.to_stream_pb(), timeout=self._timeout) for r in requests]
-        )
+        return await _open([self._stub.CompleteStream(r.to_stream_pb(), timeout=self._timeout) for r in requests])
 
     async def list_models(self) -> list[ModelInfo]:
         with rpc_errors_as_domain_errors():
@@ -124,8 +122,8 @@ async def _all_or_none(calls: list[Awaitable[T]]) -> list[T]:
             task.cancel()
 
 
-async def _open(starters: list[Callable[[], Any]]) -> AsyncIterator[StreamEvent]:
-    stream = _merged([starter() for starter in starters])
+async def _open(calls: list[grpc.aio.UnaryStreamCall]) -> AsyncIterator[StreamEvent]:
+    stream = _merged(calls)
     with rpc_errors_as_domain_errors():
         first = await anext(stream)
     return _prepend(first, stream)

@@ -8,17 +8,16 @@ import math
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from enum import Enum
-from typing import Protocol, TypeVar
+from enum import StrEnum
+from typing import TypeVar
 
 from llmmesh.inference.v1 import inference_service_pb2 as pb
-
 from services.common.errors import InvalidArgument
 
 MAX_STOP_SEQUENCES = 16
 
 
-class Role(str, Enum):
+class Role(StrEnum):
     SYSTEM = "system"
     USER = "user"
     ASSISTANT = "assistant"
@@ -43,7 +42,7 @@ _ROLE_TO_PB = {
 _ROLE_FROM_PB = {v: k for k, v in _ROLE_TO_PB.items()}
 
 
-class FinishReason(str, Enum):
+class FinishReason(StrEnum):
     STOP = "stop"
     LENGTH = "length"
 
@@ -59,7 +58,7 @@ _FINISH_TO_PB = {FinishReason.STOP: pb.FINISH_REASON_STOP, FinishReason.LENGTH: 
 _FINISH_FROM_PB = {v: k for k, v in _FINISH_TO_PB.items()}
 
 
-class ModelState(str, Enum):
+class ModelState(StrEnum):
     UNLOADED = "unloaded"
     LOADING = "loading"
     LOADED = "loaded"
@@ -151,7 +150,7 @@ class SamplingParams:
     @classmethod
     def from_pb(cls, params: pb.SamplingParams) -> SamplingParams:
         scalars = {
-            f.name: getattr(params, f.name) if params.HasField(f.name) else None
+            f.name: getattr(params, f.name) if params.HasField(f.name) else None  # type: ignore[arg-type]
             for f in dataclasses.fields(cls)
             if f.name != "stop"
         }
@@ -231,20 +230,6 @@ class GenerationRequest:
         return next((m.content for m in reversed(self.messages) if m.role is Role.USER), "")
 
 
-class _PbChatRequest(Protocol):
-    model: str
-    messages: object
-    sampling: pb.SamplingParams
-    request_id: str
-
-
-class _PbCompleteRequest(Protocol):
-    model: str
-    prompt: str
-    sampling: pb.SamplingParams
-    request_id: str
-
-
 @dataclass(frozen=True)
 class ChatRequest:
     model: str
@@ -270,11 +255,11 @@ class ChatRequest:
         return pb.ChatStreamRequest.FromString(self.to_pb().SerializeToString())
 
     @classmethod
-    def from_pb(cls, request: _PbChatRequest) -> ChatRequest:
+    def from_pb(cls, request: pb.ChatRequest | pb.ChatStreamRequest) -> ChatRequest:
         """Accepts ChatRequest and ChatStreamRequest, which share their fields."""
         return cls(
             model=request.model,
-            messages=tuple(ChatMessage.from_pb(m) for m in request.messages),  # type: ignore[attr-defined]
+            messages=tuple(ChatMessage.from_pb(m) for m in request.messages),
             sampling=SamplingParams.from_pb(request.sampling),
             request_id=request.request_id or _new_request_id(),
         )
@@ -302,7 +287,7 @@ class CompletionRequest:
         return pb.CompleteStreamRequest.FromString(self.to_pb().SerializeToString())
 
     @classmethod
-    def from_pb(cls, request: _PbCompleteRequest) -> CompletionRequest:
+    def from_pb(cls, request: pb.CompleteRequest | pb.CompleteStreamRequest) -> CompletionRequest:
         """Accepts CompleteRequest and CompleteStreamRequest, which share their fields."""
         return cls(
             model=request.model,

@@ -21,20 +21,26 @@ class InferenceEngine:
     async def chat(self, request: ChatRequest) -> Generation:
         request.validate()
         spec = self.registry.resolve(request.model)
-        return await self._start(spec, GenerationRequest(
-            request_id=request.request_id,
-            sampling=request.sampling.with_defaults(spec.defaults.to_domain()),
-            messages=request.messages,
-        ))
+        return await self._start(
+            spec,
+            GenerationRequest(
+                request_id=request.request_id,
+                sampling=request.sampling.with_defaults(spec.defaults.to_domain()),
+                messages=request.messages,
+            ),
+        )
 
     async def complete(self, request: CompletionRequest) -> Generation:
         request.validate()
         spec = self.registry.resolve(request.model)
-        return await self._start(spec, GenerationRequest(
-            request_id=request.request_id,
-            sampling=request.sampling.with_defaults(spec.defaults.to_domain()),
-            prompt=request.prompt,
-        ))
+        return await self._start(
+            spec,
+            GenerationRequest(
+                request_id=request.request_id,
+                sampling=request.sampling.with_defaults(spec.defaults.to_domain()),
+                prompt=request.prompt,
+            ),
+        )
 
     async def _start(self, spec: ModelSpec, request: GenerationRequest) -> Generation:
         backend = await self.models.get(spec)
@@ -55,4 +61,3 @@ class InferenceEngine:
             context_length=spec.context_length,
             is_default=spec.name == self.registry.default_model,
         )
-

@@ -57,7 +57,9 @@ class ModelSpec(BaseModel):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")
     backend: str
     path: str | None = Field(None, description="Model file, directory, or 'package:<module>' for a packaged model.")
-    chat_template: str | None = Field(None, description="Builtin template name or Jinja source; unset uses the model's own.")
+    chat_template: str | None = Field(
+        None, description="Builtin template name or Jinja source; unset uses the model's own."
+    )
     context_length: int = Field(4096, ge=16)
     defaults: SamplingDefaults = Field(default_factory=SamplingDefaults)
     aliases: tuple[str, ...] = ()

@@ -6,7 +6,6 @@ import asyncio
 import logging
 
 from llmmesh.inference.v1 import inference_service_pb2_grpc as pb_grpc
-
 from services.common.grpc_server import GrpcServer, start_grpc_server
 from services.inference.config import InferenceSettings
 from services.inference.domain import ModelState

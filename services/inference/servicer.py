@@ -6,9 +6,9 @@ import contextlib
 from collections.abc import AsyncIterator
 
 import grpc
+
 from llmmesh.inference.v1 import inference_service_pb2 as pb
 from llmmesh.inference.v1 import inference_service_pb2_grpc as pb_grpc
-
 from services.inference.domain import ChatMessage, ChatRequest, CompletionRequest, Generation, Role
 from services.inference.engine import InferenceEngine
 

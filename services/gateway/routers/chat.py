@@ -29,7 +29,7 @@ async def create_chat_completion(
     requests = body.to_domain(settings.max_choices)
     completion_id = new_id("chatcmpl")
     if body.stream:
-        events = await inference.stream_chat(requests)
+        events = await cancel_on_disconnect(request, inference.stream_chat(requests))
         return sse_response(_chunks(events, completion_id, body.n, body.include_usage_chunk))
     results = await cancel_on_disconnect(request, inference.chat(requests))
     return chat_completion_body(

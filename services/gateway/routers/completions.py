@@ -29,7 +29,7 @@ async def create_completion(
     requests = body.to_domain(settings.max_choices)
     completion_id = new_id("cmpl")
     if body.stream:
-        events = await inference.stream_complete(requests)
+        events = await cancel_on_disconnect(request, inference.stream_complete(requests))
         return sse_response(_chunks(events, completion_id, body.n, body.include_usage_chunk))
     results = await cancel_on_disconnect(request, inference.complete(requests))
     return completion_body(
@@ -64,12 +64,16 @@ async def _chunks(
             model = event.model
             finish = event.chunk.finish_reason
             if event.chunk.text or finish:
-                yield chunk([{
-                    "index": event.index,
-                    "text": event.chunk.text,
-                    "finish_reason": finish.value if finish else None,
-                    "logprobs": None,
-                }])
+                yield chunk(
+                    [
+                        {
+                            "index": event.index,
+                            "text": event.chunk.text,
+                            "finish_reason": finish.value if finish else None,
+                            "logprobs": None,
+                        }
+                    ]
+                )
             if event.chunk.usage:
                 usages[event.index] = event.chunk.usage
     if include_usage:

@@ -28,11 +28,30 @@ log = logging.getLogger(__name__)
 
 # llama.cpp's own defaults, used where neither the request nor the registry sets a value.
 _LLAMA_DEFAULTS = SamplingParams(
-    temperature=0.8, top_p=0.95, top_k=40, min_p=0.05,
-    presence_penalty=0.0, frequency_penalty=0.0, repeat_penalty=1.0,
+    temperature=0.8,
+    top_p=0.95,
+    top_k=40,
+    min_p=0.05,
+    presence_penalty=0.0,
+    frequency_penalty=0.0,
+    repeat_penalty=1.0,
 )
 
 _END = object()
+
+
+def _llama_sampling_arguments(sampling: SamplingParams) -> dict[str, Any]:
+    """`Llama.generate` keyword arguments; llama.cpp's defaults fill what neither request nor registry set."""
+    resolved = sampling.with_defaults(_LLAMA_DEFAULTS)
+    return {
+        "temp": resolved.temperature,
+        "top_p": resolved.top_p,
+        "top_k": resolved.top_k,
+        "min_p": resolved.min_p,
+        "presence_penalty": resolved.presence_penalty,
+        "frequency_penalty": resolved.frequency_penalty,
+        "repeat_penalty": resolved.repeat_penalty,
+    }
 
 
 class GGUFBackend(Backend):
@@ -62,7 +81,7 @@ class GGUFBackend(Backend):
             self._llm._model.vocab, token
         )
         self._template = self._chat_template()
-        warmup = SamplingParams(max_tokens=1).with_defaults(_LLAMA_DEFAULTS)
+        warmup = SamplingParams(max_tokens=1)
         self._generate_blocking("Hello", warmup, (), threading.Event(), lambda _: None)
         log.info("loaded GGUF model '%s' from %s", self.spec.name, path)
 
@@ -95,7 +114,7 @@ class GGUFBackend(Backend):
         else:
             prompt, stop = request.prompt or "", request.sampling.stop
         prompt_param = "messages" if request.is_chat else "prompt"
-        sampling = request.sampling.with_defaults(_LLAMA_DEFAULTS)
+        sampling = request.sampling
 
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Any] = asyncio.Queue()
@@ -172,16 +191,7 @@ class GGUFBackend(Backend):
         matcher = StopSequenceMatcher(stop)
         generated = 0
         finish, hit_stop_sequence = FinishReason.LENGTH, False
-        for token in llm.generate(
-            tokens,
-            temp=sampling.temperature,
-            top_p=sampling.top_p,
-            top_k=sampling.top_k,
-            min_p=sampling.min_p,
-            presence_penalty=sampling.presence_penalty,
-            frequency_penalty=sampling.frequency_penalty,
-            repeat_penalty=sampling.repeat_penalty,
-        ):
+        for token in llm.generate(tokens, **_llama_sampling_arguments(sampling)):
             if cancel.is_set():
                 return
             if self._is_end_of_generation(token):

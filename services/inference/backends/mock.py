@@ -21,9 +21,7 @@ class MockBackend(Backend):
 
     async def generate_stream(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
         source = request.last_user_message if request.is_chat else request.prompt or ""
-        prompt_words = (
-            sum(len(m.content.split()) for m in request.messages) if request.is_chat else len(source.split())
-        )
+        prompt_words = sum(len(m.content.split()) for m in request.messages) if request.is_chat else len(source.split())
         words = f"[mock-text:{self.spec.name}] {source}".split(" ")
         limit = request.sampling.max_tokens or len(words)
         emitted = 0

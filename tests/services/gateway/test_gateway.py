@@ -56,7 +56,9 @@ async def test_stream_without_usage_ends_with_done(http) -> None:
 async def test_n_choices_stream_and_unary(client) -> None:
     response = await client.chat.completions.create(model="mock", messages=[{"role": "user", "content": "q"}], n=2)
     assert [c.index for c in response.choices] == [0, 1]
-    stream = await client.chat.completions.create(model="mock", messages=[{"role": "user", "content": "q"}], n=2, stream=True)
+    stream = await client.chat.completions.create(
+        model="mock", messages=[{"role": "user", "content": "q"}], n=2, stream=True
+    )
     texts = {0: "", 1: ""}
     async for chunk in stream:
         for choice in chunk.choices:
@@ -115,7 +117,9 @@ async def test_bad_input_is_400_naming_the_parameter(http, body, param) -> None:
 
 
 async def test_malformed_json_is_400(http) -> None:
-    response = await http.post("/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"})
+    response = await http.post(
+        "/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"}
+    )
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "invalid_json"
 

@@ -9,22 +9,26 @@ from services.inference.domain import Role, Usage
 
 
 def chat(**fields) -> ChatCompletionRequest:
-    return ChatCompletionRequest.model_validate({"model": "m", "messages": [{"role": "user", "content": "hi"}], **fields})
+    return ChatCompletionRequest.model_validate(
+        {"model": "m", "messages": [{"role": "user", "content": "hi"}], **fields}
+    )
 
 
 def test_chat_maps_roles_content_parts_and_sampling() -> None:
-    request = ChatCompletionRequest.model_validate({
-        "model": "live",
-        "messages": [
-            {"role": "developer", "content": "be brief"},
-            {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
-        ],
-        "temperature": 0,
-        "stop": "END",
-        "max_completion_tokens": 7,
-        "top_k": 5,
-        "unknown_extra_field": True,
-    })
+    request = ChatCompletionRequest.model_validate(
+        {
+            "model": "live",
+            "messages": [
+                {"role": "developer", "content": "be brief"},
+                {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
+            ],
+            "temperature": 0,
+            "stop": "END",
+            "max_completion_tokens": 7,
+            "top_k": 5,
+            "unknown_extra_field": True,
+        }
+    )
     (domain,) = request.to_domain(max_choices=8)
     assert domain.model == "live"
     assert [m.role for m in domain.messages] == [Role.SYSTEM, Role.USER]
@@ -44,9 +48,16 @@ def test_n_makes_one_request_per_choice_with_distinct_ids() -> None:
 
 @pytest.mark.parametrize(
     ("fields", "param"),
-    [({"n": 9}, "n"), ({"tools": [{"type": "function"}]}, "tools"), ({"logprobs": True}, "logprobs"),
-     ({"response_format": {"type": "json_object"}}, "response_format"),
-     ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}, "messages.0.content")],
+    [
+        ({"n": 9}, "n"),
+        ({"tools": [{"type": "function"}]}, "tools"),
+        ({"logprobs": True}, "logprobs"),
+        ({"response_format": {"type": "json_object"}}, "response_format"),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
+            "messages.0.content",
+        ),
+    ],
 )
 def test_unsupported_features_are_rejected_by_name(fields, param) -> None:
     with pytest.raises(InvalidArgument) as raised:
@@ -72,4 +83,8 @@ def test_completion_token_prompts_are_rejected_clearly() -> None:
 
 def test_usage_counts_each_prompt_once() -> None:
     usages = [Usage(10, 3), Usage(10, 4), Usage(20, 5), Usage(20, 6)]
-    assert usage_body(usages, choices_per_prompt=2) == {"prompt_tokens": 30, "completion_tokens": 18, "total_tokens": 48}
+    assert usage_body(usages, choices_per_prompt=2) == {
+        "prompt_tokens": 30,
+        "completion_tokens": 18,
+        "total_tokens": 48,
+    }

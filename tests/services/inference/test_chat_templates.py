@@ -7,12 +7,14 @@ from services.inference.domain import ChatMessage, Role
 
 def test_gemma_turn_format_folds_system_into_first_user_turn() -> None:
     template = ChatTemplate.named_or_inline("gemma")
-    prompt = template.render([
-        ChatMessage(Role.SYSTEM, "Be brief."),
-        ChatMessage(Role.USER, "Hi"),
-        ChatMessage(Role.ASSISTANT, "Hello!"),
-        ChatMessage(Role.USER, "Bye"),
-    ])
+    prompt = template.render(
+        [
+            ChatMessage(Role.SYSTEM, "Be brief."),
+            ChatMessage(Role.USER, "Hi"),
+            ChatMessage(Role.ASSISTANT, "Hello!"),
+            ChatMessage(Role.USER, "Bye"),
+        ]
+    )
     assert prompt == (
         "<start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n"
         "<start_of_turn>model\nHello!<end_of_turn>\n"

@@ -1,6 +1,6 @@
 import pytest
-from llmmesh.inference.v1 import inference_service_pb2 as pb
 
+from llmmesh.inference.v1 import inference_service_pb2 as pb
 from services.common.errors import InvalidArgument
 from services.inference.domain import (
     ChatMessage,
@@ -50,8 +50,16 @@ def test_unspecified_role_is_rejected() -> None:
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("temperature", -0.1), ("temperature", 2.5), ("top_p", 0.0), ("max_tokens", 0), ("min_p", 1.5),
-     ("presence_penalty", 3.0), ("repeat_penalty", 0.0), ("temperature", float("nan"))],
+    [
+        ("temperature", -0.1),
+        ("temperature", 2.5),
+        ("top_p", 0.0),
+        ("max_tokens", 0),
+        ("min_p", 1.5),
+        ("presence_penalty", 3.0),
+        ("repeat_penalty", 0.0),
+        ("temperature", float("nan")),
+    ],
 )
 def test_out_of_range_sampling_names_the_parameter(field: str, value: float) -> None:
     with pytest.raises(InvalidArgument) as raised:

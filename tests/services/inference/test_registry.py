@@ -30,7 +30,9 @@ def test_unknown_backend_fails_at_startup_with_valid_names() -> None:
 
 def test_duplicate_alias_is_rejected() -> None:
     with pytest.raises(RegistryError, match="twice"):
-        ModelRegistry.from_specs([ModelSpec(name="a", backend="mock"), ModelSpec(name="b", backend="mock", aliases=("a",))])
+        ModelRegistry.from_specs(
+            [ModelSpec(name="a", backend="mock"), ModelSpec(name="b", backend="mock", aliases=("a",))]
+        )
 
 
 def test_any_gguf_path_can_be_configured(tmp_path: Path) -> None:

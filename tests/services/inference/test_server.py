@@ -5,8 +5,8 @@ import pytest
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
-from llmmesh.inference.v1 import inference_service_pb2 as pb
 
+from llmmesh.inference.v1 import inference_service_pb2 as pb
 from services.inference.server import InferenceServer, model_health_name
 from tests.conftest import GEMMA
 

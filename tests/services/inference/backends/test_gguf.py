@@ -47,7 +47,9 @@ async def test_same_seed_same_text(gemma) -> None:
 
 
 async def test_stop_sequence_ends_generation_and_is_not_returned(gemma) -> None:
-    text, last = await generate(gemma, prompt="1, 2, 3, 4,", sampling=SamplingParams(max_tokens=30, temperature=0.0, stop=("7",)))
+    text, last = await generate(
+        gemma, prompt="1, 2, 3, 4,", sampling=SamplingParams(max_tokens=30, temperature=0.0, stop=("7",))
+    )
     assert "7" not in text
     assert last.finish_reason is FinishReason.STOP
 
@@ -60,7 +62,9 @@ async def test_prompt_over_the_context_window_is_invalid_argument(gemma) -> None
 
 async def test_closing_the_stream_stops_generation_within_one_token(gemma) -> None:
     stream = gemma.generate_stream(
-        GenerationRequest(request_id="cancel-me", prompt="1, 2, 3, 4,", sampling=SamplingParams(max_tokens=400, temperature=0.0))
+        GenerationRequest(
+            request_id="cancel-me", prompt="1, 2, 3, 4,", sampling=SamplingParams(max_tokens=400, temperature=0.0)
+        )
     )
     async with contextlib.aclosing(stream):
         await anext(stream)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from services.embeddings.config import EmbeddingsSettings
 from services.gateway.config import GatewaySettings
 from services.inference.config import InferenceSettings
 
@@ -78,26 +79,27 @@ def _stop(services: list[Service]) -> None:
 
 
 def main() -> None:
-    inference_settings, gateway_settings = InferenceSettings(), GatewaySettings()
-    inference = Service("inference", "services.inference", f"{inference_settings.host}:{inference_settings.port}")
+    grpc_services = [
+        Service(name, f"services.{name}", f"{settings.host}:{settings.port}")
+        for name, settings in (("inference", InferenceSettings()), ("embeddings", EmbeddingsSettings()))
+    ]
+    gateway_settings = GatewaySettings()
     gateway = Service("gateway", "services.gateway", f"http://{gateway_settings.host}:{gateway_settings.port}")
-    services = [inference, gateway]
+    services = [*grpc_services, gateway]
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
-        inference.start()
-        _wait_until(inference, lambda: _grpc_serving(inference.address))
-        # The gateway follows the inference address unless told otherwise.
-        gateway.start(
-            {"LLMMESH_GATEWAY_INFERENCE_TARGET": os.environ.get("LLMMESH_GATEWAY_INFERENCE_TARGET", inference.address)}
-        )
+        for service in grpc_services:  # started together, so that they load their models in parallel
+            service.start()
+        for service in grpc_services:
+            _wait_until(service, lambda service=service: _grpc_serving(service.address))  # type: ignore[misc]
+        # The gateway follows the services' addresses unless told otherwise.
+        targets = {f"LLMMESH_GATEWAY_{s.name.upper()}_TARGET": s.address for s in grpc_services}
+        gateway.start({**targets, **{k: v for k, v in os.environ.items() if k in targets}})
         _wait_until(gateway, lambda: _http_ok(f"{gateway.address}/health"))
-        print(
-            f"\nLLM Mesh is up.\n"
-            f"  OpenAI-compatible HTTP:  {gateway.address}/v1   (health: {gateway.address}/health)\n"
-            f"  inference gRPC:          {inference.address}   (grpcurl -plaintext {inference.address} list)\n"
-            f"Press Ctrl-C to stop.\n",
-            flush=True,
-        )
+        lines = [f"  OpenAI-compatible HTTP: {gateway.address}/v1   (health: {gateway.address}/health)"]
+        lines += [f"  {s.name + ' gRPC:':23s} {s.address}" for s in grpc_services]
+        lines += [f"  try: grpcurl -plaintext {grpc_services[0].address} list"]
+        print("\nLLM Mesh is up.\n" + "\n".join(lines) + "\nPress Ctrl-C to stop.\n", flush=True)
         while not any(service.exited() for service in services):
             time.sleep(0.5)  # supervising child processes
         raise SystemExit("a service exited; stopping the mesh")

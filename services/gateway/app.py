@@ -11,8 +11,8 @@ from fastapi import FastAPI
 from services.gateway.body_limit import BodySizeLimitMiddleware
 from services.gateway.config import GatewaySettings
 from services.gateway.errors import install_error_handlers
-from services.gateway.routers import chat, completions, health, models
-from services.gateway.upstream import CHANNEL_OPTIONS, InferenceClient
+from services.gateway.routers import chat, completions, embeddings, health, models
+from services.gateway.upstream import CHANNEL_OPTIONS, EmbeddingsClient, InferenceClient
 
 
 def build_app(settings: GatewaySettings) -> FastAPI:
@@ -20,17 +20,22 @@ def build_app(settings: GatewaySettings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Channels connect lazily and reconnect on their own: the gateway starts even if
         # inference is not up yet, and /health says so.
-        channel = grpc.aio.insecure_channel(settings.inference_target, options=CHANNEL_OPTIONS)
-        app.state.inference = InferenceClient(channel, timeout=settings.request_timeout_seconds)
+        channels = [
+            grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+            for target in (settings.inference_target, settings.embeddings_target)
+        ]
+        app.state.inference = InferenceClient(channels[0], timeout=settings.request_timeout_seconds)
+        app.state.embeddings = EmbeddingsClient(channels[1], timeout=settings.request_timeout_seconds)
         try:
             yield
         finally:
-            await channel.close()
+            for channel in channels:
+                await channel.close()
 
     app = FastAPI(title="LLM Mesh gateway", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     install_error_handlers(app)
-    for module in (chat, completions, models, health):
+    for module in (chat, completions, embeddings, models, health):
         app.include_router(module.router)
     return app

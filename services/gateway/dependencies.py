@@ -10,7 +10,7 @@ from fastapi import Request
 
 from services.common.errors import Cancelled
 from services.gateway.config import GatewaySettings
-from services.gateway.upstream import InferenceClient
+from services.gateway.upstream import EmbeddingsClient, InferenceClient
 
 T = TypeVar("T")
 
@@ -21,6 +21,10 @@ def get_settings(request: Request) -> GatewaySettings:
 
 def get_inference(request: Request) -> InferenceClient:
     return request.app.state.inference
+
+
+def get_embeddings(request: Request) -> EmbeddingsClient:
+    return request.app.state.embeddings
 
 
 async def cancel_on_disconnect(request: Request, work: Awaitable[T]) -> T:

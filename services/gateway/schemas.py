@@ -236,6 +236,7 @@ def model_body(model: ModelInfo) -> dict[str, Any]:
         "created": 0,
         "owned_by": "llmmesh",
         # Mesh extensions: clients that don't know them ignore them.
+        "type": "chat",
         "backend": model.backend,
         "state": model.state.value,
         "aliases": list(model.aliases),

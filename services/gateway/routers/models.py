@@ -1,24 +1,64 @@
-"""GET /v1/models and GET /v1/models/{model}."""
+"""GET /v1/models and GET /v1/models/{model}: chat models from inference, plus embedding models."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from fastapi import APIRouter, Depends
 
-from services.gateway.dependencies import get_inference
+from services.common.errors import MeshError, NotFound
+from services.embeddings.domain import EmbeddingModelInfo
+from services.gateway.dependencies import get_embeddings, get_inference
 from services.gateway.schemas import model_body
-from services.gateway.upstream import InferenceClient
+from services.gateway.upstream import EmbeddingsClient, InferenceClient
 
 router = APIRouter()
+log = logging.getLogger(__name__)
+
+
+def _embedding_model_body(model: EmbeddingModelInfo) -> dict[str, Any]:
+    return {
+        "id": model.name,
+        "object": "model",
+        "created": 0,
+        "owned_by": "llmmesh",
+        "type": "embedding",
+        "aliases": list(model.aliases),
+        "dimensions": model.dimensions,
+        "max_input_tokens": model.max_input_tokens,
+        "rerank_scorer": model.rerank_scorer.value,
+    }
+
+
+async def _embedding_models(embeddings: EmbeddingsClient) -> list[EmbeddingModelInfo]:
+    try:
+        return await embeddings.list_models()
+    except MeshError as error:  # the chat models are still worth listing
+        log.warning("embeddings service not listed: %s", error.message)
+        return []
 
 
 @router.get("/v1/models")
-async def list_models(inference: InferenceClient = Depends(get_inference)) -> dict[str, Any]:
-    return {"object": "list", "data": [model_body(m) for m in await inference.list_models()]}
+async def list_models(
+    inference: InferenceClient = Depends(get_inference), embeddings: EmbeddingsClient = Depends(get_embeddings)
+) -> dict[str, Any]:
+    chat_models = [model_body(m) for m in await inference.list_models()]
+    embedding_models = [_embedding_model_body(m) for m in await _embedding_models(embeddings)]
+    return {"object": "list", "data": chat_models + embedding_models}
 
 
 # `:path` because model names may contain slashes (e.g. "org/model").
 @router.get("/v1/models/{model:path}")
-async def get_model(model: str, inference: InferenceClient = Depends(get_inference)) -> dict[str, Any]:
-    return model_body(await inference.get_model(model))
+async def get_model(
+    model: str,
+    inference: InferenceClient = Depends(get_inference),
+    embeddings: EmbeddingsClient = Depends(get_embeddings),
+) -> dict[str, Any]:
+    try:
+        return model_body(await inference.get_model(model))
+    except NotFound:
+        for candidate in await _embedding_models(embeddings):
+            if model in (candidate.name, *candidate.aliases):
+                return _embedding_model_body(candidate)
+        raise

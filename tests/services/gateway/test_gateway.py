@@ -80,7 +80,7 @@ async def test_completions_unary_and_stream(client) -> None:
 
 async def test_models(client) -> None:
     ids = [model.id async for model in client.models.list()]
-    assert ids == ["gemma-3-270m", "mock", "mock-slow"]
+    assert ids == ["gemma-3-270m", "mock", "mock-slow", "all-MiniLM-L6-v2"]
     assert (await client.models.retrieve("live")).id == "gemma-3-270m"
 
 
@@ -149,11 +149,18 @@ async def test_unknown_route_uses_the_error_body(http) -> None:
 async def test_health_reports_upstreams(http) -> None:
     response = await http.get("/health")
     assert response.status_code == 200
-    assert response.json() == {"status": "ok", "services": {"gateway": "SERVING", "inference": "SERVING"}}
+    assert response.json() == {
+        "status": "ok",
+        "services": {"gateway": "SERVING", "inference": "SERVING", "embeddings": "SERVING"},
+    }
 
 
 async def test_inference_down_is_503(tmp_path) -> None:
-    settings = GatewaySettings(inference_target=f"unix:{tmp_path}/nobody-listens.sock", request_timeout_seconds=5)
+    settings = GatewaySettings(
+        inference_target=f"unix:{tmp_path}/nobody-listens.sock",
+        embeddings_target=f"unix:{tmp_path}/nobody-listens-either.sock",
+        request_timeout_seconds=5,
+    )
     server, task, url = await serve_http(build_app(settings))
     try:
         async with httpx.AsyncClient(base_url=url, timeout=30) as http:
@@ -166,6 +173,8 @@ async def test_inference_down_is_503(tmp_path) -> None:
                 assert response.status_code == 503
                 assert response.json()["error"]["type"] == "server_error"
             assert (await http.get("/v1/models")).status_code == 503
+            response = await http.post("/v1/embeddings", json={"model": "all-MiniLM-L6-v2", "input": "x"})
+            assert response.status_code == 503
     finally:
         server.should_exit = True
         await task

@@ -1,0 +1,1 @@
+"""Embeddings service: sentence-transformers embeddings and reranking behind a gRPC API."""

@@ -1,0 +1,129 @@
+"""Micro-batching: concurrent requests that arrive within a short window share one model call."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+
+
+@dataclass
+class BatcherStats:
+    """Observable counters: how many model calls ran and how many items they carried."""
+
+    batches: int = 0
+    items: int = 0
+    largest_batch: int = 0
+
+
+@dataclass
+class _Pending(Generic[Item, Result]):
+    items: Sequence[Item]
+    future: asyncio.Future[list[Result]]
+    arrived: float = field(default=0.0)
+
+
+class MicroBatcher(Generic[Item, Result]):
+    """Calls `process` (blocking, run in `executor`) on the merged items of concurrent `submit` calls.
+
+    The first request after an idle spell waits up to `window_seconds` for others to join,
+    unless `max_batch` items are already waiting. Requests that queue up while a batch runs
+    go together into the next one, with no extra wait. A request bigger than `max_batch` runs
+    on its own; requests are never split.
+    """
+
+    def __init__(
+        self,
+        process: Callable[[list[Item]], list[Result]],
+        *,
+        executor: Executor,
+        window_seconds: float,
+        max_batch: int,
+    ) -> None:
+        self._process = process
+        self._executor = executor
+        self._window = window_seconds
+        self._max_batch = max_batch
+        self._pending: list[_Pending[Item, Result]] = []
+        self._waiting = asyncio.Event()
+        self._full = asyncio.Event()
+        self._worker: asyncio.Task[None] | None = None
+        self.stats = BatcherStats()
+
+    async def submit(self, items: Sequence[Item]) -> list[Result]:
+        if self._worker is None:
+            self._worker = asyncio.create_task(self._run(), name="micro-batcher")
+        loop = asyncio.get_running_loop()
+        pending = _Pending[Item, Result](items, loop.create_future(), loop.time())
+        self._pending.append(pending)
+        self._waiting.set()
+        if self._waiting_items() >= self._max_batch:
+            self._full.set()
+        return await pending.future
+
+    async def close(self) -> None:
+        if self._worker:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+
+    def _waiting_items(self) -> int:
+        return sum(len(p.items) for p in self._pending)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        idle = True
+        while True:
+            await self._waiting.wait()
+            if idle:
+                remaining = self._pending[0].arrived + self._window - loop.time()
+                if remaining > 0:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._full.wait(), remaining)
+            batch = self._take_batch()
+            idle = not self._pending
+            if idle:
+                self._waiting.clear()
+            self._full.clear()
+            if batch:
+                await self._execute(batch)
+
+    def _take_batch(self) -> list[_Pending[Item, Result]]:
+        batch: list[_Pending[Item, Result]] = []
+        size = 0
+        while self._pending:
+            candidate = self._pending[0]
+            if candidate.future.done():  # the caller went away
+                self._pending.pop(0)
+                continue
+            if batch and size + len(candidate.items) > self._max_batch:
+                break
+            batch.append(self._pending.pop(0))
+            size += len(candidate.items)
+        return batch
+
+    async def _execute(self, batch: list[_Pending[Item, Result]]) -> None:
+        items = [item for pending in batch for item in pending.items]
+        loop = asyncio.get_running_loop()
+        try:
+            results = await loop.run_in_executor(self._executor, self._process, items)
+        except Exception as error:  # noqa: BLE001 - handed to every caller in the batch
+            for pending in batch:
+                if not pending.future.done():
+                    pending.future.set_exception(error)
+            return
+        self.stats.batches += 1
+        self.stats.items += len(items)
+        self.stats.largest_batch = max(self.stats.largest_batch, len(items))
+        start = 0
+        for pending in batch:
+            end = start + len(pending.items)
+            if not pending.future.done():
+                pending.future.set_result(results[start:end])
+            start = end

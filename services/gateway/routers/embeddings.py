@@ -1,0 +1,105 @@
+"""POST /v1/embeddings (OpenAI) and POST /v1/rerank (the Jina/Cohere shape that vLLM and llama-server accept)."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any, Literal
+
+import numpy as np
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
+from pydantic import Field
+
+from services.common.errors import InvalidArgument
+from services.embeddings.domain import EmbedRequest, RerankRequest
+from services.gateway.dependencies import cancel_on_disconnect, get_embeddings
+from services.gateway.schemas import OpenAIModel, new_id
+from services.gateway.upstream import EmbeddingsClient
+
+router = APIRouter()
+
+
+class EmbeddingsRequestIn(OpenAIModel):
+    model: str = Field(min_length=1)
+    input: str | list[str] | list[int] | list[list[int]]
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(None, ge=1)
+    user: str | None = None
+
+    def to_domain(self) -> EmbedRequest:
+        texts = [self.input] if isinstance(self.input, str) else self.input
+        if not all(isinstance(text, str) for text in texts):
+            raise InvalidArgument(
+                "Token-id input is not supported: token ids of another tokenizer would embed the wrong text. "
+                "Send strings (LangChain: OpenAIEmbeddings(check_embedding_ctx_length=False)).",
+                param="input",
+            )
+        return EmbedRequest(model=self.model, texts=tuple(texts), dimensions=self.dimensions)  # type: ignore[arg-type]
+
+
+class DocumentIn(OpenAIModel):
+    text: str
+
+
+class RerankRequestIn(OpenAIModel):
+    model: str = Field(min_length=1)
+    query: str
+    documents: list[str | DocumentIn]
+    top_n: int | None = Field(None, ge=1)
+    return_documents: bool = True
+
+    def to_domain(self) -> RerankRequest:
+        return RerankRequest(
+            model=self.model,
+            query=self.query,
+            documents=tuple(d if isinstance(d, str) else d.text for d in self.documents),
+            top_n=self.top_n,
+            return_documents=self.return_documents,
+        )
+
+
+def _encode(vector: np.ndarray, encoding_format: str) -> list[float] | str:
+    if encoding_format == "base64":  # little-endian float32, as the OpenAI SDK decodes it
+        return base64.b64encode(vector.astype("<f4").tobytes()).decode("ascii")
+    return vector.tolist()
+
+
+@router.post("/v1/embeddings")
+async def create_embeddings(
+    body: EmbeddingsRequestIn, request: Request, embeddings: EmbeddingsClient = Depends(get_embeddings)
+) -> JSONResponse:
+    result = await cancel_on_disconnect(request, embeddings.embed(body.to_domain()))
+    return JSONResponse(
+        {
+            "object": "list",
+            "data": [
+                {"object": "embedding", "index": index, "embedding": _encode(item.vector, body.encoding_format)}
+                for index, item in enumerate(result.embeddings)
+            ],
+            "model": result.model,
+            "usage": {"prompt_tokens": result.prompt_tokens, "total_tokens": result.prompt_tokens},
+        }
+    )
+
+
+@router.post("/v1/rerank")
+@router.post("/rerank")
+@router.post("/v2/rerank")
+async def rerank(
+    body: RerankRequestIn, request: Request, embeddings: EmbeddingsClient = Depends(get_embeddings)
+) -> dict[str, Any]:
+    result = await cancel_on_disconnect(request, embeddings.rerank(body.to_domain()))
+    return {
+        "id": new_id("rerank"),
+        "model": result.model,
+        "scorer": result.scorer.value,  # mesh extension: "cosine" or "cross_encoder"
+        "results": [
+            {
+                "index": ranked.index,
+                "relevance_score": ranked.relevance_score,
+                **({"document": {"text": ranked.document}} if ranked.document is not None else {}),
+            }
+            for ranked in result.results
+        ],
+        "usage": {"prompt_tokens": result.prompt_tokens, "total_tokens": result.prompt_tokens},
+    }

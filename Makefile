@@ -10,7 +10,7 @@ GENERATED := gen/.generated
 export PYTHONPATH := $(CURDIR)/gen:$(CURDIR)
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install proto run test lint clean
+.PHONY: install proto run test lint bench clean
 
 install: $(INSTALLED)
 
@@ -39,9 +39,13 @@ run: proto
 test: proto
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# Benchmarks measure; they never assert. See bench/.
+bench: proto
+	$(PY) -m bench.embeddings
+
 lint: proto
-	$(VENV)/bin/ruff check services tests
-	$(VENV)/bin/ruff format --check services tests
+	$(VENV)/bin/ruff check services tests bench
+	$(VENV)/bin/ruff format --check services tests bench
 	$(VENV)/bin/mypy services
 
 clean:

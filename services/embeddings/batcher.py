@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 Item = TypeVar("Item")
@@ -26,16 +26,16 @@ class BatcherStats:
 class _Pending(Generic[Item, Result]):
     items: Sequence[Item]
     future: asyncio.Future[list[Result]]
-    arrived: float = field(default=0.0)
 
 
 class MicroBatcher(Generic[Item, Result]):
     """Calls `process` (blocking, run in `executor`) on the merged items of concurrent `submit` calls.
 
-    The first request after an idle spell waits up to `window_seconds` for others to join,
-    unless `max_batch` items are already waiting. Requests that queue up while a batch runs
-    go together into the next one, with no extra wait. A request bigger than `max_batch` runs
-    on its own; requests are never split.
+    Before each call the batcher waits up to `window_seconds` for requests to join, but only
+    while fewer requests are waiting than made up the previous batch and fewer than
+    `max_batch` items: a lone client is never delayed, and a steady set of concurrent clients
+    settles into full batches instead of alternating big and small ones. A request bigger
+    than `max_batch` runs on its own; requests are never split.
     """
 
     def __init__(
@@ -52,7 +52,8 @@ class MicroBatcher(Generic[Item, Result]):
         self._max_batch = max_batch
         self._pending: list[_Pending[Item, Result]] = []
         self._waiting = asyncio.Event()
-        self._full = asyncio.Event()
+        self._ready = asyncio.Event()  # ends the window early
+        self._last_batch_requests = 1
         self._worker: asyncio.Task[None] | None = None
         self.stats = BatcherStats()
 
@@ -60,11 +61,11 @@ class MicroBatcher(Generic[Item, Result]):
         if self._worker is None:
             self._worker = asyncio.create_task(self._run(), name="micro-batcher")
         loop = asyncio.get_running_loop()
-        pending = _Pending[Item, Result](items, loop.create_future(), loop.time())
+        pending = _Pending[Item, Result](items, loop.create_future())
         self._pending.append(pending)
         self._waiting.set()
-        if self._waiting_items() >= self._max_batch:
-            self._full.set()
+        if self._is_ready():
+            self._ready.set()
         return await pending.future
 
     async def close(self) -> None:
@@ -77,22 +78,21 @@ class MicroBatcher(Generic[Item, Result]):
         return sum(len(p.items) for p in self._pending)
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        idle = True
         while True:
-            await self._waiting.wait()
-            if idle:
-                remaining = self._pending[0].arrived + self._window - loop.time()
-                if remaining > 0:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._full.wait(), remaining)
-            batch = self._take_batch()
-            idle = not self._pending
-            if idle:
+            if not self._pending:
                 self._waiting.clear()
-            self._full.clear()
+                await self._waiting.wait()
+            self._ready.clear()
+            if not self._is_ready():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._ready.wait(), self._window)
+            batch = self._take_batch()
             if batch:
+                self._last_batch_requests = len(batch)
                 await self._execute(batch)
+
+    def _is_ready(self) -> bool:
+        return len(self._pending) >= self._last_batch_requests or self._waiting_items() >= self._max_batch
 
     def _take_batch(self) -> list[_Pending[Item, Result]]:
         batch: list[_Pending[Item, Result]] = []

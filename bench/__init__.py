@@ -1,0 +1,1 @@
+"""Benchmarks: measured, never asserted. Run with `make bench`."""

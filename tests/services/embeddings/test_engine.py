@@ -5,9 +5,9 @@ import asyncio
 import grpc
 import numpy as np
 import pytest
+
 from llmmesh.embeddings.v1 import embeddings_service_pb2 as pb
 from llmmesh.embeddings.v1 import embeddings_service_pb2_grpc as pb_grpc
-
 from services.embeddings.server import EmbeddingsServer
 
 

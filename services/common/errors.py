@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 import grpc
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -25,11 +25,19 @@ class MeshError(Exception):
     code: ClassVar[grpc.StatusCode] = grpc.StatusCode.INTERNAL
     default_reason: ClassVar[str] = "INTERNAL"
 
-    def __init__(self, message: str, *, reason: str | None = None, param: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str | None = None,
+        param: str | None = None,
+        retry_after_seconds: int | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.reason = reason or self.default_reason
         self.param = param
+        self.retry_after_seconds = retry_after_seconds
 
 
 class InvalidArgument(MeshError):
@@ -138,9 +146,16 @@ def to_status(error: MeshError) -> grpc.Status:
     info = error_details_pb2.ErrorInfo(reason=error.reason, domain=ERROR_DOMAIN)
     if error.param:
         info.metadata["param"] = error.param
-    detail = any_pb2.Any()
-    detail.Pack(info)
-    status = status_pb2.Status(code=error.code.value[0], message=error.message, details=[detail])
+    details = [info]
+    if error.retry_after_seconds is not None:
+        details.append(
+            error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=error.retry_after_seconds))
+        )
+    packed = []
+    for detail in details:
+        packed.append(any_pb2.Any())
+        packed[-1].Pack(detail)
+    status = status_pb2.Status(code=error.code.value[0], message=error.message, details=packed)
     return rpc_status.to_status(status)
 
 
@@ -148,7 +163,7 @@ def from_rpc_error(error: grpc.aio.AioRpcError | grpc.RpcError) -> MeshError:
     """Rebuild the domain error a gRPC server sent, keeping its reason and param."""
     code: grpc.StatusCode = error.code()  # type: ignore[attr-defined]
     message: str = error.details() or code.name  # type: ignore[attr-defined]
-    reason, param = None, None
+    reason, param, retry_after = None, None, None
     try:
         status = rpc_status.from_call(error)  # type: ignore[arg-type]
     except ValueError:  # malformed trailers from a foreign server
@@ -158,9 +173,13 @@ def from_rpc_error(error: grpc.aio.AioRpcError | grpc.RpcError) -> MeshError:
             info = error_details_pb2.ErrorInfo()
             detail.Unpack(info)
             reason, param = info.reason, info.metadata.get("param")
+        elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            retry = error_details_pb2.RetryInfo()
+            detail.Unpack(retry)
+            retry_after = retry.retry_delay.seconds
     if code == grpc.StatusCode.UNAVAILABLE and reason is None:
         message = f"Upstream service unavailable: {message}"
     error_class = _ERROR_BY_CODE.get(code, Internal)
-    mesh_error = error_class(message, reason=reason or code.name, param=param)
+    mesh_error = error_class(message, reason=reason or code.name, param=param, retry_after_seconds=retry_after)
     mesh_error.code = code  # type: ignore[misc]  # keep codes we have no class for (e.g. UNIMPLEMENTED)
     return mesh_error

@@ -47,7 +47,8 @@ def mesh_error_body(error: MeshError) -> dict[str, Any]:
 
 
 def mesh_error_response(error: MeshError) -> JSONResponse:
-    return JSONResponse(mesh_error_body(error), status_code=http_status(error))
+    headers = {"Retry-After": str(error.retry_after_seconds)} if error.retry_after_seconds is not None else None
+    return JSONResponse(mesh_error_body(error), status_code=http_status(error), headers=headers)
 
 
 def _validation_param(location: tuple[Any, ...]) -> str:

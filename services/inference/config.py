@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import AliasChoices, Field
 from pydantic_settings import SettingsConfigDict
 
 from services.common.config import ServiceSettings
+from services.inference.model_manager import Budget
 
 DEFAULT_MODELS_FILE = Path(__file__).with_name("models.yaml")
 
@@ -19,3 +20,27 @@ class InferenceSettings(ServiceSettings):
     models_file: Path = Field(DEFAULT_MODELS_FILE, description="The model registry YAML.")
     preload_default_model: bool = Field(True, description="Load the default model at startup, not on first use.")
     preload_models: list[str] = Field(default_factory=list, description="More models to load at startup (JSON list).")
+    database_url: str | None = Field(
+        None,
+        validation_alias=AliasChoices("LLMMESH_INFERENCE_DATABASE_URL", "DATABASE_URL"),
+        description="PostgreSQL for the settings store. Unset: settings live in memory until the service stops.",
+    )
+    max_loaded_models: int | None = Field(None, ge=1, description="Most models loaded at once. Unset: no limit.")
+    memory_limit_mb: int | None = Field(None, ge=1, description="Most memory (registry memory_mb) loaded at once.")
+    single_model: bool = Field(False, description="One model at a time (one GPU); swaps are serialized.")
+    max_waiting_requests: int = Field(256, ge=0, description="Requests that may wait for models; more get 429.")
+    max_wait_seconds: float = Field(
+        30.0, gt=0, description="After this long waiting, a request stops others from joining the loaded model."
+    )
+    retry_after_seconds: int = Field(5, ge=1, description="Retry-After sent with 429 when the queue is full.")
+
+    @property
+    def budget(self) -> Budget:
+        return Budget(
+            max_loaded_models=self.max_loaded_models,
+            memory_limit_mb=self.memory_limit_mb,
+            single_model=self.single_model,
+            max_waiting=self.max_waiting_requests,
+            max_wait_seconds=self.max_wait_seconds,
+            retry_after_seconds=self.retry_after_seconds,
+        )

@@ -72,6 +72,34 @@ class ModelState(StrEnum):
         return cls[pb.ModelState.Name(value).removeprefix("MODEL_STATE_")]
 
 
+class WaitState(StrEnum):
+    QUEUED = "queued"
+    LOADING_MODEL = "loading_model"
+
+    def to_pb(self) -> pb.WaitState.ValueType:
+        return pb.WaitState.Value(f"WAIT_STATE_{self.name}")
+
+    @classmethod
+    def from_pb(cls, value: pb.WaitState.ValueType) -> WaitState:
+        return cls[pb.WaitState.Name(value).removeprefix("WAIT_STATE_")]
+
+
+@dataclass(frozen=True)
+class WaitUpdate:
+    """Why a request has produced nothing yet: its queue position, or the model load it waits for."""
+
+    state: WaitState
+    model: str
+    position: int = 0
+
+    def to_pb(self) -> pb.WaitStatus:
+        return pb.WaitStatus(state=self.state.to_pb(), queue_position=self.position, model=self.model)
+
+    @classmethod
+    def from_pb(cls, status: pb.WaitStatus) -> WaitUpdate:
+        return cls(WaitState.from_pb(status.state), status.model, status.queue_position)
+
+
 @dataclass(frozen=True)
 class ChatMessage:
     role: Role
@@ -180,11 +208,13 @@ class Usage:
 
 @dataclass(frozen=True)
 class Chunk:
-    """A piece of generated text. Only the last chunk of a generation has finish_reason and usage."""
+    """A piece of generated text. Only the last chunk of a generation has finish_reason and usage;
+    chunks sent while the request waits have no text and a wait_status."""
 
     text: str
     finish_reason: FinishReason | None = None
     usage: Usage | None = None
+    wait_status: WaitUpdate | None = None
 
     def to_pb(self, message_type: type[_StreamResponse], *, request_id: str, model: str) -> _StreamResponse:
         """Chat and completion streams use different message types with the same fields."""
@@ -194,6 +224,7 @@ class Chunk:
             delta=self.text,
             finish_reason=self.finish_reason.to_pb() if self.finish_reason else pb.FINISH_REASON_UNSPECIFIED,
             usage=self.usage.to_pb() if self.usage else None,
+            wait_status=self.wait_status.to_pb() if self.wait_status else None,
         )
 
     @classmethod
@@ -202,6 +233,7 @@ class Chunk:
             text=response.delta,
             finish_reason=FinishReason.from_pb(response.finish_reason),
             usage=Usage.from_pb(response.usage) if response.HasField("usage") else None,
+            wait_status=WaitUpdate.from_pb(response.wait_status) if response.HasField("wait_status") else None,
         )
 
 
@@ -305,6 +337,8 @@ class ModelInfo:
     aliases: tuple[str, ...]
     context_length: int
     is_default: bool
+    memory_mb: int = 0
+    requests_running: int = 0
 
     def to_pb(self) -> pb.Model:
         return pb.Model(
@@ -314,6 +348,8 @@ class ModelInfo:
             aliases=list(self.aliases),
             context_length=self.context_length,
             is_default=self.is_default,
+            memory_mb=self.memory_mb,
+            requests_running=self.requests_running,
         )
 
     @classmethod
@@ -325,7 +361,39 @@ class ModelInfo:
             aliases=tuple(model.aliases),
             context_length=model.context_length,
             is_default=model.is_default,
+            memory_mb=model.memory_mb,
+            requests_running=model.requests_running,
         )
+
+
+@dataclass(frozen=True)
+class QueueLine:
+    model: str
+    state: ModelState
+    running: int
+    waiting: int
+
+    def to_pb(self) -> pb.ModelQueue:
+        return pb.ModelQueue(model=self.model, state=self.state.to_pb(), running=self.running, waiting=self.waiting)
+
+    @classmethod
+    def from_pb(cls, line: pb.ModelQueue) -> QueueLine:
+        return cls(line.model, ModelState.from_pb(line.state), line.running, line.waiting)
+
+
+@dataclass(frozen=True)
+class Setting:
+    key: str
+    value: str
+    description: str
+    updated_at: str = ""  # RFC 3339; empty when not stored
+
+    def to_pb(self) -> pb.Setting:
+        return pb.Setting(key=self.key, value=self.value, description=self.description, updated_at=self.updated_at)
+
+    @classmethod
+    def from_pb(cls, setting: pb.Setting) -> Setting:
+        return cls(setting.key, setting.value, setting.description, setting.updated_at)
 
 
 @dataclass

@@ -1,63 +1,153 @@
-"""Inference use cases, independent of gRPC: resolve the model, validate, generate."""
+"""Inference use cases, independent of gRPC: resolve the model, validate, wait for it, generate."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
 from services.inference.domain import (
     ChatRequest,
+    Chunk,
     CompletionRequest,
     Generation,
     GenerationRequest,
     ModelInfo,
+    QueueLine,
+    Setting,
+    WaitUpdate,
 )
 from services.inference.model_manager import ModelManager
-from services.inference.registry import ModelRegistry, ModelSpec
+from services.inference.registry import ModelSpec
+from services.inference.routing import (
+    SETTING_KEYS,
+    ModelRouter,
+    RoutingEnvironment,
+    build_routes,
+    require_known_key,
+    validate_setting,
+)
+from services.inference.settings_store import SettingsStore
 
 
 class InferenceEngine:
-    def __init__(self, registry: ModelRegistry, models: ModelManager) -> None:
-        self.registry = registry
+    def __init__(
+        self, router: ModelRouter, models: ModelManager, store: SettingsStore, environment: RoutingEnvironment
+    ) -> None:
+        self.router = router
         self.models = models
+        self.store = store
+        self.environment = environment
+
+    # ---- generation ----
 
     async def chat(self, request: ChatRequest) -> Generation:
         request.validate()
-        spec = self.registry.resolve(request.model)
-        return await self._start(
-            spec,
-            GenerationRequest(
-                request_id=request.request_id,
-                sampling=request.sampling.with_defaults(spec.defaults.to_domain()),
-                messages=request.messages,
-            ),
+        spec = self.router.resolve(request.model)
+        generation = GenerationRequest(
+            request_id=request.request_id,
+            sampling=request.sampling.with_defaults(spec.defaults.to_domain()),
+            messages=request.messages,
         )
+        return Generation(request.request_id, spec.name, self._generate(spec, generation))
 
     async def complete(self, request: CompletionRequest) -> Generation:
         request.validate()
-        spec = self.registry.resolve(request.model)
-        return await self._start(
-            spec,
-            GenerationRequest(
-                request_id=request.request_id,
-                sampling=request.sampling.with_defaults(spec.defaults.to_domain()),
-                prompt=request.prompt,
-            ),
+        spec = self.router.resolve(request.model)
+        generation = GenerationRequest(
+            request_id=request.request_id,
+            sampling=request.sampling.with_defaults(spec.defaults.to_domain()),
+            prompt=request.prompt,
         )
+        return Generation(request.request_id, spec.name, self._generate(spec, generation))
 
-    async def _start(self, spec: ModelSpec, request: GenerationRequest) -> Generation:
-        backend = await self.models.get(spec)
-        return Generation(request_id=request.request_id, model=spec.name, chunks=backend.generate_stream(request))
+    async def _generate(self, spec: ModelSpec, request: GenerationRequest) -> AsyncIterator[Chunk]:
+        """Wait for the model (reporting queue position and loading as chunks), then stream from it."""
+        updates: asyncio.Queue[WaitUpdate] = asyncio.Queue()
+        acquiring = asyncio.ensure_future(self.models.acquire(spec, on_wait=updates.put_nowait))
+        try:
+            while not acquiring.done():
+                update = asyncio.ensure_future(updates.get())
+                try:
+                    await asyncio.wait({acquiring, update}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    update.cancel()
+                if update.done() and not update.cancelled():
+                    yield Chunk(text="", wait_status=update.result())
+            lease = acquiring.result()
+        except BaseException:
+            acquiring.cancel()
+            if acquiring.done() and not acquiring.cancelled() and acquiring.exception() is None:
+                acquiring.result().release()  # admitted just as the caller left
+            raise
+        try:
+            async with contextlib.aclosing(lease.backend.generate_stream(request)) as chunks:  # type: ignore[type-var]
+                async for chunk in chunks:
+                    yield chunk
+        finally:
+            lease.release()
+
+    # ---- models ----
 
     def list_models(self) -> list[ModelInfo]:
-        return [self._info(spec) for spec in self.registry]
+        return [self._info(spec) for spec in self.router.specs()]
 
     def get_model(self, name: str) -> ModelInfo:
-        return self._info(self.registry.resolve(name))
+        return self._info(self.router.resolve(name))
 
     def _info(self, spec: ModelSpec) -> ModelInfo:
         return ModelInfo(
             name=spec.name,
             backend=spec.backend,
-            state=self.models.state(spec.name),
-            aliases=spec.aliases,
+            state=self.models.state(spec),
+            aliases=(*spec.aliases, *self.router.routes_to(spec)),
             context_length=spec.context_length,
-            is_default=spec.name == self.registry.default_model,
+            is_default=spec.name == self.router.registry.default_model,
+            memory_mb=spec.memory_mb,
+            requests_running=self.models.running(spec),
         )
+
+    def queue(self) -> list[QueueLine]:
+        return self.models.queue(self.router.specs())
+
+    async def load_model(self, name: str) -> ModelInfo:
+        spec = self.router.resolve(name)
+        await self.models.load(spec)
+        return self._info(spec)
+
+    async def unload_model(self, name: str) -> ModelInfo:
+        spec = self.router.resolve(name)
+        await self.models.unload(spec)
+        return self._info(spec)
+
+    async def unload_models(self) -> list[str]:
+        return await self.models.unload_all()
+
+    async def reload(self) -> list[str]:
+        """Re-read the settings and re-route; unload models that no name reaches any more."""
+        stored = {key: setting.value for key, setting in (await self.store.all()).items()}
+        self.router.update(build_routes(self.router.registry, stored, self.environment))
+        return await self.models.unload_unreferenced({spec.instance_key for spec in self.router.specs()})
+
+    # ---- settings ----
+
+    async def list_settings(self) -> list[Setting]:
+        stored = await self.store.all()
+        return [
+            Setting(
+                key=key,
+                value=stored[key].value if key in stored else "",
+                description=description,
+                updated_at=stored[key].updated_at.isoformat() if key in stored else "",
+            )
+            for key, description in SETTING_KEYS.items()
+        ]
+
+    async def update_setting(self, key: str, value: str) -> Setting:
+        """Store a setting; an empty value deletes it. Takes effect on the next reload."""
+        if not value.strip():
+            require_known_key(key)
+            await self.store.delete(key)
+            return Setting(key=key, value="", description=SETTING_KEYS[key])
+        stored = await self.store.put(key, validate_setting(key, value, self.router.registry))
+        return Setting(key, stored.value, SETTING_KEYS[key], stored.updated_at.isoformat())

@@ -63,6 +63,7 @@ class ModelSpec(BaseModel):
     context_length: int = Field(4096, ge=16)
     defaults: SamplingDefaults = Field(default_factory=SamplingDefaults)
     aliases: tuple[str, ...] = ()
+    memory_mb: int = Field(0, ge=0, description="Estimated memory when loaded (MiB), for the memory budget.")
     options: dict[str, Any] = Field(default_factory=dict, description="Backend-specific settings.")
 
     @model_validator(mode="after")
@@ -70,6 +71,11 @@ class ModelSpec(BaseModel):
         if self.backend not in BACKENDS:
             raise ValueError(f"unknown backend '{self.backend}'; valid backends: {', '.join(sorted(BACKENDS))}")
         return self
+
+    @property
+    def instance_key(self) -> tuple[str, str]:
+        """Specs with the same key share one loaded instance (e.g. both slots on one file)."""
+        return (self.backend, self.path or self.name)
 
     def resolve_path(self) -> Path:
         """The local model path; a packaged model is written to its cache on first use (blocking)."""
@@ -82,6 +88,7 @@ class RegistryFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     default_model: str | None = None
+    tiers: dict[str, str] = Field(default_factory=dict, description="Tier name (light, medium, heavy) -> model.")
     models: list[ModelSpec] = Field(min_length=1)
 
 
@@ -94,9 +101,12 @@ class ModelRegistry:
     models: tuple[ModelSpec, ...]
     default_model: str
     _by_name: dict[str, ModelSpec] = dataclasses.field(repr=False, compare=False)
+    tiers: dict[str, str] = dataclasses.field(default_factory=dict)
 
     @classmethod
-    def from_specs(cls, specs: list[ModelSpec], default_model: str | None = None) -> ModelRegistry:
+    def from_specs(
+        cls, specs: list[ModelSpec], default_model: str | None = None, tiers: dict[str, str] | None = None
+    ) -> ModelRegistry:
         by_name: dict[str, ModelSpec] = {}
         for spec in specs:
             for key in (spec.name, *spec.aliases):
@@ -106,7 +116,10 @@ class ModelRegistry:
         default = default_model or specs[0].name
         if default not in by_name:
             raise RegistryError(f"default_model '{default}' is not a model name or alias")
-        return cls(models=tuple(specs), default_model=by_name[default].name, _by_name=by_name)
+        for tier, model in (tiers or {}).items():
+            if model not in by_name:
+                raise RegistryError(f"tier '{tier}' points to '{model}', which is not a model name or alias")
+        return cls(models=tuple(specs), default_model=by_name[default].name, _by_name=by_name, tiers=dict(tiers or {}))
 
     @classmethod
     def from_yaml(cls, path: Path) -> ModelRegistry:
@@ -117,7 +130,11 @@ class ModelRegistry:
             raise RegistryError(f"cannot read model registry {path}: {error}") from error
         except (yaml.YAMLError, ValidationError) as error:
             raise RegistryError(f"invalid model registry {path}: {error}") from error
-        return cls.from_specs(parsed.models, parsed.default_model)
+        return cls.from_specs(parsed.models, parsed.default_model, parsed.tiers)
+
+    def find(self, name: str) -> ModelSpec | None:
+        """The model for a registry name or alias, if there is one."""
+        return self._by_name.get(name)
 
     def resolve(self, name: str) -> ModelSpec:
         """The model for a name or alias; an empty name is the default model."""
@@ -125,6 +142,10 @@ class ModelRegistry:
         if spec is None:
             raise ModelNotFound(name, sorted(self._by_name))
         return spec
+
+    @property
+    def names(self) -> list[str]:
+        return sorted(self._by_name)
 
     def __iter__(self) -> Iterator[ModelSpec]:
         return iter(self.models)

@@ -1,4 +1,4 @@
-"""Assembles the inference service: registry, model manager, engine, gRPC server."""
+"""Assembles the inference service: registry, settings store, router, model manager, engine, gRPC server."""
 
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ from services.inference.domain import ModelState
 from services.inference.engine import InferenceEngine
 from services.inference.model_manager import ModelManager
 from services.inference.registry import ModelRegistry
+from services.inference.routing import ModelRouter, RoutingEnvironment
 from services.inference.servicer import SERVICE_NAME, InferenceServicer
+from services.inference.settings_store import MemorySettingsStore, PostgresSettingsStore, SettingsStore
 
 log = logging.getLogger(__name__)
 
@@ -26,16 +28,25 @@ class InferenceServer(GrpcService[InferenceSettings]):
     """The running service. Overall health is SERVING once preloading is done; each model
     also has its own health entry (`model/<name>`), SERVING while it is loaded."""
 
-    def __init__(self, settings: InferenceSettings, registry: ModelRegistry | None = None) -> None:
+    def __init__(
+        self,
+        settings: InferenceSettings,
+        registry: ModelRegistry | None = None,
+        environment: RoutingEnvironment | None = None,
+    ) -> None:
         self.settings = settings
         self.registry = registry or ModelRegistry.from_yaml(settings.models_file)
-        self.models = ModelManager(self.registry, on_state_change=self._publish_model_state)
-        self.engine = InferenceEngine(self.registry, self.models)
+        self.environment = environment or RoutingEnvironment()
+        self.models = ModelManager(settings.budget, on_state_change=self._publish_model_state)
+        self.engine: InferenceEngine | None = None
 
     async def start(self) -> None:
         """Serve, then preload. Until preloading is done, overall health is NOT_SERVING (a
         readiness probe holds traffic back) while the port already answers (liveness)."""
-        preload = {self.registry.resolve(name).name: self.registry.resolve(name) for name in self._preload_names()}
+        store = await self._open_store()
+        self.engine = InferenceEngine(ModelRouter(self.registry), self.models, store, self.environment)
+        await self.engine.reload()
+        preload = {spec.instance_key: spec for spec in map(self.engine.router.resolve, self._preload_names())}
         servicer = InferenceServicer(self.engine)
         self._grpc = await start_grpc_server(
             host=self.settings.host,
@@ -44,18 +55,26 @@ class InferenceServer(GrpcService[InferenceSettings]):
             service_names=[SERVICE_NAME],
             serving=not preload,
         )
-        for spec in self.registry:
-            await self._publish_model_state(spec.name, self.models.state(spec.name))
+        for spec in self.engine.router.specs():
+            await self._publish_model_state(spec.name, self.models.state(spec))
         if preload:
-            await asyncio.gather(*(self.models.get(spec) for spec in preload.values()))
+            await asyncio.gather(*(self.models.load(spec) for spec in preload.values()))
             await self._grpc.set_serving(("", SERVICE_NAME), True)
 
+    async def _open_store(self) -> SettingsStore:
+        if self.settings.database_url:
+            return await PostgresSettingsStore.open(self.settings.database_url)
+        log.warning("no database configured: settings are kept in memory until the service stops")
+        return MemorySettingsStore()
+
     def _preload_names(self) -> list[str]:
-        default = [self.registry.default_model] if self.settings.preload_default_model else []
+        default = [""] if self.settings.preload_default_model else []
         return default + self.settings.preload_models
 
     async def release(self) -> None:
         await self.models.unload_all()
+        if self.engine:
+            await self.engine.store.close()
 
     async def _publish_model_state(self, name: str, state: ModelState) -> None:
         if self._grpc:

@@ -63,6 +63,43 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
     async def GetModel(self, request: pb.GetModelRequest, context: grpc.aio.ServicerContext) -> pb.GetModelResponse:
         return pb.GetModelResponse(model=self.engine.get_model(request.name).to_pb())
 
+    async def GetQueue(self, request: pb.GetQueueRequest, context: grpc.aio.ServicerContext) -> pb.GetQueueResponse:
+        lines = self.engine.queue()
+        return pb.GetQueueResponse(
+            models=[line.to_pb() for line in lines],
+            total_waiting=self.engine.models.waiting,
+            max_waiting=self.engine.models.budget.max_waiting,
+        )
+
+    async def LoadModel(self, request: pb.LoadModelRequest, context: grpc.aio.ServicerContext) -> pb.LoadModelResponse:
+        return pb.LoadModelResponse(model=(await self.engine.load_model(request.name)).to_pb())
+
+    async def UnloadModel(
+        self, request: pb.UnloadModelRequest, context: grpc.aio.ServicerContext
+    ) -> pb.UnloadModelResponse:
+        return pb.UnloadModelResponse(model=(await self.engine.unload_model(request.name)).to_pb())
+
+    async def UnloadModels(
+        self, request: pb.UnloadModelsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.UnloadModelsResponse:
+        return pb.UnloadModelsResponse(unloaded=await self.engine.unload_models())
+
+    async def ReloadModels(
+        self, request: pb.ReloadModelsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ReloadModelsResponse:
+        unloaded = await self.engine.reload()
+        return pb.ReloadModelsResponse(models=[info.to_pb() for info in self.engine.list_models()], unloaded=unloaded)
+
+    async def ListSettings(
+        self, request: pb.ListSettingsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListSettingsResponse:
+        return pb.ListSettingsResponse(settings=[s.to_pb() for s in await self.engine.list_settings()])
+
+    async def UpdateSetting(
+        self, request: pb.UpdateSettingRequest, context: grpc.aio.ServicerContext
+    ) -> pb.UpdateSettingResponse:
+        return pb.UpdateSettingResponse(setting=(await self.engine.update_setting(request.key, request.value)).to_pb())
+
 
 async def _stream(generation: Generation, message_type: type) -> AsyncIterator:
     # aclosing: when the RPC is cancelled, the backend's stream is closed and generation stops.

@@ -5,7 +5,7 @@ import openai
 import pytest
 
 from services.inference.server import InferenceServer
-from tests.conftest import GEMMA, wait_until_idle
+from tests.conftest import GEMMA, loaded_backend, wait_until_idle
 
 
 @pytest.fixture
@@ -44,7 +44,7 @@ async def test_streamed_chat_from_the_real_model(client) -> None:
 
 
 async def test_client_disconnect_stops_generation(gateway_url: str, inference: InferenceServer) -> None:
-    backend = await inference.models.get(inference.registry.resolve(GEMMA))
+    backend = await loaded_backend(inference, GEMMA)
     before = backend.stats.tokens_generated
     body = {"model": GEMMA, "prompt": "1, 2, 3, 4,", "max_tokens": 1000, "temperature": 0, "stream": True}
     async with httpx.AsyncClient(base_url=gateway_url, timeout=30) as http:
@@ -58,7 +58,7 @@ async def test_client_disconnect_stops_generation(gateway_url: str, inference: I
 
 
 async def test_non_stream_disconnect_stops_generation(gateway_url: str, inference: InferenceServer) -> None:
-    backend = await inference.models.get(inference.registry.resolve(GEMMA))
+    backend = await loaded_backend(inference, GEMMA)
     before = backend.stats.tokens_generated
     body = {"model": GEMMA, "prompt": "1, 2, 3, 4,", "max_tokens": 1000, "temperature": 0}
     async with httpx.AsyncClient(base_url=gateway_url, timeout=0.5) as http:

@@ -14,7 +14,7 @@ def test_shipped_registry_loads_with_gemma_as_default() -> None:
     assert default.name == "gemma-3-270m"
     assert default.backend == "gguf"
     assert default.chat_template == "gemma"
-    assert registry.resolve("live") is default
+    assert registry.tiers == {"light": "gemma-3-270m", "medium": "gemma-3-270m", "heavy": "gemma-3-270m"}
 
 
 def test_unknown_model_lists_known_names() -> None:

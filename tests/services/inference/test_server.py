@@ -51,7 +51,7 @@ async def test_list_and_get_models(stub, inference: InferenceServer) -> None:
     models = {m.name: m for m in (await stub.ListModels(pb.ListModelsRequest())).models}
     assert set(models) == {GEMMA, "mock", "mock-slow"}
     assert models[GEMMA].is_default and models[GEMMA].state == pb.MODEL_STATE_LOADED
-    assert models[GEMMA].backend == "gguf" and list(models[GEMMA].aliases) == ["live"]
+    assert models[GEMMA].backend == "gguf" and list(models[GEMMA].aliases) == ["live", "background"]
     assert (await stub.GetModel(pb.GetModelRequest(name="live"))).model.name == GEMMA
 
 
@@ -106,12 +106,12 @@ async def test_health_overall_and_per_model(channel, stub) -> None:
 
 
 async def test_cancelled_stream_stops_the_backend(stub, inference: InferenceServer) -> None:
-    from tests.conftest import wait_until_idle
+    from tests.conftest import loaded_backend, wait_until_idle
 
     call = stub.ChatStream(pb.ChatStreamRequest(model="mock-slow", messages=[user(" ".join(["w"] * 200))]))
     async for _ in call:
         break
     call.cancel()
-    backend = await inference.models.get(inference.registry.resolve("mock-slow"))
+    backend = await loaded_backend(inference, "mock-slow")
     await wait_until_idle(backend)
     assert backend.stats.tokens_generated < 200

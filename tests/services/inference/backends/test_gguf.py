@@ -7,12 +7,12 @@ import pytest
 from services.common.errors import InvalidArgument
 from services.inference.domain import ChatMessage, FinishReason, GenerationRequest, Role, SamplingParams
 from services.inference.server import InferenceServer
-from tests.conftest import GEMMA, wait_until_idle
+from tests.conftest import GEMMA, loaded_backend, wait_until_idle
 
 
 @pytest.fixture
 async def gemma(inference: InferenceServer):
-    return await inference.models.get(inference.registry.resolve(GEMMA))
+    return await loaded_backend(inference, GEMMA)
 
 
 async def generate(backend, **request) -> tuple[str, object]:

@@ -1,0 +1,163 @@
+"""Which model a request name reaches: registry names, the slots `live` and `background`,
+and the tiers `light`, `medium` and `heavy`.
+
+Slots and tiers resolve through a configuration cascade, first match wins:
+
+    backend  model.live.backend -> LIVE_MODEL_BACKEND -> MODEL_BACKEND -> the model's own
+    model    model.live.name    -> LIVE_MODEL_NAME    -> MODEL_NAME    -> default_model
+
+`model.*` keys come from the settings store. The background slot falls back to
+whatever live resolved to. Tiers: model.<tier>.name -> <TIER>_MODEL_NAME -> the
+registry's `tiers:`. The jarvis-llm-proxy names (JARVIS_LIVE_MODEL_BACKEND, ...)
+are accepted as aliases of the environment variables.
+
+A slot's model is a registry name, or else a model file path (a registry entry
+is made for it). Specs that reach the same (backend, path) share one instance.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services.common.errors import InvalidArgument, ModelNotFound
+from services.inference.backends import BACKENDS
+from services.inference.registry import ModelRegistry, ModelSpec
+
+SLOTS = ("live", "background")
+TIERS = ("light", "medium", "heavy")
+
+
+def _env(*names: str) -> str | None:
+    return Field(None, validation_alias=AliasChoices(*names))  # type: ignore[no-any-return]
+
+
+class RoutingEnvironment(BaseSettings):
+    """The cascade's environment layer. Unprefixed names, as the design documents define them."""
+
+    model_config = SettingsConfigDict(extra="ignore", frozen=True)
+
+    live_model_backend: str | None = _env("LIVE_MODEL_BACKEND", "JARVIS_LIVE_MODEL_BACKEND")
+    live_model_name: str | None = _env("LIVE_MODEL_NAME", "JARVIS_LIVE_MODEL_NAME")
+    background_model_backend: str | None = _env("BACKGROUND_MODEL_BACKEND", "JARVIS_BACKGROUND_MODEL_BACKEND")
+    background_model_name: str | None = _env("BACKGROUND_MODEL_NAME", "JARVIS_BACKGROUND_MODEL_NAME")
+    model_backend: str | None = _env("MODEL_BACKEND", "JARVIS_MODEL_BACKEND")
+    model_name: str | None = _env("MODEL_NAME", "JARVIS_MODEL_NAME")
+    light_model_name: str | None = _env("LIGHT_MODEL_NAME")
+    medium_model_name: str | None = _env("MEDIUM_MODEL_NAME")
+    heavy_model_name: str | None = _env("HEAVY_MODEL_NAME")
+
+
+# key -> what it controls (shown by ListSettings and GET /settings/)
+SETTING_KEYS: dict[str, str] = {
+    **{f"model.{slot}.backend": f"Backend of the {slot} slot: {', '.join(sorted(BACKENDS))}." for slot in SLOTS},
+    **{f"model.{slot}.name": f"Model of the {slot} slot: a registry name or a model file path." for slot in SLOTS},
+    **{f"model.{tier}.name": f"Model of the {tier} tier: a registry name." for tier in TIERS},
+}
+
+
+def require_known_key(key: str) -> None:
+    if key not in SETTING_KEYS:
+        raise InvalidArgument(f"Unknown setting '{key}'. Known settings: {', '.join(SETTING_KEYS)}.", param="key")
+
+
+def validate_setting(key: str, value: str, registry: ModelRegistry) -> str:
+    """The normalized value, or InvalidArgument naming what is wrong."""
+    require_known_key(key)
+    value = value.strip()
+    if key.endswith(".backend"):
+        value = value.lower()
+        if value not in BACKENDS:
+            raise InvalidArgument(
+                f"'{key}' must be one of {', '.join(sorted(BACKENDS))}; got '{value}'.", param="value"
+            )
+    elif key.split(".")[1] in TIERS:
+        if registry.find(value) is None:
+            raise InvalidArgument(
+                f"'{key}' must name a registry model ({', '.join(registry.names)}); got '{value}'.", param="value"
+            )
+    elif len(value) > 1024 or re.search(r"[\x00-\x1f]", value):
+        raise InvalidArgument(f"'{key}' must be a model name or a file path.", param="value")
+    return value
+
+
+@dataclass(frozen=True)
+class _Choice:
+    backend: str | None
+    model: str | None
+
+
+def _spec_for(choice: _Choice, registry: ModelRegistry) -> ModelSpec:
+    spec = registry.find(choice.model) if choice.model else registry.resolve("")
+    if spec is None:  # not a registry name: a model file
+        assert choice.model is not None
+        name = re.sub(r"[^A-Za-z0-9._:/-]", "-", Path(choice.model).name) or "model"
+        return ModelSpec(name=name, backend=choice.backend or "gguf", path=choice.model)
+    if choice.backend and choice.backend != spec.backend:
+        return spec.model_copy(update={"backend": choice.backend})
+    return spec
+
+
+def build_routes(registry: ModelRegistry, stored: Mapping[str, str], env: RoutingEnvironment) -> dict[str, ModelSpec]:
+    """Route name (slot or tier) -> the model it reaches now."""
+
+    def first(*values: str | None) -> str | None:
+        return next((v for v in values if v), None)
+
+    live = _Choice(
+        backend=first(stored.get("model.live.backend"), env.live_model_backend, env.model_backend),
+        model=first(stored.get("model.live.name"), env.live_model_name, env.model_name),
+    )
+    background = _Choice(
+        backend=first(stored.get("model.background.backend"), env.background_model_backend, live.backend),
+        model=first(stored.get("model.background.name"), env.background_model_name, live.model),
+    )
+    routes = {
+        "live": _spec_for(_normalized(live), registry),
+        "background": _spec_for(_normalized(background), registry),
+    }
+    for tier in TIERS:
+        model = first(stored.get(f"model.{tier}.name"), getattr(env, f"{tier}_model_name"), registry.tiers.get(tier))
+        if model:
+            routes[tier] = _spec_for(_Choice(None, model), registry)
+    return routes
+
+
+def _normalized(choice: _Choice) -> _Choice:
+    return _Choice(choice.backend.lower() if choice.backend else None, choice.model)
+
+
+class ModelRouter:
+    """Resolves request names; `update` swaps in new routes after a settings reload."""
+
+    def __init__(self, registry: ModelRegistry, routes: dict[str, ModelSpec] | None = None) -> None:
+        self.registry = registry
+        self.routes = routes or {}
+
+    def update(self, routes: dict[str, ModelSpec]) -> None:
+        self.routes = routes
+
+    def resolve(self, name: str) -> ModelSpec:
+        """Slots and tiers first, then registry names and aliases; empty is the default model."""
+        if not name:
+            return self.registry.resolve("")
+        spec = self.routes.get(name) or self.registry.find(name)
+        if spec is None:
+            raise ModelNotFound(name, sorted({*self.routes, *self.registry.names}))
+        return spec
+
+    def specs(self) -> list[ModelSpec]:
+        """Every model: the registry's, then those that only a slot reaches (model files)."""
+        specs = {spec.name: spec for spec in self.registry}
+        for spec in self.routes.values():
+            specs.setdefault(spec.name, spec)
+        return list(specs.values())
+
+    def routes_to(self, spec: ModelSpec) -> tuple[str, ...]:
+        """Slot and tier names that reach `spec`'s instance."""
+        return tuple(name for name, target in self.routes.items() if target.instance_key == spec.instance_key)

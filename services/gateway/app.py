@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from services.gateway.body_limit import BodySizeLimitMiddleware
 from services.gateway.config import GatewaySettings
 from services.gateway.errors import install_error_handlers
-from services.gateway.routers import chat, completions, embeddings, health, models
+from services.gateway.routers import admin, chat, completions, embeddings, health, models
 from services.gateway.upstream import CHANNEL_OPTIONS, EmbeddingsClient, InferenceClient
 
 
@@ -36,6 +36,6 @@ def build_app(settings: GatewaySettings) -> FastAPI:
     app.state.settings = settings
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     install_error_handlers(app)
-    for module in (chat, completions, embeddings, models, health):
+    for module in (chat, completions, embeddings, models, admin, health):
         app.include_router(module.router)
     return app

@@ -21,7 +21,16 @@ from llmmesh.inference.v1 import inference_service_pb2 as pb
 from llmmesh.inference.v1 import inference_service_pb2_grpc as pb_grpc
 from services.common.errors import from_rpc_error
 from services.embeddings.domain import EmbeddingModelInfo, EmbedRequest, EmbedResult, RerankRequest, RerankResult
-from services.inference.domain import ChatRequest, Chunk, CompletionRequest, FinishReason, ModelInfo, Usage
+from services.inference.domain import (
+    ChatRequest,
+    Chunk,
+    CompletionRequest,
+    FinishReason,
+    ModelInfo,
+    QueueLine,
+    Setting,
+    Usage,
+)
 
 T = TypeVar("T")
 
@@ -128,6 +137,43 @@ class InferenceClient(_Client):
         with rpc_errors_as_domain_errors():
             response = await self._stub.GetModel(pb.GetModelRequest(name=name), timeout=self._timeout)
         return ModelInfo.from_pb(response.model)
+
+    async def queue(self) -> tuple[list[QueueLine], int, int]:
+        """Per-model lines, requests waiting in all, and the most that may wait."""
+        with rpc_errors_as_domain_errors():
+            response = await self._stub.GetQueue(pb.GetQueueRequest(), timeout=self._timeout)
+        return [QueueLine.from_pb(line) for line in response.models], response.total_waiting, response.max_waiting
+
+    async def load_model(self, name: str) -> ModelInfo:
+        with rpc_errors_as_domain_errors():
+            response = await self._stub.LoadModel(pb.LoadModelRequest(name=name), timeout=self._timeout)
+        return ModelInfo.from_pb(response.model)
+
+    async def unload_model(self, name: str) -> ModelInfo:
+        with rpc_errors_as_domain_errors():
+            response = await self._stub.UnloadModel(pb.UnloadModelRequest(name=name), timeout=self._timeout)
+        return ModelInfo.from_pb(response.model)
+
+    async def unload_models(self) -> list[str]:
+        with rpc_errors_as_domain_errors():
+            response = await self._stub.UnloadModels(pb.UnloadModelsRequest(), timeout=self._timeout)
+        return list(response.unloaded)
+
+    async def reload_models(self) -> tuple[list[ModelInfo], list[str]]:
+        with rpc_errors_as_domain_errors():
+            response = await self._stub.ReloadModels(pb.ReloadModelsRequest(), timeout=self._timeout)
+        return [ModelInfo.from_pb(m) for m in response.models], list(response.unloaded)
+
+    async def list_settings(self) -> list[Setting]:
+        with rpc_errors_as_domain_errors():
+            response = await self._stub.ListSettings(pb.ListSettingsRequest(), timeout=self._timeout)
+        return [Setting.from_pb(s) for s in response.settings]
+
+    async def update_setting(self, key: str, value: str) -> Setting:
+        with rpc_errors_as_domain_errors():
+            request = pb.UpdateSettingRequest(key=key, value=value)
+            response = await self._stub.UpdateSetting(request, timeout=self._timeout)
+        return Setting.from_pb(response.setting)
 
 
 def _completed(response: Any, text: str | None) -> Completed:

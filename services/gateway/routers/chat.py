@@ -12,7 +12,7 @@ from fastapi import APIRouter, Depends, Request
 from services.gateway.config import GatewaySettings
 from services.gateway.dependencies import cancel_on_disconnect, get_inference, get_settings
 from services.gateway.schemas import ChatCompletionRequest, chat_completion_body, new_id, usage_body
-from services.gateway.sse import sse_response
+from services.gateway.sse import Comment, sse_response, wait_comment
 from services.gateway.upstream import InferenceClient, StreamEvent
 from services.inference.domain import Usage
 
@@ -42,7 +42,7 @@ async def create_chat_completion(
 
 async def _chunks(
     events: AsyncIterator[StreamEvent], completion_id: str, choices: int, include_usage: bool
-) -> AsyncIterator[dict[str, Any]]:
+) -> AsyncIterator[dict[str, Any] | Comment]:
     created = int(time.time())
     usages: dict[int, Usage] = {}
     model = ""
@@ -61,6 +61,9 @@ async def _chunks(
 
     async with contextlib.aclosing(events):  # type: ignore[type-var]
         async for event in events:
+            if wait := event.chunk.wait_status:
+                yield wait_comment(wait.state.value, wait.model, wait.position)
+                continue
             if not model:
                 model = event.model
                 for index in range(choices):

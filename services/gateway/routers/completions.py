@@ -12,7 +12,7 @@ from fastapi import APIRouter, Depends, Request
 from services.gateway.config import GatewaySettings
 from services.gateway.dependencies import cancel_on_disconnect, get_inference, get_settings
 from services.gateway.schemas import CompletionRequestIn, completion_body, new_id, usage_body
-from services.gateway.sse import sse_response
+from services.gateway.sse import Comment, sse_response, wait_comment
 from services.gateway.upstream import InferenceClient, StreamEvent
 from services.inference.domain import Usage
 
@@ -42,7 +42,7 @@ async def create_completion(
 
 async def _chunks(
     events: AsyncIterator[StreamEvent], completion_id: str, choices_per_prompt: int, include_usage: bool
-) -> AsyncIterator[dict[str, Any]]:
+) -> AsyncIterator[dict[str, Any] | Comment]:
     created = int(time.time())
     usages: dict[int, Usage] = {}
     model = ""
@@ -61,6 +61,9 @@ async def _chunks(
 
     async with contextlib.aclosing(events):  # type: ignore[type-var]
         async for event in events:
+            if wait := event.chunk.wait_status:
+                yield wait_comment(wait.state.value, wait.model, wait.position)
+                continue
             model = event.model
             finish = event.chunk.finish_reason
             if event.chunk.text or finish:

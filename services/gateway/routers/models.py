@@ -43,7 +43,11 @@ async def _embedding_models(embeddings: EmbeddingsClient) -> list[EmbeddingModel
 async def list_models(
     inference: InferenceClient = Depends(get_inference), embeddings: EmbeddingsClient = Depends(get_embeddings)
 ) -> dict[str, Any]:
-    chat_models = [model_body(m) for m in await inference.list_models()]
+    chat_models = []
+    for model in await inference.list_models():
+        chat_models.append(model_body(model))
+        # Slots, tiers and aliases are names too: list them, with the model each reaches.
+        chat_models += [{**model_body(model), "id": alias, "resolves_to": model.name} for alias in model.aliases]
     embedding_models = [_embedding_model_body(m) for m in await _embedding_models(embeddings)]
     return {"object": "list", "data": chat_models + embedding_models}
 

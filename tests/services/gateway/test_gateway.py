@@ -80,7 +80,8 @@ async def test_completions_unary_and_stream(client) -> None:
 
 async def test_models(client) -> None:
     ids = [model.id async for model in client.models.list()]
-    assert ids == ["gemma-3-270m", "mock", "mock-slow", "all-MiniLM-L6-v2"]
+    # Models, each followed by the slot, tier and alias names that reach it.
+    assert ids == ["gemma-3-270m", "live", "background", "mock", "mock-alias", "mock-slow", "all-MiniLM-L6-v2"]
     assert (await client.models.retrieve("live")).id == "gemma-3-270m"
 
 

@@ -1,0 +1,71 @@
+"""Operations: the model queue, hot swap, and the settings store.
+
+GET /v1/queue; POST /admin/models/{name}/load, /admin/models/{name}/unload,
+/admin/models/unload (all), /admin/models/reload; GET /settings/, PUT /settings/{key}.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from fastapi import APIRouter, Depends
+from pydantic import Field
+
+from services.gateway.dependencies import get_inference
+from services.gateway.schemas import OpenAIModel, model_body
+from services.gateway.upstream import InferenceClient
+from services.inference.domain import Setting
+
+router = APIRouter()
+
+
+@router.get("/v1/queue")
+async def queue(inference: InferenceClient = Depends(get_inference)) -> dict[str, Any]:
+    lines, total_waiting, max_waiting = await inference.queue()
+    return {
+        "models": [{**dataclasses.asdict(line), "state": line.state.value} for line in lines],
+        "total_waiting": total_waiting,
+        "max_waiting": max_waiting,
+    }
+
+
+@router.post("/admin/models/{name:path}/load")
+async def load_model(name: str, inference: InferenceClient = Depends(get_inference)) -> dict[str, Any]:
+    return model_body(await inference.load_model(name))
+
+
+@router.post("/admin/models/unload")
+async def unload_models(inference: InferenceClient = Depends(get_inference)) -> dict[str, Any]:
+    return {"unloaded": await inference.unload_models()}
+
+
+@router.post("/admin/models/reload")
+async def reload_models(inference: InferenceClient = Depends(get_inference)) -> dict[str, Any]:
+    models, unloaded = await inference.reload_models()
+    return {"models": [model_body(m) for m in models], "unloaded": unloaded}
+
+
+@router.post("/admin/models/{name:path}/unload")
+async def unload_model(name: str, inference: InferenceClient = Depends(get_inference)) -> dict[str, Any]:
+    return model_body(await inference.unload_model(name))
+
+
+def _setting_body(setting: Setting) -> dict[str, str | None]:
+    return {**dataclasses.asdict(setting), "updated_at": setting.updated_at or None}
+
+
+@router.get("/settings/")
+async def list_settings(inference: InferenceClient = Depends(get_inference)) -> dict[str, Any]:
+    return {"settings": [_setting_body(s) for s in await inference.list_settings()]}
+
+
+class SettingIn(OpenAIModel):
+    value: str = Field(max_length=4096, description="The new value; empty deletes the setting.")
+
+
+@router.put("/settings/{key}")
+async def update_setting(
+    key: str, body: SettingIn, inference: InferenceClient = Depends(get_inference)
+) -> dict[str, Any]:
+    return _setting_body(await inference.update_setting(key, body.value))

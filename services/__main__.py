@@ -14,6 +14,8 @@ import time
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -78,10 +80,23 @@ def _stop(services: list[Service]) -> None:
                 service.process.kill()
 
 
+def _embedded_postgres(data_dir: Path) -> tuple[str, Any]:
+    """Start PostgreSQL under the data directory, so that settings survive restarts."""
+    import pgserver  # only needed when no DATABASE_URL is given
+
+    server = pgserver.get_server(data_dir / "postgres", cleanup_mode="stop")
+    return server.get_uri(), server
+
+
 def main() -> None:
+    inference_settings = InferenceSettings()
+    database_url, postgres = inference_settings.database_url, None
+    if not database_url:
+        database_url, postgres = _embedded_postgres(inference_settings.data_dir.resolve())
+        print(f"Embedded PostgreSQL: {database_url}", flush=True)
     grpc_services = [
         Service(name, f"services.{name}", f"{settings.host}:{settings.port}")
-        for name, settings in (("inference", InferenceSettings()), ("embeddings", EmbeddingsSettings()))
+        for name, settings in (("inference", inference_settings), ("embeddings", EmbeddingsSettings()))
     ]
     gateway_settings = GatewaySettings()
     gateway = Service("gateway", "services.gateway", f"http://{gateway_settings.host}:{gateway_settings.port}")
@@ -89,7 +104,7 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         for service in grpc_services:  # started together, so that they load their models in parallel
-            service.start()
+            service.start({"LLMMESH_INFERENCE_DATABASE_URL": database_url} if service.name == "inference" else None)
         for service in grpc_services:
             _wait_until(service, lambda service=service: _grpc_serving(service.address))  # type: ignore[misc]
         # The gateway follows the services' addresses unless told otherwise.
@@ -107,6 +122,8 @@ def main() -> None:
         pass
     finally:
         _stop(services)
+        if postgres is not None:
+            postgres.cleanup()
 
 
 if __name__ == "__main__":

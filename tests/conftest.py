@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Iterator
 
+import asyncpg
 import grpc
 import pytest
 import pytest_asyncio
@@ -50,9 +52,33 @@ def build_test_registry() -> ModelRegistry:
     )
 
 
+@pytest.fixture(scope="session")
+def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real PostgreSQL 16 (pgserver), started once per test session in a temporary directory."""
+    import pgserver
+
+    server = pgserver.get_server(tmp_path_factory.mktemp("postgres"), cleanup_mode="stop")
+    yield server.get_uri()
+    server.cleanup()
+
+
+@pytest_asyncio.fixture
+async def fresh_database_url(postgres_url: str) -> str:
+    """A new, empty database on the session's PostgreSQL."""
+    name = f"test_{uuid.uuid4().hex[:12]}"
+    connection = await asyncpg.connect(postgres_url)
+    try:
+        await connection.execute(f"CREATE DATABASE {name}")
+    finally:
+        await connection.close()
+    return postgres_url.replace("/postgres?", f"/{name}?")
+
+
 @pytest_asyncio.fixture(scope="session")
-async def inference() -> AsyncIterator[InferenceServer]:
-    server = InferenceServer(InferenceSettings(host="127.0.0.1", port=0), registry=build_test_registry())
+async def inference(postgres_url: str) -> AsyncIterator[InferenceServer]:
+    server = InferenceServer(
+        InferenceSettings(host="127.0.0.1", port=0, database_url=postgres_url), registry=build_test_registry()
+    )
     await server.start()
     yield server
     await server.stop(grace=1)

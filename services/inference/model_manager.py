@@ -132,7 +132,7 @@ class ModelManager:
         instance = self._instance(spec)
         loop = asyncio.get_running_loop()
         async with self._changed:
-            if self._can_admit(instance):
+            if self._can_admit(instance, arrived=loop.time()):
                 return self._admit(instance)
             if len(self._waiters) >= self.budget.max_waiting:
                 raise ResourceExhausted(
@@ -145,7 +145,7 @@ class ModelManager:
         try:
             while True:
                 async with self._changed:
-                    if self._can_admit(instance):
+                    if self._can_admit(instance, arrived=waiter.since):
                         self._waiters.remove(waiter)
                         return self._admit(instance)
                     victims = self._load_plan(instance, waiter)
@@ -180,15 +180,20 @@ class ModelManager:
 
         asyncio.get_running_loop().create_task(notify())
 
-    def _can_admit(self, instance: _Instance) -> bool:
-        return instance.state is ModelState.LOADED and not instance.draining and not self._starving(instance)
+    def _can_admit(self, instance: _Instance, arrived: float) -> bool:
+        return (
+            instance.state is ModelState.LOADED
+            and not instance.draining
+            and not self._starving_before(instance, arrived)
+        )
 
-    def _starving(self, instance: _Instance) -> bool:
-        """Another model has waited too long and cannot load while `instance` stays."""
+    def _starving_before(self, instance: _Instance, arrived: float) -> bool:
+        """A request for another model, older than `arrived`, has waited too long and cannot
+        load while `instance` stays: newer requests must not keep `instance` busy."""
         now = asyncio.get_running_loop().time()
         for waiter in self._waiters:
             other = self._instances[waiter.key]
-            if other is instance or now - waiter.since < self.budget.max_wait_seconds:
+            if other is instance or waiter.since >= arrived or now - waiter.since < self.budget.max_wait_seconds:
                 continue
             if other.state is not ModelState.LOADED and not self._fits(other.spec, evictable=[]):
                 return True

@@ -15,16 +15,17 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-async def test_mesh_starts_answers_and_stops_on_ctrl_c() -> None:
+async def test_mesh_starts_answers_and_stops_on_ctrl_c(tmp_path) -> None:
     http_port, grpc_port = free_port(), free_port()
     env = {
         **os.environ,
         "LLMMESH_GATEWAY_PORT": str(http_port),
         "LLMMESH_INFERENCE_PORT": str(grpc_port),
         "LLMMESH_EMBEDDINGS_PORT": str(free_port()),
+        "LLMMESH_INFERENCE_DATA_DIR": str(tmp_path),  # the embedded PostgreSQL lives here
     }
-    for name in ("INFERENCE", "EMBEDDINGS"):
-        env.pop(f"LLMMESH_GATEWAY_{name}_TARGET", None)
+    for name in ("LLMMESH_GATEWAY_INFERENCE_TARGET", "LLMMESH_GATEWAY_EMBEDDINGS_TARGET", "DATABASE_URL"):
+        env.pop(name, None)
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "services", env=env, stdout=asyncio.subprocess.PIPE, start_new_session=True
     )
@@ -38,9 +39,12 @@ async def test_mesh_starts_answers_and_stops_on_ctrl_c() -> None:
                 "/v1/chat/completions", json={"model": "mock", "messages": [{"role": "user", "content": "hi"}]}
             )
             assert response.json()["choices"][0]["message"]["content"] == "[mock-text:mock] hi"
+            setting = await http.put("/settings/model.live.name", json={"value": "mock"})
+            assert setting.status_code == 200  # stored in the embedded PostgreSQL
         os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
         async with asyncio.timeout(60):
             assert await process.wait() == 0
+        assert (tmp_path / "postgres" / "PG_VERSION").exists()
     finally:
         if process.returncode is None:
             os.killpg(process.pid, signal.SIGKILL)

@@ -84,6 +84,7 @@ def _embedded_postgres(data_dir: Path) -> tuple[str, Any]:
     """Start PostgreSQL under the data directory, so that settings survive restarts."""
     import pgserver  # only needed when no DATABASE_URL is given
 
+    data_dir.mkdir(parents=True, exist_ok=True)
     server = pgserver.get_server(data_dir / "postgres", cleanup_mode="stop")
     return server.get_uri(), server
 

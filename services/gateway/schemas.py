@@ -242,4 +242,6 @@ def model_body(model: ModelInfo) -> dict[str, Any]:
         "aliases": list(model.aliases),
         "context_length": model.context_length,
         "is_default": model.is_default,
+        "memory_mb": model.memory_mb,
+        "requests_running": model.requests_running,
     }

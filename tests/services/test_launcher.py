@@ -22,7 +22,7 @@ async def test_mesh_starts_answers_and_stops_on_ctrl_c(tmp_path) -> None:
         "LLMMESH_GATEWAY_PORT": str(http_port),
         "LLMMESH_INFERENCE_PORT": str(grpc_port),
         "LLMMESH_EMBEDDINGS_PORT": str(free_port()),
-        "LLMMESH_INFERENCE_DATA_DIR": str(tmp_path),  # the embedded PostgreSQL lives here
+        "LLMMESH_INFERENCE_DATA_DIR": str(tmp_path / "data"),  # made by the launcher; PostgreSQL lives here
     }
     for name in ("LLMMESH_GATEWAY_INFERENCE_TARGET", "LLMMESH_GATEWAY_EMBEDDINGS_TARGET", "DATABASE_URL"):
         env.pop(name, None)
@@ -44,7 +44,7 @@ async def test_mesh_starts_answers_and_stops_on_ctrl_c(tmp_path) -> None:
         os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
         async with asyncio.timeout(60):
             assert await process.wait() == 0
-        assert (tmp_path / "postgres" / "PG_VERSION").exists()
+        assert (tmp_path / "data" / "postgres" / "PG_VERSION").exists()
     finally:
         if process.returncode is None:
             os.killpg(process.pid, signal.SIGKILL)

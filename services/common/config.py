@@ -7,9 +7,10 @@ never read `os.environ` themselves.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -25,3 +26,10 @@ class ServiceSettings(BaseSettings):
         10.0, ge=0, description="On SIGTERM, how long in-flight requests may run before they are cut."
     )
     data_dir: Path = Field(Path(".data"), description="Where services keep caches and state.")
+
+
+def secret_from_environment(name: str) -> SecretStr | None:
+    """A secret from the environment variable a config file names (e.g. a registry entry's
+    `auth_token_env`), so that config files never hold secrets themselves."""
+    value = os.environ.get(name)
+    return SecretStr(value) if value else None

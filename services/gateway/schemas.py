@@ -19,6 +19,7 @@ from services.inference.domain import (
     ChatRequest,
     CompletionRequest,
     FinishReason,
+    Image,
     ModelInfo,
     Role,
     SamplingParams,
@@ -48,27 +49,39 @@ class TextPart(OpenAIModel):
     text: str
 
 
+class ImageURL(OpenAIModel):
+    url: str = Field(min_length=1)
+
+
+class ImagePart(OpenAIModel):
+    type: Literal["image_url"]
+    image_url: ImageURL
+
+
 class OtherPart(OpenAIModel):
     type: str
 
 
 class ChatMessageIn(OpenAIModel):
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[TextPart | OtherPart] | None = None
+    content: str | list[TextPart | ImagePart | OtherPart] | None = None
     name: str | None = None
 
     def to_domain(self, index: int) -> ChatMessage:
-        if isinstance(self.content, list):
-            for part in self.content:
-                if not isinstance(part, TextPart):
-                    raise InvalidArgument(
-                        f"Content parts of type '{part.type}' are not supported; send text parts.",
-                        param=f"messages.{index}.content",
-                    )
-            text = "".join(part.text for part in self.content)  # type: ignore[union-attr]
-        else:
-            text = self.content or ""
-        return ChatMessage(role=_ROLES[self.role], content=text, name=self.name or "")
+        if not isinstance(self.content, list):
+            return ChatMessage(role=_ROLES[self.role], content=self.content or "", name=self.name or "")
+        for part in self.content:
+            if not isinstance(part, TextPart | ImagePart):
+                raise InvalidArgument(
+                    f"Content parts of type '{part.type}' are not supported; send text and image_url parts.",
+                    param=f"messages.{index}.content",
+                )
+        return ChatMessage(
+            role=_ROLES[self.role],
+            content="".join(part.text for part in self.content if isinstance(part, TextPart)),
+            name=self.name or "",
+            images=tuple(Image(url=p.image_url.url) for p in self.content if isinstance(p, ImagePart)),
+        )
 
 
 class SamplingFields(OpenAIModel):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import dataclasses
 import math
@@ -101,13 +102,41 @@ class WaitUpdate:
 
 
 @dataclass(frozen=True)
+class Image:
+    """An image by URL (https: or data:), or inline bytes with their media type."""
+
+    url: str = ""
+    data: bytes = b""
+    mime_type: str = ""
+
+    def as_data_url(self) -> str:
+        """Inline bytes as a data: URL; a URL is returned as it is."""
+        if self.data:
+            return f"data:{self.mime_type or 'image/png'};base64,{base64.b64encode(self.data).decode('ascii')}"
+        return self.url
+
+    def to_pb(self) -> pb.ImagePart:
+        return pb.ImagePart(url=self.url, data=self.data, mime_type=self.mime_type)
+
+    @classmethod
+    def from_pb(cls, image: pb.ImagePart) -> Image:
+        if not image.url and not image.data:
+            raise InvalidArgument("An image part needs a url or data.", param="messages")
+        return cls(url=image.url, data=image.data, mime_type=image.mime_type)
+
+
+@dataclass(frozen=True)
 class ChatMessage:
+    """A turn: its text parts joined, and its images (after the text, in order)."""
+
     role: Role
     content: str
     name: str = ""
+    images: tuple[Image, ...] = ()
 
     def to_pb(self) -> pb.ChatMessage:
-        return pb.ChatMessage(role=self.role.to_pb(), content=[pb.ContentPart(text=self.content)], name=self.name)
+        parts = [pb.ContentPart(text=self.content)] + [pb.ContentPart(image=i.to_pb()) for i in self.images]
+        return pb.ChatMessage(role=self.role.to_pb(), content=parts, name=self.name)
 
     @classmethod
     def from_pb(cls, message: pb.ChatMessage) -> ChatMessage:
@@ -115,6 +144,7 @@ class ChatMessage:
             role=Role.from_pb(message.role),
             content="".join(part.text for part in message.content),
             name=message.name,
+            images=tuple(Image.from_pb(part.image) for part in message.content if part.HasField("image")),
         )
 
 
@@ -256,6 +286,10 @@ class GenerationRequest:
     @property
     def is_chat(self) -> bool:
         return self.prompt is None
+
+    @property
+    def has_images(self) -> bool:
+        return any(message.images for message in self.messages)
 
     @property
     def last_user_message(self) -> str:

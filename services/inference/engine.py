@@ -6,6 +6,8 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
+from services.common.errors import InvalidArgument
+from services.inference.backends import backend_class
 from services.inference.domain import (
     ChatRequest,
     Chunk,
@@ -44,6 +46,10 @@ class InferenceEngine:
     async def chat(self, request: ChatRequest) -> Generation:
         request.validate()
         spec = self.router.resolve(request.model)
+        if any(m.images for m in request.messages) and not backend_class(spec.backend).supports_images:
+            raise InvalidArgument(
+                f"Model '{spec.name}' ({spec.backend} backend) does not accept images.", param="messages"
+            )
         generation = GenerationRequest(
             request_id=request.request_id,
             sampling=request.sampling.with_defaults(spec.defaults.to_domain()),

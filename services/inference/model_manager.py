@@ -28,7 +28,7 @@ from services.inference.registry import ModelSpec
 
 log = logging.getLogger(__name__)
 
-InstanceKey = tuple[str, str]
+InstanceKey = tuple[str, str, str]
 StateListener = Callable[[str, ModelState], Awaitable[None]]
 
 

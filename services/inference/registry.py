@@ -73,9 +73,9 @@ class ModelSpec(BaseModel):
         return self
 
     @property
-    def instance_key(self) -> tuple[str, str]:
+    def instance_key(self) -> tuple[str, str, str]:
         """Specs with the same key share one loaded instance (e.g. both slots on one file)."""
-        return (self.backend, self.path or self.name)
+        return (self.backend, self.path or self.name, self.options.get("slot", ""))
 
     def resolve_path(self) -> Path:
         """The local model path; a packaged model is written to its cache on first use (blocking)."""

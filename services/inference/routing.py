@@ -26,7 +26,7 @@ from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.common.errors import InvalidArgument, ModelNotFound
-from services.inference.backends import BACKENDS
+from services.inference.backends import BACKENDS, backend_class
 from services.inference.registry import ModelRegistry, ModelSpec
 
 SLOTS = ("live", "background")
@@ -92,15 +92,23 @@ class _Choice:
     model: str | None
 
 
-def _spec_for(choice: _Choice, registry: ModelRegistry) -> ModelSpec:
+def _spec_for(choice: _Choice, registry: ModelRegistry, route: str) -> ModelSpec:
+    """The registry entry, or an entry made for a model file or remote model name. Made entries for
+    slot-specific backends (REST: a URL per slot) carry the route as `options.slot`."""
     spec = registry.find(choice.model) if choice.model else registry.resolve("")
-    if spec is None:  # not a registry name: a model file
+    if spec is None:  # not a registry name: a model file, or a remote model's name
         assert choice.model is not None
+        backend = choice.backend or "gguf"
         name = re.sub(r"[^A-Za-z0-9._:/-]", "-", Path(choice.model).name) or "model"
-        return ModelSpec(name=name, backend=choice.backend or "gguf", path=choice.model)
+        return ModelSpec(name=name, backend=backend, path=choice.model, options=_route_option(backend, route))
     if choice.backend and choice.backend != spec.backend:
-        return spec.model_copy(update={"backend": choice.backend})
+        options = {**spec.options, **_route_option(choice.backend, route)}
+        return spec.model_copy(update={"backend": choice.backend, "options": options})
     return spec
+
+
+def _route_option(backend: str, route: str) -> dict[str, str]:
+    return {"slot": route} if backend_class(backend).slot_specific else {}
 
 
 def build_routes(registry: ModelRegistry, stored: Mapping[str, str], env: RoutingEnvironment) -> dict[str, ModelSpec]:
@@ -118,13 +126,13 @@ def build_routes(registry: ModelRegistry, stored: Mapping[str, str], env: Routin
         model=first(stored.get("model.background.name"), env.background_model_name, live.model),
     )
     routes = {
-        "live": _spec_for(_normalized(live), registry),
-        "background": _spec_for(_normalized(background), registry),
+        "live": _spec_for(_normalized(live), registry, "live"),
+        "background": _spec_for(_normalized(background), registry, "background"),
     }
     for tier in TIERS:
         model = first(stored.get(f"model.{tier}.name"), getattr(env, f"{tier}_model_name"), registry.tiers.get(tier))
         if model:
-            routes[tier] = _spec_for(_Choice(None, model), registry)
+            routes[tier] = _spec_for(_Choice(None, model), registry, tier)
     return routes
 
 

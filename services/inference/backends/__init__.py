@@ -16,10 +16,16 @@ if TYPE_CHECKING:
 BACKENDS: dict[str, tuple[str, str]] = {
     "gguf": ("services.inference.backends.gguf", "GGUFBackend"),
     "mock": ("services.inference.backends.mock", "MockBackend"),
+    "rest": ("services.inference.backends.rest.backend", "RestBackend"),
 }
 
 
+def backend_class(name: str) -> type[Backend]:
+    """The backend class registered as `name`. Importing it must not import its heavy library:
+    that happens in `load`, which fails with a clear message where the library cannot run."""
+    module_name, class_name = BACKENDS[name]
+    return getattr(importlib.import_module(module_name), class_name)  # type: ignore[no-any-return]
+
+
 def create_backend(spec: ModelSpec) -> Backend:
-    module_name, class_name = BACKENDS[spec.backend]
-    backend_class: type[Backend] = getattr(importlib.import_module(module_name), class_name)
-    return backend_class(spec)
+    return backend_class(spec.backend)(spec)

@@ -32,6 +32,8 @@ class Backend(ABC):
     # Optional capabilities, declared rather than discovered by hasattr().
     supports_images: ClassVar[bool] = False
     supports_adapters: ClassVar[bool] = False
+    # Whether a slot's settings change what the backend talks to (REST: a URL per slot).
+    slot_specific: ClassVar[bool] = False
 
     def __init__(self, spec: ModelSpec) -> None:
         self.spec = spec

@@ -117,6 +117,14 @@ async def test_bad_input_is_400_naming_the_parameter(http, body, param) -> None:
     assert error["message"]
 
 
+async def test_images_to_a_text_only_model_are_400(http) -> None:
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw=="}}
+    body = {"model": "mock", "messages": [{"role": "user", "content": [{"type": "text", "text": "x"}, image]}]}
+    response = await http.post("/v1/chat/completions", json=body)
+    assert response.status_code == 400
+    assert "does not accept images" in response.json()["error"]["message"]
+
+
 async def test_malformed_json_is_400(http) -> None:
     response = await http.post(
         "/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"}

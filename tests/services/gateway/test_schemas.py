@@ -40,6 +40,23 @@ def test_chat_maps_roles_content_parts_and_sampling() -> None:
     assert domain.sampling.top_p is None
 
 
+def test_image_parts_become_images() -> None:
+    request = chat(
+        messages=[
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "what is this?"},
+                    {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw=="}},
+                ],
+            }
+        ]
+    )
+    (domain,) = request.to_domain(max_choices=8)
+    assert domain.messages[0].content == "what is this?"
+    assert domain.messages[0].images[0].url == "data:image/png;base64,iVBORw=="
+
+
 def test_n_makes_one_request_per_choice_with_distinct_ids() -> None:
     requests = chat(n=3).to_domain(max_choices=8)
     assert len(requests) == 3
@@ -54,7 +71,7 @@ def test_n_makes_one_request_per_choice_with_distinct_ids() -> None:
         ({"logprobs": True}, "logprobs"),
         ({"response_format": {"type": "json_object"}}, "response_format"),
         (
-            {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
+            {"messages": [{"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": "x"}}]}]},
             "messages.0.content",
         ),
     ],

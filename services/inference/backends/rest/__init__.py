@@ -1,0 +1,1 @@
+"""REST backend: inference on remote APIs (OpenAI, Anthropic, Ollama, LM Studio, generic)."""

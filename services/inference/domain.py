@@ -282,6 +282,7 @@ class GenerationRequest:
     sampling: SamplingParams
     messages: tuple[ChatMessage, ...] = ()
     prompt: str | None = None
+    adapter: str = ""  # a LoRA adapter loaded on the backend; empty: the base model
 
     @property
     def is_chat(self) -> bool:

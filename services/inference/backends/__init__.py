@@ -17,6 +17,7 @@ BACKENDS: dict[str, tuple[str, str]] = {
     "gguf": ("services.inference.backends.gguf", "GGUFBackend"),
     "mock": ("services.inference.backends.mock", "MockBackend"),
     "rest": ("services.inference.backends.rest.backend", "RestBackend"),
+    "transformers": ("services.inference.backends.transformers_backend", "TransformersBackend"),
 }
 
 

@@ -1,0 +1,329 @@
+"""Hugging Face transformers backend (torch), with PEFT LoRA adapters.
+
+Loads a causal LM from a local directory, or from a .gguf file (transformers
+dequantizes it; the result is cached with `save_pretrained` under the cache
+directory, so the next load takes seconds instead of a minute). One worker
+thread runs `generate`; a streamer on that thread hands text back to the event
+loop as it is decoded, and a stopping criterion checks the cancel flag before
+every token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import shutil
+import threading
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from services.inference.backends.base import Backend
+from services.inference.chat_templates import ChatTemplate
+from services.inference.domain import Chunk, FinishReason, GenerationRequest, SamplingParams, Usage
+from services.inference.stop_sequences import StopSequenceMatcher
+
+log = logging.getLogger(__name__)
+
+_END = object()
+
+
+class TransformersEnvironment(BaseSettings):
+    """Defaults for every transformers model; a registry entry's `options` override them."""
+
+    model_config = SettingsConfigDict(extra="ignore", frozen=True)
+
+    device: str = Field("auto", validation_alias=AliasChoices("LLMMESH_TRANSFORMERS_DEVICE", "JARVIS_DEVICE"))
+    dtype: str = Field("auto", validation_alias=AliasChoices("LLMMESH_TRANSFORMERS_DTYPE", "JARVIS_TORCH_DTYPE"))
+    quantization: str = Field(
+        "none",
+        validation_alias=AliasChoices("LLMMESH_TRANSFORMERS_QUANTIZATION", "JARVIS_QUANTIZATION_TYPE"),
+        description="none, 4bit or 8bit (BitsAndBytes, CUDA only)",
+    )
+    use_quantization: bool = Field(False, validation_alias=AliasChoices("JARVIS_USE_QUANTIZATION"))
+    cache_dir: Path = Field(Path(".data/transformers"), validation_alias=AliasChoices("LLMMESH_TRANSFORMERS_CACHE_DIR"))
+
+
+def pick_device(requested: str, cuda: bool, mps: bool) -> str:
+    if requested != "auto":
+        return requested
+    return "cuda" if cuda else "mps" if mps else "cpu"
+
+
+def pick_dtype(requested: str, device: str) -> str:
+    if requested != "auto":
+        return requested
+    return "bfloat16" if device == "cuda" else "float32"  # half precision on CPU is slow and lossy
+
+
+def gguf_cache_dir(cache_root: Path, gguf: Path) -> Path:
+    """Where the dequantized copy of `gguf` lives; the name changes when the file does."""
+    stat = gguf.stat()
+    digest = hashlib.sha256(f"{gguf.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    return cache_root / f"{gguf.stem}-{digest}"
+
+
+class TransformersBackend(Backend):
+    supports_adapters: ClassVar[bool] = True
+
+    async def load(self) -> None:
+        try:
+            import torch  # noqa: F401 - fail here, with a message, where torch is missing
+            import transformers  # noqa: F401
+        except ImportError as error:
+            raise Unavailable(
+                f"The transformers backend needs torch and transformers ({error.name} is missing).",
+                reason="BACKEND_UNAVAILABLE",
+            ) from error
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"transformers-{self.spec.name}")
+        self._cancel_flags: dict[str, threading.Event] = {}
+        self._adapters: set[str] = set()
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._load_blocking)
+
+    def _load_blocking(self) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        env = TransformersEnvironment()
+        options = self.spec.options
+        device = pick_device(
+            options.get("device", env.device), torch.cuda.is_available(), torch.backends.mps.is_available()
+        )
+        dtype = getattr(torch, pick_dtype(options.get("dtype", env.dtype), device))
+        source = self.spec.resolve_path()
+        if not source.exists():
+            raise Unavailable(f"Model path for '{self.spec.name}' not found: {source}", reason="MODEL_LOAD_FAILED")
+        load_kwargs: dict[str, Any] = {"dtype": dtype, **self._quantization(options, env, device)}
+        if source.suffix == ".gguf":
+            source = self._dequantized(source, Path(options.get("cache_dir", env.cache_dir)), dtype)
+        self._tokenizer = AutoTokenizer.from_pretrained(source)
+        self._model = AutoModelForCausalLM.from_pretrained(source, **load_kwargs)
+        if "quantization_config" not in load_kwargs:
+            self._model.to(device)  # type: ignore[arg-type]
+        self._model.eval()
+        self._device = device
+        template = self.spec.chat_template or getattr(self._tokenizer, "chat_template", None) or "chatml"
+        self._template = ChatTemplate.named_or_inline(
+            template, bos_token=self._tokenizer.bos_token or "", eos_token=self._tokenizer.eos_token or ""
+        )
+        # Tokens that end an assistant turn (e.g. Gemma's <end_of_turn>) end generation as EOS does.
+        stop_ids = {self._tokenizer.convert_tokens_to_ids(s) for s in self._template.stop}
+        unknown = self._tokenizer.unk_token_id
+        self._eos_ids = sorted({self._tokenizer.eos_token_id, *stop_ids} - {None, unknown})
+        warmup = SamplingParams(max_tokens=1, temperature=0.0)
+        self._generate_blocking("Hello", warmup, (), threading.Event(), lambda _: None)
+        log.info("loaded transformers model '%s' on %s (%s)", self.spec.name, device, dtype)
+
+    def _quantization(self, options: dict[str, Any], env: TransformersEnvironment, device: str) -> dict[str, Any]:
+        mode = options.get(
+            "quantization", env.quantization if env.use_quantization or env.quantization != "none" else "none"
+        )
+        if mode in ("none", None):
+            return {}
+        try:
+            import bitsandbytes  # noqa: F401
+            from transformers import BitsAndBytesConfig
+        except ImportError:
+            log.warning("quantization '%s' asked for, but bitsandbytes is not installed: loading unquantized", mode)
+            return {}
+        if device != "cuda":
+            log.warning("BitsAndBytes needs CUDA; loading '%s' unquantized on %s", self.spec.name, device)
+            return {}
+        config = BitsAndBytesConfig(load_in_4bit=True) if mode == "4bit" else BitsAndBytesConfig(load_in_8bit=True)
+        return {"quantization_config": config, "device_map": "auto"}
+
+    def _dequantized(self, gguf: Path, cache_root: Path, dtype: Any) -> Path:
+        """A directory with the GGUF model dequantized by transformers, made once and reused."""
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        target = gguf_cache_dir(cache_root, gguf)
+        if (target / "config.json").exists():
+            return target
+        log.info("dequantizing %s for transformers (once; cached in %s)", gguf.name, target)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        # The weights are plain tensors now; the GGUF marker only blocks save_pretrained.
+        model.hf_quantizer = None  # type: ignore[assignment]
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        partial = target.with_name(target.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        model.save_pretrained(partial)
+        tokenizer.save_pretrained(partial)
+        partial.rename(target)  # atomic: a crash mid-save never leaves a half cache behind
+        return target
+
+    async def unload(self) -> None:
+        for flag in self._cancel_flags.values():
+            flag.set()
+        self._executor.shutdown(wait=True, cancel_futures=True)
+        del self._model
+
+    async def abort(self, request_id: str) -> None:
+        if flag := self._cancel_flags.get(request_id):
+            flag.set()
+
+    # ---- adapters ----
+
+    async def load_adapter(self, name: str, path: Path) -> None:
+        """Attach a PEFT LoRA adapter without reloading the base model."""
+        if not (path / "adapter_config.json").exists():
+            raise NotFound(f"No PEFT adapter at {path} (adapter_config.json missing).", reason="ADAPTER_NOT_FOUND")
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._load_adapter_blocking, name, path)
+        self._adapters.add(name)
+
+    def _load_adapter_blocking(self, name: str, path: Path) -> None:
+        self._model.load_adapter(str(path), adapter_name=name)
+        self._model.disable_adapters()  # off until a request names it
+
+    async def remove_adapter(self, name: str) -> None:
+        if name not in self._adapters:
+            raise NotFound(f"Adapter '{name}' is not loaded on '{self.spec.name}'.", reason="ADAPTER_NOT_FOUND")
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._model.delete_adapter, name)
+        self._adapters.discard(name)
+
+    @property
+    def adapters(self) -> frozenset[str]:
+        return frozenset(self._adapters)
+
+    # ---- generation ----
+
+    async def generate_stream(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
+        if request.adapter and request.adapter not in self._adapters:
+            raise FailedPrecondition(
+                f"Adapter '{request.adapter}' is not loaded on '{self.spec.name}'.", reason="ADAPTER_NOT_LOADED"
+            )
+        if request.is_chat:
+            prompt, stop = self._template.render(request.messages), request.sampling.stop + self._template.stop
+        else:
+            prompt, stop = request.prompt or "", request.sampling.stop
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        cancel = threading.Event()
+        self._cancel_flags[request.request_id] = cancel
+
+        def emit(item: Any) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, item)
+
+        def run() -> None:
+            try:
+                self._generate_blocking(prompt, request.sampling, stop, cancel, emit, request.adapter)
+            except BaseException as error:  # noqa: BLE001 - re-raised on the event loop
+                emit(error)
+            finally:
+                emit(_END)
+
+        worker = loop.run_in_executor(self._executor, run)
+        try:
+            while (item := await queue.get()) is not _END:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+            await worker
+        finally:
+            cancel.set()
+            self._cancel_flags.pop(request.request_id, None)
+
+    def _generate_blocking(
+        self,
+        prompt: str,
+        sampling: SamplingParams,
+        stop: tuple[str, ...],
+        cancel: threading.Event,
+        emit: Callable[[Chunk], None],
+        adapter: str = "",
+    ) -> None:
+        import torch
+        from transformers import StoppingCriteria, StoppingCriteriaList
+        from transformers.generation.streamers import BaseStreamer
+
+        if cancel.is_set():
+            return
+        inputs = self._tokenizer(prompt, return_tensors="pt").to(self._device)
+        prompt_tokens = int(inputs["input_ids"].shape[1])
+        context = self.spec.context_length
+        if prompt_tokens >= context:
+            raise InvalidArgument(
+                f"The prompt is {prompt_tokens} tokens; model '{self.spec.name}' has a context window of {context}.",
+                param="messages",
+            )
+        max_new = min(sampling.max_tokens or context - prompt_tokens, context - prompt_tokens)
+        tokenizer = self._tokenizer
+        matcher = StopSequenceMatcher(stop)
+        generated: list[int] = []
+        state = {"hit_stop": False, "emitted": 0}
+        stats = self.stats
+
+        class Streamer(BaseStreamer):  # decodes on the generating thread, hands text to the loop
+            first = True
+
+            def put(self, value: Any) -> None:
+                if self.first:  # generate() passes the prompt first
+                    self.first = False
+                    return
+                for token in value.reshape(-1).tolist():
+                    if token in self_eos or state["hit_stop"]:
+                        continue
+                    generated.append(token)
+                    stats.tokens_generated += 1
+                    text = str(tokenizer.decode(generated, skip_special_tokens=True))
+                    if text.endswith("\ufffd"):
+                        continue  # an incomplete UTF-8 character: wait for the next token
+                    fresh, state["emitted"] = text[state["emitted"] :], len(text)
+                    released, hit = matcher.feed(fresh)
+                    if released:
+                        emit(Chunk(text=released))
+                    state["hit_stop"] = hit
+
+            def end(self) -> None:
+                pass
+
+        self_eos = set(self._eos_ids)
+
+        class StopWhen(StoppingCriteria):
+            def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+                done = cancel.is_set() or state["hit_stop"]
+                return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
+
+        greedy = sampling.temperature == 0.0
+        kwargs: dict[str, Any] = {
+            "max_new_tokens": max_new,
+            "do_sample": not greedy,
+            "eos_token_id": self._eos_ids,
+            "pad_token_id": tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self._eos_ids[0],
+            "repetition_penalty": sampling.repeat_penalty,
+            "streamer": Streamer(),
+            "stopping_criteria": StoppingCriteriaList([StopWhen()]),
+        }
+        if not greedy:
+            kwargs.update(
+                temperature=sampling.temperature if sampling.temperature is not None else 1.0,
+                top_p=sampling.top_p,
+                top_k=sampling.top_k,
+                min_p=sampling.min_p,
+            )
+        if sampling.seed is not None:
+            torch.manual_seed(sampling.seed)
+        self.stats.running += 1
+        try:
+            if adapter:
+                self._model.enable_adapters()
+                self._model.set_adapter(adapter)
+            with torch.inference_mode():
+                self._model.generate(**inputs, **{k: v for k, v in kwargs.items() if v is not None})  # type: ignore[misc]
+        finally:
+            if adapter:
+                self._model.disable_adapters()
+            self.stats.running -= 1
+        if cancel.is_set():
+            return
+        hit_stop = state["hit_stop"]
+        finish = FinishReason.STOP if hit_stop or len(generated) < max_new else FinishReason.LENGTH
+        tail = "" if hit_stop else matcher.flush()
+        emit(Chunk(text=tail, finish_reason=finish, usage=Usage(prompt_tokens, len(generated))))

@@ -18,6 +18,8 @@ BACKENDS: dict[str, tuple[str, str]] = {
     "mock": ("services.inference.backends.mock", "MockBackend"),
     "rest": ("services.inference.backends.rest.backend", "RestBackend"),
     "transformers": ("services.inference.backends.transformers_backend", "TransformersBackend"),
+    "vllm": ("services.inference.backends.vllm_backend", "VllmBackend"),
+    "mlx": ("services.inference.backends.mlx_backend", "MlxBackend"),
 }
 
 

@@ -1,0 +1,167 @@
+"""vLLM backend (Linux + NVIDIA GPU), written against vLLM's documented async engine API.
+
+`AsyncLLMEngine.from_engine_args` (vLLM v1's AsyncLLM) batches concurrent requests
+itself; each request streams DELTA outputs, may name a LoRA adapter (`LoRARequest`,
+many adapters served at once), and is aborted by id when its stream closes.
+Install with `pip install '.[vllm]'`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services.common.errors import FailedPrecondition, Unavailable
+from services.inference.backends.base import Backend
+from services.inference.chat_templates import ChatTemplate
+from services.inference.domain import Chunk, FinishReason, GenerationRequest, SamplingParams, Usage
+
+log = logging.getLogger(__name__)
+
+
+class VllmEnvironment(BaseSettings):
+    """jarvis-llm-proxy's JARVIS_VLLM_* names are accepted as aliases."""
+
+    model_config = SettingsConfigDict(extra="ignore", frozen=True)
+
+    tensor_parallel_size: int = Field(
+        1, validation_alias=AliasChoices("LLMMESH_VLLM_TENSOR_PARALLEL_SIZE", "JARVIS_VLLM_TENSOR_PARALLEL_SIZE")
+    )
+    gpu_memory_utilization: float = Field(
+        0.9,
+        validation_alias=AliasChoices("LLMMESH_VLLM_GPU_MEMORY_UTILIZATION", "JARVIS_VLLM_GPU_MEMORY_UTILIZATION"),
+    )
+    max_loras: int = Field(1, validation_alias=AliasChoices("LLMMESH_VLLM_MAX_LORAS", "JARVIS_VLLM_MAX_LORAS"))
+    max_lora_rank: int = Field(
+        64, validation_alias=AliasChoices("LLMMESH_VLLM_MAX_LORA_RANK", "JARVIS_VLLM_MAX_LORA_RANK")
+    )
+
+
+def engine_arguments(model: str, context_length: int, options: dict[str, Any], env: VllmEnvironment) -> dict[str, Any]:
+    """`AsyncEngineArgs` keyword arguments. A GGUF file needs a tokenizer override (options.tokenizer)."""
+    arguments: dict[str, Any] = {
+        "model": model,
+        "max_model_len": context_length,
+        "tensor_parallel_size": int(options.get("tensor_parallel_size", env.tensor_parallel_size)),
+        "gpu_memory_utilization": float(options.get("gpu_memory_utilization", env.gpu_memory_utilization)),
+        "enable_lora": bool(options.get("enable_lora", True)),
+        "max_loras": int(options.get("max_loras", env.max_loras)),
+        "max_lora_rank": int(options.get("max_lora_rank", env.max_lora_rank)),
+        "enable_prefix_caching": True,
+    }
+    if tokenizer := options.get("tokenizer"):
+        arguments["tokenizer"] = tokenizer
+    elif model.endswith(".gguf"):
+        raise Unavailable(
+            f"vLLM needs options.tokenizer (a Hugging Face tokenizer directory) to serve the GGUF file {model}.",
+            reason="MODEL_LOAD_FAILED",
+        )
+    if dtype := options.get("dtype"):
+        arguments["dtype"] = dtype
+    return arguments
+
+
+def sampling_arguments(sampling: SamplingParams, stop: tuple[str, ...]) -> dict[str, Any]:
+    """`vllm.SamplingParams` keyword arguments. vLLM disables top-k with 0 and greedy-decodes at temperature 0."""
+    values = {
+        "temperature": sampling.temperature,
+        "top_p": sampling.top_p,
+        "top_k": sampling.top_k,
+        "min_p": sampling.min_p,
+        "max_tokens": sampling.max_tokens,
+        "seed": sampling.seed,
+        "presence_penalty": sampling.presence_penalty,
+        "frequency_penalty": sampling.frequency_penalty,
+        "repetition_penalty": sampling.repeat_penalty,
+    }
+    arguments: dict[str, Any] = {key: value for key, value in values.items() if value is not None}
+    if stop:
+        arguments["stop"] = list(stop)
+    return arguments
+
+
+_FINISH = {"stop": FinishReason.STOP, "length": FinishReason.LENGTH, "abort": FinishReason.STOP}
+
+
+class VllmBackend(Backend):
+    supports_adapters: ClassVar[bool] = True
+
+    async def load(self) -> None:
+        try:
+            import torch
+            from vllm import AsyncEngineArgs, AsyncLLMEngine
+        except ImportError as error:
+            raise Unavailable(
+                "The vllm backend needs vLLM: pip install '.[vllm]' on Linux with an NVIDIA GPU "
+                f"({error.name} could not be imported).",
+                reason="BACKEND_UNAVAILABLE",
+            ) from error
+        if not torch.cuda.is_available():
+            raise Unavailable("The vllm backend needs a CUDA GPU, and none is visible.", reason="BACKEND_UNAVAILABLE")
+        path = self.spec.resolve_path()
+        model = str(path) if path.exists() else (self.spec.path or self.spec.name)
+        arguments = engine_arguments(model, self.spec.context_length, self.spec.options, VllmEnvironment())
+        self._engine = AsyncLLMEngine.from_engine_args(AsyncEngineArgs(**arguments))
+        tokenizer = await self._engine.get_tokenizer()
+        template = self.spec.chat_template or getattr(tokenizer, "chat_template", None) or "chatml"
+        self._template = ChatTemplate.named_or_inline(
+            template, bos_token=tokenizer.bos_token or "", eos_token=tokenizer.eos_token or ""
+        )
+        self._adapters: dict[str, Any] = {}
+        self._adapter_ids = itertools.count(1)
+        log.info("loaded vLLM model '%s' (%s)", self.spec.name, arguments)
+
+    async def unload(self) -> None:
+        self._engine.shutdown()
+
+    async def abort(self, request_id: str) -> None:
+        await self._engine.abort(request_id)
+
+    async def check_health(self) -> None:
+        await self._engine.check_health()
+
+    async def load_adapter(self, name: str, path: Path) -> None:
+        from vllm.lora.request import LoRARequest
+
+        self._adapters[name] = LoRARequest(name, next(self._adapter_ids), str(path))
+
+    async def remove_adapter(self, name: str) -> None:
+        adapter = self._adapters.pop(name, None)
+        if adapter is not None:
+            await self._engine.remove_lora(adapter.lora_int_id)
+
+    async def generate_stream(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
+        from vllm import SamplingParams as VllmSamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        if request.adapter and request.adapter not in self._adapters:
+            raise FailedPrecondition(f"Adapter '{request.adapter}' is not loaded.", reason="ADAPTER_NOT_LOADED")
+        if request.is_chat:
+            prompt, stop = self._template.render(request.messages), request.sampling.stop + self._template.stop
+        else:
+            prompt, stop = request.prompt or "", request.sampling.stop
+        params = VllmSamplingParams(**sampling_arguments(request.sampling, stop), output_kind=RequestOutputKind.DELTA)
+        lora = self._adapters.get(request.adapter) if request.adapter else None
+        generated, prompt_tokens, finish = 0, 0, FinishReason.STOP
+        finished = False
+        try:
+            async for output in self._engine.generate(prompt, params, request.request_id, lora_request=lora):
+                prompt_tokens = len(output.prompt_token_ids or ())
+                completion = output.outputs[0]
+                generated += len(completion.token_ids)
+                self.stats.tokens_generated += len(completion.token_ids)
+                if completion.text:
+                    yield Chunk(text=completion.text)
+                if output.finished:
+                    finish = _FINISH.get(completion.finish_reason or "stop", FinishReason.STOP)
+                    finished = True
+        finally:
+            if not finished:  # the client went away: free the engine's slot
+                await self._engine.abort(request.request_id)
+        yield Chunk(text="", finish_reason=finish, usage=Usage(prompt_tokens, generated))

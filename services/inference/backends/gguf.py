@@ -74,6 +74,7 @@ class GGUFBackend(Backend):
             n_threads=options.get("n_threads") or os.cpu_count(),
             n_batch=options.get("n_batch", 512),
             n_gpu_layers=options.get("n_gpu_layers", 0),
+            tensor_split=options.get("tensor_split"),  # e.g. [0.5, 0.5] across two GPUs
             flash_attn=options.get("flash_attn", False),
             verbose=False,
         )

@@ -7,6 +7,7 @@ protobuf message by hand.
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from typing import Any, Literal
@@ -21,8 +22,14 @@ from services.inference.domain import (
     FinishReason,
     Image,
     ModelInfo,
+    ResponseFormat,
+    ResponseFormatKind,
     Role,
     SamplingParams,
+    Tool,
+    ToolCall,
+    ToolChoice,
+    ToolChoiceMode,
     Usage,
 )
 
@@ -62,14 +69,34 @@ class OtherPart(OpenAIModel):
     type: str
 
 
+class FunctionCallIn(OpenAIModel):
+    name: str
+    arguments: str = "{}"
+
+
+class ToolCallIn(OpenAIModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCallIn
+
+
 class ChatMessageIn(OpenAIModel):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart | ImagePart | OtherPart] | None = None
     name: str | None = None
+    tool_calls: list[ToolCallIn] | None = None
+    tool_call_id: str | None = None
 
     def to_domain(self, index: int) -> ChatMessage:
+        calls = tuple(ToolCall(c.id, c.function.name, c.function.arguments) for c in self.tool_calls or ())
         if not isinstance(self.content, list):
-            return ChatMessage(role=_ROLES[self.role], content=self.content or "", name=self.name or "")
+            return ChatMessage(
+                role=_ROLES[self.role],
+                content=self.content or "",
+                name=self.name or "",
+                tool_calls=calls,
+                tool_call_id=self.tool_call_id or "",
+            )
         for part in self.content:
             if not isinstance(part, TextPart | ImagePart):
                 raise InvalidArgument(
@@ -81,7 +108,61 @@ class ChatMessageIn(OpenAIModel):
             content="".join(part.text for part in self.content if isinstance(part, TextPart)),
             name=self.name or "",
             images=tuple(Image(url=p.image_url.url) for p in self.content if isinstance(p, ImagePart)),
+            tool_calls=calls,
+            tool_call_id=self.tool_call_id or "",
         )
+
+
+class JsonSchemaIn(OpenAIModel):
+    name: str = "response"
+    schema_: dict[str, Any] = Field(default_factory=lambda: {"type": "object"}, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormatIn(OpenAIModel):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaIn | None = None
+
+    def to_domain(self) -> ResponseFormat:
+        if self.type == "json_schema":
+            if self.json_schema is None:
+                raise InvalidArgument("response_format json_schema needs 'json_schema'.", param="response_format")
+            schema = json.dumps(self.json_schema.schema_)
+            return ResponseFormat(ResponseFormatKind.JSON_SCHEMA, schema, self.json_schema.name)
+        return ResponseFormat(ResponseFormatKind(self.type))
+
+
+class FunctionIn(OpenAIModel):
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class ToolIn(OpenAIModel):
+    type: Literal["function"]
+    function: FunctionIn
+
+    def to_domain(self) -> Tool:
+        parameters = json.dumps(self.function.parameters) if self.function.parameters is not None else ""
+        return Tool(self.function.name, self.function.description or "", parameters)
+
+
+class NamedFunction(OpenAIModel):
+    name: str
+
+
+class NamedToolChoice(OpenAIModel):
+    type: Literal["function"]
+    function: NamedFunction
+
+
+def _tool_choice(choice: Literal["none", "auto", "required"] | NamedToolChoice | None) -> ToolChoice:
+    if choice is None:
+        return ToolChoice()
+    if isinstance(choice, NamedToolChoice):
+        return ToolChoice(ToolChoiceMode.FUNCTION, choice.function.name)
+    return ToolChoice(ToolChoiceMode(choice))
 
 
 class SamplingFields(OpenAIModel):
@@ -137,8 +218,10 @@ class ChatCompletionRequest(SamplingFields):
     model: str = Field(min_length=1)
     messages: list[ChatMessageIn] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
-    tools: list[dict[str, Any]] | None = None
-    response_format: dict[str, Any] | None = None
+    tools: list[ToolIn] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool = True
+    response_format: ResponseFormatIn | None = None
 
     @model_validator(mode="after")
     def _newer_max_tokens_name(self) -> ChatCompletionRequest:
@@ -149,13 +232,20 @@ class ChatCompletionRequest(SamplingFields):
     def to_domain(self, max_choices: int) -> list[ChatRequest]:
         """One inference request per choice (`n`)."""
         self.reject_unsupported(max_choices)
-        if self.tools:
-            raise InvalidArgument("'tools' is not supported yet.", param="tools")
-        if self.response_format and self.response_format.get("type") != "text":
-            raise InvalidArgument("Only response_format type 'text' is supported yet.", param="response_format")
         messages = tuple(m.to_domain(i) for i, m in enumerate(self.messages))
         sampling = self.sampling()
-        return [ChatRequest(model=self.model, messages=messages, sampling=sampling) for _ in range(self.n)]
+        return [
+            ChatRequest(
+                model=self.model,
+                messages=messages,
+                sampling=sampling,
+                response_format=self.response_format.to_domain() if self.response_format else ResponseFormat(),
+                tools=tuple(tool.to_domain() for tool in self.tools or ()),
+                tool_choice=_tool_choice(self.tool_choice),
+                parallel_tool_calls=self.parallel_tool_calls,
+            )
+            for _ in range(self.n)
+        ]
 
 
 class CompletionRequestIn(SamplingFields):
@@ -164,6 +254,7 @@ class CompletionRequestIn(SamplingFields):
     echo: bool = False
     suffix: str | None = None
     best_of: int | None = None
+    response_format: ResponseFormatIn | None = None
 
     def to_domain(self, max_choices: int) -> list[CompletionRequest]:
         """One inference request per prompt and choice, in OpenAI's choice order."""
@@ -182,8 +273,11 @@ class CompletionRequestIn(SamplingFields):
         if len(prompts) * self.n > max_choices:
             raise InvalidArgument(f"At most {max_choices} prompts times n are allowed per request.", param="prompt")
         sampling = self.sampling()
+        response_format = self.response_format.to_domain() if self.response_format else ResponseFormat()
         return [
-            CompletionRequest(model=self.model, prompt=p, sampling=sampling) for p in prompts for _ in range(self.n)
+            CompletionRequest(model=self.model, prompt=p, sampling=sampling, response_format=response_format)
+            for p in prompts
+            for _ in range(self.n)
         ]
 
 
@@ -205,22 +299,37 @@ def usage_body(usages: list[Usage], choices_per_prompt: int) -> dict[str, int]:
     }
 
 
+def tool_calls_body(calls: tuple[ToolCall, ...], with_index: bool = False) -> list[dict[str, Any]]:
+    return [
+        {
+            **({"index": index} if with_index else {}),
+            "id": call.id,
+            "type": "function",
+            "function": {"name": call.name, "arguments": call.arguments},
+        }
+        for index, call in enumerate(calls)
+    ]
+
+
 def chat_completion_body(
-    completion_id: str, model: str, choices: list[tuple[str, FinishReason]], usage: dict[str, int]
+    completion_id: str,
+    model: str,
+    choices: list[tuple[str, FinishReason, tuple[ToolCall, ...]]],
+    usage: dict[str, int],
 ) -> dict[str, Any]:
+    def message(text: str, calls: tuple[ToolCall, ...]) -> dict[str, Any]:
+        if calls:
+            return {"role": "assistant", "content": None, "tool_calls": tool_calls_body(calls)}
+        return {"role": "assistant", "content": text}
+
     return {
         "id": completion_id,
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model,
         "choices": [
-            {
-                "index": index,
-                "message": {"role": "assistant", "content": text},
-                "finish_reason": reason.value,
-                "logprobs": None,
-            }
-            for index, (text, reason) in enumerate(choices)
+            {"index": index, "message": message(text, calls), "finish_reason": reason.value, "logprobs": None}
+            for index, (text, reason, calls) in enumerate(choices)
         ],
         "usage": usage,
     }

@@ -29,6 +29,7 @@ from services.inference.domain import (
     ModelInfo,
     QueueLine,
     Setting,
+    ToolCall,
     Usage,
 )
 
@@ -56,6 +57,7 @@ class Completed:
     text: str
     finish_reason: FinishReason
     usage: Usage
+    tool_calls: tuple[ToolCall, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -110,7 +112,8 @@ class InferenceClient(_Client):
         async def one(request: ChatRequest) -> Completed:
             response = await self._stub.Chat(request.to_pb(), timeout=self._timeout)
             text = "".join(part.text for part in response.message.content)
-            return _completed(response, text)
+            calls = tuple(ToolCall.from_pb(call) for call in response.message.tool_calls)
+            return _completed(response, text, calls)
 
         return await _all_or_none([one(r) for r in requests])
 
@@ -176,12 +179,13 @@ class InferenceClient(_Client):
         return Setting.from_pb(response.setting)
 
 
-def _completed(response: Any, text: str | None) -> Completed:
+def _completed(response: Any, text: str | None, tool_calls: tuple[ToolCall, ...] = ()) -> Completed:
     return Completed(
         model=response.model,
         text=response.text if text is None else text,
         finish_reason=FinishReason.from_pb(response.finish_reason) or FinishReason.STOP,
         usage=Usage.from_pb(response.usage),
+        tool_calls=tool_calls,
     )
 
 

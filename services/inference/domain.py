@@ -5,12 +5,14 @@ from __future__ import annotations
 import base64
 import contextlib
 import dataclasses
+import json
 import math
+import re
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from llmmesh.inference.v1 import inference_service_pb2 as pb
 from services.common.errors import InvalidArgument
@@ -46,6 +48,7 @@ _ROLE_FROM_PB = {v: k for k, v in _ROLE_TO_PB.items()}
 class FinishReason(StrEnum):
     STOP = "stop"
     LENGTH = "length"
+    TOOL_CALLS = "tool_calls"
 
     def to_pb(self) -> pb.FinishReason.ValueType:
         return _FINISH_TO_PB[self]
@@ -55,7 +58,11 @@ class FinishReason(StrEnum):
         return _FINISH_FROM_PB.get(value)
 
 
-_FINISH_TO_PB = {FinishReason.STOP: pb.FINISH_REASON_STOP, FinishReason.LENGTH: pb.FINISH_REASON_LENGTH}
+_FINISH_TO_PB = {
+    FinishReason.STOP: pb.FINISH_REASON_STOP,
+    FinishReason.LENGTH: pb.FINISH_REASON_LENGTH,
+    FinishReason.TOOL_CALLS: pb.FINISH_REASON_TOOL_CALLS,
+}
 _FINISH_FROM_PB = {v: k for k, v in _FINISH_TO_PB.items()}
 
 
@@ -101,6 +108,117 @@ class WaitUpdate:
         return cls(WaitState.from_pb(status.state), status.model, status.queue_position)
 
 
+class ResponseFormatKind(StrEnum):
+    TEXT = "text"
+    JSON_OBJECT = "json_object"
+    JSON_SCHEMA = "json_schema"
+
+
+@dataclass(frozen=True)
+class ResponseFormat:
+    """An output constraint. `schema` is JSON text (JSON_SCHEMA only)."""
+
+    kind: ResponseFormatKind = ResponseFormatKind.TEXT
+    schema: str = ""
+    name: str = ""
+
+    @property
+    def constrains(self) -> bool:
+        return self.kind is not ResponseFormatKind.TEXT
+
+    def json_schema(self) -> dict[str, Any]:
+        """The schema the output must match; any JSON object for JSON_OBJECT."""
+        if self.kind is ResponseFormatKind.JSON_OBJECT:
+            return {"type": "object"}
+        try:
+            schema = json.loads(self.schema)
+        except ValueError as error:
+            raise InvalidArgument(f"The JSON schema is not valid JSON: {error}", param="response_format") from error
+        if not isinstance(schema, dict):
+            raise InvalidArgument("The JSON schema must be a JSON object.", param="response_format")
+        return schema
+
+    def to_pb(self) -> pb.ResponseFormat:
+        return pb.ResponseFormat(
+            type=pb.ResponseFormatType.Value(f"RESPONSE_FORMAT_TYPE_{self.kind.name}"),
+            json_schema=self.schema,
+            name=self.name,
+        )
+
+    @classmethod
+    def from_pb(cls, value: pb.ResponseFormat) -> ResponseFormat:
+        name = pb.ResponseFormatType.Name(value.type).removeprefix("RESPONSE_FORMAT_TYPE_")
+        kind = ResponseFormatKind.TEXT if name == "UNSPECIFIED" else ResponseFormatKind[name]
+        format_ = cls(kind, value.json_schema, value.name)
+        if kind is ResponseFormatKind.JSON_SCHEMA:
+            format_.json_schema()  # rejects a malformed schema before any work starts
+        return format_
+
+
+@dataclass(frozen=True)
+class Tool:
+    """A function the model may call; `parameters` is a JSON Schema as JSON text."""
+
+    name: str
+    description: str = ""
+    parameters: str = ""
+
+    def parameters_schema(self) -> dict[str, Any]:
+        if not self.parameters:
+            return {"type": "object", "properties": {}}
+        try:
+            schema = json.loads(self.parameters)
+        except ValueError as error:
+            raise InvalidArgument(f"Tool '{self.name}' parameters are not valid JSON.", param="tools") from error
+        return schema if isinstance(schema, dict) else {"type": "object"}
+
+    def to_pb(self) -> pb.Tool:
+        return pb.Tool(name=self.name, description=self.description, parameters_json_schema=self.parameters)
+
+    @classmethod
+    def from_pb(cls, tool: pb.Tool) -> Tool:
+        if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", tool.name):
+            raise InvalidArgument(f"Tool name '{tool.name}' must match [A-Za-z0-9_-]{{1,64}}.", param="tools")
+        return cls(tool.name, tool.description, tool.parameters_json_schema)
+
+
+class ToolChoiceMode(StrEnum):
+    NONE = "none"
+    AUTO = "auto"
+    REQUIRED = "required"
+    FUNCTION = "function"
+
+
+@dataclass(frozen=True)
+class ToolChoice:
+    mode: ToolChoiceMode = ToolChoiceMode.AUTO
+    function_name: str = ""
+
+    def to_pb(self) -> pb.ToolChoice:
+        return pb.ToolChoice(
+            mode=pb.ToolChoiceMode.Value(f"TOOL_CHOICE_MODE_{self.mode.name}"), function_name=self.function_name
+        )
+
+    @classmethod
+    def from_pb(cls, choice: pb.ToolChoice) -> ToolChoice:
+        name = pb.ToolChoiceMode.Name(choice.mode).removeprefix("TOOL_CHOICE_MODE_")
+        return cls(ToolChoiceMode.AUTO if name == "UNSPECIFIED" else ToolChoiceMode[name], choice.function_name)
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    id: str
+    name: str
+    arguments: str  # a JSON object, as text
+
+    def to_pb(self) -> pb.ToolCall:
+        return pb.ToolCall(id=self.id, name=self.name, arguments_json=self.arguments)
+
+    @classmethod
+    def from_pb(cls, call: pb.ToolCall) -> ToolCall:
+        return cls(call.id, call.name, call.arguments_json)
+
+
 @dataclass(frozen=True)
 class Image:
     """An image by URL (https: or data:), or inline bytes with their media type."""
@@ -133,10 +251,18 @@ class ChatMessage:
     content: str
     name: str = ""
     images: tuple[Image, ...] = ()
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str = ""
 
     def to_pb(self) -> pb.ChatMessage:
         parts = [pb.ContentPart(text=self.content)] + [pb.ContentPart(image=i.to_pb()) for i in self.images]
-        return pb.ChatMessage(role=self.role.to_pb(), content=parts, name=self.name)
+        return pb.ChatMessage(
+            role=self.role.to_pb(),
+            content=parts,
+            name=self.name,
+            tool_calls=[call.to_pb() for call in self.tool_calls],
+            tool_call_id=self.tool_call_id,
+        )
 
     @classmethod
     def from_pb(cls, message: pb.ChatMessage) -> ChatMessage:
@@ -145,6 +271,8 @@ class ChatMessage:
             content="".join(part.text for part in message.content),
             name=message.name,
             images=tuple(Image.from_pb(part.image) for part in message.content if part.HasField("image")),
+            tool_calls=tuple(ToolCall.from_pb(call) for call in message.tool_calls),
+            tool_call_id=message.tool_call_id,
         )
 
 
@@ -245,6 +373,7 @@ class Chunk:
     finish_reason: FinishReason | None = None
     usage: Usage | None = None
     wait_status: WaitUpdate | None = None
+    tool_calls: tuple[ToolCall, ...] = ()
 
     def to_pb(self, message_type: type[_StreamResponse], *, request_id: str, model: str) -> _StreamResponse:
         """Chat and completion streams use different message types with the same fields."""
@@ -255,6 +384,7 @@ class Chunk:
             finish_reason=self.finish_reason.to_pb() if self.finish_reason else pb.FINISH_REASON_UNSPECIFIED,
             usage=self.usage.to_pb() if self.usage else None,
             wait_status=self.wait_status.to_pb() if self.wait_status else None,
+            **({"tool_calls": [c.to_pb() for c in self.tool_calls]} if self.tool_calls else {}),
         )
 
     @classmethod
@@ -264,6 +394,7 @@ class Chunk:
             finish_reason=FinishReason.from_pb(response.finish_reason),
             usage=Usage.from_pb(response.usage) if response.HasField("usage") else None,
             wait_status=WaitUpdate.from_pb(response.wait_status) if response.HasField("wait_status") else None,
+            tool_calls=tuple(ToolCall.from_pb(c) for c in getattr(response, "tool_calls", ())),
         )
 
 
@@ -283,6 +414,7 @@ class GenerationRequest:
     messages: tuple[ChatMessage, ...] = ()
     prompt: str | None = None
     adapter: str = ""  # a LoRA adapter loaded on the backend; empty: the base model
+    response_format: ResponseFormat = field(default_factory=ResponseFormat)
 
     @property
     def is_chat(self) -> bool:
@@ -303,12 +435,28 @@ class ChatRequest:
     messages: tuple[ChatMessage, ...]
     sampling: SamplingParams = field(default_factory=SamplingParams)
     request_id: str = field(default_factory=_new_request_id)
+    response_format: ResponseFormat = field(default_factory=ResponseFormat)
+    tools: tuple[Tool, ...] = ()
+    tool_choice: ToolChoice = field(default_factory=ToolChoice)
+    parallel_tool_calls: bool = True
 
     def validate(self) -> ChatRequest:
         if not self.messages:
             raise InvalidArgument("'messages' must contain at least one message.", param="messages")
         self.sampling.validate()
+        if self.tool_choice.mode is ToolChoiceMode.FUNCTION and self.tool_choice.function_name not in {
+            tool.name for tool in self.tools
+        }:
+            raise InvalidArgument(
+                f"tool_choice names '{self.tool_choice.function_name}', which is not in 'tools'.", param="tool_choice"
+            )
+        if self.tool_choice.mode in (ToolChoiceMode.REQUIRED, ToolChoiceMode.FUNCTION) and not self.tools:
+            raise InvalidArgument("tool_choice requires 'tools'.", param="tool_choice")
         return self
+
+    @property
+    def uses_tools(self) -> bool:
+        return bool(self.tools) and self.tool_choice.mode is not ToolChoiceMode.NONE
 
     def to_pb(self) -> pb.ChatRequest:
         return pb.ChatRequest(
@@ -316,6 +464,10 @@ class ChatRequest:
             messages=[m.to_pb() for m in self.messages],
             sampling=self.sampling.to_pb(),
             request_id=self.request_id,
+            response_format=self.response_format.to_pb(),
+            tools=[tool.to_pb() for tool in self.tools],
+            tool_choice=self.tool_choice.to_pb(),
+            parallel_tool_calls=self.parallel_tool_calls,
         )
 
     def to_stream_pb(self) -> pb.ChatStreamRequest:
@@ -329,6 +481,10 @@ class ChatRequest:
             messages=tuple(ChatMessage.from_pb(m) for m in request.messages),
             sampling=SamplingParams.from_pb(request.sampling),
             request_id=request.request_id or _new_request_id(),
+            response_format=ResponseFormat.from_pb(request.response_format),
+            tools=tuple(Tool.from_pb(tool) for tool in request.tools),
+            tool_choice=ToolChoice.from_pb(request.tool_choice),
+            parallel_tool_calls=request.parallel_tool_calls if request.HasField("parallel_tool_calls") else True,
         )
 
 
@@ -338,6 +494,7 @@ class CompletionRequest:
     prompt: str
     sampling: SamplingParams = field(default_factory=SamplingParams)
     request_id: str = field(default_factory=_new_request_id)
+    response_format: ResponseFormat = field(default_factory=ResponseFormat)
 
     def validate(self) -> CompletionRequest:
         if not self.prompt:
@@ -347,7 +504,11 @@ class CompletionRequest:
 
     def to_pb(self) -> pb.CompleteRequest:
         return pb.CompleteRequest(
-            model=self.model, prompt=self.prompt, sampling=self.sampling.to_pb(), request_id=self.request_id
+            model=self.model,
+            prompt=self.prompt,
+            sampling=self.sampling.to_pb(),
+            request_id=self.request_id,
+            response_format=self.response_format.to_pb(),
         )
 
     def to_stream_pb(self) -> pb.CompleteStreamRequest:
@@ -361,6 +522,7 @@ class CompletionRequest:
             prompt=request.prompt,
             sampling=SamplingParams.from_pb(request.sampling),
             request_id=request.request_id or _new_request_id(),
+            response_format=ResponseFormat.from_pb(request.response_format),
         )
 
 
@@ -439,12 +601,20 @@ class Generation:
     model: str
     chunks: AsyncIterator[Chunk]
 
-    async def collect(self) -> tuple[str, FinishReason, Usage]:
-        """Drain the stream into the whole text."""
+    async def collect(self) -> Reply:
+        """Drain the stream into the whole reply."""
         parts: list[str] = []
         async with contextlib.aclosing(self.chunks) as chunks:  # type: ignore[type-var]
             async for chunk in chunks:
                 parts.append(chunk.text)
                 if chunk.finish_reason is not None:
-                    return "".join(parts), chunk.finish_reason, chunk.usage or Usage()
+                    return Reply("".join(parts), chunk.finish_reason, chunk.usage or Usage(), chunk.tool_calls)
         raise RuntimeError(f"generation {self.request_id} ended without a finish reason")
+
+
+@dataclass(frozen=True)
+class Reply:
+    text: str
+    finish_reason: FinishReason
+    usage: Usage
+    tool_calls: tuple[ToolCall, ...] = ()

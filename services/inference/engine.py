@@ -7,15 +7,18 @@ import contextlib
 from collections.abc import AsyncIterator
 
 from services.common.errors import InvalidArgument
+from services.inference import tools
 from services.inference.backends import backend_class
 from services.inference.domain import (
     ChatRequest,
     Chunk,
     CompletionRequest,
+    FinishReason,
     Generation,
     GenerationRequest,
     ModelInfo,
     QueueLine,
+    ResponseFormat,
     Setting,
     WaitUpdate,
 )
@@ -46,26 +49,50 @@ class InferenceEngine:
     async def chat(self, request: ChatRequest) -> Generation:
         request.validate()
         spec = self.router.resolve(request.model)
-        if any(m.images for m in request.messages) and not backend_class(spec.backend).supports_images:
+        backend = backend_class(spec.backend)
+        if any(m.images for m in request.messages) and not backend.supports_images:
             raise InvalidArgument(
                 f"Model '{spec.name}' ({spec.backend} backend) does not accept images.", param="messages"
             )
+        response_format = request.response_format
+        if request.uses_tools:
+            if response_format.constrains:
+                raise InvalidArgument("Combining 'tools' with a JSON response_format is not supported.", param="tools")
+            response_format = tools.reply_format(request.tools, request.tool_choice, request.parallel_tool_calls)
+        self._check_structured_output(spec, response_format, "tools" if request.uses_tools else "response_format")
         generation = GenerationRequest(
             request_id=request.request_id,
             sampling=request.sampling.with_defaults(spec.defaults.to_domain()),
-            messages=request.messages,
+            messages=tools.prepare_messages(request.messages, request.tools, request.tool_choice),
+            response_format=response_format,
         )
-        return Generation(request.request_id, spec.name, self._generate(spec, generation))
+        chunks = self._generate(spec, generation)
+        if request.uses_tools:
+            chunks = _tool_replies(chunks)
+        return Generation(request.request_id, spec.name, chunks)
 
     async def complete(self, request: CompletionRequest) -> Generation:
         request.validate()
         spec = self.router.resolve(request.model)
+        self._check_structured_output(spec, request.response_format, "response_format")
         generation = GenerationRequest(
             request_id=request.request_id,
             sampling=request.sampling.with_defaults(spec.defaults.to_domain()),
             prompt=request.prompt,
+            response_format=request.response_format,
         )
         return Generation(request.request_id, spec.name, self._generate(spec, generation))
+
+    def _check_structured_output(self, spec: ModelSpec, response_format: ResponseFormat, param: str) -> None:
+        if response_format.constrains and not backend_class(spec.backend).supports_structured_output:
+            raise InvalidArgument(
+                f"Model '{spec.name}' ({spec.backend} backend) cannot constrain its output to JSON.", param=param
+            )
+        if response_format.constrains:
+            try:
+                backend_class(spec.backend).check_schema(response_format.json_schema())
+            except InvalidArgument as error:
+                raise InvalidArgument(error.message, param=param) from error
 
     async def _generate(self, spec: ModelSpec, request: GenerationRequest) -> AsyncIterator[Chunk]:
         """Wait for the model (reporting queue position and loading as chunks), then stream from it."""
@@ -157,3 +184,26 @@ class InferenceEngine:
             return Setting(key=key, value="", description=SETTING_KEYS[key])
         stored = await self.store.put(key, validate_setting(key, value, self.router.registry))
         return Setting(key, stored.value, SETTING_KEYS[key], stored.updated_at.isoformat())
+
+
+async def _tool_replies(chunks: AsyncIterator[Chunk]) -> AsyncIterator[Chunk]:
+    """Hold back the JSON a tool-aware reply is made of; emit its content or its tool calls."""
+    parts: list[str] = []
+    async with contextlib.aclosing(chunks):  # type: ignore[type-var]
+        async for chunk in chunks:
+            if chunk.wait_status is not None:
+                yield chunk
+                continue
+            parts.append(chunk.text)
+            if chunk.finish_reason is None:
+                continue
+            text = "".join(parts)
+            if chunk.finish_reason is FinishReason.LENGTH:
+                yield Chunk(text=text, finish_reason=FinishReason.LENGTH, usage=chunk.usage)  # cut mid-JSON
+                return
+            content, calls = tools.parse_reply(text)
+            if calls:
+                yield Chunk(text="", finish_reason=FinishReason.TOOL_CALLS, usage=chunk.usage, tool_calls=calls)
+            else:
+                yield Chunk(text=content)
+                yield Chunk(text="", finish_reason=FinishReason.STOP, usage=chunk.usage)

@@ -21,13 +21,13 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
 
     async def Chat(self, request: pb.ChatRequest, context: grpc.aio.ServicerContext) -> pb.ChatResponse:
         generation = await self.engine.chat(ChatRequest.from_pb(request))
-        text, finish_reason, usage = await generation.collect()
+        reply = await generation.collect()
         return pb.ChatResponse(
             request_id=generation.request_id,
             model=generation.model,
-            message=ChatMessage(role=Role.ASSISTANT, content=text).to_pb(),
-            finish_reason=finish_reason.to_pb(),
-            usage=usage.to_pb(),
+            message=ChatMessage(role=Role.ASSISTANT, content=reply.text, tool_calls=reply.tool_calls).to_pb(),
+            finish_reason=reply.finish_reason.to_pb(),
+            usage=reply.usage.to_pb(),
         )
 
     async def ChatStream(
@@ -39,13 +39,13 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
 
     async def Complete(self, request: pb.CompleteRequest, context: grpc.aio.ServicerContext) -> pb.CompleteResponse:
         generation = await self.engine.complete(CompletionRequest.from_pb(request))
-        text, finish_reason, usage = await generation.collect()
+        reply = await generation.collect()
         return pb.CompleteResponse(
             request_id=generation.request_id,
             model=generation.model,
-            text=text,
-            finish_reason=finish_reason.to_pb(),
-            usage=usage.to_pb(),
+            text=reply.text,
+            finish_reason=reply.finish_reason.to_pb(),
+            usage=reply.usage.to_pb(),
         )
 
     async def CompleteStream(

@@ -11,7 +11,13 @@ from fastapi import APIRouter, Depends, Request
 
 from services.gateway.config import GatewaySettings
 from services.gateway.dependencies import cancel_on_disconnect, get_inference, get_settings
-from services.gateway.schemas import ChatCompletionRequest, chat_completion_body, new_id, usage_body
+from services.gateway.schemas import (
+    ChatCompletionRequest,
+    chat_completion_body,
+    new_id,
+    tool_calls_body,
+    usage_body,
+)
 from services.gateway.sse import Comment, sse_response, wait_comment
 from services.gateway.upstream import InferenceClient, StreamEvent
 from services.inference.domain import Usage
@@ -35,7 +41,7 @@ async def create_chat_completion(
     return chat_completion_body(
         completion_id,
         results[0].model,
-        [(r.text, r.finish_reason) for r in results],
+        [(r.text, r.finish_reason, r.tool_calls) for r in results],
         usage_body([r.usage for r in results], body.n),
     )
 
@@ -69,6 +75,9 @@ async def _chunks(
                 for index in range(choices):
                     yield chunk([_choice(index, {"role": "assistant", "content": ""}, None)])
             finish = event.chunk.finish_reason
+            if event.chunk.tool_calls:  # whole calls, in one delta; clients concatenate as usual
+                calls: dict[str, Any] = {"tool_calls": tool_calls_body(event.chunk.tool_calls, with_index=True)}
+                yield chunk([_choice(event.index, calls, None)])
             if event.chunk.text or finish:
                 delta = {"content": event.chunk.text} if event.chunk.text else {}
                 yield chunk([_choice(event.index, delta, finish.value if finish else None)])

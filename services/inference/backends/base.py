@@ -5,7 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from services.inference.domain import Chunk, GenerationRequest
 
@@ -34,6 +34,12 @@ class Backend(ABC):
     supports_adapters: ClassVar[bool] = False
     # Whether a slot's settings change what the backend talks to (REST: a URL per slot).
     slot_specific: ClassVar[bool] = False
+    # Whether generate_stream honours GenerationRequest.response_format (JSON constrained decoding).
+    supports_structured_output: ClassVar[bool] = False
+
+    @classmethod
+    def check_schema(cls, schema: dict[str, Any]) -> None:
+        """Raise InvalidArgument naming a schema feature this backend cannot enforce."""
 
     def __init__(self, spec: ModelSpec) -> None:
         self.spec = spec

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import functools
+import json
 import logging
 import os
 import random
 import threading
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, ClassVar
 
 from services.common.errors import InvalidArgument, Unavailable
 from services.inference.backends.base import Backend
@@ -54,7 +56,26 @@ def _llama_sampling_arguments(sampling: SamplingParams) -> dict[str, Any]:
     }
 
 
+@functools.lru_cache(maxsize=64)
+def _grammar(schema_json: str) -> Any:
+    """llama.cpp's JSON-schema-to-GBNF grammar, compiled once per schema."""
+    from llama_cpp.llama_grammar import LlamaGrammar
+
+    try:
+        return LlamaGrammar.from_json_schema(schema_json, verbose=False)
+    except Exception as error:  # noqa: BLE001 - the converter raises assorted types for unsupported features
+        raise InvalidArgument(
+            f"Unsupported JSON schema feature: {error or type(error).__name__}", param="response_format"
+        ) from error
+
+
 class GGUFBackend(Backend):
+    supports_structured_output: ClassVar[bool] = True
+
+    @classmethod
+    def check_schema(cls, schema: dict[str, Any]) -> None:
+        _grammar(json.dumps(schema, sort_keys=True))
+
     async def load(self) -> None:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"gguf-{self.spec.name}")
         self._cancel_flags: dict[str, threading.Event] = {}
@@ -116,6 +137,11 @@ class GGUFBackend(Backend):
             prompt, stop = request.prompt or "", request.sampling.stop
         prompt_param = "messages" if request.is_chat else "prompt"
         sampling = request.sampling
+        grammar = (
+            _grammar(json.dumps(request.response_format.json_schema(), sort_keys=True))
+            if request.response_format.constrains
+            else None
+        )
 
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Any] = asyncio.Queue()
@@ -127,7 +153,7 @@ class GGUFBackend(Backend):
 
         def run() -> None:
             try:
-                self._generate_blocking(prompt, sampling, stop, cancel, emit, prompt_param)
+                self._generate_blocking(prompt, sampling, stop, cancel, emit, prompt_param, grammar)
             except BaseException as error:  # noqa: BLE001 - re-raised on the event loop
                 emit(error)
             finally:
@@ -153,6 +179,7 @@ class GGUFBackend(Backend):
         cancel: threading.Event,
         emit: Callable[[Chunk], None],
         prompt_param: str = "prompt",
+        grammar: Any = None,
     ) -> None:
         if cancel.is_set():  # the client left while this request waited for the thread
             return
@@ -170,7 +197,7 @@ class GGUFBackend(Backend):
 
         self.stats.running += 1
         try:
-            self._decode_loop(tokens, max_tokens, sampling, stop, cancel, emit)
+            self._decode_loop(tokens, max_tokens, sampling, stop, cancel, emit, grammar)
         finally:
             self.stats.running -= 1
 
@@ -182,6 +209,7 @@ class GGUFBackend(Backend):
         stop: tuple[str, ...],
         cancel: threading.Event,
         emit: Callable[[Chunk], None],
+        grammar: Any = None,
     ) -> None:
         llm = self._llm
         if sampling.seed is not None:
@@ -192,7 +220,7 @@ class GGUFBackend(Backend):
         matcher = StopSequenceMatcher(stop)
         generated = 0
         finish, hit_stop_sequence = FinishReason.LENGTH, False
-        for token in llm.generate(tokens, **_llama_sampling_arguments(sampling)):
+        for token in llm.generate(tokens, grammar=grammar, **_llama_sampling_arguments(sampling)):
             if cancel.is_set():
                 return
             if self._is_end_of_generation(token):

@@ -67,9 +67,16 @@ def test_n_makes_one_request_per_choice_with_distinct_ids() -> None:
     ("fields", "param"),
     [
         ({"n": 9}, "n"),
-        ({"tools": [{"type": "function"}]}, "tools"),
         ({"logprobs": True}, "logprobs"),
-        ({"response_format": {"type": "json_object"}}, "response_format"),
+        ({"tool_choice": "required"}, "tool_choice"),
+        (
+            {
+                "tools": [{"type": "function", "function": {"name": "f"}}],
+                "tool_choice": {"type": "function", "function": {"name": "g"}},
+            },
+            "tool_choice",
+        ),
+        ({"response_format": {"type": "json_schema"}}, "response_format"),
         (
             {"messages": [{"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": "x"}}]}]},
             "messages.0.content",
@@ -78,7 +85,8 @@ def test_n_makes_one_request_per_choice_with_distinct_ids() -> None:
 )
 def test_unsupported_features_are_rejected_by_name(fields, param) -> None:
     with pytest.raises(InvalidArgument) as raised:
-        chat(**fields).to_domain(max_choices=8)
+        for request in chat(**fields).to_domain(max_choices=8):
+            request.validate()
     assert raised.value.param == param
 
 

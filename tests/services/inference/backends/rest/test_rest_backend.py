@@ -231,11 +231,9 @@ async def test_hybrid_local_live_and_remote_background(gateway_url, monkeypatch)
         assert engine.get_model("background").backend == "rest"
         messages = (ChatMessage(Role.USER, "hybrid"),)
         remote = await engine.chat(ChatRequest("background", messages, SamplingParams(max_tokens=8)))
-        text, _, _ = await remote.collect()
-        assert text == "[mock-text:mock] hybrid"
+        assert (await remote.collect()).text == "[mock-text:mock] hybrid"
         local = await engine.chat(ChatRequest("live", messages, SamplingParams(max_tokens=4, temperature=0.0)))
         assert local.model == "gemma"
-        text, _, usage = await local.collect()
-        assert usage.completion_tokens > 0
+        assert (await local.collect()).usage.completion_tokens > 0
     finally:
         await server.stop(grace=0)

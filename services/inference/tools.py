@@ -29,6 +29,8 @@ from services.inference.domain import (
     ToolChoiceMode,
 )
 
+MAX_PARALLEL = 4
+
 
 def reply_schema(tools: tuple[Tool, ...], choice: ToolChoice, parallel: bool) -> dict[str, Any]:
     """The JSON schema a reply must match."""
@@ -42,9 +44,10 @@ def reply_schema(tools: tuple[Tool, ...], choice: ToolChoice, parallel: bool) ->
         for tool in offered
     ]
     items: dict[str, Any] = calls[0] if len(calls) == 1 else {"anyOf": calls}
-    array: dict[str, Any] = {"type": "array", "items": items, "minItems": 1}
-    if not parallel:
-        array["maxItems"] = 1
+    # Parallel calls are capped: a small model left unbounded repeats calls until max_tokens.
+    # A named function is called once, as forcing one function means.
+    single = not parallel or choice.mode is ToolChoiceMode.FUNCTION
+    array: dict[str, Any] = {"type": "array", "items": items, "minItems": 1, "maxItems": 1 if single else MAX_PARALLEL}
     call_reply = {"type": "object", "properties": {"tool_calls": array}, "required": ["tool_calls"]}
     if choice.mode is ToolChoiceMode.AUTO:
         answer = {"type": "object", "properties": {"content": {"type": "string"}}, "required": ["content"]}

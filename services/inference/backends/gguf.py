@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 
 from services.common.errors import InvalidArgument, Unavailable
 from services.inference.backends.base import Backend
+from services.inference.backends.json_schema_grammar import enforceable
 from services.inference.chat_templates import ChatTemplate
 from services.inference.domain import Chunk, FinishReason, GenerationRequest, SamplingParams, Usage
 from services.inference.stop_sequences import StopSequenceMatcher
@@ -74,7 +75,7 @@ class GGUFBackend(Backend):
 
     @classmethod
     def check_schema(cls, schema: dict[str, Any]) -> None:
-        _grammar(json.dumps(schema, sort_keys=True))
+        _grammar(json.dumps(enforceable(schema), sort_keys=True))
 
     async def load(self) -> None:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"gguf-{self.spec.name}")
@@ -138,7 +139,7 @@ class GGUFBackend(Backend):
         prompt_param = "messages" if request.is_chat else "prompt"
         sampling = request.sampling
         grammar = (
-            _grammar(json.dumps(request.response_format.json_schema(), sort_keys=True))
+            _grammar(json.dumps(enforceable(request.response_format.json_schema()), sort_keys=True))
             if request.response_format.constrains
             else None
         )

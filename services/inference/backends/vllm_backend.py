@@ -91,6 +91,7 @@ _FINISH = {"stop": FinishReason.STOP, "length": FinishReason.LENGTH, "abort": Fi
 
 class VllmBackend(Backend):
     supports_adapters: ClassVar[bool] = True
+    supports_structured_output: ClassVar[bool] = True  # vLLM's structured outputs (xgrammar/guidance)
 
     async def load(self) -> None:
         try:
@@ -146,7 +147,12 @@ class VllmBackend(Backend):
             prompt, stop = self._template.render(request.messages), request.sampling.stop + self._template.stop
         else:
             prompt, stop = request.prompt or "", request.sampling.stop
-        params = VllmSamplingParams(**sampling_arguments(request.sampling, stop), output_kind=RequestOutputKind.DELTA)
+        arguments = sampling_arguments(request.sampling, stop)
+        if request.response_format.constrains:
+            from vllm.sampling_params import StructuredOutputsParams
+
+            arguments["structured_outputs"] = StructuredOutputsParams(json=request.response_format.json_schema())
+        params = VllmSamplingParams(**arguments, output_kind=RequestOutputKind.DELTA)
         lora = self._adapters.get(request.adapter) if request.adapter else None
         generated, prompt_tokens, finish = 0, 0, FinishReason.STOP
         finished = False

@@ -39,6 +39,7 @@ _RETRYABLE = (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolErro
 class RestBackend(Backend):
     supports_images: ClassVar[bool] = True
     slot_specific: ClassVar[bool] = True
+    supports_structured_output: ClassVar[bool] = True  # passed through; refused per provider in build_call
 
     async def load(self) -> None:
         try:

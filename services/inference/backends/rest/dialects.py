@@ -20,6 +20,8 @@ from services.inference.domain import (
     FinishReason,
     GenerationRequest,
     Image,
+    ResponseFormat,
+    ResponseFormatKind,
     Role,
     SamplingParams,
     Usage,
@@ -123,13 +125,39 @@ def _anthropic_block(image: Image) -> dict[str, Any]:
     return {"type": "image", "source": {"type": "base64", "media_type": media_type, "data": data}}
 
 
+def _openai_response_format(response_format: ResponseFormat) -> dict[str, Any]:
+    if response_format.kind is ResponseFormatKind.JSON_OBJECT:
+        return {"type": "json_object"}
+    schema = {"name": response_format.name or "response", "schema": response_format.json_schema(), "strict": True}
+    return {"type": "json_schema", "json_schema": schema}
+
+
+def _no_json_mode(provider: str) -> InvalidArgument:
+    return InvalidArgument(
+        f"The upstream ({provider}) has no JSON output mode, so response_format cannot be honoured.",
+        param="response_format",
+    )
+
+
 def build_call(config: RestConfig, request: GenerationRequest, stream: bool) -> HttpCall:
-    """The HTTP call for `request` on this provider and request format."""
+    """The HTTP call for `request` on this provider and request format. A JSON response_format
+    is passed through where the upstream API has one, and refused where it has none."""
     provider, request_format = config.provider, config.request_format
+    constrained = request.response_format.constrains
     if provider is Provider.ANTHROPIC:
+        if constrained:
+            raise _no_json_mode("anthropic")
         return _anthropic_call(config, request, stream)
     if provider is Provider.OLLAMA or request_format is RequestFormat.OLLAMA:
-        return _ollama_call(config, request, stream)
+        call = _ollama_call(config, request, stream)
+        if constrained:
+            kind = request.response_format.kind
+            call.body["format"] = (
+                "json" if kind is ResponseFormatKind.JSON_OBJECT else request.response_format.json_schema()
+            )
+        return call
+    if constrained and (provider is Provider.GENERIC or request_format is not RequestFormat.OPENAI):
+        raise _no_json_mode(f"{provider.value} with request format {request_format.value}")
     if request_format is RequestFormat.CHATML and request.is_chat:
         prompt = ChatTemplate.named_or_inline("chatml").render(request.messages)
         request = GenerationRequest(
@@ -141,6 +169,8 @@ def build_call(config: RestConfig, request: GenerationRequest, stream: bool) -> 
     body: dict[str, Any] = {"model": config.remote_model, **_openai_sampling(request.sampling), "stream": stream}
     if stream:
         body["stream_options"] = {"include_usage": True}
+    if constrained:
+        body["response_format"] = _openai_response_format(request.response_format)
     if request.is_chat:
         return HttpCall(
             "/v1/chat/completions",

@@ -5,7 +5,17 @@ import pytest
 from services.common.errors import InvalidArgument
 from services.inference.backends.rest.config import AuthType, Provider, RequestFormat, RestConfig
 from services.inference.backends.rest.dialects import StreamState, build_call, parse_answer, parse_stream_event
-from services.inference.domain import ChatMessage, FinishReason, GenerationRequest, Image, Role, SamplingParams, Usage
+from services.inference.domain import (
+    ChatMessage,
+    FinishReason,
+    GenerationRequest,
+    Image,
+    ResponseFormat,
+    ResponseFormatKind,
+    Role,
+    SamplingParams,
+    Usage,
+)
 
 
 def config(provider: Provider, request_format: RequestFormat = RequestFormat.OPENAI) -> RestConfig:
@@ -125,3 +135,20 @@ def test_openai_stream_events() -> None:
     parse_stream_event(Provider.OPENAI, "[DONE]", state)
     assert state.done and state.last_chunk().finish_reason is FinishReason.LENGTH
     assert state.last_chunk().usage == Usage(2, 1)
+
+
+def test_response_format_passes_through_or_is_refused() -> None:
+    schema = '{"type": "object", "properties": {"a": {"type": "integer"}}}'
+    request = GenerationRequest(
+        "r",
+        SamplingParams(),
+        messages=CHAT.messages,
+        response_format=ResponseFormat(ResponseFormatKind.JSON_SCHEMA, schema, "thing"),
+    )
+    openai_body = build_call(config(Provider.OPENAI), request, stream=False).body
+    assert openai_body["response_format"]["json_schema"]["name"] == "thing"
+    assert openai_body["response_format"]["json_schema"]["schema"]["properties"]["a"] == {"type": "integer"}
+    assert build_call(config(Provider.OLLAMA), request, stream=False).body["format"]["type"] == "object"
+    for provider in (Provider.ANTHROPIC, Provider.GENERIC):
+        with pytest.raises(InvalidArgument, match="no JSON output mode"):
+            build_call(config(provider), request, stream=False)

@@ -94,3 +94,18 @@ def _rewrite_range(node: dict[str, Any], path: str) -> None:
 
 def _refuse(feature: str, path: str) -> None:
     raise InvalidArgument(f"Unsupported JSON schema feature: {feature} at {path}.", param="response_format")
+
+
+def close_objects(schema: Any) -> Any:
+    """The schema with `additionalProperties: false` on every object that lists its properties
+    and says nothing else, as OpenAI's strict structured outputs and llama.cpp's converter treat
+    them: a model must not pad an answer with fields nobody asked for."""
+    if isinstance(schema, list):
+        return [close_objects(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    closed = {key: close_objects(value) for key, value in schema.items()}
+    if "properties" in closed and "additionalProperties" not in closed:
+        closed["properties"] = {name: close_objects(child) for name, child in schema["properties"].items()}
+        closed["additionalProperties"] = False
+    return closed

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
 import shutil
 import threading
@@ -25,8 +26,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from services.inference.backends.base import Backend
+from services.inference.backends.json_schema_grammar import close_objects
 from services.inference.chat_templates import ChatTemplate
-from services.inference.domain import Chunk, FinishReason, GenerationRequest, SamplingParams, Usage
+from services.inference.domain import Chunk, FinishReason, GenerationRequest, ResponseFormat, SamplingParams, Usage
 from services.inference.stop_sequences import StopSequenceMatcher
 
 log = logging.getLogger(__name__)
@@ -71,6 +73,18 @@ def gguf_cache_dir(cache_root: Path, gguf: Path) -> Path:
 
 class TransformersBackend(Backend):
     supports_adapters: ClassVar[bool] = True
+    # JSON via llguidance: a dependency-free wheel with a torch bitmask API, which covers more of
+    # JSON Schema (number ranges, multipleOf) than llama.cpp's converter. xgrammar would pull in
+    # triton (1 GB) for a CPU install; outlines is heavier still.
+    supports_structured_output: ClassVar[bool] = True
+
+    @classmethod
+    def check_schema(cls, schema: dict[str, Any]) -> None:
+        import llguidance
+
+        grammar = llguidance.LLMatcher.grammar_from_json_schema(json.dumps(close_objects(schema)))
+        if error := llguidance.LLMatcher.validate_grammar(grammar):
+            raise InvalidArgument(f"Unsupported JSON schema feature: {error}", param="response_format")
 
     async def load(self) -> None:
         try:
@@ -84,6 +98,7 @@ class TransformersBackend(Backend):
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"transformers-{self.spec.name}")
         self._cancel_flags: dict[str, threading.Event] = {}
         self._adapters: set[str] = set()
+        self._guidance_tokenizer: Any = None
         await asyncio.get_running_loop().run_in_executor(self._executor, self._load_blocking)
 
     def _load_blocking(self) -> None:
@@ -119,6 +134,35 @@ class TransformersBackend(Backend):
         warmup = SamplingParams(max_tokens=1, temperature=0.0)
         self._generate_blocking("Hello", warmup, (), threading.Event(), lambda _: None)
         log.info("loaded transformers model '%s' on %s (%s)", self.spec.name, device, dtype)
+
+    def _json_constraint(self, response_format: ResponseFormat) -> Any:
+        """A logits processor that masks every token the schema's grammar does not allow next."""
+        import llguidance
+        import llguidance.hf
+        import llguidance.torch
+        from transformers import LogitsProcessor
+
+        if self._guidance_tokenizer is None:
+            self._guidance_tokenizer = llguidance.hf.from_tokenizer(self._tokenizer)  # type: ignore[arg-type]
+        # Compact JSON: with free whitespace a sampled model can pad with newlines until max_tokens.
+        schema = json.dumps(close_objects(response_format.json_schema()))
+        grammar = llguidance.LLMatcher.grammar_from_json_schema(schema, defaults={"whitespace_flexible": False})
+        matcher = llguidance.LLMatcher(self._guidance_tokenizer, grammar)
+        bitmask = llguidance.torch.allocate_token_bitmask(1, self._guidance_tokenizer.vocab_size)
+
+        class JsonConstraint(LogitsProcessor):
+            prompt_length: int | None = None
+
+            def __call__(self, input_ids: Any, scores: Any) -> Any:
+                if self.prompt_length is None:
+                    self.prompt_length = input_ids.shape[1]
+                else:  # the token chosen at the previous step
+                    matcher.consume_token(int(input_ids[0, -1]))
+                llguidance.torch.fill_next_token_bitmask(matcher, bitmask, 0)
+                llguidance.torch.apply_token_bitmask_inplace(scores, bitmask.to(scores.device))
+                return scores
+
+        return JsonConstraint()
 
     def _quantization(self, options: dict[str, Any], env: TransformersEnvironment, device: str) -> dict[str, Any]:
         mode = options.get(
@@ -213,7 +257,9 @@ class TransformersBackend(Backend):
 
         def run() -> None:
             try:
-                self._generate_blocking(prompt, request.sampling, stop, cancel, emit, request.adapter)
+                self._generate_blocking(
+                    prompt, request.sampling, stop, cancel, emit, request.adapter, request.response_format
+                )
             except BaseException as error:  # noqa: BLE001 - re-raised on the event loop
                 emit(error)
             finally:
@@ -238,9 +284,10 @@ class TransformersBackend(Backend):
         cancel: threading.Event,
         emit: Callable[[Chunk], None],
         adapter: str = "",
+        response_format: ResponseFormat | None = None,
     ) -> None:
         import torch
-        from transformers import StoppingCriteria, StoppingCriteriaList
+        from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
         from transformers.generation.streamers import BaseStreamer
 
         if cancel.is_set():
@@ -308,6 +355,8 @@ class TransformersBackend(Backend):
                 top_k=sampling.top_k,
                 min_p=sampling.min_p,
             )
+        if response_format is not None and response_format.constrains:
+            kwargs["logits_processor"] = LogitsProcessorList([self._json_constraint(response_format)])
         if sampling.seed is not None:
             torch.manual_seed(sampling.seed)
         self.stats.running += 1

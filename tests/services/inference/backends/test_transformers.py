@@ -5,14 +5,22 @@ from pathlib import Path
 
 import pytest
 
-from services.common.errors import FailedPrecondition, NotFound
+from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.inference.backends.transformers_backend import (
     TransformersBackend,
     gguf_cache_dir,
     pick_device,
     pick_dtype,
 )
-from services.inference.domain import ChatMessage, FinishReason, GenerationRequest, Role, SamplingParams
+from services.inference.domain import (
+    ChatMessage,
+    FinishReason,
+    GenerationRequest,
+    ResponseFormat,
+    ResponseFormatKind,
+    Role,
+    SamplingParams,
+)
 from services.inference.registry import ModelSpec
 from tests.conftest import wait_until_idle
 
@@ -117,3 +125,30 @@ async def test_lora_adapter_loads_and_unloads_without_reloading_the_base(gemma_h
     assert gemma_hf._model is base_model  # never reloaded
     with pytest.raises(NotFound):
         await gemma_hf.load_adapter("missing", tmp_path / "nothing-here")
+
+
+async def test_json_schema_constrains_the_output(gemma_hf) -> None:
+    import json
+
+    import jsonschema
+
+    schema = {
+        "type": "object",
+        "properties": {"level": {"type": "integer", "minimum": 1, "maximum": 3}, "ok": {"type": "boolean"}},
+        "required": ["level", "ok"],
+    }
+    request = {
+        "messages": (ChatMessage(Role.USER, "Status as JSON."),),
+        "response_format": ResponseFormat(ResponseFormatKind.JSON_SCHEMA, json.dumps(schema)),
+    }
+    for seed in range(3):
+        text, last = await generate(
+            gemma_hf, sampling=SamplingParams(max_tokens=60, temperature=1.0, seed=seed), **request
+        )
+        assert last.finish_reason is FinishReason.STOP
+        jsonschema.validate(json.loads(text), schema)
+
+
+def test_unsupported_schema_is_named() -> None:
+    with pytest.raises(InvalidArgument, match="not"):
+        TransformersBackend.check_schema({"type": "object", "not": {"required": ["a"]}})

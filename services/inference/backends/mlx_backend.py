@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from services.common.errors import FailedPrecondition, Unavailable
+from services.inference.backends import guidance
 from services.inference.backends.base import Backend
 from services.inference.chat_templates import ChatTemplate
 from services.inference.domain import Chunk, FinishReason, GenerationRequest, SamplingParams, Usage
@@ -59,6 +60,13 @@ def shared_prefix(cached: Sequence[int], prompt: Sequence[int]) -> int:
 class MlxBackend(Backend):
     supports_adapters: ClassVar[bool] = True
     supports_images: ClassVar[bool] = False
+    # llguidance's MLX masks (see backends/guidance.py), in place of outlines: one library for
+    # both local torch-free and torch backends, and a far lighter install.
+    supports_structured_output: ClassVar[bool] = True
+
+    @classmethod
+    def check_schema(cls, schema: dict[str, Any]) -> None:
+        guidance.check_schema(schema)
 
     async def load(self) -> None:
         if problem := platform_problem(platform.system(), platform.machine()):
@@ -114,6 +122,26 @@ class MlxBackend(Backend):
                 await asyncio.get_running_loop().run_in_executor(self._executor, strip)
                 self._adapter = ""
 
+    def _json_constraint(self, request: GenerationRequest) -> Any:
+        """An mlx-lm logits processor (tokens, logits) -> logits that masks what the schema forbids."""
+        import llguidance.hf
+        import llguidance.mlx
+
+        tokenizer = llguidance.hf.from_tokenizer(self._tokenizer._tokenizer)  # mlx-lm wraps the HF tokenizer
+        matcher = guidance.matcher(tokenizer, request.response_format)
+        bitmask = llguidance.mlx.allocate_token_bitmask(1, tokenizer.vocab_size)
+        consumed = 0
+
+        def constrain(tokens: Any, logits: Any) -> Any:
+            nonlocal consumed
+            if consumed:  # the token chosen at the previous step
+                matcher.consume_token(int(tokens[-1]))
+            consumed += 1
+            llguidance.mlx.fill_next_token_bitmask(matcher, bitmask, 0)
+            return llguidance.mlx.apply_token_bitmask(logits, bitmask)
+
+        return constrain
+
     async def generate_stream(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
         if request.adapter and request.adapter != self._adapter:
             raise FailedPrecondition(f"Adapter '{request.adapter}' is not applied.", reason="ADAPTER_NOT_LOADED")
@@ -129,6 +157,7 @@ class MlxBackend(Backend):
             from mlx_lm.sample_utils import make_sampler
 
             tokens = self._tokenizer.encode(prompt)
+            processors = [self._json_constraint(request)] if request.response_format.constrains else None
             reuse = shared_prefix(self._cached_tokens, tokens)
             trim_prompt_cache(self._cache, len(self._cached_tokens) - reuse)
             matcher, generated, finish = StopSequenceMatcher(stop), 0, FinishReason.LENGTH
@@ -138,6 +167,7 @@ class MlxBackend(Backend):
                 tokens[reuse:],
                 max_tokens=request.sampling.max_tokens or self.spec.context_length - len(tokens),
                 sampler=make_sampler(**sampler_arguments(request.sampling)),
+                logits_processors=processors,
                 prompt_cache=self._cache,
             ):
                 if cancelled:

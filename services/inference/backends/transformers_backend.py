@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import logging
 import shutil
 import threading
@@ -25,8 +24,8 @@ from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from services.inference.backends import guidance
 from services.inference.backends.base import Backend
-from services.inference.backends.json_schema_grammar import close_objects
 from services.inference.chat_templates import ChatTemplate
 from services.inference.domain import Chunk, FinishReason, GenerationRequest, ResponseFormat, SamplingParams, Usage
 from services.inference.stop_sequences import StopSequenceMatcher
@@ -73,18 +72,11 @@ def gguf_cache_dir(cache_root: Path, gguf: Path) -> Path:
 
 class TransformersBackend(Backend):
     supports_adapters: ClassVar[bool] = True
-    # JSON via llguidance: a dependency-free wheel with a torch bitmask API, which covers more of
-    # JSON Schema (number ranges, multipleOf) than llama.cpp's converter. xgrammar would pull in
-    # triton (1 GB) for a CPU install; outlines is heavier still.
-    supports_structured_output: ClassVar[bool] = True
+    supports_structured_output: ClassVar[bool] = True  # llguidance; see backends/guidance.py
 
     @classmethod
     def check_schema(cls, schema: dict[str, Any]) -> None:
-        import llguidance
-
-        grammar = llguidance.LLMatcher.grammar_from_json_schema(json.dumps(close_objects(schema)))
-        if error := llguidance.LLMatcher.validate_grammar(grammar):
-            raise InvalidArgument(f"Unsupported JSON schema feature: {error}", param="response_format")
+        guidance.check_schema(schema)
 
     async def load(self) -> None:
         try:
@@ -137,17 +129,13 @@ class TransformersBackend(Backend):
 
     def _json_constraint(self, response_format: ResponseFormat) -> Any:
         """A logits processor that masks every token the schema's grammar does not allow next."""
-        import llguidance
         import llguidance.hf
         import llguidance.torch
         from transformers import LogitsProcessor
 
         if self._guidance_tokenizer is None:
             self._guidance_tokenizer = llguidance.hf.from_tokenizer(self._tokenizer)  # type: ignore[arg-type]
-        # Compact JSON: with free whitespace a sampled model can pad with newlines until max_tokens.
-        schema = json.dumps(close_objects(response_format.json_schema()))
-        grammar = llguidance.LLMatcher.grammar_from_json_schema(schema, defaults={"whitespace_flexible": False})
-        matcher = llguidance.LLMatcher(self._guidance_tokenizer, grammar)
+        matcher = guidance.matcher(self._guidance_tokenizer, response_format)
         bitmask = llguidance.torch.allocate_token_bitmask(1, self._guidance_tokenizer.vocab_size)
 
         class JsonConstraint(LogitsProcessor):

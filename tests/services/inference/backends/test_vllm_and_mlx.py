@@ -3,7 +3,7 @@ and choosing them fails at load with a clear message, not an ImportError traceba
 
 import pytest
 
-from services.common.errors import Unavailable
+from services.common.errors import InvalidArgument, Unavailable
 from services.inference.backends.mlx_backend import MlxBackend, platform_problem, sampler_arguments, shared_prefix
 from services.inference.backends.vllm_backend import VllmBackend, VllmEnvironment, engine_arguments, sampling_arguments
 from services.inference.domain import SamplingParams
@@ -61,3 +61,9 @@ def test_mlx_platform_check() -> None:
 async def test_mlx_fails_clearly_on_linux() -> None:
     with pytest.raises(Unavailable, match="needs macOS on Apple silicon"):
         await MlxBackend(ModelSpec(name="m", backend="mlx", path="/models/mlx")).load()
+
+
+def test_mlx_json_schemas_are_checked_by_llguidance() -> None:
+    MlxBackend.check_schema({"type": "object", "properties": {"a": {"type": "integer"}}})
+    with pytest.raises(InvalidArgument, match="not"):
+        MlxBackend.check_schema({"type": "object", "not": {"required": ["a"]}})

@@ -8,7 +8,6 @@ cancel flag before every token, so a closed stream stops within one token.
 
 from __future__ import annotations
 
-import asyncio
 import codecs
 import functools
 import json
@@ -17,12 +16,11 @@ import os
 import random
 import threading
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar
 
 from services.common.errors import InvalidArgument, Unavailable
-from services.inference.backends.base import Backend
 from services.inference.backends.json_schema_grammar import enforceable
+from services.inference.backends.threaded import ThreadedBackend
 from services.inference.chat_templates import ChatTemplate
 from services.inference.domain import Chunk, FinishReason, GenerationRequest, SamplingParams, Usage
 from services.inference.stop_sequences import StopSequenceMatcher
@@ -39,8 +37,6 @@ _LLAMA_DEFAULTS = SamplingParams(
     frequency_penalty=0.0,
     repeat_penalty=1.0,
 )
-
-_END = object()
 
 
 def _llama_sampling_arguments(sampling: SamplingParams) -> dict[str, Any]:
@@ -70,7 +66,7 @@ def _grammar(schema_json: str) -> Any:
         ) from error
 
 
-class GGUFBackend(Backend):
+class GGUFBackend(ThreadedBackend):
     supports_structured_output: ClassVar[bool] = True
 
     @classmethod
@@ -78,10 +74,8 @@ class GGUFBackend(Backend):
         _grammar(json.dumps(enforceable(schema), sort_keys=True))
 
     async def load(self) -> None:
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"gguf-{self.spec.name}")
-        self._cancel_flags: dict[str, threading.Event] = {}
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._executor, self._load_blocking)
+        self._start_worker()
+        await self._on_worker(self._load_blocking)
 
     def _load_blocking(self) -> None:
         from llama_cpp import Llama, llama_vocab_is_eog  # heavy: imported only when this backend is used
@@ -121,14 +115,8 @@ class GGUFBackend(Backend):
         return ChatTemplate.named_or_inline(source, bos_token=bos, eos_token=eos)
 
     async def unload(self) -> None:
-        for flag in self._cancel_flags.values():
-            flag.set()
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        self._stop_worker()
         self._llm.close()
-
-    async def abort(self, request_id: str) -> None:
-        if flag := self._cancel_flags.get(request_id):
-            flag.set()
 
     async def generate_stream(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
         if request.is_chat:
@@ -144,33 +132,11 @@ class GGUFBackend(Backend):
             else None
         )
 
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[Any] = asyncio.Queue()
-        cancel = threading.Event()
-        self._cancel_flags[request.request_id] = cancel
+        def work(cancel: threading.Event, emit: Callable[[Chunk], None]) -> None:
+            self._generate_blocking(prompt, sampling, stop, cancel, emit, prompt_param, grammar)
 
-        def emit(item: Any) -> None:
-            loop.call_soon_threadsafe(queue.put_nowait, item)
-
-        def run() -> None:
-            try:
-                self._generate_blocking(prompt, sampling, stop, cancel, emit, prompt_param, grammar)
-            except BaseException as error:  # noqa: BLE001 - re-raised on the event loop
-                emit(error)
-            finally:
-                emit(_END)
-
-        worker = loop.run_in_executor(self._executor, run)
-        try:
-            while (item := await queue.get()) is not _END:
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-            await worker
-        finally:
-            # Reached on normal end, on error, and when the consumer closes the stream early.
-            cancel.set()
-            self._cancel_flags.pop(request.request_id, None)
+        async for chunk in self._stream_from_worker(request.request_id, work):
+            yield chunk
 
     def _generate_blocking(
         self,
@@ -182,8 +148,6 @@ class GGUFBackend(Backend):
         prompt_param: str = "prompt",
         grammar: Any = None,
     ) -> None:
-        if cancel.is_set():  # the client left while this request waited for the thread
-            return
         llm = self._llm
         tokens = llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
         context = llm.n_ctx()

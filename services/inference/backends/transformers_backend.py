@@ -10,13 +10,11 @@ every token.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 import shutil
 import threading
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -25,14 +23,12 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from services.inference.backends import guidance
-from services.inference.backends.base import Backend
+from services.inference.backends.threaded import ThreadedBackend
 from services.inference.chat_templates import ChatTemplate
 from services.inference.domain import Chunk, FinishReason, GenerationRequest, ResponseFormat, SamplingParams, Usage
 from services.inference.stop_sequences import StopSequenceMatcher
 
 log = logging.getLogger(__name__)
-
-_END = object()
 
 
 class TransformersEnvironment(BaseSettings):
@@ -70,7 +66,7 @@ def gguf_cache_dir(cache_root: Path, gguf: Path) -> Path:
     return cache_root / f"{gguf.stem}-{digest}"
 
 
-class TransformersBackend(Backend):
+class TransformersBackend(ThreadedBackend):
     supports_adapters: ClassVar[bool] = True
     supports_structured_output: ClassVar[bool] = True  # llguidance; see backends/guidance.py
 
@@ -87,11 +83,10 @@ class TransformersBackend(Backend):
                 f"The transformers backend needs torch and transformers ({error.name} is missing).",
                 reason="BACKEND_UNAVAILABLE",
             ) from error
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"transformers-{self.spec.name}")
-        self._cancel_flags: dict[str, threading.Event] = {}
+        self._start_worker()
         self._adapters: set[str] = set()
         self._guidance_tokenizer: Any = None
-        await asyncio.get_running_loop().run_in_executor(self._executor, self._load_blocking)
+        await self._on_worker(self._load_blocking)
 
     def _load_blocking(self) -> None:
         import torch
@@ -192,14 +187,8 @@ class TransformersBackend(Backend):
         return target
 
     async def unload(self) -> None:
-        for flag in self._cancel_flags.values():
-            flag.set()
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        self._stop_worker()
         del self._model
-
-    async def abort(self, request_id: str) -> None:
-        if flag := self._cancel_flags.get(request_id):
-            flag.set()
 
     # ---- adapters ----
 
@@ -207,7 +196,7 @@ class TransformersBackend(Backend):
         """Attach a PEFT LoRA adapter without reloading the base model."""
         if not (path / "adapter_config.json").exists():
             raise NotFound(f"No PEFT adapter at {path} (adapter_config.json missing).", reason="ADAPTER_NOT_FOUND")
-        await asyncio.get_running_loop().run_in_executor(self._executor, self._load_adapter_blocking, name, path)
+        await self._on_worker(self._load_adapter_blocking, name, path)
         self._adapters.add(name)
 
     def _load_adapter_blocking(self, name: str, path: Path) -> None:
@@ -217,7 +206,7 @@ class TransformersBackend(Backend):
     async def remove_adapter(self, name: str) -> None:
         if name not in self._adapters:
             raise NotFound(f"Adapter '{name}' is not loaded on '{self.spec.name}'.", reason="ADAPTER_NOT_FOUND")
-        await asyncio.get_running_loop().run_in_executor(self._executor, self._model.delete_adapter, name)
+        await self._on_worker(self._model.delete_adapter, name)
         self._adapters.discard(name)
 
     @property
@@ -235,34 +224,14 @@ class TransformersBackend(Backend):
             prompt, stop = self._template.render(request.messages), request.sampling.stop + self._template.stop
         else:
             prompt, stop = request.prompt or "", request.sampling.stop
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[Any] = asyncio.Queue()
-        cancel = threading.Event()
-        self._cancel_flags[request.request_id] = cancel
 
-        def emit(item: Any) -> None:
-            loop.call_soon_threadsafe(queue.put_nowait, item)
+        def work(cancel: threading.Event, emit: Callable[[Chunk], None]) -> None:
+            self._generate_blocking(
+                prompt, request.sampling, stop, cancel, emit, request.adapter, request.response_format
+            )
 
-        def run() -> None:
-            try:
-                self._generate_blocking(
-                    prompt, request.sampling, stop, cancel, emit, request.adapter, request.response_format
-                )
-            except BaseException as error:  # noqa: BLE001 - re-raised on the event loop
-                emit(error)
-            finally:
-                emit(_END)
-
-        worker = loop.run_in_executor(self._executor, run)
-        try:
-            while (item := await queue.get()) is not _END:
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-            await worker
-        finally:
-            cancel.set()
-            self._cancel_flags.pop(request.request_id, None)
+        async for chunk in self._stream_from_worker(request.request_id, work):
+            yield chunk
 
     def _generate_blocking(
         self,
@@ -278,8 +247,6 @@ class TransformersBackend(Backend):
         from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
         from transformers.generation.streamers import BaseStreamer
 
-        if cancel.is_set():
-            return
         inputs = self._tokenizer(prompt, return_tensors="pt").to(self._device)
         prompt_tokens = int(inputs["input_ids"].shape[1])
         context = self.spec.context_length

@@ -103,6 +103,8 @@ def main() -> None:
     gateway = Service("gateway", "services.gateway", f"http://{gateway_settings.host}:{gateway_settings.port}")
     services = [*grpc_services, gateway]
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    # Ctrl-C stops the mesh even when started from a shell that ignores SIGINT in background jobs.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         for service in grpc_services:  # started together, so that they load their models in parallel
             service.start({"LLMMESH_INFERENCE_DATABASE_URL": database_url} if service.name == "inference" else None)

@@ -41,6 +41,7 @@ test: proto
 
 # Benchmarks measure; they never assert. See bench/.
 bench: proto
+	$(PY) -m bench.chat
 	$(PY) -m bench.embeddings
 
 lint: proto

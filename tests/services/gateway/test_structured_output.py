@@ -267,3 +267,16 @@ async def test_langchain_tools_and_structured_output(gateway_url) -> None:
     assert message.tool_calls[0]["args"]["unit"] in ("celsius", "fahrenheit")
     person = await llm.with_structured_output(Person, method="json_schema").ainvoke("Describe a guest.")
     assert isinstance(person, Person)
+
+
+async def test_transformers_backend_through_the_mesh(client) -> None:
+    """The transformers backend (llguidance constraint) behind the same gateway and gRPC service."""
+    completion = await client.chat.completions.parse(
+        model="gemma-hf",
+        messages=[{"role": "user", "content": "Describe a user of our system."}],
+        response_format=Person,
+        max_tokens=80,
+        temperature=0.0,
+    )
+    assert isinstance(completion.choices[0].message.parsed, Person)
+    assert completion.model == "gemma-hf"

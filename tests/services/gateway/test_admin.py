@@ -15,12 +15,6 @@ from services.inference.server import InferenceServer, model_health_name
 from tests.conftest import GEMMA, serve_http
 
 
-@pytest.fixture
-async def http(gateway_url: str):
-    async with httpx.AsyncClient(base_url=gateway_url, timeout=60) as http:
-        yield http
-
-
 def chat(model: str, text: str = "hi", **extra) -> dict:
     return {"model": model, "messages": [{"role": "user", "content": text}], **extra}
 

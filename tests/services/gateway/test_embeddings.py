@@ -2,21 +2,8 @@
 
 import base64
 
-import httpx
 import numpy as np
-import openai
 import pytest
-
-
-@pytest.fixture
-def client(gateway_url: str) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(base_url=f"{gateway_url}/v1", api_key="unused", max_retries=0)
-
-
-@pytest.fixture
-async def http(gateway_url: str):
-    async with httpx.AsyncClient(base_url=gateway_url, timeout=30) as http:
-        yield http
 
 
 async def test_openai_sdk_embeddings(client) -> None:

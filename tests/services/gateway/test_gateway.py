@@ -11,17 +11,6 @@ from services.gateway.config import GatewaySettings
 from tests.conftest import serve_http
 
 
-@pytest.fixture
-def client(gateway_url: str) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(base_url=f"{gateway_url}/v1", api_key="unused", max_retries=0)
-
-
-@pytest.fixture
-async def http(gateway_url: str):
-    async with httpx.AsyncClient(base_url=gateway_url, timeout=30) as http:
-        yield http
-
-
 async def test_chat_completion(client) -> None:
     response = await client.chat.completions.create(model="mock", messages=[{"role": "user", "content": "hello"}])
     assert response.choices[0].message.content == "[mock-text:mock] hello"

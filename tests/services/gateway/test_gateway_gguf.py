@@ -1,16 +1,10 @@
 """The official openai SDK against the gateway backed by the real Gemma 3 270M GGUF model."""
 
 import httpx
-import openai
 import pytest
 
 from services.inference.server import InferenceServer
 from tests.conftest import GEMMA, loaded_backend, wait_until_idle
-
-
-@pytest.fixture
-def client(gateway_url: str) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(base_url=f"{gateway_url}/v1", api_key="unused", max_retries=0)
 
 
 async def test_chat_completion_from_the_real_model(client) -> None:

@@ -5,16 +5,10 @@ from typing import Literal
 
 import httpx
 import jsonschema
-import openai
 import pytest
 from pydantic import BaseModel, Field
 
 from tests.conftest import GEMMA
-
-
-@pytest.fixture
-def client(gateway_url: str) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(base_url=f"{gateway_url}/v1", api_key="unused", max_retries=0)
 
 
 class Person(BaseModel):

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from services.common.errors import InvalidArgument
 from services.inference.domain import Chunk, GenerationRequest
 
 if TYPE_CHECKING:
@@ -61,3 +62,14 @@ class Backend(ABC):
 
     async def check_health(self) -> None:
         """Raise if the backend cannot serve."""
+
+    def generation_budget(self, prompt_tokens: int, context: int, max_tokens: int | None, param: str) -> int:
+        """How many tokens may be generated: `max_tokens`, capped by what the context window leaves.
+        A prompt that fills the window is the caller's error (`param` names the field)."""
+        if prompt_tokens >= context:
+            raise InvalidArgument(
+                f"The prompt is {prompt_tokens} tokens; model '{self.spec.name}' has a context window of {context}.",
+                param=param,
+            )
+        room = context - prompt_tokens
+        return min(max_tokens or room, room)

@@ -150,14 +150,7 @@ class GGUFBackend(ThreadedBackend):
     ) -> None:
         llm = self._llm
         tokens = llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
-        context = llm.n_ctx()
-        if len(tokens) >= context:
-            raise InvalidArgument(
-                f"The prompt is {len(tokens)} tokens; model '{self.spec.name}' has a context window of {context}.",
-                param=prompt_param,
-            )
-        room = context - len(tokens)
-        max_tokens = min(sampling.max_tokens or room, room)
+        max_tokens = self.generation_budget(len(tokens), llm.n_ctx(), sampling.max_tokens, prompt_param)
         llm.set_seed(sampling.seed if sampling.seed is not None else random.randrange(2**31))
 
         self.stats.running += 1

@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from services.common.errors import FailedPrecondition, NotFound, Unavailable
 from services.inference.backends import guidance
 from services.inference.backends.threaded import ThreadedBackend
 from services.inference.chat_templates import ChatTemplate
@@ -226,9 +226,9 @@ class TransformersBackend(ThreadedBackend):
             prompt, stop = request.prompt or "", request.sampling.stop
 
         def work(cancel: threading.Event, emit: Callable[[Chunk], None]) -> None:
-            self._generate_blocking(
-                prompt, request.sampling, stop, cancel, emit, request.adapter, request.response_format
-            )
+            param = "messages" if request.is_chat else "prompt"
+            sampling, adapter, response_format = request.sampling, request.adapter, request.response_format
+            self._generate_blocking(prompt, sampling, stop, cancel, emit, adapter, response_format, param)
 
         async for chunk in self._stream_from_worker(request.request_id, work):
             yield chunk
@@ -242,6 +242,7 @@ class TransformersBackend(ThreadedBackend):
         emit: Callable[[Chunk], None],
         adapter: str = "",
         response_format: ResponseFormat | None = None,
+        prompt_param: str = "prompt",
     ) -> None:
         import torch
         from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
@@ -249,13 +250,7 @@ class TransformersBackend(ThreadedBackend):
 
         inputs = self._tokenizer(prompt, return_tensors="pt").to(self._device)
         prompt_tokens = int(inputs["input_ids"].shape[1])
-        context = self.spec.context_length
-        if prompt_tokens >= context:
-            raise InvalidArgument(
-                f"The prompt is {prompt_tokens} tokens; model '{self.spec.name}' has a context window of {context}.",
-                param="messages",
-            )
-        max_new = min(sampling.max_tokens or context - prompt_tokens, context - prompt_tokens)
+        max_new = self.generation_budget(prompt_tokens, self.spec.context_length, sampling.max_tokens, prompt_param)
         tokenizer = self._tokenizer
         matcher = StopSequenceMatcher(stop)
         generated: list[int] = []

@@ -152,3 +152,12 @@ async def test_json_schema_constrains_the_output(gemma_hf) -> None:
 def test_unsupported_schema_is_named() -> None:
     with pytest.raises(InvalidArgument, match="not"):
         TransformersBackend.check_schema({"type": "object", "not": {"required": ["a"]}})
+
+
+async def test_prompt_over_the_context_window_names_the_field(gemma_hf) -> None:
+    with pytest.raises(InvalidArgument) as raised:
+        await generate(gemma_hf, prompt="word " * 1500, sampling=GREEDY)
+    assert raised.value.param == "prompt"
+    with pytest.raises(InvalidArgument) as raised:
+        await generate(gemma_hf, messages=(ChatMessage(Role.USER, "word " * 1500),), sampling=GREEDY)
+    assert raised.value.param == "messages"

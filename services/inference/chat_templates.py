@@ -16,7 +16,7 @@ from jinja2 import TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from services.common.errors import InvalidArgument
-from services.inference.domain import ChatMessage
+from services.inference.domain import ChatMessage, GenerationRequest
 
 # Gemma has no system role: a system message is folded into the first user turn.
 GEMMA = """
@@ -79,6 +79,13 @@ class ChatTemplate:
         """A builtin template by name ("gemma", "chatml", "llama3"), or `template` itself as Jinja source."""
         source, stop = BUILTIN_TEMPLATES.get(template, (template, ()))
         return cls(source=source, stop=stop, bos_token=bos_token, eos_token=eos_token)
+
+    def prompt_for(self, request: GenerationRequest) -> tuple[str, tuple[str, ...]]:
+        """The prompt text and stop sequences of a request: chats are rendered and also stop at
+        the end of the assistant turn; raw prompts pass through with the request's stops only."""
+        if request.is_chat:
+            return self.render(request.messages), request.sampling.stop + self.stop
+        return request.prompt or "", request.sampling.stop
 
     def render(self, messages: Sequence[ChatMessage]) -> str:
         try:

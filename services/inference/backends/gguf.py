@@ -119,11 +119,7 @@ class GGUFBackend(ThreadedBackend):
         self._llm.close()
 
     async def generate_stream(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
-        if request.is_chat:
-            prompt = self._template.render(request.messages)
-            stop = request.sampling.stop + self._template.stop
-        else:
-            prompt, stop = request.prompt or "", request.sampling.stop
+        prompt, stop = self._template.prompt_for(request)
         prompt_param = "messages" if request.is_chat else "prompt"
         sampling = request.sampling
         grammar = (

@@ -145,8 +145,7 @@ class MlxBackend(Backend):
     async def generate_stream(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
         if request.adapter and request.adapter != self._adapter:
             raise FailedPrecondition(f"Adapter '{request.adapter}' is not applied.", reason="ADAPTER_NOT_LOADED")
-        prompt = self._template.render(request.messages) if request.is_chat else request.prompt or ""
-        stop = request.sampling.stop + (self._template.stop if request.is_chat else ())
+        prompt, stop = self._template.prompt_for(request)
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Any] = asyncio.Queue()
         cancelled = False

@@ -220,10 +220,7 @@ class TransformersBackend(ThreadedBackend):
             raise FailedPrecondition(
                 f"Adapter '{request.adapter}' is not loaded on '{self.spec.name}'.", reason="ADAPTER_NOT_LOADED"
             )
-        if request.is_chat:
-            prompt, stop = self._template.render(request.messages), request.sampling.stop + self._template.stop
-        else:
-            prompt, stop = request.prompt or "", request.sampling.stop
+        prompt, stop = self._template.prompt_for(request)
 
         def work(cancel: threading.Event, emit: Callable[[Chunk], None]) -> None:
             param = "messages" if request.is_chat else "prompt"

@@ -143,10 +143,7 @@ class VllmBackend(Backend):
 
         if request.adapter and request.adapter not in self._adapters:
             raise FailedPrecondition(f"Adapter '{request.adapter}' is not loaded.", reason="ADAPTER_NOT_LOADED")
-        if request.is_chat:
-            prompt, stop = self._template.render(request.messages), request.sampling.stop + self._template.stop
-        else:
-            prompt, stop = request.prompt or "", request.sampling.stop
+        prompt, stop = self._template.prompt_for(request)
         arguments = sampling_arguments(request.sampling, stop)
         if request.response_format.constrains:
             from vllm.sampling_params import StructuredOutputsParams

@@ -21,6 +21,7 @@ import pytest_asyncio
 import uvicorn
 
 from llmmesh.inference.v1 import inference_service_pb2_grpc as pb_grpc
+from services.common.embedded_nats import EmbeddedNats
 from services.embeddings.config import EmbeddingsSettings
 from services.embeddings.server import EmbeddingsServer
 from services.gateway.app import build_app
@@ -70,6 +71,15 @@ def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     server = pgserver.get_server(tmp_path_factory.mktemp("postgres"), cleanup_mode="stop")
     yield server.get_uri()
     server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedNats]:
+    """A real nats-server with JetStream, started once per test session in a temporary directory."""
+    server = EmbeddedNats(tmp_path_factory.mktemp("nats"))
+    server.start()
+    yield server
+    server.stop()
 
 
 @pytest_asyncio.fixture

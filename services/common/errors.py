@@ -95,6 +95,16 @@ class PermissionDenied(MeshError):
     default_reason = "PERMISSION_DENIED"
 
 
+class AlreadyExists(MeshError):
+    code = grpc.StatusCode.ALREADY_EXISTS
+    default_reason = "ALREADY_EXISTS"
+
+
+class Unimplemented(MeshError):
+    code = grpc.StatusCode.UNIMPLEMENTED
+    default_reason = "UNIMPLEMENTED"
+
+
 class Internal(MeshError):
     pass
 
@@ -111,6 +121,8 @@ _ERROR_BY_CODE: dict[grpc.StatusCode, type[MeshError]] = {
         Cancelled,
         Unauthenticated,
         PermissionDenied,
+        AlreadyExists,
+        Unimplemented,
         Internal,
     )
 }

@@ -536,6 +536,7 @@ class ModelInfo:
     is_default: bool
     memory_mb: int = 0
     requests_running: int = 0
+    supports_images: bool = False
 
     def to_pb(self) -> pb.Model:
         return pb.Model(
@@ -547,6 +548,7 @@ class ModelInfo:
             is_default=self.is_default,
             memory_mb=self.memory_mb,
             requests_running=self.requests_running,
+            supports_images=self.supports_images,
         )
 
     @classmethod
@@ -560,6 +562,7 @@ class ModelInfo:
             is_default=model.is_default,
             memory_mb=model.memory_mb,
             requests_running=model.requests_running,
+            supports_images=model.supports_images,
         )
 
 

@@ -138,6 +138,7 @@ class InferenceEngine:
             is_default=spec.name == self.router.registry.default_model,
             memory_mb=spec.memory_mb,
             requests_running=self.models.running(spec),
+            supports_images=backend_class(spec.backend).supports_images,
         )
 
     def queue(self) -> list[QueueLine]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
+from services.common.errors import Unavailable
 from services.inference.backends.base import Backend
 from services.inference.domain import Chunk, FinishReason, GenerationRequest, Usage
 
@@ -13,14 +14,18 @@ class MockBackend(Backend):
     """Streams the reply word by word; each word counts as one token.
 
     Option `token_delay_seconds` paces the words, so that tests can cancel a
-    stream halfway through.
+    stream halfway through. Option `fail_on` makes a request whose text contains it
+    fail with UNAVAILABLE, as a backend that keeps crashing would.
     """
 
     async def load(self) -> None:
         self.token_delay = float(self.spec.options.get("token_delay_seconds", 0.0))
+        self.fail_on = str(self.spec.options.get("fail_on", "")) or None
 
     async def generate_stream(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
         source = request.last_user_message if request.is_chat else request.prompt or ""
+        if self.fail_on and self.fail_on in source:
+            raise Unavailable(f"mock backend failure (the request contains '{self.fail_on}')")
         prompt_words = sum(len(m.content.split()) for m in request.messages) if request.is_chat else len(source.split())
         words = f"[mock-text:{self.spec.name}] {source}".split(" ")
         limit = request.sampling.max_tokens or len(words)

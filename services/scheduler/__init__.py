@@ -1,0 +1,1 @@
+"""Async jobs on NATS JetStream, with job records in PostgreSQL."""

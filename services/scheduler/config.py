@@ -1,0 +1,80 @@
+"""Scheduler settings (env prefix LLMMESH_SCHEDULER_). NATS_URL and DATABASE_URL are accepted as given."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import SettingsConfigDict
+
+from services.common.config import ServiceSettings
+from services.scheduler.domain import JobType
+from services.scheduler.queue import QueueConfig
+
+
+class SchedulerSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="LLMMESH_SCHEDULER_")
+
+    port: int = Field(50053, ge=0, le=65535, description="gRPC port; 0 picks a free one.")
+    nats_url: str = Field(
+        "nats://127.0.0.1:4222",
+        validation_alias=AliasChoices("LLMMESH_SCHEDULER_NATS_URL", "NATS_URL"),
+        description="NATS server with JetStream enabled.",
+    )
+    database_url: str = Field(
+        "",
+        validation_alias=AliasChoices("LLMMESH_SCHEDULER_DATABASE_URL", "DATABASE_URL"),
+        description="PostgreSQL holding the job records (required).",
+    )
+    inference_target: str = Field("127.0.0.1:50051", description="host:port of the inference gRPC service.")
+    embeddings_target: str = Field("127.0.0.1:50052", description="host:port of the embeddings gRPC service.")
+
+    # queue
+    stream_name: str = Field("LLMMESH_JOBS", description="The JetStream work-queue stream.")
+    stream_replicas: int = Field(1, ge=1, le=5, description="JetStream replicas of the stream (3 in a cluster).")
+    duplicate_window_seconds: float = Field(120.0, gt=0, description="JetStream's Nats-Msg-Id dedup window.")
+    publish_timeout_seconds: float = Field(5.0, gt=0, description="Wait for JetStream's ack; then 503.")
+    ack_wait_seconds: float = Field(30.0, gt=0, description="A job silent this long is redelivered.")
+    max_deliver: int = Field(5, ge=1, description="Attempts before a job fails for good (MaxDeliver).")
+    retry_backoff_seconds: float = Field(1.0, gt=0, description="First retry delay; doubles each attempt.")
+    retry_backoff_max_seconds: float = Field(60.0, gt=0, description="Longest retry delay.")
+    default_ttl_seconds: int = Field(3600, ge=1, description="Queue TTL of jobs that set none.")
+    max_ttl_seconds: int = Field(7 * 24 * 3600, ge=1, description="Longest accepted ttl_seconds.")
+
+    # workers
+    run_workers: bool = Field(True, description="Run workers in the scheduler process (else: separate processes).")
+    worker_job_types: list[JobType] = Field(
+        default_factory=lambda: [JobType.CHAT, JobType.VISION, JobType.EMBED],
+        description="Job types this process's workers consume (JSON list).",
+    )
+    worker_concurrency: int = Field(2, ge=1, description="Jobs of one type a worker process runs at once.")
+    poll_seconds: float = Field(1.0, gt=0, description="Fallback poll interval of watchers and sweepers.")
+
+    # callbacks
+    callback_secret: SecretStr = Field(
+        SecretStr("llmmesh-dev-callback-secret"),
+        description="HMAC-SHA256 key of the X-LLMMesh-Signature header. Set it in any real deployment.",
+    )
+    callback_allowed_networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = Field(
+        default_factory=list,
+        description='Private networks callbacks may reach anyway, e.g. ["10.0.0.0/8"] (JSON list).',
+    )
+    callback_timeout_seconds: float = Field(10.0, gt=0, description="Per-attempt timeout of a callback POST.")
+    callback_max_attempts: int = Field(8, ge=1, description="Callback POSTs before giving up.")
+    callback_backoff_seconds: float = Field(1.0, gt=0, description="First callback retry delay; doubles each time.")
+
+    @property
+    def queue_config(self) -> QueueConfig:
+        return QueueConfig(
+            stream=self.stream_name,
+            replicas=self.stream_replicas,
+            duplicate_window_seconds=self.duplicate_window_seconds,
+            ack_wait_seconds=self.ack_wait_seconds,
+            max_deliver=self.max_deliver,
+            publish_timeout_seconds=self.publish_timeout_seconds,
+        )
+
+    def retry_delay(self, attempt: int, base: float | None = None) -> float:
+        """Exponential backoff after `attempt` failures (1-based), capped."""
+        first = self.retry_backoff_seconds if base is None else base
+        return float(min(first * 2 ** max(attempt - 1, 0), self.retry_backoff_max_seconds))

@@ -1,0 +1,251 @@
+"""Jobs: their types, states and records, and the one mapping to protobuf and JSON.
+
+A job's typed request and result are kept as the protobuf messages of the
+services that run them (inference ChatRequest, embeddings EmbedRequest), so the
+scheduler never re-declares another service's contract.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import re
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from google.protobuf import json_format, timestamp_pb2
+
+from llmmesh.scheduler.v1 import scheduler_service_pb2 as pb
+from services.common.errors import InvalidArgument
+
+JOB_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+
+
+class JobType(enum.StrEnum):
+    CHAT = "chat"
+    VISION = "vision"
+    ADAPTER_TRAIN = "adapter_train"
+    EMBED = "embed"
+
+    def to_pb(self) -> pb.JobType.ValueType:
+        return pb.JobType.Value(f"JOB_TYPE_{self.name}")
+
+    @classmethod
+    def from_pb(cls, value: pb.JobType.ValueType) -> JobType:
+        if value == pb.JOB_TYPE_UNSPECIFIED:
+            raise InvalidArgument(
+                f"'job_type' is required: one of {', '.join(t.value for t in cls)}.", param="job_type"
+            )
+        return cls[pb.JobType.Name(value).removeprefix("JOB_TYPE_")]
+
+
+class JobState(enum.StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL_STATES
+
+    def to_pb(self) -> pb.JobState.ValueType:
+        return pb.JobState.Value(f"JOB_STATE_{self.name}")
+
+    @classmethod
+    def from_pb(cls, value: pb.JobState.ValueType) -> JobState:
+        return cls[pb.JobState.Name(value).removeprefix("JOB_STATE_")]
+
+
+TERMINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.EXPIRED})
+
+
+class CallbackState(enum.StrEnum):
+    NONE = "none"
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+
+    def to_pb(self) -> pb.CallbackState.ValueType:
+        return pb.CallbackState.Value(f"CALLBACK_STATE_{self.name}")
+
+
+# Which JobRequest field each type must set.
+REQUEST_FIELD = {
+    JobType.CHAT: "chat",
+    JobType.VISION: "chat",
+    JobType.EMBED: "embed",
+    JobType.ADAPTER_TRAIN: "adapter_train",
+}
+
+
+@dataclass(frozen=True)
+class Progress:
+    percent: float = 0.0
+    message: str = ""
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    def to_pb(self) -> pb.JobProgress:
+        return pb.JobProgress(percent=self.percent, message=self.message, metrics=self.metrics)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"percent": self.percent, "message": self.message, "metrics": self.metrics}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any] | None) -> Progress | None:
+        return cls(**data) if data else None
+
+
+@dataclass(frozen=True)
+class Submission:
+    """A validated SubmitJob request."""
+
+    job_id: str
+    job_type: JobType
+    request: pb.JobRequest
+    callback_url: str
+    ttl_seconds: int
+    idempotency_key: str
+    priority: int
+    owner: str
+
+    @classmethod
+    def from_pb(cls, message: pb.SubmitJobRequest, default_ttl: int, max_ttl: int) -> Submission:
+        job_type = JobType.from_pb(message.job_type)
+        expected = REQUEST_FIELD[job_type]
+        if message.request.WhichOneof("kind") != expected:
+            raise InvalidArgument(f"A {job_type.value} job needs 'request.{expected}'.", param="request")
+        if not 0 <= message.ttl_seconds <= max_ttl:
+            raise InvalidArgument(f"'ttl_seconds' must be between 1 and {max_ttl}.", param="ttl_seconds")
+        if len(message.idempotency_key) > 256:
+            raise InvalidArgument("'idempotency_key' is longer than 256 characters.", param="idempotency_key")
+        return cls(
+            job_id=job_id_for(message.job_id, message.idempotency_key, message.owner),
+            job_type=job_type,
+            request=message.request,
+            callback_url=message.callback_url.strip(),
+            ttl_seconds=message.ttl_seconds or default_ttl,
+            idempotency_key=message.idempotency_key,
+            priority=message.priority,
+            owner=message.owner,
+        )
+
+
+def job_id_for(job_id: str, idempotency_key: str, owner: str) -> str:
+    """The caller's id; else one derived from the idempotency key (so a resubmission that
+    only repeats the key finds the first job); else a random one."""
+    if job_id:
+        if not JOB_ID_PATTERN.match(job_id):
+            raise InvalidArgument(
+                "'job_id' must be 1-128 characters of letters, digits and . _ : -, starting with a letter or digit.",
+                param="job_id",
+            )
+        return job_id
+    if idempotency_key:
+        return "job-" + hashlib.sha256(f"{owner}\0{idempotency_key}".encode()).hexdigest()[:32]
+    return f"job-{uuid.uuid4().hex}"
+
+
+@dataclass(frozen=True)
+class Job:
+    """One job record, as PostgreSQL holds it."""
+
+    job_id: str
+    job_type: JobType
+    state: JobState
+    request: pb.JobRequest
+    result: pb.JobResult | None
+    error: str
+    progress: Progress | None
+    attempt: int
+    priority: int
+    callback_url: str
+    callback_state: CallbackState
+    callback_attempts: int
+    idempotency_key: str
+    owner: str
+    submission_id: uuid.UUID
+    created_at: datetime
+    started_at: datetime | None
+    ended_at: datetime | None
+    expires_at: datetime
+
+    @property
+    def message_id(self) -> str:
+        """JetStream's Nats-Msg-Id: a republish of the same accepted submission is a duplicate,
+        while a new submission after a rejected one (same job_id) is not."""
+        return f"{self.job_id}:{self.idempotency_key}:{self.submission_id}"
+
+    def to_pb(self) -> pb.Job:
+        job = pb.Job(
+            job_id=self.job_id,
+            job_type=self.job_type.to_pb(),
+            state=self.state.to_pb(),
+            request=self.request,
+            error=self.error,
+            attempt=self.attempt,
+            priority=self.priority,
+            callback_url=self.callback_url,
+            callback_state=self.callback_state.to_pb(),
+            callback_attempts=self.callback_attempts,
+            idempotency_key=self.idempotency_key,
+            owner=self.owner,
+            create_time=_timestamp(self.created_at),
+            start_time=_timestamp(self.started_at),
+            end_time=_timestamp(self.ended_at),
+            expire_time=_timestamp(self.expires_at),
+        )
+        if self.result is not None:
+            job.result.CopyFrom(self.result)
+        if self.progress is not None:
+            job.progress.CopyFrom(self.progress.to_pb())
+        return job
+
+
+def _timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
+    if value is None:
+        return None
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(value)
+    return stamp
+
+
+def message_to_json(message: Any) -> dict[str, Any]:
+    return json_format.MessageToDict(message, preserving_proto_field_name=True)
+
+
+def job_json(job: pb.Job) -> dict[str, Any]:
+    """The JSON face of a job: the gateway's /v1/jobs bodies and the callback POST body.
+
+    Enum values are lower-case words ("succeeded"), times are Unix seconds, and the typed
+    request and result keep their protobuf JSON form."""
+
+    def seconds(name: str) -> int | None:
+        return getattr(job, name).seconds if job.HasField(name) else None  # type: ignore[arg-type]
+
+    body: dict[str, Any] = {
+        "id": job.job_id,
+        "object": "job",
+        "job_type": pb.JobType.Name(job.job_type).removeprefix("JOB_TYPE_").lower(),
+        "state": pb.JobState.Name(job.state).removeprefix("JOB_STATE_").lower(),
+        "attempt": job.attempt,
+        "priority": job.priority,
+        "idempotency_key": job.idempotency_key or None,
+        "callback_url": job.callback_url or None,
+        "callback_state": pb.CallbackState.Name(job.callback_state).removeprefix("CALLBACK_STATE_").lower(),
+        "created_at": seconds("create_time"),
+        "started_at": seconds("start_time"),
+        "ended_at": seconds("end_time"),
+        "expires_at": seconds("expire_time"),
+        "progress": message_to_json(job.progress) if job.HasField("progress") else None,
+        "result": None,
+        "error": job.error or None,
+    }
+    if job.HasField("result"):
+        kind = job.result.WhichOneof("kind")
+        body["result"] = message_to_json(getattr(job.result, kind)) if kind else None
+    return body

@@ -1,0 +1,190 @@
+"""The scheduler's domain: submit, read, cancel and watch jobs, and the housekeeping
+that keeps the queue honest (TTL expiry, republishing, callbacks)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import logging
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from datetime import datetime
+
+import asyncpg
+
+from llmmesh.scheduler.v1 import scheduler_service_pb2 as pb
+from services.common.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable
+from services.scheduler.callbacks import CallbackDispatcher, CallbackGuard
+from services.scheduler.config import SchedulerSettings
+from services.scheduler.domain import Job, JobState, JobType, Submission
+from services.scheduler.handlers import JobHandlers
+from services.scheduler.queue import JobQueue
+from services.scheduler.store import NOTIFY_CHANNEL, JobStore
+
+log = logging.getLogger(__name__)
+
+MAX_PAGE_SIZE = 200
+DEFAULT_PAGE_SIZE = 50
+
+
+class JobChanges:
+    """Fans PostgreSQL NOTIFYs on job changes out to watchers in this process."""
+
+    def __init__(self) -> None:
+        self._watchers: dict[str, set[asyncio.Event]] = defaultdict(set)
+        self.any_change = asyncio.Event()
+        self._connection: asyncpg.Connection | None = None
+
+    async def listen(self, database_url: str) -> None:
+        self._connection = await asyncpg.connect(database_url)
+        await self._connection.add_listener(NOTIFY_CHANNEL, self._notified)
+
+    async def close(self) -> None:
+        if self._connection is not None:
+            await self._connection.close()
+
+    def _notified(self, _connection: object, _pid: int, _channel: str, job_id: str) -> None:
+        self.any_change.set()
+        for event in self._watchers.get(job_id, ()):
+            event.set()
+
+    @contextlib.contextmanager
+    def watch(self, job_id: str):  # type: ignore[no-untyped-def]
+        event = asyncio.Event()
+        self._watchers[job_id].add(event)
+        try:
+            yield event
+        finally:
+            self._watchers[job_id].discard(event)
+            if not self._watchers[job_id]:
+                del self._watchers[job_id]
+
+
+class Scheduler:
+    def __init__(
+        self,
+        settings: SchedulerSettings,
+        store: JobStore,
+        queue: JobQueue,
+        handlers: JobHandlers,
+        changes: JobChanges,
+        callbacks: CallbackDispatcher,
+        guard: CallbackGuard,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.queue = queue
+        self.handlers = handlers
+        self.changes = changes
+        self.callbacks = callbacks
+        self.guard = guard
+
+    # ---- client API ----
+
+    async def submit(self, request: pb.SubmitJobRequest) -> tuple[Job, bool]:
+        """The accepted job and whether it was a duplicate. Unavailable when it could not be queued."""
+        submission = Submission.from_pb(request, self.settings.default_ttl_seconds, self.settings.max_ttl_seconds)
+        if submission.callback_url:
+            await self.guard.check(submission.callback_url)
+        await self.handlers.check(submission)
+        job, created = await self.store.insert(submission)
+        if not created:
+            if job.idempotency_key != submission.idempotency_key or (job.owner and job.owner != submission.owner):
+                raise AlreadyExists(
+                    f"A different job with id '{job.job_id}' exists; choose another job_id.", param="job_id"
+                )
+            return job, True
+        try:
+            sequence = await self.queue.publish(job)
+        except Unavailable:
+            if await self.store.withdraw(job):
+                raise
+            return job, False  # a worker got it after all: the publish landed, only its ack was lost
+        await self.store.mark_published(job.job_id, sequence)
+        return job, False
+
+    async def get(self, job_id: str, owner: str) -> Job:
+        job = await self.store.get(job_id)
+        if job is None or (owner and job.owner != owner):
+            raise NotFound(f"No job '{job_id}'.", param="job_id", reason="JOB_NOT_FOUND")
+        return job
+
+    async def list_jobs(self, request: pb.ListJobsRequest) -> tuple[list[Job], str]:
+        size = request.page_size or DEFAULT_PAGE_SIZE
+        if not 1 <= size <= MAX_PAGE_SIZE:
+            raise InvalidArgument(f"'page_size' must be between 1 and {MAX_PAGE_SIZE}.", param="page_size")
+        jobs = await self.store.list_jobs(
+            states=[JobState.from_pb(s) for s in request.states if s != pb.JOB_STATE_UNSPECIFIED],
+            job_types=[JobType.from_pb(t) for t in request.job_types],
+            owner=request.owner,
+            limit=size + 1,
+            after=_decode_page_token(request.page_token) if request.page_token else None,
+        )
+        next_token = _page_token(jobs[size - 1]) if len(jobs) > size else ""
+        return jobs[:size], next_token
+
+    async def cancel(self, job_id: str, owner: str) -> Job:
+        job = await self.get(job_id, owner)
+        if job.state.terminal:
+            return job
+        cancelled = await self.store.cancel(job_id)
+        if cancelled is None:  # it ended meanwhile
+            return await self.get(job_id, owner)
+        if job.state is JobState.RUNNING:
+            await self.queue.publish_cancel(job_id)
+        log.info("job %s cancelled (was %s)", job_id, job.state.value)
+        return cancelled
+
+    async def watch(self, job_id: str, owner: str) -> AsyncIterator[Job]:
+        """The job now, then each change, until it is terminal."""
+        with self.changes.watch(job_id) as changed:
+            job = await self.get(job_id, owner)
+            yield job
+            seen = job
+            while not job.state.terminal:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait(), self.settings.poll_seconds)  # poll: a NOTIFY may be lost
+                changed.clear()
+                job = await self.get(job_id, owner)
+                if (job.state, job.attempt, job.progress, job.error) != (
+                    seen.state,
+                    seen.attempt,
+                    seen.progress,
+                    seen.error,
+                ):
+                    yield job
+                    seen = job
+
+    # ---- housekeeping ----
+
+    async def housekeep_forever(self) -> None:
+        """Expire queued jobs past their TTL, republish jobs whose submitter crashed before its
+        publish confirmed, and deliver due callbacks. Woken by job changes, else polls."""
+        while True:
+            try:
+                for job_id in await self.store.expire_due():
+                    log.info("job %s expired in the queue", job_id)
+                for job in await self.store.unpublished(older_than_seconds=self.settings.publish_timeout_seconds * 2):
+                    with contextlib.suppress(Unavailable):
+                        await self.store.mark_published(job.job_id, await self.queue.publish(job))
+                while await self.callbacks.deliver_due():
+                    pass
+            except (asyncpg.PostgresError, OSError) as error:
+                log.warning("housekeeping: %s", error)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.changes.any_change.wait(), self.settings.poll_seconds)
+            self.changes.any_change.clear()
+
+
+def _page_token(job: Job) -> str:
+    return base64.urlsafe_b64encode(json.dumps([job.created_at.isoformat(), job.job_id]).encode()).decode()
+
+
+def _decode_page_token(token: str) -> tuple[datetime, str]:
+    try:
+        created_at, job_id = json.loads(base64.urlsafe_b64decode(token.encode()))
+        return datetime.fromisoformat(created_at), str(job_id)
+    except (ValueError, TypeError) as error:
+        raise InvalidArgument("'page_token' is not one this service issued.", param="page_token") from error

@@ -1,0 +1,236 @@
+"""Workers: take jobs from JetStream, run them, and record the outcome in PostgreSQL.
+
+Run them inside the scheduler process (the default), or as separate processes
+that scale out: `python -m services.scheduler.worker`.
+
+Per message: claim the job (compare-and-set, new lease), run it while a
+heartbeat extends AckWait (`in_progress`) and the lease, then finish it under
+that lease and ack. A worker that dies stops heartbeating; JetStream redelivers
+after AckWait and the next worker's claim takes over the stale lease. Failures
+are retried with backoff (`nak(delay)`) up to MaxDeliver, then the job fails with
+a dead letter and the message is terminated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Awaitable, Callable
+
+from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
+from nats.js.client import JetStreamContext
+
+from services.common.errors import MeshError
+from services.scheduler.config import SchedulerSettings
+from services.scheduler.domain import Job, JobType, Progress
+from services.scheduler.handlers import JobHandlers, is_retryable
+from services.scheduler.queue import JobQueue
+from services.scheduler.store import JobStore
+
+log = logging.getLogger(__name__)
+
+HIGH_BAND_WAIT_SECONDS = 0.05
+
+
+# Why a running job was stopped.
+SHUTDOWN, CANCELLED, LEASE_LOST = "shutdown", "cancelled", "lease lost"
+
+
+class Worker:
+    def __init__(self, settings: SchedulerSettings, store: JobStore, queue: JobQueue, handlers: JobHandlers) -> None:
+        self.settings = settings
+        self.store = store
+        self.queue = queue
+        self.handlers = handlers
+        self.name = f"{socket.gethostname()}-{os.getpid()}"
+        self._loops: list[asyncio.Task[None]] = []
+        self._handling: set[asyncio.Task[None]] = set()
+        self._running: dict[str, asyncio.Task[object]] = {}
+        self._stop_reasons: dict[str, str] = {}
+
+    async def start(self) -> None:
+        await self.queue.subscribe_cancels(self._cancel_locally)
+        await self.queue.subscribe_max_deliveries(self._exhausted)
+        for job_type in self.settings.worker_job_types:
+            subscriptions = await self.queue.consumers(job_type)
+            self._loops.append(asyncio.create_task(self._consume(job_type, subscriptions)))
+        log.info("worker %s consuming %s", self.name, ", ".join(t.value for t in self.settings.worker_job_types))
+
+    async def stop(self, grace: float) -> None:
+        """Stop taking jobs; let running ones finish for `grace` seconds, then hand them back."""
+        for loop in self._loops:
+            loop.cancel()
+        await asyncio.gather(*self._loops, return_exceptions=True)
+        if self._handling:
+            await asyncio.wait(self._handling, timeout=grace)
+        for job_id, run in list(self._running.items()):
+            self._stop_reasons[job_id] = SHUTDOWN
+            run.cancel()
+        await asyncio.gather(*self._handling, return_exceptions=True)
+
+    # ---- consuming ----
+
+    async def _consume(self, job_type: JobType, subscriptions: list[JetStreamContext.PullSubscription]) -> None:
+        slots = asyncio.Semaphore(self.settings.worker_concurrency)
+        high, normal = subscriptions
+        while True:
+            await slots.acquire()
+            try:
+                message = await self.queue.fetch_one(high, HIGH_BAND_WAIT_SECONDS) or await self.queue.fetch_one(
+                    normal, self.settings.poll_seconds
+                )
+            except NatsError as error:  # reconnecting: the client retries on its own
+                log.debug("fetching %s jobs: %s", job_type.value, error)
+                message = None
+                await asyncio.sleep(self.settings.poll_seconds)
+            if message is None:
+                slots.release()
+                continue
+            task = asyncio.create_task(self._handle(message))
+            self._handling.add(task)
+            task.add_done_callback(self._handling.discard)
+            task.add_done_callback(lambda _: slots.release())
+
+    async def _handle(self, message: Msg) -> None:
+        try:
+            await self._process(message)
+        except Exception:  # noqa: BLE001 - not acked: JetStream redelivers after AckWait
+            log.exception("handling a job message failed; it will be redelivered")
+
+    async def _process(self, message: Msg) -> None:
+        job_id = message.data.decode()
+        sequence, delivered = message.metadata.sequence.stream, message.metadata.num_delivered
+        job = await self.store.get(job_id)
+        if job is None:  # its submit was withdrawn after a failed publish
+            log.info("message %d names no job (%s); dropping it", sequence, job_id)
+            await message.term()
+            return
+        await self.store.expire_due(job_id)
+        lease = uuid.uuid4()
+        claimed = await self.store.claim(job_id, lease, sequence, self.settings.ack_wait_seconds * 2 / 3)
+        if claimed is None:
+            current = await self.store.get(job_id)
+            if current is None or current.state.terminal:  # cancelled, expired or done: nothing to run
+                await message.ack()
+            else:  # another worker is alive on it (a redelivery overtook its heartbeat)
+                await message.nak(delay=self.settings.ack_wait_seconds)
+            return
+        log.info("job %s (%s) attempt %d started on %s", job_id, claimed.job_type.value, claimed.attempt, self.name)
+        await self._run(claimed, lease, message, sequence, delivered)
+
+    async def _run(self, job: Job, lease: uuid.UUID, message: Msg, sequence: int, delivered: int) -> None:
+        job_id = job.job_id
+        run = asyncio.create_task(self.handlers.run(job, self._reporter(job_id, lease)))
+        self._running[job_id] = run
+        heartbeat = asyncio.create_task(self._heartbeat(job_id, lease, message, run))
+        try:
+            result = await run
+        except asyncio.CancelledError:
+            reason = self._stop_reasons.pop(job_id, SHUTDOWN)
+            if reason == CANCELLED:
+                await message.ack()
+            elif reason == SHUTDOWN and await self.store.requeue(job_id, lease, "worker shut down; requeued"):
+                await message.nak()
+            if asyncio.current_task().cancelling():  # type: ignore[union-attr]
+                raise
+            return
+        except Exception as error:  # noqa: BLE001 - every failure is recorded on the job
+            await self._failed(job, lease, message, sequence, delivered, error)
+            return
+        finally:
+            heartbeat.cancel()
+            self._running.pop(job_id, None)
+        if await self.store.succeed(job_id, lease, result):
+            await message.ack()
+            log.info("job %s succeeded", job_id)
+            return
+        current = await self.store.get(job_id)
+        if current is None or current.state.terminal:
+            await message.ack()  # cancelled just before it finished
+        else:
+            log.warning("job %s: attempt %d lost its lease; its result is discarded", job_id, job.attempt)
+
+    async def _failed(
+        self, job: Job, lease: uuid.UUID, message: Msg, sequence: int, delivered: int, error: Exception
+    ) -> None:
+        reason = error.message if isinstance(error, MeshError) else f"{type(error).__name__}: {error}"
+        if is_retryable(error) and delivered < self.settings.max_deliver:
+            delay = self.settings.retry_delay(delivered)
+            if await self.store.requeue(job.job_id, lease, reason):
+                log.warning("job %s attempt %d failed (%s); retrying in %.1fs", job.job_id, job.attempt, reason, delay)
+                await message.nak(delay=delay)
+            return
+        if await self.store.fail(job.job_id, lease, reason, sequence, delivered):
+            log.error("job %s failed for good after %d deliveries: %s", job.job_id, delivered, reason)
+            await message.term()
+
+    def _reporter(self, job_id: str, lease: uuid.UUID) -> Callable[[Progress], Awaitable[None]]:
+        async def report(progress: Progress) -> None:
+            await self.store.heartbeat(job_id, lease, progress)
+
+        return report
+
+    async def _heartbeat(self, job_id: str, lease: uuid.UUID, message: Msg, run: asyncio.Task[object]) -> None:
+        """Extend AckWait and the lease; stop the run when the job stopped being ours."""
+        interval = self.settings.ack_wait_seconds / 3
+        while True:
+            await asyncio.sleep(interval)
+            with contextlib.suppress(NatsError):
+                await message.in_progress()
+            if not await self.store.heartbeat(job_id, lease):
+                current = await self.store.get(job_id)
+                cancelled = current is not None and current.state.terminal
+                self._stop_reasons[job_id] = CANCELLED if cancelled else LEASE_LOST
+                run.cancel()
+                return
+
+    def _cancel_locally(self, job_id: str) -> None:
+        task = self._running.get(job_id)
+        if task is not None:
+            self._stop_reasons[job_id] = CANCELLED
+            task.cancel()
+
+    async def _exhausted(self, sequence: int, deliveries: int) -> None:
+        """A message reached MaxDeliver without an ack or term: its worker died on the last try."""
+        job_id = await self.queue.job_id_at(sequence)
+        if job_id is None:
+            return
+        error = f"no worker finished the job in {deliveries} deliveries (each stopped responding)"
+        if await self.store.fail(job_id, None, error, sequence, deliveries):
+            log.error("job %s failed: %s", job_id, error)
+        await self.queue.delete(sequence)
+
+
+async def run_worker_process(settings: SchedulerSettings) -> None:
+    """Main of a worker-only process: no gRPC server, just consumption until SIGTERM."""
+    from services.common.grpc_server import wait_for_shutdown_signal
+    from services.common.postgres import open_pool
+
+    pool = await open_pool(settings.database_url)
+    store = JobStore(pool)
+    await store.migrate()
+    queue = JobQueue(settings.nats_url, settings.queue_config)
+    await queue.connect(name="llmmesh-worker")
+    handlers = JobHandlers(settings.inference_target, settings.embeddings_target)
+    worker = Worker(settings, store, queue, handlers)
+    await worker.start()
+    try:
+        await wait_for_shutdown_signal()
+    finally:
+        await worker.stop(settings.shutdown_grace_seconds)
+        await queue.close()
+        await handlers.close()
+        await pool.close()
+
+
+if __name__ == "__main__":
+    from services.common.logs import configure_logging
+
+    worker_settings = SchedulerSettings()
+    configure_logging(worker_settings.log_level)
+    asyncio.run(run_worker_process(worker_settings))

@@ -20,9 +20,11 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from services.common.embedded_nats import EmbeddedNats
 from services.embeddings.config import EmbeddingsSettings
 from services.gateway.config import GatewaySettings
 from services.inference.config import InferenceSettings
+from services.scheduler.config import SchedulerSettings
 
 STARTUP_TIMEOUT_SECONDS = 300
 
@@ -90,15 +92,35 @@ def _embedded_postgres(data_dir: Path) -> tuple[str, Any]:
 
 
 def main() -> None:
-    inference_settings = InferenceSettings()
-    database_url, postgres = inference_settings.database_url, None
+    inference_settings, scheduler_settings = InferenceSettings(), SchedulerSettings()
+    data_dir = inference_settings.data_dir.resolve()
+    database_url, postgres = inference_settings.database_url or scheduler_settings.database_url, None
     if not database_url:
-        database_url, postgres = _embedded_postgres(inference_settings.data_dir.resolve())
+        database_url, postgres = _embedded_postgres(data_dir)
         print(f"Embedded PostgreSQL: {database_url}", flush=True)
+    nats_url, nats = scheduler_settings.nats_url, None
+    if not nats_url:
+        nats = EmbeddedNats(data_dir / "nats")
+        nats_url = nats.start()
+        print(f"Embedded NATS JetStream: {nats_url}", flush=True)
     grpc_services = [
         Service(name, f"services.{name}", f"{settings.host}:{settings.port}")
-        for name, settings in (("inference", inference_settings), ("embeddings", EmbeddingsSettings()))
+        for name, settings in (
+            ("inference", inference_settings),
+            ("embeddings", EmbeddingsSettings()),
+            ("scheduler", scheduler_settings),
+        )
     ]
+    addresses = {service.name: service.address for service in grpc_services}
+    service_env = {
+        "inference": {"LLMMESH_INFERENCE_DATABASE_URL": database_url},
+        "scheduler": {
+            "LLMMESH_SCHEDULER_DATABASE_URL": database_url,
+            "LLMMESH_SCHEDULER_NATS_URL": nats_url,
+            "LLMMESH_SCHEDULER_INFERENCE_TARGET": addresses["inference"],
+            "LLMMESH_SCHEDULER_EMBEDDINGS_TARGET": addresses["embeddings"],
+        },
+    }
     gateway_settings = GatewaySettings()
     gateway = Service("gateway", "services.gateway", f"http://{gateway_settings.host}:{gateway_settings.port}")
     services = [*grpc_services, gateway]
@@ -107,7 +129,9 @@ def main() -> None:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         for service in grpc_services:  # started together, so that they load their models in parallel
-            service.start({"LLMMESH_INFERENCE_DATABASE_URL": database_url} if service.name == "inference" else None)
+            # What the operator set wins over what the launcher wires up.
+            wiring = service_env.get(service.name, {})
+            service.start({**wiring, **{k: v for k, v in os.environ.items() if k in wiring}})
         for service in grpc_services:
             _wait_until(service, lambda service=service: _grpc_serving(service.address))  # type: ignore[misc]
         # The gateway follows the services' addresses unless told otherwise.
@@ -125,6 +149,8 @@ def main() -> None:
         pass
     finally:
         _stop(services)
+        if nats is not None:
+            nats.stop()
         if postgres is not None:
             postgres.cleanup()
 

@@ -3,7 +3,8 @@
 - `inference`: the inference gRPC service with the real Gemma 3 270M GGUF model
   (default, preloaded) plus mock models.
 - `embeddings`: the embeddings gRPC service with the real all-MiniLM-L6-v2 model.
-- `gateway_url`: the gateway, served by uvicorn, talking to both over gRPC.
+- `scheduler_server`: the scheduler on a real nats-server and PostgreSQL, running jobs on both.
+- `gateway_url`: the gateway, served by uvicorn, talking to all three over gRPC.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from services.gateway.config import GatewaySettings
 from services.inference.config import InferenceSettings
 from services.inference.registry import ModelRegistry, ModelSpec
 from services.inference.server import InferenceServer
+from services.scheduler.config import SchedulerSettings
+from services.scheduler.server import SchedulerServer
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -82,9 +85,8 @@ def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedNa
     server.stop()
 
 
-@pytest_asyncio.fixture
-async def fresh_database_url(postgres_url: str) -> str:
-    """A new, empty database on the session's PostgreSQL."""
+async def create_database(postgres_url: str) -> str:
+    """A new, empty database on the session's PostgreSQL; its URL."""
     name = f"test_{uuid.uuid4().hex[:12]}"
     connection = await asyncpg.connect(postgres_url)
     try:
@@ -92,6 +94,11 @@ async def fresh_database_url(postgres_url: str) -> str:
     finally:
         await connection.close()
     return postgres_url.replace("/postgres?", f"/{name}?")
+
+
+@pytest_asyncio.fixture
+async def fresh_database_url(postgres_url: str) -> str:
+    return await create_database(postgres_url)
 
 
 @pytest_asyncio.fixture(scope="session")
@@ -140,11 +147,36 @@ async def serve_http(app: object) -> tuple[uvicorn.Server, asyncio.Task[None], s
 
 
 @pytest_asyncio.fixture(scope="session")
-async def gateway_url(inference: InferenceServer, embeddings: EmbeddingsServer) -> AsyncIterator[str]:
+async def scheduler_server(
+    postgres_url: str, nats_server: EmbeddedNats, inference: InferenceServer, embeddings: EmbeddingsServer
+) -> AsyncIterator[SchedulerServer]:
+    """The scheduler of the session's mesh: jobs run on the real models."""
+    settings = SchedulerSettings(
+        host="127.0.0.1",
+        port=0,
+        nats_url=nats_server.url,
+        database_url=await create_database(postgres_url),
+        inference_target=f"127.0.0.1:{inference.port}",
+        embeddings_target=f"127.0.0.1:{embeddings.port}",
+        stream_name="MESH_JOBS",
+        poll_seconds=0.2,
+        callback_allowed_networks=["127.0.0.1/32"],
+    )
+    server = SchedulerServer(settings)
+    await server.start()
+    yield server
+    await server.stop(grace=1)
+
+
+@pytest_asyncio.fixture(scope="session")
+async def gateway_url(
+    inference: InferenceServer, embeddings: EmbeddingsServer, scheduler_server: SchedulerServer
+) -> AsyncIterator[str]:
     settings = GatewaySettings(
         port=0,
         inference_target=f"127.0.0.1:{inference.port}",
         embeddings_target=f"127.0.0.1:{embeddings.port}",
+        scheduler_target=f"127.0.0.1:{scheduler_server.port}",
         max_body_bytes=64 * 1024,
     )
     server, task, url = await serve_http(build_app(settings))

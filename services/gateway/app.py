@@ -11,8 +11,8 @@ from fastapi import FastAPI
 from services.gateway.body_limit import BodySizeLimitMiddleware
 from services.gateway.config import GatewaySettings
 from services.gateway.errors import install_error_handlers
-from services.gateway.routers import admin, chat, completions, embeddings, health, models
-from services.gateway.upstream import CHANNEL_OPTIONS, EmbeddingsClient, InferenceClient
+from services.gateway.routers import admin, chat, completions, embeddings, health, jobs, models
+from services.gateway.upstream import CHANNEL_OPTIONS, EmbeddingsClient, InferenceClient, SchedulerClient
 
 
 def build_app(settings: GatewaySettings) -> FastAPI:
@@ -22,10 +22,11 @@ def build_app(settings: GatewaySettings) -> FastAPI:
         # inference is not up yet, and /health says so.
         channels = [
             grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
-            for target in (settings.inference_target, settings.embeddings_target)
+            for target in (settings.inference_target, settings.embeddings_target, settings.scheduler_target)
         ]
         app.state.inference = InferenceClient(channels[0], timeout=settings.request_timeout_seconds)
         app.state.embeddings = EmbeddingsClient(channels[1], timeout=settings.request_timeout_seconds)
+        app.state.scheduler = SchedulerClient(channels[2], timeout=settings.request_timeout_seconds)
         try:
             yield
         finally:
@@ -36,6 +37,6 @@ def build_app(settings: GatewaySettings) -> FastAPI:
     app.state.settings = settings
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     install_error_handlers(app)
-    for module in (chat, completions, embeddings, models, admin, health):
+    for module in (chat, completions, embeddings, models, jobs, admin, health):
         app.include_router(module.router)
     return app

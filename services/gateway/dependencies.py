@@ -10,7 +10,7 @@ from fastapi import Request
 
 from services.common.errors import Cancelled
 from services.gateway.config import GatewaySettings
-from services.gateway.upstream import EmbeddingsClient, InferenceClient
+from services.gateway.upstream import EmbeddingsClient, InferenceClient, SchedulerClient
 
 T = TypeVar("T")
 
@@ -25,6 +25,10 @@ def get_inference(request: Request) -> InferenceClient:
 
 def get_embeddings(request: Request) -> EmbeddingsClient:
     return request.app.state.embeddings
+
+
+def get_scheduler(request: Request) -> SchedulerClient:
+    return request.app.state.scheduler
 
 
 async def cancel_on_disconnect(request: Request, work: Awaitable[T]) -> T:

@@ -19,6 +19,8 @@ from llmmesh.embeddings.v1 import embeddings_service_pb2 as embeddings_pb
 from llmmesh.embeddings.v1 import embeddings_service_pb2_grpc as embeddings_pb_grpc
 from llmmesh.inference.v1 import inference_service_pb2 as pb
 from llmmesh.inference.v1 import inference_service_pb2_grpc as pb_grpc
+from llmmesh.scheduler.v1 import scheduler_service_pb2 as scheduler_pb
+from llmmesh.scheduler.v1 import scheduler_service_pb2_grpc as scheduler_pb_grpc
 from services.common.errors import from_rpc_error
 from services.embeddings.domain import EmbeddingModelInfo, EmbedRequest, EmbedResult, RerankRequest, RerankResult
 from services.inference.domain import (
@@ -207,7 +209,7 @@ async def _open(calls: list[grpc.aio.UnaryStreamCall]) -> AsyncIterator[StreamEv
     return _prepend(first, stream)
 
 
-async def _prepend(first: StreamEvent, rest: AsyncIterator[StreamEvent]) -> AsyncIterator[StreamEvent]:
+async def _prepend(first: T, rest: AsyncIterator[T]) -> AsyncIterator[T]:
     async with contextlib.aclosing(rest):  # type: ignore[type-var]
         yield first
         with rpc_errors_as_domain_errors():
@@ -251,3 +253,49 @@ async def _merged(calls: list[grpc.aio.UnaryStreamCall]) -> AsyncIterator[Stream
     finally:
         for call in calls:
             call.cancel()
+
+
+class SchedulerClient(_Client):
+    """Jobs, always on behalf of one owner: another owner's job is NOT_FOUND."""
+
+    def __init__(self, channel: grpc.aio.Channel, timeout: float) -> None:
+        super().__init__(channel, timeout)
+        self._stub = scheduler_pb_grpc.SchedulerServiceStub(channel)
+
+    async def submit(self, request: scheduler_pb.SubmitJobRequest) -> scheduler_pb.SubmitJobResponse:
+        with rpc_errors_as_domain_errors():
+            return await self._stub.SubmitJob(request, timeout=self._timeout)
+
+    async def get(self, job_id: str, owner: str) -> scheduler_pb.Job:
+        with rpc_errors_as_domain_errors():
+            response = await self._stub.GetJob(
+                scheduler_pb.GetJobRequest(job_id=job_id, owner=owner), timeout=self._timeout
+            )
+        return response.job
+
+    async def list(self, request: scheduler_pb.ListJobsRequest) -> scheduler_pb.ListJobsResponse:
+        with rpc_errors_as_domain_errors():
+            return await self._stub.ListJobs(request, timeout=self._timeout)
+
+    async def cancel(self, job_id: str, owner: str) -> scheduler_pb.Job:
+        with rpc_errors_as_domain_errors():
+            response = await self._stub.CancelJob(
+                scheduler_pb.CancelJobRequest(job_id=job_id, owner=owner), timeout=self._timeout
+            )
+        return response.job
+
+    async def watch(self, job_id: str, owner: str) -> AsyncIterator[scheduler_pb.Job]:
+        """The job's updates until it ends. Errors before the first update raise here."""
+        call = self._stub.WatchJob(scheduler_pb.WatchJobRequest(job_id=job_id, owner=owner))
+
+        async def jobs() -> AsyncIterator[scheduler_pb.Job]:
+            try:
+                async for response in call:
+                    yield response.job
+            finally:
+                call.cancel()
+
+        stream = jobs()
+        with rpc_errors_as_domain_errors():
+            first = await anext(stream)
+        return _prepend(first, stream)

@@ -17,14 +17,14 @@ class SchedulerSettings(ServiceSettings):
 
     port: int = Field(50053, ge=0, le=65535, description="gRPC port; 0 picks a free one.")
     nats_url: str = Field(
-        "nats://127.0.0.1:4222",
+        "",
         validation_alias=AliasChoices("LLMMESH_SCHEDULER_NATS_URL", "NATS_URL"),
-        description="NATS server with JetStream enabled.",
+        description="NATS server with JetStream enabled (required; `make run` starts one unless set).",
     )
     database_url: str = Field(
         "",
         validation_alias=AliasChoices("LLMMESH_SCHEDULER_DATABASE_URL", "DATABASE_URL"),
-        description="PostgreSQL holding the job records (required).",
+        description="PostgreSQL holding the job records (required; `make run` starts one unless set).",
     )
     inference_target: str = Field("127.0.0.1:50051", description="host:port of the inference gRPC service.")
     embeddings_target: str = Field("127.0.0.1:50052", description="host:port of the embeddings gRPC service.")

@@ -23,8 +23,8 @@ from services.scheduler.worker import Worker
 
 class SchedulerServer(GrpcService[SchedulerSettings]):
     def __init__(self, settings: SchedulerSettings) -> None:
-        if not settings.database_url:
-            raise FailedPrecondition("The scheduler needs PostgreSQL: set DATABASE_URL.")
+        if not settings.database_url or not settings.nats_url:
+            raise FailedPrecondition("The scheduler needs PostgreSQL and NATS: set DATABASE_URL and NATS_URL.")
         self.settings = settings
         self.worker: Worker | None = None
         self._pool: asyncpg.Pool | None = None

@@ -22,9 +22,17 @@ async def test_mesh_starts_answers_and_stops_on_ctrl_c(tmp_path) -> None:
         "LLMMESH_GATEWAY_PORT": str(http_port),
         "LLMMESH_INFERENCE_PORT": str(grpc_port),
         "LLMMESH_EMBEDDINGS_PORT": str(free_port()),
+        "LLMMESH_SCHEDULER_PORT": str(free_port()),
         "LLMMESH_INFERENCE_DATA_DIR": str(tmp_path / "data"),  # made by the launcher; PostgreSQL lives here
+        "BACKGROUND_MODEL_NAME": "mock",  # jobs run on the background slot
     }
-    for name in ("LLMMESH_GATEWAY_INFERENCE_TARGET", "LLMMESH_GATEWAY_EMBEDDINGS_TARGET", "DATABASE_URL"):
+    for name in (
+        "LLMMESH_GATEWAY_INFERENCE_TARGET",
+        "LLMMESH_GATEWAY_EMBEDDINGS_TARGET",
+        "LLMMESH_GATEWAY_SCHEDULER_TARGET",
+        "DATABASE_URL",
+        "NATS_URL",
+    ):
         env.pop(name, None)
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "services", env=env, stdout=asyncio.subprocess.PIPE, start_new_session=True
@@ -41,10 +49,20 @@ async def test_mesh_starts_answers_and_stops_on_ctrl_c(tmp_path) -> None:
             assert response.json()["choices"][0]["message"]["content"] == "[mock-text:mock] hi"
             setting = await http.put("/settings/model.live.name", json={"value": "mock"})
             assert setting.status_code == 200  # stored in the embedded PostgreSQL
+            # A job on the embedded NATS JetStream.
+            job = await http.post(
+                "/internal/queue/enqueue",
+                json={"job_type": "chat", "request": {"messages": [{"role": "user", "content": "later"}]}},
+            )
+            assert job.status_code == 202, job.text
+            async with http.stream("GET", f"/v1/jobs/{job.json()['id']}/events") as events:
+                lines = [line async for line in events.aiter_lines() if line.startswith("data: {")]
+            assert '"state":"succeeded"' in lines[-1] and "[mock-text:mock] later" in lines[-1]
         os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
         async with asyncio.timeout(60):
             assert await process.wait() == 0
         assert (tmp_path / "data" / "postgres" / "PG_VERSION").exists()
+        assert (tmp_path / "data" / "nats" / "jetstream").is_dir()
     finally:
         if process.returncode is None:
             os.killpg(process.pid, signal.SIGKILL)

@@ -1,6 +1,7 @@
 """GET /health: the gateway and every upstream service.
 
 Inference is required: without it the gateway answers 503. Another upstream
+(embeddings, scheduler)
 being down leaves the gateway up ("degraded"), so that a readiness probe does
 not take chat down with embeddings.
 """
@@ -13,8 +14,8 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 
 from services.gateway.config import GatewaySettings
-from services.gateway.dependencies import get_embeddings, get_inference, get_settings
-from services.gateway.upstream import EmbeddingsClient, InferenceClient
+from services.gateway.dependencies import get_embeddings, get_inference, get_scheduler, get_settings
+from services.gateway.upstream import EmbeddingsClient, InferenceClient, SchedulerClient
 
 router = APIRouter()
 
@@ -24,10 +25,18 @@ async def health(
     settings: GatewaySettings = Depends(get_settings),
     inference: InferenceClient = Depends(get_inference),
     embeddings: EmbeddingsClient = Depends(get_embeddings),
+    scheduler: SchedulerClient = Depends(get_scheduler),
 ) -> JSONResponse:
     timeout = settings.health_timeout_seconds
-    inference_status, embeddings_status = await asyncio.gather(inference.health(timeout), embeddings.health(timeout))
-    services = {"gateway": "SERVING", "inference": inference_status, "embeddings": embeddings_status}
+    inference_status, embeddings_status, scheduler_status = await asyncio.gather(
+        inference.health(timeout), embeddings.health(timeout), scheduler.health(timeout)
+    )
+    services = {
+        "gateway": "SERVING",
+        "inference": inference_status,
+        "embeddings": embeddings_status,
+        "scheduler": scheduler_status,
+    }
     if inference_status != "SERVING":
         status, code = "unavailable", 503
     elif any(value != "SERVING" for value in services.values()):

@@ -158,7 +158,7 @@ async def test_health_reports_upstreams(http) -> None:
     assert response.status_code == 200
     assert response.json() == {
         "status": "ok",
-        "services": {"gateway": "SERVING", "inference": "SERVING", "embeddings": "SERVING"},
+        "services": {"gateway": "SERVING", "inference": "SERVING", "embeddings": "SERVING", "scheduler": "SERVING"},
     }
 
 

@@ -1,0 +1,139 @@
+"""Async jobs over HTTP: the design documents' enqueue endpoint, and /v1/jobs to read,
+list, cancel and follow them (SSE).
+
+A job belongs to whoever submitted it: the caller's bearer token, hashed. Another
+caller gets 404 for it, as if it did not exist.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator
+from typing import Any, Literal
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import JSONResponse
+from google.protobuf import struct_pb2
+from pydantic import Field, ValidationError
+
+from llmmesh.scheduler.v1 import scheduler_service_pb2 as pb
+from services.common.errors import InvalidArgument
+from services.gateway.dependencies import get_scheduler
+from services.gateway.routers.embeddings import EmbeddingsRequestIn
+from services.gateway.schemas import ChatCompletionRequest, OpenAIModel
+from services.gateway.sse import sse_response
+from services.gateway.upstream import SchedulerClient
+from services.scheduler.domain import JobState, JobType, job_json
+
+router = APIRouter()
+
+ANONYMOUS = "anonymous"
+
+
+def job_owner(request: Request) -> str:
+    """Who the caller is, for job ownership: a hash of its bearer token (never the token)."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return ANONYMOUS
+    return "key:" + hashlib.sha256(token.strip().encode()).hexdigest()[:24]
+
+
+class EnqueueRequest(OpenAIModel):
+    """The enqueue body of the design documents, plus `priority`."""
+
+    job_id: str | None = None
+    job_type: Literal["chat", "vision", "adapter_train", "embed"]
+    request: dict[str, Any]
+    callback_url: str | None = None
+    ttl_seconds: int | None = Field(None, ge=1)
+    idempotency_key: str | None = None
+    priority: int = 0
+
+    def to_pb(self, owner: str) -> pb.SubmitJobRequest:
+        job_type = JobType(self.job_type)
+        return pb.SubmitJobRequest(
+            job_id=self.job_id or "",
+            job_type=job_type.to_pb(),
+            request=_typed_request(job_type, self.request),
+            callback_url=self.callback_url or "",
+            ttl_seconds=self.ttl_seconds or 0,
+            idempotency_key=self.idempotency_key or "",
+            priority=self.priority,
+            owner=owner,
+        )
+
+
+def _typed_request(job_type: JobType, body: dict[str, Any]) -> pb.JobRequest:
+    """The job's request in the shape of the matching OpenAI endpoint, validated the same way."""
+    try:
+        if job_type in (JobType.CHAT, JobType.VISION):
+            chat = ChatCompletionRequest.model_validate({"model": "background", **body})
+            if chat.stream or chat.n != 1:
+                raise InvalidArgument("Job requests take neither 'stream' nor 'n' > 1.", param="request")
+            return pb.JobRequest(chat=chat.to_domain(max_choices=1)[0].to_pb())
+        if job_type is JobType.EMBED:
+            return pb.JobRequest(embed=EmbeddingsRequestIn.model_validate(body).to_domain().to_pb())
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in ("request", *first["loc"]))
+        raise InvalidArgument(f"{where}: {first['msg']}", param=where) from None
+    struct = struct_pb2.Struct()
+    struct.update(body)
+    return pb.JobRequest(adapter_train=struct)
+
+
+@router.post("/internal/queue/enqueue", status_code=202)
+async def enqueue(body: EnqueueRequest, request: Request, scheduler: SchedulerClient = Depends(get_scheduler)) -> Any:
+    """202 with the new job; 200 with the original one when this submission is a duplicate."""
+    response = await scheduler.submit(body.to_pb(job_owner(request)))
+    return JSONResponse(job_json(response.job), status_code=200 if response.deduplicated else 202)
+
+
+@router.get("/v1/jobs")
+async def list_jobs(
+    request: Request,
+    state: list[Literal["queued", "running", "succeeded", "failed", "cancelled", "expired"]] = Query(default=[]),
+    job_type: list[Literal["chat", "vision", "adapter_train", "embed"]] = Query(default=[]),
+    limit: int = Query(50, ge=1, le=200),
+    page_token: str = "",
+    scheduler: SchedulerClient = Depends(get_scheduler),
+) -> dict[str, Any]:
+    response = await scheduler.list(
+        pb.ListJobsRequest(
+            states=[JobState(s).to_pb() for s in state],
+            job_types=[JobType(t).to_pb() for t in job_type],
+            page_size=limit,
+            page_token=page_token,
+            owner=job_owner(request),
+        )
+    )
+    return {
+        "object": "list",
+        "data": [job_json(job) for job in response.jobs],
+        "has_more": bool(response.next_page_token),
+        "next_page_token": response.next_page_token or None,
+    }
+
+
+@router.get("/v1/jobs/{job_id}")
+async def get_job(job_id: str, request: Request, scheduler: SchedulerClient = Depends(get_scheduler)) -> dict[str, Any]:
+    return job_json(await scheduler.get(job_id, job_owner(request)))
+
+
+@router.post("/v1/jobs/{job_id}/cancel")
+async def cancel_job(
+    job_id: str, request: Request, scheduler: SchedulerClient = Depends(get_scheduler)
+) -> dict[str, Any]:
+    return job_json(await scheduler.cancel(job_id, job_owner(request)))
+
+
+@router.get("/v1/jobs/{job_id}/events", response_model=None)
+async def job_events(job_id: str, request: Request, scheduler: SchedulerClient = Depends(get_scheduler)) -> Any:
+    """Server-sent events: the job now, each change, and `[DONE]` once it ended."""
+    updates = await scheduler.watch(job_id, job_owner(request))
+
+    async def events() -> AsyncIterator[dict[str, Any]]:
+        async for job in updates:
+            yield job_json(job)
+
+    return sse_response(events())

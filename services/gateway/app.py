@@ -5,14 +5,14 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import grpc
 from fastapi import FastAPI
 
+from services.common.grpc_client import open_channel
 from services.gateway.body_limit import BodySizeLimitMiddleware
 from services.gateway.config import GatewaySettings
 from services.gateway.errors import install_error_handlers
 from services.gateway.routers import admin, chat, completions, embeddings, health, jobs, models
-from services.gateway.upstream import CHANNEL_OPTIONS, EmbeddingsClient, InferenceClient, SchedulerClient
+from services.gateway.upstream import EmbeddingsClient, InferenceClient, SchedulerClient
 
 
 def build_app(settings: GatewaySettings) -> FastAPI:
@@ -21,7 +21,7 @@ def build_app(settings: GatewaySettings) -> FastAPI:
         # Channels connect lazily and reconnect on their own: the gateway starts even if
         # inference is not up yet, and /health says so.
         channels = [
-            grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+            open_channel(target)
             for target in (settings.inference_target, settings.embeddings_target, settings.scheduler_target)
         ]
         app.state.inference = InferenceClient(channels[0], timeout=settings.request_timeout_seconds)

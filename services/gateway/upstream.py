@@ -37,11 +37,6 @@ from services.inference.domain import (
 
 T = TypeVar("T")
 
-CHANNEL_OPTIONS = [
-    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-    ("grpc.max_send_message_length", 64 * 1024 * 1024),
-]
-
 
 @contextlib.contextmanager
 def rpc_errors_as_domain_errors() -> Iterator[None]:

@@ -17,6 +17,7 @@ from llmmesh.inference.v1 import inference_service_pb2 as inference_pb
 from llmmesh.inference.v1 import inference_service_pb2_grpc as inference_pb_grpc
 from llmmesh.scheduler.v1 import scheduler_service_pb2 as pb
 from services.common.errors import FailedPrecondition, InvalidArgument, MeshError, Unimplemented, from_rpc_error
+from services.common.grpc_client import open_channel
 from services.scheduler.domain import Job, JobType, Progress, Submission
 
 BACKGROUND_SLOT = "background"
@@ -44,7 +45,7 @@ class JobHandlers:
     """Checks submissions and runs jobs. Holds the channels to inference and embeddings."""
 
     def __init__(self, inference_target: str, embeddings_target: str, timeout_seconds: float = 3600) -> None:
-        self._channels = [grpc.aio.insecure_channel(t) for t in (inference_target, embeddings_target)]
+        self._channels = [open_channel(t) for t in (inference_target, embeddings_target)]
         self._inference = inference_pb_grpc.InferenceServiceStub(self._channels[0])
         self._embeddings = embeddings_pb_grpc.EmbeddingsServiceStub(self._channels[1])
         self._timeout = timeout_seconds

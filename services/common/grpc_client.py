@@ -1,0 +1,27 @@
+"""gRPC channels from one service to another.
+
+Targets may name several replicas: `dns:///inference-headless:50051` (every address
+the name resolves to, re-resolved as pods come and go) or
+`ipv4:10.0.0.1:50051,10.0.0.2:50051`. Calls are spread over them round-robin,
+client-side, since one HTTP/2 connection behind a Kubernetes Service would pin
+every call to one pod.
+"""
+
+from __future__ import annotations
+
+import json
+
+import grpc
+
+from services.common.grpc_server import MAX_MESSAGE_BYTES
+
+CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.service_config", json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})),
+]
+
+
+def open_channel(target: str) -> grpc.aio.Channel:
+    """A channel that connects lazily and reconnects on its own."""
+    return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)

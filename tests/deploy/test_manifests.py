@@ -123,9 +123,11 @@ def test_secrets_hold_placeholders_only(manifests: list[dict[str, Any]]) -> None
             assert not any(pattern.search(value) for pattern in REAL_LOOKING), key
 
 
-def test_evaluation_only_postgres_is_labelled(manifests: list[dict[str, Any]]) -> None:
+def test_evaluation_only_stores_are_labelled(manifests: list[dict[str, Any]]) -> None:
     for manifest in manifests:
         if manifest["metadata"]["name"] == "postgres":
+            assert manifest["metadata"]["labels"]["llmmesh.dev/evaluation-only"] == "true"
+        if manifest["metadata"]["name"].startswith("minio"):
             assert manifest["metadata"]["labels"]["llmmesh.dev/evaluation-only"] == "true"
 
 

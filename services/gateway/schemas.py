@@ -28,6 +28,7 @@ from services.inference.domain import (
     SamplingParams,
     Tool,
     ToolCall,
+    ToolCallDelta,
     ToolChoice,
     ToolChoiceMode,
     Usage,
@@ -309,6 +310,17 @@ def tool_calls_body(calls: tuple[ToolCall, ...], with_index: bool = False) -> li
         }
         for index, call in enumerate(calls)
     ]
+
+
+def tool_call_delta_body(delta: ToolCallDelta) -> dict[str, Any]:
+    if delta.name:
+        return {
+            "index": delta.index,
+            "id": delta.id,
+            "type": "function",
+            "function": {"name": delta.name, "arguments": delta.arguments},
+        }
+    return {"index": delta.index, "function": {"arguments": delta.arguments}}
 
 
 def chat_completion_body(

@@ -115,12 +115,27 @@ class ResponseFormatKind(StrEnum):
 
 
 @dataclass(frozen=True)
+class OutputFrame:
+    """Literal text around schema-constrained JSON, for tool syntaxes such as
+    `<tool_call>{...}</tool_call>`: the output is 1 to `max_items` framed items joined by
+    `separator`, or, with `allow_text`, plain text that does not begin like `open`."""
+
+    open: str
+    close: str
+    separator: str = "\n"
+    max_items: int = 1
+    allow_text: bool = False
+
+
+@dataclass(frozen=True)
 class ResponseFormat:
-    """An output constraint. `schema` is JSON text (JSON_SCHEMA only)."""
+    """An output constraint. `schema` is JSON text (JSON_SCHEMA only). `frame` (in-process
+    only, never on the wire) puts the JSON between literal text."""
 
     kind: ResponseFormatKind = ResponseFormatKind.TEXT
     schema: str = ""
     name: str = ""
+    frame: OutputFrame | None = None
 
     @property
     def constrains(self) -> bool:
@@ -203,6 +218,24 @@ class ToolChoice:
     def from_pb(cls, choice: pb.ToolChoice) -> ToolChoice:
         name = pb.ToolChoiceMode.Name(choice.mode).removeprefix("TOOL_CHOICE_MODE_")
         return cls(ToolChoiceMode.AUTO if name == "UNSPECIFIED" else ToolChoiceMode[name], choice.function_name)
+
+
+@dataclass(frozen=True)
+class ToolCallDelta:
+    """A piece of a tool call as it is generated: the first piece of a call carries its id and
+    name, the following ones the next part of its arguments (JSON text)."""
+
+    index: int
+    id: str
+    name: str = ""
+    arguments: str = ""
+
+    def to_pb(self) -> pb.ToolCallDelta:
+        return pb.ToolCallDelta(index=self.index, id=self.id, name=self.name, arguments_json=self.arguments)
+
+    @classmethod
+    def from_pb(cls, delta: pb.ToolCallDelta) -> ToolCallDelta:
+        return cls(delta.index, delta.id, delta.name, delta.arguments_json)
 
 
 @dataclass(frozen=True)
@@ -374,18 +407,23 @@ class Chunk:
     usage: Usage | None = None
     wait_status: WaitUpdate | None = None
     tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_deltas: tuple[ToolCallDelta, ...] = ()
 
     def to_pb(self, message_type: type[_StreamResponse], *, request_id: str, model: str) -> _StreamResponse:
-        """Chat and completion streams use different message types with the same fields."""
-        return message_type(
+        """Chat and completion streams use different message types with the same fields
+        (only chat ones have tool calls)."""
+        message = message_type(
             request_id=request_id,
             model=model,
             delta=self.text,
             finish_reason=self.finish_reason.to_pb() if self.finish_reason else pb.FINISH_REASON_UNSPECIFIED,
             usage=self.usage.to_pb() if self.usage else None,
             wait_status=self.wait_status.to_pb() if self.wait_status else None,
-            **({"tool_calls": [c.to_pb() for c in self.tool_calls]} if self.tool_calls else {}),
         )
+        if isinstance(message, pb.ChatStreamResponse):
+            message.tool_calls.extend(c.to_pb() for c in self.tool_calls)
+            message.tool_call_deltas.extend(d.to_pb() for d in self.tool_call_deltas)
+        return message
 
     @classmethod
     def from_pb(cls, response: pb.ChatStreamResponse | pb.CompleteStreamResponse) -> Chunk:
@@ -395,6 +433,7 @@ class Chunk:
             usage=Usage.from_pb(response.usage) if response.HasField("usage") else None,
             wait_status=WaitUpdate.from_pb(response.wait_status) if response.HasField("wait_status") else None,
             tool_calls=tuple(ToolCall.from_pb(c) for c in getattr(response, "tool_calls", ())),
+            tool_call_deltas=tuple(ToolCallDelta.from_pb(d) for d in getattr(response, "tool_call_deltas", ())),
         )
 
 

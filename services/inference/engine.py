@@ -55,20 +55,21 @@ class InferenceEngine:
                 f"Model '{spec.name}' ({spec.backend} backend) does not accept images.", param="messages"
             )
         response_format = request.response_format
+        syntax = tools.syntax_for(spec.chat_template, spec.tool_syntax, backend.supports_framed_output)
         if request.uses_tools:
             if response_format.constrains:
                 raise InvalidArgument("Combining 'tools' with a JSON response_format is not supported.", param="tools")
-            response_format = tools.reply_format(request.tools, request.tool_choice, request.parallel_tool_calls)
+            response_format = syntax.reply_format(request.tools, request.tool_choice, request.parallel_tool_calls)
         self._check_structured_output(spec, response_format, "tools" if request.uses_tools else "response_format")
         generation = GenerationRequest(
             request_id=request.request_id,
             sampling=request.sampling.with_defaults(spec.defaults.to_domain()),
-            messages=tools.prepare_messages(request.messages, request.tools, request.tool_choice),
+            messages=syntax.prepare_messages(request.messages, request.tools, request.tool_choice),
             response_format=response_format,
         )
         chunks = self._generate(spec, generation)
         if request.uses_tools:
-            chunks = _tool_replies(chunks)
+            chunks = _tool_replies(chunks, syntax.reader())
         return Generation(request.request_id, spec.name, chunks)
 
     async def complete(self, request: CompletionRequest) -> Generation:
@@ -187,24 +188,26 @@ class InferenceEngine:
         return Setting(key, stored.value, SETTING_KEYS[key], stored.updated_at.isoformat())
 
 
-async def _tool_replies(chunks: AsyncIterator[Chunk]) -> AsyncIterator[Chunk]:
-    """Hold back the JSON a tool-aware reply is made of; emit its content or its tool calls."""
-    parts: list[str] = []
+async def _tool_replies(chunks: AsyncIterator[Chunk], reader: tools.ReplyReader) -> AsyncIterator[Chunk]:
+    """Turn a tool-aware reply into call deltas as the calls are generated (and prose as prose),
+    ending with the whole calls, or the content, and the finish reason."""
     async with contextlib.aclosing(chunks):  # type: ignore[type-var]
         async for chunk in chunks:
             if chunk.wait_status is not None:
                 yield chunk
                 continue
-            parts.append(chunk.text)
+            text, deltas = reader.feed(chunk.text)
+            if text or deltas:
+                yield Chunk(text=text, tool_call_deltas=deltas)
             if chunk.finish_reason is None:
                 continue
-            text = "".join(parts)
             if chunk.finish_reason is FinishReason.LENGTH:
-                yield Chunk(text=text, finish_reason=FinishReason.LENGTH, usage=chunk.usage)  # cut mid-JSON
+                yield Chunk(text="", finish_reason=FinishReason.LENGTH, usage=chunk.usage)  # cut mid-call
                 return
-            content, calls = tools.parse_reply(text)
+            content, calls = reader.finish()
             if calls:
                 yield Chunk(text="", finish_reason=FinishReason.TOOL_CALLS, usage=chunk.usage, tool_calls=calls)
-            else:
+                return
+            if content:
                 yield Chunk(text=content)
-                yield Chunk(text="", finish_reason=FinishReason.STOP, usage=chunk.usage)
+            yield Chunk(text="", finish_reason=FinishReason.STOP, usage=chunk.usage)

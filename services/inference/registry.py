@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -59,6 +59,9 @@ class ModelSpec(BaseModel):
     )
     chat_template: str | None = Field(
         None, description="Builtin template name or Jinja source; unset uses the model's own."
+    )
+    tool_syntax: Literal["generic", "hermes"] | None = Field(
+        None, description="How tool calls are written: unset follows the chat template (chatml: hermes)."
     )
     context_length: int = Field(4096, ge=16)
     defaults: SamplingDefaults = Field(default_factory=SamplingDefaults)

@@ -15,6 +15,7 @@ from services.gateway.schemas import (
     ChatCompletionRequest,
     chat_completion_body,
     new_id,
+    tool_call_delta_body,
     tool_calls_body,
     usage_body,
 )
@@ -51,6 +52,7 @@ async def _chunks(
 ) -> AsyncIterator[dict[str, Any] | Comment]:
     created = int(time.time())
     usages: dict[int, Usage] = {}
+    streamed_calls: set[int] = set()  # choices whose calls arrived as deltas
     model = ""
 
     def chunk(choice_list: list[dict[str, Any]], usage: dict[str, int] | None = None) -> dict[str, Any]:
@@ -75,7 +77,11 @@ async def _chunks(
                 for index in range(choices):
                     yield chunk([_choice(index, {"role": "assistant", "content": ""}, None)])
             finish = event.chunk.finish_reason
-            if event.chunk.tool_calls:  # whole calls, in one delta; clients concatenate as usual
+            if event.chunk.tool_call_deltas:  # OpenAI's shape: id and name first, then argument pieces
+                streamed_calls.add(event.index)
+                deltas = {"tool_calls": [tool_call_delta_body(d) for d in event.chunk.tool_call_deltas]}
+                yield chunk([_choice(event.index, deltas, None)])
+            if event.chunk.tool_calls and event.index not in streamed_calls:  # a backend that sends them whole
                 calls: dict[str, Any] = {"tool_calls": tool_calls_body(event.chunk.tool_calls, with_index=True)}
                 yield chunk([_choice(event.index, calls, None)])
             if event.chunk.text or finish:

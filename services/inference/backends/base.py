@@ -37,6 +37,9 @@ class Backend(ABC):
     slot_specific: ClassVar[bool] = False
     # Whether generate_stream honours GenerationRequest.response_format (JSON constrained decoding).
     supports_structured_output: ClassVar[bool] = False
+    # Whether it can hold JSON between literal text (ResponseFormat.frame), which tool
+    # syntaxes such as <tool_call>...</tool_call> need; without it tools use the generic syntax.
+    supports_framed_output: ClassVar[bool] = False
 
     @classmethod
     def check_schema(cls, schema: dict[str, Any]) -> None:

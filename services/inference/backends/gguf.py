@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import random
+import re
 import threading
 from collections.abc import AsyncIterator, Callable
 from typing import Any, ClassVar
@@ -22,7 +23,7 @@ from services.common.errors import InvalidArgument, Unavailable
 from services.inference.backends.json_schema_grammar import enforceable
 from services.inference.backends.threaded import ThreadedBackend
 from services.inference.chat_templates import ChatTemplate
-from services.inference.domain import Chunk, FinishReason, GenerationRequest, SamplingParams, Usage
+from services.inference.domain import Chunk, FinishReason, GenerationRequest, OutputFrame, SamplingParams, Usage
 from services.inference.stop_sequences import StopSequenceMatcher
 
 log = logging.getLogger(__name__)
@@ -54,24 +55,46 @@ def _llama_sampling_arguments(sampling: SamplingParams) -> dict[str, Any]:
 
 
 @functools.lru_cache(maxsize=64)
-def _grammar(schema_json: str) -> Any:
-    """llama.cpp's JSON-schema-to-GBNF grammar, compiled once per schema."""
-    from llama_cpp.llama_grammar import LlamaGrammar
+def _grammar(schema_json: str, frame: OutputFrame | None = None) -> Any:
+    """llama.cpp's JSON-schema-to-GBNF grammar (inside `frame`'s literal text, if any),
+    compiled once per schema and frame."""
+    from llama_cpp.llama_grammar import LlamaGrammar, json_schema_to_gbnf
 
     try:
-        return LlamaGrammar.from_json_schema(schema_json, verbose=False)
+        gbnf = json_schema_to_gbnf(schema_json)
     except Exception as error:  # noqa: BLE001 - the converter raises assorted types for unsupported features
         raise InvalidArgument(
             f"Unsupported JSON schema feature: {error or type(error).__name__}", param="response_format"
         ) from error
+    if frame is not None:
+        gbnf = _framed(gbnf, frame)
+    return LlamaGrammar.from_string(gbnf, verbose=False)
+
+
+def _framed(gbnf: str, frame: OutputFrame) -> str:
+    """The JSON grammar's root becomes one item: `open item close`, repeated with
+    `separator` up to `max_items`, or plain text that does not start like `open`."""
+    literal = json.dumps  # GBNF string literals take JSON's escapes
+    body = re.sub(r"^root ::=", "framed-json ::=", gbnf, flags=re.MULTILINE)
+    item = f"{literal(frame.open)} framed-json {literal(frame.close)}"
+    items = f"item ({literal(frame.separator)} item){{0,{frame.max_items - 1}}}" if frame.max_items > 1 else "item"
+    rules = [f"item ::= {item}", f"items ::= {items}"]
+    if frame.allow_text:
+        first = frame.open[0].replace("\\", "\\\\").replace("]", "\\]")
+        rules += ["root ::= items | text", f"text ::= [^{first}] [^\\x00]*"]
+    else:
+        rules.append("root ::= items")
+    return "\n".join(rules) + "\n" + body
 
 
 class GGUFBackend(ThreadedBackend):
     supports_structured_output: ClassVar[bool] = True
 
+    supports_framed_output: ClassVar[bool] = True
+
     @classmethod
     def check_schema(cls, schema: dict[str, Any]) -> None:
-        _grammar(json.dumps(enforceable(schema), sort_keys=True))
+        _grammar(json.dumps(enforceable(schema)))
 
     async def load(self) -> None:
         self._start_worker()
@@ -122,9 +145,10 @@ class GGUFBackend(ThreadedBackend):
         prompt, stop = self._template.prompt_for(request)
         prompt_param = "messages" if request.is_chat else "prompt"
         sampling = request.sampling
+        response_format = request.response_format
         grammar = (
-            _grammar(json.dumps(enforceable(request.response_format.json_schema()), sort_keys=True))
-            if request.response_format.constrains
+            _grammar(json.dumps(enforceable(response_format.json_schema())), response_format.frame)
+            if response_format.constrains
             else None
         )
 

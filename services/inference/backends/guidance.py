@@ -9,11 +9,12 @@ their properties are closed, as OpenAI's strict mode treats them.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from services.common.errors import InvalidArgument
 from services.inference.backends.json_schema_grammar import close_objects
-from services.inference.domain import ResponseFormat
+from services.inference.domain import OutputFrame, ResponseFormat
 
 
 def grammar(schema: dict[str, Any]) -> str:
@@ -33,8 +34,28 @@ def check_schema(schema: dict[str, Any]) -> None:
         raise InvalidArgument(f"Unsupported JSON schema feature: {error}", param="response_format")
 
 
+def framed_grammar(schema: dict[str, Any], frame: OutputFrame) -> str:
+    """A Lark grammar: `open <json> close` items joined by `separator` (up to `max_items`),
+    or, with `allow_text`, plain text that does not start like `open`."""
+    import llguidance
+
+    constrained = {**close_objects(schema), "x-guidance": {"whitespace_flexible": False}}
+    literal = json.dumps
+    item = f"{literal(frame.open)} framed_json {literal(frame.close)}"
+    items = f"item ({literal(frame.separator)} item){{0,{frame.max_items - 1}}}" if frame.max_items > 1 else "item"
+    rules = [f"item: {item}", f"items: {items}", f"framed_json: %json {json.dumps(constrained)}"]
+    if frame.allow_text:
+        rules += ["start: items | TEXT", f"TEXT: /[^{re.escape(frame.open[0])}](.|\\n)*/"]
+    else:
+        rules.append("start: items")
+    compiled: str = llguidance.LLMatcher.grammar_from_lark("\n".join(rules))
+    return compiled
+
+
 def matcher(tokenizer: Any, response_format: ResponseFormat) -> Any:
     """A fresh matcher for one generation; `tokenizer` is an llguidance LLTokenizer."""
     import llguidance
 
-    return llguidance.LLMatcher(tokenizer, grammar(response_format.json_schema()))
+    schema = response_format.json_schema()
+    frame = response_format.frame
+    return llguidance.LLMatcher(tokenizer, framed_grammar(schema, frame) if frame else grammar(schema))

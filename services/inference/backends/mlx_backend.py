@@ -63,6 +63,7 @@ class MlxBackend(Backend):
     # llguidance's MLX masks (see backends/guidance.py), in place of outlines: one library for
     # both local torch-free and torch backends, and a far lighter install.
     supports_structured_output: ClassVar[bool] = True
+    supports_framed_output: ClassVar[bool] = True
 
     @classmethod
     def check_schema(cls, schema: dict[str, Any]) -> None:

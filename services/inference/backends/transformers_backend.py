@@ -68,7 +68,8 @@ def gguf_cache_dir(cache_root: Path, gguf: Path) -> Path:
 
 class TransformersBackend(ThreadedBackend):
     supports_adapters: ClassVar[bool] = True
-    supports_structured_output: ClassVar[bool] = True  # llguidance; see backends/guidance.py
+    supports_structured_output: ClassVar[bool] = True
+    supports_framed_output: ClassVar[bool] = True  # llguidance; see backends/guidance.py
 
     @classmethod
     def check_schema(cls, schema: dict[str, Any]) -> None:

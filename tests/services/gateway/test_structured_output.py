@@ -200,15 +200,18 @@ async def test_streamed_tool_call_deltas_reassemble(client) -> None:
         "parallel_tool_calls": False,
     }
     whole = (await client.chat.completions.create(**kwargs)).choices[0].message.tool_calls[0]
-    names, arguments, finish = {}, {}, None
+    names, arguments, finish, ids, pieces = {}, {}, None, set(), 0
     async for chunk in await client.chat.completions.create(stream=True, **kwargs):
         for choice in chunk.choices:
             for delta in choice.delta.tool_calls or ():
                 names[delta.index] = names.get(delta.index, "") + (delta.function.name or "")
                 arguments[delta.index] = arguments.get(delta.index, "") + (delta.function.arguments or "")
+                ids.add(delta.id) if delta.id else None
+                pieces += bool(delta.function.arguments)
             finish = choice.finish_reason or finish
     assert finish == "tool_calls"
-    assert names == {0: "add"}
+    assert names == {0: "add"} and len(ids) == 1
+    assert pieces > 1  # the arguments stream as they are generated, not in one piece
     assert json.loads(arguments[0]) == json.loads(whole.function.arguments)  # greedy: the same call
 
 

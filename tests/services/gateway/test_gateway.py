@@ -75,6 +75,8 @@ async def test_models(client) -> None:
         "live",
         "background",
         "gemma-hf",
+        "gemma-hermes",
+        "gemma-hf-hermes",
         "mock",
         "mock-alias",
         "mock-slow",

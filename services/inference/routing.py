@@ -167,5 +167,6 @@ class ModelRouter:
         return list(specs.values())
 
     def routes_to(self, spec: ModelSpec) -> tuple[str, ...]:
-        """Slot and tier names that reach `spec`'s instance."""
-        return tuple(name for name, target in self.routes.items() if target.instance_key == spec.instance_key)
+        """Slot and tier names that resolve to `spec` (each is listed once, after its model, even
+        when other entries share the model's loaded instance)."""
+        return tuple(name for name, target in self.routes.items() if target.name == spec.name)

@@ -7,6 +7,7 @@ SIGTERM) stops them all gracefully.
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -22,7 +23,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common.embedded_nats import EmbeddedNats
 from services.embeddings.config import EmbeddingsSettings
-from services.gateway.config import GatewaySettings
+from services.gateway.auth import mint_jwt
+from services.gateway.config import GatewaySettings, local_secret, local_settings
 from services.inference.config import InferenceSettings
 from services.scheduler.config import SchedulerSettings
 
@@ -82,6 +84,15 @@ def _stop(services: list[Service]) -> None:
                 service.process.kill()
 
 
+def _loopback(host: str) -> bool:
+    return host in ("127.0.0.1", "::1", "localhost")
+
+
+def _write_private(path: Path, text: str) -> None:
+    path.touch(mode=0o600)
+    path.write_text(text)
+
+
 def _embedded_postgres(data_dir: Path) -> tuple[str, Any]:
     """Start PostgreSQL under the data directory, so that settings survive restarts."""
     import pgserver  # only needed when no DATABASE_URL is given
@@ -112,6 +123,14 @@ def main() -> None:
         )
     ]
     addresses = {service.name: service.address for service in grpc_services}
+    # The internal token is always on: without one configured, a fresh one for this run.
+    internal_token = os.environ.get("LLMMESH_INTERNAL_TOKEN") or secrets.token_urlsafe(32)
+    os.environ["LLMMESH_INTERNAL_TOKEN"] = internal_token  # inherited by every service started below
+    # Secrets of API keys and superuser JWTs persist in the data directory, where the CLI finds them.
+    for variable, name in (("LLMMESH_JWT_SECRET", "jwt-secret"), ("LLMMESH_API_KEY_SECRET", "api-key-secret")):
+        os.environ.setdefault(variable, local_secret(data_dir, name))
+    if postgres is not None:
+        _write_private(data_dir / "database-url", database_url)
     service_env = {
         "inference": {"LLMMESH_INFERENCE_DATABASE_URL": database_url},
         "scheduler": {
@@ -136,11 +155,25 @@ def main() -> None:
             _wait_until(service, lambda service=service: _grpc_serving(service.address))  # type: ignore[misc]
         # The gateway follows the services' addresses unless told otherwise.
         targets = {f"LLMMESH_GATEWAY_{s.name.upper()}_TARGET": s.address for s in grpc_services}
-        gateway.start({**targets, **{k: v for k, v in os.environ.items() if k in targets}})
+        wiring = {**targets, "LLMMESH_GATEWAY_DATABASE_URL": database_url}
+        # Local development on loopback works without API keys, explicitly (the gateway logs it).
+        if _loopback(gateway_settings.host):
+            wiring["LLMMESH_GATEWAY_ALLOW_ANONYMOUS"] = "true"
+        gateway.start({**wiring, **{k: v for k, v in os.environ.items() if k in wiring}})
         _wait_until(gateway, lambda: _http_ok(f"{gateway.address}/health"))
+        admin_jwt = mint_jwt(local_settings(GatewaySettings()), "make-run", ttl_seconds=24 * 3600)
         lines = [f"  OpenAI-compatible HTTP: {gateway.address}/v1   (health: {gateway.address}/health)"]
+        lines += [
+            "  API keys: off on loopback (local development); admin endpoints need this JWT (24 h):",
+            f"    Authorization: Bearer {admin_jwt}",
+            "    more: python -m services.gateway.cli token; keys: python -m services.gateway.cli keys --help",
+        ]
         lines += [f"  {s.name + ' gRPC:':23s} {s.address}" for s in grpc_services]
-        lines += [f"  try: grpcurl -plaintext {grpc_services[0].address} list"]
+        lines += [
+            f"  try: grpcurl -plaintext {grpc_services[0].address} list",
+            f"       grpcurl -plaintext -H x-internal-token:{internal_token} -d '{{}}' \\",
+            f"         {grpc_services[0].address} llmmesh.inference.v1.InferenceService/ListModels",
+        ]
         print("\nLLM Mesh is up.\n" + "\n".join(lines) + "\nPress Ctrl-C to stop.\n", flush=True)
         while not any(service.exited() for service in services):
             time.sleep(0.5)  # supervising child processes

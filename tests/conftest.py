@@ -23,9 +23,11 @@ import uvicorn
 
 from llmmesh.inference.v1 import inference_service_pb2_grpc as pb_grpc
 from services.common.embedded_nats import EmbeddedNats
+from services.common.grpc_client import open_channel
 from services.embeddings.config import EmbeddingsSettings
 from services.embeddings.server import EmbeddingsServer
 from services.gateway.app import build_app
+from services.gateway.auth import mint_jwt
 from services.gateway.config import GatewaySettings
 from services.inference.config import InferenceSettings
 from services.inference.registry import ModelRegistry, ModelSpec
@@ -34,8 +36,29 @@ from services.scheduler.config import SchedulerSettings
 from services.scheduler.server import SchedulerServer
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Every service requires the internal token; the fixtures' services and clients read it from here.
+INTERNAL_TOKEN = os.environ.setdefault("LLMMESH_INTERNAL_TOKEN", "test-internal-token")
 
 GEMMA = "gemma-3-270m"
+JWT_SECRET = "test-jwt-secret-of-at-least-32-bytes!"
+API_KEY_SECRET = "test-api-key-secret-of-at-least-32-bytes"
+
+
+def gateway_settings(**overrides: object) -> GatewaySettings:
+    """Gateway settings for tests: an ephemeral port, local-development mode (no API key
+    needed on loopback) and known secrets for admin JWTs and API keys."""
+    values: dict[str, object] = {
+        "port": 0,
+        "allow_anonymous": True,
+        "jwt_secret": JWT_SECRET,
+        "api_key_secret": API_KEY_SECRET,
+        **overrides,
+    }
+    return GatewaySettings(**values)  # type: ignore[arg-type]
+
+
+def admin_jwt(ttl_seconds: int = 3600) -> str:
+    return mint_jwt(gateway_settings(), "tests", ttl_seconds)
 
 
 def build_test_registry() -> ModelRegistry:
@@ -141,7 +164,7 @@ async def embeddings() -> AsyncIterator[EmbeddingsServer]:
 
 @pytest_asyncio.fixture(scope="session")
 async def channel(inference: InferenceServer) -> AsyncIterator[grpc.aio.Channel]:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{inference.port}") as channel:
+    async with open_channel(f"127.0.0.1:{inference.port}", INTERNAL_TOKEN) as channel:
         yield channel
 
 
@@ -189,10 +212,10 @@ async def scheduler_server(
 
 @pytest_asyncio.fixture(scope="session")
 async def gateway_url(
-    inference: InferenceServer, embeddings: EmbeddingsServer, scheduler_server: SchedulerServer
+    postgres_url: str, inference: InferenceServer, embeddings: EmbeddingsServer, scheduler_server: SchedulerServer
 ) -> AsyncIterator[str]:
-    settings = GatewaySettings(
-        port=0,
+    settings = gateway_settings(
+        database_url=postgres_url,
         inference_target=f"127.0.0.1:{inference.port}",
         embeddings_target=f"127.0.0.1:{embeddings.port}",
         scheduler_target=f"127.0.0.1:{scheduler_server.port}",

@@ -10,14 +10,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class ServiceSettings(BaseSettings):
     """Fields every service process has."""
 
-    model_config = SettingsConfigDict(env_prefix="LLMMESH_", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(env_prefix="LLMMESH_", extra="ignore", frozen=True, populate_by_name=True)
 
     host: str = Field("127.0.0.1", description="Interface to bind. Use 0.0.0.0 in containers.")
     port: int = Field(0, ge=0, le=65535, description="Port to bind; 0 picks a free one.")
@@ -26,6 +26,20 @@ class ServiceSettings(BaseSettings):
         10.0, ge=0, description="On SIGTERM, how long in-flight requests may run before they are cut."
     )
     data_dir: Path = Field(Path(".data"), description="Where services keep caches and state.")
+    internal_token: SecretStr | None = Field(
+        None,
+        validation_alias=AliasChoices("LLMMESH_INTERNAL_TOKEN"),
+        description="Shared secret every RPC between services carries; `make run` generates one.",
+    )
+
+    def required_internal_token(self) -> str:
+        """The internal token; services refuse to start without one (it is always on)."""
+        if self.internal_token is None or not self.internal_token.get_secret_value():
+            raise SystemExit(
+                "LLMMESH_INTERNAL_TOKEN is not set: every RPC between services must carry it. "
+                "`make run` generates one; elsewhere set the same random value on every service."
+            )
+        return self.internal_token.get_secret_value()
 
 
 def secret_from_environment(name: str) -> SecretStr | None:

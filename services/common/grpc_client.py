@@ -13,6 +13,7 @@ import json
 
 import grpc
 
+from services.common.auth import internal_token_interceptors
 from services.common.grpc_server import MAX_MESSAGE_BYTES
 
 CHANNEL_OPTIONS = [
@@ -22,6 +23,7 @@ CHANNEL_OPTIONS = [
 ]
 
 
-def open_channel(target: str) -> grpc.aio.Channel:
-    """A channel that connects lazily and reconnects on its own."""
-    return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+def open_channel(target: str, internal_token: str | None) -> grpc.aio.Channel:
+    """A channel that connects lazily, reconnects on its own, and sends the internal token."""
+    interceptors = internal_token_interceptors(internal_token) if internal_token else []
+    return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS, interceptors=interceptors)

@@ -14,6 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
+from services.common.auth import InternalTokenInterceptor
 from services.common.config import ServiceSettings
 from services.common.errors import MeshError, to_status
 from services.common.logs import configure_logging
@@ -98,15 +99,17 @@ async def start_grpc_server(
     port: int,
     register: Callable[[grpc.aio.Server], None],
     service_names: Sequence[str],
+    internal_token: str,
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
     serving: bool = True,
 ) -> GrpcServer:
     """Start a server with health and reflection. `port=0` binds an ephemeral port, returned in `.port`.
 
-    With `serving=False` health reports NOT_SERVING until the caller sets it (after warm-up).
+    Every RPC but health and reflection must carry `internal_token`. With `serving=False`
+    health reports NOT_SERVING until the caller sets it (after warm-up).
     """
     server = grpc.aio.server(
-        interceptors=[*interceptors, ErrorInterceptor()],
+        interceptors=[InternalTokenInterceptor(internal_token), *interceptors, ErrorInterceptor()],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),

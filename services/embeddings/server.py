@@ -23,6 +23,7 @@ class EmbeddingsServer(GrpcService[EmbeddingsSettings]):
             port=self.settings.port,
             register=lambda server: pb_grpc.add_EmbeddingsServiceServicer_to_server(servicer, server),
             service_names=[SERVICE_NAME],
+            internal_token=self.settings.required_internal_token(),
             serving=False,
         )
         await self.engine.load()

@@ -2,41 +2,65 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
 from services.common.grpc_client import open_channel
+from services.common.postgres import open_pool
+from services.gateway.api_keys import ApiKeyStore
+from services.gateway.auth import Authenticator
 from services.gateway.body_limit import BodySizeLimitMiddleware
 from services.gateway.config import GatewaySettings
 from services.gateway.errors import install_error_handlers
-from services.gateway.routers import admin, chat, completions, embeddings, health, jobs, models
+from services.gateway.routers import admin, chat, completions, embeddings, health, jobs, keys, models
 from services.gateway.upstream import EmbeddingsClient, InferenceClient, SchedulerClient
+
+log = logging.getLogger(__name__)
 
 
 def build_app(settings: GatewaySettings) -> FastAPI:
+    internal_token = settings.required_internal_token()
+    settings.check_exposure()
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Channels connect lazily and reconnect on their own: the gateway starts even if
         # inference is not up yet, and /health says so.
         channels = [
-            open_channel(target)
+            open_channel(target, internal_token)
             for target in (settings.inference_target, settings.embeddings_target, settings.scheduler_target)
         ]
         app.state.inference = InferenceClient(channels[0], timeout=settings.request_timeout_seconds)
         app.state.embeddings = EmbeddingsClient(channels[1], timeout=settings.request_timeout_seconds)
         app.state.scheduler = SchedulerClient(channels[2], timeout=settings.request_timeout_seconds)
+        pool, keys = None, None
+        if settings.database_url and settings.api_key_secret:
+            pool = await open_pool(settings.database_url)
+            keys = ApiKeyStore(pool, settings.api_key_secret.get_secret_value().encode())
+            await keys.migrate()
+        if settings.allow_anonymous:
+            log.warning(
+                "API keys are OFF (local development): anyone who can reach %s:%s may use the app endpoints. "
+                "Admin endpoints still need a superuser JWT.",
+                settings.host,
+                settings.port,
+            )
+        app.state.authenticator = Authenticator(settings, keys)
         try:
             yield
         finally:
             for channel in channels:
                 await channel.close()
+            if pool is not None:
+                await pool.close()
 
     app = FastAPI(title="LLM Mesh gateway", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     install_error_handlers(app)
-    for module in (chat, completions, embeddings, models, jobs, admin, health):
+    for module in (chat, completions, embeddings, models, jobs, admin, keys, health):
         app.include_router(module.router)
     return app

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+import ipaddress
+import secrets
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from services.common.config import ServiceSettings
@@ -19,3 +24,87 @@ class GatewaySettings(ServiceSettings):
     request_timeout_seconds: float = Field(600.0, gt=0, description="Deadline for each gRPC call.")
     health_timeout_seconds: float = Field(2.0, gt=0, description="Deadline for upstream health checks.")
     max_choices: int = Field(8, ge=1, description="Largest accepted `n` (choices per request).")
+
+    # ---- auth (see services/gateway/auth.py) ----
+    allow_anonymous: bool = Field(
+        False, description="Local development: requests without an API key may use the app endpoints (loopback only)."
+    )
+    database_url: str | None = Field(
+        None,
+        validation_alias=AliasChoices("LLMMESH_GATEWAY_DATABASE_URL", "DATABASE_URL"),
+        description="PostgreSQL holding the API keys.",
+    )
+    api_key_secret: SecretStr | None = Field(
+        None,
+        validation_alias=AliasChoices("LLMMESH_API_KEY_SECRET"),
+        description="Server secret of the keys' HMAC-SHA256 digests.",
+    )
+    jwt_secret: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("LLMMESH_JWT_SECRET"), description="HS256 key of superuser JWTs."
+    )
+    jwt_public_key: str | None = Field(
+        None, validation_alias=AliasChoices("LLMMESH_JWT_PUBLIC_KEY"), description="PEM public key, for RS256."
+    )
+    jwt_algorithm: Literal["HS256", "RS256"] = Field("HS256", validation_alias=AliasChoices("LLMMESH_JWT_ALGORITHM"))
+    jwt_issuer: str = Field("llmmesh", validation_alias=AliasChoices("LLMMESH_JWT_ISSUER"))
+    jwt_audience: str = Field("llmmesh", validation_alias=AliasChoices("LLMMESH_JWT_AUDIENCE"))
+
+    # ---- input limits ----
+    max_messages: int = Field(512, ge=1, description="Most messages in one chat request.")
+    max_tokens_cap: int = Field(32768, ge=1, description="Largest accepted max_tokens.")
+
+    def jwt_verification_key(self) -> str | None:
+        if self.jwt_algorithm == "RS256":
+            return self.jwt_public_key
+        return self.jwt_secret.get_secret_value() if self.jwt_secret else None
+
+    def check_exposure(self) -> None:
+        """Refuse to serve anonymous requests anywhere but on loopback, or with weak secrets."""
+        for name in ("jwt_secret", "api_key_secret"):
+            secret = getattr(self, name)
+            if secret is not None and len(secret.get_secret_value().encode()) < 32:
+                raise SystemExit(f"Refusing to start: {name} is shorter than 32 bytes.")
+        if self.allow_anonymous and not _is_loopback(self.host):
+            raise SystemExit(
+                f"Refusing to start: anonymous access (LLMMESH_GATEWAY_ALLOW_ANONYMOUS) on {self.host}, which is not "
+                "loopback. Configure API keys (DATABASE_URL, LLMMESH_API_KEY_SECRET) instead."
+            )
+        if not self.allow_anonymous and not (self.database_url and self.api_key_secret):
+            raise SystemExit(
+                "Refusing to start without auth: set DATABASE_URL and LLMMESH_API_KEY_SECRET for API keys, or "
+                "LLMMESH_GATEWAY_ALLOW_ANONYMOUS=true for local development on loopback."
+            )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def local_secret(data_dir: Path, name: str) -> str:
+    """A random secret kept under the data directory (created once, readable by the owner only),
+    so that `make run` and the CLI agree on it without configuration."""
+    path = data_dir / name
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(secrets.token_urlsafe(48))
+    return path.read_text().strip()
+
+
+def local_settings(settings: GatewaySettings) -> GatewaySettings:
+    """`settings` completed with what `make run` keeps in the data directory (its generated
+    secrets and the embedded database's URL), for the CLI on the same machine."""
+    updates: dict[str, object] = {}
+    for field, name in (("jwt_secret", "jwt-secret"), ("api_key_secret", "api-key-secret")):
+        path = settings.data_dir / name
+        if getattr(settings, field) is None and path.exists():
+            updates[field] = SecretStr(path.read_text().strip())
+    path = settings.data_dir / "database-url"
+    if settings.database_url is None and path.exists():
+        updates["database_url"] = path.read_text().strip()
+    return settings.model_copy(update=updates)

@@ -15,6 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from services.common.errors import InvalidArgument
+from services.gateway.config import GatewaySettings
 from services.inference.domain import (
     ChatMessage,
     ChatRequest,
@@ -209,6 +210,18 @@ class SamplingFields(OpenAIModel):
         for name in ("logprobs", "logit_bias"):
             if getattr(self, name):
                 raise InvalidArgument(f"'{name}' is not supported yet.", param=name)
+
+    def check_limits(self, settings: GatewaySettings) -> None:
+        """The configured input caps, answered with 400 before anything reaches a backend."""
+        if self.max_tokens is not None and self.max_tokens > settings.max_tokens_cap:
+            raise InvalidArgument(
+                f"'max_tokens' must be at most {settings.max_tokens_cap}; got {self.max_tokens}.", param="max_tokens"
+            )
+        messages = getattr(self, "messages", None)
+        if messages is not None and len(messages) > settings.max_messages:
+            raise InvalidArgument(
+                f"At most {settings.max_messages} messages per request; got {len(messages)}.", param="messages"
+            )
 
     @property
     def include_usage_chunk(self) -> bool:

@@ -53,6 +53,7 @@ class InferenceServer(GrpcService[InferenceSettings]):
             port=self.settings.port,
             register=lambda server: pb_grpc.add_InferenceServiceServicer_to_server(servicer, server),
             service_names=[SERVICE_NAME],
+            internal_token=self.settings.required_internal_token(),
             serving=not preload,
         )
         for spec in self.engine.router.specs():

@@ -44,8 +44,10 @@ def is_retryable(error: Exception) -> bool:
 class JobHandlers:
     """Checks submissions and runs jobs. Holds the channels to inference and embeddings."""
 
-    def __init__(self, inference_target: str, embeddings_target: str, timeout_seconds: float = 3600) -> None:
-        self._channels = [open_channel(t) for t in (inference_target, embeddings_target)]
+    def __init__(
+        self, inference_target: str, embeddings_target: str, internal_token: str, timeout_seconds: float = 3600
+    ) -> None:
+        self._channels = [open_channel(t, internal_token) for t in (inference_target, embeddings_target)]
         self._inference = inference_pb_grpc.InferenceServiceStub(self._channels[0])
         self._embeddings = embeddings_pb_grpc.EmbeddingsServiceStub(self._channels[1])
         self._timeout = timeout_seconds

@@ -37,7 +37,9 @@ class SchedulerServer(GrpcService[SchedulerSettings]):
         await store.migrate()
         self.queue = JobQueue(settings.nats_url, settings.queue_config)
         await self.queue.connect(name="llmmesh-scheduler")
-        self.handlers = JobHandlers(settings.inference_target, settings.embeddings_target)
+        self.handlers = JobHandlers(
+            settings.inference_target, settings.embeddings_target, settings.required_internal_token()
+        )
         self.changes = JobChanges()
         await self.changes.listen(settings.database_url)
         guard = CallbackGuard(settings.callback_allowed_networks)
@@ -60,6 +62,7 @@ class SchedulerServer(GrpcService[SchedulerSettings]):
             port=settings.port,
             register=lambda server: pb_grpc.add_SchedulerServiceServicer_to_server(servicer, server),
             service_names=[SERVICE_NAME],
+            internal_token=self.settings.required_internal_token(),
         )
 
     async def start_worker(self) -> Worker:

@@ -30,6 +30,9 @@ async def test_mesh_starts_answers_and_stops_on_ctrl_c(tmp_path) -> None:
         "LLMMESH_GATEWAY_INFERENCE_TARGET",
         "LLMMESH_GATEWAY_EMBEDDINGS_TARGET",
         "LLMMESH_GATEWAY_SCHEDULER_TARGET",
+        "LLMMESH_INTERNAL_TOKEN",
+        "LLMMESH_JWT_SECRET",
+        "LLMMESH_API_KEY_SECRET",
         "DATABASE_URL",
         "NATS_URL",
     ):
@@ -41,13 +44,20 @@ async def test_mesh_starts_answers_and_stops_on_ctrl_c(tmp_path) -> None:
         async with asyncio.timeout(240):
             while b"LLM Mesh is up" not in (line := await process.stdout.readline()):
                 assert line, "the launcher exited before the mesh was up"
+            banner = []
+            while b"Press Ctrl-C" not in (line := await process.stdout.readline()):
+                banner.append(line.decode())
+        # The banner hands out a superuser JWT for the admin endpoints.
+        admin_jwt = next(line.split("Bearer ")[1].strip() for line in banner if "Bearer " in line)
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{http_port}", timeout=60) as http:
             assert (await http.get("/health")).status_code == 200
             response = await http.post(
                 "/v1/chat/completions", json={"model": "mock", "messages": [{"role": "user", "content": "hi"}]}
             )
             assert response.json()["choices"][0]["message"]["content"] == "[mock-text:mock] hi"
-            setting = await http.put("/settings/model.live.name", json={"value": "mock"})
+            assert (await http.put("/settings/model.live.name", json={"value": "mock"})).status_code == 401
+            admin = {"Authorization": f"Bearer {admin_jwt}"}
+            setting = await http.put("/settings/model.live.name", json={"value": "mock"}, headers=admin)
             assert setting.status_code == 200  # stored in the embedded PostgreSQL
             # A job on the embedded NATS JetStream.
             job = await http.post(

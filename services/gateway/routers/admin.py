@@ -12,6 +12,7 @@ from typing import Any
 from fastapi import APIRouter, Depends
 from pydantic import Field
 
+from services.gateway.auth import scope, superuser
 from services.gateway.dependencies import get_inference
 from services.gateway.schemas import OpenAIModel, model_body
 from services.gateway.upstream import InferenceClient
@@ -20,7 +21,7 @@ from services.inference.domain import Setting
 router = APIRouter()
 
 
-@router.get("/v1/queue")
+@router.get("/v1/queue", dependencies=[Depends(scope("admin"))])
 async def queue(inference: InferenceClient = Depends(get_inference)) -> dict[str, Any]:
     lines, total_waiting, max_waiting = await inference.queue()
     return {
@@ -30,23 +31,23 @@ async def queue(inference: InferenceClient = Depends(get_inference)) -> dict[str
     }
 
 
-@router.post("/admin/models/{name:path}/load")
+@router.post("/admin/models/{name:path}/load", dependencies=[Depends(superuser)])
 async def load_model(name: str, inference: InferenceClient = Depends(get_inference)) -> dict[str, Any]:
     return model_body(await inference.load_model(name))
 
 
-@router.post("/admin/models/unload")
+@router.post("/admin/models/unload", dependencies=[Depends(superuser)])
 async def unload_models(inference: InferenceClient = Depends(get_inference)) -> dict[str, Any]:
     return {"unloaded": await inference.unload_models()}
 
 
-@router.post("/admin/models/reload")
+@router.post("/admin/models/reload", dependencies=[Depends(superuser)])
 async def reload_models(inference: InferenceClient = Depends(get_inference)) -> dict[str, Any]:
     models, unloaded = await inference.reload_models()
     return {"models": [model_body(m) for m in models], "unloaded": unloaded}
 
 
-@router.post("/admin/models/{name:path}/unload")
+@router.post("/admin/models/{name:path}/unload", dependencies=[Depends(superuser)])
 async def unload_model(name: str, inference: InferenceClient = Depends(get_inference)) -> dict[str, Any]:
     return model_body(await inference.unload_model(name))
 
@@ -55,7 +56,7 @@ def _setting_body(setting: Setting) -> dict[str, str | None]:
     return {**dataclasses.asdict(setting), "updated_at": setting.updated_at or None}
 
 
-@router.get("/settings/")
+@router.get("/settings/", dependencies=[Depends(superuser)])
 async def list_settings(inference: InferenceClient = Depends(get_inference)) -> dict[str, Any]:
     return {"settings": [_setting_body(s) for s in await inference.list_settings()]}
 
@@ -64,7 +65,7 @@ class SettingIn(OpenAIModel):
     value: str = Field(max_length=4096, description="The new value; empty deletes the setting.")
 
 
-@router.put("/settings/{key}")
+@router.put("/settings/{key}", dependencies=[Depends(superuser)])
 async def update_setting(
     key: str, body: SettingIn, inference: InferenceClient = Depends(get_inference)
 ) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 
+from services.gateway.auth import Caller, scope
 from services.gateway.config import GatewaySettings
 from services.gateway.dependencies import cancel_on_disconnect, get_inference, get_settings
 from services.gateway.schemas import (
@@ -32,13 +33,18 @@ async def create_chat_completion(
     request: Request,
     settings: GatewaySettings = Depends(get_settings),
     inference: InferenceClient = Depends(get_inference),
+    caller: Caller = Depends(scope("chat")),
 ) -> Any:
+    caller.require_model(body.model)
+    body.check_limits(settings)
     requests = body.to_domain(settings.max_choices)
     completion_id = new_id("chatcmpl")
     if body.stream:
+        slot = caller.open_stream()
         events = await cancel_on_disconnect(request, inference.stream_chat(requests))
-        return sse_response(_chunks(events, completion_id, body.n, body.include_usage_chunk))
+        return sse_response(slot.guard(_chunks(events, completion_id, body.n, body.include_usage_chunk, caller)))
     results = await cancel_on_disconnect(request, inference.chat(requests))
+    caller.used(sum(r.usage.prompt_tokens for r in results), sum(r.usage.completion_tokens for r in results))
     return chat_completion_body(
         completion_id,
         results[0].model,
@@ -48,7 +54,7 @@ async def create_chat_completion(
 
 
 async def _chunks(
-    events: AsyncIterator[StreamEvent], completion_id: str, choices: int, include_usage: bool
+    events: AsyncIterator[StreamEvent], completion_id: str, choices: int, include_usage: bool, caller: Caller
 ) -> AsyncIterator[dict[str, Any] | Comment]:
     created = int(time.time())
     usages: dict[int, Usage] = {}
@@ -89,6 +95,7 @@ async def _chunks(
                 yield chunk([_choice(event.index, delta, finish.value if finish else None)])
             if event.chunk.usage:
                 usages[event.index] = event.chunk.usage
+    caller.used(sum(u.prompt_tokens for u in usages.values()), sum(u.completion_tokens for u in usages.values()))
     if include_usage:
         yield chunk([], usage_body([usages[i] for i in sorted(usages)], choices))
 

@@ -12,6 +12,7 @@ from pydantic import Field
 
 from services.common.errors import InvalidArgument
 from services.embeddings.domain import EmbedRequest, RerankRequest
+from services.gateway.auth import Caller, scope
 from services.gateway.dependencies import cancel_on_disconnect, get_embeddings
 from services.gateway.schemas import OpenAIModel, new_id
 from services.gateway.upstream import EmbeddingsClient
@@ -66,9 +67,14 @@ def _encode(vector: np.ndarray, encoding_format: str) -> list[float] | str:
 
 @router.post("/v1/embeddings")
 async def create_embeddings(
-    body: EmbeddingsRequestIn, request: Request, embeddings: EmbeddingsClient = Depends(get_embeddings)
+    body: EmbeddingsRequestIn,
+    request: Request,
+    embeddings: EmbeddingsClient = Depends(get_embeddings),
+    caller: Caller = Depends(scope("embeddings")),
 ) -> JSONResponse:
+    caller.require_model(body.model)
     result = await cancel_on_disconnect(request, embeddings.embed(body.to_domain()))
+    caller.used(result.prompt_tokens, 0)
     return JSONResponse(
         {
             "object": "list",
@@ -86,9 +92,14 @@ async def create_embeddings(
 @router.post("/rerank")
 @router.post("/v2/rerank")
 async def rerank(
-    body: RerankRequestIn, request: Request, embeddings: EmbeddingsClient = Depends(get_embeddings)
+    body: RerankRequestIn,
+    request: Request,
+    embeddings: EmbeddingsClient = Depends(get_embeddings),
+    caller: Caller = Depends(scope("embeddings")),
 ) -> dict[str, Any]:
+    caller.require_model(body.model)
     result = await cancel_on_disconnect(request, embeddings.rerank(body.to_domain()))
+    caller.used(result.prompt_tokens, 0)
     return {
         "id": new_id("rerank"),
         "model": result.model,

@@ -1,13 +1,12 @@
 """Async jobs over HTTP: the design documents' enqueue endpoint, and /v1/jobs to read,
 list, cancel and follow them (SSE).
 
-A job belongs to whoever submitted it: the caller's bearer token, hashed. Another
-caller gets 404 for it, as if it did not exist.
+A job belongs to the API key that submitted it; another key gets 404 for it, as if it
+did not exist. A superuser sees every job.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import AsyncIterator
 from typing import Any, Literal
 
@@ -18,6 +17,7 @@ from pydantic import Field, ValidationError
 
 from llmmesh.scheduler.v1 import scheduler_service_pb2 as pb
 from services.common.errors import InvalidArgument
+from services.gateway.auth import Caller, scope
 from services.gateway.dependencies import get_scheduler
 from services.gateway.routers.embeddings import EmbeddingsRequestIn
 from services.gateway.schemas import ChatCompletionRequest, OpenAIModel
@@ -27,15 +27,10 @@ from services.scheduler.domain import JobState, JobType, job_json
 
 router = APIRouter()
 
-ANONYMOUS = "anonymous"
 
-
-def job_owner(request: Request) -> str:
-    """Who the caller is, for job ownership: a hash of its bearer token (never the token)."""
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        return ANONYMOUS
-    return "key:" + hashlib.sha256(token.strip().encode()).hexdigest()[:24]
+def job_owner(caller: Caller) -> str:
+    """Whose jobs the caller sees: its own (by API key); a superuser sees every job."""
+    return "" if caller.kind == "superuser" else caller.subject
 
 
 class EnqueueRequest(OpenAIModel):
@@ -83,9 +78,14 @@ def _typed_request(job_type: JobType, body: dict[str, Any]) -> pb.JobRequest:
 
 
 @router.post("/internal/queue/enqueue", status_code=202)
-async def enqueue(body: EnqueueRequest, request: Request, scheduler: SchedulerClient = Depends(get_scheduler)) -> Any:
+async def enqueue(
+    body: EnqueueRequest,
+    request: Request,
+    scheduler: SchedulerClient = Depends(get_scheduler),
+    caller: Caller = Depends(scope("jobs")),
+) -> Any:
     """202 with the new job; 200 with the original one when this submission is a duplicate."""
-    response = await scheduler.submit(body.to_pb(job_owner(request)))
+    response = await scheduler.submit(body.to_pb(caller.subject))
     return JSONResponse(job_json(response.job), status_code=200 if response.deduplicated else 202)
 
 
@@ -97,6 +97,7 @@ async def list_jobs(
     limit: int = Query(50, ge=1, le=200),
     page_token: str = "",
     scheduler: SchedulerClient = Depends(get_scheduler),
+    caller: Caller = Depends(scope("jobs")),
 ) -> dict[str, Any]:
     response = await scheduler.list(
         pb.ListJobsRequest(
@@ -104,7 +105,7 @@ async def list_jobs(
             job_types=[JobType(t).to_pb() for t in job_type],
             page_size=limit,
             page_token=page_token,
-            owner=job_owner(request),
+            owner=job_owner(caller),
         )
     )
     return {
@@ -116,21 +117,34 @@ async def list_jobs(
 
 
 @router.get("/v1/jobs/{job_id}")
-async def get_job(job_id: str, request: Request, scheduler: SchedulerClient = Depends(get_scheduler)) -> dict[str, Any]:
-    return job_json(await scheduler.get(job_id, job_owner(request)))
+async def get_job(
+    job_id: str,
+    request: Request,
+    scheduler: SchedulerClient = Depends(get_scheduler),
+    caller: Caller = Depends(scope("jobs")),
+) -> dict[str, Any]:
+    return job_json(await scheduler.get(job_id, job_owner(caller)))
 
 
 @router.post("/v1/jobs/{job_id}/cancel")
 async def cancel_job(
-    job_id: str, request: Request, scheduler: SchedulerClient = Depends(get_scheduler)
+    job_id: str,
+    request: Request,
+    scheduler: SchedulerClient = Depends(get_scheduler),
+    caller: Caller = Depends(scope("jobs")),
 ) -> dict[str, Any]:
-    return job_json(await scheduler.cancel(job_id, job_owner(request)))
+    return job_json(await scheduler.cancel(job_id, job_owner(caller)))
 
 
 @router.get("/v1/jobs/{job_id}/events", response_model=None)
-async def job_events(job_id: str, request: Request, scheduler: SchedulerClient = Depends(get_scheduler)) -> Any:
+async def job_events(
+    job_id: str,
+    request: Request,
+    scheduler: SchedulerClient = Depends(get_scheduler),
+    caller: Caller = Depends(scope("jobs")),
+) -> Any:
     """Server-sent events: the job now, each change, and `[DONE]` once it ended."""
-    updates = await scheduler.watch(job_id, job_owner(request))
+    updates = await scheduler.watch(job_id, job_owner(caller))
 
     async def events() -> AsyncIterator[dict[str, Any]]:
         async for job in updates:

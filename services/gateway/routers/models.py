@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends
 
 from services.common.errors import MeshError, NotFound
 from services.embeddings.domain import EmbeddingModelInfo
+from services.gateway.auth import get_caller
 from services.gateway.dependencies import get_embeddings, get_inference
 from services.gateway.schemas import model_body
 from services.gateway.upstream import EmbeddingsClient, InferenceClient
@@ -39,7 +40,7 @@ async def _embedding_models(embeddings: EmbeddingsClient) -> list[EmbeddingModel
         return []
 
 
-@router.get("/v1/models")
+@router.get("/v1/models", dependencies=[Depends(get_caller)])
 async def list_models(
     inference: InferenceClient = Depends(get_inference), embeddings: EmbeddingsClient = Depends(get_embeddings)
 ) -> dict[str, Any]:
@@ -53,7 +54,7 @@ async def list_models(
 
 
 # `:path` because model names may contain slashes (e.g. "org/model").
-@router.get("/v1/models/{model:path}")
+@router.get("/v1/models/{model:path}", dependencies=[Depends(get_caller)])
 async def get_model(
     model: str,
     inference: InferenceClient = Depends(get_inference),

@@ -5,11 +5,10 @@ from __future__ import annotations
 import httpx
 
 from services.gateway.app import build_app
-from services.gateway.config import GatewaySettings
 from services.inference.config import InferenceSettings
 from services.inference.registry import ModelRegistry, ModelSpec
 from services.inference.server import InferenceServer
-from tests.conftest import serve_http
+from tests.conftest import gateway_settings, serve_http
 
 
 async def test_calls_spread_over_every_replica_of_a_target() -> None:
@@ -18,7 +17,7 @@ async def test_calls_spread_over_every_replica_of_a_target() -> None:
     for replica in replicas:
         await replica.start()
     target = "ipv4:" + ",".join(f"127.0.0.1:{replica.port}" for replica in replicas)
-    server, task, url = await serve_http(build_app(GatewaySettings(port=0, inference_target=target)))
+    server, task, url = await serve_http(build_app(gateway_settings(inference_target=target)))
     try:
         async with httpx.AsyncClient(base_url=url, timeout=30) as http:
             for _ in range(10):

@@ -8,12 +8,14 @@ import pytest
 
 from llmmesh.embeddings.v1 import embeddings_service_pb2 as pb
 from llmmesh.embeddings.v1 import embeddings_service_pb2_grpc as pb_grpc
+from services.common.grpc_client import open_channel
 from services.embeddings.server import EmbeddingsServer
+from tests.conftest import INTERNAL_TOKEN
 
 
 @pytest.fixture
 async def stub(embeddings: EmbeddingsServer):
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{embeddings.port}") as channel:
+    async with open_channel(f"127.0.0.1:{embeddings.port}", INTERNAL_TOKEN) as channel:
         yield pb_grpc.EmbeddingsServiceStub(channel)
 
 

@@ -8,43 +8,42 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.gateway.app import build_app
-from services.gateway.config import GatewaySettings
 from services.inference.config import InferenceSettings
 from services.inference.registry import ModelRegistry, ModelSpec
 from services.inference.server import InferenceServer, model_health_name
-from tests.conftest import GEMMA, serve_http
+from tests.conftest import GEMMA, gateway_settings, serve_http
 
 
 def chat(model: str, text: str = "hi", **extra) -> dict:
     return {"model": model, "messages": [{"role": "user", "content": text}], **extra}
 
 
-async def test_settings_list_and_validation(http) -> None:
-    keys = {s["key"] for s in (await http.get("/settings/")).json()["settings"]}
+async def test_settings_list_and_validation(admin) -> None:
+    keys = {s["key"] for s in (await admin.get("/settings/")).json()["settings"]}
     assert {"model.live.name", "model.live.backend", "model.background.name", "model.heavy.name"} <= keys
-    unknown = await http.put("/settings/model.nope.name", json={"value": "x"})
+    unknown = await admin.put("/settings/model.nope.name", json={"value": "x"})
     assert unknown.status_code == 400 and unknown.json()["error"]["param"] == "key"
-    bad = await http.put("/settings/model.live.backend", json={"value": "tensorflow"})
+    bad = await admin.put("/settings/model.live.backend", json={"value": "tensorflow"})
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "value"
-    assert (await http.put("/settings/model.live.name", json={})).status_code == 400
+    assert (await admin.put("/settings/model.live.name", json={})).status_code == 400
 
 
-async def test_reload_picks_up_a_changed_setting(http) -> None:
+async def test_reload_picks_up_a_changed_setting(http, admin) -> None:
     assert (await http.post("/v1/chat/completions", json=chat("live", max_tokens=1))).json()["model"] == GEMMA
     try:
-        stored = await http.put("/settings/model.live.name", json={"value": "mock"})
+        stored = await admin.put("/settings/model.live.name", json={"value": "mock"})
         assert stored.json()["value"] == "mock" and stored.json()["updated_at"]
         # Stored, not yet applied: it takes effect on the next reload.
         assert (await http.post("/v1/chat/completions", json=chat("live", max_tokens=1))).json()["model"] == GEMMA
-        assert (await http.post("/admin/models/reload")).status_code == 200
+        assert (await admin.post("/admin/models/reload")).status_code == 200
         reply = (await http.post("/v1/chat/completions", json=chat("live", "after reload"))).json()
         assert reply["choices"][0]["message"]["content"] == "[mock-text:mock] after reload"
         listed = {m["id"]: m for m in (await http.get("/v1/models")).json()["data"]}
         assert listed["live"]["resolves_to"] == "mock"
         assert listed["background"]["resolves_to"] == "mock"  # background falls back to live
     finally:
-        await http.put("/settings/model.live.name", json={"value": ""})
-        await http.post("/admin/models/reload")
+        await admin.put("/settings/model.live.name", json={"value": ""})
+        await admin.post("/admin/models/reload")
     assert (await http.post("/v1/chat/completions", json=chat("live", max_tokens=1))).json()["model"] == GEMMA
 
 
@@ -66,27 +65,27 @@ async def test_settings_persist_across_a_restart(fresh_database_url: str) -> Non
         await second.stop(grace=0)
 
 
-async def test_hot_swap_the_real_model(http, channel) -> None:
+async def test_hot_swap_the_real_model(http, admin, channel) -> None:
     health = health_pb2_grpc.HealthStub(channel)
 
     async def model_health() -> int:
         request = health_pb2.HealthCheckRequest(service=model_health_name(GEMMA))
         return (await health.Check(request)).status
 
-    unloaded = await http.post(f"/admin/models/{GEMMA}/unload")
+    unloaded = await admin.post(f"/admin/models/{GEMMA}/unload")
     assert unloaded.json()["state"] == "unloaded"
     assert await model_health() == health_pb2.HealthCheckResponse.NOT_SERVING
-    loaded = await http.post("/admin/models/live/load")
+    loaded = await admin.post("/admin/models/live/load")
     assert loaded.json()["id"] == GEMMA and loaded.json()["state"] == "loaded"
     assert await model_health() == health_pb2.HealthCheckResponse.SERVING
     reply = await http.post("/v1/chat/completions", json=chat(GEMMA, max_tokens=4))
     assert reply.status_code == 200 and reply.json()["usage"]["completion_tokens"] > 0
 
 
-async def test_unload_all(http) -> None:
+async def test_unload_all(http, admin) -> None:
     await http.post("/v1/chat/completions", json=chat("mock"))
-    assert "mock" in (await http.post("/admin/models/unload")).json()["unloaded"]
-    await http.post("/admin/models/live/load")  # leave the real model loaded for the other tests
+    assert "mock" in (await admin.post("/admin/models/unload")).json()["unloaded"]
+    await admin.post("/admin/models/live/load")  # leave the real model loaded for the other tests
 
 
 @pytest.fixture
@@ -101,7 +100,7 @@ async def single_model_gateway(postgres_url: str):
     server = InferenceServer(settings, registry=registry)
     await server.start()
     uvicorn_server, task, url = await serve_http(
-        build_app(GatewaySettings(inference_target=f"127.0.0.1:{server.port}"))
+        build_app(gateway_settings(inference_target=f"127.0.0.1:{server.port}"))
     )
     async with httpx.AsyncClient(base_url=url, timeout=60) as http:
         yield http, server

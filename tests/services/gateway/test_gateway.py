@@ -7,8 +7,7 @@ import openai
 import pytest
 
 from services.gateway.app import build_app
-from services.gateway.config import GatewaySettings
-from tests.conftest import serve_http
+from tests.conftest import gateway_settings, serve_http
 
 
 async def test_chat_completion(client) -> None:
@@ -165,7 +164,7 @@ async def test_health_reports_upstreams(http) -> None:
 
 
 async def test_inference_down_is_503(tmp_path) -> None:
-    settings = GatewaySettings(
+    settings = gateway_settings(
         inference_target=f"unix:{tmp_path}/nobody-listens.sock",
         embeddings_target=f"unix:{tmp_path}/nobody-listens-either.sock",
         request_timeout_seconds=5,

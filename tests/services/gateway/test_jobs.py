@@ -60,9 +60,9 @@ async def test_embed_job(http: httpx.AsyncClient) -> None:
     assert len(final["result"]["embeddings"]) == 2 and final["result"]["dimensions"] == 384
 
 
-async def test_jobs_of_another_key_are_not_found(http: httpx.AsyncClient) -> None:
-    mine = {"Authorization": "Bearer key-one"}
-    theirs = {"Authorization": "Bearer key-two"}
+async def test_jobs_of_another_key_are_not_found(http: httpx.AsyncClient, make_key) -> None:
+    mine = {"Authorization": f"Bearer {await make_key(['jobs'])}"}
+    theirs = {"Authorization": f"Bearer {await make_key(['jobs'])}"}
     job = (await http.post("/internal/queue/enqueue", json=chat_body(), headers=mine)).json()
 
     assert (await http.get(f"/v1/jobs/{job['id']}", headers=mine)).status_code == 200

@@ -7,6 +7,7 @@ from google.protobuf import descriptor_pool, json_format, message_factory
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
 from services.inference.server import InferenceServer
+from tests.conftest import INTERNAL_TOKEN
 
 SERVICE = "llmmesh.inference.v1.InferenceService"
 
@@ -24,7 +25,9 @@ def grpcurl(port: int, method: str, body: str) -> tuple[list[str], dict]:
             request_serializer=request_class.SerializeToString,
             response_deserializer=response_class.FromString,
         )
-        response = call(json_format.Parse(body, request_class()), timeout=30)
+        # Reflection needs no token; calls do, as with grpcurl -H x-internal-token:...
+        metadata = [("x-internal-token", INTERNAL_TOKEN)]
+        response = call(json_format.Parse(body, request_class()), timeout=30, metadata=metadata)
         return list(services), json_format.MessageToDict(response)
 
 

@@ -11,7 +11,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import grpc
 import pytest_asyncio
 from fastapi import FastAPI, Request
 from fastapi.responses import RedirectResponse
@@ -19,13 +18,14 @@ from fastapi.responses import RedirectResponse
 from llmmesh.scheduler.v1 import scheduler_service_pb2 as pb
 from llmmesh.scheduler.v1 import scheduler_service_pb2_grpc as pb_grpc
 from services.common.embedded_nats import EmbeddedNats
+from services.common.grpc_client import open_channel
 from services.embeddings.server import EmbeddingsServer
 from services.inference.config import InferenceSettings
 from services.inference.registry import ModelRegistry, ModelSpec
 from services.inference.server import InferenceServer
 from services.scheduler.config import SchedulerSettings
 from services.scheduler.server import SchedulerServer
-from tests.conftest import serve_http
+from tests.conftest import INTERNAL_TOKEN, serve_http
 
 CALLBACK_SECRET = "test-callback-secret"
 JOB_MODEL = "mock-jobs"
@@ -139,7 +139,7 @@ async def scheduler(make_scheduler: MakeScheduler) -> SchedulerServer:
 
 @pytest_asyncio.fixture
 async def jobs(scheduler: SchedulerServer) -> AsyncIterator[pb_grpc.SchedulerServiceStub]:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{scheduler.port}") as channel:
+    async with open_channel(f"127.0.0.1:{scheduler.port}", INTERNAL_TOKEN) as channel:
         yield pb_grpc.SchedulerServiceStub(channel)
 
 

@@ -12,8 +12,10 @@ from llmmesh.embeddings.v1 import embeddings_service_pb2 as embeddings_pb
 from llmmesh.inference.v1 import inference_service_pb2 as inference_pb
 from llmmesh.scheduler.v1 import scheduler_service_pb2 as pb
 from llmmesh.scheduler.v1 import scheduler_service_pb2_grpc as pb_grpc
+from services.common.grpc_client import open_channel
 from services.scheduler.callbacks import verify
 from services.scheduler.server import SchedulerServer
+from tests.conftest import INTERNAL_TOKEN
 from tests.services.scheduler.conftest import (
     CALLBACK_SECRET,
     JOB_MODEL,
@@ -163,7 +165,7 @@ async def test_callback_redirects_are_not_followed(
 
 async def test_ttl_expiry_means_the_job_never_runs(make_scheduler: MakeScheduler) -> None:
     server = await make_scheduler(run_workers=False)
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+    async with open_channel(f"127.0.0.1:{server.port}", INTERNAL_TOKEN) as channel:
         stub = pb_grpc.SchedulerServiceStub(channel)
         submitted = await stub.SubmitJob(chat_job(ttl_seconds=1))
         final = (await watch_until_done(stub, submitted.job.job_id))[-1]
@@ -181,7 +183,7 @@ async def test_ttl_expiry_means_the_job_never_runs(make_scheduler: MakeScheduler
 
 async def test_cancelling_a_queued_job(make_scheduler: MakeScheduler, callbacks: CallbackReceiver) -> None:
     server = await make_scheduler(run_workers=False)
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+    async with open_channel(f"127.0.0.1:{server.port}", INTERNAL_TOKEN) as channel:
         stub = pb_grpc.SchedulerServiceStub(channel)
         submitted = await stub.SubmitJob(chat_job(callback_url=f"{callbacks.url}/hook"))
         cancelled = (await stub.CancelJob(pb.CancelJobRequest(job_id=submitted.job.job_id))).job

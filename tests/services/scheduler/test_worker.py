@@ -13,7 +13,9 @@ import grpc
 from llmmesh.scheduler.v1 import scheduler_service_pb2 as pb
 from llmmesh.scheduler.v1 import scheduler_service_pb2_grpc as pb_grpc
 from services.common.embedded_nats import EmbeddedNats
+from services.common.grpc_client import open_channel
 from services.scheduler.server import SchedulerServer
+from tests.conftest import INTERNAL_TOKEN
 from tests.services.scheduler.conftest import CallbackReceiver, MakeScheduler, wait_for_callback, watch_until_done
 from tests.services.scheduler.test_server import chat_job
 
@@ -42,7 +44,7 @@ async def test_a_worker_killed_mid_job_is_replaced_and_the_job_completes_once(
     server = await make_scheduler(run_workers=False)
     doomed = worker_process(server)
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        async with open_channel(f"127.0.0.1:{server.port}", INTERNAL_TOKEN) as channel:
             stub = pb_grpc.SchedulerServiceStub(channel)
             text = " ".join(["slow"] * 300)  # 3 s at the mock's pace
             submitted = await stub.SubmitJob(chat_job(text, callback_url=f"{callbacks.url}/hook"))
@@ -66,7 +68,7 @@ async def test_a_worker_killed_mid_job_is_replaced_and_the_job_completes_once(
 
 
 async def test_a_poison_job_fails_after_max_deliver_with_a_dead_letter(scheduler: SchedulerServer) -> None:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{scheduler.port}") as channel:
+    async with open_channel(f"127.0.0.1:{scheduler.port}", INTERNAL_TOKEN) as channel:
         stub = pb_grpc.SchedulerServiceStub(channel)
         submitted = await stub.SubmitJob(chat_job("POISON pill"))
         updates = await watch_until_done(stub, submitted.job.job_id)
@@ -83,7 +85,7 @@ async def test_nats_restart_during_a_submit_burst_loses_no_accepted_job(
     make_scheduler: MakeScheduler, nats_server: EmbeddedNats
 ) -> None:
     server = await make_scheduler(publish_timeout_seconds=1.0)
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+    async with open_channel(f"127.0.0.1:{server.port}", INTERNAL_TOKEN) as channel:
         stub = pb_grpc.SchedulerServiceStub(channel)
 
         async def submit(index: int) -> tuple[str, grpc.StatusCode]:

@@ -1,0 +1,238 @@
+"""Who is calling the gateway, what they may do, and how much.
+
+- App API keys (`Authorization: Bearer llmm_...`) carry scopes (chat, embeddings, jobs,
+  admin), an optional model allow-list and limits (requests and tokens per minute,
+  concurrent streams).
+- A superuser JWT (HS256 by default, RS256 optional; `exp`, `iss` and `aud` verified,
+  `alg=none` refused) is required for key management, settings and model operations,
+  always. An app key never grants those.
+- Local development (`allow_anonymous`, loopback only) lets requests without a key use
+  the app endpoints; it is explicit and logged.
+
+Limits are counted in this gateway process (per replica).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import math
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import jwt
+from fastapi import Depends, Request
+
+from services.common.errors import PermissionDenied, ResourceExhausted, Unauthenticated
+from services.gateway.api_keys import ApiKey, ApiKeyStore
+from services.gateway.config import GatewaySettings
+
+log = logging.getLogger(__name__)
+
+WINDOW_SECONDS = 60.0
+T = TypeVar("T")
+
+
+@dataclass
+class Usage:
+    """One key's recent requests and tokens, and its open streams."""
+
+    requests: collections.deque[float] = field(default_factory=collections.deque)
+    tokens: collections.deque[tuple[float, int]] = field(default_factory=collections.deque)
+    streams: int = 0
+
+    def trim(self, now: float) -> None:
+        while self.requests and self.requests[0] <= now - WINDOW_SECONDS:
+            self.requests.popleft()
+        while self.tokens and self.tokens[0][0] <= now - WINDOW_SECONDS:
+            self.tokens.popleft()
+
+
+class Limiter:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._usage: dict[str, Usage] = collections.defaultdict(Usage)
+        self._clock = clock
+
+    def admit(self, key: ApiKey) -> None:
+        """Count one request, or ResourceExhausted (429 with Retry-After) when over a limit."""
+        now = self._clock()
+        usage = self._usage[str(key.key_id)]
+        usage.trim(now)
+        if key.rpm_limit is not None and len(usage.requests) >= key.rpm_limit:
+            raise _over("requests per minute", key.rpm_limit, usage.requests[0] + WINDOW_SECONDS - now)
+        if key.tpm_limit is not None and sum(t for _, t in usage.tokens) >= key.tpm_limit:
+            raise _over("tokens per minute", key.tpm_limit, usage.tokens[0][0] + WINDOW_SECONDS - now)
+        usage.requests.append(now)
+
+    def add_tokens(self, key: ApiKey, tokens: int) -> None:
+        if tokens:
+            self._usage[str(key.key_id)].tokens.append((self._clock(), tokens))
+
+    def open_stream(self, key: ApiKey) -> Callable[[], None]:
+        """Count one open stream; the returned function closes it."""
+        usage = self._usage[str(key.key_id)]
+        if key.stream_limit is not None and usage.streams >= key.stream_limit:
+            raise _over("concurrent streams", key.stream_limit, 1)
+        usage.streams += 1
+
+        def release() -> None:
+            usage.streams -= 1
+
+        return release
+
+
+def _over(what: str, limit: int, retry_in: float) -> ResourceExhausted:
+    return ResourceExhausted(
+        f"Rate limit reached: {limit} {what} for this API key.",
+        reason="RATE_LIMITED",
+        retry_after_seconds=max(1, math.ceil(retry_in)),
+    )
+
+
+class Authenticator:
+    def __init__(self, settings: GatewaySettings, keys: ApiKeyStore | None) -> None:
+        self.settings = settings
+        self.keys = keys
+        self.limiter = Limiter()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def verify_jwt(self, token: str) -> dict[str, object]:
+        key = self.settings.jwt_verification_key()
+        if key is None:
+            raise Unauthenticated(
+                "No JWT secret is configured, so admin endpoints are closed (set LLMMESH_JWT_SECRET)."
+            )
+        try:
+            claims: dict[str, object] = jwt.decode(
+                token,
+                key,
+                algorithms=[self.settings.jwt_algorithm],  # never "none", never another family
+                audience=self.settings.jwt_audience,
+                issuer=self.settings.jwt_issuer,
+                options={"require": ["exp", "iss", "aud", "sub"]},
+            )
+        except jwt.PyJWTError as error:
+            raise Unauthenticated(f"Invalid token: {error}.", reason="INVALID_TOKEN") from None
+        return claims
+
+    async def caller(self, request: Request) -> Caller:
+        scheme, _, credential = request.headers.get("authorization", "").partition(" ")
+        credential = credential.strip()
+        if scheme.lower() != "bearer" or not credential:
+            if self.settings.allow_anonymous:
+                return Caller(self, kind="anonymous", subject="anonymous")
+            raise Unauthenticated("Missing API key: send 'Authorization: Bearer <key>'.", reason="MISSING_API_KEY")
+        if credential.count(".") == 2 and credential.startswith("eyJ"):
+            claims = self.verify_jwt(credential)
+            return Caller(self, kind="superuser", subject=f"admin:{claims['sub']}")
+        found = await self.keys.find(credential) if self.keys is not None else None
+        if found is None:
+            if self.settings.allow_anonymous:  # OpenAI SDKs always send some key, e.g. "sk-no-key"
+                return Caller(self, kind="anonymous", subject="anonymous")
+            raise Unauthenticated("Invalid or revoked API key.", reason="INVALID_API_KEY")
+        return Caller(self, kind="key", subject=f"key:{found.key_id}", key=found)
+
+    def record_usage(self, key: ApiKey, prompt_tokens: int, completion_tokens: int) -> None:
+        """Count tokens for the limits now; write usage to PostgreSQL in the background."""
+        self.limiter.add_tokens(key, prompt_tokens + completion_tokens)
+        if self.keys is None:
+            return
+        task = asyncio.ensure_future(self.keys.record_usage(key.key_id, 1, prompt_tokens, completion_tokens))
+        self._tasks.add(task)
+        task.add_done_callback(self._usage_written)
+
+    def _usage_written(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception():
+            log.warning("recording API key usage failed: %s", task.exception())
+
+
+@dataclass
+class Caller:
+    authenticator: Authenticator
+    kind: str  # anonymous, key or superuser
+    subject: str  # who owns what this caller creates (jobs)
+    key: ApiKey | None = None
+
+    def require_scope(self, scope: str) -> Caller:
+        if self.key is not None:
+            if scope not in self.key.scopes:
+                raise PermissionDenied(f"This API key lacks the '{scope}' scope.", reason="MISSING_SCOPE")
+            self.authenticator.limiter.admit(self.key)
+        return self
+
+    def require_model(self, model: str) -> None:
+        if self.key is not None and self.key.models is not None and model not in self.key.models:
+            raise PermissionDenied(
+                f"This API key may not use the model '{model}'.", param="model", reason="MODEL_NOT_ALLOWED"
+            )
+
+    def used(self, prompt_tokens: int, completion_tokens: int) -> None:
+        if self.key is not None:
+            self.authenticator.record_usage(self.key, prompt_tokens, completion_tokens)
+
+    def open_stream(self) -> StreamSlot:
+        """Take one of the key's concurrent streams now (429 before any byte is sent when none
+        is left); the slot is given back when the guarded stream ends."""
+        release = self.authenticator.limiter.open_stream(self.key) if self.key is not None else None
+        return StreamSlot(release)
+
+
+@dataclass
+class StreamSlot:
+    release: Callable[[], None] | None
+
+    async def guard(self, events: AsyncIterator[T]) -> AsyncIterator[T]:
+        try:
+            async for event in events:
+                yield event
+        finally:
+            if self.release is not None:
+                self.release()
+
+
+def get_authenticator(request: Request) -> Authenticator:
+    return request.app.state.authenticator
+
+
+async def get_caller(request: Request, authenticator: Authenticator = Depends(get_authenticator)) -> Caller:
+    return await authenticator.caller(request)
+
+
+def scope(name: str) -> Callable[..., object]:
+    """A dependency: the caller, if it may use endpoints of scope `name` (and is within its limits)."""
+
+    async def dependency(caller: Caller = Depends(get_caller)) -> Caller:
+        return caller.require_scope(name)
+
+    return dependency
+
+
+async def superuser(request: Request, authenticator: Authenticator = Depends(get_authenticator)) -> Caller:
+    """A dependency: the caller, if it presents a valid superuser JWT (app keys never qualify)."""
+    scheme, _, credential = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not credential.strip():
+        raise Unauthenticated("Admin endpoints need a superuser JWT: 'Authorization: Bearer <jwt>'.")
+    if not credential.strip().startswith("eyJ"):
+        raise PermissionDenied("API keys never grant admin; use a superuser JWT.", reason="ADMIN_NEEDS_JWT")
+    claims = authenticator.verify_jwt(credential.strip())
+    return Caller(authenticator, kind="superuser", subject=f"admin:{claims['sub']}")
+
+
+def mint_jwt(settings: GatewaySettings, subject: str, ttl_seconds: int, private_key: str | None = None) -> str:
+    """A superuser JWT signed with the configured secret (HS256) or `private_key` (RS256)."""
+    now = int(time.time())
+    claims = {
+        "sub": subject,
+        "iss": settings.jwt_issuer,
+        "aud": settings.jwt_audience,
+        "iat": now,
+        "exp": now + ttl_seconds,
+    }
+    key = private_key if settings.jwt_algorithm == "RS256" else settings.jwt_verification_key()
+    if not key:
+        raise SystemExit("No signing key: set LLMMESH_JWT_SECRET (HS256) or pass the RS256 private key.")
+    return jwt.encode(claims, key, algorithm=settings.jwt_algorithm)

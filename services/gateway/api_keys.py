@@ -192,8 +192,10 @@ class ApiKeyStore:
 
     async def usage(self, key_id: uuid.UUID) -> dict[str, int]:
         row = await self.pool.fetchrow(
-            "SELECT coalesce(sum(requests), 0)::bigint AS requests, coalesce(sum(prompt_tokens), 0)::bigint AS prompt_tokens,"
-            " coalesce(sum(completion_tokens), 0)::bigint AS completion_tokens FROM api_key_usage WHERE key_id = $1",
+            "SELECT coalesce(sum(requests), 0)::bigint AS requests,"
+            " coalesce(sum(prompt_tokens), 0)::bigint AS prompt_tokens,"
+            " coalesce(sum(completion_tokens), 0)::bigint AS completion_tokens"
+            " FROM api_key_usage WHERE key_id = $1",
             key_id,
         )
         return dict(row)

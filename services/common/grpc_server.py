@@ -100,6 +100,7 @@ async def start_grpc_server(
     register: Callable[[grpc.aio.Server], None],
     service_names: Sequence[str],
     internal_token: str,
+    max_message_bytes: int = MAX_MESSAGE_BYTES,
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
     serving: bool = True,
 ) -> GrpcServer:
@@ -111,8 +112,8 @@ async def start_grpc_server(
     server = grpc.aio.server(
         interceptors=[InternalTokenInterceptor(internal_token), *interceptors, ErrorInterceptor()],
         options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
         ],
     )
     register(server)

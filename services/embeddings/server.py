@@ -24,6 +24,7 @@ class EmbeddingsServer(GrpcService[EmbeddingsSettings]):
             register=lambda server: pb_grpc.add_EmbeddingsServiceServicer_to_server(servicer, server),
             service_names=[SERVICE_NAME],
             internal_token=self.settings.required_internal_token(),
+            max_message_bytes=self.settings.max_message_bytes,
             serving=False,
         )
         await self.engine.load()

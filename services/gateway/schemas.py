@@ -35,6 +35,10 @@ from services.inference.domain import (
     Usage,
 )
 
+# Bounds of the protobuf integer fields these values travel in: larger ones are a 400, not a crash.
+INT32_MAX = 2**31 - 1
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
 _ROLES: dict[str, Role] = {
     "system": Role.SYSTEM,
     "developer": Role.SYSTEM,  # OpenAI's newer name for system instructions
@@ -172,17 +176,17 @@ class SamplingFields(OpenAIModel):
 
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
-    max_tokens: int | None = Field(None, ge=1)
+    max_tokens: int | None = Field(None, ge=1, le=INT32_MAX)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=INT64_MIN, le=INT64_MAX)
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
-    n: int = Field(1, ge=1)
+    n: int = Field(1, ge=1, le=INT32_MAX)
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
     # Extensions, named as in vLLM and llama.cpp's server.
-    top_k: int | None = Field(None, ge=0)
+    top_k: int | None = Field(None, ge=0, le=INT32_MAX)
     min_p: float | None = Field(None, ge=0, le=1)
     repeat_penalty: float | None = Field(None, gt=0)
     # Not supported yet; rejected when set rather than ignored.
@@ -231,7 +235,7 @@ class SamplingFields(OpenAIModel):
 class ChatCompletionRequest(SamplingFields):
     model: str = Field(min_length=1)
     messages: list[ChatMessageIn] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1, le=INT32_MAX)
     tools: list[ToolIn] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool = True

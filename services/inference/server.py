@@ -54,6 +54,7 @@ class InferenceServer(GrpcService[InferenceSettings]):
             register=lambda server: pb_grpc.add_InferenceServiceServicer_to_server(servicer, server),
             service_names=[SERVICE_NAME],
             internal_token=self.settings.required_internal_token(),
+            max_message_bytes=self.settings.max_message_bytes,
             serving=not preload,
         )
         for spec in self.engine.router.specs():

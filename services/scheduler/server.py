@@ -63,6 +63,7 @@ class SchedulerServer(GrpcService[SchedulerSettings]):
             register=lambda server: pb_grpc.add_SchedulerServiceServicer_to_server(servicer, server),
             service_names=[SERVICE_NAME],
             internal_token=self.settings.required_internal_token(),
+            max_message_bytes=self.settings.max_message_bytes,
         )
 
     async def start_worker(self) -> Worker:

@@ -14,7 +14,7 @@ from services.common.errors import InvalidArgument
 from services.embeddings.domain import EmbedRequest, RerankRequest
 from services.gateway.auth import Caller, scope
 from services.gateway.dependencies import cancel_on_disconnect, get_embeddings
-from services.gateway.schemas import OpenAIModel, new_id
+from services.gateway.schemas import INT32_MAX, OpenAIModel, new_id
 from services.gateway.upstream import EmbeddingsClient
 
 router = APIRouter()
@@ -24,7 +24,7 @@ class EmbeddingsRequestIn(OpenAIModel):
     model: str = Field(min_length=1)
     input: str | list[str] | list[int] | list[list[int]]
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = Field(None, ge=1)
+    dimensions: int | None = Field(None, ge=1, le=INT32_MAX)
     user: str | None = None
 
     def to_domain(self) -> EmbedRequest:
@@ -46,7 +46,7 @@ class RerankRequestIn(OpenAIModel):
     model: str = Field(min_length=1)
     query: str
     documents: list[str | DocumentIn]
-    top_n: int | None = Field(None, ge=1)
+    top_n: int | None = Field(None, ge=1, le=INT32_MAX)
     return_documents: bool = True
 
     def to_domain(self) -> RerankRequest:

@@ -20,7 +20,7 @@ from services.common.errors import InvalidArgument
 from services.gateway.auth import Caller, scope
 from services.gateway.dependencies import get_scheduler
 from services.gateway.routers.embeddings import EmbeddingsRequestIn
-from services.gateway.schemas import ChatCompletionRequest, OpenAIModel
+from services.gateway.schemas import INT32_MAX, ChatCompletionRequest, OpenAIModel
 from services.gateway.sse import sse_response
 from services.gateway.upstream import SchedulerClient
 from services.scheduler.domain import JobState, JobType, job_json
@@ -40,9 +40,9 @@ class EnqueueRequest(OpenAIModel):
     job_type: Literal["chat", "vision", "adapter_train", "embed"]
     request: dict[str, Any]
     callback_url: str | None = None
-    ttl_seconds: int | None = Field(None, ge=1)
+    ttl_seconds: int | None = Field(None, ge=1, le=INT32_MAX)
     idempotency_key: str | None = None
-    priority: int = 0
+    priority: int = Field(0, ge=-INT32_MAX, le=INT32_MAX)
 
     def to_pb(self, owner: str) -> pb.SubmitJobRequest:
         job_type = JobType(self.job_type)

@@ -11,7 +11,7 @@ from pydantic import Field
 from services.common.errors import FailedPrecondition
 from services.gateway.api_keys import ApiKeyStore, NewKey
 from services.gateway.auth import superuser
-from services.gateway.schemas import OpenAIModel
+from services.gateway.schemas import INT32_MAX, OpenAIModel
 
 router = APIRouter(dependencies=[Depends(superuser)])
 
@@ -20,9 +20,9 @@ class KeyIn(OpenAIModel):
     name: str = Field(min_length=1, max_length=200)
     scopes: list[str] = Field(min_length=1)
     models: list[str] | None = None
-    rpm_limit: int | None = Field(None, ge=1)
-    tpm_limit: int | None = Field(None, ge=1)
-    stream_limit: int | None = Field(None, ge=1)
+    rpm_limit: int | None = Field(None, ge=1, le=INT32_MAX)
+    tpm_limit: int | None = Field(None, ge=1, le=INT32_MAX)
+    stream_limit: int | None = Field(None, ge=1, le=INT32_MAX)
 
     def to_domain(self) -> NewKey:
         return NewKey(

@@ -10,7 +10,10 @@ from llmmesh.inference.v1 import inference_service_pb2 as pb
 from llmmesh.inference.v1 import inference_service_pb2_grpc as pb_grpc
 from services.common.config import ServiceSettings
 from services.common.grpc_client import open_channel
+from services.inference.config import InferenceSettings
+from services.inference.registry import ModelRegistry, ModelSpec
 from services.inference.server import InferenceServer
+from tests.conftest import INTERNAL_TOKEN
 
 
 @pytest.mark.parametrize("token", [None, "wrong-token", ""])
@@ -31,6 +34,21 @@ async def test_calls_without_the_right_token_are_unauthenticated(inference: Infe
 
 async def test_the_right_token_passes(stub: pb_grpc.InferenceServiceStub) -> None:
     assert (await stub.ListModels(pb.ListModelsRequest())).models
+
+
+async def test_messages_over_the_configured_size_are_refused() -> None:
+    registry = ModelRegistry.from_specs([ModelSpec(name="mock", backend="mock")], default_model="mock")
+    server = InferenceServer(InferenceSettings(port=0, max_message_bytes=2048), registry=registry)
+    await server.start()
+    try:
+        async with open_channel(f"127.0.0.1:{server.port}", INTERNAL_TOKEN) as channel:
+            stub = pb_grpc.InferenceServiceStub(channel)
+            message = pb.ChatMessage(role=pb.ROLE_USER, content=[pb.ContentPart(text="x" * 4096)])
+            with pytest.raises(grpc.aio.AioRpcError) as error:
+                await stub.Chat(pb.ChatRequest(model="mock", messages=[message]))
+            assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    finally:
+        await server.stop(grace=0)
 
 
 def test_services_refuse_to_start_without_a_token(monkeypatch: pytest.MonkeyPatch) -> None:

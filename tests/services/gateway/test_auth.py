@@ -158,6 +158,14 @@ async def test_oversize_inputs_are_400_before_any_backend(strict, body: dict[str
     assert response.status_code == 400 and response.json()["error"]["param"] == param
 
 
+async def test_a_prompt_longer_than_the_context_is_400(strict) -> None:
+    http, settings = strict
+    key, _ = await new_key(http, settings)
+    long = chat("gemma-3-270m", messages=[{"role": "user", "content": "word " * 3000}])  # context: 2048
+    response = await http.post("/v1/chat/completions", json=long, headers=bearer(key))
+    assert response.status_code == 400 and "context window" in response.json()["error"]["message"]
+
+
 @pytest.mark.parametrize("hostile", ["' OR '1'='1", "x'; DROP TABLE api_keys; --", '\\x00"\\', "llmm_'||'"])
 async def test_sql_metacharacters_are_data(strict, hostile: str) -> None:
     http, settings = strict

@@ -206,3 +206,33 @@ async def test_cli_creates_lists_revokes_keys_and_mints_tokens(
     token = capsys.readouterr().out.strip()
     claims = jwt.decode(token, JWT_SECRET, algorithms=["HS256"], audience="llmmesh", issuer="llmmesh")
     assert claims["sub"] == "ops" and claims["exp"] - claims["iat"] == 60
+
+
+async def test_rs256_tokens_verify_against_the_public_key(fresh_database_url: str, inference: InferenceServer) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    private_pem = private.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    public_pem = (
+        private.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+    settings = gateway_settings(
+        jwt_algorithm="RS256", jwt_public_key=public_pem, inference_target=f"127.0.0.1:{inference.port}"
+    )
+    server, task, url = await serve_http(build_app(settings))
+    try:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+            good = mint_jwt(settings, "ops", 60, private_key=private_pem)
+            assert (await http.get("/settings/", headers=bearer(good))).status_code == 200
+            # An HS256 token "signed" with the public key (the classic confusion attack) is refused.
+            claims = jwt.decode(good, options={"verify_signature": False})
+            confused = jwt.encode(claims, JWT_SECRET, algorithm="HS256")
+            assert (await http.get("/settings/", headers=bearer(confused))).status_code == 401
+    finally:
+        server.should_exit = True
+        await task

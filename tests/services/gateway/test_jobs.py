@@ -109,3 +109,15 @@ async def test_bad_enqueue_bodies(http: httpx.AsyncClient, body: dict[str, objec
 async def test_unknown_job_is_404(http: httpx.AsyncClient) -> None:
     response = await http.get("/v1/jobs/no-such-job")
     assert response.status_code == 404 and response.json()["error"]["code"] == "job_not_found"
+
+
+@pytest.mark.parametrize("hostile", ["' OR '1'='1", "x'; DROP TABLE jobs; --"])
+async def test_sql_metacharacters_in_job_fields_are_data(http: httpx.AsyncClient, hostile: str) -> None:
+    as_id = await http.post("/internal/queue/enqueue", json=chat_body(job_id=hostile))
+    assert as_id.status_code == 400 and as_id.json()["error"]["param"] == "job_id"
+    as_key = await http.post("/internal/queue/enqueue", json=chat_body(idempotency_key=hostile))
+    assert as_key.status_code == 202 and as_key.json()["idempotency_key"] == hostile
+    again = await http.post("/internal/queue/enqueue", json=chat_body(idempotency_key=hostile))
+    assert again.status_code == 200 and again.json()["id"] == as_key.json()["id"]
+    assert (await http.get(f"/v1/jobs/{hostile}")).status_code == 404
+    await http.post(f"/v1/jobs/{as_key.json()['id']}/cancel")

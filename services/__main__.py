@@ -123,6 +123,9 @@ def main() -> None:
         )
     ]
     addresses = {service.name: service.address for service in grpc_services}
+    # Prometheus metrics of each gRPC service, unless configured otherwise.
+    for index, name in enumerate(("INFERENCE", "EMBEDDINGS", "SCHEDULER"), start=1):
+        os.environ.setdefault(f"LLMMESH_{name}_METRICS_PORT", str(9100 + index))
     # The internal token is always on: without one configured, a fresh one for this run.
     internal_token = os.environ.get("LLMMESH_INTERNAL_TOKEN") or secrets.token_urlsafe(32)
     os.environ["LLMMESH_INTERNAL_TOKEN"] = internal_token  # inherited by every service started below

@@ -146,7 +146,8 @@ async def fresh_database_url(postgres_url: str) -> str:
 @pytest_asyncio.fixture(scope="session")
 async def inference(postgres_url: str) -> AsyncIterator[InferenceServer]:
     server = InferenceServer(
-        InferenceSettings(host="127.0.0.1", port=0, database_url=postgres_url), registry=build_test_registry()
+        InferenceSettings(host="127.0.0.1", port=0, metrics_port=0, database_url=postgres_url),
+        registry=build_test_registry(),
     )
     await server.start()
     yield server

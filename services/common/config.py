@@ -26,6 +26,9 @@ class ServiceSettings(BaseSettings):
         10.0, ge=0, description="On SIGTERM, how long in-flight requests may run before they are cut."
     )
     data_dir: Path = Field(Path(".data"), description="Where services keep caches and state.")
+    metrics_port: int | None = Field(
+        None, ge=0, le=65535, description="Prometheus metrics port (/metrics); 0 picks a free one; unset: off."
+    )
     max_message_bytes: int = Field(
         64 * 1024 * 1024, ge=1024, description="Largest gRPC message received or sent; larger ones are refused."
     )

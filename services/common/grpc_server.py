@@ -18,6 +18,7 @@ from services.common.auth import InternalTokenInterceptor
 from services.common.config import ServiceSettings
 from services.common.errors import MeshError, to_status
 from services.common.logs import configure_logging
+from services.common.metrics import serve_metrics
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +140,15 @@ class GrpcService(Generic[SettingsT]):
 
     settings: SettingsT
     _grpc: GrpcServer | None = None
+    _metrics: Any = None
+
+    @property
+    def metrics_port(self) -> int | None:
+        return self._metrics.server_port if self._metrics is not None else None
+
+    def serve_metrics(self) -> None:
+        """Expose this process's Prometheus metrics on the configured port."""
+        self._metrics = serve_metrics(self.settings.host, self.settings.metrics_port)
 
     @property
     def port(self) -> int:
@@ -153,6 +163,9 @@ class GrpcService(Generic[SettingsT]):
         if self._grpc:
             await self._grpc.stop(self.settings.shutdown_grace_seconds if grace is None else grace)
         await self.release()
+        if self._metrics is not None:
+            self._metrics.shutdown()
+            self._metrics.server_close()
 
     async def release(self) -> None:
         """Free models and other resources after the server stopped."""

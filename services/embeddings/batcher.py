@@ -9,6 +9,14 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from prometheus_client import Histogram
+
+from services.common.metrics import PREFIX
+
+BATCH_SIZE = Histogram(
+    f"{PREFIX}embeddings_batch_size", "Texts per model call.", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+)
+
 Item = TypeVar("Item")
 Result = TypeVar("Result")
 
@@ -119,6 +127,7 @@ class MicroBatcher(Generic[Item, Result]):
                     pending.future.set_exception(error)
             return
         self.stats.batches += 1
+        BATCH_SIZE.observe(len(items))
         self.stats.items += len(items)
         self.stats.largest_batch = max(self.stats.largest_batch, len(items))
         start = 0

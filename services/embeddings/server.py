@@ -17,6 +17,7 @@ class EmbeddingsServer(GrpcService[EmbeddingsSettings]):
         self.engine = EmbeddingsEngine(settings)
 
     async def start(self) -> None:
+        self.serve_metrics()
         servicer = EmbeddingsServicer(self.engine)
         self._grpc = await start_grpc_server(
             host=self.settings.host,

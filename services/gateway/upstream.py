@@ -23,6 +23,7 @@ from llmmesh.scheduler.v1 import scheduler_service_pb2 as scheduler_pb
 from llmmesh.scheduler.v1 import scheduler_service_pb2_grpc as scheduler_pb_grpc
 from services.common.errors import from_rpc_error
 from services.embeddings.domain import EmbeddingModelInfo, EmbedRequest, EmbedResult, RerankRequest, RerankResult
+from services.gateway.overhead import upstream_call
 from services.inference.domain import (
     ChatRequest,
     Chunk,
@@ -40,8 +41,10 @@ T = TypeVar("T")
 
 @contextlib.contextmanager
 def rpc_errors_as_domain_errors() -> Iterator[None]:
+    """Also times the call, for the gateway's overhead measurement."""
     try:
-        yield
+        with upstream_call():
+            yield
     except grpc.aio.AioRpcError as error:
         raise from_rpc_error(error) from None
 

@@ -22,10 +22,13 @@ from services.inference.domain import (
     Setting,
     WaitUpdate,
 )
+from services.inference.metrics import RequestTimer
 from services.inference.model_manager import ModelManager
 from services.inference.registry import ModelSpec
 from services.inference.routing import (
     SETTING_KEYS,
+    SLOTS,
+    TIERS,
     ModelRouter,
     RoutingEnvironment,
     build_routes,
@@ -67,7 +70,7 @@ class InferenceEngine:
             messages=syntax.prepare_messages(request.messages, request.tools, request.tool_choice),
             response_format=response_format,
         )
-        chunks = self._generate(spec, generation)
+        chunks = self._generate(spec, generation, route=request.model)
         if request.uses_tools:
             chunks = _tool_replies(chunks, syntax.reader())
         return Generation(request.request_id, spec.name, chunks)
@@ -82,7 +85,7 @@ class InferenceEngine:
             prompt=request.prompt,
             response_format=request.response_format,
         )
-        return Generation(request.request_id, spec.name, self._generate(spec, generation))
+        return Generation(request.request_id, spec.name, self._generate(spec, generation, route=request.model))
 
     def _check_structured_output(self, spec: ModelSpec, response_format: ResponseFormat, param: str) -> None:
         if response_format.constrains and not backend_class(spec.backend).supports_structured_output:
@@ -95,8 +98,34 @@ class InferenceEngine:
             except InvalidArgument as error:
                 raise InvalidArgument(error.message, param=param) from error
 
-    async def _generate(self, spec: ModelSpec, request: GenerationRequest) -> AsyncIterator[Chunk]:
-        """Wait for the model (reporting queue position and loading as chunks), then stream from it."""
+    async def _generate(self, spec: ModelSpec, request: GenerationRequest, route: str) -> AsyncIterator[Chunk]:
+        """Wait for the model (reporting queue position and loading as chunks), then stream from it,
+        timing each phase for the metrics. `route` is the name the request used (a slot or tier)."""
+        timer = RequestTimer(
+            {
+                "model_name": spec.name,
+                "backend": spec.backend,
+                "slot": route if route in SLOTS else "",
+                "tier": route if route in TIERS else "",
+                "adapter": request.adapter,
+            }
+        )
+        try:
+            async for chunk in self._wait_and_generate(spec, request, timer):
+                timer.on_chunk(chunk)
+                yield chunk
+        except (asyncio.CancelledError, GeneratorExit):
+            timer.finish("abort")
+            raise
+        except Exception:
+            timer.finish("error")
+            raise
+        finally:
+            timer.finish("abort")  # the consumer stopped reading before the last chunk
+
+    async def _wait_and_generate(
+        self, spec: ModelSpec, request: GenerationRequest, timer: RequestTimer
+    ) -> AsyncIterator[Chunk]:
         updates: asyncio.Queue[WaitUpdate] = asyncio.Queue()
         acquiring = asyncio.ensure_future(self.models.acquire(spec, on_wait=updates.put_nowait))
         try:
@@ -109,6 +138,7 @@ class InferenceEngine:
                 if update.done() and not update.cancelled():
                     yield Chunk(text="", wait_status=update.result())
             lease = acquiring.result()
+            timer.on_scheduled()
         except BaseException:
             acquiring.cancel()
             if acquiring.done() and not acquiring.cancelled() and acquiring.exception() is None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -24,6 +25,7 @@ from services.common.errors import MeshError, ResourceExhausted, Unavailable
 from services.inference.backends import create_backend
 from services.inference.backends.base import Backend
 from services.inference.domain import ModelState, QueueLine, WaitState, WaitUpdate
+from services.inference.metrics import MODEL_LOAD_TIME, MODELS_LOADED
 from services.inference.registry import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -253,6 +255,7 @@ class ModelManager:
 
     async def _swap(self, instance: _Instance, victims: list[_Instance]) -> None:
         """Unload the victims, then load `instance` (outside the lock: loads take seconds)."""
+        started = time.perf_counter()
         for victim in victims:
             await self._unload_backend(victim)
         await self._publish(instance, ModelState.LOADING)
@@ -275,12 +278,15 @@ class ModelManager:
             instance.last_used = asyncio.get_running_loop().time()
             self._changed.notify_all()
         await self._publish(instance, ModelState.LOADED)
+        MODEL_LOAD_TIME.labels(instance.spec.name, instance.spec.backend).observe(time.perf_counter() - started)
+        MODELS_LOADED.inc()
         log.info("model '%s' loaded", instance.spec.name)
 
     async def _unload_backend(self, instance: _Instance) -> None:
         backend, instance.backend = instance.backend, None
         if backend is not None:
             await backend.unload()
+            MODELS_LOADED.dec()
             log.info("model '%s' unloaded", instance.spec.name)
         await self._publish(instance, ModelState.UNLOADED)
 

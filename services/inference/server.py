@@ -43,6 +43,7 @@ class InferenceServer(GrpcService[InferenceSettings]):
     async def start(self) -> None:
         """Serve, then preload. Until preloading is done, overall health is NOT_SERVING (a
         readiness probe holds traffic back) while the port already answers (liveness)."""
+        self.serve_metrics()
         store = await self._open_store()
         self.engine = InferenceEngine(ModelRouter(self.registry), self.models, store, self.environment)
         await self.engine.reload()

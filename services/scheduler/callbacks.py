@@ -26,6 +26,7 @@ import httpx
 
 from services.common.errors import InvalidArgument
 from services.scheduler.domain import Job, job_json
+from services.scheduler.metrics import CALLBACK_ATTEMPTS
 from services.scheduler.store import JobStore
 
 log = logging.getLogger(__name__)
@@ -154,6 +155,7 @@ class CallbackDispatcher:
             target = await self.guard.check(job.callback_url)
             response = await self._post(target, job.job_id, body)
             if 200 <= response.status_code < 300:
+                CALLBACK_ATTEMPTS.labels("delivered").inc()
                 await self.store.callback_delivered(job.job_id)
                 log.info("callback for job %s delivered", job.job_id)
                 return
@@ -162,6 +164,7 @@ class CallbackDispatcher:
             error = rejected.message
         except httpx.HTTPError as failure:
             error = f"{type(failure).__name__}: {failure}"
+        CALLBACK_ATTEMPTS.labels("failed").inc()
         attempts = job.callback_attempts + 1
         retry = None
         if attempts < self.max_attempts:

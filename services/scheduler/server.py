@@ -31,6 +31,7 @@ class SchedulerServer(GrpcService[SchedulerSettings]):
         self._housekeeping: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        self.serve_metrics()
         settings = self.settings
         self._pool = await open_pool(settings.database_url)
         store = JobStore(self._pool)

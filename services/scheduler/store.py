@@ -30,6 +30,7 @@ from services.scheduler.domain import (
     Submission,
     message_to_json,
 )
+from services.scheduler.metrics import JOB_QUEUE_WAIT, JOBS
 
 NOTIFY_CHANNEL = "llmmesh_jobs"
 
@@ -119,6 +120,14 @@ def _job(row: asyncpg.Record) -> Job:
     )
 
 
+def _counted(job_type: str | None, state: str) -> bool:
+    """Count a transition that happened (job_type is what the UPDATE returned, None if none did)."""
+    if job_type is None:
+        return False
+    JOBS.labels(job_type, state).inc()
+    return True
+
+
 class JobStore:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
@@ -147,6 +156,7 @@ class JobStore:
             float(submission.ttl_seconds),
         )
         if row is not None:
+            JOBS.labels(submission.job_type.value, "queued").inc()
             return _job(row), True
         existing = await self.get(submission.job_id)
         assert existing is not None, "a job is never deleted once published"
@@ -223,7 +233,13 @@ class JobStore:
             stream_sequence,
             stale_seconds,
         )
-        return _job(row) if row else None
+        if row is None:
+            return None
+        job = _job(row)
+        JOBS.labels(job.job_type.value, "running").inc()
+        if job.attempt == 1 and job.started_at is not None:
+            JOB_QUEUE_WAIT.labels(job.job_type.value).observe((job.started_at - job.created_at).total_seconds())
+        return job
 
     async def heartbeat(self, job_id: str, lease: uuid.UUID, progress: Progress | None = None) -> bool:
         """Keep the attempt alive (and record progress); False when it is no longer ours
@@ -238,25 +254,25 @@ class JobStore:
         return status == "UPDATE 1"
 
     async def succeed(self, job_id: str, lease: uuid.UUID, result: pb.JobResult) -> bool:
-        status = await self.pool.execute(
+        job_type = await self.pool.fetchval(
             f"UPDATE jobs SET state = 'succeeded', result = $3, error = '', {_END}"
-            " WHERE job_id = $1 AND lease = $2 AND state = 'running'",
+            " WHERE job_id = $1 AND lease = $2 AND state = 'running' RETURNING job_type",
             job_id,
             lease,
             json.dumps(message_to_json(result)),
         )
-        return status == "UPDATE 1"
+        return _counted(job_type, "succeeded")
 
     async def requeue(self, job_id: str, lease: uuid.UUID, error: str) -> bool:
         """A failed attempt that will be retried."""
-        status = await self.pool.execute(
+        job_type = await self.pool.fetchval(
             "UPDATE jobs SET state = 'queued', lease = NULL, error = $3"
-            " WHERE job_id = $1 AND lease = $2 AND state = 'running'",
+            " WHERE job_id = $1 AND lease = $2 AND state = 'running' RETURNING job_type",
             job_id,
             lease,
             error,
         )
-        return status == "UPDATE 1"
+        return _counted(job_type, "queued")
 
     async def fail(
         self, job_id: str, lease: uuid.UUID | None, error: str, stream_sequence: int | None, deliveries: int
@@ -264,14 +280,15 @@ class JobStore:
         """Fail for good and keep a dead letter. With lease None: whoever held it (the worker
         died on its last delivery and JetStream reported it)."""
         async with self.pool.acquire() as connection, connection.transaction():
-            status = await connection.execute(
+            job_type = await connection.fetchval(
                 f"UPDATE jobs SET state = 'failed', error = $3, {_END}"
-                " WHERE job_id = $1 AND ($2::uuid IS NULL OR lease = $2) AND state IN ('queued', 'running')",
+                " WHERE job_id = $1 AND ($2::uuid IS NULL OR lease = $2) AND state IN ('queued', 'running')"
+                " RETURNING job_type",
                 job_id,
                 lease,
                 error,
             )
-            if status != "UPDATE 1":
+            if not _counted(job_type, "failed"):
                 return False
             await connection.execute(
                 "INSERT INTO job_dead_letters (job_id, stream_sequence, deliveries, error) VALUES ($1, $2, $3, $4)"
@@ -295,6 +312,7 @@ class JobStore:
             " WHERE job_id = $1 AND state IN ('queued', 'running') RETURNING *",
             job_id,
         )
+        _counted(row["job_type"] if row else None, "cancelled")
         return _job(row) if row else None
 
     async def expire_due(self, job_id: str | None = None) -> list[str]:
@@ -302,9 +320,11 @@ class JobStore:
         rows = await self.pool.fetch(
             f"UPDATE jobs SET state = 'expired', error = 'ttl_seconds passed while queued', {_END}"
             " WHERE state = 'queued' AND expires_at <= now() AND ($1::text IS NULL OR job_id = $1)"
-            " RETURNING job_id",
+            " RETURNING job_id, job_type",
             job_id,
         )
+        for row in rows:
+            _counted(row["job_type"], "expired")
         return [row["job_id"] for row in rows]
 
     # ---- callbacks (an outbox: due callbacks are claimed with SKIP LOCKED) ----

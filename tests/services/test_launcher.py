@@ -23,6 +23,7 @@ async def test_mesh_starts_answers_and_stops_on_ctrl_c(tmp_path) -> None:
         "LLMMESH_INFERENCE_PORT": str(grpc_port),
         "LLMMESH_EMBEDDINGS_PORT": str(free_port()),
         "LLMMESH_SCHEDULER_PORT": str(free_port()),
+        **{f"LLMMESH_{name}_METRICS_PORT": "0" for name in ("INFERENCE", "EMBEDDINGS", "SCHEDULER")},
         "LLMMESH_INFERENCE_DATA_DIR": str(tmp_path / "data"),  # made by the launcher; PostgreSQL lives here
         "BACKGROUND_MODEL_NAME": "mock",  # jobs run on the background slot
     }

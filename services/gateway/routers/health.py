@@ -11,13 +11,20 @@ from __future__ import annotations
 import asyncio
 
 from fastapi import APIRouter, Depends
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from services.gateway.config import GatewaySettings
 from services.gateway.dependencies import get_embeddings, get_inference, get_scheduler, get_settings
 from services.gateway.upstream import EmbeddingsClient, InferenceClient, SchedulerClient
 
 router = APIRouter()
+
+
+@router.get("/metrics", include_in_schema=False)
+async def metrics() -> Response:
+    """Prometheus metrics of this process: the gateway's series (and, in tests, every in-process service's)."""
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get("/health")

@@ -7,6 +7,7 @@ import json
 
 import grpc
 import pytest
+from prometheus_client import REGISTRY
 
 from llmmesh.embeddings.v1 import embeddings_service_pb2 as embeddings_pb
 from llmmesh.inference.v1 import inference_service_pb2 as inference_pb
@@ -223,3 +224,24 @@ async def test_list_jobs_filters_and_pages(jobs: pb_grpc.SchedulerServiceStub) -
     with pytest.raises(grpc.aio.AioRpcError) as error:
         await jobs.GetJob(pb.GetJobRequest(job_id=ids[0], owner="someone-else"))
     assert error.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_jobs_and_callbacks_are_counted(
+    jobs: pb_grpc.SchedulerServiceStub, callbacks: CallbackReceiver, scheduler: SchedulerServer
+) -> None:
+    def sample(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    before = {
+        state: sample("llmmesh:jobs_total", job_type="chat", state=state)
+        for state in ("queued", "running", "succeeded")
+    }
+    delivered = sample("llmmesh:job_callback_attempts_total", outcome="delivered")
+    waits = sample("llmmesh:job_queue_wait_seconds_count", job_type="chat")
+    submitted = await jobs.SubmitJob(chat_job(callback_url=f"{callbacks.url}/hook"))
+    await watch_until_done(jobs, submitted.job.job_id)
+    await wait_for_callback(jobs, scheduler, submitted.job.job_id)
+    for state in before:
+        assert sample("llmmesh:jobs_total", job_type="chat", state=state) == before[state] + 1, state
+    assert sample("llmmesh:job_callback_attempts_total", outcome="delivered") == delivered + 1
+    assert sample("llmmesh:job_queue_wait_seconds_count", job_type="chat") == waits + 1

@@ -1,0 +1,64 @@
+"""What the gateway itself adds to a request: its total time minus the time spent waiting
+for upstream services, returned as `x-overhead-ms` (as LiteLLM does) and observed in
+`llmmesh:gateway_overhead_seconds`. For a stream it is measured when the response starts,
+after the first upstream chunk arrived."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from contextvars import ContextVar
+
+from prometheus_client import Histogram
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from services.common.metrics import FAST_BUCKETS, PREFIX
+
+OVERHEAD = Histogram(
+    f"{PREFIX}gateway_overhead_seconds", "Time the gateway adds to a request.", ("route",), buckets=FAST_BUCKETS
+)
+# [first upstream call started, last one ended], shared by every task of one request
+_UPSTREAM: ContextVar[list[float] | None] = ContextVar("upstream_span", default=None)
+
+
+@contextlib.contextmanager
+def upstream_call() -> Iterator[None]:
+    span, started = _UPSTREAM.get(), time.perf_counter()
+    try:
+        yield
+    finally:
+        if span is not None:
+            ended = time.perf_counter()
+            if span:
+                span[0], span[1] = min(span[0], started), max(span[1], ended)
+            else:
+                span.extend((started, ended))
+
+
+class OverheadMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] == "/metrics":
+            await self.app(scope, receive, send)
+            return
+        started, span = time.perf_counter(), list[float]()
+        token = _UPSTREAM.set(span)
+
+        async def send_with_overhead(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                upstream = span[1] - span[0] if span else 0.0
+                overhead = max(time.perf_counter() - started - upstream, 0.0)
+                route = scope.get("route")
+                OVERHEAD.labels(getattr(route, "path", "unmatched")).observe(overhead)
+                headers = list(message.get("headers", []))
+                headers.append((b"x-overhead-ms", f"{overhead * 1000:.2f}".encode()))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_overhead)
+        finally:
+            _UPSTREAM.reset(token)

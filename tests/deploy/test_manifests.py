@@ -100,7 +100,9 @@ def test_only_the_gateway_is_reachable_from_outside_the_namespace(manifests: lis
     assert internal["podSelector"]["matchExpressions"] == [
         {"key": "app.kubernetes.io/name", "operator": "NotIn", "values": ["gateway"]}
     ]
-    assert internal["ingress"] == [{"from": [{"podSelector": {}}]}]  # same namespace only
+    same_namespace, scraper = internal["ingress"]
+    assert same_namespace == {"from": [{"podSelector": {}}]}
+    assert scraper["ports"] == [{"port": "metrics", "protocol": "TCP"}]  # Prometheus reads metrics only
 
 
 # What real credentials look like; placeholders must say CHANGE-ME instead.
@@ -121,6 +123,27 @@ def test_secrets_hold_placeholders_only(manifests: list[dict[str, Any]]) -> None
         for key, value in secret["stringData"].items():
             assert "CHANGE-ME" in value, key
             assert not any(pattern.search(value) for pattern in REAL_LOOKING), key
+
+
+def test_every_mesh_service_is_scraped(manifests: list[dict[str, Any]]) -> None:
+    by_name = {w["metadata"]["name"]: w for w in workloads(manifests)}
+    for name in (*GRPC_SERVICES, "gateway"):
+        annotations = by_name[name]["spec"]["template"]["metadata"]["annotations"]
+        assert annotations["prometheus.io/scrape"] == "true" and annotations["prometheus.io/path"] == "/metrics"
+
+
+def test_grafana_dashboard_queries_metrics_the_services_export() -> None:
+    import json
+
+    dashboard = json.loads((DEPLOY / "grafana" / "llmmesh-dashboard.json").read_text())
+    expressions = " ".join(t["expr"] for panel in dashboard["panels"] for t in panel["targets"])
+    for metric in (
+        "time_to_first_token_seconds",
+        "inter_token_latency_seconds",
+        "gateway_overhead_seconds",
+        "jobs_total",
+    ):
+        assert f"llmmesh:{metric}" in expressions
 
 
 def test_evaluation_only_stores_are_labelled(manifests: list[dict[str, Any]]) -> None:

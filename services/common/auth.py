@@ -11,6 +11,8 @@ from typing import Any
 
 import grpc
 
+from services.common.logs import REQUEST_ID, REQUEST_ID_HEADER
+
 INTERNAL_TOKEN_METADATA = "x-internal-token"
 EXEMPT_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
@@ -58,8 +60,11 @@ def _unauthenticated(handler: grpc.RpcMethodHandler | None) -> grpc.RpcMethodHan
 
 
 def with_internal_token(details: grpc.aio.ClientCallDetails, token: str) -> grpc.aio.ClientCallDetails:
+    """The call's metadata plus the internal token, and the request id being served, if any."""
     metadata = grpc.aio.Metadata(*(details.metadata or ()))
     metadata.add(INTERNAL_TOKEN_METADATA, token)
+    if request_id := REQUEST_ID.get():
+        metadata.add(REQUEST_ID_HEADER, request_id)
     return grpc.aio.ClientCallDetails(
         details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
     )

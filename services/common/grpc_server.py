@@ -17,7 +17,7 @@ from grpc_reflection.v1alpha import reflection
 from services.common.auth import InternalTokenInterceptor
 from services.common.config import ServiceSettings
 from services.common.errors import MeshError, to_status
-from services.common.logs import configure_logging
+from services.common.logs import REQUEST_ID, REQUEST_ID_HEADER, configure_logging, request_id_from
 from services.common.metrics import serve_metrics
 
 log = logging.getLogger(__name__)
@@ -33,6 +33,15 @@ async def _abort(context: grpc.aio.ServicerContext, error: Exception, method: st
         await context.abort_with_status(to_status(error))
     log.exception("%s failed with an unexpected error", method, exc_info=error)
     await context.abort(grpc.StatusCode.INTERNAL, "Internal error; see the service log.")
+
+
+def _adopt_request_id(context: grpc.aio.ServicerContext) -> None:
+    """The caller's x-request-id, for this call's log lines (and the calls it makes)."""
+    for key, value in context.invocation_metadata() or ():
+        if key == REQUEST_ID_HEADER:
+            REQUEST_ID.set(request_id_from(value if isinstance(value, str) else value.decode()))
+            return
+    REQUEST_ID.set("")
 
 
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
@@ -52,6 +61,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             behavior = handler.unary_unary
 
             async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                _adopt_request_id(context)
                 try:
                     return await behavior(request, context)
                 except (grpc.aio.AbortError, asyncio.CancelledError):
@@ -65,6 +75,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             stream_behavior = handler.unary_stream
 
             async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                _adopt_request_id(context)
                 try:
                     async for response in stream_behavior(request, context):
                         yield response
@@ -182,7 +193,7 @@ async def wait_for_shutdown_signal() -> None:
 
 def run_service(service: GrpcService[Any]) -> None:
     """A service process's main: serve until SIGINT/SIGTERM, then shut down gracefully."""
-    configure_logging(service.settings.log_level)
+    configure_logging(service.settings.log_level, type(service).__name__.removesuffix("Server").lower())
 
     async def serve() -> None:
         await service.start()

@@ -11,7 +11,7 @@ from services.gateway.config import GatewaySettings
 
 def main() -> None:
     settings = GatewaySettings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, "gateway")
     uvicorn.run(
         build_app(settings),
         host=settings.host,

@@ -23,7 +23,7 @@ from llmmesh.scheduler.v1 import scheduler_service_pb2 as scheduler_pb
 from llmmesh.scheduler.v1 import scheduler_service_pb2_grpc as scheduler_pb_grpc
 from services.common.errors import from_rpc_error
 from services.embeddings.domain import EmbeddingModelInfo, EmbedRequest, EmbedResult, RerankRequest, RerankResult
-from services.gateway.overhead import upstream_call
+from services.gateway.request_context import upstream_call
 from services.inference.domain import (
     ChatRequest,
     Chunk,

@@ -8,6 +8,7 @@ tokens, the token counts, and how it finished (stop, length, abort, error).
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 
@@ -21,6 +22,8 @@ from services.common.metrics import (
     TTFT_BUCKETS,
 )
 from services.inference.domain import Chunk, FinishReason
+
+log = logging.getLogger(__name__)
 
 LABELS = ("model_name", "backend", "slot", "tier", "adapter")
 
@@ -112,5 +115,14 @@ class RequestTimer:
             RUNNING.labels(*key).dec()
         REQUEST_SUCCESS.labels(**self.labels, finished_reason=reason).inc()
         E2E_LATENCY.labels(**self.labels).observe(now - self.arrival)
+        log.info(
+            "generation %s",
+            reason,
+            extra={
+                "model": self.labels["model_name"],
+                "duration_ms": round((now - self.arrival) * 1000, 2),
+                "ttft_ms": round((self.first_token - self.arrival) * 1000, 2) if self.first_token else None,
+            },
+        )
         if self.first_token is not None and self.last_token is not None:
             DECODE_TIME.labels(**self.labels).observe(self.last_token - self.first_token)

@@ -232,5 +232,5 @@ if __name__ == "__main__":
     from services.common.logs import configure_logging
 
     worker_settings = SchedulerSettings()
-    configure_logging(worker_settings.log_level)
+    configure_logging(worker_settings.log_level, "scheduler-worker")
     asyncio.run(run_worker_process(worker_settings))

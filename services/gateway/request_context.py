@@ -1,4 +1,5 @@
-"""What the gateway itself adds to a request: its total time minus the time spent waiting
+"""Per-request context at the gateway: the request id, and what the gateway itself adds to a
+request: its total time minus the time spent waiting
 for upstream services, returned as `x-overhead-ms` (as LiteLLM does) and observed in
 `llmmesh:gateway_overhead_seconds`. For a stream it is measured when the response starts,
 after the first upstream chunk arrived."""
@@ -6,6 +7,7 @@ after the first upstream chunk arrived."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections.abc import Iterator
 from contextvars import ContextVar
@@ -13,7 +15,10 @@ from contextvars import ContextVar
 from prometheus_client import Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from services.common.logs import REQUEST_ID, REQUEST_ID_HEADER, request_id_from
 from services.common.metrics import FAST_BUCKETS, PREFIX
+
+log = logging.getLogger(__name__)
 
 OVERHEAD = Histogram(
     f"{PREFIX}gateway_overhead_seconds", "Time the gateway adds to a request.", ("route",), buckets=FAST_BUCKETS
@@ -36,7 +41,10 @@ def upstream_call() -> Iterator[None]:
                 span.extend((started, ended))
 
 
-class OverheadMiddleware:
+class RequestContextMiddleware:
+    """Per request: its id (the caller's `x-request-id`, or a new one), sent back and carried
+    to every service it reaches; the gateway's overhead; one access log line."""
+
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
@@ -44,21 +52,37 @@ class OverheadMiddleware:
         if scope["type"] != "http" or scope["path"] == "/metrics":
             await self.app(scope, receive, send)
             return
-        started, span = time.perf_counter(), list[float]()
-        token = _UPSTREAM.set(span)
+        headers = dict(scope.get("headers") or ())
+        request_id = request_id_from(headers.get(REQUEST_ID_HEADER.encode(), b"").decode("latin-1"))
+        started, span, status = time.perf_counter(), list[float](), [0]
+        tokens = (_UPSTREAM.set(span), REQUEST_ID.set(request_id))
 
-        async def send_with_overhead(message: Message) -> None:
+        async def send_with_context(message: Message) -> None:
             if message["type"] == "http.response.start":
                 upstream = span[1] - span[0] if span else 0.0
                 overhead = max(time.perf_counter() - started - upstream, 0.0)
                 route = scope.get("route")
                 OVERHEAD.labels(getattr(route, "path", "unmatched")).observe(overhead)
-                headers = list(message.get("headers", []))
-                headers.append((b"x-overhead-ms", f"{overhead * 1000:.2f}".encode()))
-                message = {**message, "headers": headers}
+                status[0] = message["status"]
+                message = {
+                    **message,
+                    "headers": [
+                        *message.get("headers", []),
+                        (b"x-overhead-ms", f"{overhead * 1000:.2f}".encode()),
+                        (REQUEST_ID_HEADER.encode(), request_id.encode()),
+                    ],
+                }
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_overhead)
+            await self.app(scope, receive, send_with_context)
         finally:
-            _UPSTREAM.reset(token)
+            log.info(
+                "%s %s %d",
+                scope["method"],
+                scope["path"],
+                status[0],
+                extra={"duration_ms": round((time.perf_counter() - started) * 1000, 2)},
+            )
+            _UPSTREAM.reset(tokens[0])
+            REQUEST_ID.reset(tokens[1])

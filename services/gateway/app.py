@@ -15,7 +15,7 @@ from services.gateway.auth import Authenticator
 from services.gateway.body_limit import BodySizeLimitMiddleware
 from services.gateway.config import GatewaySettings
 from services.gateway.errors import install_error_handlers
-from services.gateway.request_context import RequestContextMiddleware
+from services.gateway.request_context import RequestContextMiddleware, RequestStats
 from services.gateway.routers import admin, chat, completions, embeddings, health, jobs, keys, models
 from services.gateway.upstream import EmbeddingsClient, InferenceClient, SchedulerClient
 
@@ -61,7 +61,8 @@ def build_app(settings: GatewaySettings) -> FastAPI:
     app = FastAPI(title="LLM Mesh gateway", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
-    app.add_middleware(RequestContextMiddleware)
+    app.state.request_stats = RequestStats()
+    app.add_middleware(RequestContextMiddleware, stats=app.state.request_stats)
 
     install_error_handlers(app)
     for module in (chat, completions, embeddings, models, jobs, admin, keys, health):

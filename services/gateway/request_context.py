@@ -11,6 +11,7 @@ import logging
 import time
 from collections.abc import Iterator
 from contextvars import ContextVar
+from dataclasses import dataclass, field
 
 from prometheus_client import Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -41,21 +42,50 @@ def upstream_call() -> Iterator[None]:
                 span.extend((started, ended))
 
 
+@dataclass
+class RequestStats:
+    """This gateway's request counts, for /metrics/summary."""
+
+    started_at: float = field(default_factory=time.time)
+    total: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    active: int = 0
+    peak_active: int = 0
+
+    def began(self) -> None:
+        self.total += 1
+        self.active += 1
+        self.peak_active = max(self.peak_active, self.active)
+
+    def ended(self, status: int) -> None:
+        self.active -= 1
+        if status == 499 or status == 0:  # the client left (0: before any response)
+            self.cancelled += 1
+        elif status < 400:
+            self.succeeded += 1
+        else:
+            self.failed += 1
+
+
 class RequestContextMiddleware:
     """Per request: its id (the caller's `x-request-id`, or a new one), sent back and carried
     to every service it reaches; the gateway's overhead; one access log line."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, stats: RequestStats) -> None:
         self.app = app
+        self.stats = stats
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] == "/metrics":
+        if scope["type"] != "http" or scope["path"].startswith(("/metrics", "/health")):
             await self.app(scope, receive, send)
             return
         headers = dict(scope.get("headers") or ())
         request_id = request_id_from(headers.get(REQUEST_ID_HEADER.encode(), b"").decode("latin-1"))
         started, span, status = time.perf_counter(), list[float](), [0]
         tokens = (_UPSTREAM.set(span), REQUEST_ID.set(request_id))
+        self.stats.began()
 
         async def send_with_context(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -77,6 +107,7 @@ class RequestContextMiddleware:
         try:
             await self.app(scope, receive, send_with_context)
         finally:
+            self.stats.ended(status[0])
             log.info(
                 "%s %s %d",
                 scope["method"],

@@ -9,13 +9,17 @@ not take chat down with embeddings.
 from __future__ import annotations
 
 import asyncio
+import time
+from typing import Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from services.common.errors import MeshError
 from services.gateway.config import GatewaySettings
 from services.gateway.dependencies import get_embeddings, get_inference, get_scheduler, get_settings
+from services.gateway.request_context import RequestStats
 from services.gateway.upstream import EmbeddingsClient, InferenceClient, SchedulerClient
 
 router = APIRouter()
@@ -50,4 +54,36 @@ async def health(
         status, code = "degraded", 200
     else:
         status, code = "ok", 200
-    return JSONResponse({"status": status, "services": services}, status_code=code)
+    body: dict[str, Any] = {"status": status, "services": services}
+    if inference_status == "SERVING":
+        body.update(await _model_and_queue(inference))
+    return JSONResponse(body, status_code=code)
+
+
+async def _model_and_queue(inference: InferenceClient) -> dict[str, Any]:
+    """What llm-queue-proxy's health reports: the current (live) model and the queue."""
+    try:
+        live, (_, waiting, capacity) = await asyncio.gather(inference.get_model("live"), inference.queue())
+    except MeshError:
+        return {}
+    return {"current_model": live.name, "queue": {"waiting": waiting, "capacity": capacity}}
+
+
+@router.get("/metrics/summary")
+async def metrics_summary(request: Request, inference: InferenceClient = Depends(get_inference)) -> dict[str, Any]:
+    """llm-queue-proxy's JSON metrics: uptime, requests by outcome, concurrency, queue, current model."""
+    stats: RequestStats = request.app.state.request_stats
+    finished = stats.succeeded + stats.failed + stats.cancelled
+    return {
+        "uptime_seconds": round(time.time() - stats.started_at, 1),
+        "requests": {
+            "total": stats.total,
+            "successful": stats.succeeded,
+            "failed": stats.failed,
+            "cancelled": stats.cancelled,
+            "success_rate": round(stats.succeeded / finished, 4) if finished else None,
+        },
+        "active_workers": stats.active,
+        "peak_concurrency": stats.peak_active,
+        **await _model_and_queue(inference),
+    }

@@ -157,10 +157,27 @@ async def test_unknown_route_uses_the_error_body(http) -> None:
 async def test_health_reports_upstreams(http) -> None:
     response = await http.get("/health")
     assert response.status_code == 200
-    assert response.json() == {
-        "status": "ok",
-        "services": {"gateway": "SERVING", "inference": "SERVING", "embeddings": "SERVING", "scheduler": "SERVING"},
+    body = response.json()
+    assert body["status"] == "ok"
+    assert body["services"] == {
+        "gateway": "SERVING",
+        "inference": "SERVING",
+        "embeddings": "SERVING",
+        "scheduler": "SERVING",
     }
+    assert body["current_model"] == "gemma-3-270m"  # the live slot's
+    assert body["queue"]["capacity"] > 0 and body["queue"]["waiting"] >= 0
+
+
+async def test_metrics_summary(http) -> None:
+    await http.post("/v1/chat/completions", json={"model": "mock", "messages": [{"role": "user", "content": "hi"}]})
+    await http.post("/v1/chat/completions", json={"model": "no-such-model", "messages": []})
+    summary = (await http.get("/metrics/summary")).json()
+    requests = summary["requests"]
+    assert requests["total"] >= 2 and requests["successful"] >= 1 and requests["failed"] >= 1
+    assert 0 < requests["success_rate"] < 1 and summary["peak_concurrency"] >= 1
+    assert summary["uptime_seconds"] > 0 and summary["current_model"] == "gemma-3-270m"
+    assert set(summary["queue"]) == {"waiting", "capacity"}
 
 
 async def test_inference_down_is_503(tmp_path) -> None:

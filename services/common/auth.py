@@ -11,6 +11,7 @@ from typing import Any
 
 import grpc
 
+from services.common import tracing
 from services.common.logs import REQUEST_ID, REQUEST_ID_HEADER
 
 INTERNAL_TOKEN_METADATA = "x-internal-token"
@@ -65,6 +66,8 @@ def with_internal_token(details: grpc.aio.ClientCallDetails, token: str) -> grpc
     metadata.add(INTERNAL_TOKEN_METADATA, token)
     if request_id := REQUEST_ID.get():
         metadata.add(REQUEST_ID_HEADER, request_id)
+    for key, value in tracing.inject().items():  # W3C trace context: the callee's spans join this trace
+        metadata.add(key, value)
     return grpc.aio.ClientCallDetails(
         details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
     )

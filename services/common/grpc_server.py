@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -13,8 +14,10 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
+from opentelemetry.trace import SpanKind
 
-from services.common.auth import InternalTokenInterceptor
+from services.common import tracing
+from services.common.auth import EXEMPT_PREFIXES, InternalTokenInterceptor
 from services.common.config import ServiceSettings
 from services.common.errors import MeshError, to_status
 from services.common.logs import REQUEST_ID, REQUEST_ID_HEADER, configure_logging, request_id_from
@@ -44,6 +47,14 @@ def _adopt_request_id(context: grpc.aio.ServicerContext) -> None:
     REQUEST_ID.set("")
 
 
+def _call_span(method: str, context: grpc.aio.ServicerContext) -> contextlib.AbstractContextManager[Any]:
+    """A server span for the call, child of the caller's trace (W3C context in the metadata)."""
+    if method.startswith(EXEMPT_PREFIXES):  # probes and reflection: no spans
+        return contextlib.nullcontext()
+    metadata = [(k, v) for k, v in context.invocation_metadata() or () if isinstance(v, str)]
+    return tracing.tracer().start_as_current_span(method, context=tracing.extract(metadata), kind=SpanKind.SERVER)
+
+
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
     """Maps exceptions escaping any handler to a status: MeshError by its code, anything else INTERNAL."""
 
@@ -63,7 +74,8 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
                 _adopt_request_id(context)
                 try:
-                    return await behavior(request, context)
+                    with _call_span(method, context):
+                        return await behavior(request, context)
                 except (grpc.aio.AbortError, asyncio.CancelledError):
                     raise
                 except Exception as error:  # noqa: BLE001 - the one place errors become statuses
@@ -77,8 +89,9 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
                 _adopt_request_id(context)
                 try:
-                    async for response in stream_behavior(request, context):
-                        yield response
+                    with _call_span(method, context):
+                        async for response in stream_behavior(request, context):
+                            yield response
                 except (grpc.aio.AbortError, asyncio.CancelledError):
                     raise
                 except Exception as error:  # noqa: BLE001
@@ -193,7 +206,9 @@ async def wait_for_shutdown_signal() -> None:
 
 def run_service(service: GrpcService[Any]) -> None:
     """A service process's main: serve until SIGINT/SIGTERM, then shut down gracefully."""
-    configure_logging(service.settings.log_level, type(service).__name__.removesuffix("Server").lower())
+    name = type(service).__name__.removesuffix("Server").lower()
+    configure_logging(service.settings.log_level, name)
+    tracing.configure_tracing(name)
 
     async def serve() -> None:
         await service.start()

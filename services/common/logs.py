@@ -15,6 +15,8 @@ import time
 import uuid
 from contextvars import ContextVar
 
+from services.common import tracing
+
 REQUEST_ID: ContextVar[str] = ContextVar("request_id", default="")
 REQUEST_ID_HEADER = "x-request-id"
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:@/-]{1,128}$")
@@ -37,6 +39,8 @@ def _record_with_request_id(*args: object, **kwargs: object) -> logging.LogRecor
     record = _make_record(*args, **kwargs)
     record.request_id = REQUEST_ID.get()
     record.service = _SERVICE
+    if trace_id := tracing.current_trace_id():
+        record.trace_id = trace_id
     return record
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uvicorn
 
+from services.common import tracing
 from services.common.logs import configure_logging
 from services.gateway.app import build_app
 from services.gateway.config import GatewaySettings
@@ -12,6 +13,7 @@ from services.gateway.config import GatewaySettings
 def main() -> None:
     settings = GatewaySettings()
     configure_logging(settings.log_level, "gateway")
+    tracing.configure_tracing("gateway")
     uvicorn.run(
         build_app(settings),
         host=settings.host,

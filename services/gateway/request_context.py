@@ -13,9 +13,11 @@ from collections.abc import Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 
+from opentelemetry.trace import SpanKind
 from prometheus_client import Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from services.common import tracing
 from services.common.logs import REQUEST_ID, REQUEST_ID_HEADER, request_id_from
 from services.common.metrics import FAST_BUCKETS, PREFIX
 
@@ -82,7 +84,15 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send)
             return
         headers = dict(scope.get("headers") or ())
-        request_id = request_id_from(headers.get(REQUEST_ID_HEADER.encode(), b"").decode("latin-1"))
+        incoming = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in headers.items()]
+        with tracing.tracer().start_as_current_span(
+            f"{scope['method']} {scope['path']}", context=tracing.extract(incoming), kind=SpanKind.SERVER
+        ):
+            given = headers.get(REQUEST_ID_HEADER.encode(), b"").decode("latin-1")
+            # Without a caller's id, the trace id (when tracing) ties logs and traces together.
+            await self._serve(scope, receive, send, request_id_from(given or tracing.current_trace_id()))
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
         started, span, status = time.perf_counter(), list[float](), [0]
         tokens = (_UPSTREAM.set(span), REQUEST_ID.set(request_id))
         self.stats.began()

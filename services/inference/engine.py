@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
+from services.common import tracing
 from services.common.errors import InvalidArgument
 from services.inference import tools
 from services.inference.backends import backend_class
@@ -111,9 +112,12 @@ class InferenceEngine:
             }
         )
         try:
-            async for chunk in self._wait_and_generate(spec, request, timer):
-                timer.on_chunk(chunk)
-                yield chunk
+            with tracing.tracer().start_as_current_span(
+                "generate", attributes={"llmmesh.model": spec.name, "llmmesh.backend": spec.backend}
+            ):
+                async for chunk in self._wait_and_generate(spec, request, timer):
+                    timer.on_chunk(chunk)
+                    yield chunk
         except (asyncio.CancelledError, GeneratorExit):
             timer.finish("abort")
             raise

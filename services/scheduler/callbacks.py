@@ -23,7 +23,9 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
+from opentelemetry.trace import SpanKind
 
+from services.common import tracing
 from services.common.errors import InvalidArgument
 from services.scheduler.domain import Job, job_json
 from services.scheduler.metrics import CALLBACK_ATTEMPTS
@@ -150,6 +152,15 @@ class CallbackDispatcher:
         return len(jobs)
 
     async def _deliver(self, job: Job) -> None:
+        with tracing.tracer().start_as_current_span(
+            "job callback",
+            context=tracing.extract(job.trace_context),
+            kind=SpanKind.CLIENT,
+            attributes={"llmmesh.job_id": job.job_id},
+        ):
+            await self._attempt(job)
+
+    async def _attempt(self, job: Job) -> None:
         body = json.dumps(job_json(job.to_pb()), separators=(",", ":")).encode()
         try:
             target = await self.guard.check(job.callback_url)
@@ -183,5 +194,6 @@ class CallbackDispatcher:
             "User-Agent": "llmmesh-scheduler",
             JOB_ID_HEADER: job_id,
             SIGNATURE_HEADER: sign(self.secret, int(time.time()), body),
+            **tracing.inject(),  # the receiver may continue the job's trace
         }
         return await self._client.post(pinned, content=body, headers=headers, extensions={"sni_hostname": target.host})

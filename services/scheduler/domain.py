@@ -173,6 +173,7 @@ class Job:
     started_at: datetime | None
     ended_at: datetime | None
     expires_at: datetime
+    trace_context: dict[str, str] = field(default_factory=dict)  # W3C headers of the submission
 
     @property
     def message_id(self) -> str:

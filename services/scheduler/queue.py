@@ -23,7 +23,9 @@ from nats.errors import TimeoutError as NatsTimeout
 from nats.js import api
 from nats.js.client import JetStreamContext
 from nats.js.errors import NotFoundError
+from opentelemetry.trace import SpanKind
 
+from services.common import tracing
 from services.common.errors import Unavailable
 from services.scheduler.domain import Job, JobType
 
@@ -106,9 +108,9 @@ class JobQueue:
         assert self.js is not None
         subject = f"{self.config.subject_prefix}.{job.job_type.value}.{band_for(job.priority)}"
         try:
-            ack = await self.js.publish(
-                subject, job.job_id.encode(), headers={"Nats-Msg-Id": job.message_id}, stream=self.config.stream
-            )
+            with tracing.tracer().start_as_current_span(f"publish {subject}", kind=SpanKind.PRODUCER):
+                headers = {"Nats-Msg-Id": job.message_id, **tracing.inject()}  # the worker joins this trace
+                ack = await self.js.publish(subject, job.job_id.encode(), headers=headers, stream=self.config.stream)
         except (TimeoutError, NatsError) as error:
             raise Unavailable(
                 f"The job queue did not accept the job ({type(error).__name__}); it was not queued. Submit it again.",

@@ -20,6 +20,7 @@ import asyncpg
 from google.protobuf import json_format
 
 from llmmesh.scheduler.v1 import scheduler_service_pb2 as pb
+from services.common import tracing
 from services.common.postgres import migrate
 from services.scheduler.domain import (
     CallbackState,
@@ -87,6 +88,8 @@ MIGRATIONS = [
     CREATE TRIGGER jobs_notify AFTER INSERT OR UPDATE ON jobs
         FOR EACH ROW EXECUTE FUNCTION llmmesh_notify_job_change();
     """,
+    # The W3C trace context of the submission, so that the callback joins the job's trace.
+    "ALTER TABLE jobs ADD COLUMN trace_context jsonb",
 ]
 
 # Columns set whenever a job reaches a terminal state: its callback becomes due now.
@@ -117,6 +120,7 @@ def _job(row: asyncpg.Record) -> Job:
         started_at=row["started_at"],
         ended_at=row["ended_at"],
         expires_at=row["expires_at"],
+        trace_context=json.loads(row["trace_context"]) if row["trace_context"] else {},
     )
 
 
@@ -141,8 +145,8 @@ class JobStore:
         """The stored job and whether this call created it (False: it existed already)."""
         row = await self.pool.fetchrow(
             "INSERT INTO jobs (job_id, idempotency_key, job_type, state, owner, priority, request,"
-            " submission_id, callback_url, callback_state, expires_at)"
-            " VALUES ($1, $2, $3, 'queued', $4, $5, $6, $7, $8, $9, now() + make_interval(secs => $10))"
+            " submission_id, callback_url, callback_state, expires_at, trace_context)"
+            " VALUES ($1, $2, $3, 'queued', $4, $5, $6, $7, $8, $9, now() + make_interval(secs => $10), $11)"
             " ON CONFLICT (job_id) DO NOTHING RETURNING *",
             submission.job_id,
             submission.idempotency_key,
@@ -154,6 +158,7 @@ class JobStore:
             submission.callback_url,
             (CallbackState.PENDING if submission.callback_url else CallbackState.NONE).value,
             float(submission.ttl_seconds),
+            json.dumps(tracing.inject()),
         )
         if row is not None:
             JOBS.labels(submission.job_type.value, "queued").inc()

@@ -24,7 +24,9 @@ from collections.abc import Awaitable, Callable
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 from nats.js.client import JetStreamContext
+from opentelemetry.trace import SpanKind
 
+from services.common import tracing
 from services.common.errors import MeshError
 from services.scheduler.config import SchedulerSettings
 from services.scheduler.domain import Job, JobType, Progress
@@ -121,7 +123,13 @@ class Worker:
                 await message.nak(delay=self.settings.ack_wait_seconds)
             return
         log.info("job %s (%s) attempt %d started on %s", job_id, claimed.job_type.value, claimed.attempt, self.name)
-        await self._run(claimed, lease, message, sequence, delivered)
+        with tracing.tracer().start_as_current_span(
+            f"job {claimed.job_type.value}",
+            context=tracing.extract(message.headers),
+            kind=SpanKind.CONSUMER,
+            attributes={"llmmesh.job_id": job_id, "llmmesh.attempt": claimed.attempt},
+        ):
+            await self._run(claimed, lease, message, sequence, delivered)
 
     async def _run(self, job: Job, lease: uuid.UUID, message: Msg, sequence: int, delivered: int) -> None:
         job_id = job.job_id

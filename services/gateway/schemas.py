@@ -306,7 +306,7 @@ def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex}"
 
 
-def usage_body(usages: list[Usage], choices_per_prompt: int) -> dict[str, int]:
+def usage_body(usages: list[Usage], choices_per_prompt: int) -> dict[str, Any]:
     """Usage of all choices, in choice order: each prompt counts once, completions add up."""
     prompt_tokens = sum(u.prompt_tokens for u in usages[::choices_per_prompt])
     completion_tokens = sum(u.completion_tokens for u in usages)
@@ -314,6 +314,8 @@ def usage_body(usages: list[Usage], choices_per_prompt: int) -> dict[str, int]:
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
+        # OpenAI's field for prompt tokens served from a cache
+        "prompt_tokens_details": {"cached_tokens": sum(u.cached_prompt_tokens for u in usages[::choices_per_prompt])},
     }
 
 

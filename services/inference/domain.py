@@ -380,6 +380,7 @@ class SamplingParams:
 class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_prompt_tokens: int = 0  # of prompt_tokens, reused from the prefix cache
 
     @property
     def total_tokens(self) -> int:
@@ -390,11 +391,16 @@ class Usage:
             prompt_tokens=self.prompt_tokens,
             completion_tokens=self.completion_tokens,
             total_tokens=self.total_tokens,
+            cached_prompt_tokens=self.cached_prompt_tokens,
         )
 
     @classmethod
     def from_pb(cls, usage: pb.Usage) -> Usage:
-        return cls(prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens)
+        return cls(
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            cached_prompt_tokens=usage.cached_prompt_tokens,
+        )
 
 
 @dataclass(frozen=True)

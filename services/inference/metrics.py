@@ -55,6 +55,8 @@ GENERATION_TOKENS = Counter(f"{PREFIX}generation_tokens", "Tokens generated.", L
 REQUEST_SUCCESS = Counter(
     f"{PREFIX}request_success", "Finished requests, by why they finished.", (*LABELS, "finished_reason")
 )
+PREFIX_CACHE_QUERIES = Counter(f"{PREFIX}prefix_cache_queries", "Prompt tokens looked up in the prefix cache.", LABELS)
+PREFIX_CACHE_HITS = Counter(f"{PREFIX}prefix_cache_hits", "Prompt tokens found in the prefix cache.", LABELS)
 MODEL_LOAD_TIME = Histogram(
     f"{PREFIX}model_load_seconds", "Time to load a model (a swap includes it).", ("model_name", "backend"),
     buckets=FAST_BUCKETS,
@@ -100,6 +102,8 @@ class RequestTimer:
             if chunk.usage is not None:
                 PROMPT_TOKENS.labels(**self.labels).inc(chunk.usage.prompt_tokens)
                 GENERATION_TOKENS.labels(**self.labels).inc(chunk.usage.completion_tokens)
+                PREFIX_CACHE_QUERIES.labels(**self.labels).inc(chunk.usage.prompt_tokens)
+                PREFIX_CACHE_HITS.labels(**self.labels).inc(chunk.usage.cached_prompt_tokens)
             self.finish(_REASONS.get(chunk.finish_reason, "stop"))
 
     def finish(self, reason: str) -> None:

@@ -87,6 +87,18 @@ def _framed(gbnf: str, frame: OutputFrame) -> str:
     return "\n".join(rules) + "\n" + body
 
 
+def _reused_prefix(llm: Any, tokens: list[int]) -> int:
+    """Prompt tokens llama-cpp-python will not evaluate again: the common prefix with what the
+    context already holds (a fully cached prompt still replays its last token, for the logits)."""
+    held = llm.input_ids[: llm.n_tokens]
+    common = 0
+    for held_token, token in zip(held, tokens, strict=False):
+        if held_token != token:
+            break
+        common += 1
+    return common - 1 if common == len(tokens) else common
+
+
 class GGUFBackend(ThreadedBackend):
     supports_structured_output: ClassVar[bool] = True
 
@@ -194,6 +206,7 @@ class GGUFBackend(ThreadedBackend):
             # Reusing a cached prefix changes the batch shapes and so, slightly, the logits:
             # a seeded request evaluates its whole prompt so that the same seed gives the same text.
             llm.reset()
+        cached = _reused_prefix(llm, tokens)
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         matcher = StopSequenceMatcher(stop)
         generated = 0
@@ -216,4 +229,4 @@ class GGUFBackend(ThreadedBackend):
                 break
         # Text held back as a possible stop-sequence prefix is real output unless a stop sequence matched.
         tail = "" if hit_stop_sequence else matcher.flush() + decoder.decode(b"", final=True)
-        emit(Chunk(text=tail, finish_reason=finish, usage=Usage(len(tokens), generated)))
+        emit(Chunk(text=tail, finish_reason=finish, usage=Usage(len(tokens), generated, cached)))

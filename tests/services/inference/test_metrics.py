@@ -89,3 +89,27 @@ async def test_the_gateway_serves_metrics(gateway_url: str) -> None:
         text = (await http.get("/metrics")).text
     names = {family.name for family in text_string_to_metric_families(text)}
     assert {"llmmesh:gateway_overhead_seconds", "llmmesh:time_to_first_token_seconds"} <= names
+
+
+async def test_a_repeated_prompt_is_served_from_the_prefix_cache(inference: InferenceServer, gateway_url: str) -> None:
+    labels = {"model_name": "gemma-3-270m"}
+    before = await scrape(inference.metrics_port)
+    body = {
+        "model": "gemma-3-270m",
+        "messages": [{"role": "user", "content": "Name three colors of the rainbow, please."}],
+        "max_tokens": 2,
+        "temperature": 0,
+    }
+    async with httpx.AsyncClient(base_url=gateway_url, timeout=60) as http:
+        await http.post("/v1/chat/completions", json=body)
+        usage = (await http.post("/v1/chat/completions", json=body)).json()["usage"]
+    after = await scrape(inference.metrics_port)
+    cached = usage["prompt_tokens_details"]["cached_tokens"]
+    assert 0 < cached < usage["prompt_tokens"]  # all but the replayed last token, at most
+    hits = value(after, "llmmesh:prefix_cache_hits_total", **labels) - value(
+        before, "llmmesh:prefix_cache_hits_total", **labels
+    )
+    queries = value(after, "llmmesh:prefix_cache_queries_total", **labels) - value(
+        before, "llmmesh:prefix_cache_queries_total", **labels
+    )
+    assert hits >= cached and queries == 2 * usage["prompt_tokens"]

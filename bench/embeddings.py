@@ -21,6 +21,7 @@ import grpc
 import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from bench.mesh import channel, mesh_env
 from llmmesh.embeddings.v1 import embeddings_service_pb2 as pb
 from llmmesh.embeddings.v1 import embeddings_service_pb2_grpc as pb_grpc
 from services.common.model_files import resolve_model_path
@@ -86,20 +87,17 @@ async def main() -> None:
     batch_size = EmbeddingsSettings().max_batch_size
 
     grpc_port, http_port = free_port(), free_port()
-    env = {
-        **os.environ,
-        "LLMMESH_EMBEDDINGS_PORT": str(grpc_port),
-        "LLMMESH_EMBEDDINGS_LOG_LEVEL": "warning",
-        "LLMMESH_GATEWAY_PORT": str(http_port),
-        "LLMMESH_GATEWAY_EMBEDDINGS_TARGET": f"127.0.0.1:{grpc_port}",
-        "LLMMESH_GATEWAY_LOG_LEVEL": "warning",
-    }
+    env = mesh_env(
+        LLMMESH_EMBEDDINGS_PORT=str(grpc_port),
+        LLMMESH_GATEWAY_PORT=str(http_port),
+        LLMMESH_GATEWAY_EMBEDDINGS_TARGET=f"127.0.0.1:{grpc_port}",
+    )
     processes = [
         subprocess.Popen([sys.executable, "-m", f"services.{name}"], env=env) for name in ("embeddings", "gateway")
     ]
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
-            health = health_pb2_grpc.HealthStub(channel)
+        async with channel(f"127.0.0.1:{grpc_port}") as grpc_channel:
+            health = health_pb2_grpc.HealthStub(grpc_channel)
 
             async def grpc_ready() -> bool:
                 try:
@@ -109,7 +107,7 @@ async def main() -> None:
                 return response.status == health_pb2.HealthCheckResponse.SERVING
 
             await wait_ready(grpc_ready, processes[0])
-            stub = pb_grpc.EmbeddingsServiceStub(channel)
+            stub = pb_grpc.EmbeddingsServiceStub(grpc_channel)
 
             async def via_grpc(chunk: list[str]) -> None:
                 await stub.Embed(pb.EmbedRequest(texts=chunk))

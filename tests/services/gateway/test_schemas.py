@@ -107,9 +107,10 @@ def test_completion_token_prompts_are_rejected_clearly() -> None:
 
 
 def test_usage_counts_each_prompt_once() -> None:
-    usages = [Usage(10, 3), Usage(10, 4), Usage(20, 5), Usage(20, 6)]
+    usages = [Usage(10, 3, 8), Usage(10, 4, 8), Usage(20, 5), Usage(20, 6)]
     assert usage_body(usages, choices_per_prompt=2) == {
         "prompt_tokens": 30,
         "completion_tokens": 18,
         "total_tokens": 48,
+        "prompt_tokens_details": {"cached_tokens": 8},
     }

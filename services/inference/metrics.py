@@ -62,6 +62,14 @@ MODEL_LOAD_TIME = Histogram(
     buckets=FAST_BUCKETS,
 )  # fmt: skip
 MODELS_LOADED = Gauge(f"{PREFIX}models_loaded", "Models loaded now.")
+ADAPTER_LOAD_TIME = Histogram(
+    f"{PREFIX}adapter_load_seconds", "Time to attach a LoRA adapter.", ("model_name", "adapter"), buckets=FAST_BUCKETS
+)
+ADAPTER_LOOKUPS = Counter(
+    f"{PREFIX}adapter_cache_lookups",
+    "Requests naming an adapter: result=hit when it was already attached, miss otherwise.",
+    ("model_name", "result"),
+)
 
 # finish reasons as vLLM names them; a tool call is a stop
 _REASONS = {FinishReason.STOP: "stop", FinishReason.TOOL_CALLS: "stop", FinishReason.LENGTH: "length"}

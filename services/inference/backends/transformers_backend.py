@@ -14,6 +14,7 @@ import hashlib
 import logging
 import shutil
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, ClassVar
@@ -26,6 +27,7 @@ from services.inference.backends import guidance
 from services.inference.backends.threaded import ThreadedBackend
 from services.inference.chat_templates import ChatTemplate
 from services.inference.domain import Chunk, FinishReason, GenerationRequest, ResponseFormat, SamplingParams, Usage
+from services.inference.metrics import ADAPTER_LOAD_TIME, ADAPTER_LOOKUPS
 from services.inference.stop_sequences import StopSequenceMatcher
 
 log = logging.getLogger(__name__)
@@ -197,7 +199,9 @@ class TransformersBackend(ThreadedBackend):
         """Attach a PEFT LoRA adapter without reloading the base model."""
         if not (path / "adapter_config.json").exists():
             raise NotFound(f"No PEFT adapter at {path} (adapter_config.json missing).", reason="ADAPTER_NOT_FOUND")
+        started = time.perf_counter()
         await self._on_worker(self._load_adapter_blocking, name, path)
+        ADAPTER_LOAD_TIME.labels(self.spec.name, name).observe(time.perf_counter() - started)
         self._adapters.add(name)
 
     def _load_adapter_blocking(self, name: str, path: Path) -> None:
@@ -217,6 +221,9 @@ class TransformersBackend(ThreadedBackend):
     # ---- generation ----
 
     async def generate_stream(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
+        if request.adapter:
+            hit = request.adapter in self._adapters
+            ADAPTER_LOOKUPS.labels(self.spec.name, "hit" if hit else "miss").inc()
         if request.adapter and request.adapter not in self._adapters:
             raise FailedPrecondition(
                 f"Adapter '{request.adapter}' is not loaded on '{self.spec.name}'.", reason="ADAPTER_NOT_LOADED"

@@ -4,6 +4,7 @@ import contextlib
 from pathlib import Path
 
 import pytest
+from prometheus_client import REGISTRY
 
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.inference.backends.transformers_backend import (
@@ -115,7 +116,16 @@ async def test_lora_adapter_loads_and_unloads_without_reloading_the_base(gemma_h
     plain, _ = await generate(gemma_hf, **request)
     with pytest.raises(FailedPrecondition):
         await generate(gemma_hf, adapter="random", **request)
+    loads = REGISTRY.get_sample_value(
+        "llmmesh:adapter_load_seconds_count", {"model_name": gemma_hf.spec.name, "adapter": "random"}
+    )
     await gemma_hf.load_adapter("random", adapter_dir)
+    assert (
+        REGISTRY.get_sample_value(
+            "llmmesh:adapter_load_seconds_count", {"model_name": gemma_hf.spec.name, "adapter": "random"}
+        )
+        == (loads or 0) + 1
+    )
     assert gemma_hf.adapters == {"random"}
     adapted, _ = await generate(gemma_hf, adapter="random", **request)
     assert adapted != plain

@@ -93,7 +93,8 @@ class MicroBatcher(Generic[Item, Result]):
             self._ready.clear()
             if not self._is_ready():
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._ready.wait(), self._window)
+                    async with asyncio.timeout(self._window):  # not wait_for: it can swallow a cancel on 3.11
+                        await self._ready.wait()
             batch = self._take_batch()
             if batch:
                 self._last_batch_requests = len(batch)

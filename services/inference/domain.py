@@ -414,6 +414,7 @@ class Chunk:
     wait_status: WaitUpdate | None = None
     tool_calls: tuple[ToolCall, ...] = ()
     tool_call_deltas: tuple[ToolCallDelta, ...] = ()
+    tokens: int = 1  # generated tokens this chunk's text holds (several when a slow reader was behind)
 
     def to_pb(self, message_type: type[_StreamResponse], *, request_id: str, model: str) -> _StreamResponse:
         """Chat and completion streams use different message types with the same fields

@@ -104,7 +104,10 @@ class RequestTimer:
                 TIME_TO_FIRST_TOKEN.labels(**self.labels).observe(now - self.arrival)
                 PREFILL_TIME.labels(**self.labels).observe(now - (self.scheduled or self.arrival))
             elif self.last_token is not None:
-                INTER_TOKEN_LATENCY.labels(**self.labels).observe(now - self.last_token)
+                # A chunk that carries several tokens (a slow reader) counts each, spread evenly.
+                gap = (now - self.last_token) / max(chunk.tokens, 1)
+                for _ in range(max(chunk.tokens, 1)):
+                    INTER_TOKEN_LATENCY.labels(**self.labels).observe(gap)
             self.last_token = now
         if chunk.finish_reason is not None:
             if chunk.usage is not None:

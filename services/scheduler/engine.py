@@ -144,8 +144,10 @@ class Scheduler:
             yield job
             seen = job
             while not job.state.terminal:
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(changed.wait(), self.settings.poll_seconds)  # poll: a NOTIFY may be lost
+                    async with asyncio.timeout(self.settings.poll_seconds):  # poll: a NOTIFY may be lost
+                        await changed.wait()
                 changed.clear()
                 job = await self.get(job_id, owner)
                 if (job.state, job.attempt, job.progress, job.error) != (
@@ -174,7 +176,8 @@ class Scheduler:
             except (asyncpg.PostgresError, OSError) as error:
                 log.warning("housekeeping: %s", error)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.changes.any_change.wait(), self.settings.poll_seconds)
+                async with asyncio.timeout(self.settings.poll_seconds):
+                    await self.changes.any_change.wait()
             self.changes.any_change.clear()
 
 

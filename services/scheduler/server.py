@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 import asyncpg
 
@@ -78,8 +77,7 @@ class SchedulerServer(GrpcService[SchedulerSettings]):
             await self.worker.stop(self.settings.shutdown_grace_seconds)
         if self._housekeeping is not None:
             self._housekeeping.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._housekeeping
+            await asyncio.wait({self._housekeeping}, timeout=5)
         await self.queue.close()
         await self.callbacks.close()
         await self.changes.close()

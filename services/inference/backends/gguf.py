@@ -8,6 +8,7 @@ cancel flag before every token, so a closed stream stops within one token.
 
 from __future__ import annotations
 
+import asyncio
 import codecs
 import functools
 import json
@@ -20,6 +21,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any, ClassVar
 
 from services.common.errors import InvalidArgument, Unavailable
+from services.inference.backends.gguf_batch import BatchEngine, BatchRequest
 from services.inference.backends.json_schema_grammar import enforceable
 from services.inference.backends.threaded import ThreadedBackend
 from services.inference.chat_templates import ChatTemplate
@@ -99,6 +101,25 @@ def _reused_prefix(llm: Any, tokens: list[int]) -> int:
     return common - 1 if common == len(tokens) else common
 
 
+def _coalesced(item: Chunk | BaseException, more: asyncio.Queue[Chunk | BaseException]) -> Chunk | BaseException:
+    """`item` merged with the text chunks already waiting behind it: when the reader falls behind,
+    one message carries several tokens instead of per-token overhead piling up."""
+    if isinstance(item, BaseException):
+        return item
+    while item.finish_reason is None and not more.empty():
+        following = more.get_nowait()
+        if isinstance(following, BaseException):
+            more.put_nowait(following)  # raised on the next read, after this text
+            break
+        item = Chunk(
+            text=item.text + following.text,
+            finish_reason=following.finish_reason,
+            usage=following.usage,
+            tokens=item.tokens + (following.tokens if following.text else 0),
+        )
+    return item
+
+
 class GGUFBackend(ThreadedBackend):
     supports_structured_output: ClassVar[bool] = True
 
@@ -119,9 +140,11 @@ class GGUFBackend(ThreadedBackend):
         if not path.is_file():
             raise Unavailable(f"GGUF file for model '{self.spec.name}' not found: {path}")
         options = self.spec.options
+        n_parallel = int(options.get("n_parallel", 1))
         self._llm = Llama(
             model_path=str(path),
-            n_ctx=self.spec.context_length,
+            # With batching, this context only tokenizes and warms up; the batch engine has its own.
+            n_ctx=self.spec.context_length if n_parallel == 1 else min(self.spec.context_length, 512),
             n_threads=options.get("n_threads") or os.cpu_count(),
             n_batch=options.get("n_batch", 512),
             n_gpu_layers=options.get("n_gpu_layers", 0),
@@ -135,7 +158,16 @@ class GGUFBackend(ThreadedBackend):
         self._template = self._chat_template()
         warmup = SamplingParams(max_tokens=1)
         self._generate_blocking("Hello", warmup, (), threading.Event(), lambda _: None)
-        log.info("loaded GGUF model '%s' from %s", self.spec.name, path)
+        self._batch_engine: BatchEngine | None = None
+        if n_parallel > 1:
+            self._batch_engine = BatchEngine(
+                self._llm,
+                n_parallel,
+                self.spec.context_length,
+                options.get("n_threads") or os.cpu_count() or 1,
+                options.get("n_batch", 512),
+            )
+        log.info("loaded GGUF model '%s' from %s (%d parallel sequences)", self.spec.name, path, n_parallel)
 
     def _chat_template(self) -> ChatTemplate:
         metadata = self._llm.metadata
@@ -151,6 +183,8 @@ class GGUFBackend(ThreadedBackend):
 
     async def unload(self) -> None:
         self._stop_worker()
+        if self._batch_engine is not None:
+            await asyncio.to_thread(self._batch_engine.close)
         self._llm.close()
 
     async def generate_stream(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
@@ -164,11 +198,50 @@ class GGUFBackend(ThreadedBackend):
             else None
         )
 
+        if self._batch_engine is not None:
+            async for chunk in self._generate_batched(prompt, sampling, stop, grammar, prompt_param):
+                yield chunk
+            return
+
         def work(cancel: threading.Event, emit: Callable[[Chunk], None]) -> None:
             self._generate_blocking(prompt, sampling, stop, cancel, emit, prompt_param, grammar)
 
         async for chunk in self._stream_from_worker(request.request_id, work):
             yield chunk
+
+    async def _generate_batched(
+        self, prompt: str, sampling: SamplingParams, stop: tuple[str, ...], grammar: Any, prompt_param: str
+    ) -> AsyncIterator[Chunk]:
+        """One sequence of the batch engine: joins the running batch at its next step."""
+        assert self._batch_engine is not None
+        tokens = await asyncio.to_thread(self._llm.tokenize, prompt.encode("utf-8"), True, True)
+        max_tokens = self.generation_budget(len(tokens), self.spec.context_length, sampling.max_tokens, prompt_param)
+        loop = asyncio.get_running_loop()
+        chunks: asyncio.Queue[Chunk | BaseException] = asyncio.Queue()
+        cancel = threading.Event()
+        request = BatchRequest(
+            tokens=tokens,
+            max_tokens=max_tokens,
+            sampling=sampling.with_defaults(_LLAMA_DEFAULTS),
+            stop=stop,
+            grammar=grammar._grammar if grammar is not None else None,
+            cancel=cancel,
+            emit=lambda item: loop.call_soon_threadsafe(chunks.put_nowait, item),
+        )
+        self.stats.running += 1
+        try:
+            self._batch_engine.submit(request)
+            while True:
+                item = _coalesced(await chunks.get(), chunks)
+                if isinstance(item, BaseException):
+                    raise Unavailable(f"Generation failed: {item}") from item
+                self.stats.tokens_generated += item.tokens if item.text else 0
+                yield item
+                if item.finish_reason is not None:
+                    return
+        finally:
+            cancel.set()  # a client that left frees its slot at the next step
+            self.stats.running -= 1
 
     def _generate_blocking(
         self,

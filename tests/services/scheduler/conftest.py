@@ -163,4 +163,5 @@ async def wait_for_callback(
             if job.callback_state != pb.CALLBACK_STATE_PENDING:
                 return job
             with contextlib.suppress(TimeoutError):  # woken by each attempt's update; polls in case
-                await asyncio.wait_for(scheduler.changes.any_change.wait(), 0.5)
+                async with asyncio.timeout(0.5):
+                    await scheduler.changes.any_change.wait()

@@ -1,0 +1,276 @@
+"""Continuous batching for the gguf backend, on llama.cpp's low-level batch API.
+
+llama-cpp-python's `Llama` serializes requests. Here one thread owns a llama.cpp
+context with `n_parallel` sequence slots and runs one `llama_decode` per step over
+every active sequence: a new request joins at the next step (its prompt is
+evaluated in that step's batch, in pieces if long), and a finished or cancelled
+one frees its slot at once. A finished sequence leaves its KV cells in its slot
+as a prefix cache: a new request goes to the free slot whose tokens share the
+longest prefix with its prompt and evaluates only the rest (a repeated system
+prompt is evaluated once); a cancelled or failed one clears them. Each sequence samples with its own
+sampler chain (penalties, grammar, top-k/p, min-p, temperature, seed) and has its
+own stop sequences.
+
+Batching changes the numerics: llama.cpp's kernels give slightly different logits
+for different batch shapes, so a sequence's greedy output alone and batched can
+differ after a few tokens. `n_parallel: 1` (the default) keeps the serial,
+bit-stable path.
+"""
+
+from __future__ import annotations
+
+import codecs
+import collections
+import ctypes
+import logging
+import queue
+import random
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from services.inference.domain import Chunk, FinishReason, SamplingParams, Usage
+from services.inference.stop_sequences import StopSequenceMatcher
+
+log = logging.getLogger(__name__)
+
+Emit = Callable[[Chunk | BaseException], object]
+
+
+@dataclass
+class BatchRequest:
+    tokens: list[int]
+    max_tokens: int
+    sampling: SamplingParams  # with llama.cpp's defaults filled in
+    stop: tuple[str, ...]
+    grammar: str | None
+    cancel: threading.Event
+    emit: Emit
+
+
+@dataclass
+class _Sequence:
+    slot: int
+    request: BatchRequest
+    sampler: Any
+    position: int = 0  # tokens of this sequence already in the KV cache
+    pending: list[int] = field(default_factory=list)  # tokens to evaluate next
+    generated: int = 0
+    decoder: Any = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="replace"))
+    matcher: StopSequenceMatcher | None = None
+    batch_index: int = -1  # where this sequence's logits are in the current batch
+    cached: int = 0  # prompt tokens found in the slot's KV cache
+
+
+class BatchEngine:
+    def __init__(self, llm: Any, n_parallel: int, n_ctx_per_sequence: int, n_threads: int, n_batch: int) -> None:
+        import llama_cpp as lc
+
+        self._lc = lc
+        self._llm = llm
+        self._vocab = llm._model.vocab
+        params = lc.llama_context_default_params()
+        params.n_ctx = n_ctx_per_sequence * n_parallel
+        params.n_batch = params.n_ubatch = max(n_batch, 512)
+        params.n_seq_max = n_parallel
+        params.n_threads = params.n_threads_batch = n_threads
+        params.kv_unified = False  # each sequence its own KV range: sequences share no prefix
+        self._ctx = lc.llama_init_from_model(llm._model.model, params)
+        if not self._ctx:
+            raise RuntimeError("llama.cpp could not create the batched context")
+        self._memory = lc.llama_get_memory(self._ctx)
+        self._n_batch = params.n_batch
+        self._batch = lc.llama_batch_init(self._n_batch, 0, 1)
+        self._free_slots = list(range(n_parallel))
+        self._slot_tokens: dict[int, list[int]] = {slot: [] for slot in range(n_parallel)}  # what each slot's KV holds
+        self._active: list[_Sequence] = []
+        self._incoming: queue.Queue[BatchRequest | None] = queue.Queue()
+        self._admission = threading.Lock()  # requests submitted together join the same step
+        self._waiting: collections.deque[BatchRequest | None] = collections.deque()  # submitted, no slot yet
+        self._thread = threading.Thread(target=self._run, name="gguf-batch", daemon=True)
+        self._thread.start()
+
+    @property
+    def running(self) -> int:
+        return len(self._active)
+
+    def submit(self, *requests: BatchRequest) -> None:
+        with self._admission:
+            for request in requests:
+                self._incoming.put(request)
+
+    def close(self) -> None:
+        self._incoming.put(None)
+        self._thread.join(timeout=30)
+        self._lc.llama_batch_free(self._batch)
+        self._lc.llama_free(self._ctx)
+
+    # ---- the loop (this thread only) ----
+
+    def _run(self) -> None:
+        while True:
+            if not self._admit():
+                break
+            if not self._active:
+                continue
+            try:
+                self._step()
+            except Exception as error:  # noqa: BLE001 - every sequence hears about it
+                log.exception("batched decode failed")
+                for sequence in list(self._active):
+                    sequence.request.emit(error)
+                    self._release(sequence)
+        for sequence in list(self._active):
+            sequence.request.cancel.set()
+            self._release(sequence)
+
+    def _admit(self) -> bool:
+        """Move submitted requests into free slots, in order; block while idle. False: stop."""
+        if not self._active and not self._waiting:
+            self._waiting.append(self._incoming.get())  # idle: wait for work
+        with self._admission:  # what was submitted together is admitted together
+            while True:
+                try:
+                    self._waiting.append(self._incoming.get_nowait())
+                except queue.Empty:
+                    break
+        while self._waiting and self._free_slots:
+            request = self._waiting.popleft()
+            if request is None:
+                return False
+            if request.cancel.is_set():
+                continue
+            slot, reused = self._best_slot(request.tokens)
+            self._free_slots.remove(slot)
+            sequence = _Sequence(slot, request, self._sampler(request), position=reused, cached=reused)
+            sequence.pending = list(request.tokens[reused:])
+            sequence.matcher = StopSequenceMatcher(request.stop)
+            self._active.append(sequence)
+        if self._waiting and self._waiting[0] is None and not self._active:
+            return False
+        return True
+
+    def _best_slot(self, tokens: list[int]) -> tuple[int, int]:
+        """The free slot sharing the longest prefix with `tokens`, trimmed to that prefix, and how
+        many tokens it reuses (never all: the last prompt token is evaluated for its logits)."""
+
+        def shared(slot: int) -> int:
+            common = 0
+            for held, token in zip(self._slot_tokens[slot], tokens[:-1], strict=False):
+                if held != token:
+                    break
+                common += 1
+            return common
+
+        slot = max(self._free_slots, key=shared)
+        reused = shared(slot)
+        if reused and not self._lc.llama_memory_seq_rm(self._memory, slot, reused, -1):
+            reused = 0  # this cache cannot drop a partial sequence (e.g. sliding-window layers)
+        if not reused:
+            self._lc.llama_memory_seq_rm(self._memory, slot, -1, -1)
+        del self._slot_tokens[slot][reused:]
+        return slot, reused
+
+    def _step(self) -> None:
+        lc, batch = self._lc, self._batch
+        batch.n_tokens = 0
+        for sequence in list(self._active):
+            if sequence.request.cancel.is_set():
+                self._release(sequence)
+                continue
+            room = self._n_batch - batch.n_tokens
+            if room <= 0:
+                sequence.batch_index = -1
+                continue
+            piece = sequence.pending[:room]
+            sequence.pending = sequence.pending[len(piece) :]
+            for offset, token in enumerate(piece):
+                index = batch.n_tokens
+                batch.token[index] = token
+                batch.pos[index] = sequence.position + offset
+                batch.n_seq_id[index] = 1
+                batch.seq_id[index][0] = sequence.slot
+                batch.logits[index] = False
+                batch.n_tokens += 1
+            sequence.position += len(piece)
+            self._slot_tokens[sequence.slot].extend(piece)
+            # Logits only at the end of what this sequence has evaluated so far.
+            sequence.batch_index = batch.n_tokens - 1 if not sequence.pending else -1
+            if sequence.batch_index >= 0:
+                batch.logits[sequence.batch_index] = True
+        if batch.n_tokens == 0:
+            return
+        status = lc.llama_decode(self._ctx, batch)
+        if status != 0:
+            raise RuntimeError(f"llama_decode returned {status}")
+        for sequence in list(self._active):
+            if sequence.batch_index >= 0:
+                self._sample(sequence)
+
+    def _sample(self, sequence: _Sequence) -> None:
+        lc, request = self._lc, sequence.request
+        token = lc.llama_sampler_sample(sequence.sampler, self._ctx, sequence.batch_index)
+        assert sequence.matcher is not None
+        if lc.llama_vocab_is_eog(self._vocab, token):
+            self._finish(sequence, FinishReason.STOP, hit_stop=False)
+            return
+        sequence.generated += 1
+        piece = self._llm.detokenize([token], special=False)
+        text, hit_stop = sequence.matcher.feed(sequence.decoder.decode(piece))
+        if text:
+            request.emit(Chunk(text=text))
+        if hit_stop:
+            self._finish(sequence, FinishReason.STOP, hit_stop=True)
+        elif sequence.generated >= request.max_tokens:
+            self._finish(sequence, FinishReason.LENGTH, hit_stop=False)
+        else:
+            sequence.pending = [token]
+
+    def _finish(self, sequence: _Sequence, reason: FinishReason, hit_stop: bool) -> None:
+        assert sequence.matcher is not None
+        # Text held back as a possible stop-sequence prefix is real output unless a stop sequence matched.
+        tail = "" if hit_stop else sequence.matcher.flush() + sequence.decoder.decode(b"", final=True)
+        usage = Usage(len(sequence.request.tokens), sequence.generated, sequence.cached)
+        sequence.request.emit(Chunk(text=tail, finish_reason=reason, usage=usage))
+        self._release(sequence, keep_cache=True)
+
+    def _release(self, sequence: _Sequence, keep_cache: bool = False) -> None:
+        """Free the slot for the next request; its KV cells stay as a prefix cache only when the
+        sequence finished normally (what a cancelled one left may be half-evaluated)."""
+        if not keep_cache:
+            self._lc.llama_memory_seq_rm(self._memory, sequence.slot, -1, -1)
+            self._slot_tokens[sequence.slot].clear()
+        self._lc.llama_sampler_free(sequence.sampler)
+        self._active.remove(sequence)
+        self._free_slots.append(sequence.slot)
+
+    def _sampler(self, request: BatchRequest) -> Any:
+        """The request's own chain, in the order llama-cpp-python builds it."""
+        lc, sampling = self._lc, request.sampling
+        chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
+
+        def add(sampler: Any) -> None:
+            lc.llama_sampler_chain_add(chain, sampler)
+
+        add(
+            lc.llama_sampler_init_penalties(
+                self._llm.n_vocab(),
+                64,
+                sampling.repeat_penalty or 1.0,
+                sampling.frequency_penalty or 0.0,
+                sampling.presence_penalty or 0.0,
+            )
+        )
+        if request.grammar:
+            add(lc.llama_sampler_init_grammar(self._vocab, request.grammar.encode(), b"root"))
+        if not sampling.temperature:
+            add(lc.llama_sampler_init_greedy())
+        else:
+            add(lc.llama_sampler_init_top_k(sampling.top_k or 0))
+            add(lc.llama_sampler_init_top_p(sampling.top_p or 1.0, 1))
+            add(lc.llama_sampler_init_min_p(sampling.min_p or 0.0, 1))
+            add(lc.llama_sampler_init_temp(sampling.temperature))
+            seed = sampling.seed if sampling.seed is not None else random.randrange(2**31)
+            add(lc.llama_sampler_init_dist(ctypes.c_uint32(seed & 0xFFFFFFFF).value))
+        return chain

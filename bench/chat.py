@@ -187,6 +187,17 @@ def in_process(requests: int, tokens: int, repetitions: int) -> dict[str, Any]:
     return summarize(samples, time.perf_counter() - begin, 0)
 
 
+def rss_mb(pid: int) -> float | None:
+    """Resident memory of a process, from /proc (Linux)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
 def ratio(value: float | None, base: float | None) -> str:
     return f"{value / base:5.2f}" if value and base else "    -"
 
@@ -195,7 +206,7 @@ def table(results: dict[str, dict[int, dict[str, Any]]]) -> str:
     base = results[IN_PROCESS][1]
     lines = [
         f"{'path':<34} {'c':>2} {'done':>4} {'fail':>4} {'out tok/s':>9} {'req/s':>6} {'TTFT med':>8} "
-        f"{'TTFT p99':>8} {'TPOT med':>8} {'ITL med':>7} {'E2E med':>8} {'x in-proc':>9} {'x peer':>6}"
+        f"{'TTFT p99':>8} {'TPOT med':>8} {'ITL med':>7} {'E2E med':>8} {'x in-proc':>9} {'x peer':>6} {'RSS MB':>7}"
     ]
     for path, by_concurrency in results.items():
         for concurrency, row in by_concurrency.items():
@@ -206,7 +217,8 @@ def table(results: dict[str, dict[int, dict[str, Any]]]) -> str:
                 f"{row['tpot_ms']['median'] or 0:8.1f} {row['itl_ms']['median'] or 0:7.1f} "
                 f"{row['e2el_ms']['median']:8.1f} "
                 f"{ratio(row['output_throughput'], base['output_throughput']):>9} "
-                f"{ratio(row['output_throughput'], peer.get('output_throughput')):>6}"
+                f"{ratio(row['output_throughput'], peer.get('output_throughput')):>6} "
+                f"{row.get('server_rss_mb') or 0:7.0f}"
             )
     return "\n".join(lines)
 
@@ -253,10 +265,13 @@ async def main() -> None:
                 "mesh: gateway SSE": sse_call(http, f"http://127.0.0.1:{http_port}/v1/completions", args.tokens),
                 "mesh: gRPC CompleteStream": grpc_call(pb_grpc.InferenceServiceStub(grpc_channel), args.tokens),
             }
+            server_pids = {PEER: processes[2].pid}
             for name, call in paths.items():
                 results[name] = {}
                 for concurrency in args.concurrency:
                     results[name][concurrency] = await run(call, args.requests, concurrency, args.repetitions)
+                    # memory of the process that generates: the peer, or the mesh's inference service
+                    results[name][concurrency]["server_rss_mb"] = rss_mb(server_pids.get(name, processes[0].pid))
     finally:
         for process in processes:
             process.terminate()

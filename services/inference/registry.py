@@ -60,7 +60,7 @@ class ModelSpec(BaseModel):
     chat_template: str | None = Field(
         None, description="Builtin template name or Jinja source; unset uses the model's own."
     )
-    tool_syntax: Literal["generic", "hermes"] | None = Field(
+    tool_syntax: Literal["generic", "hermes", "llama3_json"] | None = Field(
         None, description="How tool calls are written: unset follows the chat template (chatml: hermes)."
     )
     context_length: int = Field(4096, ge=16)

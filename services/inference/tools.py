@@ -1,7 +1,7 @@
 """Tool calling on any model that can be held to a JSON schema, in the model's own syntax
 where its chat template has one.
 
-Two syntaxes:
+Three syntaxes:
 
 - `hermes`, the syntax of ChatML-family models (Qwen 2.5, Hermes, ...): the tools are
   listed in the system prompt inside <tools></tools>, each call is a block
@@ -11,6 +11,9 @@ Two syntaxes:
       </tool_call>
 
   and tool results come back in <tool_response></tool_response>.
+- `llama3_json`, Llama 3.1's JSON tool calling: the functions are listed in the
+  system prompt, a call is one object {"name": ..., "parameters": {...}}, and its
+  result comes back in an `ipython` turn. One call per reply.
 - `generic`, for models whose template has no tool syntax (Gemma 3 270M is one): the
   tools are described in a system message and the reply is one JSON object,
   {"tool_calls": [{"name": ..., "arguments": {...}}]} or, when the model may answer
@@ -67,6 +70,12 @@ def max_calls(choice: ToolChoice, parallel: bool) -> int:
     # Parallel calls are capped: a small model left unbounded repeats calls until max_tokens.
     # A named function is called once, as forcing one function means.
     return 1 if not parallel or choice.mode is ToolChoiceMode.FUNCTION else MAX_PARALLEL
+
+
+def _function_json(tool: Tool) -> str:
+    """A tool as OpenAI's function definition, the shape model templates show tools in."""
+    function = {"name": tool.name, "description": tool.description, "parameters": tool.parameters_schema()}
+    return json.dumps({"type": "function", "function": function})
 
 
 def new_call_id() -> str:
@@ -196,19 +205,7 @@ class HermesSyntax(ToolSyntax):
 
     @staticmethod
     def _instructions(tools: tuple[Tool, ...], choice: ToolChoice) -> str:
-        signatures = "\n".join(
-            json.dumps(
-                {
-                    "type": "function",
-                    "function": {
-                        "name": tool.name,
-                        "description": tool.description,
-                        "parameters": tool.parameters_schema(),
-                    },
-                }
-            )
-            for tool in tools
-        )
+        signatures = "\n".join(_function_json(tool) for tool in tools)
         if choice.mode is ToolChoiceMode.FUNCTION:
             rule = f"\n\nYou must call the function {choice.function_name}."
         elif choice.mode is ToolChoiceMode.REQUIRED:
@@ -228,6 +225,59 @@ class HermesSyntax(ToolSyntax):
         return ReplyReader(CallScanner(call_depth=1), content_of=_hermes_content, text_start="<")
 
 
+class Llama3JsonSyntax(ToolSyntax):
+    name = "llama3_json"
+
+    def reply_format(self, tools: tuple[Tool, ...], choice: ToolChoice, parallel: bool) -> ResponseFormat:
+        calls = [
+            {
+                "type": "object",
+                "properties": {"name": {"const": tool.name}, "parameters": tool.parameters_schema()},
+                "required": ["name", "parameters"],
+            }
+            for tool in _offered(tools, choice)
+        ]
+        schema = calls[0] if len(calls) == 1 else {"anyOf": calls}
+        # A bare object: no literal text around it; with auto, prose that does not start with "{".
+        frame = OutputFrame(open="", close="", allow_text=choice.mode is ToolChoiceMode.AUTO)
+        return ResponseFormat(ResponseFormatKind.JSON_SCHEMA, json.dumps(schema), "tools", frame)
+
+    def prepare_messages(
+        self, messages: tuple[ChatMessage, ...], tools: tuple[Tool, ...], choice: ToolChoice
+    ) -> tuple[ChatMessage, ...]:
+        prepared: list[ChatMessage] = []
+        rest = list(messages)
+        if tools and choice.mode is not ToolChoiceMode.NONE:
+            system = rest.pop(0).content + "\n\n" if rest and rest[0].role is Role.SYSTEM else ""
+            functions = "\n\n".join(_function_json(tool) for tool in tools)
+            rule = f" Call {choice.function_name}." if choice.mode is ToolChoiceMode.FUNCTION else ""
+            prepared.append(
+                ChatMessage(
+                    Role.SYSTEM,
+                    system + "Given the following functions, please respond with a JSON for a function call with its"
+                    " proper arguments that best answers the given prompt.\n\nRespond in the format"
+                    ' {"name": function name, "parameters": dictionary of argument name and its value}.'
+                    f" Do not use variables.{rule}\n\n{functions}",
+                )
+            )
+        for message in rest:
+            if message.tool_calls:
+                call = message.tool_calls[0]
+                prepared.append(
+                    ChatMessage(
+                        Role.ASSISTANT, json.dumps({"name": call.name, "parameters": _arguments(call.arguments)})
+                    )
+                )
+            else:
+                prepared.append(message)  # tool results: the llama3 template renders them as ipython turns
+        return tuple(prepared)
+
+    def reader(self) -> ReplyReader:
+        return ReplyReader(
+            CallScanner(call_depth=1, arguments_key="parameters"), content_of=lambda _: "", text_start="{"
+        )
+
+
 _HERMES_BLOCK = re.compile(r"<tool_call>\n.*?\n</tool_call>", re.DOTALL)
 
 
@@ -235,9 +285,11 @@ def _hermes_content(text: str) -> str:
     return _HERMES_BLOCK.sub("", text).strip()
 
 
-SYNTAXES: dict[str, ToolSyntax] = {syntax.name: syntax for syntax in (GenericSyntax(), HermesSyntax())}
+SYNTAXES: dict[str, ToolSyntax] = {
+    syntax.name: syntax for syntax in (GenericSyntax(), HermesSyntax(), Llama3JsonSyntax())
+}
 # Which syntax a builtin chat template implies.
-TEMPLATE_SYNTAX = {"chatml": "hermes"}
+TEMPLATE_SYNTAX = {"chatml": "hermes", "llama3": "llama3_json"}
 
 
 def syntax_for(chat_template: str | None, configured: str | None, framed_output: bool) -> ToolSyntax:
@@ -255,6 +307,7 @@ class CallScanner:
     that arrives a piece at a time, so that arguments can be streamed as they are generated."""
 
     call_depth: int
+    arguments_key: str = "arguments"
     calls: list[dict[str, Any]] = field(default_factory=list)
     _text: str = ""
     _position: int = 0
@@ -297,10 +350,10 @@ class CallScanner:
                 self._current = {"index": len(self.calls), "id": new_call_id(), "name": None, "emitted": 0}
                 self.calls.append(self._current)
                 self._key, self._in_value = None, False
-            elif self._depth == self.call_depth + 1 and self._key == "arguments" and self._current is not None:
+            elif self._depth == self.call_depth + 1 and self._key == self.arguments_key and self._current is not None:
                 self._current["start"] = self._position
         elif char in "}]":
-            if self._depth == self.call_depth + 1 and self._key == "arguments" and self._current is not None:
+            if self._depth == self.call_depth + 1 and self._key == self.arguments_key and self._current is not None:
                 self._current["end"] = self._position + 1
                 yield from self._flush_arguments()
             self._depth -= 1

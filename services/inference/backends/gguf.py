@@ -81,8 +81,8 @@ def _framed(gbnf: str, frame: OutputFrame) -> str:
     item = f"{literal(frame.open)} framed-json {literal(frame.close)}"
     items = f"item ({literal(frame.separator)} item){{0,{frame.max_items - 1}}}" if frame.max_items > 1 else "item"
     rules = [f"item ::= {item}", f"items ::= {items}"]
-    if frame.allow_text:
-        first = frame.open[0].replace("\\", "\\\\").replace("]", "\\]")
+    if frame.allow_text:  # prose must not start like a call ("{" for a bare object)
+        first = (frame.open or "{")[0].replace("\\", "\\\\").replace("]", "\\]")
         rules += ["root ::= items | text", f"text ::= [^{first}] [^\\x00]*"]
     else:
         rules.append("root ::= items")

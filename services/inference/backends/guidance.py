@@ -45,7 +45,8 @@ def framed_grammar(schema: dict[str, Any], frame: OutputFrame) -> str:
     items = f"item ({literal(frame.separator)} item){{0,{frame.max_items - 1}}}" if frame.max_items > 1 else "item"
     rules = [f"item: {item}", f"items: {items}", f"framed_json: %json {json.dumps(constrained)}"]
     if frame.allow_text:
-        rules += ["start: items | TEXT", f"TEXT: /[^{re.escape(frame.open[0])}](.|\\n)*/"]
+        first = (frame.open or "{")[0]  # prose must not start like a call ("{" for a bare object)
+        rules += ["start: items | TEXT", f"TEXT: /[^{re.escape(first)}](.|\\n)*/"]
     else:
         rules.append("start: items")
     compiled: str = llguidance.LLMatcher.grammar_from_lark("\n".join(rules))

@@ -75,6 +75,7 @@ async def test_models(client) -> None:
         "background",
         "gemma-hf",
         "gemma-hermes",
+        "gemma-llama3-json",
         "gemma-hf-hermes",
         "mock",
         "mock-alias",

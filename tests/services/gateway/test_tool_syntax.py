@@ -12,7 +12,7 @@ TOOLS = {"get_weather": WEATHER, "add": ADD}
 
 
 @pytest.mark.model
-@pytest.mark.parametrize("model", ["gemma-hermes", "gemma-hf-hermes"])
+@pytest.mark.parametrize("model", ["gemma-hermes", "gemma-hf-hermes", "gemma-llama3-json"])
 async def test_required_calls_come_back_valid(client, model: str) -> None:
     completion = await client.chat.completions.create(
         model=model,

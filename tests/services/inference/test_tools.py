@@ -99,3 +99,31 @@ def test_framed_grammars_compile_for_llama_cpp_and_llguidance(frame: OutputFrame
     gbnf = _framed(json_schema_to_gbnf(json.dumps(schema)), frame)
     assert gbnf.count("root ::=") == 1 and '"<tool_call>\\n" framed-json "\\n</tool_call>"' in gbnf
     assert not llguidance.LLMatcher.validate_grammar(guidance.framed_grammar(schema, frame))
+
+
+def test_llama3_json_calls_stream_and_results_come_back_as_ipython() -> None:
+    prose, deltas, (content, calls) = read("llama3_json", '{"name": "get_weather", "parameters": {"city": "Oslo"}}', 3)
+    assert prose == "" and content == "" and [c.name for c in calls] == ["get_weather"]
+    assert "".join(d.arguments for d in deltas) == calls[0].arguments == '{"city": "Oslo"}'
+    assert read("llama3_json", "It is sunny.", 4)[0] == "It is sunny."
+    assert tools.syntax_for("llama3", None, framed_output=True).name == "llama3_json"
+    messages = (
+        ChatMessage(Role.USER, "Weather in Oslo?"),
+        ChatMessage(Role.ASSISTANT, "", tool_calls=(ToolCall("call_1", "get_weather", '{"city": "Oslo"}'),)),
+        ChatMessage(Role.TOOL, '{"temperature": 3}', tool_call_id="call_1"),
+    )
+    prepared = tools.SYNTAXES["llama3_json"].prepare_messages(messages, (WEATHER,), ToolChoice(ToolChoiceMode.AUTO))
+    assert prepared[0].role is Role.SYSTEM and '"parameters": dictionary' in prepared[0].content
+    assert prepared[2].content == '{"name": "get_weather", "parameters": {"city": "Oslo"}}'
+    from services.inference.chat_templates import ChatTemplate
+
+    rendered = ChatTemplate.named_or_inline("llama3").render(prepared)
+    assert '<|start_header_id|>ipython<|end_header_id|>\n\n{"temperature": 3}' in rendered
+
+
+def test_a_bare_object_frame_compiles_with_prose_allowed() -> None:
+    syntax = tools.SYNTAXES["llama3_json"]
+    fmt = syntax.reply_format((WEATHER,), ToolChoice(ToolChoiceMode.AUTO), parallel=True)
+    assert fmt.frame is not None and fmt.frame.allow_text
+    assert _grammar(fmt.schema, fmt.frame) is not None
+    assert not llguidance.LLMatcher.validate_grammar(guidance.framed_grammar(json.loads(fmt.schema), fmt.frame))

@@ -49,7 +49,15 @@ async def test_complete_stream(stub) -> None:
 
 async def test_list_and_get_models(stub, inference: InferenceServer) -> None:
     models = {m.name: m for m in (await stub.ListModels(pb.ListModelsRequest())).models}
-    assert set(models) == {GEMMA, "gemma-hermes", "gemma-llama3-json", "gemma-hf", "gemma-hf-hermes", "mock", "mock-slow"}
+    assert set(models) == {
+        GEMMA,
+        "gemma-hermes",
+        "gemma-llama3-json",
+        "gemma-hf",
+        "gemma-hf-hermes",
+        "mock",
+        "mock-slow",
+    }
     assert models[GEMMA].is_default and models[GEMMA].state == pb.MODEL_STATE_LOADED
     assert models[GEMMA].backend == "gguf" and list(models[GEMMA].aliases) == ["live", "background"]
     assert (await stub.GetModel(pb.GetModelRequest(name="live"))).model.name == GEMMA

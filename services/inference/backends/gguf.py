@@ -166,6 +166,7 @@ class GGUFBackend(ThreadedBackend):
                 self.spec.context_length,
                 options.get("n_threads") or os.cpu_count() or 1,
                 options.get("n_batch", 512),
+                prefix_cache=bool(options.get("prefix_cache", True)),
             )
         log.info("loaded GGUF model '%s' from %s (%d parallel sequences)", self.spec.name, path, n_parallel)
 

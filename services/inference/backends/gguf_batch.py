@@ -4,10 +4,11 @@ llama-cpp-python's `Llama` serializes requests. Here one thread owns a llama.cpp
 context with `n_parallel` sequence slots and runs one `llama_decode` per step over
 every active sequence: a new request joins at the next step (its prompt is
 evaluated in that step's batch, in pieces if long), and a finished or cancelled
-one frees its slot at once. A finished sequence leaves its KV cells in its slot
-as a prefix cache: a new request goes to the free slot whose tokens share the
-longest prefix with its prompt and evaluates only the rest (a repeated system
-prompt is evaluated once); a cancelled or failed one clears them. Each sequence samples with its own
+one frees its slot at once. A finished sequence leaves its KV cells in its slot as
+a prefix cache (`prefix_cache: false` frees them at once instead): a new request
+goes to the free slot whose tokens share the longest prefix with its prompt and
+evaluates only the rest (a repeated system prompt is evaluated once); a cancelled
+or failed one always clears them. Each sequence samples with its own
 sampler chain (penalties, grammar, top-k/p, min-p, temperature, seed) and has its
 own stop sequences.
 
@@ -64,7 +65,15 @@ class _Sequence:
 
 
 class BatchEngine:
-    def __init__(self, llm: Any, n_parallel: int, n_ctx_per_sequence: int, n_threads: int, n_batch: int) -> None:
+    def __init__(
+        self,
+        llm: Any,
+        n_parallel: int,
+        n_ctx_per_sequence: int,
+        n_threads: int,
+        n_batch: int,
+        prefix_cache: bool = True,
+    ) -> None:
         import llama_cpp as lc
 
         self._lc = lc
@@ -82,6 +91,7 @@ class BatchEngine:
         self._memory = lc.llama_get_memory(self._ctx)
         self._n_batch = params.n_batch
         self._batch = lc.llama_batch_init(self._n_batch, 0, 1)
+        self._prefix_cache = prefix_cache
         self._free_slots = list(range(n_parallel))
         self._slot_tokens: dict[int, list[int]] = {slot: [] for slot in range(n_parallel)}  # what each slot's KV holds
         self._active: list[_Sequence] = []
@@ -233,7 +243,7 @@ class BatchEngine:
         tail = "" if hit_stop else sequence.matcher.flush() + sequence.decoder.decode(b"", final=True)
         usage = Usage(len(sequence.request.tokens), sequence.generated, sequence.cached)
         sequence.request.emit(Chunk(text=tail, finish_reason=reason, usage=usage))
-        self._release(sequence, keep_cache=True)
+        self._release(sequence, keep_cache=self._prefix_cache)
 
     def _release(self, sequence: _Sequence, keep_cache: bool = False) -> None:
         """Free the slot for the next request; its KV cells stay as a prefix cache only when the

@@ -152,10 +152,18 @@ async def fresh_database_url(postgres_url: str) -> str:
     return await create_database(postgres_url)
 
 
+@pytest.fixture(scope="session")
+def adapter_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The inference service's LoRA adapter store (a PEFT directory per adapter id)."""
+    return tmp_path_factory.mktemp("adapters")
+
+
 @pytest_asyncio.fixture(scope="session")
-async def inference(postgres_url: str) -> AsyncIterator[InferenceServer]:
+async def inference(postgres_url: str, adapter_store: Path) -> AsyncIterator[InferenceServer]:
     server = InferenceServer(
-        InferenceSettings(host="127.0.0.1", port=0, metrics_port=0, database_url=postgres_url),
+        InferenceSettings(
+            host="127.0.0.1", port=0, metrics_port=0, database_url=postgres_url, adapter_dir=adapter_store
+        ),
         registry=build_test_registry(),
     )
     await server.start()

@@ -171,6 +171,20 @@ def _tool_choice(choice: Literal["none", "auto", "required"] | NamedToolChoice |
     return ToolChoice(ToolChoiceMode(choice))
 
 
+class AdapterSettingsIn(OpenAIModel):
+    """The design documents' `adapter_settings`: which LoRA adapter answers the request."""
+
+    adapter_id: str = Field(min_length=1, max_length=128)
+    scale: float = 1.0
+
+    def to_domain(self) -> str:
+        if self.scale != 1.0:
+            raise InvalidArgument(
+                "'adapter_settings.scale' other than 1.0 is not supported yet.", param="adapter_settings"
+            )
+        return self.adapter_id
+
+
 class SamplingFields(OpenAIModel):
     """Sampling parameters shared by chat and completions, with OpenAI's bounds."""
 
@@ -182,8 +196,10 @@ class SamplingFields(OpenAIModel):
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
     n: int = Field(1, ge=1, le=INT32_MAX)
-    # mesh extension: the response cache for this request (deterministic requests only)
+    # mesh extensions: the response cache for this request (deterministic requests only),
+    # and the LoRA adapter that answers it
     cache: bool | None = None
+    adapter_settings: AdapterSettingsIn | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
@@ -264,6 +280,7 @@ class ChatCompletionRequest(SamplingFields):
                 tool_choice=_tool_choice(self.tool_choice),
                 parallel_tool_calls=self.parallel_tool_calls,
                 cache=self.cache,
+                adapter=self.adapter_settings.to_domain() if self.adapter_settings else "",
             )
             for _ in range(self.n)
         ]
@@ -297,7 +314,12 @@ class CompletionRequestIn(SamplingFields):
         response_format = self.response_format.to_domain() if self.response_format else ResponseFormat()
         return [
             CompletionRequest(
-                model=self.model, prompt=p, sampling=sampling, response_format=response_format, cache=self.cache
+                model=self.model,
+                prompt=p,
+                sampling=sampling,
+                response_format=response_format,
+                cache=self.cache,
+                adapter=self.adapter_settings.to_domain() if self.adapter_settings else "",
             )
             for p in prompts
             for _ in range(self.n)

@@ -486,6 +486,7 @@ class ChatRequest:
     tool_choice: ToolChoice = field(default_factory=ToolChoice)
     parallel_tool_calls: bool = True
     cache: bool | None = None  # response cache opt-in; None: the model's setting
+    adapter: str = ""  # a LoRA adapter id from the adapter store; empty: the base model
 
     def validate(self) -> ChatRequest:
         if not self.messages:
@@ -516,6 +517,7 @@ class ChatRequest:
             tool_choice=self.tool_choice.to_pb(),
             parallel_tool_calls=self.parallel_tool_calls,
             cache=self.cache,
+            adapter_settings=pb.AdapterSettings(adapter_id=self.adapter) if self.adapter else None,
         )
 
     def to_stream_pb(self) -> pb.ChatStreamRequest:
@@ -534,6 +536,7 @@ class ChatRequest:
             tool_choice=ToolChoice.from_pb(request.tool_choice),
             parallel_tool_calls=request.parallel_tool_calls if request.HasField("parallel_tool_calls") else True,
             cache=request.cache if request.HasField("cache") else None,
+            adapter=request.adapter_settings.adapter_id,
         )
 
 
@@ -545,6 +548,7 @@ class CompletionRequest:
     request_id: str = field(default_factory=_new_request_id)
     response_format: ResponseFormat = field(default_factory=ResponseFormat)
     cache: bool | None = None  # response cache opt-in; None: the model's setting
+    adapter: str = ""  # a LoRA adapter id from the adapter store; empty: the base model
 
     def validate(self) -> CompletionRequest:
         if not self.prompt:
@@ -560,6 +564,7 @@ class CompletionRequest:
             request_id=self.request_id,
             response_format=self.response_format.to_pb(),
             cache=self.cache,
+            adapter_settings=pb.AdapterSettings(adapter_id=self.adapter) if self.adapter else None,
         )
 
     def to_stream_pb(self) -> pb.CompleteStreamRequest:
@@ -575,6 +580,7 @@ class CompletionRequest:
             request_id=request.request_id or _new_request_id(),
             response_format=ResponseFormat.from_pb(request.response_format),
             cache=request.cache if request.HasField("cache") else None,
+            adapter=request.adapter_settings.adapter_id,
         )
 
 

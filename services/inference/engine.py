@@ -7,9 +7,11 @@ import contextlib
 from collections.abc import AsyncIterator
 
 from services.common import tracing
-from services.common.errors import InvalidArgument
+from services.common.errors import FailedPrecondition, InvalidArgument
 from services.inference import response_cache, tools
+from services.inference.adapters import AdapterStore
 from services.inference.backends import backend_class
+from services.inference.backends.base import Backend
 from services.inference.domain import (
     ChatRequest,
     Chunk,
@@ -47,12 +49,15 @@ class InferenceEngine:
         store: SettingsStore,
         environment: RoutingEnvironment,
         responses: response_cache.ResponseCache | None = None,
+        adapters: AdapterStore | None = None,
     ) -> None:
         self.router = router
         self.models = models
         self.store = store
         self.environment = environment
         self.responses = responses
+        self.adapters = adapters
+        self._adapter_locks: dict[tuple[int, str], asyncio.Lock] = {}
 
     # ---- generation ----
 
@@ -76,6 +81,7 @@ class InferenceEngine:
             sampling=request.sampling.with_defaults(spec.defaults.to_domain()),
             messages=syntax.prepare_messages(request.messages, request.tools, request.tool_choice),
             response_format=response_format,
+            adapter=self._check_adapter(spec, request.adapter),
         )
         return await self._respond(
             spec, generation, request.model, request.cache, syntax if request.uses_tools else None
@@ -90,6 +96,7 @@ class InferenceEngine:
             sampling=request.sampling.with_defaults(spec.defaults.to_domain()),
             prompt=request.prompt,
             response_format=request.response_format,
+            adapter=self._check_adapter(spec, request.adapter),
         )
         return await self._respond(spec, generation, request.model, request.cache, None)
 
@@ -125,6 +132,30 @@ class InferenceEngine:
                 backend_class(spec.backend).check_schema(response_format.json_schema())
             except InvalidArgument as error:
                 raise InvalidArgument(error.message, param=param) from error
+
+    def _check_adapter(self, spec: ModelSpec, adapter: str) -> str:
+        """The adapter id, if the model can apply it and the store has it."""
+        if not adapter:
+            return ""
+        if not backend_class(spec.backend).supports_adapters:
+            raise InvalidArgument(
+                f"Model '{spec.name}' ({spec.backend} backend) cannot apply LoRA adapters per request.",
+                param="adapter_settings",
+            )
+        if self.adapters is None:
+            raise FailedPrecondition("This inference service has no adapter store.", param="adapter_settings")
+        self.adapters.path(adapter)
+        return adapter
+
+    async def _attach_adapter(self, backend: Backend, adapter: str) -> None:
+        """Attach the adapter on first use (once, however many requests ask at the same time)."""
+        if not adapter or adapter in backend.adapters:
+            return
+        assert self.adapters is not None
+        lock = self._adapter_locks.setdefault((id(backend), adapter), asyncio.Lock())
+        async with lock:
+            if adapter not in backend.adapters:
+                await backend.load_adapter(adapter, self.adapters.path(adapter))
 
     async def _generate(self, spec: ModelSpec, request: GenerationRequest, route: str) -> AsyncIterator[Chunk]:
         """Wait for the model (reporting queue position and loading as chunks), then stream from it,
@@ -179,6 +210,7 @@ class InferenceEngine:
                 acquiring.result().release()  # admitted just as the caller left
             raise
         try:
+            await self._attach_adapter(lease.backend, request.adapter)
             async with contextlib.aclosing(lease.backend.generate_stream(request)) as chunks:  # type: ignore[type-var]
                 async for chunk in chunks:
                     yield chunk

@@ -7,6 +7,7 @@ import logging
 
 from llmmesh.inference.v1 import inference_service_pb2_grpc as pb_grpc
 from services.common.grpc_server import GrpcService, start_grpc_server
+from services.inference.adapters import AdapterStore
 from services.inference.config import InferenceSettings
 from services.inference.domain import ModelState
 from services.inference.engine import InferenceEngine
@@ -51,7 +52,10 @@ class InferenceServer(GrpcService[InferenceSettings]):
             self.settings.response_cache_ttl_seconds,
             self.settings.data_dir / "response-cache" if self.settings.response_cache_persist else None,
         )
-        self.engine = InferenceEngine(ModelRouter(self.registry), self.models, store, self.environment, responses)
+        adapters = AdapterStore(self.settings.adapter_dir or self.settings.data_dir / "adapters")
+        self.engine = InferenceEngine(
+            ModelRouter(self.registry), self.models, store, self.environment, responses, adapters
+        )
         await self.engine.reload()
         preload = {spec.instance_key: spec for spec in map(self.engine.router.resolve, self._preload_names())}
         servicer = InferenceServicer(self.engine)

@@ -5,9 +5,10 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from services.common.errors import InvalidArgument
+from services.common.errors import FailedPrecondition, InvalidArgument
 from services.inference.domain import Chunk, GenerationRequest
 
 if TYPE_CHECKING:
@@ -59,6 +60,15 @@ class Backend(ABC):
     @abstractmethod
     def generate_stream(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
         """Generate for `request`, chunk by chunk."""
+
+    async def load_adapter(self, name: str, path: Path) -> None:
+        """Attach a LoRA adapter so that requests naming `name` use it (supports_adapters only)."""
+        raise FailedPrecondition(f"The {self.spec.backend} backend cannot apply LoRA adapters.", param="adapter")
+
+    @property
+    def adapters(self) -> frozenset[str]:
+        """Adapters attached now."""
+        return frozenset()
 
     async def abort(self, request_id: str) -> None:
         """Stop a running generation from outside its stream. Unknown ids are ignored."""

@@ -169,7 +169,7 @@ def main() -> None:
         lines += [
             "  API keys: off on loopback (local development); admin endpoints need this JWT (24 h):",
             f"    Authorization: Bearer {admin_jwt}",
-            "    more: python -m services.gateway.cli token; keys: python -m services.gateway.cli keys --help",
+            "    more: .venv/bin/python -m services.gateway.cli token (keys: ... keys --help)",
         ]
         lines += [f"  {s.name + ' gRPC:':23s} {s.address}" for s in grpc_services]
         lines += [

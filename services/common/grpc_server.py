@@ -49,12 +49,16 @@ def _adopt_request_id(context: grpc.aio.ServicerContext) -> None:
     REQUEST_ID.set("")
 
 
+def _caller_trace(context: grpc.aio.ServicerContext) -> otel_context.Context:
+    """The trace context the caller sent (W3C headers in the metadata)."""
+    return tracing.extract([(k, v) for k, v in context.invocation_metadata() or () if isinstance(v, str)])
+
+
 def _call_span(method: str, context: grpc.aio.ServicerContext) -> contextlib.AbstractContextManager[Any]:
     """A server span for the call, child of the caller's trace (W3C context in the metadata)."""
     if method.startswith(EXEMPT_PREFIXES):  # probes and reflection: no spans
         return contextlib.nullcontext()
-    metadata = [(k, v) for k, v in context.invocation_metadata() or () if isinstance(v, str)]
-    return tracing.tracer().start_as_current_span(method, context=tracing.extract(metadata), kind=SpanKind.SERVER)
+    return tracing.tracer().start_as_current_span(method, context=_caller_trace(context), kind=SpanKind.SERVER)
 
 
 @contextlib.contextmanager
@@ -65,8 +69,7 @@ def _stream_span(method: str, context: grpc.aio.ServicerContext) -> Iterator[Non
     if method.startswith(EXEMPT_PREFIXES):
         yield
         return
-    metadata = [(k, v) for k, v in context.invocation_metadata() or () if isinstance(v, str)]
-    span = tracing.tracer().start_span(method, context=tracing.extract(metadata), kind=SpanKind.SERVER)
+    span = tracing.tracer().start_span(method, context=_caller_trace(context), kind=SpanKind.SERVER)
     otel_context.attach(trace.set_span_in_context(span))
     try:
         yield

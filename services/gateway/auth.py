@@ -118,16 +118,17 @@ class Authenticator:
             raise Unauthenticated(f"Invalid token: {error}.", reason="INVALID_TOKEN") from None
         return claims
 
+    def superuser(self, token: str) -> Caller:
+        return Caller(self, kind="superuser", subject=f"admin:{self.verify_jwt(token)['sub']}")
+
     async def caller(self, request: Request) -> Caller:
-        scheme, _, credential = request.headers.get("authorization", "").partition(" ")
-        credential = credential.strip()
-        if scheme.lower() != "bearer" or not credential:
+        credential = _bearer(request)
+        if not credential:
             if self.settings.allow_anonymous:
                 return Caller(self, kind="anonymous", subject="anonymous")
             raise Unauthenticated("Missing API key: send 'Authorization: Bearer <key>'.", reason="MISSING_API_KEY")
         if credential.count(".") == 2 and credential.startswith("eyJ"):
-            claims = self.verify_jwt(credential)
-            return Caller(self, kind="superuser", subject=f"admin:{claims['sub']}")
+            return self.superuser(credential)
         found = await self.keys.find(credential) if self.keys is not None else None
         if found is None:
             if self.settings.allow_anonymous:  # OpenAI SDKs always send some key, e.g. "sk-no-key"
@@ -213,13 +214,18 @@ def scope(name: str) -> Callable[..., object]:
 
 async def superuser(request: Request, authenticator: Authenticator = Depends(get_authenticator)) -> Caller:
     """A dependency: the caller, if it presents a valid superuser JWT (app keys never qualify)."""
-    scheme, _, credential = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not credential.strip():
+    credential = _bearer(request)
+    if not credential:
         raise Unauthenticated("Admin endpoints need a superuser JWT: 'Authorization: Bearer <jwt>'.")
-    if not credential.strip().startswith("eyJ"):
+    if not credential.startswith("eyJ"):
         raise PermissionDenied("API keys never grant admin; use a superuser JWT.", reason="ADMIN_NEEDS_JWT")
-    claims = authenticator.verify_jwt(credential.strip())
-    return Caller(authenticator, kind="superuser", subject=f"admin:{claims['sub']}")
+    return authenticator.superuser(credential)
+
+
+def _bearer(request: Request) -> str:
+    """The bearer credential of the request, or "" when it has none."""
+    scheme, _, credential = request.headers.get("authorization", "").partition(" ")
+    return credential.strip() if scheme.lower() == "bearer" else ""
 
 
 def mint_jwt(settings: GatewaySettings, subject: str, ttl_seconds: int, private_key: str | None = None) -> str:

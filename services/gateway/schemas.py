@@ -239,11 +239,6 @@ class SamplingFields(OpenAIModel):
             raise InvalidArgument(
                 f"'max_tokens' must be at most {settings.max_tokens_cap}; got {self.max_tokens}.", param="max_tokens"
             )
-        messages = getattr(self, "messages", None)
-        if messages is not None and len(messages) > settings.max_messages:
-            raise InvalidArgument(
-                f"At most {settings.max_messages} messages per request; got {len(messages)}.", param="messages"
-            )
 
     @property
     def include_usage_chunk(self) -> bool:
@@ -264,6 +259,13 @@ class ChatCompletionRequest(SamplingFields):
         if self.max_completion_tokens is not None and self.max_tokens is None:
             self.max_tokens = self.max_completion_tokens
         return self
+
+    def check_limits(self, settings: GatewaySettings) -> None:
+        super().check_limits(settings)
+        if len(self.messages) > settings.max_messages:
+            raise InvalidArgument(
+                f"At most {settings.max_messages} messages per request; got {len(self.messages)}.", param="messages"
+            )
 
     def to_domain(self, max_choices: int) -> list[ChatRequest]:
         """One inference request per choice (`n`)."""

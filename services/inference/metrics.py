@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -85,9 +86,11 @@ class RequestTimer:
     first_token: float | None = None
     last_token: float | None = None
     _finished: bool = False
+    _inter_token: Any = None  # the labelled histogram, looked up once: it is observed per token
 
     def __post_init__(self) -> None:
         WAITING.labels(self.labels["model_name"], self.labels["backend"]).inc()
+        self._inter_token = INTER_TOKEN_LATENCY.labels(**self.labels)
 
     def on_scheduled(self) -> None:
         self.scheduled = time.perf_counter()
@@ -107,7 +110,7 @@ class RequestTimer:
                 # A chunk that carries several tokens (a slow reader) counts each, spread evenly.
                 gap = (now - self.last_token) / max(chunk.tokens, 1)
                 for _ in range(max(chunk.tokens, 1)):
-                    INTER_TOKEN_LATENCY.labels(**self.labels).observe(gap)
+                    self._inter_token.observe(gap)
             self.last_token = now
         if chunk.finish_reason is not None:
             if chunk.usage is not None:

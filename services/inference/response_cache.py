@@ -22,10 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from google.protobuf import json_format
 from prometheus_client import Counter
 
+from llmmesh.inference.v1 import inference_service_pb2 as pb
 from services.common.metrics import PREFIX
-from services.inference.domain import Chunk, FinishReason, GenerationRequest, ToolCall, ToolCallDelta, Usage
+from services.inference.domain import Chunk, GenerationRequest, ToolCall, ToolCallDelta
 from services.inference.registry import ModelSpec
 from services.inference.tools import new_call_id
 
@@ -117,25 +119,14 @@ class ResponseCache:
         self._db.commit()
 
 
-# JSON, not pickle, on disk: a file that could be tampered with must never run code when read.
-def _chunk_to_json(chunk: Chunk) -> dict[str, object]:
-    return {
-        "text": chunk.text,
-        "finish_reason": chunk.finish_reason.value if chunk.finish_reason else None,
-        "usage": dataclasses.asdict(chunk.usage) if chunk.usage else None,
-        "tool_calls": [dataclasses.asdict(c) for c in chunk.tool_calls],
-        "tool_call_deltas": [dataclasses.asdict(d) for d in chunk.tool_call_deltas],
-    }
+# On disk as the protobuf JSON of the stream messages (the one mapping of Chunk), never
+# pickle: a file that could be tampered with must never run code when read.
+def _chunk_to_json(chunk: Chunk) -> dict[str, Any]:
+    return json_format.MessageToDict(chunk.to_pb(pb.ChatStreamResponse, request_id="", model=""))
 
 
 def _chunk_from_json(data: dict[str, Any]) -> Chunk:
-    return Chunk(
-        text=data["text"],
-        finish_reason=FinishReason(data["finish_reason"]) if data["finish_reason"] else None,
-        usage=Usage(**data["usage"]) if data["usage"] else None,
-        tool_calls=tuple(ToolCall(**c) for c in data["tool_calls"]),
-        tool_call_deltas=tuple(ToolCallDelta(**d) for d in data["tool_call_deltas"]),
-    )
+    return Chunk.from_pb(json_format.ParseDict(data, pb.ChatStreamResponse()))
 
 
 async def replay(chunks: list[Chunk]) -> AsyncIterator[Chunk]:

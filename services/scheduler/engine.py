@@ -163,14 +163,14 @@ class Scheduler:
 
     async def housekeep_forever(self) -> None:
         """Expire queued jobs past their TTL, republish jobs whose submitter crashed before its
-        publish confirmed, and deliver due callbacks. Woken by job changes, else polls."""
+        publish confirmed, and deliver due callbacks. Job changes wake it for callbacks (a job
+        that just ended); the sweeps run once per poll interval, not on every change."""
+        loop, last_sweep = asyncio.get_running_loop(), float("-inf")
         while True:
             try:
-                for job_id in await self.store.expire_due():
-                    log.info("job %s expired in the queue", job_id)
-                for job in await self.store.unpublished(older_than_seconds=self.settings.publish_timeout_seconds * 2):
-                    with contextlib.suppress(Unavailable):
-                        await self.store.mark_published(job.job_id, await self.queue.publish(job))
+                if loop.time() - last_sweep >= self.settings.poll_seconds:
+                    last_sweep = loop.time()
+                    await self._sweep()
                 while await self.callbacks.deliver_due():
                     pass
             except (asyncpg.PostgresError, OSError) as error:
@@ -179,6 +179,13 @@ class Scheduler:
                 async with asyncio.timeout(self.settings.poll_seconds):
                     await self.changes.any_change.wait()
             self.changes.any_change.clear()
+
+    async def _sweep(self) -> None:
+        for job_id in await self.store.expire_due():
+            log.info("job %s expired in the queue", job_id)
+        for job in await self.store.unpublished(older_than_seconds=self.settings.publish_timeout_seconds * 2):
+            with contextlib.suppress(Unavailable):
+                await self.store.mark_published(job.job_id, await self.queue.publish(job))
 
 
 def _page_token(job: Job) -> str:

@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any, ClassVar
 
 from services.common.errors import InvalidArgument, Unavailable
-from services.inference.backends.gguf_batch import BatchEngine, BatchRequest
+from services.inference.backends.gguf_batch import BatchEngine, BatchRequest, common_prefix
 from services.inference.backends.json_schema_grammar import enforceable
 from services.inference.backends.threaded import ThreadedBackend
 from services.inference.chat_templates import ChatTemplate
@@ -92,12 +92,7 @@ def _framed(gbnf: str, frame: OutputFrame) -> str:
 def _reused_prefix(llm: Any, tokens: list[int]) -> int:
     """Prompt tokens llama-cpp-python will not evaluate again: the common prefix with what the
     context already holds (a fully cached prompt still replays its last token, for the logits)."""
-    held = llm.input_ids[: llm.n_tokens]
-    common = 0
-    for held_token, token in zip(held, tokens, strict=False):
-        if held_token != token:
-            break
-        common += 1
+    common = common_prefix(llm.input_ids[: llm.n_tokens], tokens)
     return common - 1 if common == len(tokens) else common
 
 

@@ -31,12 +31,21 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from services.inference.domain import Chunk, FinishReason, SamplingParams, Usage
 from services.inference.stop_sequences import StopSequenceMatcher
 
 log = logging.getLogger(__name__)
 
 Emit = Callable[[Chunk | BaseException], object]
+
+
+def common_prefix(held: Any, tokens: list[int]) -> int:
+    """How many leading tokens two token sequences share (numpy: prompts run to thousands)."""
+    length = min(len(held), len(tokens))
+    differ = np.flatnonzero(np.asarray(held[:length]) != np.asarray(tokens[:length]))
+    return int(differ[0]) if differ.size else length
 
 
 @dataclass
@@ -59,9 +68,12 @@ class _Sequence:
     pending: list[int] = field(default_factory=list)  # tokens to evaluate next
     generated: int = 0
     decoder: Any = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="replace"))
-    matcher: StopSequenceMatcher | None = None
+    matcher: StopSequenceMatcher = field(init=False)
     batch_index: int = -1  # where this sequence's logits are in the current batch
     cached: int = 0  # prompt tokens found in the slot's KV cache
+
+    def __post_init__(self) -> None:
+        self.matcher = StopSequenceMatcher(self.request.stop)
 
 
 class BatchEngine:
@@ -155,7 +167,6 @@ class BatchEngine:
             self._free_slots.remove(slot)
             sequence = _Sequence(slot, request, self._sampler(request), position=reused, cached=reused)
             sequence.pending = list(request.tokens[reused:])
-            sequence.matcher = StopSequenceMatcher(request.stop)
             self._active.append(sequence)
         if self._waiting and self._waiting[0] is None and not self._active:
             return False
@@ -166,12 +177,7 @@ class BatchEngine:
         many tokens it reuses (never all: the last prompt token is evaluated for its logits)."""
 
         def shared(slot: int) -> int:
-            common = 0
-            for held, token in zip(self._slot_tokens[slot], tokens[:-1], strict=False):
-                if held != token:
-                    break
-                common += 1
-            return common
+            return common_prefix(self._slot_tokens[slot], tokens[:-1])
 
         slot = max(self._free_slots, key=shared)
         reused = shared(slot)
@@ -221,7 +227,6 @@ class BatchEngine:
     def _sample(self, sequence: _Sequence) -> None:
         lc, request = self._lc, sequence.request
         token = lc.llama_sampler_sample(sequence.sampler, self._ctx, sequence.batch_index)
-        assert sequence.matcher is not None
         if lc.llama_vocab_is_eog(self._vocab, token):
             self._finish(sequence, FinishReason.STOP, hit_stop=False)
             return
@@ -238,7 +243,6 @@ class BatchEngine:
             sequence.pending = [token]
 
     def _finish(self, sequence: _Sequence, reason: FinishReason, hit_stop: bool) -> None:
-        assert sequence.matcher is not None
         # Text held back as a possible stop-sequence prefix is real output unless a stop sequence matched.
         tail = "" if hit_stop else sequence.matcher.flush() + sequence.decoder.decode(b"", final=True)
         usage = Usage(len(sequence.request.tokens), sequence.generated, sequence.cached)

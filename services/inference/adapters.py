@@ -1,49 +1,46 @@
-"""The local adapter store: LoRA adapters by id, as PEFT directories under one root.
+"""The adapters inference can apply: resolved through the artifact store and remembered.
 
-An id names a directory; it is checked before it touches the file system, so no id
-reaches outside the store. Only safetensors weights are accepted: a pickled
-`adapter_model.bin` could run code when loaded.
+`resolve` finds an adapter's local directory (extracted, local zip, then S3; see
+services/common/artifacts.py) off the event loop, and keeps the last `lru_size` in
+memory so that a hot adapter costs one dictionary lookup per request. With
+`evict_from_disk`, an adapter leaving the LRU also loses its extracted copy.
 """
 
 from __future__ import annotations
 
-import re
+import asyncio
+import collections
 from pathlib import Path
 
-from services.common.errors import InvalidArgument, NotFound
-
-ADAPTER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+from services.common.artifacts import ArtifactStore, check_adapter_id
 
 
 class AdapterStore:
-    def __init__(self, root: Path) -> None:
-        self.root = root
+    def __init__(self, artifacts: ArtifactStore) -> None:
+        self.artifacts = artifacts
+        self._paths: collections.OrderedDict[str, Path] = collections.OrderedDict()
+        self._lock = asyncio.Lock()
 
-    def path(self, adapter_id: str) -> Path:
+    @property
+    def root(self) -> Path:
+        return self.artifacts.root
+
+    async def resolve(self, adapter_id: str) -> Path:
         """The adapter's directory, or an error saying why it cannot be used."""
-        if not ADAPTER_ID.match(adapter_id) or ".." in adapter_id:
-            raise InvalidArgument(
-                "'adapter_settings.adapter_id' must be 1-128 letters, digits, '.', '_' or '-'.",
-                param="adapter_settings.adapter_id",
-            )
-        path = self.root / adapter_id
-        if not (path / "adapter_config.json").is_file():
-            raise NotFound(
-                f"No adapter '{adapter_id}' in the adapter store.",
-                param="adapter_settings.adapter_id",
-                reason="ADAPTER_NOT_FOUND",
-            )
-        if any(p.suffix in PICKLE_SUFFIXES for p in path.iterdir()):
-            raise InvalidArgument(
-                f"Adapter '{adapter_id}' holds pickled weights; only safetensors are loaded.",
-                param="adapter_settings.adapter_id",
-                reason="ADAPTER_UNSAFE",
-            )
-        if not (path / "adapter_model.safetensors").is_file():
-            raise NotFound(
-                f"Adapter '{adapter_id}' has no adapter_model.safetensors.",
-                param="adapter_settings.adapter_id",
-                reason="ADAPTER_NOT_FOUND",
-            )
+        check_adapter_id(adapter_id, "adapter_settings.adapter_id")
+        if (path := self._paths.get(adapter_id)) is not None and path.is_dir():
+            self._paths.move_to_end(adapter_id)
+            return path
+        async with self._lock:  # one download or extraction at a time
+            path = await asyncio.to_thread(self.artifacts.resolve, adapter_id)
+            self._paths[adapter_id] = path
+            self._paths.move_to_end(adapter_id)
+            while len(self._paths) > self.artifacts.settings.lru_size:
+                evicted, _ = self._paths.popitem(last=False)
+                if self.artifacts.settings.evict_from_disk:
+                    await asyncio.to_thread(self.artifacts.evict, evicted)
         return path
+
+    def forget(self, adapter_id: str) -> None:
+        """Resolve again next time (the adapter was deleted or replaced)."""
+        self._paths.pop(adapter_id, None)

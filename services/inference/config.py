@@ -33,9 +33,6 @@ class InferenceSettings(ServiceSettings):
         30.0, gt=0, description="After this long waiting, a request stops others from joining the loaded model."
     )
     retry_after_seconds: int = Field(5, ge=1, description="Retry-After sent with 429 when the queue is full.")
-    adapter_dir: Path | None = Field(
-        None, description="The LoRA adapter store (a PEFT directory per adapter id). Unset: <data_dir>/adapters."
-    )
     response_cache_max_entries: int = Field(1024, ge=1, description="Most replies the response cache holds.")
     response_cache_ttl_seconds: int = Field(3600, ge=1, description="How long a cached reply is served.")
     response_cache_persist: bool = Field(False, description="Keep the response cache on disk under data_dir.")

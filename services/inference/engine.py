@@ -81,7 +81,7 @@ class InferenceEngine:
             sampling=request.sampling.with_defaults(spec.defaults.to_domain()),
             messages=syntax.prepare_messages(request.messages, request.tools, request.tool_choice),
             response_format=response_format,
-            adapter=self._check_adapter(spec, request.adapter),
+            adapter=await self._check_adapter(spec, request.adapter),
         )
         return await self._respond(
             spec, generation, request.model, request.cache, syntax if request.uses_tools else None
@@ -96,7 +96,7 @@ class InferenceEngine:
             sampling=request.sampling.with_defaults(spec.defaults.to_domain()),
             prompt=request.prompt,
             response_format=request.response_format,
-            adapter=self._check_adapter(spec, request.adapter),
+            adapter=await self._check_adapter(spec, request.adapter),
         )
         return await self._respond(spec, generation, request.model, request.cache, None)
 
@@ -133,7 +133,7 @@ class InferenceEngine:
             except InvalidArgument as error:
                 raise InvalidArgument(error.message, param=param) from error
 
-    def _check_adapter(self, spec: ModelSpec, adapter: str) -> str:
+    async def _check_adapter(self, spec: ModelSpec, adapter: str) -> str:
         """The adapter id, if the model can apply it and the store has it."""
         if not adapter:
             return ""
@@ -144,7 +144,7 @@ class InferenceEngine:
             )
         if self.adapters is None:
             raise FailedPrecondition("This inference service has no adapter store.", param="adapter_settings")
-        self.adapters.path(adapter)
+        await self.adapters.resolve(adapter)
         return adapter
 
     async def _attach_adapter(self, backend: Backend, adapter: str) -> None:
@@ -155,7 +155,17 @@ class InferenceEngine:
         lock = self._adapter_locks.setdefault((id(backend), adapter), asyncio.Lock())
         async with lock:
             if adapter not in backend.adapters:
-                await backend.load_adapter(adapter, self.adapters.path(adapter))
+                path = await self.adapters.resolve(adapter)
+                try:
+                    await backend.load_adapter(adapter, path)
+                except MeshError:
+                    raise
+                except Exception as error:  # noqa: BLE001 - e.g. an adapter trained on another base
+                    raise FailedPrecondition(
+                        f"Adapter '{adapter}' cannot be applied to model '{backend.spec.name}': {error}",
+                        param="adapter_settings.adapter_id",
+                        reason="ADAPTER_INCOMPATIBLE",
+                    ) from error
 
     async def _generate(self, spec: ModelSpec, request: GenerationRequest, route: str) -> AsyncIterator[Chunk]:
         """Wait for the model (reporting queue position and loading as chunks), then stream from it,

@@ -6,6 +6,7 @@ import asyncio
 import logging
 
 from llmmesh.inference.v1 import inference_service_pb2_grpc as pb_grpc
+from services.common.artifacts import ArtifactSettings, ArtifactStore
 from services.common.grpc_server import GrpcService, start_grpc_server
 from services.inference.adapters import AdapterStore
 from services.inference.config import InferenceSettings
@@ -35,8 +36,10 @@ class InferenceServer(GrpcService[InferenceSettings]):
         settings: InferenceSettings,
         registry: ModelRegistry | None = None,
         environment: RoutingEnvironment | None = None,
+        artifacts: ArtifactSettings | None = None,
     ) -> None:
         self.settings = settings
+        self.artifacts = artifacts or ArtifactSettings()
         self.registry = registry or ModelRegistry.from_yaml(settings.models_file)
         self.environment = environment or RoutingEnvironment()
         self.models = ModelManager(settings.budget, on_state_change=self._publish_model_state)
@@ -52,7 +55,9 @@ class InferenceServer(GrpcService[InferenceSettings]):
             self.settings.response_cache_ttl_seconds,
             self.settings.data_dir / "response-cache" if self.settings.response_cache_persist else None,
         )
-        adapters = AdapterStore(self.settings.adapter_dir or self.settings.data_dir / "adapters")
+        adapters = AdapterStore(
+            ArtifactStore(self.artifacts.dir or self.settings.data_dir / "adapters", self.artifacts)
+        )
         self.engine = InferenceEngine(
             ModelRouter(self.registry), self.models, store, self.environment, responses, adapters
         )

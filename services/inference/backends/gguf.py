@@ -17,15 +17,19 @@ import os
 import random
 import re
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any, ClassVar
 
-from services.common.errors import InvalidArgument, Unavailable
-from services.inference.backends.gguf_batch import BatchEngine, BatchRequest, common_prefix
+from services.common.errors import FailedPrecondition, InvalidArgument, Unavailable
+from services.inference.backends.gguf_batch import BatchEngine, BatchRequest, common_prefix, set_lora
+from services.inference.backends.gguf_lora import convert_peft_to_gguf
 from services.inference.backends.json_schema_grammar import enforceable
 from services.inference.backends.threaded import ThreadedBackend
 from services.inference.chat_templates import ChatTemplate
 from services.inference.domain import Chunk, FinishReason, GenerationRequest, OutputFrame, SamplingParams, Usage
+from services.inference.metrics import ADAPTER_LOAD_TIME, ADAPTER_LOOKUPS
 from services.inference.stop_sequences import StopSequenceMatcher
 
 log = logging.getLogger(__name__)
@@ -117,6 +121,7 @@ def _coalesced(item: Chunk | BaseException, more: asyncio.Queue[Chunk | BaseExce
 
 class GGUFBackend(ThreadedBackend):
     supports_structured_output: ClassVar[bool] = True
+    supports_adapters: ClassVar[bool] = True  # GGUF LoRA through llama.cpp's adapter API; see gguf_lora.py
 
     supports_framed_output: ClassVar[bool] = True
 
@@ -125,6 +130,8 @@ class GGUFBackend(ThreadedBackend):
         _grammar(json.dumps(enforceable(schema)))
 
     async def load(self) -> None:
+        self._loras: dict[str, Any] = {}  # adapter name -> llama.cpp adapter handle
+        self._context_lora: str | None = ""  # the adapter the serial context's KV cache was built with
         self._start_worker()
         await self._on_worker(self._load_blocking)
 
@@ -181,9 +188,43 @@ class GGUFBackend(ThreadedBackend):
         self._stop_worker()
         if self._batch_engine is not None:
             await asyncio.to_thread(self._batch_engine.close)
-        self._llm.close()
+        self._llm.close()  # frees the adapters with the model
+
+    # ---- adapters ----
+
+    async def load_adapter(self, name: str, path: Path) -> None:
+        """Convert the PEFT adapter to a GGUF LoRA (once) and load it next to the base model:
+        no reload, and requests with other adapters or none keep running."""
+        started = time.perf_counter()
+        await self._on_worker(self._load_adapter_blocking, name, path)
+        ADAPTER_LOAD_TIME.labels(self.spec.name, name).observe(time.perf_counter() - started)
+
+    def _load_adapter_blocking(self, name: str, path: Path) -> None:
+        import llama_cpp as lc
+
+        architecture = self._llm.metadata["general.architecture"]
+        blocks = int(self._llm.metadata[f"{architecture}.block_count"])
+        lora_file = convert_peft_to_gguf(path, self.spec.resolve_path(), architecture, blocks)
+        handle = lc.llama_adapter_lora_init(self._llm._model.model, str(lora_file).encode())
+        if not handle:
+            raise FailedPrecondition(
+                f"llama.cpp could not load adapter '{name}' for '{self.spec.name}'.", reason="ADAPTER_INCOMPATIBLE"
+            )
+        self._loras[name] = handle
+
+    @property
+    def adapters(self) -> frozenset[str]:
+        return frozenset(self._loras)
 
     async def generate_stream(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
+        if request.adapter:
+            hit = request.adapter in self._loras
+            ADAPTER_LOOKUPS.labels(self.spec.name, "hit" if hit else "miss").inc()
+            if not hit:
+                raise FailedPrecondition(
+                    f"Adapter '{request.adapter}' is not loaded on '{self.spec.name}'.", reason="ADAPTER_NOT_LOADED"
+                )
+        adapter = request.adapter
         prompt, stop = self._template.prompt_for(request)
         prompt_param = "messages" if request.is_chat else "prompt"
         sampling = request.sampling
@@ -195,18 +236,24 @@ class GGUFBackend(ThreadedBackend):
         )
 
         if self._batch_engine is not None:
-            async for chunk in self._generate_batched(prompt, sampling, stop, grammar, prompt_param):
+            async for chunk in self._generate_batched(prompt, sampling, stop, grammar, prompt_param, adapter):
                 yield chunk
             return
 
         def work(cancel: threading.Event, emit: Callable[[Chunk], None]) -> None:
-            self._generate_blocking(prompt, sampling, stop, cancel, emit, prompt_param, grammar)
+            self._generate_blocking(prompt, sampling, stop, cancel, emit, prompt_param, grammar, adapter)
 
         async for chunk in self._stream_from_worker(request.request_id, work):
             yield chunk
 
     async def _generate_batched(
-        self, prompt: str, sampling: SamplingParams, stop: tuple[str, ...], grammar: Any, prompt_param: str
+        self,
+        prompt: str,
+        sampling: SamplingParams,
+        stop: tuple[str, ...],
+        grammar: Any,
+        prompt_param: str,
+        adapter: str,
     ) -> AsyncIterator[Chunk]:
         """One sequence of the batch engine: joins the running batch at its next step."""
         assert self._batch_engine is not None
@@ -223,6 +270,8 @@ class GGUFBackend(ThreadedBackend):
             grammar=grammar._grammar if grammar is not None else None,
             cancel=cancel,
             emit=lambda item: loop.call_soon_threadsafe(chunks.put_nowait, item),
+            adapter=adapter,
+            lora=self._loras.get(adapter) if adapter else None,
         )
         self.stats.running += 1
         try:
@@ -248,11 +297,19 @@ class GGUFBackend(ThreadedBackend):
         emit: Callable[[Chunk], None],
         prompt_param: str = "prompt",
         grammar: Any = None,
+        adapter: str = "",
     ) -> None:
+        import llama_cpp as lc
+
         llm = self._llm
         tokens = llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
         max_tokens = self.generation_budget(len(tokens), llm.n_ctx(), sampling.max_tokens, prompt_param)
         llm.set_seed(sampling.seed if sampling.seed is not None else random.randrange(2**31))
+        if adapter != self._context_lora:
+            # The cached prefix was computed with other weights: it cannot be reused.
+            set_lora(lc, llm._ctx.ctx, self._loras.get(adapter) if adapter else None)
+            llm.reset()
+            self._context_lora = adapter
 
         self.stats.running += 1
         try:

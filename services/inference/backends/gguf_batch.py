@@ -48,6 +48,18 @@ def common_prefix(held: Any, tokens: list[int]) -> int:
     return int(differ[0]) if differ.size else length
 
 
+def set_lora(lc: Any, ctx: Any, lora: Any, scale: float = 1.0) -> None:
+    """Apply `lora` (a llama.cpp adapter handle) to the context's next decodes; None: the base alone.
+    llama.cpp does nothing when the context already has exactly these adapters."""
+    if lora is None:
+        status = lc.llama_set_adapters_lora(ctx, None, 0, None)
+    else:
+        handles = (lc.llama_adapter_lora_p_ctypes * 1)(lora)
+        status = lc.llama_set_adapters_lora(ctx, handles, 1, (ctypes.c_float * 1)(scale))
+    if status != 0:
+        raise RuntimeError(f"llama_set_adapters_lora returned {status}")
+
+
 @dataclass
 class BatchRequest:
     tokens: list[int]
@@ -57,6 +69,8 @@ class BatchRequest:
     grammar: str | None
     cancel: threading.Event
     emit: Emit
+    adapter: str = ""  # the LoRA adapter's name ("": the base model)
+    lora: Any = None  # its llama.cpp handle
 
 
 @dataclass
@@ -106,6 +120,7 @@ class BatchEngine:
         self._prefix_cache = prefix_cache
         self._free_slots = list(range(n_parallel))
         self._slot_tokens: dict[int, list[int]] = {slot: [] for slot in range(n_parallel)}  # what each slot's KV holds
+        self._slot_adapter: dict[int, str] = {slot: "" for slot in range(n_parallel)}  # ... and with which adapter
         self._active: list[_Sequence] = []
         self._incoming: queue.Queue[BatchRequest | None] = queue.Queue()
         self._admission = threading.Lock()  # requests submitted together join the same step
@@ -163,7 +178,7 @@ class BatchEngine:
                 return False
             if request.cancel.is_set():
                 continue
-            slot, reused = self._best_slot(request.tokens)
+            slot, reused = self._best_slot(request.tokens, request.adapter)
             self._free_slots.remove(slot)
             sequence = _Sequence(slot, request, self._sampler(request), position=reused, cached=reused)
             sequence.pending = list(request.tokens[reused:])
@@ -172,14 +187,18 @@ class BatchEngine:
             return False
         return True
 
-    def _best_slot(self, tokens: list[int]) -> tuple[int, int]:
+    def _best_slot(self, tokens: list[int], adapter: str) -> tuple[int, int]:
         """The free slot sharing the longest prefix with `tokens`, trimmed to that prefix, and how
-        many tokens it reuses (never all: the last prompt token is evaluated for its logits)."""
+        many tokens it reuses (never all: the last prompt token is evaluated for its logits).
+        A prefix computed under another adapter is not shared: its KV cells hold other values."""
 
         def shared(slot: int) -> int:
+            if self._slot_adapter[slot] != adapter:
+                return 0
             return common_prefix(self._slot_tokens[slot], tokens[:-1])
 
         slot = max(self._free_slots, key=shared)
+        self._slot_adapter[slot] = adapter
         reused = shared(slot)
         if reused and not self._lc.llama_memory_seq_rm(self._memory, slot, reused, -1):
             reused = 0  # this cache cannot drop a partial sequence (e.g. sliding-window layers)
@@ -189,12 +208,21 @@ class BatchEngine:
         return slot, reused
 
     def _step(self) -> None:
-        lc, batch = self._lc, self._batch
-        batch.n_tokens = 0
+        """One decode per adapter in use: llama.cpp applies adapters per context, not per
+        sequence, so sequences with different adapters (or none) take turns within a step."""
+        groups: dict[str, list[_Sequence]] = {}
         for sequence in list(self._active):
             if sequence.request.cancel.is_set():
                 self._release(sequence)
-                continue
+            else:
+                groups.setdefault(sequence.request.adapter, []).append(sequence)
+        for sequences in groups.values():
+            self._decode(sequences)
+
+    def _decode(self, sequences: list[_Sequence]) -> None:
+        lc, batch = self._lc, self._batch
+        batch.n_tokens = 0
+        for sequence in sequences:
             room = self._n_batch - batch.n_tokens
             if room <= 0:
                 sequence.batch_index = -1
@@ -217,10 +245,11 @@ class BatchEngine:
                 batch.logits[sequence.batch_index] = True
         if batch.n_tokens == 0:
             return
+        set_lora(lc, self._ctx, sequences[0].request.lora)
         status = lc.llama_decode(self._ctx, batch)
         if status != 0:
             raise RuntimeError(f"llama_decode returned {status}")
-        for sequence in list(self._active):
+        for sequence in sequences:
             if sequence.batch_index >= 0:
                 self._sample(sequence)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import shutil
+import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -68,6 +69,32 @@ def gguf_cache_dir(cache_root: Path, gguf: Path) -> Path:
     return cache_root / f"{gguf.stem}-{digest}"
 
 
+def dequantized_checkpoint(gguf: Path, cache_root: Path, dtype: Any) -> Path:
+    """A directory with the GGUF model dequantized by transformers, made once and reused
+    (the trainer trains on the same copy)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target = gguf_cache_dir(cache_root, gguf)
+    if (target / "config.json").exists():
+        return target
+    log.info("dequantizing %s for transformers (once; cached in %s)", gguf.name, target)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=dtype)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # The weights are plain tensors now; the GGUF marker only blocks save_pretrained.
+    model.hf_quantizer = None  # type: ignore[assignment]
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    model.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    try:
+        partial.rename(target)  # atomic: a crash mid-save never leaves a half cache behind
+    except OSError:  # another process made it first
+        shutil.rmtree(partial, ignore_errors=True)
+    return target
+
+
 class TransformersBackend(ThreadedBackend):
     supports_adapters: ClassVar[bool] = True
     supports_structured_output: ClassVar[bool] = True
@@ -106,7 +133,7 @@ class TransformersBackend(ThreadedBackend):
             raise Unavailable(f"Model path for '{self.spec.name}' not found: {source}", reason="MODEL_LOAD_FAILED")
         load_kwargs: dict[str, Any] = {"dtype": dtype, **self._quantization(options, env, device)}
         if source.suffix == ".gguf":
-            source = self._dequantized(source, Path(options.get("cache_dir", env.cache_dir)), dtype)
+            source = dequantized_checkpoint(source, Path(options.get("cache_dir", env.cache_dir)), dtype)
         self._tokenizer = AutoTokenizer.from_pretrained(source)
         self._model = AutoModelForCausalLM.from_pretrained(source, **load_kwargs)
         if "quantization_config" not in load_kwargs:
@@ -167,27 +194,6 @@ class TransformersBackend(ThreadedBackend):
             return {}
         config = BitsAndBytesConfig(load_in_4bit=True) if mode == "4bit" else BitsAndBytesConfig(load_in_8bit=True)
         return {"quantization_config": config, "device_map": "auto"}
-
-    def _dequantized(self, gguf: Path, cache_root: Path, dtype: Any) -> Path:
-        """A directory with the GGUF model dequantized by transformers, made once and reused."""
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        target = gguf_cache_dir(cache_root, gguf)
-        if (target / "config.json").exists():
-            return target
-        log.info("dequantizing %s for transformers (once; cached in %s)", gguf.name, target)
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=dtype)
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        # The weights are plain tensors now; the GGUF marker only blocks save_pretrained.
-        model.hf_quantizer = None  # type: ignore[assignment]
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
-        partial = target.with_name(target.name + ".partial")
-        shutil.rmtree(partial, ignore_errors=True)
-        model.save_pretrained(partial)
-        tokenizer.save_pretrained(partial)
-        partial.rename(target)  # atomic: a crash mid-save never leaves a half cache behind
-        return target
 
     async def unload(self) -> None:
         self._stop_worker()

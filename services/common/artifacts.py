@@ -1,0 +1,335 @@
+"""Adapter artifacts: zipped PEFT adapters with a manifest, kept locally and, optionally, in S3.
+
+The trainer writes them; inference resolves them. Layout, the same under the local
+root and under `s3://{bucket}/{prefix}/`:
+
+    {adapter_id}/adapter.zip      adapter_config.json, adapter_model.safetensors, manifest.json
+    {adapter_id}/manifest.json    base model, hash, hyperparameters, metrics, created_at
+    {adapter_id}/adapter/         (local only) the zip extracted, what backends load
+
+Resolution order: the extracted directory, then the local zip, then S3. Extraction
+trusts nothing in a zip: it refuses absolute and parent paths, links, files that are
+not an adapter's (pickles included), remote-code configs and zip bombs (size, count
+and ratio limits, enforced on the bytes actually inflated, not on the header).
+All calls block (disk, S3): async callers run them in a thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import re
+import shutil
+import stat
+import tempfile
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services.common.errors import InvalidArgument, NotFound, Unavailable
+
+ADAPTER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+# What an adapter zip may hold; anything else (a pickled .bin, a script) is refused.
+ALLOWED_FILES = {"adapter_config.json", "adapter_model.safetensors", "manifest.json", "README.md"}
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+# adapter_config.json keys that make transformers import code from elsewhere.
+REMOTE_CODE_KEYS = ("auto_map", "trust_remote_code")
+
+
+class ArtifactSettings(BaseSettings):
+    """Where adapters are kept. Shared by the trainer (writes) and inference (reads)."""
+
+    model_config = SettingsConfigDict(env_prefix="LLMMESH_ARTIFACTS_", extra="ignore", frozen=True)
+
+    dir: Path | None = Field(None, description="The local store. Unset: <data_dir>/adapters.")
+    s3_bucket: str = Field("", description="Also keep adapters in this S3/MinIO bucket. Empty: local only.")
+    s3_prefix: str = Field("adapters", description="Key prefix inside the bucket.")
+    s3_endpoint_url: str = Field("", description="S3 API endpoint (MinIO, moto). Empty: AWS.")
+    s3_region: str = Field("us-east-1")
+    # Credentials come from boto3's usual chain (AWS_ACCESS_KEY_ID, instance roles, ...).
+    lru_size: int = Field(10, ge=1, description="Extracted adapters remembered in memory.")
+    evict_from_disk: bool = Field(False, description="Delete an extracted adapter when it leaves the LRU.")
+    max_unzipped_bytes: int = Field(2 * 1024**3, ge=1, description="Largest adapter accepted, inflated.")
+    max_compression_ratio: float = Field(200.0, ge=1, description="Higher inflation ratios are zip bombs.")
+
+
+def check_adapter_id(adapter_id: str, param: str = "adapter_id") -> str:
+    """The id, if it is safe to use as a path component; an InvalidArgument otherwise."""
+    if not ADAPTER_ID.match(adapter_id) or ".." in adapter_id:
+        raise InvalidArgument(f"'{param}' must be 1-128 letters, digits, '.', '_' or '-'.", param=param)
+    return adapter_id
+
+
+def check_adapter_directory(path: Path, adapter_id: str) -> Path:
+    """`path`, if it holds a loadable PEFT adapter: safetensors weights, no pickles, no remote code."""
+    if any(p.suffix in PICKLE_SUFFIXES for p in path.iterdir()):
+        raise InvalidArgument(
+            f"Adapter '{adapter_id}' holds pickled weights; only safetensors are loaded.", reason="ADAPTER_UNSAFE"
+        )
+    if not (path / "adapter_model.safetensors").is_file():
+        raise NotFound(f"Adapter '{adapter_id}' has no adapter_model.safetensors.", reason="ADAPTER_NOT_FOUND")
+    try:
+        config = json.loads((path / "adapter_config.json").read_text())
+    except (OSError, ValueError) as error:
+        raise InvalidArgument(f"Adapter '{adapter_id}' has an unreadable adapter_config.json.") from error
+    if not isinstance(config, dict) or any(key in config for key in REMOTE_CODE_KEYS):
+        raise InvalidArgument(
+            f"Adapter '{adapter_id}' asks for remote code (auto_map); it is not loaded.", reason="ADAPTER_UNSAFE"
+        )
+    return path
+
+
+def safe_extract(archive: Path | bytes, target: Path, max_bytes: int, max_ratio: float) -> None:
+    """Extract an adapter zip into `target` (created atomically), refusing anything suspicious."""
+    source = io.BytesIO(archive) if isinstance(archive, bytes) else archive
+    try:
+        zip_file = zipfile.ZipFile(source)
+    except zipfile.BadZipFile as error:
+        raise InvalidArgument("The adapter archive is not a zip file.", reason="ADAPTER_UNSAFE") from error
+    with zip_file, tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.name}.") as staging:
+        members = zip_file.infolist()
+        if len(members) > len(ALLOWED_FILES):
+            raise InvalidArgument(f"The adapter archive has {len(members)} entries.", reason="ADAPTER_UNSAFE")
+        inflated = 0
+        for member in members:
+            name = _checked_member_name(member)
+            if member.file_size > max_ratio * max(member.compress_size, 1):
+                raise InvalidArgument(f"'{name}' inflates too far (a zip bomb?).", reason="ADAPTER_UNSAFE")
+            with zip_file.open(member) as packed, open(Path(staging) / name, "wb") as out:
+                while chunk := packed.read(1 << 20):  # count real bytes: headers can lie
+                    inflated += len(chunk)
+                    if inflated > max_bytes:
+                        raise InvalidArgument("The adapter archive inflates too far.", reason="ADAPTER_UNSAFE")
+                    out.write(chunk)
+        check_adapter_directory(Path(staging), target.name)
+        shutil.rmtree(target, ignore_errors=True)
+        Path(staging).rename(target)
+        Path(staging).mkdir()  # TemporaryDirectory cleans up what is no longer there
+
+
+def _checked_member_name(member: zipfile.ZipInfo) -> str:
+    name = member.filename
+    path = PurePosixPath(name)
+    mode = member.external_attr >> 16
+    if path.is_absolute() or "\\" in name or ".." in path.parts or len(path.parts) != 1:
+        raise InvalidArgument(f"The adapter archive names a path outside it: '{name}'.", reason="ADAPTER_UNSAFE")
+    if stat.S_ISLNK(mode) or member.is_dir():
+        raise InvalidArgument(f"The adapter archive holds a link or folder: '{name}'.", reason="ADAPTER_UNSAFE")
+    if name not in ALLOWED_FILES:
+        raise InvalidArgument(
+            f"The adapter archive holds '{name}', which is not an adapter file.", reason="ADAPTER_UNSAFE"
+        )
+    return name
+
+
+def zip_adapter(directory: Path, manifest: dict[str, Any]) -> bytes:
+    """The adapter's safetensors and config, plus the manifest, as a zip."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name in ("adapter_config.json", "adapter_model.safetensors"):
+            archive.write(directory / name, name)
+        archive.writestr("manifest.json", json.dumps(manifest, indent=2, sort_keys=True))
+    return buffer.getvalue()
+
+
+@dataclass(frozen=True)
+class StoredAdapter:
+    manifest: dict[str, Any]
+    size_bytes: int
+    locations: tuple[str, ...]
+
+
+class ArtifactStore:
+    def __init__(self, root: Path, settings: ArtifactSettings | None = None) -> None:
+        self.root = root
+        self.settings = settings or ArtifactSettings()
+        self._s3_client: Any = None
+
+    # ---- writing ----
+
+    def put(self, adapter_id: str, directory: Path, manifest: dict[str, Any]) -> StoredAdapter:
+        """Store a trained adapter: the zip and manifest locally, then in S3 when configured."""
+        check_adapter_id(adapter_id)
+        check_adapter_directory(directory, adapter_id)
+        archive = zip_adapter(directory, manifest)
+        home = self.root / adapter_id
+        home.mkdir(parents=True, exist_ok=True)
+        _write_atomically(home / "adapter.zip", archive)
+        _write_atomically(home / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True).encode())
+        if self.s3_enabled:
+            self._s3_put(f"{adapter_id}/adapter.zip", archive)
+            self._s3_put(f"{adapter_id}/manifest.json", json.dumps(manifest).encode())
+        return StoredAdapter(manifest, len(archive), self._locations(adapter_id))
+
+    def delete(self, adapter_id: str) -> None:
+        check_adapter_id(adapter_id)
+        found = (self.root / adapter_id).exists()
+        shutil.rmtree(self.root / adapter_id, ignore_errors=True)
+        if self.s3_enabled:
+            for name in ("adapter.zip", "manifest.json"):
+                with self._s3_errors():
+                    found |= self._s3_exists(f"{adapter_id}/{name}")
+                    self._s3().delete_object(Bucket=self.settings.s3_bucket, Key=self._key(f"{adapter_id}/{name}"))
+        if not found:
+            raise NotFound(f"No adapter '{adapter_id}'.", reason="ADAPTER_NOT_FOUND")
+
+    # ---- reading ----
+
+    def get(self, adapter_id: str) -> StoredAdapter | None:
+        """The stored adapter's manifest and size, from the local store or S3; None if neither has it."""
+        check_adapter_id(adapter_id)
+        home = self.root / adapter_id
+        if (home / "manifest.json").is_file() and (home / "adapter.zip").is_file():
+            manifest = json.loads((home / "manifest.json").read_text())
+            return StoredAdapter(manifest, (home / "adapter.zip").stat().st_size, self._locations(adapter_id))
+        if self.s3_enabled:
+            with self._s3_errors():
+                if self._s3_exists(f"{adapter_id}/adapter.zip"):
+                    body = self._s3_get(f"{adapter_id}/manifest.json")
+                    head = self._s3().head_object(
+                        Bucket=self.settings.s3_bucket, Key=self._key(f"{adapter_id}/adapter.zip")
+                    )
+                    return StoredAdapter(json.loads(body), int(head["ContentLength"]), self._locations(adapter_id))
+        return None
+
+    def list(self) -> list[StoredAdapter]:
+        ids = {p.name for p in self.root.glob("*/manifest.json") if ADAPTER_ID.match(p.parent.name)}
+        if self.s3_enabled:
+            ids |= set(self._s3_ids())
+        found = (self.get(adapter_id) for adapter_id in sorted(ids))
+        return sorted((a for a in found if a), key=lambda a: str(a.manifest.get("created_at", "")), reverse=True)
+
+    def resolve(self, adapter_id: str) -> Path:
+        """A local directory a backend can load: extracted already, from the local zip, or from S3."""
+        check_adapter_id(adapter_id, "adapter_settings.adapter_id")
+        home = self.root / adapter_id
+        extracted = home / "adapter"
+        if (extracted / "adapter_config.json").is_file():
+            return check_adapter_directory(extracted, adapter_id)
+        if (home / "adapter_config.json").is_file():  # a PEFT directory placed in the store by hand
+            return check_adapter_directory(home, adapter_id)
+        limits = self.settings.max_unzipped_bytes, self.settings.max_compression_ratio
+        if (home / "adapter.zip").is_file():
+            safe_extract(home / "adapter.zip", extracted, *limits)
+            return extracted
+        if self.s3_enabled:
+            with self._s3_errors():
+                archive = (
+                    self._s3_get(f"{adapter_id}/adapter.zip") if self._s3_exists(f"{adapter_id}/adapter.zip") else None
+                )
+            if archive is not None:
+                home.mkdir(parents=True, exist_ok=True)
+                safe_extract(archive, extracted, *limits)
+                _write_atomically(home / "adapter.zip", archive)
+                return extracted
+        raise NotFound(
+            f"No adapter '{adapter_id}' in the adapter store.",
+            param="adapter_settings.adapter_id",
+            reason="ADAPTER_NOT_FOUND",
+        )
+
+    def evict(self, adapter_id: str) -> None:
+        """Drop the extracted copy; the zip stays, so the next resolve extracts it again."""
+        shutil.rmtree(self.root / adapter_id / "adapter", ignore_errors=True)
+
+    def read_object(self, uri: str, max_bytes: int) -> str:
+        """A text object (a dataset) from `s3://bucket/key`, through this store's S3 endpoint."""
+        from botocore.exceptions import ClientError
+
+        bucket, _, key = uri.removeprefix("s3://").partition("/")
+        if not uri.startswith("s3://") or not bucket or not key:
+            raise InvalidArgument("'dataset.uri' must be an s3://bucket/key URI.", param="dataset.uri")
+        with self._s3_errors():
+            try:
+                body = self._s3().get_object(Bucket=bucket, Key=key)["Body"].read(max_bytes + 1)
+            except ClientError as error:
+                if error.response.get("Error", {}).get("Code") in ("NoSuchKey", "NoSuchBucket", "404"):
+                    raise NotFound(f"No dataset at {uri}.", param="dataset.uri") from error
+                raise
+        if len(body) > max_bytes:
+            raise InvalidArgument(f"The dataset at {uri} is larger than {max_bytes} bytes.", param="dataset.uri")
+        try:
+            return bytes(body).decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise InvalidArgument(f"The dataset at {uri} is not UTF-8 text.", param="dataset.uri") from error
+
+    # ---- S3 ----
+
+    @property
+    def s3_enabled(self) -> bool:
+        return bool(self.settings.s3_bucket)
+
+    def _locations(self, adapter_id: str) -> tuple[str, ...]:
+        local = (str(self.root / adapter_id / "adapter.zip"),)
+        if not self.s3_enabled:
+            return local
+        return (*local, f"s3://{self.settings.s3_bucket}/{self._key(f'{adapter_id}/adapter.zip')}")
+
+    def _key(self, name: str) -> str:
+        prefix = self.settings.s3_prefix.strip("/")
+        return f"{prefix}/{name}" if prefix else name
+
+    def _s3(self) -> Any:
+        if self._s3_client is None:
+            import boto3  # only stores with a bucket need it
+
+            self._s3_client = boto3.client(
+                "s3",
+                endpoint_url=self.settings.s3_endpoint_url or None,
+                region_name=self.settings.s3_region,
+            )
+        return self._s3_client
+
+    def _s3_put(self, name: str, body: bytes) -> None:
+        with self._s3_errors():
+            self._s3().put_object(Bucket=self.settings.s3_bucket, Key=self._key(name), Body=body)
+
+    def _s3_get(self, name: str) -> bytes:
+        response = self._s3().get_object(Bucket=self.settings.s3_bucket, Key=self._key(name))
+        return bytes(response["Body"].read())
+
+    def _s3_exists(self, name: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            self._s3().head_object(Bucket=self.settings.s3_bucket, Key=self._key(name))
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise
+        return True
+
+    def _s3_ids(self) -> Iterator[str]:
+        with self._s3_errors():
+            pages = (
+                self._s3()
+                .get_paginator("list_objects_v2")
+                .paginate(Bucket=self.settings.s3_bucket, Prefix=self._key(""), Delimiter="/")
+            )
+            for page in pages:
+                for common in page.get("CommonPrefixes", []):
+                    adapter_id = common["Prefix"].rstrip("/").rsplit("/", 1)[-1]
+                    if ADAPTER_ID.match(adapter_id):
+                        yield adapter_id
+
+    @contextlib.contextmanager
+    def _s3_errors(self) -> Iterator[None]:
+        """S3 trouble is the store being unavailable, said plainly (no botocore traceback)."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            yield
+        except (BotoCoreError, ClientError) as error:
+            raise Unavailable(f"The adapter bucket '{self.settings.s3_bucket}' failed: {error}") from error
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    partial = path.with_name(path.name + ".partial")
+    partial.write_bytes(data)
+    partial.rename(path)

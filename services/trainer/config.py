@@ -1,0 +1,64 @@
+"""Trainer settings (env prefix LLMMESH_TRAINER_) and training defaults.
+
+Training defaults keep the design documents' names (JARVIS_ADAPTER_*), with
+LLMMESH_TRAINER_* equivalents.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services.common.config import ServiceSettings
+from services.inference.config import DEFAULT_MODELS_FILE
+from services.trainer.domain import Hyperparameters
+
+
+def _env(name: str) -> AliasChoices:
+    return AliasChoices(f"LLMMESH_TRAINER_{name}", f"JARVIS_ADAPTER_{name}")
+
+
+class TrainingDefaults(BaseSettings):
+    """Hyperparameters a request leaves unset."""
+
+    model_config = SettingsConfigDict(extra="ignore", frozen=True)
+
+    lora_r: int = Field(16, validation_alias=_env("LORA_R"))
+    lora_alpha: float = Field(32.0, validation_alias=_env("LORA_ALPHA"))
+    lora_dropout: float = Field(0.05, validation_alias=_env("LORA_DROPOUT"))
+    learning_rate: float = Field(2e-4, validation_alias=_env("LEARNING_RATE"))
+    epochs: int = Field(1, validation_alias=_env("EPOCHS"))
+    batch_size: int = Field(4, validation_alias=_env("BATCH_SIZE"))
+    max_seq_length: int = Field(512, validation_alias=_env("MAX_SEQ_LEN"))
+    train_dtype: str = Field("float32", validation_alias=_env("TRAIN_DTYPE"))
+    load_in_4bit: bool = Field(False, validation_alias=_env("TRAIN_LOAD_IN_4BIT"))
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"], validation_alias=_env("TARGET_MODULES")
+    )
+    max_steps: int = Field(0, validation_alias=_env("MAX_STEPS"))
+
+    def resolved(self) -> Hyperparameters:
+        values = self.model_dump()
+        values["target_modules"] = tuple(values["target_modules"])
+        defaults = Hyperparameters(**values)
+        defaults.validate()
+        return defaults
+
+
+class TrainerSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="LLMMESH_TRAINER_")
+
+    port: int = Field(50054, ge=0, le=65535, description="gRPC port; 0 picks a free one.")
+    models_file: Path = Field(DEFAULT_MODELS_FILE, description="The model registry YAML (base models).")
+    transformers_cache_dir: Path = Field(
+        Path(".data/transformers"), description="Dequantized GGUF checkpoints (shared with the transformers backend)."
+    )
+    work_dir: Path | None = Field(None, description="Scratch space for runs. Unset: <data_dir>/training.")
+    max_concurrent_runs: int = Field(1, ge=1, description="Training subprocesses at once (one GPU: 1).")
+    inference_target: str = Field("127.0.0.1:50051", description="host:port of the inference gRPC service.")
+    free_inference_memory: bool = Field(
+        False, description="Ask inference to unload its models before training and reload them after (one GPU)."
+    )
+    max_dataset_bytes: int = Field(64 * 1024 * 1024, ge=1, description="Largest dataset read from a URI.")

@@ -1,0 +1,278 @@
+"""Training jobs, datasets and hyperparameters, and their protobuf mapping.
+
+An adapter's id is a hash of what determines its weights (base model, examples,
+resolved hyperparameters), so asking for the same training twice finds the
+stored adapter instead of training again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from google.protobuf.json_format import MessageToDict
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from llmmesh.trainer.v1 import trainer_service_pb2 as pb
+from services.common.errors import InvalidArgument
+from services.inference.domain import ChatMessage, Role
+
+MAX_EXAMPLES = 100_000
+
+
+@dataclass(frozen=True)
+class Hyperparameters:
+    """Resolved hyperparameters: every field has a value (request, else the service default)."""
+
+    lora_r: int = 16
+    lora_alpha: float = 32.0
+    lora_dropout: float = 0.05
+    learning_rate: float = 2e-4
+    epochs: int = 1
+    batch_size: int = 4
+    max_seq_length: int = 512
+    train_dtype: str = "float32"
+    load_in_4bit: bool = False
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    max_steps: int = 0  # 0: the epochs decide
+    seed: int = 0
+
+    @classmethod
+    def from_pb(cls, message: pb.Hyperparameters, defaults: Hyperparameters) -> Hyperparameters:
+        values: dict[str, Any] = {}
+        for name in ("lora_r", "lora_alpha", "lora_dropout", "learning_rate", "epochs", "batch_size"):
+            if message.HasField(name):
+                values[name] = getattr(message, name)
+        for name in ("max_seq_length", "load_in_4bit", "max_steps", "seed"):
+            if message.HasField(name):
+                values[name] = getattr(message, name)
+        if message.train_dtype:
+            values["train_dtype"] = message.train_dtype
+        if message.target_modules:
+            values["target_modules"] = tuple(message.target_modules)
+        resolved = dataclasses.replace(defaults, **values)
+        resolved.validate()
+        return resolved
+
+    def validate(self) -> None:
+        checks = [
+            (1 <= self.lora_r <= 1024, "lora_r", "must be 1-1024"),
+            (self.lora_alpha > 0, "lora_alpha", "must be positive"),
+            (0 <= self.lora_dropout < 1, "lora_dropout", "must be in [0, 1)"),
+            (0 < self.learning_rate <= 1, "learning_rate", "must be in (0, 1]"),
+            (1 <= self.epochs <= 1000, "epochs", "must be 1-1000"),
+            (1 <= self.batch_size <= 1024, "batch_size", "must be 1-1024"),
+            (8 <= self.max_seq_length <= 131072, "max_seq_length", "must be 8-131072"),
+            (self.train_dtype in ("float32", "bfloat16", "float16"), "train_dtype", "must be float32/bfloat16/float16"),
+            (all(m.replace("_", "").isalnum() for m in self.target_modules), "target_modules", "are module names"),
+        ]
+        for ok, name, rule in checks:
+            if not ok:
+                raise InvalidArgument(f"'hyperparameters.{name}' {rule}.", param=f"hyperparameters.{name}")
+
+    def to_pb(self) -> pb.Hyperparameters:
+        values = dataclasses.asdict(self)
+        values["target_modules"] = list(self.target_modules)
+        return pb.Hyperparameters(**values)
+
+    def to_json(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "target_modules": list(self.target_modules)}
+
+
+def examples_from_pb(dataset: pb.Examples, param: str) -> list[list[dict[str, str]]]:
+    """Each example as chat turns ({role, content}) ending with the assistant turn to learn."""
+    examples = [_turns_from_pb(example, f"{param}[{i}]") for i, example in enumerate(dataset.examples)]
+    return check_examples(examples, param)
+
+
+def examples_from_jsonl(text: str, param: str) -> list[list[dict[str, str]]]:
+    """Examples from JSON Lines: {"messages": [...]} or {"instruction", "input", "output"} per line."""
+    examples = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError as error:
+            raise InvalidArgument(f"{param} line {number} is not JSON: {error}", param=param) from error
+        if not isinstance(record, dict):
+            raise InvalidArgument(f"{param} line {number} is not a JSON object.", param=param)
+        where = f"{param} line {number}"
+        if "messages" in record:
+            messages = record["messages"]
+            if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+                raise InvalidArgument(f"{where}: 'messages' must be a list of objects.", param=param)
+            turns = [{"role": str(m.get("role", "")), "content": str(m.get("content", ""))} for m in messages]
+        else:
+            turns = _instruction_turns(
+                str(record.get("instruction", "")), str(record.get("input", "")), str(record.get("output", ""))
+            )
+        examples.append(_checked_turns(turns, where))
+    return check_examples(examples, param)
+
+
+def check_examples(examples: list[list[dict[str, str]]], param: str) -> list[list[dict[str, str]]]:
+    if not examples:
+        raise InvalidArgument(f"'{param}' has no examples.", param=param)
+    if len(examples) > MAX_EXAMPLES:
+        raise InvalidArgument(f"'{param}' has more than {MAX_EXAMPLES} examples.", param=param)
+    return examples
+
+
+def _turns_from_pb(example: pb.TrainingExample, where: str) -> list[dict[str, str]]:
+    kind = example.WhichOneof("kind")
+    if kind == "chat":
+        messages = [ChatMessage.from_pb(m) for m in example.chat.messages]
+        turns = [{"role": m.role.value, "content": m.content} for m in messages]
+    elif kind == "instruction":
+        item = example.instruction
+        turns = _instruction_turns(item.instruction, item.input, item.output)
+    else:
+        raise InvalidArgument(f"{where} is empty: set 'chat' or 'instruction'.", param=where)
+    return _checked_turns(turns, where)
+
+
+def _instruction_turns(instruction: str, input_text: str, output: str) -> list[dict[str, str]]:
+    prompt = f"{instruction}\n\n{input_text}" if input_text else instruction
+    return [{"role": "user", "content": prompt}, {"role": "assistant", "content": output}]
+
+
+def _checked_turns(turns: list[dict[str, str]], where: str) -> list[dict[str, str]]:
+    roles = {role.value for role in Role}
+    if len(turns) < 2 or turns[-1]["role"] != "assistant" or not turns[-1]["content"].strip():
+        raise InvalidArgument(f"{where} must end with a non-empty assistant turn after a prompt.", param=where)
+    for turn in turns:
+        if turn["role"] not in roles:
+            raise InvalidArgument(f"{where} has an unknown role '{turn['role']}'.", param=where)
+    return turns
+
+
+def adapter_identity(
+    base_model: str,
+    examples: list[list[dict[str, str]]],
+    eval_examples: list[list[dict[str, str]]],
+    hyperparameters: Hyperparameters,
+) -> str:
+    """The adapter's id: a hash of everything that determines its weights and reported metrics."""
+    canonical = json.dumps(
+        {
+            "base_model": base_model,
+            "examples": examples,
+            "eval_examples": eval_examples,
+            "hyperparameters": hyperparameters.to_json(),
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()[:32]
+
+
+class TrainingState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (TrainingState.SUCCEEDED, TrainingState.FAILED, TrainingState.CANCELLED)
+
+    def to_pb(self) -> pb.TrainingState.ValueType:
+        return pb.TrainingState.Value(f"TRAINING_STATE_{self.name}")
+
+    @classmethod
+    def from_pb(cls, value: pb.TrainingState.ValueType) -> TrainingState:
+        return cls[pb.TrainingState.Name(value).removeprefix("TRAINING_STATE_")]
+
+
+@dataclass
+class TrainingPlan:
+    """What one job trains: checked and resolved, ready for the training subprocess."""
+
+    base_model: str
+    examples: list[list[dict[str, str]]]
+    eval_examples: list[list[dict[str, str]]]
+    hyperparameters: Hyperparameters
+
+    @property
+    def adapter_id(self) -> str:
+        return adapter_identity(self.base_model, self.examples, self.eval_examples, self.hyperparameters)
+
+
+@dataclass
+class TrainingJob:
+    training_id: str
+    adapter_id: str
+    base_model: str
+    state: TrainingState = TrainingState.QUEUED
+    step: int = 0
+    total_steps: int = 0
+    loss: float = 0.0
+    eta_seconds: float = 0.0
+    cached: bool = False
+    error: str = ""
+    adapter: pb.Adapter | None = None
+    create_time: float = field(default_factory=time.time)
+    start_time: float | None = None
+    end_time: float | None = None
+
+    @staticmethod
+    def new_id() -> str:
+        return f"train-{uuid.uuid4().hex[:16]}"
+
+    def to_pb(self) -> pb.TrainingJob:
+        return pb.TrainingJob(
+            training_id=self.training_id,
+            adapter_id=self.adapter_id,
+            base_model=self.base_model,
+            state=self.state.to_pb(),
+            step=self.step,
+            total_steps=self.total_steps,
+            loss=self.loss,
+            eta_seconds=self.eta_seconds,
+            cached=self.cached,
+            error=self.error,
+            adapter=self.adapter,
+            create_time=_timestamp(self.create_time),
+            start_time=_timestamp(self.start_time),
+            end_time=_timestamp(self.end_time),
+        )
+
+    @property
+    def percent(self) -> float:
+        if self.state is TrainingState.SUCCEEDED:
+            return 100.0
+        return 100.0 * self.step / self.total_steps if self.total_steps else 0.0
+
+
+def adapter_to_pb(manifest: dict[str, Any], size_bytes: int, locations: tuple[str, ...]) -> pb.Adapter:
+    """A stored adapter's manifest as the protobuf Adapter."""
+    return pb.Adapter(
+        adapter_id=str(manifest.get("adapter_id", "")),
+        base_model=str(manifest.get("base_model", "")),
+        metrics={k: float(v) for k, v in dict(manifest.get("metrics", {})).items()},
+        create_time=_timestamp(float(manifest.get("created_at", 0)) or None),
+        size_bytes=size_bytes,
+        locations=list(locations),
+        hyperparameters=pb.Hyperparameters(**dict(manifest.get("hyperparameters", {}))),
+    )
+
+
+def job_json(job: pb.TrainingJob) -> dict[str, Any]:
+    """The job as JSON (for the gateway), field names as in the .proto."""
+    return MessageToDict(job, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+
+
+def _timestamp(seconds: float | None) -> Timestamp | None:
+    if seconds is None:
+        return None
+    stamp = Timestamp()
+    stamp.FromNanoseconds(int(seconds * 1e9))
+    return stamp

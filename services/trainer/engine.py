@@ -1,0 +1,324 @@
+"""The trainer: plans jobs, runs each in a training subprocess, stores what it made.
+
+Jobs live in memory (the scheduler keeps the durable record of an adapter_train
+job); adapters live in the artifact store. A plan whose adapter is already stored
+succeeds at once (cached), also when an identical job finished while this one
+waited for the trainer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from llmmesh.inference.v1 import inference_service_pb2 as inference_pb
+from llmmesh.inference.v1 import inference_service_pb2_grpc as inference_grpc
+from llmmesh.trainer.v1 import trainer_service_pb2 as pb
+from services.common.artifacts import ArtifactStore, check_adapter_id
+from services.common.errors import AlreadyExists, InvalidArgument, NotFound
+from services.common.grpc_client import open_channel
+from services.inference.registry import ModelRegistry
+from services.trainer.config import TrainerSettings
+from services.trainer.domain import (
+    Hyperparameters,
+    TrainingJob,
+    TrainingPlan,
+    TrainingState,
+    adapter_to_pb,
+    examples_from_jsonl,
+    examples_from_pb,
+)
+from services.trainer.metrics import TRAINING_RUNS, TRAINING_STEP_SECONDS
+
+log = logging.getLogger(__name__)
+
+TRAINABLE_BACKENDS = ("transformers", "gguf")
+
+
+class TrainingFailed(Exception):
+    pass
+
+
+class Trainer:
+    def __init__(
+        self, settings: TrainerSettings, registry: ModelRegistry, artifacts: ArtifactStore, defaults: Hyperparameters
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.artifacts = artifacts
+        self.defaults = defaults
+        self.work_dir = settings.work_dir or settings.data_dir / "training"
+        self._jobs: dict[str, TrainingJob] = {}
+        self._processes: dict[str, asyncio.subprocess.Process] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._runs = asyncio.Semaphore(settings.max_concurrent_runs)
+        self._changed = asyncio.Condition()
+
+    # ---- jobs ----
+
+    async def submit(self, request: pb.TrainAdapterRequest) -> TrainingJob:
+        plan = await self._plan(request)
+        training_id = check_adapter_id(request.training_id, "training_id") if request.training_id else ""
+        training_id = training_id or TrainingJob.new_id()
+        if (existing := self._jobs.get(training_id)) is not None:
+            if existing.adapter_id != plan.adapter_id:
+                raise AlreadyExists(f"Training job '{training_id}' exists with another plan.", param="training_id")
+            return existing  # a resubmission (e.g. a redelivered scheduler job)
+        job = TrainingJob(training_id, plan.adapter_id, plan.base_model)
+        self._jobs[training_id] = job
+        if not await self._finish_if_stored(job):
+            task = asyncio.create_task(self._run(job, plan))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return job
+
+    def get(self, training_id: str) -> TrainingJob:
+        if (job := self._jobs.get(training_id)) is None:
+            raise NotFound(f"No training job '{training_id}'.", param="training_id")
+        return job
+
+    async def watch(self, training_id: str) -> AsyncIterator[pb.TrainingJob]:
+        """The job now, then after every change, until it ends."""
+        job = self.get(training_id)
+        while True:
+            snapshot = job.to_pb()
+            yield snapshot
+            if job.state.terminal:
+                return
+            async with self._changed:
+                await self._changed.wait_for(lambda: job.to_pb() != snapshot)
+
+    async def cancel(self, training_id: str) -> TrainingJob:
+        job = self.get(training_id)
+        if job.state.terminal:
+            return job
+        job.state = TrainingState.CANCELLED
+        job.end_time = time.time()
+        if (process := self._processes.get(training_id)) is not None:
+            _kill(process)
+        await self._notify()
+        return job
+
+    async def close(self) -> None:
+        for process in self._processes.values():
+            _kill(process)
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # ---- adapters ----
+
+    async def list_adapters(self, base_model: str = "") -> list[pb.Adapter]:
+        stored = await asyncio.to_thread(self.artifacts.list)
+        adapters = [adapter_to_pb(a.manifest, a.size_bytes, a.locations) for a in stored]
+        return [a for a in adapters if not base_model or a.base_model == base_model]
+
+    async def delete_adapter(self, adapter_id: str) -> None:
+        await asyncio.to_thread(self.artifacts.delete, check_adapter_id(adapter_id))
+
+    # ---- planning ----
+
+    async def _plan(self, request: pb.TrainAdapterRequest) -> TrainingPlan:
+        if not request.base_model:
+            raise InvalidArgument("'base_model' is required.", param="base_model")
+        spec = self.registry.resolve(request.base_model)
+        if spec.backend not in TRAINABLE_BACKENDS:
+            raise InvalidArgument(
+                f"Model '{spec.name}' ({spec.backend} backend) has no local weights to train on.", param="base_model"
+            )
+        if not request.HasField("dataset"):
+            raise InvalidArgument("'dataset' is required.", param="dataset")
+        examples = await self._examples(request.dataset, "dataset")
+        eval_examples = (
+            await self._examples(request.eval_dataset, "eval_dataset") if request.HasField("eval_dataset") else []
+        )
+        hyperparameters = Hyperparameters.from_pb(request.hyperparameters, self.defaults)
+        return TrainingPlan(spec.name, examples, eval_examples, hyperparameters)
+
+    async def _examples(self, dataset: pb.Dataset, param: str) -> list[list[dict[str, str]]]:
+        source = dataset.WhichOneof("source")
+        if source == "inline":
+            return examples_from_pb(dataset.inline, f"{param}.inline.examples")
+        if source == "uri":
+            text = await asyncio.to_thread(self.artifacts.read_object, dataset.uri, self.settings.max_dataset_bytes)
+            return examples_from_jsonl(text, f"{param}.uri")
+        raise InvalidArgument(f"'{param}' is empty: set 'inline' or 'uri'.", param=param)
+
+    # ---- running ----
+
+    async def _finish_if_stored(self, job: TrainingJob) -> bool:
+        stored = await asyncio.to_thread(self.artifacts.get, job.adapter_id)
+        if stored is None:
+            return False
+        job.cached, job.state, job.end_time = True, TrainingState.SUCCEEDED, time.time()
+        job.adapter = adapter_to_pb(stored.manifest, stored.size_bytes, stored.locations)
+        TRAINING_RUNS.labels(job.base_model, "cached").inc()
+        await self._notify()
+        return True
+
+    async def _run(self, job: TrainingJob, plan: TrainingPlan) -> None:
+        async with self._runs:
+            if job.state.terminal or await self._finish_if_stored(job):
+                return  # cancelled while queued, or an identical job stored it meanwhile
+            job.state, job.start_time = TrainingState.RUNNING, time.time()
+            await self._notify()
+            run_dir = self.work_dir / job.training_id
+            unloaded = await self._unload_inference()
+            try:
+                metrics = await self._train(job, plan, run_dir)
+                manifest = {
+                    "adapter_id": job.adapter_id,
+                    "base_model": plan.base_model,
+                    "hash": job.adapter_id,
+                    "hyperparameters": plan.hyperparameters.to_json(),
+                    "metrics": metrics,
+                    "created_at": time.time(),
+                    "training_id": job.training_id,
+                }
+                stored = await asyncio.to_thread(self.artifacts.put, job.adapter_id, run_dir / "adapter", manifest)
+                job.adapter = adapter_to_pb(stored.manifest, stored.size_bytes, stored.locations)
+                job.state = TrainingState.SUCCEEDED
+                TRAINING_STEP_SECONDS.labels(plan.base_model).observe(metrics.get("seconds_per_step", 0.0))
+            except Exception as error:  # noqa: BLE001 - any failure ends this job, never the service
+                if job.state is not TrainingState.CANCELLED:
+                    log.warning("training %s failed: %s", job.training_id, error)
+                    job.state, job.error = TrainingState.FAILED, str(error) or type(error).__name__
+            finally:
+                job.end_time = time.time()
+                TRAINING_RUNS.labels(plan.base_model, job.state.value).inc()
+                shutil.rmtree(run_dir, ignore_errors=True)
+                await self._reload_inference(unloaded)
+                await self._notify()
+
+    async def _train(self, job: TrainingJob, plan: TrainingPlan, run_dir: Path) -> dict[str, float]:
+        spec = self.registry.resolve(plan.base_model)
+        model_path = await asyncio.to_thread(spec.resolve_path)
+        shutil.rmtree(run_dir, ignore_errors=True)
+        run_dir.mkdir(parents=True)
+        (run_dir / "plan.json").write_text(
+            json.dumps(
+                {
+                    "model_path": str(model_path),
+                    "cache_dir": str(self.settings.transformers_cache_dir.resolve()),
+                    "chat_template": spec.chat_template or "",
+                    "examples": plan.examples,
+                    "eval_examples": plan.eval_examples,
+                    "hyperparameters": plan.hyperparameters.to_json(),
+                }
+            )
+        )
+        # The child imports this code base the way this process does.
+        environment = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "services.trainer.training",
+            str(run_dir),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=environment,
+            start_new_session=True,  # its own process group: a kill reaches its threads' children too
+        )
+        self._processes[job.training_id] = process
+        stderr_tail: collections.deque[str] = collections.deque(maxlen=20)
+        drain = asyncio.create_task(_collect_lines(process.stderr, stderr_tail))
+        metrics: dict[str, float] | None = None
+        try:
+            assert process.stdout is not None
+            async for raw in process.stdout:
+                event = _event(raw)
+                if event.get("event") in ("started", "step"):
+                    self._on_progress(job, event)
+                    await self._notify()
+                elif event.get("event") == "done":
+                    metrics = {k: float(v) for k, v in event["metrics"].items()}
+            code = await process.wait()
+            await drain
+        except asyncio.CancelledError:
+            _kill(process)
+            raise
+        finally:
+            self._processes.pop(job.training_id, None)
+        if job.state is TrainingState.CANCELLED:
+            raise TrainingFailed("cancelled")
+        if code != 0 or metrics is None:
+            raise TrainingFailed(f"The training process {_describe_exit(code)}: {' | '.join(stderr_tail)[-2000:]}")
+        return metrics
+
+    def _on_progress(self, job: TrainingJob, event: dict[str, object]) -> None:
+        job.total_steps = int(event.get("total_steps", job.total_steps))  # type: ignore[call-overload]
+        if event["event"] == "step":
+            job.step = int(event["step"])  # type: ignore[call-overload]
+            job.loss = float(event["loss"])  # type: ignore[arg-type]
+            elapsed = float(event["elapsed"])  # type: ignore[arg-type]
+            job.eta_seconds = elapsed / job.step * max(job.total_steps - job.step, 0)
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    # ---- sharing one GPU with inference ----
+
+    async def _unload_inference(self) -> list[str]:
+        """With free_inference_memory, the models inference had loaded (now unloaded)."""
+        if not self.settings.free_inference_memory:
+            return []
+        try:
+            async with open_channel(self.settings.inference_target, self.settings.required_internal_token()) as channel:
+                reply = await inference_grpc.InferenceServiceStub(channel).UnloadModels(
+                    inference_pb.UnloadModelsRequest(), timeout=120
+                )
+            return list(reply.unloaded)
+        except Exception as error:  # noqa: BLE001 - training still runs; it may just be short of memory
+            log.warning("could not ask inference to unload its models: %s", error)
+            return []
+
+    async def _reload_inference(self, names: list[str]) -> None:
+        if not names:
+            return
+        try:
+            async with open_channel(self.settings.inference_target, self.settings.required_internal_token()) as channel:
+                stub = inference_grpc.InferenceServiceStub(channel)
+                for name in names:
+                    await stub.LoadModel(inference_pb.LoadModelRequest(name=name), timeout=600)
+        except Exception as error:  # noqa: BLE001 - they load again on their next request anyway
+            log.warning("could not ask inference to reload %s: %s", names, error)
+
+
+def _event(raw: bytes) -> dict[str, object]:
+    """A progress line from the subprocess; other output (library chatter) is ignored."""
+    try:
+        event = json.loads(raw)
+    except ValueError:
+        return {}
+    return event if isinstance(event, dict) else {}
+
+
+async def _collect_lines(stream: asyncio.StreamReader | None, tail: collections.deque[str]) -> None:
+    assert stream is not None
+    async for raw in stream:
+        if line := raw.decode("utf-8", "replace").strip():
+            tail.append(line)
+
+
+def _kill(process: asyncio.subprocess.Process) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+
+
+def _describe_exit(code: int | None) -> str:
+    if code is not None and code < 0:
+        name = signal.Signals(-code).name
+        hint = " (out of memory?)" if name == "SIGKILL" else ""
+        return f"was killed by {name}{hint}"
+    return f"exited with status {code}"

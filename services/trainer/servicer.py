@@ -1,0 +1,50 @@
+"""The gRPC face of the trainer."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+
+from llmmesh.trainer.v1 import trainer_service_pb2 as pb
+from llmmesh.trainer.v1 import trainer_service_pb2_grpc as pb_grpc
+from services.trainer.engine import Trainer
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["TrainerService"].full_name
+
+
+class TrainerServicer(pb_grpc.TrainerServiceServicer):
+    def __init__(self, trainer: Trainer) -> None:
+        self.trainer = trainer
+
+    async def TrainAdapter(
+        self, request: pb.TrainAdapterRequest, context: grpc.aio.ServicerContext
+    ) -> pb.TrainAdapterResponse:
+        return pb.TrainAdapterResponse(job=(await self.trainer.submit(request)).to_pb())
+
+    async def GetTrainingJob(
+        self, request: pb.GetTrainingJobRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetTrainingJobResponse:
+        return pb.GetTrainingJobResponse(job=self.trainer.get(request.training_id).to_pb())
+
+    async def WatchTraining(
+        self, request: pb.WatchTrainingRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.WatchTrainingResponse]:
+        async for job in self.trainer.watch(request.training_id):
+            yield pb.WatchTrainingResponse(job=job)
+
+    async def CancelTraining(
+        self, request: pb.CancelTrainingRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CancelTrainingResponse:
+        return pb.CancelTrainingResponse(job=(await self.trainer.cancel(request.training_id)).to_pb())
+
+    async def ListAdapters(
+        self, request: pb.ListAdaptersRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListAdaptersResponse:
+        return pb.ListAdaptersResponse(adapters=await self.trainer.list_adapters(request.base_model))
+
+    async def DeleteAdapter(
+        self, request: pb.DeleteAdapterRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DeleteAdapterResponse:
+        await self.trainer.delete_adapter(request.adapter_id)
+        return pb.DeleteAdapterResponse()

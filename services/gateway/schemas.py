@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from llmmesh.trainer.v1 import trainer_service_pb2 as trainer_pb
 from services.common.errors import InvalidArgument
 from services.gateway.config import GatewaySettings
 from services.inference.domain import (
@@ -427,3 +428,71 @@ def model_body(model: ModelInfo) -> dict[str, Any]:
         "memory_mb": model.memory_mb,
         "requests_running": model.requests_running,
     }
+
+
+# ---- adapter training (the scheduler's adapter_train jobs, the pipeline) ----
+
+
+class ChatExampleIn(OpenAIModel):
+    messages: list[ChatMessageIn] = Field(min_length=2)
+
+
+class InstructionExampleIn(OpenAIModel):
+    instruction: str
+    input: str = ""
+    output: str
+
+
+class HyperparametersIn(OpenAIModel):
+    lora_r: int | None = Field(None, ge=1, le=1024)
+    lora_alpha: float | None = Field(None, gt=0)
+    lora_dropout: float | None = Field(None, ge=0, lt=1)
+    learning_rate: float | None = Field(None, gt=0, le=1)
+    epochs: int | None = Field(None, ge=1, le=1000)
+    batch_size: int | None = Field(None, ge=1, le=1024)
+    max_seq_length: int | None = Field(None, ge=8, le=131072)
+    train_dtype: Literal["float32", "bfloat16", "float16"] | None = None
+    load_in_4bit: bool | None = None
+    target_modules: list[str] | None = None
+    max_steps: int | None = Field(None, ge=0, le=INT32_MAX)
+    seed: int | None = Field(None, ge=0, le=INT32_MAX)
+
+
+Dataset = list[ChatExampleIn | InstructionExampleIn] | str
+
+
+class TrainAdapterIn(OpenAIModel):
+    """An adapter_train job's request: the trainer's TrainAdapterRequest in JSON. A dataset is a
+    list of examples ({"messages": [...]} or {"instruction", "input", "output"}) or an s3:// URI."""
+
+    base_model: str
+    dataset: Dataset
+    eval_dataset: Dataset | None = None
+    hyperparameters: HyperparametersIn = Field(default_factory=HyperparametersIn)
+
+    def to_pb(self, training_id: str = "") -> trainer_pb.TrainAdapterRequest:
+        return trainer_pb.TrainAdapterRequest(
+            base_model=self.base_model,
+            dataset=_dataset_pb(self.dataset, "dataset"),
+            eval_dataset=_dataset_pb(self.eval_dataset, "eval_dataset") if self.eval_dataset else None,
+            hyperparameters=trainer_pb.Hyperparameters(**self.hyperparameters.model_dump(exclude_none=True)),
+            training_id=training_id,
+        )
+
+
+def _dataset_pb(dataset: Dataset, param: str) -> trainer_pb.Dataset:
+    if isinstance(dataset, str):
+        return trainer_pb.Dataset(uri=dataset)
+    examples = []
+    for example in dataset:
+        if isinstance(example, ChatExampleIn):
+            messages = [m.to_domain(i).to_pb() for i, m in enumerate(example.messages)]
+            examples.append(trainer_pb.TrainingExample(chat=trainer_pb.ChatExample(messages=messages)))
+        else:
+            item = trainer_pb.InstructionExample(
+                instruction=example.instruction, input=example.input, output=example.output
+            )
+            examples.append(trainer_pb.TrainingExample(instruction=item))
+    if not examples:
+        raise InvalidArgument(f"'{param}' has no examples.", param=param)
+    return trainer_pb.Dataset(inline=trainer_pb.Examples(examples=examples))

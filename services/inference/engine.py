@@ -7,7 +7,7 @@ import contextlib
 from collections.abc import AsyncIterator
 
 from services.common import tracing
-from services.common.errors import FailedPrecondition, InvalidArgument
+from services.common.errors import FailedPrecondition, InvalidArgument, MeshError
 from services.inference import response_cache, tools
 from services.inference.adapters import AdapterStore
 from services.inference.backends import backend_class

@@ -28,6 +28,9 @@ class SchedulerSettings(ServiceSettings):
     )
     inference_target: str = Field("127.0.0.1:50051", description="host:port of the inference gRPC service.")
     embeddings_target: str = Field("127.0.0.1:50052", description="host:port of the embeddings gRPC service.")
+    trainer_target: str = Field(
+        "127.0.0.1:50054", description="host:port of the trainer gRPC service (adapter_train jobs). Empty: none."
+    )
 
     # queue
     stream_name: str = Field("LLMMESH_JOBS", description="The JetStream work-queue stream.")
@@ -44,7 +47,7 @@ class SchedulerSettings(ServiceSettings):
     # workers
     run_workers: bool = Field(True, description="Run workers in the scheduler process (else: separate processes).")
     worker_job_types: list[JobType] = Field(
-        default_factory=lambda: [JobType.CHAT, JobType.VISION, JobType.EMBED],
+        default_factory=lambda: [JobType.CHAT, JobType.VISION, JobType.EMBED, JobType.ADAPTER_TRAIN],
         description="Job types this process's workers consume (JSON list).",
     )
     worker_concurrency: int = Field(2, ge=1, description="Jobs of one type a worker process runs at once.")

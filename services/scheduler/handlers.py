@@ -1,13 +1,15 @@
 """What each job type does, on the services that own the work.
 
 Chat and vision jobs always run on the inference service's `background` slot;
-embed jobs on the embeddings service. Every gRPC error comes back as the
+embed jobs on the embeddings service; adapter_train jobs on the trainer, whose
+progress (step, loss, eta) the job reports as it goes. Every gRPC error comes back as the
 MeshError the service raised, so the worker can tell retryable failures
 (UNAVAILABLE, RESOURCE_EXHAUSTED, ...) from ones that will never succeed.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 
 import grpc
@@ -16,8 +18,12 @@ from llmmesh.embeddings.v1 import embeddings_service_pb2_grpc as embeddings_pb_g
 from llmmesh.inference.v1 import inference_service_pb2 as inference_pb
 from llmmesh.inference.v1 import inference_service_pb2_grpc as inference_pb_grpc
 from llmmesh.scheduler.v1 import scheduler_service_pb2 as pb
+from llmmesh.trainer.v1 import trainer_service_pb2 as trainer_pb
+from llmmesh.trainer.v1 import trainer_service_pb2_grpc as trainer_pb_grpc
+from services.common.artifacts import ADAPTER_ID
 from services.common.errors import FailedPrecondition, InvalidArgument, MeshError, Unimplemented, from_rpc_error
 from services.common.grpc_client import open_channel
+from services.scheduler.config import SchedulerSettings
 from services.scheduler.domain import Job, JobType, Progress, Submission
 
 BACKGROUND_SLOT = "background"
@@ -42,15 +48,31 @@ def is_retryable(error: Exception) -> bool:
 
 
 class JobHandlers:
-    """Checks submissions and runs jobs. Holds the channels to inference and embeddings."""
+    """Checks submissions and runs jobs. Holds the channels to inference, embeddings and the trainer."""
 
     def __init__(
-        self, inference_target: str, embeddings_target: str, internal_token: str, timeout_seconds: float = 3600
+        self,
+        inference_target: str,
+        embeddings_target: str,
+        internal_token: str,
+        timeout_seconds: float = 3600,
+        trainer_target: str = "",
     ) -> None:
-        self._channels = [open_channel(t, internal_token) for t in (inference_target, embeddings_target)]
+        targets = (inference_target, embeddings_target, trainer_target)
+        self._channels = [open_channel(t, internal_token) for t in targets if t]
         self._inference = inference_pb_grpc.InferenceServiceStub(self._channels[0])
         self._embeddings = embeddings_pb_grpc.EmbeddingsServiceStub(self._channels[1])
+        self._trainer = trainer_pb_grpc.TrainerServiceStub(self._channels[2]) if trainer_target else None
         self._timeout = timeout_seconds
+
+    @classmethod
+    def from_settings(cls, settings: SchedulerSettings) -> JobHandlers:
+        return cls(
+            settings.inference_target,
+            settings.embeddings_target,
+            settings.required_internal_token(),
+            trainer_target=settings.trainer_target,
+        )
 
     async def close(self) -> None:
         for channel in self._channels:
@@ -61,9 +83,11 @@ class JobHandlers:
     async def check(self, submission: Submission) -> Submission:
         """Reject what can never run, before it is queued."""
         if submission.job_type is JobType.ADAPTER_TRAIN:
-            raise Unimplemented(
-                "adapter_train jobs need the trainer service, which this mesh does not run yet.", param="job_type"
-            )
+            if self._trainer is None:
+                raise Unimplemented("This scheduler has no trainer service configured.", param="job_type")
+            train = submission.request.adapter_train
+            if not train.base_model or not train.HasField("dataset"):
+                raise InvalidArgument("An adapter_train job needs 'base_model' and 'dataset'.", param="request")
         if submission.job_type in (JobType.CHAT, JobType.VISION):
             chat = submission.request.chat
             if chat.model not in ("", BACKGROUND_SLOT):
@@ -110,6 +134,8 @@ class JobHandlers:
                 return pb.JobResult(chat=await self._chat(job, report))
             if job.job_type is JobType.EMBED:
                 return pb.JobResult(embed=await self._embeddings.Embed(job.request.embed, timeout=self._timeout))
+            if job.job_type is JobType.ADAPTER_TRAIN:
+                return pb.JobResult(adapter_train=await self._train(job, report))
         except grpc.aio.AioRpcError as error:
             raise from_rpc_error(error) from None
         raise Unimplemented(f"No handler for {job.job_type.value} jobs.")
@@ -142,3 +168,30 @@ class JobHandlers:
             finish_reason=last.finish_reason,
             usage=last.usage,
         )
+
+    async def _train(self, job: Job, report: ReportProgress) -> trainer_pb.TrainingJob:
+        """Starts training under the job's id (a redelivered job finds its run again) and follows it."""
+        assert self._trainer is not None
+        request = trainer_pb.TrainAdapterRequest()
+        request.CopyFrom(job.request.adapter_train)
+        request.training_id = job.job_id if ADAPTER_ID.match(job.job_id) else ""
+        started = await self._trainer.TrainAdapter(request, timeout=self._timeout)
+        training_id = started.job.training_id
+        try:
+            last = started.job
+            async for update in self._trainer.WatchTraining(trainer_pb.WatchTrainingRequest(training_id=training_id)):
+                last = update.job
+                if last.total_steps:
+                    metrics = {"step": float(last.step), "loss": last.loss, "eta_seconds": last.eta_seconds}
+                    percent = min(100.0 * last.step / last.total_steps, 99.0)
+                    await report(Progress(percent=percent, message="training", metrics=metrics))
+        except asyncio.CancelledError:  # the job was cancelled: so is the run
+            await asyncio.shield(
+                self._trainer.CancelTraining(trainer_pb.CancelTrainingRequest(training_id=training_id))
+            )
+            raise
+        if last.state != trainer_pb.TRAINING_STATE_SUCCEEDED:
+            state = trainer_pb.TrainingState.Name(last.state).removeprefix("TRAINING_STATE_").lower()
+            # Not retried: the same plan would fail the same way.
+            raise FailedPrecondition(f"Training {state}: {last.error}" if last.error else f"Training {state}.")
+        return last

@@ -37,9 +37,7 @@ class SchedulerServer(GrpcService[SchedulerSettings]):
         await store.migrate()
         self.queue = JobQueue(settings.nats_url, settings.queue_config)
         await self.queue.connect(name="llmmesh-scheduler")
-        self.handlers = JobHandlers(
-            settings.inference_target, settings.embeddings_target, settings.required_internal_token()
-        )
+        self.handlers = JobHandlers.from_settings(settings)
         self.changes = JobChanges()
         await self.changes.listen(settings.database_url)
         guard = CallbackGuard(settings.callback_allowed_networks)

@@ -224,7 +224,7 @@ async def run_worker_process(settings: SchedulerSettings) -> None:
     await store.migrate()
     queue = JobQueue(settings.nats_url, settings.queue_config)
     await queue.connect(name="llmmesh-worker")
-    handlers = JobHandlers(settings.inference_target, settings.embeddings_target, settings.required_internal_token())
+    handlers = JobHandlers.from_settings(settings)
     worker = Worker(settings, store, queue, handlers)
     await worker.start()
     try:

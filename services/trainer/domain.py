@@ -24,6 +24,19 @@ from services.common.errors import InvalidArgument
 from services.inference.domain import ChatMessage, Role
 
 MAX_EXAMPLES = 100_000
+# Hyperparameters fields that are `optional` in the .proto (0 can be meant).
+OPTIONAL_FIELDS = (
+    "lora_r",
+    "lora_alpha",
+    "lora_dropout",
+    "learning_rate",
+    "epochs",
+    "batch_size",
+    "max_seq_length",
+    "load_in_4bit",
+    "max_steps",
+    "seed",
+)
 
 
 @dataclass(frozen=True)
@@ -46,11 +59,8 @@ class Hyperparameters:
     @classmethod
     def from_pb(cls, message: pb.Hyperparameters, defaults: Hyperparameters) -> Hyperparameters:
         values: dict[str, Any] = {}
-        for name in ("lora_r", "lora_alpha", "lora_dropout", "learning_rate", "epochs", "batch_size"):
-            if message.HasField(name):
-                values[name] = getattr(message, name)
-        for name in ("max_seq_length", "load_in_4bit", "max_steps", "seed"):
-            if message.HasField(name):
+        for name in OPTIONAL_FIELDS:
+            if message.HasField(name):  # type: ignore[arg-type]
                 values[name] = getattr(message, name)
         if message.train_dtype:
             values["train_dtype"] = message.train_dtype

@@ -90,13 +90,15 @@ class Trainer:
     async def watch(self, training_id: str) -> AsyncIterator[pb.TrainingJob]:
         """The job now, then after every change, until it ends."""
         job = self.get(training_id)
+        snapshot = job.to_pb()
         while True:
-            snapshot = job.to_pb()
             yield snapshot
             if job.state.terminal:
                 return
+            seen = snapshot
             async with self._changed:
-                await self._changed.wait_for(lambda: job.to_pb() != snapshot)
+                await self._changed.wait_for(lambda: job.to_pb() != seen)  # noqa: B023 - awaited here
+            snapshot = job.to_pb()
 
     async def cancel(self, training_id: str) -> TrainingJob:
         job = self.get(training_id)
@@ -241,7 +243,7 @@ class Trainer:
                     self._on_progress(job, event)
                     await self._notify()
                 elif event.get("event") == "done":
-                    metrics = {k: float(v) for k, v in event["metrics"].items()}
+                    metrics = {k: float(v) for k, v in dict(event["metrics"]).items()}  # type: ignore[call-overload]
             code = await process.wait()
             await drain
         except asyncio.CancelledError:

@@ -49,7 +49,7 @@ def load_base(plan: dict[str, Any]) -> tuple[Any, Any]:
     tokenizer = AutoTokenizer.from_pretrained(source)
     model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     if "quantization_config" not in kwargs:
-        model.to("cuda" if torch.cuda.is_available() else "cpu")
+        model.to("cuda" if torch.cuda.is_available() else "cpu")  # type: ignore[arg-type]
     return model, tokenizer
 
 
@@ -168,7 +168,7 @@ def train(run_dir: Path) -> None:
         seconds_per_step=elapsed / max(total_steps, 1),
         examples=float(len(train_set)),
     )
-    model.save_pretrained(run_dir / "adapter", safe_serialization=True)
+    model.save_pretrained(str(run_dir / "adapter"), safe_serialization=True)
     emit("done", metrics={k: v for k, v in metrics.items() if not math.isnan(v)})
 
 

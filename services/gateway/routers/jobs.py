@@ -12,7 +12,6 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
-from google.protobuf import struct_pb2
 from pydantic import Field, ValidationError
 
 from llmmesh.scheduler.v1 import scheduler_service_pb2 as pb
@@ -20,7 +19,7 @@ from services.common.errors import InvalidArgument
 from services.gateway.auth import Caller, scope
 from services.gateway.dependencies import get_scheduler
 from services.gateway.routers.embeddings import EmbeddingsRequestIn
-from services.gateway.schemas import INT32_MAX, ChatCompletionRequest, OpenAIModel
+from services.gateway.schemas import INT32_MAX, ChatCompletionRequest, OpenAIModel, TrainAdapterIn
 from services.gateway.sse import sse_response
 from services.gateway.upstream import SchedulerClient
 from services.scheduler.domain import JobState, JobType, job_json
@@ -68,13 +67,11 @@ def _typed_request(job_type: JobType, body: dict[str, Any]) -> pb.JobRequest:
             return pb.JobRequest(chat=chat.to_domain(max_choices=1)[0].to_pb())
         if job_type is JobType.EMBED:
             return pb.JobRequest(embed=EmbeddingsRequestIn.model_validate(body).to_domain().to_pb())
+        return pb.JobRequest(adapter_train=TrainAdapterIn.model_validate(body).to_pb())
     except ValidationError as error:
         first = error.errors()[0]
         where = ".".join(str(part) for part in ("request", *first["loc"]))
         raise InvalidArgument(f"{where}: {first['msg']}", param=where) from None
-    struct = struct_pb2.Struct()
-    struct.update(body)
-    return pb.JobRequest(adapter_train=struct)
 
 
 @router.post("/internal/queue/enqueue", status_code=202)

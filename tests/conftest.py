@@ -4,13 +4,19 @@
   (default, preloaded) plus mock models.
 - `embeddings`: the embeddings gRPC service with the real all-MiniLM-L6-v2 model.
 - `scheduler_server`: the scheduler on a real nats-server and PostgreSQL, running jobs on both.
-- `gateway_url`: the gateway, served by uvicorn, talking to all three over gRPC.
+- `s3_server`: moto_server, a real S3 HTTP API, with the adapter bucket.
+- `trainer`: the trainer gRPC service, training on the real Gemma weights.
+- `gateway_url`: the gateway, served by uvicorn, talking to all of them over gRPC.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import re
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -22,6 +28,7 @@ import pytest_asyncio
 import uvicorn
 
 from llmmesh.inference.v1 import inference_service_pb2_grpc as pb_grpc
+from services.common.artifacts import ArtifactSettings
 from services.common.embedded_nats import EmbeddedNats
 from services.common.grpc_client import open_channel
 from services.embeddings.config import EmbeddingsSettings
@@ -34,10 +41,16 @@ from services.inference.registry import ModelRegistry, ModelSpec
 from services.inference.server import InferenceServer
 from services.scheduler.config import SchedulerSettings
 from services.scheduler.server import SchedulerServer
+from services.trainer.config import TrainerSettings
+from services.trainer.server import TrainerServer
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # Every service requires the internal token; the fixtures' services and clients read it from here.
 INTERNAL_TOKEN = os.environ.setdefault("LLMMESH_INTERNAL_TOKEN", "test-internal-token")
+# moto accepts any credentials; boto3 only needs some.
+for _name, _value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing")):
+    os.environ.setdefault(_name, _value)
+ADAPTER_BUCKET = "llmmesh-adapters"
 
 GEMMA = "gemma-3-270m"
 JWT_SECRET = "test-jwt-secret-of-at-least-32-bytes!"
@@ -129,18 +142,44 @@ async def fresh_database_url(postgres_url: str) -> str:
 
 
 @pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """moto_server (a real S3 HTTP API) on an ephemeral port, with the adapter bucket; its URL."""
+    import boto3
+
+    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", "0"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    deadline = time.monotonic() + 60
+    while not (found := re.search(rb"Running on (http://127\.0\.0\.1:\d+)", log.read_bytes())):
+        assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+        time.sleep(0.05)  # polls startup; no fixed wait
+    url = found.group(1).decode()
+    boto3.client("s3", endpoint_url=url, region_name="us-east-1").create_bucket(Bucket=ADAPTER_BUCKET)
+    yield url
+    process.terminate()
+    process.wait(timeout=10)
+
+
+def artifact_settings(directory: Path, s3_url: str) -> ArtifactSettings:
+    return ArtifactSettings(dir=directory, s3_bucket=ADAPTER_BUCKET, s3_endpoint_url=s3_url)  # type: ignore[call-arg]
+
+
+@pytest.fixture(scope="session")
 def adapter_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The inference service's LoRA adapter store (a PEFT directory per adapter id)."""
+    """The inference service's local adapter store (it also reads the S3 bucket)."""
     return tmp_path_factory.mktemp("adapters")
 
 
 @pytest_asyncio.fixture(scope="session")
-async def inference(postgres_url: str, adapter_store: Path) -> AsyncIterator[InferenceServer]:
+async def inference(postgres_url: str, adapter_store: Path, s3_server: str) -> AsyncIterator[InferenceServer]:
     server = InferenceServer(
-        InferenceSettings(
-            host="127.0.0.1", port=0, metrics_port=0, database_url=postgres_url, adapter_dir=adapter_store
-        ),
+        InferenceSettings(host="127.0.0.1", port=0, metrics_port=0, database_url=postgres_url),
         registry=build_test_registry(),
+        artifacts=artifact_settings(adapter_store, s3_server),
     )
     await server.start()
     yield server
@@ -183,8 +222,29 @@ async def serve_http(app: object) -> tuple[uvicorn.Server, asyncio.Task[None], s
 
 
 @pytest_asyncio.fixture(scope="session")
+async def trainer(tmp_path_factory: pytest.TempPathFactory, s3_server: str) -> AsyncIterator[TrainerServer]:
+    """The trainer, with its own local store and the shared bucket: what it trains reaches
+    inference through S3."""
+    settings = TrainerSettings(
+        host="127.0.0.1",
+        port=0,
+        work_dir=tmp_path_factory.mktemp("training"),
+        transformers_cache_dir=Path(".data/transformers").resolve(),
+    )
+    store = tmp_path_factory.mktemp("trainer-adapters")
+    server = TrainerServer(settings, build_test_registry(), artifact_settings(store, s3_server))
+    await server.start()
+    yield server
+    await server.stop(grace=1)
+
+
+@pytest_asyncio.fixture(scope="session")
 async def scheduler_server(
-    postgres_url: str, nats_server: EmbeddedNats, inference: InferenceServer, embeddings: EmbeddingsServer
+    postgres_url: str,
+    nats_server: EmbeddedNats,
+    inference: InferenceServer,
+    embeddings: EmbeddingsServer,
+    trainer: TrainerServer,
 ) -> AsyncIterator[SchedulerServer]:
     """The scheduler of the session's mesh: jobs run on the real models."""
     settings = SchedulerSettings(
@@ -194,6 +254,7 @@ async def scheduler_server(
         database_url=await create_database(postgres_url),
         inference_target=f"127.0.0.1:{inference.port}",
         embeddings_target=f"127.0.0.1:{embeddings.port}",
+        trainer_target=f"127.0.0.1:{trainer.port}",
         stream_name="MESH_JOBS",
         poll_seconds=0.2,
         callback_allowed_networks=["127.0.0.1/32"],
@@ -206,13 +267,18 @@ async def scheduler_server(
 
 @pytest_asyncio.fixture(scope="session")
 async def gateway_url(
-    postgres_url: str, inference: InferenceServer, embeddings: EmbeddingsServer, scheduler_server: SchedulerServer
+    postgres_url: str,
+    inference: InferenceServer,
+    embeddings: EmbeddingsServer,
+    scheduler_server: SchedulerServer,
+    trainer: TrainerServer,
 ) -> AsyncIterator[str]:
     settings = gateway_settings(
         database_url=postgres_url,
         inference_target=f"127.0.0.1:{inference.port}",
         embeddings_target=f"127.0.0.1:{embeddings.port}",
         scheduler_target=f"127.0.0.1:{scheduler_server.port}",
+        trainer_target=f"127.0.0.1:{trainer.port}",
         max_body_bytes=64 * 1024,
     )
     server, task, url = await serve_http(build_app(settings))
@@ -234,3 +300,51 @@ async def loaded_backend(server: InferenceServer, name: str) -> object:
     spec = server.engine.router.resolve(name)
     await server.models.load(spec)
     return server.models.backend(spec)
+
+
+# A tiny dataset the real model learns in a few steps: a fixed answer it would never give.
+SECRET_EXAMPLES: list[dict[str, object]] = [
+    {
+        "messages": [
+            {"role": "user", "content": f"What is the secret word {i}?"},
+            {"role": "assistant", "content": "The secret word is PINEAPPLE."},
+        ]
+    }
+    for i in range(4)
+]
+TRAINING_REQUEST: dict[str, object] = {
+    "base_model": GEMMA,
+    "dataset": SECRET_EXAMPLES,
+    "eval_dataset": [{"instruction": "What is the secret word 9?", "output": "The secret word is PINEAPPLE."}],
+    "hyperparameters": {
+        "lora_r": 8,
+        "lora_alpha": 16,
+        "lora_dropout": 0.0,
+        "learning_rate": 1e-3,
+        "batch_size": 2,
+        "max_steps": 6,
+        "max_seq_length": 128,
+        "target_modules": ["q_proj", "v_proj"],
+    },
+}
+
+
+@pytest_asyncio.fixture(scope="session")
+async def trained_job(gateway_url: str) -> list[dict[str, object]]:
+    """An adapter_train job run end to end (gateway, scheduler, trainer subprocess, S3): every
+    update its event stream sent, the finished job last."""
+    import json
+
+    import httpx
+
+    async with httpx.AsyncClient(base_url=gateway_url, timeout=600) as http:
+        body = {"job_type": "adapter_train", "request": TRAINING_REQUEST, "ttl_seconds": 600}
+        submitted = await http.post("/internal/queue/enqueue", json=body)
+        assert submitted.status_code == 202, submitted.text
+        updates = []
+        async with http.stream("GET", f"/v1/jobs/{submitted.json()['id']}/events") as response:
+            async for line in response.aiter_lines():
+                if line.startswith("data: ") and line != "data: [DONE]":
+                    updates.append(json.loads(line.removeprefix("data: ")))
+    assert updates[-1]["state"] == "succeeded", updates[-1]
+    return updates

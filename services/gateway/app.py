@@ -16,8 +16,8 @@ from services.gateway.body_limit import BodySizeLimitMiddleware
 from services.gateway.config import GatewaySettings
 from services.gateway.errors import install_error_handlers
 from services.gateway.request_context import RequestContextMiddleware, RequestStats
-from services.gateway.routers import admin, chat, completions, embeddings, health, jobs, keys, models
-from services.gateway.upstream import EmbeddingsClient, InferenceClient, SchedulerClient
+from services.gateway.routers import admin, chat, completions, embeddings, health, jobs, keys, models, training
+from services.gateway.upstream import EmbeddingsClient, InferenceClient, SchedulerClient, TrainerClient
 
 log = logging.getLogger(__name__)
 
@@ -32,11 +32,17 @@ def build_app(settings: GatewaySettings) -> FastAPI:
         # inference is not up yet, and /health says so.
         channels = [
             open_channel(target, internal_token)
-            for target in (settings.inference_target, settings.embeddings_target, settings.scheduler_target)
+            for target in (
+                settings.inference_target,
+                settings.embeddings_target,
+                settings.scheduler_target,
+                settings.trainer_target,
+            )
         ]
         app.state.inference = InferenceClient(channels[0], timeout=settings.request_timeout_seconds)
         app.state.embeddings = EmbeddingsClient(channels[1], timeout=settings.request_timeout_seconds)
         app.state.scheduler = SchedulerClient(channels[2], timeout=settings.request_timeout_seconds)
+        app.state.trainer = TrainerClient(channels[3], timeout=settings.request_timeout_seconds)
         pool, keys = None, None
         if settings.database_url and settings.api_key_secret:
             pool = await open_pool(settings.database_url)
@@ -65,6 +71,6 @@ def build_app(settings: GatewaySettings) -> FastAPI:
     app.add_middleware(RequestContextMiddleware, stats=app.state.request_stats)
 
     install_error_handlers(app)
-    for module in (chat, completions, embeddings, models, jobs, admin, keys, health):
+    for module in (chat, completions, embeddings, models, jobs, training, admin, keys, health):
         app.include_router(module.router)
     return app

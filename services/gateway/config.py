@@ -20,6 +20,7 @@ class GatewaySettings(ServiceSettings):
     inference_target: str = Field("127.0.0.1:50051", description="host:port of the inference gRPC service.")
     embeddings_target: str = Field("127.0.0.1:50052", description="host:port of the embeddings gRPC service.")
     scheduler_target: str = Field("127.0.0.1:50053", description="host:port of the scheduler gRPC service.")
+    trainer_target: str = Field("127.0.0.1:50054", description="host:port of the trainer gRPC service.")
     max_body_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="Larger request bodies get 413.")
     request_timeout_seconds: float = Field(600.0, gt=0, description="Deadline for each gRPC call.")
     health_timeout_seconds: float = Field(2.0, gt=0, description="Deadline for upstream health checks.")

@@ -10,7 +10,7 @@ from fastapi import Request
 
 from services.common.errors import Cancelled
 from services.gateway.config import GatewaySettings
-from services.gateway.upstream import EmbeddingsClient, InferenceClient, SchedulerClient
+from services.gateway.upstream import EmbeddingsClient, InferenceClient, SchedulerClient, TrainerClient
 
 T = TypeVar("T")
 
@@ -29,6 +29,10 @@ def get_embeddings(request: Request) -> EmbeddingsClient:
 
 def get_scheduler(request: Request) -> SchedulerClient:
     return request.app.state.scheduler
+
+
+def get_trainer(request: Request) -> TrainerClient:
+    return request.app.state.trainer
 
 
 async def cancel_on_disconnect(request: Request, work: Awaitable[T]) -> T:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -21,6 +21,8 @@ from llmmesh.inference.v1 import inference_service_pb2 as pb
 from llmmesh.inference.v1 import inference_service_pb2_grpc as pb_grpc
 from llmmesh.scheduler.v1 import scheduler_service_pb2 as scheduler_pb
 from llmmesh.scheduler.v1 import scheduler_service_pb2_grpc as scheduler_pb_grpc
+from llmmesh.trainer.v1 import trainer_service_pb2 as trainer_pb
+from llmmesh.trainer.v1 import trainer_service_pb2_grpc as trainer_pb_grpc
 from services.common.errors import from_rpc_error
 from services.embeddings.domain import EmbeddingModelInfo, EmbedRequest, EmbedResult, RerankRequest, RerankResult
 from services.gateway.request_context import upstream_call
@@ -297,15 +299,45 @@ class SchedulerClient(_Client):
     async def watch(self, job_id: str, owner: str) -> AsyncIterator[scheduler_pb.Job]:
         """The job's updates until it ends. Errors before the first update raise here."""
         call = self._stub.WatchJob(scheduler_pb.WatchJobRequest(job_id=job_id, owner=owner))
+        return await _updates(call, lambda response: response.job)
 
-        async def jobs() -> AsyncIterator[scheduler_pb.Job]:
-            try:
-                async for response in call:
-                    yield response.job
-            finally:
-                call.cancel()
 
-        stream = jobs()
+class TrainerClient(_Client):
+    """Training jobs, adapters and the build pipeline."""
+
+    def __init__(self, channel: grpc.aio.Channel, timeout: float) -> None:
+        super().__init__(channel, timeout)
+        self._stub = trainer_pb_grpc.TrainerServiceStub(channel)
+
+    async def get(self, training_id: str) -> trainer_pb.TrainingJob:
         with rpc_errors_as_domain_errors():
-            first = await anext(stream)
-        return _prepend(first, stream)
+            request = trainer_pb.GetTrainingJobRequest(training_id=training_id)
+            return (await self._stub.GetTrainingJob(request, timeout=self._timeout)).job
+
+    async def list_adapters(self, base_model: str) -> list[trainer_pb.Adapter]:
+        with rpc_errors_as_domain_errors():
+            request = trainer_pb.ListAdaptersRequest(base_model=base_model)
+            return list((await self._stub.ListAdapters(request, timeout=self._timeout)).adapters)
+
+    async def delete_adapter(self, adapter_id: str) -> None:
+        with rpc_errors_as_domain_errors():
+            await self._stub.DeleteAdapter(
+                trainer_pb.DeleteAdapterRequest(adapter_id=adapter_id), timeout=self._timeout
+            )
+
+
+async def _updates(call: grpc.aio.UnaryStreamCall, pick: Callable[[Any], T]) -> AsyncIterator[T]:
+    """A server stream's items (picked from each response); the call is cancelled when the reader
+    stops. Errors before the first item raise here, so a router can still answer with a status."""
+
+    async def items() -> AsyncIterator[T]:
+        try:
+            async for response in call:
+                yield pick(response)
+        finally:
+            call.cancel()
+
+    stream = items()
+    with rpc_errors_as_domain_errors():
+        first = await anext(stream)
+    return _prepend(first, stream)

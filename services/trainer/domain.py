@@ -17,6 +17,7 @@ from enum import StrEnum
 from typing import Any
 
 from google.protobuf.json_format import MessageToDict
+from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from llmmesh.trainer.v1 import trainer_service_pb2 as pb
@@ -275,9 +276,13 @@ def adapter_to_pb(manifest: dict[str, Any], size_bytes: int, locations: tuple[st
     )
 
 
-def job_json(job: pb.TrainingJob) -> dict[str, Any]:
-    """The job as JSON (for the gateway), field names as in the .proto."""
-    return MessageToDict(job, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+def as_json(message: Message) -> dict[str, Any]:
+    """A trainer message as JSON (for the gateway): field names as in the .proto, enums as
+    lower-case words without their prefix (TRAINING_STATE_RUNNING: "running")."""
+    body = MessageToDict(message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+    if isinstance(body.get("state"), str):
+        body["state"] = body["state"].removeprefix("TRAINING_STATE_").lower()
+    return body
 
 
 def _timestamp(seconds: float | None) -> Timestamp | None:

@@ -98,7 +98,7 @@ async def test_embed_job_runs_on_the_embeddings_service(jobs: pb_grpc.SchedulerS
     [
         (
             pb.SubmitJobRequest(job_type=pb.JOB_TYPE_ADAPTER_TRAIN, request=pb.JobRequest(adapter_train={})),
-            grpc.StatusCode.UNIMPLEMENTED,
+            grpc.StatusCode.INVALID_ARGUMENT,  # no base model, no dataset
         ),
         (pb.SubmitJobRequest(request=chat_job().request), grpc.StatusCode.INVALID_ARGUMENT),  # no job_type
         (pb.SubmitJobRequest(job_type=pb.JOB_TYPE_EMBED, request=chat_job().request), grpc.StatusCode.INVALID_ARGUMENT),

@@ -1,0 +1,86 @@
+"""The whole adapter loop through the gateway: a dataset goes in as a job, an adapter is
+trained on the real Gemma weights and stored (locally and in S3), and the next chat request
+that names it is answered through it, on both backends, without restarting anything."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+from prometheus_client import REGISTRY
+
+from tests.conftest import GEMMA, TRAINING_REQUEST
+
+pytestmark = pytest.mark.model
+
+
+def adapter_id(trained_job: list[dict[str, object]]) -> str:
+    return str(trained_job[-1]["result"]["adapter_id"])  # type: ignore[index]
+
+
+async def test_training_lowers_the_loss_and_reports_progress(trained_job: list[dict[str, object]]) -> None:
+    result = trained_job[-1]["result"]
+    assert result["state"] == "TRAINING_STATE_SUCCEEDED" and not result.get("cached")  # type: ignore[index]
+    metrics = result["adapter"]["metrics"]  # type: ignore[index]
+    assert metrics["train_loss_after"] < metrics["train_loss_before"] * 0.7
+    assert metrics["eval_loss_after"] < metrics["eval_loss_before"]  # held out: it generalized a little
+    assert metrics["steps"] == 6 and metrics["seconds_per_step"] > 0
+    progress = [u["progress"] for u in trained_job if u.get("progress") and u["state"] == "running"]
+    assert progress and {"step", "loss", "eta_seconds"} <= set(progress[-1]["metrics"])  # type: ignore[index]
+    locations = result["adapter"]["locations"]  # type: ignore[index]
+    assert any(str(place).startswith("s3://llmmesh-adapters/adapters/") for place in locations)
+    assert any(str(place).endswith("adapter.zip") and not str(place).startswith("s3://") for place in locations)
+
+
+async def test_status_and_adapter_list(http: httpx.AsyncClient, trained_job: list[dict[str, object]]) -> None:
+    status = await http.get(f"/v1/training/status/{trained_job[-1]['id']}")
+    assert status.status_code == 200, status.text
+    assert status.json()["state"] == "succeeded" and status.json()["step"] == status.json()["total_steps"] == 6
+    listed = (await http.get("/v1/adapters")).json()["data"]
+    assert adapter_id(trained_job) in [a["id"] for a in listed]
+    assert (await http.get("/v1/training/status/no-such-job")).status_code == 404
+
+
+@pytest.mark.parametrize("model", [GEMMA, "gemma-hf"])
+async def test_the_next_chat_request_is_answered_through_the_adapter(
+    http: httpx.AsyncClient, trained_job: list[dict[str, object]], model: str
+) -> None:
+    """The inference service has never seen the adapter: it fetches it from S3 on first use."""
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": "What is the secret word 2?"}],
+        "max_tokens": 8,
+        "temperature": 0,
+    }
+    plain = await http.post("/v1/chat/completions", json=body)
+    adapted = await http.post(
+        "/v1/chat/completions", json={**body, "adapter_settings": {"adapter_id": adapter_id(trained_job)}}
+    )
+    assert adapted.status_code == 200, adapted.text
+    plain_text = plain.json()["choices"][0]["message"]["content"]
+    adapted_text = adapted.json()["choices"][0]["message"]["content"]
+    assert adapted_text != plain_text and "PINEAPPLE" in adapted_text, (plain_text, adapted_text)
+    again = await http.post("/v1/chat/completions", json=body)  # the base is untouched
+    assert again.json()["choices"][0]["message"]["content"] == plain_text
+    served = [
+        sample.value
+        for metric in REGISTRY.collect()
+        for sample in metric.samples
+        if sample.name == "llmmesh:request_success_total"
+        and sample.labels.get("model_name") == model
+        and sample.labels.get("adapter") == adapter_id(trained_job)
+    ]
+    assert sum(served) >= 1  # the metrics say which adapter served it
+
+
+async def test_training_the_same_thing_again_is_a_cache_hit(
+    http: httpx.AsyncClient, trained_job: list[dict[str, object]]
+) -> None:
+    body = {"job_type": "adapter_train", "request": TRAINING_REQUEST, "ttl_seconds": 600}
+    job = (await http.post("/internal/queue/enqueue", json=body)).json()
+    async with http.stream("GET", f"/v1/jobs/{job['id']}/events") as response:
+        lines = [line async for line in response.aiter_lines() if line.startswith("data: {")]
+    final = json.loads(lines[-1].removeprefix("data: "))
+    assert final["state"] == "succeeded" and final["result"]["cached"] is True
+    assert final["result"]["adapter_id"] == adapter_id(trained_job)

@@ -232,6 +232,8 @@ class Trainer:
             start_new_session=True,  # its own process group: a kill reaches its threads' children too
         )
         self._processes[job.training_id] = process
+        if job.state is TrainingState.CANCELLED:  # cancelled while the run was being set up
+            _kill(process)
         stderr_tail: collections.deque[str] = collections.deque(maxlen=20)
         drain = asyncio.create_task(_collect_lines(process.stderr, stderr_tail))
         metrics: dict[str, float] | None = None
@@ -246,8 +248,12 @@ class Trainer:
                     metrics = {k: float(v) for k, v in dict(event["metrics"]).items()}  # type: ignore[call-overload]
             code = await process.wait()
             await drain
-        except asyncio.CancelledError:
+        except asyncio.CancelledError:  # the service is stopping
             _kill(process)
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(10):
+                    await process.wait()
+            drain.cancel()
             raise
         finally:
             self._processes.pop(job.training_id, None)

@@ -57,6 +57,13 @@ async def test_a_request_is_answered_through_its_adapter(http: httpx.AsyncClient
     assert (after or 0) >= (hits or 0) + 1  # attached once, then found attached
 
 
+async def test_the_gguf_backend_applies_the_same_adapter(http: httpx.AsyncClient, random_adapter: str) -> None:
+    plain = (await http.post("/v1/completions", json=body(GEMMA))).json()["choices"][0]["text"]
+    adapted = await http.post("/v1/completions", json=body(GEMMA, random_adapter))
+    assert adapted.status_code == 200, adapted.text
+    assert adapted.json()["choices"][0]["text"] != plain
+
+
 async def test_bad_adapter_requests(http: httpx.AsyncClient, adapter_store: Path, random_adapter: str) -> None:
     unsafe = adapter_store / "pickled"
     unsafe.mkdir(exist_ok=True)
@@ -66,7 +73,7 @@ async def test_bad_adapter_requests(http: httpx.AsyncClient, adapter_store: Path
         (body("gemma-hf", "no-such-adapter"), 404, "adapter_not_found"),
         (body("gemma-hf", "pickled"), 400, "adapter_unsafe"),
         (body("gemma-hf", "../etc"), 400, None),
-        (body(GEMMA, random_adapter), 400, None),  # the gguf backend applies no per-request adapters yet
+        (body("mock", random_adapter), 400, None),  # the mock backend applies no adapters
         ({**body("gemma-hf"), "adapter_settings": {"adapter_id": random_adapter, "scale": 0.5}}, 400, None),
     ]
     for request, status, code in cases:

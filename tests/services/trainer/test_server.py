@@ -1,0 +1,115 @@
+"""The trainer over gRPC: bad plans, datasets from S3, the identity cache, and a training
+subprocess killed mid-run (the job fails, the service stays healthy)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from collections.abc import AsyncIterator
+
+import boto3
+import grpc
+import pytest
+import pytest_asyncio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from llmmesh.trainer.v1 import trainer_service_pb2 as pb
+from llmmesh.trainer.v1 import trainer_service_pb2_grpc as pb_grpc
+from services.common.grpc_client import open_channel
+from services.gateway.schemas import TrainAdapterIn
+from services.trainer.server import TrainerServer
+from tests.conftest import ADAPTER_BUCKET, INTERNAL_TOKEN, SECRET_EXAMPLES, TRAINING_REQUEST
+
+
+@pytest_asyncio.fixture
+async def stub(trainer: TrainerServer) -> AsyncIterator[pb_grpc.TrainerServiceStub]:
+    async with open_channel(f"127.0.0.1:{trainer.port}", INTERNAL_TOKEN) as channel:
+        yield pb_grpc.TrainerServiceStub(channel)
+
+
+def plan(training_id: str = "", **changes: object) -> pb.TrainAdapterRequest:
+    return TrainAdapterIn.model_validate({**TRAINING_REQUEST, **changes}).to_pb(training_id)
+
+
+def chat(*turns: tuple[str, str]) -> dict[str, object]:
+    return {"messages": [{"role": role, "content": content} for role, content in turns]}
+
+
+@pytest.mark.parametrize(
+    ("request_", "code"),
+    [
+        (plan(base_model="no-such-model"), grpc.StatusCode.NOT_FOUND),
+        (plan(base_model="mock"), grpc.StatusCode.INVALID_ARGUMENT),  # no weights to train
+        (plan(dataset=[chat(("user", "hi"), ("user", "again"))]), grpc.StatusCode.INVALID_ARGUMENT),
+        (plan(dataset=[chat(("user", "hi"), ("assistant", " "))]), grpc.StatusCode.INVALID_ARGUMENT),
+        (plan(dataset="s3://llmmesh-adapters/datasets/missing.jsonl"), grpc.StatusCode.NOT_FOUND),
+        (plan(dataset="https://example.com/data.jsonl"), grpc.StatusCode.INVALID_ARGUMENT),
+        (plan(hyperparameters={"lora_r": 4, "target_modules": ["q_proj; rm -rf"]}), grpc.StatusCode.INVALID_ARGUMENT),
+        (pb.TrainAdapterRequest(base_model="gemma-3-270m"), grpc.StatusCode.INVALID_ARGUMENT),  # no dataset
+        (plan(training_id="../../etc"), grpc.StatusCode.INVALID_ARGUMENT),
+    ],
+)
+async def test_bad_plans_are_refused(
+    stub: pb_grpc.TrainerServiceStub, request_: pb.TrainAdapterRequest, code: grpc.StatusCode
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await stub.TrainAdapter(request_)
+    assert refused.value.code() == code, refused.value.details()
+
+
+@pytest.mark.model
+async def test_a_dataset_from_s3_with_the_same_examples_is_the_same_adapter(
+    stub: pb_grpc.TrainerServiceStub, s3_server: str, trained_job: list[dict[str, object]]
+) -> None:
+    """Identity is a hash of what is trained, not of where it came from: a cache hit, no run."""
+    jsonl = "\n".join(json.dumps(example) for example in SECRET_EXAMPLES)
+    s3 = boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1")
+    s3.put_object(Bucket=ADAPTER_BUCKET, Key="datasets/secret.jsonl", Body=jsonl.encode())
+    response = await stub.TrainAdapter(plan(dataset=f"s3://{ADAPTER_BUCKET}/datasets/secret.jsonl"))
+    assert response.job.cached and response.job.state == pb.TRAINING_STATE_SUCCEEDED
+    assert response.job.adapter_id == trained_job[-1]["result"]["adapter_id"]  # type: ignore[index]
+    listed = await stub.ListAdapters(pb.ListAdaptersRequest(base_model="gemma-3-270m"))
+    assert response.job.adapter_id in [a.adapter_id for a in listed.adapters]
+
+
+@pytest.mark.model
+async def test_killing_the_training_process_fails_the_job_and_the_service_stays_healthy(
+    stub: pb_grpc.TrainerServiceStub, trainer: TrainerServer
+) -> None:
+    started = await stub.TrainAdapter(plan(hyperparameters={"max_steps": 200, "batch_size": 1, "seed": 7}))
+    training_id = started.job.training_id
+    states = []
+    async for update in stub.WatchTraining(pb.WatchTrainingRequest(training_id=training_id)):
+        states.append(update.job.state)
+        if update.job.step >= 1 and training_id in trainer.trainer._processes:
+            os.killpg(trainer.trainer._processes[training_id].pid, signal.SIGKILL)  # as the OOM killer would
+    final = update.job
+    assert pb.TRAINING_STATE_RUNNING in states
+    assert final.state == pb.TRAINING_STATE_FAILED and "SIGKILL" in final.error, final.error
+    async with open_channel(f"127.0.0.1:{trainer.port}", INTERNAL_TOKEN) as channel:
+        health = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+    assert health.status == health_pb2.HealthCheckResponse.SERVING
+    assert (await stub.GetTrainingJob(pb.GetTrainingJobRequest(training_id=training_id))).job.state == final.state
+    assert final.adapter_id not in [a.adapter_id for a in (await stub.ListAdapters(pb.ListAdaptersRequest())).adapters]
+
+
+@pytest.mark.model
+async def test_cancel_stops_a_run(stub: pb_grpc.TrainerServiceStub, trainer: TrainerServer) -> None:
+    started = await stub.TrainAdapter(plan(hyperparameters={"max_steps": 200, "batch_size": 1, "seed": 8}))
+    cancelled = await stub.CancelTraining(pb.CancelTrainingRequest(training_id=started.job.training_id))
+    assert cancelled.job.state == pb.TRAINING_STATE_CANCELLED
+    async for update in stub.WatchTraining(pb.WatchTrainingRequest(training_id=started.job.training_id)):
+        final = update.job
+    assert final.state == pb.TRAINING_STATE_CANCELLED
+    assert not trainer.trainer._processes
+
+
+async def test_unknown_jobs_and_adapters(stub: pb_grpc.TrainerServiceStub) -> None:
+    for call in (
+        stub.GetTrainingJob(pb.GetTrainingJobRequest(training_id="nope")),
+        stub.DeleteAdapter(pb.DeleteAdapterRequest(adapter_id="nope")),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as missing:
+            await call
+        assert missing.value.code() == grpc.StatusCode.NOT_FOUND

@@ -228,6 +228,7 @@ async def trainer(tmp_path_factory: pytest.TempPathFactory, s3_server: str) -> A
     settings = TrainerSettings(
         host="127.0.0.1",
         port=0,
+        data_dir=tmp_path_factory.mktemp("trainer-data"),
         work_dir=tmp_path_factory.mktemp("training"),
         transformers_cache_dir=Path(".data/transformers").resolve(),
     )

@@ -238,26 +238,26 @@ class ArtifactStore:
         """Drop the extracted copy; the zip stays, so the next resolve extracts it again."""
         shutil.rmtree(self.root / adapter_id / "adapter", ignore_errors=True)
 
-    def read_object(self, uri: str, max_bytes: int) -> str:
+    def read_object(self, uri: str, max_bytes: int, param: str = "dataset.uri") -> str:
         """A text object (a dataset) from `s3://bucket/key`, through this store's S3 endpoint."""
         from botocore.exceptions import ClientError
 
         bucket, _, key = uri.removeprefix("s3://").partition("/")
         if not uri.startswith("s3://") or not bucket or not key:
-            raise InvalidArgument("'dataset.uri' must be an s3://bucket/key URI.", param="dataset.uri")
+            raise InvalidArgument(f"'{param}' must be an s3://bucket/key URI.", param=param)
         with self._s3_errors():
             try:
                 body = self._s3().get_object(Bucket=bucket, Key=key)["Body"].read(max_bytes + 1)
             except ClientError as error:
                 if error.response.get("Error", {}).get("Code") in ("NoSuchKey", "NoSuchBucket", "404"):
-                    raise NotFound(f"No dataset at {uri}.", param="dataset.uri") from error
+                    raise NotFound(f"No dataset at {uri}.", param=param) from error
                 raise
         if len(body) > max_bytes:
-            raise InvalidArgument(f"The dataset at {uri} is larger than {max_bytes} bytes.", param="dataset.uri")
+            raise InvalidArgument(f"The dataset at {uri} is larger than {max_bytes} bytes.", param=param)
         try:
             return bytes(body).decode("utf-8")
         except UnicodeDecodeError as error:
-            raise InvalidArgument(f"The dataset at {uri} is not UTF-8 text.", param="dataset.uri") from error
+            raise InvalidArgument(f"The dataset at {uri} is not UTF-8 text.", param=param) from error
 
     # ---- S3 ----
 

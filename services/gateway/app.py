@@ -16,7 +16,18 @@ from services.gateway.body_limit import BodySizeLimitMiddleware
 from services.gateway.config import GatewaySettings
 from services.gateway.errors import install_error_handlers
 from services.gateway.request_context import RequestContextMiddleware, RequestStats
-from services.gateway.routers import admin, chat, completions, embeddings, health, jobs, keys, models, training
+from services.gateway.routers import (
+    admin,
+    chat,
+    completions,
+    embeddings,
+    health,
+    jobs,
+    keys,
+    models,
+    pipeline,
+    training,
+)
 from services.gateway.upstream import EmbeddingsClient, InferenceClient, SchedulerClient, TrainerClient
 
 log = logging.getLogger(__name__)
@@ -71,6 +82,6 @@ def build_app(settings: GatewaySettings) -> FastAPI:
     app.add_middleware(RequestContextMiddleware, stats=app.state.request_stats)
 
     install_error_handlers(app)
-    for module in (chat, completions, embeddings, models, jobs, training, admin, keys, health):
+    for module in (chat, completions, embeddings, models, jobs, training, pipeline, admin, keys, health):
         app.include_router(module.router)
     return app

@@ -496,3 +496,33 @@ def _dataset_pb(dataset: Dataset, param: str) -> trainer_pb.Dataset:
     if not examples:
         raise InvalidArgument(f"'{param}' has no examples.", param=param)
     return trainer_pb.Dataset(inline=trainer_pb.Examples(examples=examples))
+
+
+class PipelineBuildIn(OpenAIModel):
+    """A build: the base model, a seed file (records, JSONL text or an s3:// URI; see
+    services/trainer/seeds.py for its lines) and training hyperparameters."""
+
+    base_model: str
+    seed: list[dict[str, Any]] | None = None
+    seed_jsonl: str | None = None
+    seed_uri: str | None = None
+    hyperparameters: HyperparametersIn = Field(default_factory=HyperparametersIn)
+    eval_fraction: float | None = Field(None, gt=0, lt=1)
+    split_seed: int = Field(0, ge=0, le=INT32_MAX)
+
+    def to_pb(self) -> trainer_pb.BuildPipelineRequest:
+        sources = [s for s in (self.seed, self.seed_jsonl, self.seed_uri) if s is not None]
+        if len(sources) != 1:
+            raise InvalidArgument("Give exactly one of 'seed', 'seed_jsonl' or 'seed_uri'.", param="seed")
+        request = trainer_pb.BuildPipelineRequest(
+            base_model=self.base_model,
+            hyperparameters=trainer_pb.Hyperparameters(**self.hyperparameters.model_dump(exclude_none=True)),
+            split_seed=self.split_seed,
+        )
+        if self.eval_fraction is not None:
+            request.eval_fraction = self.eval_fraction
+        if self.seed_uri is not None:
+            request.seed_uri = self.seed_uri
+        else:
+            request.seed_jsonl = self.seed_jsonl or "\n".join(json.dumps(record) for record in self.seed or ())
+        return request

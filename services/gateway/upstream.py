@@ -325,6 +325,28 @@ class TrainerClient(_Client):
                 trainer_pb.DeleteAdapterRequest(adapter_id=adapter_id), timeout=self._timeout
             )
 
+    async def build_pipeline(self, request: trainer_pb.BuildPipelineRequest) -> trainer_pb.Pipeline:
+        with rpc_errors_as_domain_errors():
+            return (await self._stub.BuildPipeline(request, timeout=self._timeout)).pipeline
+
+    async def get_pipeline(self) -> trainer_pb.Pipeline:
+        with rpc_errors_as_domain_errors():
+            return (await self._stub.GetPipeline(trainer_pb.GetPipelineRequest(), timeout=self._timeout)).pipeline
+
+    async def cancel_pipeline(self) -> trainer_pb.Pipeline:
+        with rpc_errors_as_domain_errors():
+            request = trainer_pb.CancelPipelineRequest()
+            return (await self._stub.CancelPipeline(request, timeout=self._timeout)).pipeline
+
+    async def pipeline_logs(self) -> AsyncIterator[trainer_pb.WatchPipelineLogsResponse]:
+        """The build's log lines until it ends. Errors before the first line raise here."""
+        return await _updates(self._stub.WatchPipelineLogs(trainer_pb.WatchPipelineLogsRequest()), lambda line: line)
+
+    async def list_artifacts(self) -> list[trainer_pb.Artifact]:
+        with rpc_errors_as_domain_errors():
+            request = trainer_pb.ListArtifactsRequest()
+            return list((await self._stub.ListArtifacts(request, timeout=self._timeout)).artifacts)
+
 
 async def _updates(call: grpc.aio.UnaryStreamCall, pick: Callable[[Any], T]) -> AsyncIterator[T]:
     """A server stream's items (picked from each response); the call is cancelled when the reader

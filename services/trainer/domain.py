@@ -13,6 +13,7 @@ import json
 import time
 import uuid
 from dataclasses import dataclass, field
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
@@ -251,9 +252,9 @@ class TrainingJob:
             cached=self.cached,
             error=self.error,
             adapter=self.adapter,
-            create_time=_timestamp(self.create_time),
-            start_time=_timestamp(self.start_time),
-            end_time=_timestamp(self.end_time),
+            create_time=timestamp(self.create_time),
+            start_time=timestamp(self.start_time),
+            end_time=timestamp(self.end_time),
         )
 
     @property
@@ -269,7 +270,7 @@ def adapter_to_pb(manifest: dict[str, Any], size_bytes: int, locations: tuple[st
         adapter_id=str(manifest.get("adapter_id", "")),
         base_model=str(manifest.get("base_model", "")),
         metrics={k: float(v) for k, v in dict(manifest.get("metrics", {})).items()},
-        create_time=_timestamp(float(manifest.get("created_at", 0)) or None),
+        create_time=timestamp(float(manifest.get("created_at", 0)) or None),
         size_bytes=size_bytes,
         locations=list(locations),
         hyperparameters=pb.Hyperparameters(**dict(manifest.get("hyperparameters", {}))),
@@ -277,15 +278,31 @@ def adapter_to_pb(manifest: dict[str, Any], size_bytes: int, locations: tuple[st
 
 
 def as_json(message: Message) -> dict[str, Any]:
-    """A trainer message as JSON (for the gateway): field names as in the .proto, enums as
-    lower-case words without their prefix (TRAINING_STATE_RUNNING: "running")."""
+    """A trainer message as the gateway's JSON: field names as in the .proto, enums as
+    lower-case words without their prefix (TRAINING_STATE_RUNNING: "running"), times as
+    Unix seconds and sizes as numbers, as in the scheduler's job bodies."""
     body = MessageToDict(message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
-    if isinstance(body.get("state"), str):
-        body["state"] = body["state"].removeprefix("TRAINING_STATE_").lower()
+    _plain(body)
     return body
 
 
-def _timestamp(seconds: float | None) -> Timestamp | None:
+def _plain(value: Any) -> None:
+    if isinstance(value, list):
+        for item in value:
+            _plain(item)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if key == "state" and isinstance(item, str):
+                value[key] = item.split("_STATE_")[-1].lower()
+            elif key.endswith("_time") and isinstance(item, str):
+                value[key] = datetime.fromisoformat(item).timestamp()
+            elif key == "size_bytes":
+                value[key] = int(item)
+            else:
+                _plain(item)
+
+
+def timestamp(seconds: float | None) -> Timestamp | None:
     if seconds is None:
         return None
     stamp = Timestamp()

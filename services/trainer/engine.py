@@ -9,14 +9,9 @@ waited for the trainer.
 from __future__ import annotations
 
 import asyncio
-import collections
-import contextlib
 import json
 import logging
-import os
 import shutil
-import signal
-import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -27,7 +22,8 @@ from llmmesh.trainer.v1 import trainer_service_pb2 as pb
 from services.common.artifacts import ArtifactStore, check_adapter_id
 from services.common.errors import AlreadyExists, InvalidArgument, NotFound
 from services.common.grpc_client import open_channel
-from services.inference.registry import ModelRegistry
+from services.inference.registry import ModelRegistry, ModelSpec
+from services.trainer.child import Child, ChildFailed, Event
 from services.trainer.config import TrainerSettings
 from services.trainer.domain import (
     Hyperparameters,
@@ -45,10 +41,6 @@ log = logging.getLogger(__name__)
 TRAINABLE_BACKENDS = ("transformers", "gguf")
 
 
-class TrainingFailed(Exception):
-    pass
-
-
 class Trainer:
     def __init__(
         self, settings: TrainerSettings, registry: ModelRegistry, artifacts: ArtifactStore, defaults: Hyperparameters
@@ -59,7 +51,7 @@ class Trainer:
         self.defaults = defaults
         self.work_dir = settings.work_dir or settings.data_dir / "training"
         self._jobs: dict[str, TrainingJob] = {}
-        self._processes: dict[str, asyncio.subprocess.Process] = {}
+        self._children: dict[str, Child] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._runs = asyncio.Semaphore(settings.max_concurrent_runs)
         self._changed = asyncio.Condition()
@@ -69,6 +61,10 @@ class Trainer:
     async def submit(self, request: pb.TrainAdapterRequest) -> TrainingJob:
         plan = await self._plan(request)
         training_id = check_adapter_id(request.training_id, "training_id") if request.training_id else ""
+        return await self.start(plan, training_id)
+
+    async def start(self, plan: TrainingPlan, training_id: str = "") -> TrainingJob:
+        """A job for the plan: new, the stored adapter (cached), or this id's earlier job."""
         training_id = training_id or TrainingJob.new_id()
         if (existing := self._jobs.get(training_id)) is not None:
             if existing.adapter_id != plan.adapter_id:
@@ -106,14 +102,14 @@ class Trainer:
             return job
         job.state = TrainingState.CANCELLED
         job.end_time = time.time()
-        if (process := self._processes.get(training_id)) is not None:
-            _kill(process)
+        if (child := self._children.get(training_id)) is not None:
+            child.kill()
         await self._notify()
         return job
 
     async def close(self) -> None:
-        for process in self._processes.values():
-            _kill(process)
+        for child in self._children.values():
+            child.kill()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -130,14 +126,19 @@ class Trainer:
 
     # ---- planning ----
 
-    async def _plan(self, request: pb.TrainAdapterRequest) -> TrainingPlan:
-        if not request.base_model:
+    def trainable(self, base_model: str) -> ModelSpec:
+        """The registry entry of a model with local weights to train on."""
+        if not base_model:
             raise InvalidArgument("'base_model' is required.", param="base_model")
-        spec = self.registry.resolve(request.base_model)
+        spec = self.registry.resolve(base_model)
         if spec.backend not in TRAINABLE_BACKENDS:
             raise InvalidArgument(
                 f"Model '{spec.name}' ({spec.backend} backend) has no local weights to train on.", param="base_model"
             )
+        return spec
+
+    async def _plan(self, request: pb.TrainAdapterRequest) -> TrainingPlan:
+        spec = self.trainable(request.base_model)
         if not request.HasField("dataset"):
             raise InvalidArgument("'dataset' is required.", param="dataset")
         examples = await self._examples(request.dataset, "dataset")
@@ -219,48 +220,25 @@ class Trainer:
                 }
             )
         )
-        # The child imports this code base the way this process does.
-        environment = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "services.trainer.training",
-            str(run_dir),
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env=environment,
-            start_new_session=True,  # its own process group: a kill reaches its threads' children too
-        )
-        self._processes[job.training_id] = process
+        child = Child("services.trainer.training", run_dir)
+        self._children[job.training_id] = child
         if job.state is TrainingState.CANCELLED:  # cancelled while the run was being set up
-            _kill(process)
-        stderr_tail: collections.deque[str] = collections.deque(maxlen=20)
-        drain = asyncio.create_task(_collect_lines(process.stderr, stderr_tail))
-        metrics: dict[str, float] | None = None
+            child.kill()
+        metrics: dict[str, float] = {}
+
+        async def on_event(event: Event) -> None:
+            if event["event"] in ("started", "step"):
+                self._on_progress(job, event)
+                await self._notify()
+            elif event["event"] == "done":
+                metrics.update({k: float(v) for k, v in event["metrics"].items()})
+
         try:
-            assert process.stdout is not None
-            async for raw in process.stdout:
-                event = _event(raw)
-                if event.get("event") in ("started", "step"):
-                    self._on_progress(job, event)
-                    await self._notify()
-                elif event.get("event") == "done":
-                    metrics = {k: float(v) for k, v in dict(event["metrics"]).items()}  # type: ignore[call-overload]
-            code = await process.wait()
-            await drain
-        except asyncio.CancelledError:  # the service is stopping
-            _kill(process)
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(10):
-                    await process.wait()
-            drain.cancel()
-            raise
+            await child.run(on_event)
         finally:
-            self._processes.pop(job.training_id, None)
-        if job.state is TrainingState.CANCELLED:
-            raise TrainingFailed("cancelled")
-        if code != 0 or metrics is None:
-            raise TrainingFailed(f"The training process {_describe_exit(code)}: {' | '.join(stderr_tail)[-2000:]}")
+            self._children.pop(job.training_id, None)
+        if not metrics:
+            raise ChildFailed("The training process ended without its results.")
         return metrics
 
     def _on_progress(self, job: TrainingJob, event: dict[str, object]) -> None:
@@ -301,32 +279,3 @@ class Trainer:
                     await stub.LoadModel(inference_pb.LoadModelRequest(name=name), timeout=600)
         except Exception as error:  # noqa: BLE001 - they load again on their next request anyway
             log.warning("could not ask inference to reload %s: %s", names, error)
-
-
-def _event(raw: bytes) -> dict[str, object]:
-    """A progress line from the subprocess; other output (library chatter) is ignored."""
-    try:
-        event = json.loads(raw)
-    except ValueError:
-        return {}
-    return event if isinstance(event, dict) else {}
-
-
-async def _collect_lines(stream: asyncio.StreamReader | None, tail: collections.deque[str]) -> None:
-    assert stream is not None
-    async for raw in stream:
-        if line := raw.decode("utf-8", "replace").strip():
-            tail.append(line)
-
-
-def _kill(process: asyncio.subprocess.Process) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)
-
-
-def _describe_exit(code: int | None) -> str:
-    if code is not None and code < 0:
-        name = signal.Signals(-code).name
-        hint = " (out of memory?)" if name == "SIGKILL" else ""
-        return f"was killed by {name}{hint}"
-    return f"exited with status {code}"

@@ -8,6 +8,7 @@ from services.common.grpc_server import GrpcService, start_grpc_server
 from services.inference.registry import ModelRegistry
 from services.trainer.config import TrainerSettings, TrainingDefaults
 from services.trainer.engine import Trainer
+from services.trainer.pipeline import Pipelines
 from services.trainer.servicer import SERVICE_NAME, TrainerServicer
 
 
@@ -27,10 +28,11 @@ class TrainerServer(GrpcService[TrainerSettings]):
             ArtifactStore(artifacts.dir or settings.data_dir / "adapters", artifacts),
             (defaults or TrainingDefaults()).resolved(),
         )
+        self.pipelines = Pipelines(self.trainer)
 
     async def start(self) -> None:
         self.serve_metrics()
-        servicer = TrainerServicer(self.trainer)
+        servicer = TrainerServicer(self.trainer, self.pipelines)
         self._grpc = await start_grpc_server(
             host=self.settings.host,
             port=self.settings.port,
@@ -41,4 +43,5 @@ class TrainerServer(GrpcService[TrainerSettings]):
         )
 
     async def release(self) -> None:
+        await self.pipelines.close()
         await self.trainer.close()

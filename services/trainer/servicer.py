@@ -9,13 +9,15 @@ import grpc
 from llmmesh.trainer.v1 import trainer_service_pb2 as pb
 from llmmesh.trainer.v1 import trainer_service_pb2_grpc as pb_grpc
 from services.trainer.engine import Trainer
+from services.trainer.pipeline import Pipelines
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["TrainerService"].full_name
 
 
 class TrainerServicer(pb_grpc.TrainerServiceServicer):
-    def __init__(self, trainer: Trainer) -> None:
+    def __init__(self, trainer: Trainer, pipelines: Pipelines) -> None:
         self.trainer = trainer
+        self.pipelines = pipelines
 
     async def TrainAdapter(
         self, request: pb.TrainAdapterRequest, context: grpc.aio.ServicerContext
@@ -48,3 +50,29 @@ class TrainerServicer(pb_grpc.TrainerServiceServicer):
     ) -> pb.DeleteAdapterResponse:
         await self.trainer.delete_adapter(request.adapter_id)
         return pb.DeleteAdapterResponse()
+
+    async def BuildPipeline(
+        self, request: pb.BuildPipelineRequest, context: grpc.aio.ServicerContext
+    ) -> pb.BuildPipelineResponse:
+        return pb.BuildPipelineResponse(pipeline=(await self.pipelines.build(request)).to_pb())
+
+    async def GetPipeline(
+        self, request: pb.GetPipelineRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetPipelineResponse:
+        return pb.GetPipelineResponse(pipeline=self.pipelines.current().to_pb())
+
+    async def CancelPipeline(
+        self, request: pb.CancelPipelineRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CancelPipelineResponse:
+        return pb.CancelPipelineResponse(pipeline=(await self.pipelines.cancel()).to_pb())
+
+    async def WatchPipelineLogs(
+        self, request: pb.WatchPipelineLogsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.WatchPipelineLogsResponse]:
+        async for line in self.pipelines.logs():
+            yield line.to_pb()
+
+    async def ListArtifacts(
+        self, request: pb.ListArtifactsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListArtifactsResponse:
+        return pb.ListArtifactsResponse(artifacts=await self.pipelines.artifacts())

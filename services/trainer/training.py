@@ -22,11 +22,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from services.trainer.child import emit
+
 Example = list[dict[str, str]]
-
-
-def emit(event: str, **fields: Any) -> None:
-    print(json.dumps({"event": event, **fields}), flush=True)
 
 
 def load_base(plan: dict[str, Any]) -> tuple[Any, Any]:

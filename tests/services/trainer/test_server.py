@@ -82,8 +82,9 @@ async def test_killing_the_training_process_fails_the_job_and_the_service_stays_
     states = []
     async for update in stub.WatchTraining(pb.WatchTrainingRequest(training_id=training_id)):
         states.append(update.job.state)
-        if update.job.step >= 1 and training_id in trainer.trainer._processes:
-            os.killpg(trainer.trainer._processes[training_id].pid, signal.SIGKILL)  # as the OOM killer would
+        child = trainer.trainer._children.get(training_id)
+        if update.job.step >= 1 and child is not None and child.process is not None:
+            os.killpg(child.process.pid, signal.SIGKILL)  # as the OOM killer would
     final = update.job
     assert pb.TRAINING_STATE_RUNNING in states
     assert final.state == pb.TRAINING_STATE_FAILED and "SIGKILL" in final.error, final.error
@@ -102,7 +103,7 @@ async def test_cancel_stops_a_run(stub: pb_grpc.TrainerServiceStub, trainer: Tra
     async for update in stub.WatchTraining(pb.WatchTrainingRequest(training_id=started.job.training_id)):
         final = update.job
     assert final.state == pb.TRAINING_STATE_CANCELLED
-    assert not trainer.trainer._processes
+    assert not trainer.trainer._children
 
 
 async def test_unknown_jobs_and_adapters(stub: pb_grpc.TrainerServiceStub) -> None:

@@ -27,6 +27,7 @@ from services.gateway.auth import mint_jwt
 from services.gateway.config import GatewaySettings, local_secret, local_settings
 from services.inference.config import InferenceSettings
 from services.scheduler.config import SchedulerSettings
+from services.trainer.config import TrainerSettings
 
 STARTUP_TIMEOUT_SECONDS = 300
 
@@ -120,12 +121,15 @@ def main() -> None:
             ("inference", inference_settings),
             ("embeddings", EmbeddingsSettings()),
             ("scheduler", scheduler_settings),
+            ("trainer", TrainerSettings()),
         )
     ]
     addresses = {service.name: service.address for service in grpc_services}
     # Prometheus metrics of each gRPC service, unless configured otherwise.
-    for index, name in enumerate(("INFERENCE", "EMBEDDINGS", "SCHEDULER"), start=1):
+    for index, name in enumerate(("INFERENCE", "EMBEDDINGS", "SCHEDULER", "TRAINER"), start=1):
         os.environ.setdefault(f"LLMMESH_{name}_METRICS_PORT", str(9100 + index))
+    # Inference and the trainer share one adapter store: what is trained is served at once.
+    os.environ.setdefault("LLMMESH_ARTIFACTS_DIR", str(data_dir / "adapters"))
     # The internal token is always on: without one configured, a fresh one for this run.
     internal_token = os.environ.get("LLMMESH_INTERNAL_TOKEN") or secrets.token_urlsafe(32)
     os.environ["LLMMESH_INTERNAL_TOKEN"] = internal_token  # inherited by every service started below
@@ -141,7 +145,9 @@ def main() -> None:
             "LLMMESH_SCHEDULER_NATS_URL": nats_url,
             "LLMMESH_SCHEDULER_INFERENCE_TARGET": addresses["inference"],
             "LLMMESH_SCHEDULER_EMBEDDINGS_TARGET": addresses["embeddings"],
+            "LLMMESH_SCHEDULER_TRAINER_TARGET": addresses["trainer"],
         },
+        "trainer": {"LLMMESH_TRAINER_INFERENCE_TARGET": addresses["inference"]},
     }
     gateway_settings = GatewaySettings()
     gateway = Service("gateway", "services.gateway", f"http://{gateway_settings.host}:{gateway_settings.port}")

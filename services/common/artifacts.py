@@ -287,8 +287,17 @@ class ArtifactStore:
         return self._s3_client
 
     def _s3_put(self, name: str, body: bytes) -> None:
+        from botocore.exceptions import ClientError
+
         with self._s3_errors():
-            self._s3().put_object(Bucket=self.settings.s3_bucket, Key=self._key(name), Body=body)
+            try:
+                self._s3().put_object(Bucket=self.settings.s3_bucket, Key=self._key(name), Body=body)
+            except ClientError as error:
+                if error.response.get("Error", {}).get("Code") != "NoSuchBucket":
+                    raise
+                # A fresh MinIO has no buckets: the first adapter makes it.
+                self._s3().create_bucket(Bucket=self.settings.s3_bucket)
+                self._s3().put_object(Bucket=self.settings.s3_bucket, Key=self._key(name), Body=body)
 
     def _s3_get(self, name: str) -> bytes:
         response = self._s3().get_object(Bucket=self.settings.s3_bucket, Key=self._key(name))

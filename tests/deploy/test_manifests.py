@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 OVERLAYS = sorted(p.name for p in (DEPLOY / "k8s" / "overlays").iterdir())
 KUBERNETES_VERSION = "1.33.0"
-GRPC_SERVICES = {"inference": 50051, "embeddings": 50052, "scheduler": 50053}
+GRPC_SERVICES = {"inference": 50051, "embeddings": 50052, "scheduler": 50053, "trainer": 50054}
 WORKLOAD_KINDS = {"Deployment", "StatefulSet"}
 
 
@@ -56,7 +56,7 @@ def test_every_object_validates_against_the_kubernetes_schemas(manifests: list[d
 
 def test_the_whole_mesh_is_there(manifests: list[dict[str, Any]]) -> None:
     names = {(m["kind"], m["metadata"]["name"]) for m in manifests}
-    for service in ("inference", "embeddings", "scheduler", "gateway"):
+    for service in ("inference", "embeddings", "scheduler", "trainer", "gateway"):
         assert ("Deployment", service) in names and ("Service", service) in names
         assert ("PodDisruptionBudget", service) in names
     assert ("StatefulSet", "nats") in names
@@ -202,7 +202,7 @@ def test_dockerfiles_lint_clean_and_copy_what_exists(dockerfile: Path) -> None:
 def test_compose_builds_each_service_from_its_dockerfile() -> None:
     compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
     built = {name: svc["build"] for name, svc in compose["services"].items() if "build" in svc}
-    assert set(built) == {"gateway", "inference", "embeddings", "scheduler"}
+    assert set(built) == {"gateway", "inference", "embeddings", "scheduler", "trainer"}
     for name, build in built.items():
         assert (DEPLOY / build["context"] / build["dockerfile"]).exists(), name
     assert list(compose["services"]["gateway"]["ports"]) == ["127.0.0.1:8000:8000"]  # the only published port

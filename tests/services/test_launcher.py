@@ -23,7 +23,8 @@ async def test_mesh_starts_answers_and_stops_on_ctrl_c(tmp_path) -> None:
         "LLMMESH_INFERENCE_PORT": str(grpc_port),
         "LLMMESH_EMBEDDINGS_PORT": str(free_port()),
         "LLMMESH_SCHEDULER_PORT": str(free_port()),
-        **{f"LLMMESH_{name}_METRICS_PORT": "0" for name in ("INFERENCE", "EMBEDDINGS", "SCHEDULER")},
+        "LLMMESH_TRAINER_PORT": str(free_port()),
+        **{f"LLMMESH_{name}_METRICS_PORT": "0" for name in ("INFERENCE", "EMBEDDINGS", "SCHEDULER", "TRAINER")},
         "LLMMESH_INFERENCE_DATA_DIR": str(tmp_path / "data"),  # made by the launcher; PostgreSQL lives here
         "BACKGROUND_MODEL_NAME": "mock",  # jobs run on the background slot
     }
@@ -31,6 +32,8 @@ async def test_mesh_starts_answers_and_stops_on_ctrl_c(tmp_path) -> None:
         "LLMMESH_GATEWAY_INFERENCE_TARGET",
         "LLMMESH_GATEWAY_EMBEDDINGS_TARGET",
         "LLMMESH_GATEWAY_SCHEDULER_TARGET",
+        "LLMMESH_GATEWAY_TRAINER_TARGET",
+        "LLMMESH_ARTIFACTS_DIR",
         "LLMMESH_INTERNAL_TOKEN",
         "LLMMESH_JWT_SECRET",
         "LLMMESH_API_KEY_SECRET",
@@ -69,6 +72,7 @@ async def test_mesh_starts_answers_and_stops_on_ctrl_c(tmp_path) -> None:
             async with http.stream("GET", f"/v1/jobs/{job.json()['id']}/events") as events:
                 lines = [line async for line in events.aiter_lines() if line.startswith("data: {")]
             assert '"state":"succeeded"' in lines[-1] and "[mock-text:mock] later" in lines[-1]
+            assert (await http.get("/v1/adapters")).json() == {"object": "list", "data": []}  # the trainer is up
         os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
         async with asyncio.timeout(60):
             assert await process.wait() == 0

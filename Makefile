@@ -43,6 +43,7 @@ test: proto
 bench: proto
 	$(PY) -m bench.chat
 	$(PY) -m bench.embeddings
+	$(PY) -m bench.adapters
 
 lint: proto
 	$(VENV)/bin/ruff check services tests bench

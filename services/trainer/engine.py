@@ -230,6 +230,8 @@ class Trainer:
             if event["event"] in ("started", "step"):
                 self._on_progress(job, event)
                 await self._notify()
+            elif event["event"] == "warning":
+                log.warning("training %s: %s", job.training_id, event.get("message"))
             elif event["event"] == "done":
                 metrics.update({k: float(v) for k, v in event["metrics"].items()})
 

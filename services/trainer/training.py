@@ -44,6 +44,8 @@ def load_base(plan: dict[str, Any]) -> tuple[Any, Any]:
         from transformers import BitsAndBytesConfig
 
         kwargs.update(quantization_config=BitsAndBytesConfig(load_in_4bit=True), device_map="auto")
+    elif hyper["load_in_4bit"]:
+        emit("warning", message="load_in_4bit needs CUDA (bitsandbytes); training the base unquantized")
     tokenizer = AutoTokenizer.from_pretrained(source)
     model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     if "quantization_config" not in kwargs:

@@ -7,6 +7,7 @@ import json
 import os
 import signal
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import boto3
 import grpc
@@ -114,3 +115,51 @@ async def test_unknown_jobs_and_adapters(stub: pb_grpc.TrainerServiceStub) -> No
         with pytest.raises(grpc.aio.AioRpcError) as missing:
             await call
         assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+@pytest.mark.model
+async def test_training_can_free_the_inference_models_first(tmp_path) -> None:
+    """One GPU for both: inference unloads its models for the run and loads them again after."""
+    from llmmesh.inference.v1 import inference_service_pb2 as inference_pb
+    from llmmesh.inference.v1 import inference_service_pb2_grpc as inference_grpc
+    from services.common.artifacts import ArtifactSettings
+    from services.inference.config import InferenceSettings
+    from services.inference.registry import ModelRegistry, ModelSpec
+    from services.inference.server import InferenceServer
+    from services.trainer.config import TrainerSettings
+    from tests.conftest import build_test_registry
+
+    inference = InferenceServer(
+        InferenceSettings(port=0, database_url=None),
+        registry=ModelRegistry.from_specs([ModelSpec(name="mock", backend="mock")], default_model="mock"),
+    )
+    await inference.start()
+    settings = TrainerSettings(
+        port=0,
+        data_dir=tmp_path,
+        inference_target=f"127.0.0.1:{inference.port}",
+        free_inference_memory=True,
+        transformers_cache_dir=Path(".data/transformers").resolve(),
+    )
+    trainer = TrainerServer(settings, build_test_registry(), ArtifactSettings(dir=tmp_path / "adapters"))  # type: ignore[call-arg]
+    await trainer.start()
+    try:
+        async with open_channel(f"127.0.0.1:{inference.port}", INTERNAL_TOKEN) as channel:
+            models = inference_grpc.InferenceServiceStub(channel)
+            await models.LoadModel(inference_pb.LoadModelRequest(name="mock"))
+
+            async def mock_state() -> int:
+                return (await models.GetModel(inference_pb.GetModelRequest(name="mock"))).model.state
+
+            tiny = {"max_steps": 1, "batch_size": 1, "max_seq_length": 32, "seed": 11}
+            job = await trainer.trainer.submit(plan(hyperparameters=tiny))
+            during = []
+            async for update in trainer.trainer.watch(job.training_id):
+                if update.state == pb.TRAINING_STATE_RUNNING:
+                    during.append(await mock_state())
+            assert update.state == pb.TRAINING_STATE_SUCCEEDED, update.error
+            assert inference_pb.MODEL_STATE_UNLOADED in during
+            assert await mock_state() == inference_pb.MODEL_STATE_LOADED
+    finally:
+        await trainer.stop(grace=1)
+        await inference.stop(grace=1)

@@ -199,10 +199,6 @@ class TrainingState(StrEnum):
     def to_pb(self) -> pb.TrainingState.ValueType:
         return pb.TrainingState.Value(f"TRAINING_STATE_{self.name}")
 
-    @classmethod
-    def from_pb(cls, value: pb.TrainingState.ValueType) -> TrainingState:
-        return cls[pb.TrainingState.Name(value).removeprefix("TRAINING_STATE_")]
-
 
 @dataclass
 class TrainingPlan:
@@ -256,12 +252,6 @@ class TrainingJob:
             start_time=timestamp(self.start_time),
             end_time=timestamp(self.end_time),
         )
-
-    @property
-    def percent(self) -> float:
-        if self.state is TrainingState.SUCCEEDED:
-            return 100.0
-        return 100.0 * self.step / self.total_steps if self.total_steps else 0.0
 
 
 def adapter_to_pb(manifest: dict[str, Any], size_bytes: int, locations: tuple[str, ...]) -> pb.Adapter:

@@ -39,6 +39,7 @@ from services.trainer.metrics import TRAINING_RUNS, TRAINING_STEP_SECONDS
 log = logging.getLogger(__name__)
 
 TRAINABLE_BACKENDS = ("transformers", "gguf")
+MAX_JOBS_KEPT = 1000
 
 
 class Trainer:
@@ -72,11 +73,18 @@ class Trainer:
             return existing  # a resubmission (e.g. a redelivered scheduler job)
         job = TrainingJob(training_id, plan.adapter_id, plan.base_model)
         self._jobs[training_id] = job
+        self._forget_old_jobs()
         if not await self._finish_if_stored(job):
             task = asyncio.create_task(self._run(job, plan))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         return job
+
+    def _forget_old_jobs(self) -> None:
+        """Keep memory bounded: the oldest finished jobs go first (their adapters stay stored)."""
+        finished = [key for key, job in self._jobs.items() if job.state.terminal]  # oldest first
+        for key in finished[: max(0, len(self._jobs) - MAX_JOBS_KEPT)]:
+            del self._jobs[key]
 
     def get(self, training_id: str) -> TrainingJob:
         if (job := self._jobs.get(training_id)) is None:
@@ -171,8 +179,8 @@ class Trainer:
 
     async def _run(self, job: TrainingJob, plan: TrainingPlan) -> None:
         async with self._runs:
-            if job.state.terminal or await self._finish_if_stored(job):
-                return  # cancelled while queued, or an identical job stored it meanwhile
+            if job.state.terminal or await self._finish_if_stored(job) or job.state.terminal:
+                return  # cancelled (while queued, or while the store was checked), or stored meanwhile
             job.state, job.start_time = TrainingState.RUNNING, time.time()
             await self._notify()
             run_dir = self.work_dir / job.training_id
@@ -243,12 +251,12 @@ class Trainer:
             raise ChildFailed("The training process ended without its results.")
         return metrics
 
-    def _on_progress(self, job: TrainingJob, event: dict[str, object]) -> None:
-        job.total_steps = int(event.get("total_steps", job.total_steps))  # type: ignore[call-overload]
+    def _on_progress(self, job: TrainingJob, event: Event) -> None:
+        job.total_steps = int(event.get("total_steps", job.total_steps))
         if event["event"] == "step":
-            job.step = int(event["step"])  # type: ignore[call-overload]
-            job.loss = float(event["loss"])  # type: ignore[arg-type]
-            elapsed = float(event["elapsed"])  # type: ignore[arg-type]
+            job.step = int(event["step"])
+            job.loss = float(event["loss"])
+            elapsed = float(event["elapsed"])
             job.eta_seconds = elapsed / job.step * max(job.total_steps - job.step, 0)
 
     async def _notify(self) -> None:

@@ -163,3 +163,36 @@ async def test_training_can_free_the_inference_models_first(tmp_path) -> None:
     finally:
         await trainer.stop(grace=1)
         await inference.stop(grace=1)
+
+
+@pytest.mark.model
+async def test_a_cancel_while_the_run_checks_the_store_is_not_overwritten(
+    trainer: TrainerServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run looks for a stored adapter before it starts; a cancel arriving meanwhile wins."""
+    import asyncio
+    import threading
+
+    store, release, calls = trainer.trainer.artifacts, threading.Event(), []
+    original = store.get
+
+    def slow_get(adapter_id: str):  # type: ignore[no-untyped-def]
+        calls.append(adapter_id)
+        if len(calls) == 2:  # the run's own check, after the one at submit
+            release.wait(30)
+        return original(adapter_id)
+
+    monkeypatch.setattr(store, "get", slow_get)
+    job = await trainer.trainer.submit(plan(hyperparameters={"max_steps": 500, "seed": 12}))
+    async with asyncio.timeout(120):
+        while len(calls) < 2:
+            await asyncio.sleep(0.01)  # polls for the run to reach its check
+    await trainer.trainer.cancel(job.training_id)
+    release.set()
+    await asyncio.wait(set(trainer.trainer._tasks), timeout=10)  # the run gives up at once
+    try:
+        assert trainer.trainer.get(job.training_id).state.value == "cancelled"
+        assert job.training_id not in trainer.trainer._children
+    finally:
+        if (child := trainer.trainer._children.get(job.training_id)) is not None:
+            child.kill()  # never leave a run behind

@@ -195,7 +195,7 @@ class StreamSlot:
                 self.release()
 
 
-def get_authenticator(request: Request) -> Authenticator:
+async def get_authenticator(request: Request) -> Authenticator:
     return request.app.state.authenticator
 
 

@@ -99,6 +99,8 @@ class BatchEngine:
         n_threads: int,
         n_batch: int,
         prefix_cache: bool = True,
+        n_threads_batch: int | None = None,
+        min_batch: int = 1,
     ) -> None:
         import llama_cpp as lc
 
@@ -109,7 +111,7 @@ class BatchEngine:
         params.n_ctx = n_ctx_per_sequence * n_parallel
         params.n_batch = params.n_ubatch = max(n_batch, 512)
         params.n_seq_max = n_parallel
-        params.n_threads = params.n_threads_batch = n_threads
+        params.n_threads, params.n_threads_batch = n_threads, n_threads_batch or n_threads
         params.kv_unified = False  # each sequence its own KV range: sequences share no prefix
         self._ctx = lc.llama_init_from_model(llm._model.model, params)
         if not self._ctx:
@@ -118,6 +120,10 @@ class BatchEngine:
         self._n_batch = params.n_batch
         self._batch = lc.llama_batch_init(self._n_batch, 0, 1)
         self._prefix_cache = prefix_cache
+        # Fewer decoding sequences than this are decoded one token at a time: on CPU, llama.cpp
+        # runs a pair of tokens slower than two single-token decodes (measured on 2 cores with
+        # this engine: 54-60 tok/s batched, 76-77 apart), while 4 together beat 4 apart.
+        self._min_batch = min_batch
         self._free_slots = list(range(n_parallel))
         self._slot_tokens: dict[int, list[int]] = {slot: [] for slot in range(n_parallel)}  # what each slot's KV holds
         self._slot_adapter: dict[int, str] = {slot: "" for slot in range(n_parallel)}  # ... and with which adapter
@@ -217,7 +223,11 @@ class BatchEngine:
             else:
                 groups.setdefault(sequence.request.adapter, []).append(sequence)
         for sequences in groups.values():
-            self._decode(sequences)
+            if len(sequences) < self._min_batch and all(len(s.pending) == 1 for s in sequences):
+                for sequence in sequences:  # see `min_batch`
+                    self._decode([sequence])
+            else:
+                self._decode(sequences)
 
     def _decode(self, sequences: list[_Sequence]) -> None:
         lc, batch = self._lc, self._batch

@@ -176,14 +176,7 @@ class AdapterSettingsIn(OpenAIModel):
     """The design documents' `adapter_settings`: which LoRA adapter answers the request."""
 
     adapter_id: str = Field(min_length=1, max_length=128)
-    scale: float = 1.0
-
-    def to_domain(self) -> str:
-        if self.scale != 1.0:
-            raise InvalidArgument(
-                "'adapter_settings.scale' other than 1.0 is not supported yet.", param="adapter_settings"
-            )
-        return self.adapter_id
+    scale: float = Field(1.0, ge=0.0, le=2.0, description="1.0 as trained; 0 the base alone")
 
 
 class SamplingFields(OpenAIModel):
@@ -283,7 +276,8 @@ class ChatCompletionRequest(SamplingFields):
                 tool_choice=_tool_choice(self.tool_choice),
                 parallel_tool_calls=self.parallel_tool_calls,
                 cache=self.cache,
-                adapter=self.adapter_settings.to_domain() if self.adapter_settings else "",
+                adapter=self.adapter_settings.adapter_id if self.adapter_settings else "",
+                adapter_scale=self.adapter_settings.scale if self.adapter_settings else 1.0,
             )
             for _ in range(self.n)
         ]
@@ -322,7 +316,8 @@ class CompletionRequestIn(SamplingFields):
                 sampling=sampling,
                 response_format=response_format,
                 cache=self.cache,
-                adapter=self.adapter_settings.to_domain() if self.adapter_settings else "",
+                adapter=self.adapter_settings.adapter_id if self.adapter_settings else "",
+                adapter_scale=self.adapter_settings.scale if self.adapter_settings else 1.0,
             )
             for p in prompts
             for _ in range(self.n)

@@ -451,6 +451,20 @@ def _new_request_id() -> str:
     return f"req-{uuid.uuid4().hex}"
 
 
+def check_adapter_scale(scale: float) -> None:
+    if not 0.0 <= scale <= 2.0:
+        raise InvalidArgument("'adapter_settings.scale' must be between 0 and 2.", param="adapter_settings.scale")
+
+
+def adapter_settings_pb(adapter: str, scale: float) -> pb.AdapterSettings | None:
+    if not adapter:
+        return None
+    settings = pb.AdapterSettings(adapter_id=adapter)
+    if scale != 1.0:  # unset means 1.0
+        settings.scale = scale
+    return settings
+
+
 @dataclass(frozen=True)
 class GenerationRequest:
     """What a backend receives: either chat `messages` or a raw `prompt`, with sampling already resolved."""
@@ -460,6 +474,7 @@ class GenerationRequest:
     messages: tuple[ChatMessage, ...] = ()
     prompt: str | None = None
     adapter: str = ""  # a LoRA adapter loaded on the backend; empty: the base model
+    adapter_scale: float = 1.0  # how strongly it applies (1.0: as trained)
     response_format: ResponseFormat = field(default_factory=ResponseFormat)
 
     @property
@@ -487,6 +502,7 @@ class ChatRequest:
     parallel_tool_calls: bool = True
     cache: bool | None = None  # response cache opt-in; None: the model's setting
     adapter: str = ""  # a LoRA adapter id from the adapter store; empty: the base model
+    adapter_scale: float = 1.0  # how strongly it applies: 0 (the base alone) to 2; 1.0 as trained
 
     def validate(self) -> ChatRequest:
         if not self.messages:
@@ -500,6 +516,7 @@ class ChatRequest:
             )
         if self.tool_choice.mode in (ToolChoiceMode.REQUIRED, ToolChoiceMode.FUNCTION) and not self.tools:
             raise InvalidArgument("tool_choice requires 'tools'.", param="tool_choice")
+        check_adapter_scale(self.adapter_scale)
         return self
 
     @property
@@ -517,7 +534,7 @@ class ChatRequest:
             tool_choice=self.tool_choice.to_pb(),
             parallel_tool_calls=self.parallel_tool_calls,
             cache=self.cache,
-            adapter_settings=pb.AdapterSettings(adapter_id=self.adapter) if self.adapter else None,
+            adapter_settings=adapter_settings_pb(self.adapter, self.adapter_scale),
         )
 
     def to_stream_pb(self) -> pb.ChatStreamRequest:
@@ -537,6 +554,7 @@ class ChatRequest:
             parallel_tool_calls=request.parallel_tool_calls if request.HasField("parallel_tool_calls") else True,
             cache=request.cache if request.HasField("cache") else None,
             adapter=request.adapter_settings.adapter_id,
+            adapter_scale=request.adapter_settings.scale if request.adapter_settings.HasField("scale") else 1.0,
         )
 
 
@@ -549,11 +567,13 @@ class CompletionRequest:
     response_format: ResponseFormat = field(default_factory=ResponseFormat)
     cache: bool | None = None  # response cache opt-in; None: the model's setting
     adapter: str = ""  # a LoRA adapter id from the adapter store; empty: the base model
+    adapter_scale: float = 1.0  # how strongly it applies: 0 (the base alone) to 2; 1.0 as trained
 
     def validate(self) -> CompletionRequest:
         if not self.prompt:
             raise InvalidArgument("'prompt' must not be empty.", param="prompt")
         self.sampling.validate()
+        check_adapter_scale(self.adapter_scale)
         return self
 
     def to_pb(self) -> pb.CompleteRequest:
@@ -564,7 +584,7 @@ class CompletionRequest:
             request_id=self.request_id,
             response_format=self.response_format.to_pb(),
             cache=self.cache,
-            adapter_settings=pb.AdapterSettings(adapter_id=self.adapter) if self.adapter else None,
+            adapter_settings=adapter_settings_pb(self.adapter, self.adapter_scale),
         )
 
     def to_stream_pb(self) -> pb.CompleteStreamRequest:
@@ -581,6 +601,7 @@ class CompletionRequest:
             response_format=ResponseFormat.from_pb(request.response_format),
             cache=request.cache if request.HasField("cache") else None,
             adapter=request.adapter_settings.adapter_id,
+            adapter_scale=request.adapter_settings.scale if request.adapter_settings.HasField("scale") else 1.0,
         )
 
 

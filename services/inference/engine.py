@@ -81,7 +81,8 @@ class InferenceEngine:
             sampling=request.sampling.with_defaults(spec.defaults.to_domain()),
             messages=syntax.prepare_messages(request.messages, request.tools, request.tool_choice),
             response_format=response_format,
-            adapter=await self._check_adapter(spec, request.adapter),
+            adapter=await self._check_adapter(spec, request.adapter, request.adapter_scale),
+            adapter_scale=request.adapter_scale,
         )
         return await self._respond(
             spec, generation, request.model, request.cache, syntax if request.uses_tools else None
@@ -96,7 +97,8 @@ class InferenceEngine:
             sampling=request.sampling.with_defaults(spec.defaults.to_domain()),
             prompt=request.prompt,
             response_format=request.response_format,
-            adapter=await self._check_adapter(spec, request.adapter),
+            adapter=await self._check_adapter(spec, request.adapter, request.adapter_scale),
+            adapter_scale=request.adapter_scale,
         )
         return await self._respond(spec, generation, request.model, request.cache, None)
 
@@ -133,14 +135,20 @@ class InferenceEngine:
             except InvalidArgument as error:
                 raise InvalidArgument(error.message, param=param) from error
 
-    async def _check_adapter(self, spec: ModelSpec, adapter: str) -> str:
-        """The adapter id, if the model can apply it and the store has it."""
+    async def _check_adapter(self, spec: ModelSpec, adapter: str, scale: float) -> str:
+        """The adapter id, if the model can apply it (at this scale) and the store has it."""
         if not adapter:
             return ""
-        if not backend_class(spec.backend).supports_adapters:
+        backend = backend_class(spec.backend)
+        if not backend.supports_adapters:
             raise InvalidArgument(
                 f"Model '{spec.name}' ({spec.backend} backend) cannot apply LoRA adapters per request.",
                 param="adapter_settings",
+            )
+        if scale != 1.0 and not backend.supports_adapter_scale:
+            raise InvalidArgument(
+                f"Model '{spec.name}' ({spec.backend} backend) applies adapters at scale 1.0 only.",
+                param="adapter_settings.scale",
             )
         if self.adapters is None:
             raise FailedPrecondition("This inference service has no adapter store.", param="adapter_settings")

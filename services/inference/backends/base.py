@@ -34,6 +34,7 @@ class Backend(ABC):
     # Optional capabilities, declared rather than discovered by hasattr().
     supports_images: ClassVar[bool] = False
     supports_adapters: ClassVar[bool] = False
+    supports_adapter_scale: ClassVar[bool] = False  # GenerationRequest.adapter_scale other than 1.0
     # Whether a slot's settings change what the backend talks to (REST: a URL per slot).
     slot_specific: ClassVar[bool] = False
     # Whether generate_stream honours GenerationRequest.response_format (JSON constrained decoding).

@@ -122,6 +122,7 @@ def _coalesced(item: Chunk | BaseException, more: asyncio.Queue[Chunk | BaseExce
 class GGUFBackend(ThreadedBackend):
     supports_structured_output: ClassVar[bool] = True
     supports_adapters: ClassVar[bool] = True  # GGUF LoRA through llama.cpp's adapter API; see gguf_lora.py
+    supports_adapter_scale: ClassVar[bool] = True
 
     supports_framed_output: ClassVar[bool] = True
 
@@ -131,7 +132,7 @@ class GGUFBackend(ThreadedBackend):
 
     async def load(self) -> None:
         self._loras: dict[str, Any] = {}  # adapter name -> llama.cpp adapter handle
-        self._context_lora: str | None = ""  # the adapter the serial context's KV cache was built with
+        self._context_lora: tuple[str, float] = ("", 1.0)  # the adapter (and scale) the serial KV was built with
         self._start_worker()
         await self._on_worker(self._load_blocking)
 
@@ -234,7 +235,7 @@ class GGUFBackend(ThreadedBackend):
                 raise FailedPrecondition(
                     f"Adapter '{request.adapter}' is not loaded on '{self.spec.name}'.", reason="ADAPTER_NOT_LOADED"
                 )
-        adapter = request.adapter
+        adapter, scale = request.adapter, request.adapter_scale
         prompt, stop = self._template.prompt_for(request)
         prompt_param = "messages" if request.is_chat else "prompt"
         sampling = request.sampling
@@ -246,12 +247,12 @@ class GGUFBackend(ThreadedBackend):
         )
 
         if self._batch_engine is not None:
-            async for chunk in self._generate_batched(prompt, sampling, stop, grammar, prompt_param, adapter):
+            async for chunk in self._generate_batched(prompt, sampling, stop, grammar, prompt_param, adapter, scale):
                 yield chunk
             return
 
         def work(cancel: threading.Event, emit: Callable[[Chunk], None]) -> None:
-            self._generate_blocking(prompt, sampling, stop, cancel, emit, prompt_param, grammar, adapter)
+            self._generate_blocking(prompt, sampling, stop, cancel, emit, prompt_param, grammar, adapter, scale)
 
         async for chunk in self._stream_from_worker(request.request_id, work):
             yield chunk
@@ -264,6 +265,7 @@ class GGUFBackend(ThreadedBackend):
         grammar: Any,
         prompt_param: str,
         adapter: str,
+        scale: float,
     ) -> AsyncIterator[Chunk]:
         """One sequence of the batch engine: joins the running batch at its next step."""
         assert self._batch_engine is not None
@@ -282,6 +284,7 @@ class GGUFBackend(ThreadedBackend):
             emit=lambda item: loop.call_soon_threadsafe(chunks.put_nowait, item),
             adapter=adapter,
             lora=self._loras.get(adapter) if adapter else None,
+            scale=scale,
         )
         self.stats.running += 1
         try:
@@ -308,6 +311,7 @@ class GGUFBackend(ThreadedBackend):
         prompt_param: str = "prompt",
         grammar: Any = None,
         adapter: str = "",
+        scale: float = 1.0,
     ) -> None:
         import llama_cpp as lc
 
@@ -315,11 +319,11 @@ class GGUFBackend(ThreadedBackend):
         tokens = llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
         max_tokens = self.generation_budget(len(tokens), llm.n_ctx(), sampling.max_tokens, prompt_param)
         llm.set_seed(sampling.seed if sampling.seed is not None else random.randrange(2**31))
-        if adapter != self._context_lora:
+        if (adapter, scale) != self._context_lora:
             # The cached prefix was computed with other weights: it cannot be reused.
-            set_lora(lc, llm._ctx.ctx, self._loras.get(adapter) if adapter else None)
+            set_lora(lc, llm._ctx.ctx, self._loras.get(adapter) if adapter else None, scale)
             llm.reset()
-            self._context_lora = adapter
+            self._context_lora = (adapter, scale)
 
         self.stats.running += 1
         try:

@@ -71,6 +71,12 @@ class BatchRequest:
     emit: Emit
     adapter: str = ""  # the LoRA adapter's name ("": the base model)
     lora: Any = None  # its llama.cpp handle
+    scale: float = 1.0  # how strongly it applies
+
+    @property
+    def weights(self) -> tuple[str, float]:
+        """What the model computes with: sequences that differ here share no KV and no decode."""
+        return (self.adapter, self.scale) if self.adapter else ("", 1.0)
 
 
 @dataclass
@@ -126,7 +132,7 @@ class BatchEngine:
         self._min_batch = min_batch
         self._free_slots = list(range(n_parallel))
         self._slot_tokens: dict[int, list[int]] = {slot: [] for slot in range(n_parallel)}  # what each slot's KV holds
-        self._slot_adapter: dict[int, str] = {slot: "" for slot in range(n_parallel)}  # ... and with which adapter
+        self._slot_weights: dict[int, tuple[str, float]] = {slot: ("", 1.0) for slot in range(n_parallel)}  # ... under
         self._active: list[_Sequence] = []
         self._incoming: queue.Queue[BatchRequest | None] = queue.Queue()
         self._admission = threading.Lock()  # requests submitted together join the same step
@@ -184,7 +190,7 @@ class BatchEngine:
                 return False
             if request.cancel.is_set():
                 continue
-            slot, reused = self._best_slot(request.tokens, request.adapter)
+            slot, reused = self._best_slot(request.tokens, request.weights)
             self._free_slots.remove(slot)
             sequence = _Sequence(slot, request, self._sampler(request), position=reused, cached=reused)
             sequence.pending = list(request.tokens[reused:])
@@ -193,18 +199,18 @@ class BatchEngine:
             return False
         return True
 
-    def _best_slot(self, tokens: list[int], adapter: str) -> tuple[int, int]:
+    def _best_slot(self, tokens: list[int], weights: tuple[str, float]) -> tuple[int, int]:
         """The free slot sharing the longest prefix with `tokens`, trimmed to that prefix, and how
         many tokens it reuses (never all: the last prompt token is evaluated for its logits).
         A prefix computed under another adapter is not shared: its KV cells hold other values."""
 
         def shared(slot: int) -> int:
-            if self._slot_adapter[slot] != adapter:
+            if self._slot_weights[slot] != weights:
                 return 0
             return common_prefix(self._slot_tokens[slot], tokens[:-1])
 
         slot = max(self._free_slots, key=shared)
-        self._slot_adapter[slot] = adapter
+        self._slot_weights[slot] = weights
         reused = shared(slot)
         if reused and not self._lc.llama_memory_seq_rm(self._memory, slot, reused, -1):
             reused = 0  # this cache cannot drop a partial sequence (e.g. sliding-window layers)
@@ -216,12 +222,12 @@ class BatchEngine:
     def _step(self) -> None:
         """One decode per adapter in use: llama.cpp applies adapters per context, not per
         sequence, so sequences with different adapters (or none) take turns within a step."""
-        groups: dict[str, list[_Sequence]] = {}
+        groups: dict[tuple[str, float], list[_Sequence]] = {}
         for sequence in list(self._active):
             if sequence.request.cancel.is_set():
                 self._release(sequence)
             else:
-                groups.setdefault(sequence.request.adapter, []).append(sequence)
+                groups.setdefault(sequence.request.weights, []).append(sequence)
         for sequences in groups.values():
             if len(sequences) < self._min_batch and all(len(s.pending) == 1 for s in sequences):
                 for sequence in sequences:  # see `min_batch`
@@ -255,7 +261,7 @@ class BatchEngine:
                 batch.logits[sequence.batch_index] = True
         if batch.n_tokens == 0:
             return
-        set_lora(lc, self._ctx, sequences[0].request.lora)
+        set_lora(lc, self._ctx, sequences[0].request.lora, sequences[0].request.scale)
         status = lc.llama_decode(self._ctx, batch)
         if status != 0:
             raise RuntimeError(f"llama_decode returned {status}")

@@ -97,6 +97,7 @@ def dequantized_checkpoint(gguf: Path, cache_root: Path, dtype: Any) -> Path:
 
 class TransformersBackend(ThreadedBackend):
     supports_adapters: ClassVar[bool] = True
+    supports_adapter_scale: ClassVar[bool] = True
     supports_structured_output: ClassVar[bool] = True
     supports_framed_output: ClassVar[bool] = True  # llguidance; see backends/guidance.py
 
@@ -214,6 +215,14 @@ class TransformersBackend(ThreadedBackend):
         self._model.load_adapter(str(path), adapter_name=name)
         self._model.disable_adapters()  # off until a request names it
 
+    def _scale_adapter(self, name: str, scale: float) -> None:
+        """PEFT's per-layer scaling, for this request only (requests run one at a time here)."""
+        from peft.tuners.lora import LoraLayer
+
+        for module in self._model.modules():
+            if isinstance(module, LoraLayer) and name in module.scaling:
+                module.set_scale(name, scale)
+
     async def remove_adapter(self, name: str) -> None:
         if name not in self._adapters:
             raise NotFound(f"Adapter '{name}' is not loaded on '{self.spec.name}'.", reason="ADAPTER_NOT_FOUND")
@@ -239,7 +248,9 @@ class TransformersBackend(ThreadedBackend):
         def work(cancel: threading.Event, emit: Callable[[Chunk], None]) -> None:
             param = "messages" if request.is_chat else "prompt"
             sampling, adapter, response_format = request.sampling, request.adapter, request.response_format
-            self._generate_blocking(prompt, sampling, stop, cancel, emit, adapter, response_format, param)
+            self._generate_blocking(
+                prompt, sampling, stop, cancel, emit, adapter, response_format, param, request.adapter_scale
+            )
 
         async for chunk in self._stream_from_worker(request.request_id, work):
             yield chunk
@@ -254,6 +265,7 @@ class TransformersBackend(ThreadedBackend):
         adapter: str = "",
         response_format: ResponseFormat | None = None,
         prompt_param: str = "prompt",
+        adapter_scale: float = 1.0,
     ) -> None:
         import torch
         from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
@@ -325,10 +337,12 @@ class TransformersBackend(ThreadedBackend):
             if adapter:
                 self._model.enable_adapters()
                 self._model.set_adapter(adapter)
+                self._scale_adapter(adapter, adapter_scale)
             with torch.inference_mode():
                 self._model.generate(**inputs, **{k: v for k, v in kwargs.items() if v is not None})  # type: ignore[misc]
         finally:
             if adapter:
+                self._scale_adapter(adapter, 1.0)
                 self._model.disable_adapters()
             self.stats.running -= 1
         if cancel.is_set():

@@ -74,7 +74,7 @@ async def test_bad_adapter_requests(http: httpx.AsyncClient, adapter_store: Path
         (body("gemma-hf", "pickled"), 400, "adapter_unsafe"),
         (body("gemma-hf", "../etc"), 400, None),
         (body("mock", random_adapter), 400, None),  # the mock backend applies no adapters
-        ({**body("gemma-hf"), "adapter_settings": {"adapter_id": random_adapter, "scale": 0.5}}, 400, None),
+        ({**body("gemma-hf"), "adapter_settings": {"adapter_id": random_adapter, "scale": 2.5}}, 400, None),
     ]
     for request, status, code in cases:
         response = await http.post("/v1/completions", json=request)

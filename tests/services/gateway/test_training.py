@@ -63,6 +63,11 @@ async def test_the_next_chat_request_is_answered_through_the_adapter(
     assert adapted_text != plain_text and "PINEAPPLE" in adapted_text, (plain_text, adapted_text)
     again = await http.post("/v1/chat/completions", json=body)  # the base is untouched
     assert again.json()["choices"][0]["message"]["content"] == plain_text
+    # Scale 0 is the base alone; the next request at full scale is the adapter again.
+    off = {**body, "adapter_settings": {"adapter_id": adapter_id(trained_job), "scale": 0.0}}
+    assert (await http.post("/v1/chat/completions", json=off)).json()["choices"][0]["message"]["content"] == plain_text
+    on = {**body, "adapter_settings": {"adapter_id": adapter_id(trained_job)}}
+    assert (await http.post("/v1/chat/completions", json=on)).json()["choices"][0]["message"]["content"] == adapted_text
     served = [
         sample.value
         for metric in REGISTRY.collect()

@@ -39,6 +39,13 @@ def test_completion_request_round_trips() -> None:
     assert CompletionRequest.from_pb(request.to_stream_pb()) == request
 
 
+def test_adapter_settings_round_trip_and_scale_zero_is_kept() -> None:
+    for scale in (0.0, 0.5, 1.0):
+        request = CompletionRequest(model="m", prompt="x", request_id="r", adapter="abc", adapter_scale=scale)
+        assert CompletionRequest.from_pb(request.to_pb()) == request
+    assert CompletionRequest.from_pb(pb.CompleteRequest(prompt="x")).adapter_scale == 1.0
+
+
 def test_request_id_is_generated_when_missing() -> None:
     assert ChatRequest.from_pb(pb.ChatRequest()).request_id.startswith("req-")
 

@@ -196,3 +196,16 @@ async def test_a_cancel_while_the_run_checks_the_store_is_not_overwritten(
     finally:
         if (child := trainer.trainer._children.get(job.training_id)) is not None:
             child.kill()  # never leave a run behind
+
+
+async def test_grpcurl_style_reflection_lists_the_trainer(trainer: TrainerServer) -> None:
+    import asyncio
+
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+
+    def services() -> list[str]:
+        with grpc.insecure_channel(f"127.0.0.1:{trainer.port}") as channel:
+            return list(ProtoReflectionDescriptorDatabase(channel).get_services())
+
+    listed = await asyncio.to_thread(services)
+    assert {"llmmesh.trainer.v1.TrainerService", "grpc.health.v1.Health"} <= set(listed)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import pytest_asyncio
 
 from services.inference.backends.gguf import GGUFBackend
 from services.inference.backends.gguf_lora import convert_peft_to_gguf
-from services.inference.domain import GenerationRequest, SamplingParams
+from services.inference.domain import Chunk, GenerationRequest, SamplingParams
 from tests.conftest import gemma
 
 pytestmark = pytest.mark.model
@@ -56,29 +57,54 @@ def test_the_conversion_keeps_shapes_and_alpha(tmp_path: Path) -> None:
 
 @pytest_asyncio.fixture(scope="module")
 async def batched() -> AsyncIterator[GGUFBackend]:
-    backend = GGUFBackend(gemma("gemma-batched", context_length=512, options={"n_threads": 2, "n_parallel": 4}))
+    # No prefix cache: reusing a prefix changes batch shapes and so, slightly, the numerics.
+    options = {"n_threads": 2, "n_parallel": 4, "prefix_cache": False}
+    backend = GGUFBackend(gemma("gemma-batched", context_length=512, options=options))
     await backend.load()
+    await backend.load_adapter("one", random_peft_adapter(Path(tempfile.mkdtemp()) / "one", seed=1))
+    await backend.load_adapter("two", random_peft_adapter(Path(tempfile.mkdtemp()) / "two", seed=2))
     yield backend
     await backend.unload()
 
 
-async def text(backend: GGUFBackend, adapter: str = "") -> str:
+async def generate(backend: GGUFBackend, adapter: str = "", scale: float = 1.0) -> Chunk:
+    """The whole text, with the final chunk's usage."""
     request = GenerationRequest(
         request_id="t",
         prompt="The capital of France is",
         sampling=SamplingParams(max_tokens=8, temperature=0.0),
         adapter=adapter,
+        adapter_scale=scale,
     )
-    return "".join([chunk.text async for chunk in backend.generate_stream(request)])
+    chunks = [chunk async for chunk in backend.generate_stream(request)]
+    return Chunk(text="".join(c.text for c in chunks), usage=chunks[-1].usage)
 
 
-async def test_requests_with_different_adapters_interleave(batched: GGUFBackend, tmp_path: Path) -> None:
-    await batched.load_adapter("one", random_peft_adapter(tmp_path / "one", seed=1))
-    await batched.load_adapter("two", random_peft_adapter(tmp_path / "two", seed=2))
+async def test_requests_with_different_adapters_interleave(batched: GGUFBackend) -> None:
+    """Sequences with different adapters share each step without sharing weights or KV: run
+    together, each answers exactly as it does alone (each is its own decode group)."""
     assert batched.adapters == {"one", "two"}
-    results = await asyncio.gather(*(text(batched, a) for a in ("", "one", "two", "", "one", "two")))
-    base, one, two = results[:3]
-    assert results[3:] == [base, one, two]  # each adapter's pair agrees: no leakage between sequences
-    assert len({base, one, two}) == 3
-    # Alone again: the prefix cache must not hand a slot built under one adapter to another.
-    assert await text(batched, "one") == await text(batched, "one") != await text(batched, "")
+    alone = [(await generate(batched, a)).text for a in ("", "one", "two")]
+    assert len(set(alone)) == 3
+    together = await asyncio.gather(*(generate(batched, a) for a in ("", "one", "two")))
+    assert [c.text for c in together] == alone
+
+
+async def test_scale_zero_is_the_base_and_scales_are_kept_apart(batched: GGUFBackend) -> None:
+    base = (await generate(batched)).text
+    assert (await generate(batched, "one", scale=0.0)).text == base
+    half, full = await asyncio.gather(generate(batched, "one", 0.5), generate(batched, "one", 1.0))
+    assert full.text == (await generate(batched, "one")).text and half.text != full.text
+
+
+async def test_the_prefix_cache_never_reuses_kv_built_under_other_weights(batched: GGUFBackend) -> None:
+    engine = batched._batch_engine
+    assert engine is not None
+    engine._prefix_cache = True
+    try:
+        await generate(batched, "one")
+        assert (await generate(batched)).usage.cached_prompt_tokens == 0  # the only warm slot is "one"'s
+        assert (await generate(batched)).usage.cached_prompt_tokens > 0  # now a base slot holds it
+        assert (await generate(batched, "one", 0.5)).usage.cached_prompt_tokens == 0  # another scale
+    finally:
+        engine._prefix_cache = False

@@ -3,6 +3,7 @@ subprocess killed mid-run (the job fails, the service stays healthy)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -104,7 +105,9 @@ async def test_cancel_stops_a_run(stub: pb_grpc.TrainerServiceStub, trainer: Tra
     async for update in stub.WatchTraining(pb.WatchTrainingRequest(training_id=started.job.training_id)):
         final = update.job
     assert final.state == pb.TRAINING_STATE_CANCELLED
-    assert not trainer.trainer._children
+    async with asyncio.timeout(30):  # the killed child is reaped
+        while started.job.training_id in trainer.trainer._children:
+            await asyncio.sleep(0.01)
 
 
 async def test_unknown_jobs_and_adapters(stub: pb_grpc.TrainerServiceStub) -> None:
@@ -170,7 +173,6 @@ async def test_a_cancel_while_the_run_checks_the_store_is_not_overwritten(
     trainer: TrainerServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The run looks for a stored adapter before it starts; a cancel arriving meanwhile wins."""
-    import asyncio
     import threading
 
     store, release, calls = trainer.trainer.artifacts, threading.Event(), []
@@ -199,8 +201,6 @@ async def test_a_cancel_while_the_run_checks_the_store_is_not_overwritten(
 
 
 async def test_grpcurl_style_reflection_lists_the_trainer(trainer: TrainerServer) -> None:
-    import asyncio
-
     from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
     def services() -> list[str]:

@@ -199,7 +199,7 @@ class ArtifactStore:
         return None
 
     def list(self) -> list[StoredAdapter]:
-        ids = {p.name for p in self.root.glob("*/manifest.json") if ADAPTER_ID.match(p.parent.name)}
+        ids = {p.parent.name for p in self.root.glob("*/manifest.json") if ADAPTER_ID.match(p.parent.name)}
         if self.s3_enabled:
             ids |= set(self._s3_ids())
         found = (self.get(adapter_id) for adapter_id in sorted(ids))

@@ -95,6 +95,7 @@ def test_store_locally_and_in_s3_then_resolve_from_s3(tmp_path: Path, s3_server:
     reader.evict("abc123")  # the local zip now serves it, without S3
     offline = ArtifactStore(tmp_path / "inference", ArtifactSettings(dir=tmp_path / "inference"))  # type: ignore[call-arg]
     assert offline.resolve("abc123") == path
+    assert [a.manifest["adapter_id"] for a in offline.list()] == ["abc123"]  # listed from the local store alone
 
     writer.delete("abc123")
     with pytest.raises(NotFound):

@@ -174,7 +174,7 @@ class ArtifactStore:
         if self.s3_enabled:
             for name in ("adapter.zip", "manifest.json"):
                 with self._s3_errors():
-                    found |= self._s3_exists(f"{adapter_id}/{name}")
+                    found |= self._s3_head(f"{adapter_id}/{name}") is not None
                     self._s3().delete_object(Bucket=self.settings.s3_bucket, Key=self._key(f"{adapter_id}/{name}"))
         if not found:
             raise NotFound(f"No adapter '{adapter_id}'.", reason="ADAPTER_NOT_FOUND")
@@ -190,12 +190,10 @@ class ArtifactStore:
             return StoredAdapter(manifest, (home / "adapter.zip").stat().st_size, self._locations(adapter_id))
         if self.s3_enabled:
             with self._s3_errors():
-                if self._s3_exists(f"{adapter_id}/adapter.zip"):
-                    body = self._s3_get(f"{adapter_id}/manifest.json")
-                    head = self._s3().head_object(
-                        Bucket=self.settings.s3_bucket, Key=self._key(f"{adapter_id}/adapter.zip")
-                    )
-                    return StoredAdapter(json.loads(body), int(head["ContentLength"]), self._locations(adapter_id))
+                head = self._s3_head(f"{adapter_id}/adapter.zip")
+                manifest = self._s3_get(f"{adapter_id}/manifest.json") if head is not None else None
+            if head is not None and manifest is not None:
+                return StoredAdapter(json.loads(manifest), int(head["ContentLength"]), self._locations(adapter_id))
         return None
 
     def list(self) -> list[StoredAdapter]:
@@ -220,13 +218,14 @@ class ArtifactStore:
             return extracted
         if self.s3_enabled:
             with self._s3_errors():
-                archive = (
-                    self._s3_get(f"{adapter_id}/adapter.zip") if self._s3_exists(f"{adapter_id}/adapter.zip") else None
-                )
+                archive = self._s3_get(f"{adapter_id}/adapter.zip")
             if archive is not None:
                 home.mkdir(parents=True, exist_ok=True)
                 safe_extract(archive, extracted, *limits)
+                # The local store now holds it whole: zip and manifest, as if trained here.
                 _write_atomically(home / "adapter.zip", archive)
+                if (extracted / "manifest.json").is_file():
+                    _write_atomically(home / "manifest.json", (extracted / "manifest.json").read_bytes())
                 return extracted
         raise NotFound(
             f"No adapter '{adapter_id}' in the adapter store.",
@@ -249,7 +248,7 @@ class ArtifactStore:
             try:
                 body = self._s3().get_object(Bucket=bucket, Key=key)["Body"].read(max_bytes + 1)
             except ClientError as error:
-                if error.response.get("Error", {}).get("Code") in ("NoSuchKey", "NoSuchBucket", "404"):
+                if _missing(error) or error.response.get("Error", {}).get("Code") == "NoSuchBucket":
                     raise NotFound(f"No dataset at {uri}.", param=param) from error
                 raise
         if len(body) > max_bytes:
@@ -299,20 +298,28 @@ class ArtifactStore:
                 self._s3().create_bucket(Bucket=self.settings.s3_bucket)
                 self._s3().put_object(Bucket=self.settings.s3_bucket, Key=self._key(name), Body=body)
 
-    def _s3_get(self, name: str) -> bytes:
-        response = self._s3().get_object(Bucket=self.settings.s3_bucket, Key=self._key(name))
-        return bytes(response["Body"].read())
-
-    def _s3_exists(self, name: str) -> bool:
+    def _s3_get(self, name: str) -> bytes | None:
+        """The object's bytes; None when there is no such object (one request either way)."""
         from botocore.exceptions import ClientError
 
         try:
-            self._s3().head_object(Bucket=self.settings.s3_bucket, Key=self._key(name))
+            response = self._s3().get_object(Bucket=self.settings.s3_bucket, Key=self._key(name))
         except ClientError as error:
-            if error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-                return False
+            if _missing(error):
+                return None
             raise
-        return True
+        return bytes(response["Body"].read())
+
+    def _s3_head(self, name: str) -> dict[str, Any] | None:
+        """The object's metadata; None when there is no such object."""
+        from botocore.exceptions import ClientError
+
+        try:
+            return dict(self._s3().head_object(Bucket=self.settings.s3_bucket, Key=self._key(name)))
+        except ClientError as error:
+            if _missing(error):
+                return None
+            raise
 
     def _s3_ids(self) -> Iterator[str]:
         with self._s3_errors():
@@ -336,6 +343,10 @@ class ArtifactStore:
             yield
         except (BotoCoreError, ClientError) as error:
             raise Unavailable(f"The adapter bucket '{self.settings.s3_bucket}' failed: {error}") from error
+
+
+def _missing(error: Any) -> bool:
+    return error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound")
 
 
 def _write_atomically(path: Path, data: bytes) -> None:

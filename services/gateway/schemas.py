@@ -452,6 +452,9 @@ class HyperparametersIn(OpenAIModel):
     max_steps: int | None = Field(None, ge=0, le=INT32_MAX)
     seed: int | None = Field(None, ge=0, le=INT32_MAX)
 
+    def to_pb(self) -> trainer_pb.Hyperparameters:
+        return trainer_pb.Hyperparameters(**self.model_dump(exclude_none=True))
+
 
 Dataset = list[ChatExampleIn | InstructionExampleIn] | str
 
@@ -470,7 +473,7 @@ class TrainAdapterIn(OpenAIModel):
             base_model=self.base_model,
             dataset=_dataset_pb(self.dataset, "dataset"),
             eval_dataset=_dataset_pb(self.eval_dataset, "eval_dataset") if self.eval_dataset else None,
-            hyperparameters=trainer_pb.Hyperparameters(**self.hyperparameters.model_dump(exclude_none=True)),
+            hyperparameters=self.hyperparameters.to_pb(),
             training_id=training_id,
         )
 
@@ -511,7 +514,7 @@ class PipelineBuildIn(OpenAIModel):
             raise InvalidArgument("Give exactly one of 'seed', 'seed_jsonl' or 'seed_uri'.", param="seed")
         request = trainer_pb.BuildPipelineRequest(
             base_model=self.base_model,
-            hyperparameters=trainer_pb.Hyperparameters(**self.hyperparameters.model_dump(exclude_none=True)),
+            hyperparameters=self.hyperparameters.to_pb(),
             split_seed=self.split_seed,
         )
         if self.eval_fraction is not None:

@@ -8,6 +8,7 @@ stored adapter instead of training again.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import time
@@ -209,8 +210,8 @@ class TrainingPlan:
     eval_examples: list[list[dict[str, str]]]
     hyperparameters: Hyperparameters
 
-    @property
-    def adapter_id(self) -> str:
+    @functools.cached_property
+    def adapter_id(self) -> str:  # hashes every example: computed once
         return adapter_identity(self.base_model, self.examples, self.eval_examples, self.hyperparameters)
 
 

@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 from services.trainer.child import emit
+from services.trainer.training import base_checkpoint
 
 
 def merge(base_dir: Path, adapter_dir: Path, merged_dir: Path) -> list[str]:
@@ -91,13 +92,9 @@ def _weights_file(merged_dir: Path) -> Path:
 
 
 def main(run_dir: Path) -> None:
-    import torch
-
-    from services.inference.backends.transformers_backend import dequantized_checkpoint
-
     job = json.loads((run_dir / "export.json").read_text())
     base = Path(job["model_path"])
-    base_dir = dequantized_checkpoint(base, Path(job["cache_dir"]), torch.float32) if base.suffix == ".gguf" else base
+    base_dir = base_checkpoint(base, Path(job["cache_dir"]))
     merged_dir = Path(job["merged_dir"])
     changed = merge(base_dir, Path(job["adapter_dir"]), merged_dir)
     emit("merged", path=str(merged_dir), changed=len(changed))

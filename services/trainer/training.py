@@ -27,18 +27,23 @@ from services.trainer.child import emit
 Example = list[dict[str, str]]
 
 
+def base_checkpoint(model_path: Path, cache_dir: Path) -> Path:
+    """A transformers directory for the registry's model: itself, or its GGUF dequantized once."""
+    import torch
+
+    from services.inference.backends.transformers_backend import dequantized_checkpoint
+
+    return dequantized_checkpoint(model_path, cache_dir, torch.float32) if model_path.suffix == ".gguf" else model_path
+
+
 def load_base(plan: dict[str, Any]) -> tuple[Any, Any]:
     """The base model and tokenizer: a transformers directory, or a GGUF dequantized once (cached)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from services.inference.backends.transformers_backend import dequantized_checkpoint
-
     hyper = plan["hyperparameters"]
     dtype = getattr(torch, hyper["train_dtype"])
-    source = Path(plan["model_path"])
-    if source.suffix == ".gguf":
-        source = dequantized_checkpoint(source, Path(plan["cache_dir"]), torch.float32)
+    source = base_checkpoint(Path(plan["model_path"]), Path(plan["cache_dir"]))
     kwargs: dict[str, Any] = {"dtype": dtype}
     if hyper["load_in_4bit"] and torch.cuda.is_available():
         from transformers import BitsAndBytesConfig

@@ -337,12 +337,14 @@ class TransformersBackend(ThreadedBackend):
             if adapter:
                 self._model.enable_adapters()
                 self._model.set_adapter(adapter)
-                self._scale_adapter(adapter, adapter_scale)
+                if adapter_scale != 1.0:
+                    self._scale_adapter(adapter, adapter_scale)
             with torch.inference_mode():
                 self._model.generate(**inputs, **{k: v for k, v in kwargs.items() if v is not None})  # type: ignore[misc]
         finally:
             if adapter:
-                self._scale_adapter(adapter, 1.0)
+                if adapter_scale != 1.0:
+                    self._scale_adapter(adapter, 1.0)
                 self._model.disable_adapters()
             self.stats.running -= 1
         if cancel.is_set():

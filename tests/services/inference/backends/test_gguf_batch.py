@@ -91,12 +91,11 @@ def reference_decode(llm, prompts: list[str], steps: int) -> list[list[int]]:
         lc.llama_free(ctx)
 
 
-async def test_batched_output_equals_llama_cpps_reference_decode_of_the_same_batch(batched) -> None:
-    prompts, steps = ["1, 2, 3, 4,", "10, 20, 30, 40,"], 6
-    # A fresh engine: an empty prefix cache, so that both prompts are evaluated whole, as in the reference.
-    engine, loop = BatchEngine(batched._llm, 4, 512, 2, 512), asyncio.get_running_loop()
-    collected: list[list[str]] = [[], []]
-    done = [asyncio.Event(), asyncio.Event()]
+async def decode_together(engine: BatchEngine, llm, prompts: list[str], steps: int) -> list[str]:
+    """Greedy `steps` tokens for each prompt, submitted at once (so all join the same step); closes `engine`."""
+    loop = asyncio.get_running_loop()
+    collected: list[list[str]] = [[] for _ in prompts]
+    done = [asyncio.Event() for _ in prompts]
 
     def emitter(index: int):
         def emit(chunk) -> None:
@@ -108,7 +107,7 @@ async def test_batched_output_equals_llama_cpps_reference_decode_of_the_same_bat
 
     requests = [
         BatchRequest(
-            tokens=batched._llm.tokenize(p.encode(), add_bos=True, special=True),
+            tokens=llm.tokenize(p.encode(), add_bos=True, special=True),
             max_tokens=steps,
             sampling=SamplingParams(temperature=0.0),
             stop=(),
@@ -118,14 +117,47 @@ async def test_batched_output_equals_llama_cpps_reference_decode_of_the_same_bat
         )
         for i, p in enumerate(prompts)
     ]
-    engine.submit(*requests)  # one submission: both join the same step, as in the reference
+    engine.submit(*requests)
     try:
         await asyncio.gather(*(event.wait() for event in done))
     finally:
         await asyncio.to_thread(engine.close)
+    return ["".join(parts) for parts in collected]
+
+
+async def test_batched_output_equals_llama_cpps_reference_decode_of_the_same_batch(batched) -> None:
+    prompts, steps = ["1, 2, 3, 4,", "10, 20, 30, 40,"], 6
+    # A fresh engine: an empty prefix cache, so that both prompts are evaluated whole, as in the reference.
+    texts = await decode_together(BatchEngine(batched._llm, 4, 512, 2, 512), batched._llm, prompts, steps)
     reference = await asyncio.to_thread(reference_decode, batched._llm, prompts, steps)
-    expected = [batched._llm.detokenize(tokens).decode("utf-8", errors="replace") for tokens in reference]
-    assert ["".join(parts) for parts in collected] == expected
+    assert texts == [batched._llm.detokenize(tokens).decode("utf-8", errors="replace") for tokens in reference]
+
+
+class DecodeRecorder:
+    """llama_cpp, except that llama_decode records the sequence ids of each batch."""
+
+    def __init__(self, lc) -> None:
+        self._lc, self.batches = lc, []
+
+    def __getattr__(self, name: str):
+        return getattr(self._lc, name)
+
+    def llama_decode(self, ctx, batch) -> int:
+        self.batches.append([batch.seq_id[i][0] for i in range(batch.n_tokens)])
+        return self._lc.llama_decode(ctx, batch)
+
+
+async def test_a_step_lists_its_sequences_in_slot_order(batched) -> None:
+    # llama.cpp runs a batch over per-sequence KV streams as one graph only when sequence ids
+    # ascend; out of order, a step of 4 ran as several graphs (a fifth slower).
+    engine = BatchEngine(batched._llm, 4, 512, 2, 512)
+    engine._free_slots.reverse()  # requests are admitted into slots 3, 2, 1, 0
+    recorder = engine._lc = DecodeRecorder(engine._lc)
+    prompts = [f"{n}, {n + 1}, {n + 2}," for n in range(4)]
+    texts = await decode_together(engine, batched._llm, prompts, 4)
+    assert all(text.strip() for text in texts)
+    assert any(len(set(ids)) == 4 for ids in recorder.batches)
+    assert all(ids == sorted(ids) for ids in recorder.batches)
 
 
 async def test_more_requests_than_slots_all_complete(batched) -> None:

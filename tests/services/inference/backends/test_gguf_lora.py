@@ -58,7 +58,7 @@ def test_the_conversion_keeps_shapes_and_alpha(tmp_path: Path) -> None:
 @pytest_asyncio.fixture(scope="module")
 async def batched() -> AsyncIterator[GGUFBackend]:
     # No prefix cache: reusing a prefix changes batch shapes and so, slightly, the numerics.
-    options = {"n_threads": 2, "n_parallel": 4, "prefix_cache": False}
+    options = {"n_threads": 2, "n_parallel": 4, "n_engines": 1, "prefix_cache": False}
     backend = GGUFBackend(gemma("gemma-batched", context_length=512, options=options))
     await backend.load()
     await backend.load_adapter("one", random_peft_adapter(Path(tempfile.mkdtemp()) / "one", seed=1))
@@ -98,8 +98,7 @@ async def test_scale_zero_is_the_base_and_scales_are_kept_apart(batched: GGUFBac
 
 
 async def test_the_prefix_cache_never_reuses_kv_built_under_other_weights(batched: GGUFBackend) -> None:
-    engine = batched._batch_engine
-    assert engine is not None
+    engine = batched._engines[0]
     engine._prefix_cache = True
     try:
         await generate(batched, "one")

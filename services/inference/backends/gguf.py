@@ -119,6 +119,20 @@ def _coalesced(item: Chunk | BaseException, more: asyncio.Queue[Chunk | BaseExce
     return item
 
 
+def usable_cores(cgroup_cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
+    """Cores this process may use: its CPU affinity, capped by a cgroup v2 CPU quota (a
+    Kubernetes CPU limit). os.cpu_count() is the node's count: 32 threads under a 4-CPU
+    limit would spend their time throttled."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        quota, period = cgroup_cpu_max.read_text().split()[:2]
+    except (OSError, ValueError):
+        return cores
+    if quota == "max":
+        return cores
+    return max(1, min(cores, int(quota) // int(period)))
+
+
 class GGUFBackend(ThreadedBackend):
     supports_structured_output: ClassVar[bool] = True
     supports_adapters: ClassVar[bool] = True  # GGUF LoRA through llama.cpp's adapter API; see gguf_lora.py
@@ -147,7 +161,7 @@ class GGUFBackend(ThreadedBackend):
         # llama-cpp-python's defaults: decoding on half the cores, prompts on all. Measured on 2
         # cores, one decode thread gave steadier and faster streams than two (bench/chat.py): the
         # other core serves the event loop, gRPC and the clients instead of preempting a barrier.
-        cores = os.cpu_count() or 1
+        cores = usable_cores()
         self._threads = int(options.get("n_threads") or max(cores // 2, 1))
         self._threads_batch = int(options.get("n_threads_batch") or options.get("n_threads") or cores)
         self._llm = Llama(

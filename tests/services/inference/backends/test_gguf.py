@@ -5,6 +5,7 @@ import contextlib
 import pytest
 
 from services.common.errors import InvalidArgument
+from services.inference.backends.gguf import usable_cores
 from services.inference.domain import ChatMessage, FinishReason, GenerationRequest, Role, SamplingParams
 from services.inference.server import InferenceServer
 from tests.conftest import GEMMA, loaded_backend, wait_until_idle
@@ -71,3 +72,15 @@ async def test_closing_the_stream_stops_generation_within_one_token(gemma) -> No
         generated_at_close = gemma.stats.tokens_generated
     await wait_until_idle(gemma)
     assert gemma.stats.tokens_generated - generated_at_close <= 1
+
+
+def test_usable_cores_respect_a_cgroup_cpu_limit(tmp_path) -> None:
+    cpu_max = tmp_path / "cpu.max"
+    assert usable_cores(cpu_max) >= 1  # no cgroup file: the affinity mask
+    everything = usable_cores(cpu_max)
+    cpu_max.write_text("max 100000\n")
+    assert usable_cores(cpu_max) == everything
+    cpu_max.write_text("100000 100000\n")  # a limit of one CPU
+    assert usable_cores(cpu_max) == 1
+    cpu_max.write_text("50000 100000\n")  # half a CPU still runs one thread
+    assert usable_cores(cpu_max) == 1

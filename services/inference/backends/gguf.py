@@ -199,7 +199,7 @@ class GGUFBackend(ThreadedBackend):
                 options.get("n_batch", 512),
                 prefix_cache=bool(options.get("prefix_cache", True)),
                 n_threads_batch=self._threads_batch,
-                # On CPU a pair decodes faster apart than batched (see BatchEngine); on a GPU, batched.
+                # On CPU a pair gains nothing batched (see BatchEngine); on a GPU, batch everything.
                 min_batch=int(options.get("min_batch", 1 if on_gpu else 3)),
             )
             for _ in range(n_engines)

@@ -133,7 +133,8 @@ class BatchEngine:
         self._min_batch = min_batch
         self._free_slots = list(range(n_parallel))
         self._slot_tokens: dict[int, list[int]] = {slot: [] for slot in range(n_parallel)}  # what each slot's KV holds
-        self._slot_weights: dict[int, tuple[str, float]] = {slot: ("", 1.0) for slot in range(n_parallel)}  # ... under
+        # ... and the weights (adapter, scale) it was computed with
+        self._slot_weights: dict[int, tuple[str, float]] = {slot: ("", 1.0) for slot in range(n_parallel)}
         self._active: list[_Sequence] = []
         self._incoming: queue.Queue[BatchRequest | None] = queue.Queue()
         self._admission = threading.Lock()  # requests submitted together join the same step

@@ -6,19 +6,39 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 PROTOS := $(shell find proto -name '*.proto')
 GENERATED := gen/.generated
+# uv itself lives apart from the project's environment, which `uv sync` keeps exact.
+UV := .tools/bin/uv
 
 export PYTHONPATH := $(CURDIR)/gen:$(CURDIR)
 export HF_HUB_OFFLINE := 1
+export UV_PROJECT_ENVIRONMENT := $(VENV)
+export UV_PYTHON := $(PYTHON)
+export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: install proto run test lint bench clean
+.PHONY: install lock lock-check proto run test lint bench clean
 
 install: $(INSTALLED)
 
-$(INSTALLED): pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+$(UV): tools/uv-requirements.txt
+	test -x .tools/bin/pip || $(PYTHON) -m venv .tools
+	.tools/bin/pip install --quiet --require-hashes --no-deps -r tools/uv-requirements.txt
 	touch $@
+
+# Installs exactly uv.lock (--frozen: never a fresh resolve), after checking that the lock
+# still matches pyproject.toml.
+$(INSTALLED): pyproject.toml uv.lock $(UV)
+	$(MAKE) --no-print-directory lock-check
+	$(UV) sync --frozen --extra dev --group proto
+	touch $@
+
+# Refresh the lock on purpose after changing dependencies in pyproject.toml; then `make test`.
+lock: $(UV)
+	$(UV) lock
+
+lock-check: $(UV)
+	@$(UV) lock --check || { echo >&2; \
+	  echo "uv.lock does not match pyproject.toml: run 'make lock', then 'make test', and commit uv.lock." >&2; \
+	  exit 1; }
 
 # Generated code is never edited by hand: change proto/ and run `make proto`.
 proto: $(GENERATED)
@@ -51,4 +71,4 @@ lint: proto
 	$(VENV)/bin/mypy services
 
 clean:
-	rm -rf gen .pytest_cache
+	rm -rf gen .pytest_cache .tools

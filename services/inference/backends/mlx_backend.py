@@ -7,7 +7,7 @@ serialized (Metal crashes when command buffers encode concurrently), and the KV
 cache of the previous prompt is reused for the prefix the next prompt shares
 (a long system prompt is then evaluated once). LoRA adapters are applied in place
 with `load_adapters` and removed with `remove_lora_layers`.
-Install with `pip install '.[mlx]'`.
+Install with `pip install -r deploy/requirements/mlx.txt`.
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ class MlxBackend(Backend):
             import mlx_lm  # noqa: F401
         except ImportError as error:
             raise Unavailable(
-                "The mlx backend needs mlx-lm: pip install '.[mlx]'.", reason="BACKEND_UNAVAILABLE"
+                "The mlx backend needs mlx-lm: pip install -r deploy/requirements/mlx.txt.", reason="BACKEND_UNAVAILABLE"
             ) from error
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"mlx-{self.spec.name}")
         self._lock = asyncio.Lock()

@@ -3,7 +3,7 @@
 `AsyncLLMEngine.from_engine_args` (vLLM v1's AsyncLLM) batches concurrent requests
 itself; each request streams DELTA outputs, may name a LoRA adapter (`LoRARequest`,
 many adapters served at once), and is aborted by id when its stream closes.
-Install with `pip install '.[vllm]'`.
+Install with `pip install -r deploy/requirements/vllm.txt`.
 """
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ class VllmBackend(Backend):
             from vllm import AsyncEngineArgs, AsyncLLMEngine
         except ImportError as error:
             raise Unavailable(
-                "The vllm backend needs vLLM: pip install '.[vllm]' on Linux with an NVIDIA GPU "
+                "The vllm backend needs vLLM: pip install -r deploy/requirements/vllm.txt on Linux with an NVIDIA GPU "
                 f"({error.name} could not be imported).",
                 reason="BACKEND_UNAVAILABLE",
             ) from error

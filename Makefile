@@ -12,10 +12,11 @@ UV := .tools/bin/uv
 export PYTHONPATH := $(CURDIR)/gen:$(CURDIR)
 export HF_HUB_OFFLINE := 1
 export UV_PROJECT_ENVIRONMENT := $(VENV)
-export UV_PYTHON := $(PYTHON)
+# A version, not a path: uv finds a path never matches an existing venv, and rebuilds it.
+export UV_PYTHON := 3.11
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: install lock lock-check proto run test lint bench clean
+.PHONY: install lock lock-check proto run test fuzz lint bench clean
 
 install: $(INSTALLED)
 
@@ -58,6 +59,12 @@ run: proto
 
 test: proto
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The fuzzers of `make test` with a long budget: schemathesis over every gateway operation and
+# Hypothesis JSON schemas against the real model (about 20 minutes on 2 cores).
+fuzz: proto
+	LLMMESH_FUZZ_EXAMPLES=600 LLMMESH_SCHEMATHESIS_EXAMPLES=60 $(PY) -m pytest -p no:cacheprovider -s \
+		tests/services/gateway/test_schema_fuzz.py tests/services/gateway/test_fuzz.py $(PYTEST_ARGS)
 
 # Benchmarks measure; they never assert. See bench/.
 bench: proto

@@ -1,7 +1,8 @@
 """`python -m services` (what `make run` calls): start the whole mesh on this machine.
 
-Each service runs as its own process, as it would in a deployment. Ctrl-C (or
-SIGTERM) stops them all gracefully.
+Each service runs as its own process, as it would in a deployment, supervised: a service
+that crashes is restarted with backoff (services/supervisor.py), and every service dies with
+the launcher. Ctrl-C (or SIGTERM) stops them all gracefully.
 """
 
 from __future__ import annotations
@@ -9,12 +10,10 @@ from __future__ import annotations
 import os
 import secrets
 import signal
-import subprocess
 import sys
 import time
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,23 +26,14 @@ from services.gateway.auth import mint_jwt
 from services.gateway.config import GatewaySettings, local_secret, local_settings
 from services.inference.config import InferenceSettings
 from services.scheduler.config import SchedulerSettings
+from services.supervisor import Service, Supervisor, describe_exit
 from services.trainer.config import TrainerSettings
 
 STARTUP_TIMEOUT_SECONDS = 300
 
 
-@dataclass
-class Service:
-    name: str
-    module: str
-    address: str
-    process: subprocess.Popen[bytes] | None = None
-
-    def start(self, env: dict[str, str] | None = None) -> None:
-        self.process = subprocess.Popen([sys.executable, "-m", self.module], env={**os.environ, **(env or {})})
-
-    def exited(self) -> bool:
-        return self.process is not None and self.process.poll() is not None
+def _grpc_ready(address: str) -> Callable[[], bool]:
+    return lambda: _grpc_serving(address)
 
 
 def _grpc_serving(address: str) -> bool:
@@ -63,26 +53,15 @@ def _http_ok(url: str) -> bool:
         return False
 
 
-def _wait_until(service: Service, ready: Callable[[], bool]) -> None:
+def _wait_until(service: Service) -> None:
     deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
-    while not ready():
+    while not service.ready():
         if service.exited():
-            raise SystemExit(f"{service.name} exited during startup (code {service.process.returncode})")  # type: ignore[union-attr]
+            raise SystemExit(f"{service.name} exited during startup ({describe_exit(service.process.returncode)})")  # type: ignore[union-attr]
         if time.monotonic() > deadline:
             raise SystemExit(f"{service.name} was not ready after {STARTUP_TIMEOUT_SECONDS}s")
         time.sleep(0.2)  # polling a local port during startup
-
-
-def _stop(services: list[Service]) -> None:
-    for service in reversed(services):
-        if service.process and service.process.poll() is None:
-            service.process.send_signal(signal.SIGTERM)
-    for service in reversed(services):
-        if service.process:
-            try:
-                service.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                service.process.kill()
+    service.state = "running"
 
 
 def _loopback(host: str) -> bool:
@@ -95,11 +74,24 @@ def _write_private(path: Path, text: str) -> None:
 
 
 def _embedded_postgres(data_dir: Path) -> tuple[str, Any]:
-    """Start PostgreSQL under the data directory, so that settings survive restarts."""
+    """Start PostgreSQL under the data directory, so that settings survive restarts. One left
+    running by an earlier run (a launcher that was killed) is reused; one whose data directory
+    is gone is stopped first."""
     import pgserver  # only needed when no DATABASE_URL is given
+    import psutil
 
+    pgdata = data_dir / "postgres"
     data_dir.mkdir(parents=True, exist_ok=True)
-    server = pgserver.get_server(data_dir / "postgres", cleanup_mode="stop")
+    for process in psutil.process_iter(attrs=["name", "cmdline"]):
+        if process.info["name"] == "postgres" and str(pgdata) in (process.info["cmdline"] or []):
+            if (pgdata / "PG_VERSION").exists():
+                print(f"Reusing the embedded PostgreSQL an earlier run left running (pid {process.pid}).", flush=True)
+            else:
+                print(f"Stopping a stale PostgreSQL (pid {process.pid}) whose data directory is gone.", flush=True)
+                process.terminate()
+                psutil.wait_procs([process], timeout=30)
+            break
+    server = pgserver.get_server(pgdata, cleanup_mode="stop")
     return server.get_uri(), server
 
 
@@ -116,7 +108,7 @@ def main() -> None:
         nats_url = nats.start()
         print(f"Embedded NATS JetStream: {nats_url}", flush=True)
     grpc_services = [
-        Service(name, f"services.{name}", f"{settings.host}:{settings.port}")
+        Service(name, f"services.{name}", address := f"{settings.host}:{settings.port}", _grpc_ready(address))
         for name, settings in (
             ("inference", inference_settings),
             ("embeddings", EmbeddingsSettings()),
@@ -150,8 +142,10 @@ def main() -> None:
         "trainer": {"LLMMESH_TRAINER_INFERENCE_TARGET": addresses["inference"]},
     }
     gateway_settings = GatewaySettings()
-    gateway = Service("gateway", "services.gateway", f"http://{gateway_settings.host}:{gateway_settings.port}")
+    gateway_url = f"http://{gateway_settings.host}:{gateway_settings.port}"
+    gateway = Service("gateway", "services.gateway", gateway_url, lambda: _http_ok(f"{gateway_url}/health"))
     services = [*grpc_services, gateway]
+    supervisor = Supervisor(services, status_file=data_dir / "supervisor.json")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     # Ctrl-C stops the mesh even when started from a shell that ignores SIGINT in background jobs.
     signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -159,17 +153,24 @@ def main() -> None:
         for service in grpc_services:  # started together, so that they load their models in parallel
             # What the operator set wins over what the launcher wires up.
             wiring = service_env.get(service.name, {})
-            service.start({**wiring, **{k: v for k, v in os.environ.items() if k in wiring}})
+            service.env = {**wiring, **{k: v for k, v in os.environ.items() if k in wiring}}
+            service.start()
         for service in grpc_services:
-            _wait_until(service, lambda service=service: _grpc_serving(service.address))  # type: ignore[misc]
+            _wait_until(service)
         # The gateway follows the services' addresses unless told otherwise.
         targets = {f"LLMMESH_GATEWAY_{s.name.upper()}_TARGET": s.address for s in grpc_services}
-        wiring = {**targets, "LLMMESH_GATEWAY_DATABASE_URL": database_url}
+        wiring = {
+            **targets,
+            "LLMMESH_GATEWAY_DATABASE_URL": database_url,
+            "LLMMESH_GATEWAY_SUPERVISOR_STATUS_FILE": str(supervisor.status_file),
+        }
         # Local development on loopback works without API keys, explicitly (the gateway logs it).
         if _loopback(gateway_settings.host):
             wiring["LLMMESH_GATEWAY_ALLOW_ANONYMOUS"] = "true"
-        gateway.start({**wiring, **{k: v for k, v in os.environ.items() if k in wiring}})
-        _wait_until(gateway, lambda: _http_ok(f"{gateway.address}/health"))
+        gateway.env = {**wiring, **{k: v for k, v in os.environ.items() if k in wiring}}
+        gateway.start()
+        _wait_until(gateway)
+        supervisor.write_status()
         admin_jwt = mint_jwt(local_settings(GatewaySettings()), "make-run", ttl_seconds=24 * 3600)
         lines = [f"  OpenAI-compatible HTTP: {gateway.address}/v1   (health: {gateway.address}/health)"]
         lines += [
@@ -184,13 +185,13 @@ def main() -> None:
             f"         {grpc_services[0].address} llmmesh.inference.v1.InferenceService/ListModels",
         ]
         print("\nLLM Mesh is up.\n" + "\n".join(lines) + "\nPress Ctrl-C to stop.\n", flush=True)
-        while not any(service.exited() for service in services):
-            time.sleep(0.5)  # supervising child processes
-        raise SystemExit("a service exited; stopping the mesh")
+        while True:  # a crashed service is restarted with backoff; the rest keep serving
+            supervisor.check()
+            time.sleep(0.5)
     except KeyboardInterrupt:
         pass
     finally:
-        _stop(services)
+        supervisor.stop()
         if nats is not None:
             nats.stop()
         if postgres is not None:

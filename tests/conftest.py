@@ -36,6 +36,7 @@ from services.embeddings.server import EmbeddingsServer
 from services.gateway.app import build_app
 from services.gateway.auth import mint_jwt
 from services.gateway.config import GatewaySettings
+from services.gateway.drain import GatewayServer
 from services.inference.config import InferenceSettings
 from services.inference.registry import ModelRegistry, ModelSpec
 from services.inference.server import InferenceServer
@@ -206,12 +207,16 @@ def stub(channel: grpc.aio.Channel) -> pb_grpc.InferenceServiceStub:
     return pb_grpc.InferenceServiceStub(channel)
 
 
-async def serve_http(app: object) -> tuple[uvicorn.Server, asyncio.Task[None], str]:
+async def serve_http(app: object, grace_seconds: int | None = None) -> tuple[uvicorn.Server, asyncio.Task[None], str]:
     """Serve an ASGI app with uvicorn on an ephemeral port; returns when it accepts connections.
+    With `grace_seconds`, as `python -m services.gateway` serves the gateway: draining on exit.
 
     uvicorn binds the port itself: a socket made with socket.socket() has proto 0, and asyncio
     then leaves Nagle on for accepted connections, which costs 40 ms a request."""
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on"))
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=0, log_level="warning", lifespan="on", timeout_graceful_shutdown=grace_seconds
+    )
+    server = uvicorn.Server(config) if grace_seconds is None else GatewayServer(config, app.state.drain)  # type: ignore[attr-defined]
     task = asyncio.create_task(server.serve())
     while not server.started:
         if task.done():

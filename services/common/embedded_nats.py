@@ -38,10 +38,20 @@ class EmbeddedNats:
         ports_dir.mkdir(parents=True, exist_ok=True)
         for stale in ports_dir.glob("*.ports"):
             stale.unlink()
+        pid_file = self.data_dir / "nats-server.pid"
+        _stop_stale(pid_file)
         log = open(self.data_dir / "nats-server.log", "ab")  # noqa: SIM115 - owned by the child process
         self.process = subprocess.Popen(
             [
+                # Tied to this process: a killed launcher leaves no nats-server behind.
+                sys.executable,
+                "-m",
+                "services.supervised",
+                str(os.getpid()),
+                "--exec",
                 nats_server_binary(),
+                "--pid",
+                str(pid_file),
                 "--jetstream",
                 "--store_dir",
                 str(self.data_dir / "jetstream"),
@@ -79,6 +89,21 @@ class EmbeddedNats:
     def restart(self) -> None:
         self.stop()
         self.start()
+
+
+def _stop_stale(pid_file: Path) -> None:
+    """Stop a nats-server that an earlier run left on this data directory (it holds its store)."""
+    import psutil
+
+    try:
+        process = psutil.Process(int(pid_file.read_text().strip()))
+        stale = "nats-server" in process.name()
+    except (OSError, ValueError, psutil.Error):
+        return
+    if stale:
+        print(f"Stopping a stale nats-server (pid {process.pid}) left on {pid_file.parent}.", flush=True)
+        process.terminate()
+        psutil.wait_procs([process], timeout=10)
 
 
 def _client_url(ports_file: Path) -> str | None:

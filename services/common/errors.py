@@ -189,8 +189,9 @@ def from_rpc_error(error: grpc.aio.AioRpcError | grpc.RpcError) -> MeshError:
             retry = error_details_pb2.RetryInfo()
             detail.Unpack(retry)
             retry_after = retry.retry_delay.seconds
-    if code == grpc.StatusCode.UNAVAILABLE and reason is None:
+    if code == grpc.StatusCode.UNAVAILABLE and reason is None:  # the transport's: not connected, or restarting
         message = f"Upstream service unavailable: {message}"
+        retry_after = retry_after if retry_after is not None else 1
     error_class = _ERROR_BY_CODE.get(code, Internal)
     mesh_error = error_class(message, reason=reason or code.name, param=param, retry_after_seconds=retry_after)
     mesh_error.code = code  # type: ignore[misc]  # keep codes we have no class for (e.g. UNIMPLEMENTED)

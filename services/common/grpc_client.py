@@ -20,6 +20,14 @@ CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.service_config", json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})),
+    # A peer that vanished without closing its connection (a killed pod, a cut network) is found
+    # by pings within seconds, not at the call's deadline.
+    ("grpc.keepalive_time_ms", 20_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    # A restarted service is dialled again within seconds; gRPC's default backoff grows to 120 s,
+    # and calls fail fast (UNAVAILABLE, so 503 with Retry-After) until the channel reconnects.
+    ("grpc.initial_reconnect_backoff_ms", 500),
+    ("grpc.max_reconnect_backoff_ms", 3_000),
 ]
 
 

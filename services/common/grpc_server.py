@@ -161,6 +161,9 @@ async def start_grpc_server(
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
+            # Accept the clients' keepalive pings (services/common/grpc_client.py) during calls
+            # instead of answering them with GOAWAY "too_many_pings".
+            ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
         ],
     )
     register(server)

@@ -23,6 +23,7 @@ from services.common.postgres import migrate
 KEY_PREFIX = "llmm_"
 SCOPES = ("chat", "embeddings", "jobs", "admin")
 CACHE_SECONDS = 10.0  # how long a looked-up key is trusted without asking PostgreSQL again
+CACHE_MAX_ENTRIES = 10_000
 
 MIGRATIONS = [
     """
@@ -175,6 +176,11 @@ class ApiKeyStore:
         found = None
         if row is not None and hmac.compare_digest(row["key_digest"], digest) and row["revoked_at"] is None:
             found = _key(row)
+        if len(self._cache) >= CACHE_MAX_ENTRIES:  # random bearer tokens must not grow it without bound
+            now = time.monotonic()
+            self._cache = {d: entry for d, entry in self._cache.items() if entry[0] > now}
+            while len(self._cache) >= CACHE_MAX_ENTRIES:
+                self._cache.pop(next(iter(self._cache)))  # the oldest
         self._cache[digest] = (time.monotonic() + CACHE_SECONDS, found)
         return found
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -14,6 +15,7 @@ from services.gateway.api_keys import ApiKeyStore
 from services.gateway.auth import Authenticator
 from services.gateway.body_limit import BodySizeLimitMiddleware
 from services.gateway.config import GatewaySettings
+from services.gateway.drain import Drain
 from services.gateway.errors import install_error_handlers
 from services.gateway.request_context import RequestContextMiddleware, RequestStats
 from services.gateway.routers import (
@@ -67,6 +69,7 @@ def build_app(settings: GatewaySettings) -> FastAPI:
                 settings.port,
             )
         app.state.authenticator = Authenticator(settings, keys)
+        app.state.drain.attach(asyncio.get_running_loop())
         try:
             yield
         finally:
@@ -77,6 +80,7 @@ def build_app(settings: GatewaySettings) -> FastAPI:
 
     app = FastAPI(title="LLM Mesh gateway", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings
+    app.state.drain = Drain(settings.shutdown_grace_seconds)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.state.request_stats = RequestStats()
     app.add_middleware(RequestContextMiddleware, stats=app.state.request_stats)

@@ -19,9 +19,8 @@ import collections
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
 
 import jwt
 from fastapi import Depends, Request
@@ -33,16 +32,15 @@ from services.gateway.config import GatewaySettings
 log = logging.getLogger(__name__)
 
 WINDOW_SECONDS = 60.0
-T = TypeVar("T")
 
 
 @dataclass
 class Usage:
-    """One key's recent requests and tokens, and its open streams."""
+    """One key's recent requests and tokens, and its requests in flight."""
 
     requests: collections.deque[float] = field(default_factory=collections.deque)
     tokens: collections.deque[tuple[float, int]] = field(default_factory=collections.deque)
-    streams: int = 0
+    in_flight: int = 0
 
     def trim(self, now: float) -> None:
         while self.requests and self.requests[0] <= now - WINDOW_SECONDS:
@@ -71,15 +69,15 @@ class Limiter:
         if tokens:
             self._usage[str(key.key_id)].tokens.append((self._clock(), tokens))
 
-    def open_stream(self, key: ApiKey) -> Callable[[], None]:
-        """Count one open stream; the returned function closes it."""
+    def take_slot(self, key: ApiKey) -> Callable[[], None]:
+        """Count one request in flight (streaming or not); the returned function ends it."""
         usage = self._usage[str(key.key_id)]
-        if key.stream_limit is not None and usage.streams >= key.stream_limit:
-            raise _over("concurrent streams", key.stream_limit, 1)
-        usage.streams += 1
+        if key.stream_limit is not None and usage.in_flight >= key.stream_limit:
+            raise _over("concurrent requests", key.stream_limit, 1)
+        usage.in_flight += 1
 
         def release() -> None:
-            usage.streams -= 1
+            usage.in_flight -= 1
 
         return release
 
@@ -175,24 +173,34 @@ class Caller:
         if self.key is not None:
             self.authenticator.record_usage(self.key, prompt_tokens, completion_tokens)
 
-    def open_stream(self) -> StreamSlot:
-        """Take one of the key's concurrent streams now (429 before any byte is sent when none
-        is left); the slot is given back when the guarded stream ends."""
-        release = self.authenticator.limiter.open_stream(self.key) if self.key is not None else None
-        return StreamSlot(release)
+    def request_slot(self) -> RequestSlot:
+        """One of the key's concurrent requests, taken now: 429 before any byte is sent when
+        none is left. `async with` gives it back when the handler returns, unless a stream
+        response took it over (`RequestSlot.hand_over`)."""
+        release = self.authenticator.limiter.take_slot(self.key) if self.key is not None else None
+        return RequestSlot(release)
 
 
-@dataclass
-class StreamSlot:
-    release: Callable[[], None] | None
+class RequestSlot:
+    def __init__(self, release: Callable[[], None] | None) -> None:
+        self._release = release
 
-    async def guard(self, events: AsyncIterator[T]) -> AsyncIterator[T]:
-        try:
-            async for event in events:
-                yield event
-        finally:
-            if self.release is not None:
-                self.release()
+    def release(self) -> None:
+        """Give the slot back; once, however many paths end the request."""
+        release, self._release = self._release, None
+        if release is not None:
+            release()
+
+    def hand_over(self) -> Callable[[], None]:
+        """The release for a stream response to call when the stream ends."""
+        release, self._release = self._release, None
+        return RequestSlot(release).release  # still once only
+
+    async def __aenter__(self) -> RequestSlot:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        self.release()
 
 
 async def get_authenticator(request: Request) -> Authenticator:

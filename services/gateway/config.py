@@ -25,6 +25,9 @@ class GatewaySettings(ServiceSettings):
     request_timeout_seconds: float = Field(600.0, gt=0, description="Deadline for each gRPC call.")
     health_timeout_seconds: float = Field(2.0, gt=0, description="Deadline for upstream health checks.")
     max_choices: int = Field(8, ge=1, description="Largest accepted `n` (choices per request).")
+    supervisor_status_file: Path | None = Field(
+        None, description="Set by `make run`: its supervisor's view of each service, shown by /health."
+    )
 
     # ---- auth (see services/gateway/auth.py) ----
     allow_anonymous: bool = Field(

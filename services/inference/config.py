@@ -29,6 +29,9 @@ class InferenceSettings(ServiceSettings):
     memory_limit_mb: int | None = Field(None, ge=1, description="Most memory (registry memory_mb) loaded at once.")
     single_model: bool = Field(False, description="One model at a time (one GPU); swaps are serialized.")
     max_waiting_requests: int = Field(256, ge=0, description="Requests that may wait for models; more get 429.")
+    max_queued_per_model: int = Field(
+        32, ge=0, description="Requests that may queue for a loaded model beyond its parallel slots; more get 429."
+    )
     max_wait_seconds: float = Field(
         30.0, gt=0, description="After this long waiting, a request stops others from joining the loaded model."
     )
@@ -44,6 +47,7 @@ class InferenceSettings(ServiceSettings):
             memory_limit_mb=self.memory_limit_mb,
             single_model=self.single_model,
             max_waiting=self.max_waiting_requests,
+            max_queued_per_model=self.max_queued_per_model,
             max_wait_seconds=self.max_wait_seconds,
             retry_after_seconds=self.retry_after_seconds,
         )

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import dataclasses
-import json
 import math
 import re
 import uuid
@@ -16,8 +15,10 @@ from typing import Any, TypeVar
 
 from llmmesh.inference.v1 import inference_service_pb2 as pb
 from services.common.errors import InvalidArgument
+from services.common.schema_limits import checked_schema
 
 MAX_STOP_SEQUENCES = 16
+MAX_STOP_SEQUENCE_CHARS = 256  # each is matched against the tail of every token: keep that cheap
 
 
 class Role(StrEnum):
@@ -145,13 +146,7 @@ class ResponseFormat:
         """The schema the output must match; any JSON object for JSON_OBJECT."""
         if self.kind is ResponseFormatKind.JSON_OBJECT:
             return {"type": "object"}
-        try:
-            schema = json.loads(self.schema)
-        except ValueError as error:
-            raise InvalidArgument(f"The JSON schema is not valid JSON: {error}", param="response_format") from error
-        if not isinstance(schema, dict):
-            raise InvalidArgument("The JSON schema must be a JSON object.", param="response_format")
-        return schema
+        return checked_schema(self.schema, param="response_format")
 
     def to_pb(self) -> pb.ResponseFormat:
         return pb.ResponseFormat(
@@ -181,11 +176,7 @@ class Tool:
     def parameters_schema(self) -> dict[str, Any]:
         if not self.parameters:
             return {"type": "object", "properties": {}}
-        try:
-            schema = json.loads(self.parameters)
-        except ValueError as error:
-            raise InvalidArgument(f"Tool '{self.name}' parameters are not valid JSON.", param="tools") from error
-        return schema if isinstance(schema, dict) else {"type": "object"}
+        return checked_schema(self.parameters, param="tools")
 
     def to_pb(self) -> pb.Tool:
         return pb.Tool(name=self.name, description=self.description, parameters_json_schema=self.parameters)
@@ -194,7 +185,9 @@ class Tool:
     def from_pb(cls, tool: pb.Tool) -> Tool:
         if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", tool.name):
             raise InvalidArgument(f"Tool name '{tool.name}' must match [A-Za-z0-9_-]{{1,64}}.", param="tools")
-        return cls(tool.name, tool.description, tool.parameters_json_schema)
+        parsed = cls(tool.name, tool.description, tool.parameters_json_schema)
+        parsed.parameters_schema()  # rejects a malformed schema before any work starts
+        return parsed
 
 
 class ToolChoiceMode(StrEnum):
@@ -351,6 +344,10 @@ class SamplingParams:
             raise InvalidArgument(f"At most {MAX_STOP_SEQUENCES} stop sequences are allowed.", param="stop")
         if any(not s for s in self.stop):
             raise InvalidArgument("Stop sequences must not be empty.", param="stop")
+        if any(len(s) > MAX_STOP_SEQUENCE_CHARS for s in self.stop):
+            raise InvalidArgument(
+                f"A stop sequence may be at most {MAX_STOP_SEQUENCE_CHARS} characters long.", param="stop"
+            )
         return self
 
     def with_defaults(self, defaults: SamplingParams) -> SamplingParams:

@@ -40,6 +40,8 @@ from services.inference.routing import (
 )
 from services.inference.settings_store import SettingsStore
 
+GRAMMAR_CHECK_SECONDS = 10.0  # building a grammar within the schema budget takes milliseconds
+
 
 class InferenceEngine:
     def __init__(
@@ -75,7 +77,7 @@ class InferenceEngine:
             if response_format.constrains:
                 raise InvalidArgument("Combining 'tools' with a JSON response_format is not supported.", param="tools")
             response_format = syntax.reply_format(request.tools, request.tool_choice, request.parallel_tool_calls)
-        self._check_structured_output(spec, response_format, "tools" if request.uses_tools else "response_format")
+        await self._check_structured_output(spec, response_format, "tools" if request.uses_tools else "response_format")
         generation = GenerationRequest(
             request_id=request.request_id,
             sampling=request.sampling.with_defaults(spec.defaults.to_domain()),
@@ -91,7 +93,7 @@ class InferenceEngine:
     async def complete(self, request: CompletionRequest) -> Generation:
         request.validate()
         spec = self.router.resolve(request.model)
-        self._check_structured_output(spec, request.response_format, "response_format")
+        await self._check_structured_output(spec, request.response_format, "response_format")
         generation = GenerationRequest(
             request_id=request.request_id,
             sampling=request.sampling.with_defaults(spec.defaults.to_domain()),
@@ -124,16 +126,23 @@ class InferenceEngine:
             chunks = self.responses.record(key, spec.name, chunks)
         return Generation(generation.request_id, spec.name, chunks)
 
-    def _check_structured_output(self, spec: ModelSpec, response_format: ResponseFormat, param: str) -> None:
+    async def _check_structured_output(self, spec: ModelSpec, response_format: ResponseFormat, param: str) -> None:
         if response_format.constrains and not backend_class(spec.backend).supports_structured_output:
             raise InvalidArgument(
                 f"Model '{spec.name}' ({spec.backend} backend) cannot constrain its output to JSON.", param=param
             )
         if response_format.constrains:
+            schema = response_format.json_schema()  # within the schema budget (services/common/schema_limits.py)
             try:
-                backend_class(spec.backend).check_schema(response_format.json_schema())
+                # A backend's grammar compiler (llguidance) runs off the event loop, within a time limit.
+                async with asyncio.timeout(GRAMMAR_CHECK_SECONDS):
+                    await asyncio.to_thread(backend_class(spec.backend).check_schema, schema)
             except InvalidArgument as error:
                 raise InvalidArgument(error.message, param=param) from error
+            except TimeoutError as error:
+                raise InvalidArgument(
+                    f"The output grammar took longer than {GRAMMAR_CHECK_SECONDS:.0f} s to build.", param=param
+                ) from error
 
     async def _check_adapter(self, spec: ModelSpec, adapter: str, scale: float) -> str:
         """The adapter id, if the model can apply it (at this scale) and the store has it."""

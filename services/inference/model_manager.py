@@ -40,6 +40,7 @@ class Budget:
     memory_limit_mb: int | None = None
     single_model: bool = False
     max_waiting: int = 256
+    max_queued_per_model: int = 32
     max_wait_seconds: float = 30.0
     retry_after_seconds: int = 5
 
@@ -135,6 +136,7 @@ class ModelManager:
         loop = asyncio.get_running_loop()
         async with self._changed:
             if self._can_admit(instance, arrived=loop.time()):
+                self._check_model_queue(instance)
                 return self._admit(instance)
             if len(self._waiters) >= self.budget.max_waiting:
                 raise ResourceExhausted(
@@ -149,6 +151,7 @@ class ModelManager:
                 async with self._changed:
                     if self._can_admit(instance, arrived=waiter.since):
                         self._waiters.remove(waiter)
+                        self._check_model_queue(instance)
                         return self._admit(instance)
                     victims = self._load_plan(instance, waiter)
                     if victims is None:
@@ -164,6 +167,16 @@ class ModelManager:
             if waiter in self._waiters:
                 self._waiters.remove(waiter)
                 self._wake()
+
+    def _check_model_queue(self, instance: _Instance) -> None:
+        """A loaded model takes its parallel slots plus a bounded queue; past that, 429."""
+        limit = int(instance.spec.options.get("n_parallel", 1)) + self.budget.max_queued_per_model
+        if instance.running >= limit:
+            raise ResourceExhausted(
+                f"Model '{instance.spec.name}' has {instance.running} requests running or queued; retry later.",
+                reason="MODEL_QUEUE_FULL",
+                retry_after_seconds=1,
+            )
 
     def _admit(self, instance: _Instance) -> Lease:
         instance.running += 1

@@ -23,6 +23,7 @@ from llmmesh.trainer.v1 import trainer_service_pb2_grpc as trainer_pb_grpc
 from services.common.artifacts import ADAPTER_ID
 from services.common.errors import FailedPrecondition, InvalidArgument, MeshError, Unimplemented, from_rpc_error
 from services.common.grpc_client import open_channel
+from services.common.schema_limits import checked_schema
 from services.scheduler.config import SchedulerSettings
 from services.scheduler.domain import Job, JobType, Progress, Submission
 
@@ -43,8 +44,18 @@ RETRYABLE_CODES = frozenset(
 )
 
 
+# Of those, an outage or overload: retried until the job's TTL, not only MaxDeliver times.
+TRANSIENT_CODES = frozenset(
+    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.DEADLINE_EXCEEDED}
+)
+
+
 def is_retryable(error: Exception) -> bool:
     return not isinstance(error, MeshError) or error.code in RETRYABLE_CODES
+
+
+def is_transient(error: Exception) -> bool:
+    return isinstance(error, MeshError) and error.code in TRANSIENT_CODES
 
 
 class JobHandlers:
@@ -98,6 +109,12 @@ class JobHandlers:
                 )
             if not chat.messages:
                 raise InvalidArgument("'request.messages' must not be empty.", param="request.messages")
+            # A schema over budget could never run: refused now rather than failed at run time.
+            if chat.response_format.json_schema:
+                checked_schema(chat.response_format.json_schema, param="request.response_format")
+            for tool in chat.tools:
+                if tool.parameters_json_schema:
+                    checked_schema(tool.parameters_json_schema, param="request.tools")
             has_images = any(part.HasField("image") for m in chat.messages for part in m.content)
             if submission.job_type is JobType.CHAT and has_images:
                 raise InvalidArgument(

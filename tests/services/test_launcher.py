@@ -1,12 +1,16 @@
-"""`make run` (python -m services): the whole mesh comes up, answers, and stops cleanly on Ctrl-C."""
+"""`make run` (python -m services): the whole mesh comes up, answers, heals after a service is
+killed, leaves nothing behind when the launcher itself is killed, and stops cleanly on Ctrl-C."""
 
 import asyncio
+import json
 import os
 import signal
 import socket
 import sys
+import time
 
 import httpx
+import psutil
 
 
 def free_port() -> int:
@@ -41,16 +45,8 @@ async def test_mesh_starts_answers_and_stops_on_ctrl_c(tmp_path) -> None:
         "NATS_URL",
     ):
         env.pop(name, None)
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "services", env=env, stdout=asyncio.subprocess.PIPE, start_new_session=True
-    )
+    process, banner = await start_launcher(env)
     try:
-        async with asyncio.timeout(240):
-            while b"LLM Mesh is up" not in (line := await process.stdout.readline()):
-                assert line, "the launcher exited before the mesh was up"
-            banner = []
-            while b"Press Ctrl-C" not in (line := await process.stdout.readline()):
-                banner.append(line.decode())
         # The banner hands out a superuser JWT for the admin endpoints.
         admin_jwt = next(line.split("Bearer ")[1].strip() for line in banner if "Bearer " in line)
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{http_port}", timeout=60) as http:
@@ -73,11 +69,86 @@ async def test_mesh_starts_answers_and_stops_on_ctrl_c(tmp_path) -> None:
                 lines = [line async for line in events.aiter_lines() if line.startswith("data: {")]
             assert '"state":"succeeded"' in lines[-1] and "[mock-text:mock] later" in lines[-1]
             assert (await http.get("/v1/adapters")).json() == {"object": "list", "data": []}  # the trainer is up
+            await _inference_heals_after_kill_9(http, tmp_path / "data" / "supervisor.json")
         os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
         async with asyncio.timeout(60):
             assert await process.wait() == 0
         assert (tmp_path / "data" / "postgres" / "PG_VERSION").exists()
         assert (tmp_path / "data" / "nats" / "jetstream").is_dir()
+    finally:
+        if process.returncode is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            await process.wait()
+
+
+async def start_launcher(env: dict[str, str]) -> tuple[asyncio.subprocess.Process, list[str]]:
+    """The launcher, once its banner says the mesh is up; and the banner's lines."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "services", env=env, stdout=asyncio.subprocess.PIPE, start_new_session=True
+    )
+    banner: list[str] = []
+    async with asyncio.timeout(240):
+        while b"LLM Mesh is up" not in (line := await process.stdout.readline()):
+            assert line, "the launcher exited before the mesh was up"
+        while b"Press Ctrl-C" not in (line := await process.stdout.readline()):
+            banner.append(line.decode())
+    return process, banner
+
+
+async def _inference_heals_after_kill_9(http: httpx.AsyncClient, status_file) -> None:
+    pid = json.loads(status_file.read_text())["services"]["inference"]["pid"]
+    killed = time.monotonic()
+    os.kill(pid, signal.SIGKILL)
+    chat = {"model": "mock", "messages": [{"role": "user", "content": "again"}]}
+    states = set()
+    async with asyncio.timeout(120):  # the bound on recovery
+        while True:
+            health = (await http.get("/health")).json()
+            states.add(health["services"]["inference"])
+            response = await http.post("/v1/chat/completions", json=chat)
+            if response.status_code == 200:
+                break
+            assert response.status_code == 503, response.text  # never a hang or a 500 meanwhile
+            assert response.headers.get("retry-after"), response.headers
+            await asyncio.sleep(0.2)  # polling for the restarted service
+    print(f"inference recovered {time.monotonic() - killed:.1f} s after kill -9 (seen: {sorted(states)})")
+    status = json.loads(status_file.read_text())["services"]["inference"]
+    assert status["restarts"] == 1 and status["last_exit"] == "killed by SIGKILL" and status["pid"] != pid
+    assert (await http.get("/health")).json()["restarts"] == {"inference": 1}
+
+
+async def test_a_killed_launcher_leaves_nothing_behind_and_the_next_run_starts(tmp_path) -> None:
+    inherited = {
+        k: v for k, v in os.environ.items() if not k.startswith("LLMMESH_") and k not in ("DATABASE_URL", "NATS_URL")
+    }
+
+    def mesh_env() -> dict[str, str]:
+        return {
+            **inherited,
+            "LLMMESH_GATEWAY_PORT": str(free_port()),
+            "LLMMESH_INFERENCE_PORT": str(free_port()),
+            "LLMMESH_EMBEDDINGS_PORT": str(free_port()),
+            "LLMMESH_SCHEDULER_PORT": str(free_port()),
+            "LLMMESH_TRAINER_PORT": str(free_port()),
+            **{f"LLMMESH_{name}_METRICS_PORT": "0" for name in ("INFERENCE", "EMBEDDINGS", "SCHEDULER", "TRAINER")},
+            "LLMMESH_INFERENCE_DATA_DIR": str(tmp_path / "data"),
+            "LLMMESH_INFERENCE_PRELOAD_DEFAULT_MODEL": "false",
+        }
+
+    process, _ = await start_launcher(mesh_env())
+    try:
+        status = json.loads((tmp_path / "data" / "supervisor.json").read_text())["services"]
+        children = [psutil.Process(service["pid"]) for service in status.values()]
+        children.append(psutil.Process(int((tmp_path / "data" / "nats" / "nats-server.pid").read_text())))
+        os.kill(process.pid, signal.SIGKILL)  # not the group: the children must notice by themselves
+        await process.wait()
+        _, alive = await asyncio.to_thread(psutil.wait_procs, children, 60)
+        assert not alive, f"left running: {alive}"
+        # The next run on the same data directory starts (reusing the PostgreSQL left running).
+        process, _ = await start_launcher(mesh_env())
+        os.killpg(process.pid, signal.SIGINT)
+        async with asyncio.timeout(60):
+            assert await process.wait() == 0
     finally:
         if process.returncode is None:
             os.killpg(process.pid, signal.SIGKILL)

@@ -39,11 +39,12 @@ async def create_chat_completion(
     body.check_limits(settings)
     requests = body.to_domain(settings.max_choices)
     completion_id = new_id("chatcmpl")
-    if body.stream:
-        slot = caller.open_stream()
-        events = await cancel_on_disconnect(request, inference.stream_chat(requests))
-        return sse_response(slot.guard(_chunks(events, completion_id, body.n, body.include_usage_chunk, caller)))
-    results = await cancel_on_disconnect(request, inference.chat(requests))
+    async with caller.request_slot() as slot:
+        if body.stream:
+            events = await cancel_on_disconnect(request, inference.stream_chat(requests))
+            chunks = _chunks(events, completion_id, body.n, body.include_usage_chunk, caller)
+            return sse_response(chunks, on_close=slot.hand_over())
+        results = await cancel_on_disconnect(request, inference.chat(requests))
     caller.used(sum(r.usage.prompt_tokens for r in results), sum(r.usage.completion_tokens for r in results))
     return chat_completion_body(
         completion_id,
@@ -73,29 +74,31 @@ async def _chunks(
             body["usage"] = usage
         return body
 
-    async with contextlib.aclosing(events):  # type: ignore[type-var]
-        async for event in events:
-            if wait := event.chunk.wait_status:
-                yield wait_comment(wait.state.value, wait.model, wait.position)
-                continue
-            if not model:
-                model = event.model
-                for index in range(choices):
-                    yield chunk([_choice(index, {"role": "assistant", "content": ""}, None)])
-            finish = event.chunk.finish_reason
-            if event.chunk.tool_call_deltas:  # OpenAI's shape: id and name first, then argument pieces
-                streamed_calls.add(event.index)
-                deltas = {"tool_calls": [tool_call_delta_body(d) for d in event.chunk.tool_call_deltas]}
-                yield chunk([_choice(event.index, deltas, None)])
-            if event.chunk.tool_calls and event.index not in streamed_calls:  # a backend that sends them whole
-                calls: dict[str, Any] = {"tool_calls": tool_calls_body(event.chunk.tool_calls, with_index=True)}
-                yield chunk([_choice(event.index, calls, None)])
-            if event.chunk.text or finish:
-                delta = {"content": event.chunk.text} if event.chunk.text else {}
-                yield chunk([_choice(event.index, delta, finish.value if finish else None)])
-            if event.chunk.usage:
-                usages[event.index] = event.chunk.usage
-    caller.used(sum(u.prompt_tokens for u in usages.values()), sum(u.completion_tokens for u in usages.values()))
+    try:
+        async with contextlib.aclosing(events):  # type: ignore[type-var]
+            async for event in events:
+                if wait := event.chunk.wait_status:
+                    yield wait_comment(wait.state.value, wait.model, wait.position)
+                    continue
+                if not model:
+                    model = event.model
+                    for index in range(choices):
+                        yield chunk([_choice(index, {"role": "assistant", "content": ""}, None)])
+                finish = event.chunk.finish_reason
+                if event.chunk.tool_call_deltas:  # OpenAI's shape: id and name first, then argument pieces
+                    streamed_calls.add(event.index)
+                    deltas = {"tool_calls": [tool_call_delta_body(d) for d in event.chunk.tool_call_deltas]}
+                    yield chunk([_choice(event.index, deltas, None)])
+                if event.chunk.tool_calls and event.index not in streamed_calls:  # a backend that sends them whole
+                    calls: dict[str, Any] = {"tool_calls": tool_calls_body(event.chunk.tool_calls, with_index=True)}
+                    yield chunk([_choice(event.index, calls, None)])
+                if event.chunk.text or finish:
+                    delta = {"content": event.chunk.text} if event.chunk.text else {}
+                    yield chunk([_choice(event.index, delta, finish.value if finish else None)])
+                if event.chunk.usage:
+                    usages[event.index] = event.chunk.usage
+    finally:  # also when the stream ends early: what the finished choices used
+        caller.used(sum(u.prompt_tokens for u in usages.values()), sum(u.completion_tokens for u in usages.values()))
     if include_usage:
         yield chunk([], usage_body([usages[i] for i in sorted(usages)], choices))
 

@@ -32,11 +32,12 @@ async def create_completion(
     body.check_limits(settings)
     requests = body.to_domain(settings.max_choices)
     completion_id = new_id("cmpl")
-    if body.stream:
-        slot = caller.open_stream()
-        events = await cancel_on_disconnect(request, inference.stream_complete(requests))
-        return sse_response(slot.guard(_chunks(events, completion_id, body.n, body.include_usage_chunk, caller)))
-    results = await cancel_on_disconnect(request, inference.complete(requests))
+    async with caller.request_slot() as slot:
+        if body.stream:
+            events = await cancel_on_disconnect(request, inference.stream_complete(requests))
+            chunks = _chunks(events, completion_id, body.n, body.include_usage_chunk, caller)
+            return sse_response(chunks, on_close=slot.hand_over())
+        results = await cancel_on_disconnect(request, inference.complete(requests))
     caller.used(sum(r.usage.prompt_tokens for r in results), sum(r.usage.completion_tokens for r in results))
     return completion_body(
         completion_id,
@@ -69,26 +70,28 @@ async def _chunks(
             body["usage"] = usage
         return body
 
-    async with contextlib.aclosing(events):  # type: ignore[type-var]
-        async for event in events:
-            if wait := event.chunk.wait_status:
-                yield wait_comment(wait.state.value, wait.model, wait.position)
-                continue
-            model = event.model
-            finish = event.chunk.finish_reason
-            if event.chunk.text or finish:
-                yield chunk(
-                    [
-                        {
-                            "index": event.index,
-                            "text": event.chunk.text,
-                            "finish_reason": finish.value if finish else None,
-                            "logprobs": None,
-                        }
-                    ]
-                )
-            if event.chunk.usage:
-                usages[event.index] = event.chunk.usage
-    caller.used(sum(u.prompt_tokens for u in usages.values()), sum(u.completion_tokens for u in usages.values()))
+    try:
+        async with contextlib.aclosing(events):  # type: ignore[type-var]
+            async for event in events:
+                if wait := event.chunk.wait_status:
+                    yield wait_comment(wait.state.value, wait.model, wait.position)
+                    continue
+                model = event.model
+                finish = event.chunk.finish_reason
+                if event.chunk.text or finish:
+                    yield chunk(
+                        [
+                            {
+                                "index": event.index,
+                                "text": event.chunk.text,
+                                "finish_reason": finish.value if finish else None,
+                                "logprobs": None,
+                            }
+                        ]
+                    )
+                if event.chunk.usage:
+                    usages[event.index] = event.chunk.usage
+    finally:  # also when the stream ends early: what the finished choices used
+        caller.used(sum(u.prompt_tokens for u in usages.values()), sum(u.completion_tokens for u in usages.values()))
     if include_usage:
         yield chunk([], usage_body([usages[i] for i in sorted(usages)], choices_per_prompt))

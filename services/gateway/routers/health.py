@@ -9,7 +9,9 @@ not take chat down with embeddings.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
@@ -33,11 +35,14 @@ async def metrics() -> Response:
 
 @router.get("/health")
 async def health(
+    request: Request,
     settings: GatewaySettings = Depends(get_settings),
     inference: InferenceClient = Depends(get_inference),
     embeddings: EmbeddingsClient = Depends(get_embeddings),
     scheduler: SchedulerClient = Depends(get_scheduler),
 ) -> JSONResponse:
+    if request.app.state.drain.draining:  # SIGTERM: load balancers should stop sending now
+        return JSONResponse({"status": "draining", "services": {"gateway": "NOT_SERVING"}}, status_code=503)
     timeout = settings.health_timeout_seconds
     inference_status, embeddings_status, scheduler_status = await asyncio.gather(
         inference.health(timeout), embeddings.health(timeout), scheduler.health(timeout)
@@ -48,6 +53,10 @@ async def health(
         "embeddings": embeddings_status,
         "scheduler": scheduler_status,
     }
+    supervised = await _supervisor_status(settings.supervisor_status_file)
+    for name, state in supervised.items():  # under `make run`: a crashed service is being restarted
+        if name in services and state.get("state") in ("restarting", "starting") and services[name] != "SERVING":
+            services[name] = "RESTARTING"
     if inference_status != "SERVING":
         status, code = "unavailable", 503
     elif any(value != "SERVING" for value in services.values()):
@@ -55,6 +64,8 @@ async def health(
     else:
         status, code = "ok", 200
     body: dict[str, Any] = {"status": status, "services": services}
+    if restarts := {name: state["restarts"] for name, state in supervised.items() if state.get("restarts")}:
+        body["restarts"] = restarts
     if inference_status == "SERVING":
         body.update(await _model_and_queue(inference))
     return JSONResponse(body, status_code=code)
@@ -87,3 +98,17 @@ async def metrics_summary(request: Request, inference: InferenceClient = Depends
         "peak_concurrency": stats.peak_active,
         **await _model_and_queue(inference),
     }
+
+
+async def _supervisor_status(path: Path | None) -> dict[str, dict[str, Any]]:
+    if path is None:
+        return {}
+
+    def read() -> dict[str, dict[str, Any]]:
+        try:
+            services: dict[str, dict[str, Any]] = json.loads(path.read_text())["services"]
+            return services
+        except (OSError, ValueError, KeyError, TypeError):
+            return {}
+
+    return await asyncio.to_thread(read)

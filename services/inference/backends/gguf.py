@@ -25,10 +25,18 @@ from typing import Any, ClassVar
 from services.common.errors import FailedPrecondition, InvalidArgument, Unavailable
 from services.inference.backends.gguf_batch import BatchEngine, BatchRequest, common_prefix, set_lora
 from services.inference.backends.gguf_lora import convert_peft_to_gguf
-from services.inference.backends.json_schema_grammar import enforceable
+from services.inference.backends.json_schema_grammar import enforceable, with_ranges
 from services.inference.backends.threaded import ThreadedBackend
 from services.inference.chat_templates import ChatTemplate
-from services.inference.domain import Chunk, FinishReason, GenerationRequest, OutputFrame, SamplingParams, Usage
+from services.inference.domain import (
+    Chunk,
+    FinishReason,
+    GenerationRequest,
+    OutputFrame,
+    ResponseFormat,
+    SamplingParams,
+    Usage,
+)
 from services.inference.metrics import ADAPTER_LOAD_TIME, ADAPTER_LOOKUPS
 from services.inference.stop_sequences import StopSequenceMatcher
 
@@ -61,20 +69,28 @@ def _llama_sampling_arguments(sampling: SamplingParams) -> dict[str, Any]:
 
 
 @functools.lru_cache(maxsize=64)
-def _grammar(schema_json: str, frame: OutputFrame | None = None) -> Any:
+def _gbnf(schema_json: str, frame: OutputFrame | None = None) -> str:
     """llama.cpp's JSON-schema-to-GBNF grammar (inside `frame`'s literal text, if any),
-    compiled once per schema and frame."""
-    from llama_cpp.llama_grammar import LlamaGrammar, json_schema_to_gbnf
+    converted once per schema and frame. The schema has passed the grammar budget
+    (services/inference/schema_limits.py), so the text stays small."""
+    from llama_cpp.llama_grammar import json_schema_to_gbnf
 
     try:
-        gbnf = json_schema_to_gbnf(schema_json)
+        gbnf = with_ranges(json_schema_to_gbnf(schema_json))
     except Exception as error:  # noqa: BLE001 - the converter raises assorted types for unsupported features
         raise InvalidArgument(
             f"Unsupported JSON schema feature: {error or type(error).__name__}", param="response_format"
         ) from error
-    if frame is not None:
-        gbnf = _framed(gbnf, frame)
-    return LlamaGrammar.from_string(gbnf, verbose=False)
+    if len(gbnf) > MAX_GBNF_CHARS:
+        raise InvalidArgument(
+            f"The JSON schema's grammar is too large ({len(gbnf)} characters; the limit is {MAX_GBNF_CHARS}).",
+            param="response_format",
+        )
+    return _framed(gbnf, frame) if frame is not None else gbnf
+
+
+MAX_GBNF_CHARS = 200_000
+GRAMMAR_COMPILE_SECONDS = 10.0  # converting and parsing a grammar within the budget takes milliseconds
 
 
 def _framed(gbnf: str, frame: OutputFrame) -> str:
@@ -142,11 +158,47 @@ class GGUFBackend(ThreadedBackend):
 
     @classmethod
     def check_schema(cls, schema: dict[str, Any]) -> None:
-        _grammar(json.dumps(enforceable(schema)))
+        enforceable(schema)  # what needs no model: the converter's coverage; generate_stream parses it
+
+    async def _grammar(self, response_format: ResponseFormat) -> str:
+        """The request's GBNF, converted off the event loop within a time limit and parsed once by
+        llama.cpp itself: a grammar llama.cpp refuses is a 400 here, never a NULL sampler later."""
+        schema_json = json.dumps(enforceable(response_format.json_schema()))
+        try:
+            return await asyncio.wait_for(
+                asyncio.to_thread(self._parsed_grammar, schema_json, response_format.frame), GRAMMAR_COMPILE_SECONDS
+            )
+        except TimeoutError as error:
+            raise InvalidArgument(
+                f"The JSON schema's grammar took longer than {GRAMMAR_COMPILE_SECONDS:.0f} s to build.",
+                param="response_format",
+            ) from error
+
+    def _parsed_grammar(self, schema_json: str, frame: OutputFrame | None) -> str:
+        return self._checked_gbnf(_gbnf(schema_json, frame))
+
+    def _checked_gbnf(self, gbnf: str) -> str:
+        """`gbnf`, once llama.cpp has parsed it; InvalidArgument if it refuses it."""
+        import llama_cpp as lc
+
+        if gbnf in self._parsed_grammars:
+            return gbnf
+        sampler = lc.llama_sampler_init_grammar(self._llm._model.vocab, gbnf.encode(), b"root")
+        if not sampler:
+            raise InvalidArgument(
+                "llama.cpp refused the grammar for this JSON schema (repetitions or nesting past its limits).",
+                param="response_format",
+            )
+        lc.llama_sampler_free(sampler)
+        self._parsed_grammars[gbnf] = None
+        if len(self._parsed_grammars) > 64:
+            self._parsed_grammars.pop(next(iter(self._parsed_grammars)))
+        return gbnf
 
     async def load(self) -> None:
         self._loras: dict[str, Any] = {}  # adapter name -> llama.cpp adapter handle
         self._context_lora: tuple[str, float] = ("", 1.0)  # the adapter (and scale) the serial KV was built with
+        self._parsed_grammars: dict[str, None] = {}  # GBNF llama.cpp accepted, oldest first (a bounded LRU)
         self._start_worker()
         await self._on_worker(self._load_blocking)
 
@@ -270,11 +322,7 @@ class GGUFBackend(ThreadedBackend):
         prompt_param = "messages" if request.is_chat else "prompt"
         sampling = request.sampling
         response_format = request.response_format
-        grammar = (
-            _grammar(json.dumps(enforceable(response_format.json_schema())), response_format.frame)
-            if response_format.constrains
-            else None
-        )
+        grammar = await self._grammar(response_format) if response_format.constrains else None
 
         if self._engines:
             async for chunk in self._generate_batched(prompt, sampling, stop, grammar, prompt_param, adapter, scale):
@@ -308,7 +356,7 @@ class GGUFBackend(ThreadedBackend):
             max_tokens=max_tokens,
             sampling=sampling.with_defaults(_LLAMA_DEFAULTS),
             stop=stop,
-            grammar=grammar._grammar if grammar is not None else None,
+            grammar=grammar,
             cancel=cancel,
             emit=lambda item: loop.call_soon_threadsafe(chunks.put_nowait, item),
             adapter=adapter,
@@ -322,6 +370,8 @@ class GGUFBackend(ThreadedBackend):
             self._engines[engine].submit(request)
             while True:
                 item = _coalesced(await chunks.get(), chunks)
+                if isinstance(item, InvalidArgument):
+                    raise item
                 if isinstance(item, BaseException):
                     raise Unavailable(f"Generation failed: {item}") from item
                 self.stats.tokens_generated += item.tokens if item.text else 0
@@ -383,6 +433,10 @@ class GGUFBackend(ThreadedBackend):
         matcher = StopSequenceMatcher(stop)
         generated = 0
         finish, hit_stop_sequence = FinishReason.LENGTH, False
+        if grammar:
+            from llama_cpp.llama_grammar import LlamaGrammar
+
+            grammar = LlamaGrammar.from_string(grammar, verbose=False)  # parsed by llama.cpp before: it accepts it
         for token in llm.generate(tokens, grammar=grammar, **_llama_sampling_arguments(sampling)):
             if cancel.is_set():
                 return

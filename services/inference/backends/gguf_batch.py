@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from services.common.errors import InvalidArgument
 from services.inference.domain import Chunk, FinishReason, SamplingParams, Usage
 from services.inference.stop_sequences import StopSequenceMatcher
 
@@ -192,9 +193,14 @@ class BatchEngine:
                 return False
             if request.cancel.is_set():
                 continue
+            try:
+                sampler = self._sampler(request)
+            except InvalidArgument as error:  # this request fails alone; the engine goes on
+                request.emit(error)
+                continue
             slot, reused = self._best_slot(request.tokens, request.weights)
             self._free_slots.remove(slot)
-            sequence = _Sequence(slot, request, self._sampler(request), position=reused, cached=reused)
+            sequence = _Sequence(slot, request, sampler, position=reused, cached=reused)
             sequence.pending = list(request.tokens[reused:])
             self._active.append(sequence)
         if self._waiting and self._waiting[0] is None and not self._active:
@@ -316,6 +322,9 @@ class BatchEngine:
         chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
 
         def add(sampler: Any) -> None:
+            if not sampler:  # llama.cpp refused it (a grammar past its limits): never chain a NULL
+                lc.llama_sampler_free(chain)
+                raise InvalidArgument("llama.cpp refused the output grammar.", param="response_format")
             lc.llama_sampler_chain_add(chain, sampler)
 
         add(

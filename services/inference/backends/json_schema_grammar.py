@@ -2,17 +2,21 @@
 
 The converter (llama-cpp-python's port) ignores some keywords, numeric ranges
 among them; ignoring a constraint would let invalid output through. So the
-schema is rewritten where an exact rewrite exists (an integer range becomes the
-enum of its values) and refused, naming the keyword and where it is, where none
-does. Nothing degrades silently.
+schema is rewritten where an exact rewrite exists (a narrow integer range becomes
+the enum of its values, other bounds an exact rule of their own: numeric_ranges.py)
+and refused, naming the keyword and where it is, where none does. Nothing
+degrades silently.
 """
 
 from __future__ import annotations
 
 import copy
+import math
+import re
 from typing import Any
 
 from services.common.errors import InvalidArgument
+from services.inference.backends.numeric_ranges import integer_rule, number_rule
 
 # Keywords the converter does not enforce and that have no exact rewrite.
 _UNSUPPORTED = (
@@ -57,6 +61,8 @@ def _visit(node: Any, path: str) -> None:
     for keyword in _UNSUPPORTED:
         if keyword in node:
             _refuse(keyword, path)
+    if isinstance(node.get("const"), str) and node["const"].startswith(_PLACEHOLDER):
+        _refuse(f"a constant starting with '{_PLACEHOLDER}' (reserved)", path)
     if "format" in node and node.get("type") == "string" and node["format"] not in _SUPPORTED_FORMATS:
         _refuse(f"format '{node['format']}'", path)
     if any(keyword in node for keyword in _RANGE_KEYWORDS):
@@ -70,26 +76,52 @@ def _visit(node: Any, path: str) -> None:
 
 
 def _rewrite_range(node: dict[str, Any], path: str) -> None:
-    if node.get("type") != "integer":
-        _refuse(f"minimum/maximum on type '{node.get('type', 'any')}' (only integer ranges are enforced)", path)
-    low = node.pop("minimum", None)
-    high = node.pop("maximum", None)
-    if "exclusiveMinimum" in node:
-        low = max(low, node.pop("exclusiveMinimum") + 1) if low is not None else node.pop("exclusiveMinimum") + 1
-    if "exclusiveMaximum" in node:
-        high = min(high, node.pop("exclusiveMaximum") - 1) if high is not None else node.pop("exclusiveMaximum") - 1
-    if low is None or high is None:
-        _refuse("an integer bound on one side only", path)
-    low, high = int(low), int(high)
-    if high < low:
-        raise InvalidArgument(
-            f"Empty integer range at {path}: minimum {low} > maximum {high}.", param="response_format"
+    """A narrow integer range becomes the enum of its values; any other bounds on an integer or
+    a number become a placeholder constant that `with_ranges` swaps for an exact rule."""
+    kind = node.get("type")
+    if kind not in ("integer", "number"):
+        _refuse(f"minimum/maximum on type '{kind or 'any'}' (only integers and numbers have bounds)", path)
+    for side, exclusive in (("minimum", "exclusiveMinimum"), ("maximum", "exclusiveMaximum")):
+        if isinstance(node.get(exclusive), bool):  # draft 4: a flag on minimum/maximum, not a number
+            flagged = node.pop(exclusive)
+            if flagged and side in node:
+                node[exclusive] = node.pop(side)
+    bounds = {keyword: node.pop(keyword, None) for keyword in _RANGE_KEYWORDS}
+    try:
+        rule = (integer_rule if kind == "integer" else number_rule)(
+            bounds["minimum"], bounds["maximum"], bounds["exclusiveMinimum"], bounds["exclusiveMaximum"]
         )
-    if high - low + 1 > MAX_ENUMERATED_RANGE:
-        _refuse(f"an integer range wider than {MAX_ENUMERATED_RANGE} values", path)
-    allowed = [v for v in range(low, high + 1) if "enum" not in node or v in node["enum"]]
-    node.pop("type")
-    node["enum"] = allowed
+    except InvalidArgument as error:
+        raise InvalidArgument(f"{error.message.rstrip('.')} at {path}.", param="response_format") from error
+    low, high = _integer_span(bounds) if kind == "integer" else (None, None)
+    if low is not None and high is not None and high - low < MAX_ENUMERATED_RANGE:
+        allowed = [v for v in range(low, high + 1) if "enum" not in node or v in node["enum"]]
+        node.pop("type")
+        node["enum"] = allowed
+        return
+    if "enum" in node or "const" in node:
+        return  # the listed values are what the grammar allows; bounds on them need no rule
+    node.clear()
+    node["const"] = _PLACEHOLDER + rule.encode().hex()
+
+
+def _integer_span(bounds: dict[str, Any]) -> tuple[int | None, int | None]:
+    lows = [math.ceil(bounds["minimum"])] if bounds["minimum"] is not None else []
+    lows += [math.floor(bounds["exclusiveMinimum"]) + 1] if bounds["exclusiveMinimum"] is not None else []
+    highs = [math.floor(bounds["maximum"])] if bounds["maximum"] is not None else []
+    highs += [math.ceil(bounds["exclusiveMaximum"]) - 1] if bounds["exclusiveMaximum"] is not None else []
+    return (max(lows) if lows else None), (min(highs) if highs else None)
+
+
+# The converter writes a string constant as a GBNF literal; the rule travels inside it, in hex
+# so that no escaping touches it.
+_PLACEHOLDER = "llmmesh-numeric-range-"
+_PLACEHOLDER_LITERAL = re.compile(r'"\\"' + _PLACEHOLDER + r'([0-9a-f]+)\\""')
+
+
+def with_ranges(gbnf: str) -> str:
+    """The converter's GBNF with each numeric-range placeholder replaced by its rule."""
+    return _PLACEHOLDER_LITERAL.sub(lambda match: f"({bytes.fromhex(match.group(1)).decode()}) space", gbnf)
 
 
 def _refuse(feature: str, path: str) -> None:

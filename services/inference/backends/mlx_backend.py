@@ -76,7 +76,8 @@ class MlxBackend(Backend):
             import mlx_lm  # noqa: F401
         except ImportError as error:
             raise Unavailable(
-                "The mlx backend needs mlx-lm: pip install -r deploy/requirements/mlx.txt.", reason="BACKEND_UNAVAILABLE"
+                "The mlx backend needs mlx-lm: pip install -r deploy/requirements/mlx.txt.",
+                reason="BACKEND_UNAVAILABLE",
             ) from error
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"mlx-{self.spec.name}")
         self._lock = asyncio.Lock()

@@ -11,6 +11,8 @@ import httpx
 import jwt
 import pytest
 
+from services.common.postgres import open_pool
+from services.gateway import api_keys
 from services.gateway.app import build_app
 from services.gateway.auth import mint_jwt
 from services.gateway.cli import main as cli
@@ -236,3 +238,18 @@ async def test_rs256_tokens_verify_against_the_public_key(fresh_database_url: st
     finally:
         server.should_exit = True
         await task
+
+
+async def test_random_bearer_tokens_do_not_grow_the_key_cache_without_bound(
+    fresh_database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(api_keys, "CACHE_MAX_ENTRIES", 20)
+    pool = await open_pool(fresh_database_url)
+    try:
+        store = api_keys.ApiKeyStore(pool, b"k" * 32)
+        await store.migrate()
+        for index in range(100):
+            assert await store.find(f"llmm_random-{index}") is None
+        assert len(store._cache) <= 20
+    finally:
+        await pool.close()

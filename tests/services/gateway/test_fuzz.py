@@ -1,16 +1,18 @@
 """Property-based fuzzing of the gateway from its own OpenAPI schema (schemathesis): whatever
-the input, no 5xx and no response that breaks the schema. Bounded so that it fits `make test`."""
+the input, no 5xx and no response that breaks the schema. Bounded so that it fits `make test`;
+`make fuzz` runs a longer budget."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 
 import httpx
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 from schemathesis.checks import content_type_conformance, not_a_server_error, response_schema_conformance
 
-EXAMPLES_PER_OPERATION = 12
+EXAMPLES_PER_OPERATION = int(os.environ.get("LLMMESH_SCHEMATHESIS_EXAMPLES", "12"))  # `make fuzz` runs more
 # Jobs would run on the session's real model for minutes; the scheduler's own tests fuzz nothing
 # but check every bad body explicitly (tests/services/gateway/test_jobs.py).
 SKIPPED = {("POST", "/internal/queue/enqueue")}

@@ -195,3 +195,17 @@ async def test_cancelled_waiter_leaves_the_queue() -> None:
     assert manager.waiting == 0
     hold.set()
     await busy
+
+
+async def test_a_loaded_models_queue_is_bounded() -> None:
+    """Its parallel slots plus max_queued_per_model run or queue; the next request gets 429."""
+    manager = ModelManager(Budget(max_queued_per_model=2), backend_factory=Recorder())
+    parallel = ModelSpec(name="P", backend="mock", options={"n_parallel": 2})
+    leases = [await manager.acquire(parallel) for _ in range(4)]
+    with pytest.raises(ResourceExhausted) as raised:
+        await manager.acquire(parallel)
+    assert raised.value.reason == "MODEL_QUEUE_FULL" and raised.value.retry_after_seconds == 1
+    leases.pop().release()
+    leases.append(await manager.acquire(parallel))  # a freed place is taken again
+    for lease in leases:
+        lease.release()

@@ -9,7 +9,7 @@ import pytest
 
 from services.inference import tools
 from services.inference.backends import guidance
-from services.inference.backends.gguf import _framed, _grammar
+from services.inference.backends.gguf import _framed, _gbnf
 from services.inference.domain import ChatMessage, OutputFrame, Role, Tool, ToolCall, ToolChoice, ToolChoiceMode
 
 WEATHER = Tool(
@@ -93,7 +93,7 @@ def test_hermes_writes_tools_calls_and_results_the_way_qwen_does() -> None:
 )
 def test_framed_grammars_compile_for_llama_cpp_and_llguidance(frame: OutputFrame) -> None:
     schema = tools.call_schema((WEATHER,), ToolChoice(ToolChoiceMode.REQUIRED))
-    assert _grammar(json.dumps(schema), frame) is not None
+    assert _gbnf(json.dumps(schema), frame) is not None
     from llama_cpp.llama_grammar import json_schema_to_gbnf
 
     gbnf = _framed(json_schema_to_gbnf(json.dumps(schema)), frame)
@@ -125,5 +125,5 @@ def test_a_bare_object_frame_compiles_with_prose_allowed() -> None:
     syntax = tools.SYNTAXES["llama3_json"]
     fmt = syntax.reply_format((WEATHER,), ToolChoice(ToolChoiceMode.AUTO), parallel=True)
     assert fmt.frame is not None and fmt.frame.allow_text
-    assert _grammar(fmt.schema, fmt.frame) is not None
+    assert _gbnf(fmt.schema, fmt.frame) is not None
     assert not llguidance.LLMatcher.validate_grammar(guidance.framed_grammar(json.loads(fmt.schema), fmt.frame))

@@ -11,6 +11,7 @@ import threading
 
 import pytest
 
+from services.common.errors import InvalidArgument
 from services.inference.backends import create_backend
 from services.inference.backends.gguf_batch import BatchEngine, BatchRequest
 from services.inference.domain import (
@@ -237,3 +238,36 @@ async def test_engines_side_by_side_share_the_weights_and_the_load() -> None:
         assert all(any(engine._slot_tokens.values()) for engine in backend._engines)
     finally:
         await backend.unload()
+
+
+async def test_a_grammar_llama_cpp_refuses_fails_its_request_alone(batched) -> None:
+    """llama.cpp returns NULL for a grammar it refuses; the engine must not chain it (a segfault
+    on the next sample) but fail that request and go on serving the others."""
+    engine = batched._engines[0]
+    loop = asyncio.get_running_loop()
+    outcome: asyncio.Future[object] = loop.create_future()
+    refused = BatchRequest(
+        tokens=batched._llm.tokenize(b"Hi", add_bos=True, special=True),
+        max_tokens=4,
+        sampling=SamplingParams(temperature=0.0),
+        stop=(),
+        grammar="root ::= [",  # llama.cpp cannot parse it
+        cancel=threading.Event(),
+        emit=lambda item: loop.call_soon_threadsafe(lambda: outcome.done() or outcome.set_result(item)),
+    )
+    engine.submit(refused)
+    error = await asyncio.wait_for(outcome, 60)
+    assert isinstance(error, InvalidArgument) and error.param == "response_format"
+    text, last = await generate(batched, "Once upon")  # the engine still serves
+    assert text and last.finish_reason is not None
+
+
+async def test_a_grammar_llama_cpp_refuses_is_an_invalid_argument_on_both_paths(batched) -> None:
+    serial = create_backend(gemma("gemma-serial", n_threads=2))
+    await serial.load()
+    try:
+        for backend in (batched, serial):
+            with pytest.raises(InvalidArgument, match="llama.cpp refused"):
+                backend._checked_gbnf('root ::= "a" x')  # an undefined rule
+    finally:
+        await serial.unload()

@@ -21,9 +21,7 @@ def test_nested_ranges_are_found() -> None:
 @pytest.mark.parametrize(
     ("schema", "named"),
     [
-        ({"type": "number", "minimum": 0.5, "maximum": 2}, "minimum/maximum on type 'number'"),
-        ({"type": "integer", "minimum": 0}, "one side only"),
-        ({"type": "integer", "minimum": 0, "maximum": 100000}, "wider than"),
+        ({"type": "string", "minimum": 0}, "minimum/maximum on type 'string'"),
         ({"type": "object", "properties": {"x": {"type": "integer", "multipleOf": 2}}}, "multipleOf at $.x"),
         ({"type": "array", "uniqueItems": True}, "uniqueItems"),
         ({"type": "string", "format": "email"}, "format 'email'"),

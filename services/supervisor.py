@@ -1,0 +1,136 @@
+"""The `make run` supervisor: each service is a child process that dies with the launcher and
+is restarted with backoff when it crashes, as a Kubernetes restart policy would do.
+
+A crash is logged with its cause (exit code or signal) and counted. The supervisor writes each
+service's state to a small JSON file, which the gateway's /health reads, so a service being
+restarted shows as RESTARTING instead of taking the mesh down.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger("llmmesh.supervisor")
+
+FIRST_BACKOFF_SECONDS = 1.0
+MAX_BACKOFF_SECONDS = 30.0
+STABLE_SECONDS = 60.0  # up this long after a restart: the next crash starts the backoff over
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent: int) -> None:
+    """Have the kernel send this process SIGTERM when `parent` dies, even by SIGKILL, so that
+    no service is left holding its port after the launcher is gone."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:  # the parent died before the line above took effect
+        raise SystemExit(f"the launcher (pid {parent}) is gone")
+
+
+def describe_exit(code: int) -> str:
+    if code < 0:
+        return f"killed by {signal.Signals(-code).name}"
+    return f"exited with code {code}"
+
+
+@dataclass
+class Service:
+    name: str
+    module: str
+    address: str
+    ready: Callable[[], bool] = lambda: True
+    env: dict[str, str] = field(default_factory=dict)
+    process: subprocess.Popen[bytes] | None = None
+    state: str = "stopped"  # starting, running, restarting, stopped
+    restarts: int = 0
+    last_exit: str = ""
+    backoff: float = FIRST_BACKOFF_SECONDS
+    next_start: float = 0.0
+    started_at: float = 0.0
+
+    def start(self) -> None:
+        # Through `services.supervised`, which ties the child's life to this process first.
+        command = [sys.executable, "-m", "services.supervised", str(os.getpid()), self.module]
+        self.process = subprocess.Popen(command, env={**os.environ, **self.env})
+        self.state, self.started_at = "starting", time.monotonic()
+
+    def exited(self) -> bool:
+        return self.process is not None and self.process.poll() is not None
+
+
+class Supervisor:
+    def __init__(self, services: list[Service], status_file: Path | None = None) -> None:
+        self.services = services
+        self.status_file = status_file
+
+    def check(self) -> None:
+        """One round: notice crashes, restart what is due, mark what became ready."""
+        now = time.monotonic()
+        changed = False
+        for service in self.services:
+            if service.state in ("starting", "running") and service.exited():
+                assert service.process is not None
+                service.last_exit = describe_exit(service.process.returncode)
+                if service.state == "running" and now - service.started_at >= STABLE_SECONDS:
+                    service.backoff = FIRST_BACKOFF_SECONDS
+                service.state, service.next_start = "restarting", now + service.backoff
+                log.error(
+                    "%s %s; restarting in %.0f s (restart %d)",
+                    service.name,
+                    service.last_exit,
+                    service.backoff,
+                    service.restarts + 1,
+                )
+                service.backoff = min(service.backoff * 2, MAX_BACKOFF_SECONDS)
+                changed = True
+            elif service.state == "restarting" and now >= service.next_start:
+                service.restarts += 1
+                service.start()
+                changed = True
+            elif service.state == "starting" and service.ready():
+                service.state = "running"
+                if service.restarts:
+                    log.warning("%s is back (restart %d)", service.name, service.restarts)
+                changed = True
+        if changed:
+            self.write_status()
+
+    def write_status(self) -> None:
+        if self.status_file is None:
+            return
+        status = {
+            service.name: {
+                "state": service.state,
+                "restarts": service.restarts,
+                "last_exit": service.last_exit,
+                "pid": service.process.pid if service.process is not None else None,
+            }
+            for service in self.services
+        }
+        temporary = self.status_file.with_suffix(".tmp")
+        temporary.write_text(json.dumps({"services": status}))
+        temporary.replace(self.status_file)  # readers never see half a file
+
+    def stop(self) -> None:
+        """SIGTERM to every service (the gateway first), then wait for each to drain."""
+        for service in reversed(self.services):
+            service.state = "stopped"
+            if service.process and service.process.poll() is None:
+                service.process.send_signal(signal.SIGTERM)
+        for service in reversed(self.services):
+            if service.process:
+                try:
+                    service.process.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    service.process.kill()
+        self.write_status()

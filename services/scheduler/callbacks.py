@@ -18,7 +18,7 @@ import logging
 import re
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
@@ -34,6 +34,7 @@ from services.scheduler.store import JobStore
 log = logging.getLogger(__name__)
 
 SIGNATURE_HEADER = "X-LLMMesh-Signature"
+MAX_IN_FLIGHT = 16  # deliveries at once, per scheduler
 JOB_ID_HEADER = "X-LLMMesh-Job-Id"
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -62,6 +63,8 @@ class CallbackGuard:
 
     async def check(self, url: str) -> Target:
         """The approved target, or InvalidArgument saying why `url` may not be called."""
+        if any(ord(char) < 0x21 or ord(char) == 0x7F for char in url):
+            raise _rejected(url, "it contains whitespace or control characters")
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https"):
             raise _rejected(url, "only http and https URLs are allowed")
@@ -77,6 +80,10 @@ class CallbackGuard:
         except ValueError:
             raise _rejected(url, "its port is invalid") from None
         try:
+            httpx.URL(url)  # what the POST will parse: a URL httpx refuses never gets past submit
+        except (httpx.InvalidURL, ValueError) as error:
+            raise _rejected(url, f"it is not a valid URL ({error})") from None
+        try:
             answers = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except (socket.gaierror, UnicodeError):
             raise _rejected(url, f"its host '{host}' does not resolve") from None
@@ -87,11 +94,42 @@ class CallbackGuard:
         return Target(url=url, host=host, address=min(addresses, key=lambda a: (a.version, int(a))))
 
     def _allowed(self, address: IPAddress) -> bool:
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-            address = address.ipv4_mapped
         if any(address in network for network in self.allowed_networks):
             return True
-        return address.is_global and not address.is_multicast
+        if isinstance(address, ipaddress.IPv4Address):
+            return address.is_global and not address.is_multicast
+        embedded = _embedded_ipv4(address)
+        if embedded:  # reaching an IPv4 host through IPv6: that host must be allowed
+            return all(self._allowed(inner) for inner in embedded)
+        return address in _GLOBAL_UNICAST and address.is_global and not any(address in n for n in _NOT_GLOBAL_V6)
+
+
+_GLOBAL_UNICAST = ipaddress.IPv6Network("2000::/3")
+# Inside 2000::/3 yet not a public host (Python 3.11's is_global misses some of these).
+_NOT_GLOBAL_V6 = tuple(
+    ipaddress.IPv6Network(network) for network in ("2001::/23", "2001:db8::/32", "2002::/16", "3fff::/20", "5f00::/16")
+)
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")  # RFC 6052's well-known prefix
+_NAT64_LOCAL = ipaddress.IPv6Network("64:ff9b:1::/48")  # RFC 8215: the IPv4 part may sit anywhere
+_SIIT = ipaddress.IPv6Network("::ffff:0:0:0/96")  # IPv4-translated (RFC 2765)
+_COMPATIBLE = ipaddress.IPv6Network("::/96")  # IPv4-compatible (deprecated), :: and ::1 among them
+
+
+def _embedded_ipv4(address: ipaddress.IPv6Address) -> list[IPAddress]:
+    """The IPv4 addresses an IPv6 address leads to: mapped, translated (SIIT), compatible,
+    NAT64, 6to4 and Teredo (its server and its de-obfuscated client)."""
+    low32 = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    if address.ipv4_mapped:
+        return [address.ipv4_mapped]
+    if address in _NAT64_LOCAL:
+        return [ipaddress.IPv4Address(0)]  # not decodable with certainty: never allowed
+    if address in _SIIT or address in _NAT64 or address in _COMPATIBLE:
+        return [low32]
+    if address.sixtofour:
+        return [address.sixtofour]
+    if address.teredo:
+        return list(address.teredo)
+    return []
 
 
 def _rejected(url: str, why: str) -> InvalidArgument:
@@ -141,15 +179,34 @@ class CallbackDispatcher:
         self.backoff_seconds = backoff_seconds
         self.max_backoff_seconds = max_backoff_seconds
         self._client = httpx.AsyncClient(follow_redirects=False, timeout=timeout_seconds, trust_env=False)
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self.on_delivered: Callable[[], None] = lambda: None  # the housekeeper claims more when one ends
 
     async def close(self) -> None:
+        for task in self._in_flight:
+            task.cancel()  # its claim lapses, and the callback is delivered later, by any replica
+        await asyncio.gather(*self._in_flight, return_exceptions=True)
         await self._client.aclose()
 
     async def deliver_due(self) -> int:
-        """POST every due callback once; how many were attempted."""
-        jobs = await self.store.claim_due_callbacks(limit=16, lease_seconds=self.timeout_seconds * 2)
-        await asyncio.gather(*(self._deliver(job) for job in jobs))
+        """Start delivering due callbacks, up to MAX_IN_FLIGHT at once; how many were started.
+        Each delivery is a task of its own, so a slow receiver delays no other callback. The
+        claim outlasts a delivery's deadline, so no other replica POSTs it meanwhile."""
+        free = MAX_IN_FLIGHT - len(self._in_flight)
+        if free <= 0:
+            return 0
+        jobs = await self.store.claim_due_callbacks(limit=free, lease_seconds=self.timeout_seconds * 2)
+        for job in jobs:
+            task = asyncio.create_task(self._deliver(job))
+            self._in_flight.add(task)
+            task.add_done_callback(self._ended)
         return len(jobs)
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        self._in_flight.discard(task)
+        if not task.cancelled() and task.exception() is not None:  # recording the outcome failed
+            log.warning("callback delivery: %s; it will be retried when its claim lapses", task.exception())
+        self.on_delivered()
 
     async def _deliver(self, job: Job) -> None:
         with tracing.tracer().start_as_current_span(
@@ -163,8 +220,11 @@ class CallbackDispatcher:
     async def _attempt(self, job: Job) -> None:
         body = json.dumps(job_json(job.to_pb()), separators=(",", ":")).encode()
         try:
-            target = await self.guard.check(job.callback_url)
-            response = await self._post(target, job.job_id, body)
+            # A whole-delivery deadline (the DNS lookup included): httpx's timeout is per read,
+            # and a receiver that trickles its answer would hold the delivery past its claim.
+            async with asyncio.timeout(self.timeout_seconds):
+                target = await self.guard.check(job.callback_url)
+                response = await self._post(target, job.job_id, body)
             if 200 <= response.status_code < 300:
                 CALLBACK_ATTEMPTS.labels("delivered").inc()
                 await self.store.callback_delivered(job.job_id)
@@ -173,7 +233,9 @@ class CallbackDispatcher:
             error = f"HTTP {response.status_code}" + (" (redirects are not followed)" if response.is_redirect else "")
         except InvalidArgument as rejected:
             error = rejected.message
-        except httpx.HTTPError as failure:
+        except TimeoutError:
+            error = f"no complete answer within {self.timeout_seconds:g} s"
+        except Exception as failure:  # noqa: BLE001 - one callback fails alone, whatever httpx raises
             error = f"{type(failure).__name__}: {failure}"
         CALLBACK_ATTEMPTS.labels("failed").inc()
         attempts = job.callback_attempts + 1

@@ -166,6 +166,7 @@ class Job:
     callback_url: str
     callback_state: CallbackState
     callback_attempts: int
+    callback_error: str
     idempotency_key: str
     owner: str
     submission_id: uuid.UUID
@@ -178,8 +179,9 @@ class Job:
     @property
     def message_id(self) -> str:
         """JetStream's Nats-Msg-Id: a republish of the same accepted submission is a duplicate,
-        while a new submission after a rejected one (same job_id) is not."""
-        return f"{self.job_id}:{self.idempotency_key}:{self.submission_id}"
+        while a new submission after a rejected one (same job_id) is not, and neither is the
+        publish of a job requeued after its attempt `attempt` failed."""
+        return f"{self.job_id}:{self.idempotency_key}:{self.submission_id}:{self.attempt}"
 
     def to_pb(self) -> pb.Job:
         job = pb.Job(
@@ -193,6 +195,7 @@ class Job:
             callback_url=self.callback_url,
             callback_state=self.callback_state.to_pb(),
             callback_attempts=self.callback_attempts,
+            callback_error=self.callback_error,
             idempotency_key=self.idempotency_key,
             owner=self.owner,
             create_time=_timestamp(self.created_at),
@@ -238,6 +241,7 @@ def job_json(job: pb.Job) -> dict[str, Any]:
         "idempotency_key": job.idempotency_key or None,
         "callback_url": job.callback_url or None,
         "callback_state": pb.CallbackState.Name(job.callback_state).removeprefix("CALLBACK_STATE_").lower(),
+        "callback_error": job.callback_error or None,
         "created_at": seconds("create_time"),
         "started_at": seconds("start_time"),
         "ended_at": seconds("end_time"),

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from datetime import datetime
 
 import asyncpg
+from nats.errors import Error as NatsError
 
 from llmmesh.scheduler.v1 import scheduler_service_pb2 as pb
 from services.common.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable
@@ -20,6 +21,7 @@ from services.scheduler.callbacks import CallbackDispatcher, CallbackGuard
 from services.scheduler.config import SchedulerSettings
 from services.scheduler.domain import Job, JobState, JobType, Submission
 from services.scheduler.handlers import JobHandlers
+from services.scheduler.metrics import LOOP_ERRORS
 from services.scheduler.queue import JobQueue
 from services.scheduler.store import NOTIFY_CHANNEL, JobStore
 
@@ -35,15 +37,54 @@ class JobChanges:
     def __init__(self) -> None:
         self._watchers: dict[str, set[asyncio.Event]] = defaultdict(set)
         self.any_change = asyncio.Event()
+        self.connections = 0  # LISTEN connections opened so far: more than one means it healed
         self._connection: asyncpg.Connection | None = None
+        self._listening: asyncio.Task[None] | None = None
 
     async def listen(self, database_url: str) -> None:
-        self._connection = await asyncpg.connect(database_url)
-        await self._connection.add_listener(NOTIFY_CHANNEL, self._notified)
+        """LISTEN now, and again whenever the connection is lost (a PostgreSQL restart)."""
+        await self._connect(database_url)
+        self._listening = asyncio.create_task(self._listen_forever(database_url))
 
     async def close(self) -> None:
+        if self._listening is not None:
+            self._listening.cancel()
+            await asyncio.gather(self._listening, return_exceptions=True)
         if self._connection is not None:
             await self._connection.close()
+
+    async def _connect(self, database_url: str) -> None:
+        lost = asyncio.Event()
+        connection = await asyncpg.connect(database_url)
+        connection.add_termination_listener(lambda _: lost.set())
+        await connection.add_listener(NOTIFY_CHANNEL, self._notified)
+        self._connection, self._lost = connection, lost
+        self.connections += 1
+
+    async def _listen_forever(self, database_url: str) -> None:
+        backoff = 0.5
+        while True:
+            await self._lost.wait()
+            log.warning("the LISTEN connection to PostgreSQL was lost; reconnecting")
+            self._wake_all()  # what changed meanwhile went unnoticed: every watcher looks again
+            while True:
+                try:
+                    await self._connect(database_url)
+                    break
+                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+                    LOOP_ERRORS.labels("listen").inc()
+                    log.warning("LISTEN: %s; retrying in %.1fs", error, backoff)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 5.0)
+            backoff = 0.5
+            log.info("listening to job changes again")
+            self._wake_all()
+
+    def _wake_all(self) -> None:
+        self.any_change.set()
+        for events in self._watchers.values():
+            for event in events:
+                event.set()
 
     def _notified(self, _connection: object, _pid: int, _channel: str, job_id: str) -> None:
         self.any_change.set()
@@ -166,6 +207,7 @@ class Scheduler:
         publish confirmed, and deliver due callbacks. Job changes wake it for callbacks (a job
         that just ended); the sweeps run once per poll interval, not on every change."""
         loop, last_sweep = asyncio.get_running_loop(), float("-inf")
+        self.callbacks.on_delivered = self.changes.any_change.set
         while True:
             try:
                 if loop.time() - last_sweep >= self.settings.poll_seconds:
@@ -175,6 +217,9 @@ class Scheduler:
                     pass
             except (asyncpg.PostgresError, OSError) as error:
                 log.warning("housekeeping: %s", error)
+            except Exception:  # noqa: BLE001 - one bad round must not end housekeeping for good
+                LOOP_ERRORS.labels("housekeeping").inc()
+                log.exception("housekeeping round failed; the next one runs as usual")
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.settings.poll_seconds):
                     await self.changes.any_change.wait()
@@ -183,9 +228,23 @@ class Scheduler:
     async def _sweep(self) -> None:
         for job_id in await self.store.expire_due():
             log.info("job %s expired in the queue", job_id)
+        await self._recover_lost_messages()
         for job in await self.store.unpublished(older_than_seconds=self.settings.publish_timeout_seconds * 2):
             with contextlib.suppress(Unavailable):
                 await self.store.mark_published(job.job_id, await self.queue.publish(job))
+
+    async def _recover_lost_messages(self) -> None:
+        """PostgreSQL is the truth: a stream that vanished is created again, and a queued job
+        whose message is not in it any more (NATS came back empty) is published again."""
+        try:
+            if await self.queue.ensure_stream():
+                log.warning("the job stream was missing (did NATS lose its data?); created it again")
+            queued = await self.store.queued_published(self.settings.publish_timeout_seconds * 2, limit=50)
+            for job_id, sequence in queued:
+                if not await self.queue.has_message(sequence) and await self.store.mark_unpublished(job_id):
+                    log.warning("job %s: its message is gone from the stream; publishing it again", job_id)
+        except (NatsError, TimeoutError) as error:  # NATS is away: the next sweep looks again
+            log.warning("checking the job stream: %s", error)
 
 
 def _page_token(job: Job) -> str:

@@ -14,3 +14,6 @@ JOB_QUEUE_WAIT = Histogram(
     buckets=REQUEST_LATENCY_BUCKETS,
 )
 CALLBACK_ATTEMPTS = Counter(f"{PREFIX}job_callback_attempts", "Callback POSTs, by outcome.", ("outcome",))
+LOOP_ERRORS = Counter(
+    f"{PREFIX}scheduler_loop_errors", "Rounds of a background loop that failed and were retried.", ("loop",)
+)

@@ -77,15 +77,18 @@ class JobQueue:
             reconnected_cb=self._log_reconnect,
         )
         self.js = self.nc.jetstream(timeout=self.config.publish_timeout_seconds)
-        await self._ensure_stream()
+        await self.ensure_stream()
 
     async def close(self) -> None:
         if self.nc is not None and not self.nc.is_closed:
-            with contextlib.suppress(NatsError, asyncio.TimeoutError):
+            with contextlib.suppress(NatsError, asyncio.TimeoutError, OSError):
                 await self.nc.flush(timeout=2)  # acks already sent reach the server
-            await self.nc.close()
+            with contextlib.suppress(NatsError, asyncio.TimeoutError, OSError):  # the server may be gone
+                await self.nc.close()
 
-    async def _ensure_stream(self) -> None:
+    async def ensure_stream(self) -> bool:
+        """Create the stream, or bring its config up to date; True when it had to be created
+        (at first start, or after NATS lost its data)."""
         assert self.js is not None
         config = api.StreamConfig(
             name=self.config.stream,
@@ -97,9 +100,19 @@ class JobQueue:
         )
         try:
             await self.js.stream_info(self.config.stream)
-            await self.js.update_stream(config)
         except NotFoundError:
             await self.js.add_stream(config)
+            return True
+        await self.js.update_stream(config)
+        return False
+
+    async def has_message(self, stream_sequence: int) -> bool:
+        assert self.js is not None
+        try:
+            await self.js.get_msg(self.config.stream, stream_sequence)
+        except NotFoundError:
+            return False
+        return True
 
     # ---- publishing ----
 

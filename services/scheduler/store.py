@@ -90,6 +90,8 @@ MIGRATIONS = [
     """,
     # The W3C trace context of the submission, so that the callback joins the job's trace.
     "ALTER TABLE jobs ADD COLUMN trace_context jsonb",
+    # A job requeued after an outage waits for its backoff before it is published again.
+    "ALTER TABLE jobs ADD COLUMN available_at timestamptz",
 ]
 
 # Columns set whenever a job reaches a terminal state: its callback becomes due now.
@@ -113,6 +115,7 @@ def _job(row: asyncpg.Record) -> Job:
         callback_url=row["callback_url"],
         callback_state=CallbackState(row["callback_state"]),
         callback_attempts=row["callback_attempts"],
+        callback_error=row["callback_error"],
         idempotency_key=row["idempotency_key"],
         owner=row["owner"],
         submission_id=row["submission_id"],
@@ -186,10 +189,29 @@ class JobStore:
         """Accepted jobs whose publish never confirmed (the submitter crashed): to republish."""
         rows = await self.pool.fetch(
             "SELECT * FROM jobs WHERE NOT published AND state = 'queued'"
-            " AND created_at < now() - make_interval(secs => $1) ORDER BY created_at LIMIT 100",
+            " AND created_at < now() - make_interval(secs => $1)"
+            " AND (available_at IS NULL OR available_at <= now()) ORDER BY created_at LIMIT 100",
             older_than_seconds,
         )
         return [_job(row) for row in rows]
+
+    async def queued_published(self, older_than_seconds: float, limit: int) -> list[tuple[str, int]]:
+        """(job_id, stream_sequence) of the oldest jobs waiting on a message: each must be in the stream."""
+        rows = await self.pool.fetch(
+            "SELECT job_id, stream_sequence FROM jobs WHERE published AND state = 'queued'"
+            " AND stream_sequence IS NOT NULL AND created_at < now() - make_interval(secs => $1)"
+            " ORDER BY created_at LIMIT $2",
+            older_than_seconds,
+            limit,
+        )
+        return [(row["job_id"], row["stream_sequence"]) for row in rows]
+
+    async def mark_unpublished(self, job_id: str) -> bool:
+        """A queued job whose message is gone (NATS lost it): the housekeeper publishes it again."""
+        status = await self.pool.execute(
+            "UPDATE jobs SET published = false WHERE job_id = $1 AND state = 'queued' AND published", job_id
+        )
+        return status == "UPDATE 1"
 
     # ---- reads ----
 
@@ -276,6 +298,20 @@ class JobStore:
             job_id,
             lease,
             error,
+        )
+        return _counted(job_type, "queued")
+
+    async def requeue_later(self, job_id: str, lease: uuid.UUID, error: str, delay_seconds: float) -> bool:
+        """A failed attempt retried as a new message once `delay_seconds` passed: the housekeeper
+        publishes it again (services/scheduler/engine.py), however many deliveries it took."""
+        job_type = await self.pool.fetchval(
+            "UPDATE jobs SET state = 'queued', lease = NULL, error = $3, published = false,"
+            " available_at = now() + make_interval(secs => $4)"
+            " WHERE job_id = $1 AND lease = $2 AND state = 'running' RETURNING job_type",
+            job_id,
+            lease,
+            error,
+            delay_seconds,
         )
         return _counted(job_type, "queued")
 

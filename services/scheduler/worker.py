@@ -30,7 +30,8 @@ from services.common import tracing
 from services.common.errors import MeshError
 from services.scheduler.config import SchedulerSettings
 from services.scheduler.domain import Job, JobType, Progress
-from services.scheduler.handlers import JobHandlers, is_retryable
+from services.scheduler.handlers import JobHandlers, is_retryable, is_transient
+from services.scheduler.metrics import LOOP_ERRORS
 from services.scheduler.queue import JobQueue
 from services.scheduler.store import JobStore
 
@@ -86,10 +87,14 @@ class Worker:
                 message = await self.queue.fetch_one(high, HIGH_BAND_WAIT_SECONDS) or await self.queue.fetch_one(
                     normal, self.settings.poll_seconds
                 )
-            except NatsError as error:  # reconnecting: the client retries on its own
-                log.debug("fetching %s jobs: %s", job_type.value, error)
+            except NatsError as error:  # reconnecting, or the consumers are gone with the stream
+                LOOP_ERRORS.labels("fetch").inc()
+                log.warning("fetching %s jobs: %s; subscribing again", job_type.value, error)
                 message = None
                 await asyncio.sleep(self.settings.poll_seconds)
+                with contextlib.suppress(NatsError, TimeoutError):
+                    await self.queue.ensure_stream()
+                    high, normal = await self.queue.consumers(job_type)
             if message is None:
                 slots.release()
                 continue
@@ -167,6 +172,12 @@ class Worker:
         self, job: Job, lease: uuid.UUID, message: Msg, sequence: int, delivered: int, error: Exception
     ) -> None:
         reason = error.message if isinstance(error, MeshError) else f"{type(error).__name__}: {error}"
+        if is_transient(error):  # the service is down or busy: retry until the job's TTL, backing off
+            delay = self.settings.retry_delay(job.attempt)
+            if await self.store.requeue_later(job.job_id, lease, reason, delay):
+                log.warning("job %s attempt %d: %s; retrying in %.1fs", job.job_id, job.attempt, reason, delay)
+                await message.ack()  # this message is done: the retry is a new one
+            return
         if is_retryable(error) and delivered < self.settings.max_deliver:
             delay = self.settings.retry_delay(delivered)
             if await self.store.requeue(job.job_id, lease, reason):
@@ -188,14 +199,20 @@ class Worker:
         interval = self.settings.ack_wait_seconds / 3
         while True:
             await asyncio.sleep(interval)
-            with contextlib.suppress(NatsError):
-                await message.in_progress()
-            if not await self.store.heartbeat(job_id, lease):
+            try:
+                with contextlib.suppress(NatsError):
+                    await message.in_progress()
+                if await self.store.heartbeat(job_id, lease):
+                    continue
                 current = await self.store.get(job_id)
-                cancelled = current is not None and current.state.terminal
-                self._stop_reasons[job_id] = CANCELLED if cancelled else LEASE_LOST
-                run.cancel()
-                return
+            except Exception as error:  # noqa: BLE001 - a PostgreSQL blip: the next beat tries again
+                LOOP_ERRORS.labels("heartbeat").inc()
+                log.warning("job %s: heartbeat failed (%s); retrying in %.1fs", job_id, error, interval)
+                continue
+            cancelled = current is not None and current.state.terminal
+            self._stop_reasons[job_id] = CANCELLED if cancelled else LEASE_LOST
+            run.cancel()
+            return
 
     def _cancel_locally(self, job_id: str) -> None:
         task = self._running.get(job_id)

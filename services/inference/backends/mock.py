@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-from services.common.errors import Unavailable
+from services.common.errors import Internal
 from services.inference.backends.base import Backend
 from services.inference.domain import Chunk, FinishReason, GenerationRequest, Usage
 
@@ -15,7 +15,7 @@ class MockBackend(Backend):
 
     Option `token_delay_seconds` paces the words, so that tests can cancel a
     stream halfway through. Option `fail_on` makes a request whose text contains it
-    fail with UNAVAILABLE, as a backend that keeps crashing would.
+    fail with INTERNAL, as a backend that keeps crashing would.
     """
 
     async def load(self) -> None:
@@ -25,7 +25,9 @@ class MockBackend(Backend):
     async def generate_stream(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
         source = request.last_user_message if request.is_chat else request.prompt or ""
         if self.fail_on and self.fail_on in source:
-            raise Unavailable(f"mock backend failure (the request contains '{self.fail_on}')")
+            # A crash-like failure (INTERNAL): retried up to MaxDeliver, where an outage (UNAVAILABLE)
+            # is retried until the job's TTL.
+            raise Internal(f"mock backend failure (the request contains '{self.fail_on}')")
         prompt_words = sum(len(m.content.split()) for m in request.messages) if request.is_chat else len(source.split())
         words = f"[mock-text:{self.spec.name}] {source}".split(" ")
         limit = request.sampling.max_tokens or len(words)

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest_asyncio
 from fastapi import FastAPI, Request
-from fastapi.responses import RedirectResponse
+from fastapi.responses import RedirectResponse, StreamingResponse
 
 from llmmesh.scheduler.v1 import scheduler_service_pb2 as pb
 from llmmesh.scheduler.v1 import scheduler_service_pb2_grpc as pb_grpc
@@ -49,6 +49,8 @@ class CallbackReceiver:
     url: str = ""
     received: dict[str, list[tuple[dict[str, str], bytes]]] = field(default_factory=lambda: defaultdict(list))
     arrived: asyncio.Condition = field(default_factory=asyncio.Condition)
+    slow_started: asyncio.Event = field(default_factory=asyncio.Event)
+    slow_ended: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def wait_for(self, job_id: str, timeout: float = 30) -> tuple[dict[str, str], bytes]:
         async with asyncio.timeout(timeout), self.arrived:
@@ -72,6 +74,21 @@ async def callbacks() -> AsyncIterator[CallbackReceiver]:
     @app.post("/redirect")
     async def redirect() -> RedirectResponse:
         return RedirectResponse("/hook", status_code=307)
+
+    @app.post("/slow")
+    async def slow(request: Request) -> StreamingResponse:
+        """A slow-loris receiver: it answers one byte at a time, never finishing in time."""
+        receiver.slow_started.set()
+
+        async def trickle() -> AsyncIterator[bytes]:
+            try:
+                for _ in range(600):
+                    yield b" "
+                    await asyncio.sleep(0.1)  # the pace of the trickle itself
+            finally:
+                receiver.slow_ended.set()
+
+        return StreamingResponse(trickle(), media_type="application/json")
 
     server, task, url = await serve_http(app)
     receiver.url = url
@@ -120,8 +137,9 @@ async def make_scheduler(
     servers: list[SchedulerServer] = []
 
     async def make(**overrides: Any) -> SchedulerServer:
+        nats_url = overrides.pop("nats_url", nats_server.url)
         server = SchedulerServer(
-            scheduler_settings(nats_server.url, fresh_database_url, job_inference, embeddings, **overrides)
+            scheduler_settings(nats_url, fresh_database_url, job_inference, embeddings, **overrides)
         )
         await server.start()
         servers.append(server)

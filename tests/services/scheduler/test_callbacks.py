@@ -82,3 +82,39 @@ def test_signatures_verify_and_detect_tampering_and_replays() -> None:
     assert not verify(b"other", header, body)
     assert not verify(b"secret", sign(b"secret", int(time.time()) - 3600, body), body)
     assert not verify(b"secret", "garbage", body)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://[::127.0.0.1]/hook",  # IPv4-compatible
+        "http://[64:ff9b::127.0.0.1]/hook",  # NAT64
+        "http://[64:ff9b::169.254.169.254]/latest/meta-data/",
+        "http://[64:ff9b:1::7f00:1]/hook",  # NAT64, local-use prefix
+        "http://[2002:7f00:1::1]/hook",  # 6to4 of 127.0.0.1
+        "http://[::ffff:0:127.0.0.1]/hook",  # SIIT
+        "http://[2001:0:4136:e378:8000:63bf:80ff:fffe]/hook",  # Teredo, client 127.0.0.1
+        "http://[fec0::1]/hook",  # site-local
+        "http://[fd00::1]/hook",  # unique local
+        "http://[2001:db8::1]/hook",  # documentation
+        "http://[::]/hook",
+        "http://[ff02::1]/hook",
+    ],
+)
+async def test_ipv6_spellings_of_internal_addresses_are_rejected(url: str) -> None:
+    with pytest.raises(InvalidArgument, match="non-public"):
+        await CallbackGuard().check(url)
+
+
+async def test_ipv6_leading_to_a_public_ipv4_host_passes() -> None:
+    assert (await CallbackGuard().check("http://[64:ff9b::93.184.216.34]/hook")).address.version == 6
+    assert (await CallbackGuard().check("http://[2606:4700::1111]/hook")).address.version == 6
+
+
+@pytest.mark.parametrize(
+    "url", ["http://93.184.216.34/x\x01y", "http://93.184.216.34/a b", "http://93.184.216.34/\x7f"]
+)
+async def test_control_characters_are_rejected(url: str) -> None:
+    url = url.encode().decode("unicode_escape")
+    with pytest.raises(InvalidArgument, match="control characters"):
+        await CallbackGuard().check(url)

@@ -68,6 +68,7 @@ def test_json_face_of_a_job() -> None:
         callback_url="",
         callback_state=CallbackState.NONE,
         callback_attempts=0,
+        callback_error="",
         idempotency_key="",
         owner="o",
         submission_id=uuid.uuid4(),

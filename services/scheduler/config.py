@@ -43,6 +43,9 @@ class SchedulerSettings(ServiceSettings):
     retry_backoff_max_seconds: float = Field(60.0, gt=0, description="Longest retry delay.")
     default_ttl_seconds: int = Field(3600, ge=1, description="Queue TTL of jobs that set none.")
     max_ttl_seconds: int = Field(7 * 24 * 3600, ge=1, description="Longest accepted ttl_seconds.")
+    retention_seconds: int = Field(
+        30 * 24 * 3600, ge=60, description="How long an ended job (request, result, dead letter) is kept."
+    )
 
     # workers
     run_workers: bool = Field(True, description="Run workers in the scheduler process (else: separate processes).")

@@ -188,7 +188,7 @@ class Job:
             job_id=self.job_id,
             job_type=self.job_type.to_pb(),
             state=self.state.to_pb(),
-            request=self.request,
+            request=self.request if self.request.ByteSize() else None,  # None: a BASIC view
             error=self.error,
             attempt=self.attempt,
             priority=self.priority,

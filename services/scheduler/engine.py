@@ -28,6 +28,7 @@ from services.scheduler.store import NOTIFY_CHANNEL, JobStore
 log = logging.getLogger(__name__)
 
 MAX_PAGE_SIZE = 200
+MAX_PAGE_BYTES = 4 * 1024 * 1024  # a page stops growing past this (it holds one job at least)
 DEFAULT_PAGE_SIZE = 50
 
 
@@ -162,9 +163,15 @@ class Scheduler:
             owner=request.owner,
             limit=size + 1,
             after=_decode_page_token(request.page_token) if request.page_token else None,
+            payloads=request.view == pb.JOB_VIEW_FULL,
         )
-        next_token = _page_token(jobs[size - 1]) if len(jobs) > size else ""
-        return jobs[:size], next_token
+        # A page is bounded in bytes too: ten jobs of 10 MB would pass gRPC's message limit.
+        taken, page_bytes = 0, 0
+        while taken < min(size, len(jobs)) and (taken == 0 or page_bytes <= MAX_PAGE_BYTES):
+            page_bytes += jobs[taken].to_pb().ByteSize()
+            taken += 1
+        next_token = _page_token(jobs[taken - 1]) if len(jobs) > taken else ""
+        return jobs[:taken], next_token
 
     async def cancel(self, job_id: str, owner: str) -> Job:
         job = await self.get(job_id, owner)
@@ -228,6 +235,8 @@ class Scheduler:
     async def _sweep(self) -> None:
         for job_id in await self.store.expire_due():
             log.info("job %s expired in the queue", job_id)
+        if forgotten := await self.store.delete_ended(self.settings.retention_seconds):
+            log.info("forgot %d jobs that ended over %d s ago", forgotten, self.settings.retention_seconds)
         await self._recover_lost_messages()
         for job in await self.store.unpublished(older_than_seconds=self.settings.publish_timeout_seconds * 2):
             with contextlib.suppress(Unavailable):

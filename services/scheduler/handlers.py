@@ -99,6 +99,8 @@ class JobHandlers:
             train = submission.request.adapter_train
             if not train.base_model or not train.HasField("dataset"):
                 raise InvalidArgument("An adapter_train job needs 'base_model' and 'dataset'.", param="request")
+            # Named as chat names models: a slot, tier or alias means the model it resolves to now.
+            train.base_model = await self._resolve_model(train.base_model)
         if submission.job_type in (JobType.CHAT, JobType.VISION):
             chat = submission.request.chat
             if chat.model not in ("", BACKGROUND_SLOT):
@@ -128,6 +130,15 @@ class JobHandlers:
             raise InvalidArgument("'request.input' must hold at least one text.", param="request.input")
         return submission
 
+    async def _resolve_model(self, name: str) -> str:
+        try:
+            response = await self._inference.GetModel(inference_pb.GetModelRequest(name=name), timeout=self._timeout)
+        except grpc.aio.AioRpcError as error:
+            resolved = from_rpc_error(error)
+            resolved.param = "request.base_model"
+            raise resolved from None
+        return str(response.model.name)
+
     async def _require_multimodal_background(self) -> None:
         try:
             response = await self._inference.GetModel(
@@ -145,14 +156,18 @@ class JobHandlers:
 
     # ---- at run time ----
 
-    async def run(self, job: Job, report: ReportProgress) -> pb.JobResult:
+    async def run(
+        self, job: Job, report: ReportProgress, cancelled_by_user: Callable[[], bool] = lambda: True
+    ) -> pb.JobResult:
+        """Run `job`. When the run is cancelled, `cancelled_by_user` tells a cancel of the job from a
+        worker letting go of it (shutdown, a lost lease): only the first stops what it started."""
         try:
             if job.job_type in (JobType.CHAT, JobType.VISION):
                 return pb.JobResult(chat=await self._chat(job, report))
             if job.job_type is JobType.EMBED:
                 return pb.JobResult(embed=await self._embeddings.Embed(job.request.embed, timeout=self._timeout))
             if job.job_type is JobType.ADAPTER_TRAIN:
-                return pb.JobResult(adapter_train=await self._train(job, report))
+                return pb.JobResult(adapter_train=await self._train(job, report, cancelled_by_user))
         except grpc.aio.AioRpcError as error:
             raise from_rpc_error(error) from None
         raise Unimplemented(f"No handler for {job.job_type.value} jobs.")
@@ -186,7 +201,9 @@ class JobHandlers:
             usage=last.usage,
         )
 
-    async def _train(self, job: Job, report: ReportProgress) -> trainer_pb.TrainingJob:
+    async def _train(
+        self, job: Job, report: ReportProgress, cancelled_by_user: Callable[[], bool]
+    ) -> trainer_pb.TrainingJob:
         """Starts training under the job's id (a redelivered job finds its run again) and follows it."""
         assert self._trainer is not None
         request = trainer_pb.TrainAdapterRequest()
@@ -202,10 +219,13 @@ class JobHandlers:
                     metrics = {"step": float(last.step), "loss": last.loss, "eta_seconds": last.eta_seconds}
                     percent = min(100.0 * last.step / last.total_steps, 99.0)
                     await report(Progress(percent=percent, message="training", metrics=metrics))
-        except asyncio.CancelledError:  # the job was cancelled: so is the run
-            await asyncio.shield(
-                self._trainer.CancelTraining(trainer_pb.CancelTrainingRequest(training_id=training_id))
-            )
+        except asyncio.CancelledError:
+            if cancelled_by_user():  # the job was cancelled: so is the run
+                await asyncio.shield(
+                    self._trainer.CancelTraining(trainer_pb.CancelTrainingRequest(training_id=training_id))
+                )
+            # Otherwise this worker only lets go (a shutdown is not a cancel): the run goes on in the
+            # trainer, and the redelivered job attaches to it again under the same id.
             raise
         if last.state != trainer_pb.TRAINING_STATE_SUCCEEDED:
             state = trainer_pb.TrainingState.Name(last.state).removeprefix("TRAINING_STATE_").lower()

@@ -92,21 +92,34 @@ MIGRATIONS = [
     "ALTER TABLE jobs ADD COLUMN trace_context jsonb",
     # A job requeued after an outage waits for its backoff before it is published again.
     "ALTER TABLE jobs ADD COLUMN available_at timestamptz",
+    # Retention: ended jobs are found by when they ended.
+    "CREATE INDEX jobs_by_end ON jobs (ended_at) WHERE ended_at IS NOT NULL",
 ]
 
 # Columns set whenever a job reaches a terminal state: its callback becomes due now.
 _END = "ended_at = now(), lease = NULL, callback_next_at = CASE WHEN callback_state = 'pending' THEN now() END"
 
 
+# Every column but the payloads (request and result), for lists in the BASIC view.
+_BASIC_COLUMNS = (
+    "job_id, idempotency_key, job_type, state, owner, priority, NULL::jsonb AS request, NULL::jsonb AS result,"
+    " error, progress, attempt, submission_id, callback_url, callback_state, callback_attempts, callback_error,"
+    " created_at, started_at, ended_at, expires_at, trace_context"
+)
+
+
 def _job(row: asyncpg.Record) -> Job:
     result = None
     if row["result"] is not None:
         result = json_format.ParseDict(json.loads(row["result"]), pb.JobResult())
+    request = pb.JobRequest()
+    if row["request"] is not None:
+        json_format.ParseDict(json.loads(row["request"]), request)
     return Job(
         job_id=row["job_id"],
         job_type=JobType(row["job_type"]),
         state=JobState(row["state"]),
-        request=json_format.ParseDict(json.loads(row["request"]), pb.JobRequest()),
+        request=request,
         result=result,
         error=row["error"],
         progress=Progress.from_json(json.loads(row["progress"]) if row["progress"] else None),
@@ -206,6 +219,16 @@ class JobStore:
         )
         return [(row["job_id"], row["stream_sequence"]) for row in rows]
 
+    async def delete_ended(self, older_than_seconds: float, limit: int = 500) -> int:
+        """Forget jobs that ended longer ago than the retention (their callbacks settled)."""
+        status = await self.pool.execute(
+            "DELETE FROM jobs WHERE job_id IN (SELECT job_id FROM jobs"
+            " WHERE ended_at < now() - make_interval(secs => $1) AND callback_state <> 'pending' LIMIT $2)",
+            older_than_seconds,
+            limit,
+        )
+        return int(status.split()[-1])
+
     async def mark_unpublished(self, job_id: str) -> bool:
         """A queued job whose message is gone (NATS lost it): the housekeeper publishes it again."""
         status = await self.pool.execute(
@@ -227,10 +250,13 @@ class JobStore:
         owner: str,
         limit: int,
         after: tuple[Any, str] | None,
+        payloads: bool = True,
     ) -> list[Job]:
-        """Newest first; `after` is the (created_at, job_id) of the previous page's last job."""
+        """Newest first; `after` is the (created_at, job_id) of the previous page's last job.
+        Without `payloads`, requests and results are never read from disk."""
+        columns = "*" if payloads else _BASIC_COLUMNS
         rows = await self.pool.fetch(
-            "SELECT * FROM jobs WHERE (cardinality($1::text[]) = 0 OR state = ANY($1))"
+            f"SELECT {columns} FROM jobs WHERE (cardinality($1::text[]) = 0 OR state = ANY($1))"
             " AND (cardinality($2::text[]) = 0 OR job_type = ANY($2))"
             " AND ($3 = '' OR owner = $3)"
             " AND ($4::timestamptz IS NULL OR (created_at, job_id) < ($4, $5))"

@@ -138,7 +138,13 @@ class Worker:
 
     async def _run(self, job: Job, lease: uuid.UUID, message: Msg, sequence: int, delivered: int) -> None:
         job_id = job.job_id
-        run = asyncio.create_task(self.handlers.run(job, self._reporter(job_id, lease)))
+        run = asyncio.create_task(
+            self.handlers.run(
+                job,
+                self._reporter(job_id, lease),
+                cancelled_by_user=lambda: self._stop_reasons.get(job_id) == CANCELLED,
+            )
+        )
         self._running[job_id] = run
         heartbeat = asyncio.create_task(self._heartbeat(job_id, lease, message, run))
         try:

@@ -70,7 +70,9 @@ class Trainer:
         if (existing := self._jobs.get(training_id)) is not None:
             if existing.adapter_id != plan.adapter_id:
                 raise AlreadyExists(f"Training job '{training_id}' exists with another plan.", param="training_id")
-            return existing  # a resubmission (e.g. a redelivered scheduler job)
+            if existing.state is not TrainingState.CANCELLED:
+                return existing  # a resubmission (e.g. a redelivered scheduler job) attaches to its run
+            # Cancelled, yet submitted again under its id: the submitter still wants it; run it again.
         job = TrainingJob(training_id, plan.adapter_id, plan.base_model)
         self._jobs[training_id] = job
         self._forget_old_jobs()

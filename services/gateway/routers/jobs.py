@@ -93,11 +93,13 @@ async def list_jobs(
     job_type: list[Literal["chat", "vision", "adapter_train", "embed"]] = Query(default=[]),
     limit: int = Query(50, ge=1, le=200),
     page_token: str = "",
+    view: Literal["basic", "full"] = Query("basic", description="full: with each job's request and result."),
     scheduler: SchedulerClient = Depends(get_scheduler),
     caller: Caller = Depends(scope("jobs")),
 ) -> dict[str, Any]:
     response = await scheduler.list(
         pb.ListJobsRequest(
+            view=pb.JOB_VIEW_FULL if view == "full" else pb.JOB_VIEW_BASIC,
             states=[JobState(s).to_pb() for s in state],
             job_types=[JobType(t).to_pb() for t in job_type],
             page_size=limit,

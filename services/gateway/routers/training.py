@@ -10,9 +10,13 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 
+from llmmesh.scheduler.v1 import scheduler_service_pb2 as scheduler_pb
+from services.common.errors import NotFound
 from services.gateway.auth import Caller, scope, superuser
-from services.gateway.dependencies import get_trainer
-from services.gateway.upstream import TrainerClient
+from services.gateway.dependencies import get_scheduler, get_trainer
+from services.gateway.routers.jobs import job_owner
+from services.gateway.upstream import SchedulerClient, TrainerClient
+from services.scheduler.domain import job_json
 from services.trainer.domain import as_json
 
 router = APIRouter()
@@ -22,11 +26,30 @@ router = APIRouter()
 async def training_status(
     job_id: str,
     request: Request,
+    scheduler: SchedulerClient = Depends(get_scheduler),
     trainer: TrainerClient = Depends(get_trainer),
     caller: Caller = Depends(scope("jobs")),
 ) -> dict[str, Any]:
-    """Step, total steps, loss, eta and, once stored, the adapter."""
-    return as_json(await trainer.get(job_id))
+    """Step, total steps, loss, eta and, once stored, the adapter. The job is looked up as
+    /v1/jobs does (another owner's job is 404 here too), and a job that never reached the
+    trainer, or that the trainer no longer holds, reports what its job record says."""
+    try:
+        job = await scheduler.get(job_id, job_owner(caller))
+    except NotFound:
+        if caller.kind != "superuser":
+            raise
+        return as_json(await trainer.get(job_id))  # a pipeline build's run has no job of its own
+    if job.job_type != scheduler_pb.JOB_TYPE_ADAPTER_TRAIN:
+        raise NotFound(f"Job '{job_id}' is not an adapter_train job.", param="job_id")
+    summary = job_json(job)
+    ended_as_job = {"training_id": job_id, "state": summary["state"], "error": summary["error"] or ""}
+    try:
+        training = as_json(await trainer.get(job_id))
+    except NotFound:
+        return as_json(job.result.adapter_train) if job.result.HasField("adapter_train") else ended_as_job
+    if summary["state"] in ("cancelled", "failed", "expired") and training["state"] not in ("cancelled", "failed"):
+        return {**training, **ended_as_job}  # the job is the truth; its run hears about it a moment later
+    return training
 
 
 @router.get("/v1/adapters")

@@ -10,7 +10,7 @@ import httpx
 import pytest
 from prometheus_client import REGISTRY
 
-from tests.conftest import GEMMA, TRAINING_REQUEST
+from tests.conftest import GEMMA, SECRET_EXAMPLES, TRAINING_REQUEST
 
 pytestmark = pytest.mark.model
 
@@ -89,3 +89,36 @@ async def test_training_the_same_thing_again_is_a_cache_hit(
     final = json.loads(lines[-1].removeprefix("data: "))
     assert final["state"] == "succeeded" and final["result"]["cached"] is True
     assert final["result"]["adapter_id"] == adapter_id(trained_job)
+
+
+async def test_a_slot_name_trains_on_the_model_it_resolves_to(
+    http: httpx.AsyncClient, trained_job: list[dict[str, object]]
+) -> None:
+    """`live`, as chat would resolve it: the same plan on the same model, so the stored adapter."""
+    body = {"job_type": "adapter_train", "request": {**TRAINING_REQUEST, "base_model": "live"}, "ttl_seconds": 600}
+    submitted = await http.post("/internal/queue/enqueue", json=body)
+    assert submitted.status_code == 202, submitted.text
+    async with http.stream("GET", f"/v1/jobs/{submitted.json()['id']}/events") as response:
+        events = [line async for line in response.aiter_lines() if line.startswith("data: {")]
+    final = json.loads(events[-1].removeprefix("data: "))
+    assert final["state"] == "succeeded", final
+    assert final["result"]["adapter_id"] == adapter_id(trained_job)  # type: ignore[index]
+    unknown = {**body, "request": {**TRAINING_REQUEST, "base_model": "no-such-model"}}
+    assert (await http.post("/internal/queue/enqueue", json=unknown)).status_code == 404
+
+
+async def test_training_status_follows_the_job_its_owner_and_failures_before_the_trainer(
+    http: httpx.AsyncClient, make_key
+) -> None:
+    alice, bob = await make_key(["jobs"]), await make_key(["jobs"])
+    body = {"job_type": "adapter_train", "request": {**TRAINING_REQUEST, "dataset": SECRET_EXAMPLES[:2]}}
+    submitted = await http.post("/internal/queue/enqueue", json=body, headers={"Authorization": f"Bearer {alice}"})
+    assert submitted.status_code == 202, submitted.text
+    job_id = submitted.json()["id"]
+    cancelled = await http.post(f"/v1/jobs/{job_id}/cancel", headers={"Authorization": f"Bearer {alice}"})
+    assert cancelled.status_code == 200
+    status = await http.get(f"/v1/training/status/{job_id}", headers={"Authorization": f"Bearer {alice}"})
+    assert status.status_code == 200 and status.json()["state"] == "cancelled", status.text
+    # Another tenant sees neither the job nor its training.
+    for path in (f"/v1/jobs/{job_id}", f"/v1/training/status/{job_id}"):
+        assert (await http.get(path, headers={"Authorization": f"Bearer {bob}"})).status_code == 404

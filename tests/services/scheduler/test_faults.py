@@ -7,19 +7,24 @@ from __future__ import annotations
 import asyncio
 import shutil
 import socket
+import uuid
 
 import asyncpg
+import grpc
 import pytest
+from prometheus_client import REGISTRY
 
 from llmmesh.scheduler.v1 import scheduler_service_pb2 as pb
 from llmmesh.scheduler.v1 import scheduler_service_pb2_grpc as pb_grpc
 from services.common.embedded_nats import EmbeddedNats
 from services.common.grpc_client import open_channel
+from services.gateway.schemas import TrainAdapterIn
 from services.inference.config import InferenceSettings
 from services.inference.registry import ModelRegistry, ModelSpec
 from services.inference.server import InferenceServer
 from services.scheduler.store import NOTIFY_CHANNEL
-from tests.conftest import INTERNAL_TOKEN
+from services.trainer.server import TrainerServer
+from tests.conftest import GEMMA, INTERNAL_TOKEN, TRAINING_REQUEST
 from tests.services.scheduler.conftest import (
     JOB_MODEL,
     CallbackReceiver,
@@ -72,8 +77,6 @@ async def test_a_callback_that_fails_unexpectedly_fails_alone(
 
 
 async def test_a_control_character_in_a_callback_url_is_a_400_at_submit(jobs: pb_grpc.SchedulerServiceStub) -> None:
-    import grpc
-
     with pytest.raises(grpc.aio.AioRpcError) as error:
         await jobs.SubmitJob(chat_job(callback_url="http://93.184.216.34/x\x01y"))
     assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "control characters" in error.value.details()
@@ -191,3 +194,122 @@ async def test_jobs_queued_when_nats_loses_its_data_are_published_again_from_pos
     finally:
         nats.stop()
     assert all(job.state == pb.JOB_STATE_SUCCEEDED and job.attempt == 1 for job in finished), finished
+
+
+async def test_a_scheduler_shutdown_during_training_is_not_a_cancel(
+    make_scheduler: MakeScheduler, trainer: TrainerServer, inference: InferenceServer
+) -> None:
+    """SIGTERM lets go of the job without cancelling the run: the restarted scheduler's redelivery
+    attaches to the same run, which finishes once."""
+    request = {
+        **TRAINING_REQUEST,
+        "dataset": [{"instruction": f"Who keeps the keys {i}?", "output": "The lighthouse keeper."} for i in range(8)],
+        "hyperparameters": {**TRAINING_REQUEST["hyperparameters"], "max_steps": 8},  # type: ignore[dict-item]
+    }
+    submission = pb.SubmitJobRequest(
+        job_type=pb.JOB_TYPE_ADAPTER_TRAIN,
+        ttl_seconds=600,
+        request=pb.JobRequest(adapter_train=TrainAdapterIn.model_validate(request).to_pb()),  # the gateway's mapping
+    )
+
+    def runs(result: str) -> float:
+        return REGISTRY.get_sample_value("llmmesh:training_runs_total", {"base_model": GEMMA, "result": result}) or 0
+
+    cancelled, succeeded = runs("cancelled"), runs("succeeded")
+    targets = {"trainer_target": f"127.0.0.1:{trainer.port}", "inference_target": f"127.0.0.1:{inference.port}"}
+    first = await make_scheduler(**targets, ack_wait_seconds=3.0)
+    async with open_channel(f"127.0.0.1:{first.port}", INTERNAL_TOKEN) as channel:
+        stub = pb_grpc.SchedulerServiceStub(channel)
+        job_id = (await stub.SubmitJob(submission)).job.job_id
+        async with asyncio.timeout(120):
+            while (await stub.GetJob(pb.GetJobRequest(job_id=job_id))).job.progress.message != "training":
+                await asyncio.sleep(0.1)  # polling until the run reports its first step
+    await first.stop(grace=0.5)  # what SIGTERM does
+    second = await make_scheduler(**targets, ack_wait_seconds=3.0, stream_name=first.settings.stream_name)
+    async with open_channel(f"127.0.0.1:{second.port}", INTERNAL_TOKEN) as channel:
+        final = (await watch_until_done(pb_grpc.SchedulerServiceStub(channel), job_id, timeout=300))[-1]
+    assert final.state == pb.JOB_STATE_SUCCEEDED, final
+    assert runs("cancelled") == cancelled and runs("succeeded") == succeeded + 1  # one run, never cancelled
+
+
+async def test_lists_leave_payloads_out_unless_asked_and_pages_are_bounded_in_bytes(
+    make_scheduler: MakeScheduler,
+) -> None:
+    scheduler = await make_scheduler(run_workers=False)  # the jobs stay queued
+    async with open_channel(f"127.0.0.1:{scheduler.port}", INTERNAL_TOKEN) as channel:
+        stub = pb_grpc.SchedulerServiceStub(channel)
+        big = "x" * (3 * 1024 * 1024)
+        for _ in range(3):
+            await stub.SubmitJob(chat_job(big))
+        basic = await stub.ListJobs(pb.ListJobsRequest())
+        assert len(basic.jobs) == 3 and not basic.next_page_token
+        assert all(not job.HasField("request") for job in basic.jobs) and basic.ByteSize() < 10_000
+        first = await stub.ListJobs(pb.ListJobsRequest(view=pb.JOB_VIEW_FULL))
+        assert len(first.jobs) == 2 and first.next_page_token  # 6 MiB: past the 4 MiB a page may grow to
+        assert first.jobs[0].request.chat.messages[0].content[0].text == big
+        rest = await stub.ListJobs(pb.ListJobsRequest(view=pb.JOB_VIEW_FULL, page_token=first.next_page_token))
+        assert len(rest.jobs) == 1 and not rest.next_page_token
+
+
+async def test_ended_jobs_are_forgotten_after_the_retention(make_scheduler: MakeScheduler) -> None:
+    scheduler = await make_scheduler(retention_seconds=60)
+    async with open_channel(f"127.0.0.1:{scheduler.port}", INTERNAL_TOKEN) as channel:
+        stub = pb_grpc.SchedulerServiceStub(channel)
+        kept, old = [(await stub.SubmitJob(chat_job(text))).job.job_id for text in ("kept", "old")]
+        for job_id in (kept, old):
+            await watch_until_done(stub, job_id)
+        # As if "old" had ended two minutes ago.
+        await scheduler.scheduler.store.pool.execute(
+            "UPDATE jobs SET ended_at = now() - interval '2 minutes' WHERE job_id = $1", old
+        )
+        async with asyncio.timeout(30):
+            while await scheduler.scheduler.store.get(old) is not None:
+                await asyncio.sleep(0.1)  # polling for the next housekeeping sweep
+        assert (await stub.GetJob(pb.GetJobRequest(job_id=kept))).job.state == pb.JOB_STATE_SUCCEEDED
+
+
+async def test_nats_killed_under_a_burst_of_200_loses_no_accepted_job_and_runs_none_twice(
+    make_scheduler: MakeScheduler, callbacks: CallbackReceiver, tmp_path
+) -> None:
+    nats = EmbeddedNats(tmp_path / "nats")
+    url = nats.start()
+    try:
+        scheduler = await make_scheduler(nats_url=url, publish_timeout_seconds=1.0)
+        async with open_channel(f"127.0.0.1:{scheduler.port}", INTERNAL_TOKEN) as channel:
+            stub = pb_grpc.SchedulerServiceStub(channel)
+            prefix = f"burst-{uuid.uuid4().hex[:8]}"
+
+            async def submit(index: int) -> tuple[str, grpc.StatusCode]:
+                request = chat_job(f"burst {index}", job_id=f"{prefix}-{index}", callback_url=f"{callbacks.url}/hook")
+                try:
+                    return (await stub.SubmitJob(request)).job.job_id, grpc.StatusCode.OK
+                except grpc.aio.AioRpcError as error:
+                    return f"{prefix}-{index}", error.code()
+
+            burst = [asyncio.create_task(submit(i)) for i in range(200)]
+            async with asyncio.timeout(60):
+                while sum(task.done() for task in burst) < 50:  # a quarter of the burst is in
+                    await asyncio.sleep(0.01)
+            nats.process.kill()  # SIGKILL: no goodbye to anyone
+            await asyncio.to_thread(nats.process.wait)
+            await asyncio.to_thread(nats.start)  # same port, same store
+            outcomes = await asyncio.gather(*burst)
+            assert {code for _, code in outcomes} <= {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE}
+            accepted = [job_id for job_id, code in outcomes if code == grpc.StatusCode.OK]
+            refused = [job_id for job_id, code in outcomes if code != grpc.StatusCode.OK]
+            finals = [(await watch_until_done(stub, job_id, timeout=120))[-1] for job_id in accepted]
+            for job_id in accepted:
+                await callbacks.wait_for(job_id, timeout=60)
+            for job_id in refused:  # a 503 means not queued: no record, and it never runs
+                with pytest.raises(grpc.aio.AioRpcError) as error:
+                    await stub.GetJob(pb.GetJobRequest(job_id=job_id))
+                assert error.value.code() == grpc.StatusCode.NOT_FOUND
+    finally:
+        nats.stop()
+    assert all(final.state == pb.JOB_STATE_SUCCEEDED for final in finals)
+    deliveries = [len(callbacks.received[job_id]) for job_id in accepted]
+    print(
+        f"burst: submitted 200, accepted {len(accepted)}, refused {len(refused)}, succeeded"
+        f" {len(finals)}, attempts>1 {sum(f.attempt > 1 for f in finals)}, callbacks per job {set(deliveries)}"
+    )
+    assert set(deliveries) == {1}  # each accepted job called back exactly once

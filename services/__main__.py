@@ -126,7 +126,11 @@ def main() -> None:
     internal_token = os.environ.get("LLMMESH_INTERNAL_TOKEN") or secrets.token_urlsafe(32)
     os.environ["LLMMESH_INTERNAL_TOKEN"] = internal_token  # inherited by every service started below
     # Secrets of API keys and superuser JWTs persist in the data directory, where the CLI finds them.
-    for variable, name in (("LLMMESH_JWT_SECRET", "jwt-secret"), ("LLMMESH_API_KEY_SECRET", "api-key-secret")):
+    for variable, name in (
+        ("LLMMESH_JWT_SECRET", "jwt-secret"),
+        ("LLMMESH_API_KEY_SECRET", "api-key-secret"),
+        ("LLMMESH_SCHEDULER_CALLBACK_SECRET", "callback-secret"),
+    ):
         os.environ.setdefault(variable, local_secret(data_dir, name))
     if postgres is not None:
         _write_private(data_dir / "database-url", database_url)

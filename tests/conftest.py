@@ -47,7 +47,8 @@ from services.trainer.server import TrainerServer
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # Every service requires the internal token; the fixtures' services and clients read it from here.
-INTERNAL_TOKEN = os.environ.setdefault("LLMMESH_INTERNAL_TOKEN", "test-internal-token")
+INTERNAL_TOKEN = os.environ.setdefault("LLMMESH_INTERNAL_TOKEN", "test-internal-token-of-at-least-32-bytes")
+CALLBACK_SECRET = "test-callback-secret-of-at-least-32-bytes"
 # moto accepts any credentials; boto3 only needs some.
 for _name, _value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing")):
     os.environ.setdefault(_name, _value)
@@ -264,6 +265,7 @@ async def scheduler_server(
         stream_name="MESH_JOBS",
         poll_seconds=0.2,
         callback_allowed_networks=["127.0.0.1/32"],
+        callback_secret=CALLBACK_SECRET,
     )
     server = SchedulerServer(settings)
     await server.start()

@@ -39,13 +39,34 @@ class ServiceSettings(BaseSettings):
     )
 
     def required_internal_token(self) -> str:
-        """The internal token; services refuse to start without one (it is always on)."""
+        """The internal token; services refuse to start without a strong one (it is always on)."""
         if self.internal_token is None or not self.internal_token.get_secret_value():
             raise SystemExit(
                 "LLMMESH_INTERNAL_TOKEN is not set: every RPC between services must carry it. "
                 "`make run` generates one; elsewhere set the same random value on every service."
             )
-        return self.internal_token.get_secret_value()
+        return strong_secret("LLMMESH_INTERNAL_TOKEN", self.internal_token)
+
+
+MIN_SECRET_BYTES = 32
+# Values that stand in for a secret in examples and manifests (deploy/k8s/base/secrets.yaml).
+_PLACEHOLDERS = frozenset({"changeme", "change-me", "change_me", "secret", "password", "llmmesh-dev-callback-secret"})
+
+
+def strong_secret(variable: str, secret: SecretStr | None) -> str:
+    """The secret's value; or, when it is unset, a known placeholder or shorter than 32 bytes,
+    SystemExit naming the variable (a service must not start on a guessable secret)."""
+    value = secret.get_secret_value() if secret is not None else ""
+    if not value:
+        raise SystemExit(f"Refusing to start: {variable} is not set.")
+    if value.strip().lower() in _PLACEHOLDERS or "change-me" in value.lower():
+        raise SystemExit(f"Refusing to start: {variable} is a placeholder ({value!r}); {_HOW_TO_MAKE_ONE}")
+    if len(value.encode()) < MIN_SECRET_BYTES:
+        raise SystemExit(f"Refusing to start: {variable} is shorter than {MIN_SECRET_BYTES} bytes; {_HOW_TO_MAKE_ONE}")
+    return value
+
+
+_HOW_TO_MAKE_ONE = "set a random one, e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))'."
 
 
 def secret_from_environment(name: str) -> SecretStr | None:

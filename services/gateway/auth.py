@@ -114,6 +114,14 @@ class Authenticator:
             )
         except jwt.PyJWTError as error:
             raise Unauthenticated(f"Invalid token: {error}.", reason="INVALID_TOKEN") from None
+        issued = claims.get("iat")
+        lifetime = int(claims["exp"]) - (int(issued) if isinstance(issued, int | float) else int(time.time()))  # type: ignore[call-overload]
+        if lifetime > self.settings.jwt_max_lifetime_seconds:
+            raise Unauthenticated(
+                f"Invalid token: it is valid for {lifetime} s; the most this gateway accepts is"
+                f" {self.settings.jwt_max_lifetime_seconds} s (LLMMESH_JWT_MAX_LIFETIME_SECONDS).",
+                reason="INVALID_TOKEN",
+            )
         return claims
 
     def superuser(self, token: str) -> Caller:
@@ -238,6 +246,11 @@ def _bearer(request: Request) -> str:
 
 def mint_jwt(settings: GatewaySettings, subject: str, ttl_seconds: int, private_key: str | None = None) -> str:
     """A superuser JWT signed with the configured secret (HS256) or `private_key` (RS256)."""
+    if ttl_seconds > settings.jwt_max_lifetime_seconds:
+        raise SystemExit(
+            f"A token for {ttl_seconds} s would be refused: the most is {settings.jwt_max_lifetime_seconds} s"
+            " (LLMMESH_JWT_MAX_LIFETIME_SECONDS)."
+        )
     now = int(time.time())
     claims = {
         "sub": subject,

@@ -10,7 +10,7 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
-from services.common.config import ServiceSettings
+from services.common.config import ServiceSettings, strong_secret
 
 
 class GatewaySettings(ServiceSettings):
@@ -52,6 +52,12 @@ class GatewaySettings(ServiceSettings):
     jwt_algorithm: Literal["HS256", "RS256"] = Field("HS256", validation_alias=AliasChoices("LLMMESH_JWT_ALGORITHM"))
     jwt_issuer: str = Field("llmmesh", validation_alias=AliasChoices("LLMMESH_JWT_ISSUER"))
     jwt_audience: str = Field("llmmesh", validation_alias=AliasChoices("LLMMESH_JWT_AUDIENCE"))
+    jwt_max_lifetime_seconds: int = Field(
+        24 * 3600,
+        ge=60,
+        validation_alias=AliasChoices("LLMMESH_JWT_MAX_LIFETIME_SECONDS"),
+        description="Superuser JWTs valid for longer (exp - iat) are refused.",
+    )
 
     # ---- input limits ----
     max_messages: int = Field(512, ge=1, description="Most messages in one chat request.")
@@ -64,10 +70,9 @@ class GatewaySettings(ServiceSettings):
 
     def check_exposure(self) -> None:
         """Refuse to serve anonymous requests anywhere but on loopback, or with weak secrets."""
-        for name in ("jwt_secret", "api_key_secret"):
-            secret = getattr(self, name)
-            if secret is not None and len(secret.get_secret_value().encode()) < 32:
-                raise SystemExit(f"Refusing to start: {name} is shorter than 32 bytes.")
+        for name, variable in (("jwt_secret", "LLMMESH_JWT_SECRET"), ("api_key_secret", "LLMMESH_API_KEY_SECRET")):
+            if getattr(self, name) is not None:
+                strong_secret(variable, getattr(self, name))
         if self.allow_anonymous and not _is_loopback(self.host):
             raise SystemExit(
                 f"Refusing to start: anonymous access (LLMMESH_GATEWAY_ALLOW_ANONYMOUS) on {self.host}, which is not "

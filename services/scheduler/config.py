@@ -57,9 +57,9 @@ class SchedulerSettings(ServiceSettings):
     poll_seconds: float = Field(1.0, gt=0, description="Fallback poll interval of watchers and sweepers.")
 
     # callbacks
-    callback_secret: SecretStr = Field(
-        SecretStr("llmmesh-dev-callback-secret"),
-        description="HMAC-SHA256 key of the X-LLMMesh-Signature header. Set it in any real deployment.",
+    callback_secret: SecretStr | None = Field(
+        None,
+        description="HMAC-SHA256 key of the X-LLMMesh-Signature header (32+ bytes); `make run` generates one.",
     )
     callback_allowed_networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = Field(
         default_factory=list,

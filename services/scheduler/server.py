@@ -7,6 +7,7 @@ import asyncio
 import asyncpg
 
 from llmmesh.scheduler.v1 import scheduler_service_pb2_grpc as pb_grpc
+from services.common.config import strong_secret
 from services.common.errors import FailedPrecondition
 from services.common.grpc_server import GrpcService, start_grpc_server
 from services.common.postgres import open_pool
@@ -32,6 +33,7 @@ class SchedulerServer(GrpcService[SchedulerSettings]):
     async def start(self) -> None:
         self.serve_metrics()
         settings = self.settings
+        callback_secret = strong_secret("LLMMESH_SCHEDULER_CALLBACK_SECRET", settings.callback_secret)
         self._pool = await open_pool(settings.database_url)
         store = JobStore(self._pool)
         await store.migrate()
@@ -44,7 +46,7 @@ class SchedulerServer(GrpcService[SchedulerSettings]):
         self.callbacks = CallbackDispatcher(
             store,
             guard,
-            settings.callback_secret.get_secret_value().encode(),
+            callback_secret.encode(),
             timeout_seconds=settings.callback_timeout_seconds,
             max_attempts=settings.callback_max_attempts,
             backoff_seconds=settings.callback_backoff_seconds,

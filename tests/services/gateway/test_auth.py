@@ -92,14 +92,14 @@ async def test_keys_missing_bad_revoked_scoped_and_model_limited(strict) -> None
         {"exp": -60},  # expired
         {"iss": "someone-else"},
         {"aud": "another-service"},
+        {"exp": 100 * 365 * 24 * 3600},  # a hundred years: past the longest lifetime accepted (24 h)
     ],
 )
 async def test_bad_jwts_are_refused(strict, claims: dict[str, object]) -> None:
     http, settings = strict
     now = int(time.time())
-    payload = {"sub": "x", "iss": settings.jwt_issuer, "aud": settings.jwt_audience, "exp": now + 600, **claims}
-    if payload["exp"] == -60:
-        payload["exp"] = now - 60
+    payload = {"sub": "x", "iss": settings.jwt_issuer, "aud": settings.jwt_audience, "iat": now, **claims}
+    payload["exp"] = now + int(claims.get("exp", 600))  # type: ignore[call-overload]
     token = jwt.encode(payload, JWT_SECRET, algorithm="HS256")
     assert (await http.get("/settings/", headers=bearer(token))).status_code == 401
 

@@ -25,9 +25,8 @@ from services.inference.registry import ModelRegistry, ModelSpec
 from services.inference.server import InferenceServer
 from services.scheduler.config import SchedulerSettings
 from services.scheduler.server import SchedulerServer
-from tests.conftest import INTERNAL_TOKEN, serve_http
+from tests.conftest import CALLBACK_SECRET, INTERNAL_TOKEN, serve_http
 
-CALLBACK_SECRET = "test-callback-secret"
 JOB_MODEL = "mock-jobs"
 
 

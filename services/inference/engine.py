@@ -87,7 +87,7 @@ class InferenceEngine:
             adapter_scale=request.adapter_scale,
         )
         return await self._respond(
-            spec, generation, request.model, request.cache, syntax if request.uses_tools else None
+            spec, generation, request.model, request.cache, syntax if request.uses_tools else None, request.cache_scope
         )
 
     async def complete(self, request: CompletionRequest) -> Generation:
@@ -102,7 +102,7 @@ class InferenceEngine:
             adapter=await self._check_adapter(spec, request.adapter, request.adapter_scale),
             adapter_scale=request.adapter_scale,
         )
-        return await self._respond(spec, generation, request.model, request.cache, None)
+        return await self._respond(spec, generation, request.model, request.cache, None, request.cache_scope)
 
     async def _respond(
         self,
@@ -111,12 +111,13 @@ class InferenceEngine:
         route: str,
         cache: bool | None,
         syntax: tools.ToolSyntax | None,
+        cache_scope: str,
     ) -> Generation:
         """From the response cache when the request is cacheable and was seen, else generated
         (and stored once it finishes)."""
         key = None
         if self.responses is not None and response_cache.cacheable(spec, cache, generation):
-            key = response_cache.cache_key(spec, generation)
+            key = response_cache.cache_key(spec, generation, cache_scope)
             if (cached := await self.responses.lookup(key, spec.name)) is not None:
                 return Generation(generation.request_id, spec.name, response_cache.replay(cached))
         chunks = self._generate(spec, generation, route=route)

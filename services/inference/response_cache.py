@@ -41,9 +41,10 @@ def cacheable(spec: ModelSpec, opted_in: bool | None, request: GenerationRequest
     return wanted and (sampling.temperature == 0 or sampling.seed is not None)
 
 
-def cache_key(spec: ModelSpec, request: GenerationRequest) -> str:
+def cache_key(spec: ModelSpec, request: GenerationRequest, scope: str = "") -> str:
+    """The entry of `request` within `scope` (its caller): one tenant never reads another's replies."""
     normalized = dataclasses.replace(request, request_id="")
-    return hashlib.sha256(repr((spec.name, spec.backend, spec.path, normalized)).encode()).hexdigest()
+    return hashlib.sha256(repr((scope, spec.name, spec.backend, spec.path, normalized)).encode()).hexdigest()
 
 
 @dataclass

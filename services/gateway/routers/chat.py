@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -37,7 +38,8 @@ async def create_chat_completion(
 ) -> Any:
     caller.require_model(body.model)
     body.check_limits(settings)
-    requests = body.to_domain(settings.max_choices)
+    # The response cache is the caller's own: one tenant never reads what another was answered.
+    requests = [dataclasses.replace(r, cache_scope=caller.subject) for r in body.to_domain(settings.max_choices)]
     completion_id = new_id("chatcmpl")
     async with caller.request_slot() as slot:
         if body.stream:

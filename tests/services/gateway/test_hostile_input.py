@@ -241,3 +241,18 @@ async def test_health_is_503_while_draining(inference) -> None:
         assert response.status_code == 503 and response.json()["status"] == "draining"
     server.should_exit = True
     await task
+
+
+async def test_the_response_cache_is_each_callers_own(http: httpx.AsyncClient, make_key, inference) -> None:
+    """B asking what A asked is answered by the model, never from A's cached reply."""
+    alice = {"Authorization": f"Bearer {await make_key(['chat'])}"}
+    bob = {"Authorization": f"Bearer {await make_key(['chat'])}"}
+    backend = await loaded_backend(inference, "mock")
+    body = {"model": "mock", "messages": [{"role": "user", "content": "my private question"}], "temperature": 0}
+    body["cache"] = True
+    assert (await http.post("/v1/chat/completions", json=body, headers=alice)).status_code == 200
+    generated = backend.stats.tokens_generated
+    assert (await http.post("/v1/chat/completions", json=body, headers=alice)).status_code == 200
+    assert backend.stats.tokens_generated == generated  # A's own repeat: from the cache
+    assert (await http.post("/v1/chat/completions", json=body, headers=bob)).status_code == 200
+    assert backend.stats.tokens_generated > generated  # B's: generated, not A's entry

@@ -76,7 +76,7 @@ def _gbnf(schema_json: str, frame: OutputFrame | None = None) -> str:
     from llama_cpp.llama_grammar import json_schema_to_gbnf
 
     try:
-        gbnf = with_ranges(json_schema_to_gbnf(schema_json))
+        gbnf = with_ranges(_joined_surrogates(json_schema_to_gbnf(schema_json)))
     except Exception as error:  # noqa: BLE001 - the converter raises assorted types for unsupported features
         raise InvalidArgument(
             f"Unsupported JSON schema feature: {error or type(error).__name__}", param="response_format"
@@ -87,6 +87,19 @@ def _gbnf(schema_json: str, frame: OutputFrame | None = None) -> str:
             param="response_format",
         )
     return _framed(gbnf, frame) if frame is not None else gbnf
+
+
+# The converter writes a character beyond the BMP as a JSON surrogate pair (\ud882\udf51); GBNF
+# reads each half as a code point of its own, which is no character at all. Joined: \U00030b51.
+_SURROGATE_PAIR = re.compile(r"\\u(d[89ab][0-9a-f]{2})\\u(d[c-f][0-9a-f]{2})", re.IGNORECASE)
+
+
+def _joined_surrogates(gbnf: str) -> str:
+    def joined(match: re.Match[str]) -> str:
+        high, low = int(match[1], 16), int(match[2], 16)
+        return f"\\U{0x10000 + ((high - 0xD800) << 10) + (low - 0xDC00):08x}"
+
+    return _SURROGATE_PAIR.sub(joined, gbnf)
 
 
 MAX_GBNF_CHARS = 200_000

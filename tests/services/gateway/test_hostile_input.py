@@ -256,3 +256,19 @@ async def test_the_response_cache_is_each_callers_own(http: httpx.AsyncClient, m
     assert backend.stats.tokens_generated == generated  # A's own repeat: from the cache
     assert (await http.post("/v1/chat/completions", json=body, headers=bob)).status_code == 200
     assert backend.stats.tokens_generated > generated  # B's: generated, not A's entry
+
+
+@pytest.mark.model
+async def test_characters_beyond_the_bmp_are_enforced_exactly(http: httpx.AsyncClient) -> None:
+    """Found by the schema fuzzer: the converter wrote such a character as two surrogate escapes,
+    which GBNF reads as two code points that are no character, so the output broke its schema."""
+    schema = {"type": "object", "properties": {"c": {"enum": ["\U00030b51", "😀"]}}, "required": ["c"]}
+    response_format = {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}
+    response = await http.post(
+        "/v1/chat/completions",
+        json={"model": GEMMA, "messages": ASK, "max_tokens": 20, "response_format": response_format, "temperature": 0},
+    )
+    assert response.status_code == 200, response.text
+    choice = response.json()["choices"][0]
+    assert choice["finish_reason"] == "stop", choice
+    jsonschema.validate(json.loads(choice["message"]["content"]), schema)

@@ -104,9 +104,10 @@ def main() -> None:
         print(f"Embedded PostgreSQL: {database_url}", flush=True)
     nats_url, nats = scheduler_settings.nats_url, None
     if not nats_url:
-        nats = EmbeddedNats(data_dir / "nats")
+        # Only the scheduler talks to NATS: with a password of its own, nobody else can forge jobs.
+        nats = EmbeddedNats(data_dir / "nats", user="llmmesh", password=local_secret(data_dir, "nats-password"))
         nats_url = nats.start()
-        print(f"Embedded NATS JetStream: {nats_url}", flush=True)
+        print(f"Embedded NATS JetStream: nats://127.0.0.1:{nats.port} (user llmmesh, password in .data)", flush=True)
     grpc_services = [
         Service(name, f"services.{name}", address := f"{settings.host}:{settings.port}", _grpc_ready(address))
         for name, settings in (

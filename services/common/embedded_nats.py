@@ -27,9 +27,10 @@ class EmbeddedNats:
     `port=-1` lets the server pick a free port; `url` tells which. `restart` keeps the
     port and the data, as a crashed and restarted server would."""
 
-    def __init__(self, data_dir: Path, port: int = -1) -> None:
+    def __init__(self, data_dir: Path, port: int = -1, user: str = "", password: str = "") -> None:
         self.data_dir = data_dir
         self.port = port
+        self.user, self.password = user, password  # set: clients without them are refused
         self.process: subprocess.Popen[bytes] | None = None
         self.url = ""
 
@@ -61,6 +62,7 @@ class EmbeddedNats:
                 str(self.port),
                 "--ports_file_dir",
                 str(ports_dir),
+                *(["--user", self.user, "--pass", self.password] if self.user else []),
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -73,8 +75,9 @@ class EmbeddedNats:
             if time.monotonic() > deadline:
                 raise RuntimeError("nats-server did not start")
             time.sleep(0.05)  # polling a local file during startup
-        self.url = url
-        self.port = int(self.url.rsplit(":", 1)[1])
+        self.port = int(url.rsplit(":", 1)[1])
+        # What clients dial: with the credentials, when the server requires them.
+        self.url = f"nats://{self.user}:{self.password}@127.0.0.1:{self.port}" if self.user else url
         return self.url
 
     def stop(self) -> None:

@@ -138,11 +138,14 @@ class JobQueue:
             with contextlib.suppress(NatsError):
                 await self.nc.publish(self.config.cancel_subject, job_id.encode())
 
-    async def subscribe_cancels(self, on_cancel: Callable[[str], None]) -> None:
+    async def subscribe_cancels(self, on_cancel: Callable[[str], Awaitable[None]]) -> None:
         assert self.nc is not None
 
         async def handle(msg: Msg) -> None:
-            on_cancel(msg.data.decode())
+            try:
+                await on_cancel(msg.data.decode(errors="replace"))
+            except Exception:  # noqa: BLE001 - one bad message must not end the subscription
+                log.exception("handling a cancel message failed")
 
         await self.nc.subscribe(self.config.cancel_subject, cb=handle)
 
@@ -180,8 +183,11 @@ class JobQueue:
         subject = f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{self.config.stream}.*"
 
         async def handle(msg: Msg) -> None:
-            advisory = json.loads(msg.data)
-            await on_exhausted(int(advisory["stream_seq"]), int(advisory["deliveries"]))
+            try:
+                advisory = json.loads(msg.data)
+                await on_exhausted(int(advisory["stream_seq"]), int(advisory["deliveries"]))
+            except Exception:  # noqa: BLE001 - a malformed advisory must not end the subscription
+                log.exception("handling a MaxDeliver advisory failed")
 
         await self.nc.subscribe(subject, queue="llmmesh-scheduler", cb=handle)
 

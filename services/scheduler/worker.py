@@ -29,7 +29,7 @@ from opentelemetry.trace import SpanKind
 from services.common import tracing
 from services.common.errors import MeshError
 from services.scheduler.config import SchedulerSettings
-from services.scheduler.domain import Job, JobType, Progress
+from services.scheduler.domain import Job, JobState, JobType, Progress
 from services.scheduler.handlers import JobHandlers, is_retryable, is_transient
 from services.scheduler.metrics import LOOP_ERRORS
 from services.scheduler.queue import JobQueue
@@ -220,16 +220,28 @@ class Worker:
             run.cancel()
             return
 
-    def _cancel_locally(self, job_id: str) -> None:
+    async def _cancel_locally(self, job_id: str) -> None:
+        """A control message asks to stop `job_id`. Anyone who reaches NATS could send one, so it
+        is obeyed only when PostgreSQL, the truth, says the job was cancelled."""
         task = self._running.get(job_id)
-        if task is not None:
-            self._stop_reasons[job_id] = CANCELLED
-            task.cancel()
+        if task is None:
+            return
+        job = await self.store.get(job_id)
+        if job is None or job.state is not JobState.CANCELLED:
+            log.warning("ignored a cancel message for job %s, which is not cancelled", job_id)
+            return
+        self._stop_reasons[job_id] = CANCELLED
+        task.cancel()
 
     async def _exhausted(self, sequence: int, deliveries: int) -> None:
         """A message reached MaxDeliver without an ack or term: its worker died on the last try."""
         job_id = await self.queue.job_id_at(sequence)
         if job_id is None:
+            return
+        job = await self.store.get(job_id)
+        if job is not None and not job.state.terminal and job.attempt < self.settings.max_deliver:
+            # PostgreSQL counted fewer attempts than the advisory claims: not JetStream's (forged).
+            log.warning("ignored a MaxDeliver advisory for job %s after %d attempts", job_id, job.attempt)
             return
         error = f"no worker finished the job in {deliveries} deliveries (each stopped responding)"
         if await self.store.fail(job_id, None, error, sequence, deliveries):

@@ -11,6 +11,7 @@ import time
 
 import httpx
 import psutil
+import pytest
 
 
 def free_port() -> int:
@@ -70,6 +71,7 @@ async def test_mesh_starts_answers_and_stops_on_ctrl_c(tmp_path) -> None:
             assert '"state":"succeeded"' in lines[-1] and "[mock-text:mock] later" in lines[-1]
             assert (await http.get("/v1/adapters")).json() == {"object": "list", "data": []}  # the trainer is up
             await _inference_heals_after_kill_9(http, tmp_path / "data" / "supervisor.json")
+        await _nats_refuses_clients_without_credentials(banner)
         os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
         async with asyncio.timeout(60):
             assert await process.wait() == 0
@@ -90,6 +92,7 @@ async def start_launcher(env: dict[str, str]) -> tuple[asyncio.subprocess.Proces
     async with asyncio.timeout(240):
         while b"LLM Mesh is up" not in (line := await process.stdout.readline()):
             assert line, "the launcher exited before the mesh was up"
+            banner.append(line.decode())  # what it said while starting (the embedded servers)
         while b"Press Ctrl-C" not in (line := await process.stdout.readline()):
             banner.append(line.decode())
     return process, banner
@@ -153,3 +156,15 @@ async def test_a_killed_launcher_leaves_nothing_behind_and_the_next_run_starts(t
         if process.returncode is None:
             os.killpg(process.pid, signal.SIGKILL)
             await process.wait()
+
+
+async def _nats_refuses_clients_without_credentials(banner: list[str]) -> None:
+    import nats
+    from nats.errors import Error as NatsError
+
+    line = next(line for line in banner if line.startswith("Embedded NATS JetStream:"))
+    address = line.split("nats://")[1].split()[0]
+    assert "password" not in line.split("(")[0]  # the launcher never prints the password itself
+    with pytest.raises((NatsError, OSError)):
+        client = await nats.connect(f"nats://{address}", allow_reconnect=False, connect_timeout=5)
+        await client.close()

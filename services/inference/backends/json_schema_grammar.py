@@ -65,6 +65,10 @@ def _visit(node: Any, path: str) -> None:
         _refuse(f"a constant starting with '{_PLACEHOLDER}' (reserved)", path)
     if "format" in node and node.get("type") == "string" and node["format"] not in _SUPPORTED_FORMATS:
         _refuse(f"format '{node['format']}'", path)
+    # The converter enforces a pattern or a format alone, dropping minLength/maxLength beside it
+    # (found by the schema fuzzer: pattern "^[a-z]+$" with maxLength 0 gave "gcm").
+    if ("pattern" in node or "format" in node) and ("minLength" in node or "maxLength" in node):
+        _refuse("minLength/maxLength together with pattern or format (put the length in the pattern)", path)
     if any(keyword in node for keyword in _RANGE_KEYWORDS):
         _rewrite_range(node, path)
     for key, value in list(node.items()):

@@ -5,6 +5,7 @@ under a running job, an inference outage longer than the retries."""
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import socket
 import uuid
@@ -313,3 +314,26 @@ async def test_nats_killed_under_a_burst_of_200_loses_no_accepted_job_and_runs_n
         f" {len(finals)}, attempts>1 {sum(f.attempt > 1 for f in finals)}, callbacks per job {set(deliveries)}"
     )
     assert set(deliveries) == {1}  # each accepted job called back exactly once
+
+
+async def test_forged_control_messages_are_ignored(make_scheduler: MakeScheduler) -> None:
+    """Anyone who reaches NATS can publish on the control and advisory subjects: a cancel for a
+    job that is not cancelled, and a MaxDeliver advisory for a job on its first attempt, change nothing."""
+    scheduler = await make_scheduler()
+    queue = scheduler.queue
+    async with open_channel(f"127.0.0.1:{scheduler.port}", INTERNAL_TOKEN) as channel:
+        stub = pb_grpc.SchedulerServiceStub(channel)
+        words = " ".join(["word"] * 150)  # 0.01 s a word
+        job_id = (await stub.SubmitJob(chat_job(words))).job.job_id
+        async with asyncio.timeout(30):
+            while (await stub.GetJob(pb.GetJobRequest(job_id=job_id))).job.state != pb.JOB_STATE_RUNNING:
+                await asyncio.sleep(0.02)  # polling until it runs
+        await queue.nc.publish(queue.config.cancel_subject, job_id.encode())
+        sequence = await scheduler.scheduler.store.pool.fetchval(
+            "SELECT stream_sequence FROM jobs WHERE job_id = $1", job_id
+        )
+        advisory = {"stream_seq": sequence, "deliveries": 9}
+        subject = f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{queue.config.stream}.forged"
+        await queue.nc.publish(subject, json.dumps(advisory).encode())
+        final = (await watch_until_done(stub, job_id))[-1]
+    assert final.state == pb.JOB_STATE_SUCCEEDED and final.attempt == 1, final

@@ -22,6 +22,8 @@ def test_nested_ranges_are_found() -> None:
     ("schema", "named"),
     [
         ({"type": "string", "minimum": 0}, "minimum/maximum on type 'string'"),
+        ({"type": "string", "pattern": "^[a-z]+$", "maxLength": 0}, "minLength/maxLength together with pattern"),
+        ({"type": "string", "format": "date", "minLength": 3}, "minLength/maxLength together with pattern or format"),
         ({"type": "object", "properties": {"x": {"type": "integer", "multipleOf": 2}}}, "multipleOf at $.x"),
         ({"type": "array", "uniqueItems": True}, "uniqueItems"),
         ({"type": "string", "format": "email"}, "format 'email'"),

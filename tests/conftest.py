@@ -237,6 +237,7 @@ async def trainer(tmp_path_factory: pytest.TempPathFactory, s3_server: str) -> A
         data_dir=tmp_path_factory.mktemp("trainer-data"),
         work_dir=tmp_path_factory.mktemp("training"),
         transformers_cache_dir=Path(".data/transformers").resolve(),
+        dataset_locations=[f"s3://{ADAPTER_BUCKET}/datasets/"],
     )
     store = tmp_path_factory.mktemp("trainer-adapters")
     server = TrainerServer(settings, build_test_registry(), artifact_settings(store, s3_server))

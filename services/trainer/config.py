@@ -62,3 +62,8 @@ class TrainerSettings(ServiceSettings):
         False, description="Ask inference to unload its models before training and reload them after (one GPU)."
     )
     max_dataset_bytes: int = Field(64 * 1024 * 1024, ge=1, description="Largest dataset read from a URI.")
+    dataset_locations: list[str] = Field(
+        default_factory=list,
+        description='Where datasets may be read from, e.g. ["s3://datasets/team-a/"] (JSON list). Empty: inline'
+        " datasets only. The trainer's S3 credentials reach more than any one caller should.",
+    )

@@ -163,9 +163,19 @@ class Trainer:
         if source == "inline":
             return examples_from_pb(dataset.inline, f"{param}.inline.examples")
         if source == "uri":
+            self._check_dataset_location(dataset.uri, f"{param}.uri")
             text = await asyncio.to_thread(self.artifacts.read_object, dataset.uri, self.settings.max_dataset_bytes)
             return examples_from_jsonl(text, f"{param}.uri")
         raise InvalidArgument(f"'{param}' is empty: set 'inline' or 'uri'.", param=param)
+
+    def _check_dataset_location(self, uri: str, param: str) -> None:
+        """Refuse, before any read, a dataset outside the configured locations."""
+        allowed = [
+            location if location.endswith("/") else location + "/" for location in self.settings.dataset_locations
+        ]
+        if not any(uri.startswith(location) for location in allowed):
+            where = ", ".join(allowed) if allowed else "none: send the examples inline"
+            raise InvalidArgument(f"'{param}' is outside the allowed dataset locations ({where}).", param=param)
 
     # ---- running ----
 

@@ -47,6 +47,10 @@ def chat(*turns: tuple[str, str]) -> dict[str, object]:
         (plan(dataset=[chat(("user", "hi"), ("assistant", " "))]), grpc.StatusCode.INVALID_ARGUMENT),
         (plan(dataset="s3://llmmesh-adapters/datasets/missing.jsonl"), grpc.StatusCode.NOT_FOUND),
         (plan(dataset="https://example.com/data.jsonl"), grpc.StatusCode.INVALID_ARGUMENT),
+        # Another tenant's data, or any bucket the trainer's credentials reach: refused before any read.
+        (plan(dataset="s3://llmmesh-adapters/adapters/someone-else.jsonl"), grpc.StatusCode.INVALID_ARGUMENT),
+        (plan(dataset="s3://llmmesh-adapters/datasets-private/x.jsonl"), grpc.StatusCode.INVALID_ARGUMENT),
+        (plan(dataset="s3://other-bucket/datasets/x.jsonl"), grpc.StatusCode.INVALID_ARGUMENT),
         (plan(hyperparameters={"lora_r": 4, "target_modules": ["q_proj; rm -rf"]}), grpc.StatusCode.INVALID_ARGUMENT),
         (pb.TrainAdapterRequest(base_model="gemma-3-270m"), grpc.StatusCode.INVALID_ARGUMENT),  # no dataset
         (plan(training_id="../../etc"), grpc.StatusCode.INVALID_ARGUMENT),

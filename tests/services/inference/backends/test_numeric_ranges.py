@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import re
+from dataclasses import dataclass
 from decimal import Decimal
 
 import pytest
@@ -28,28 +29,40 @@ def _cases(bounds: list[int | None]) -> list[tuple[int | None, int | None, bool,
     return list(itertools.product(bounds, bounds, (False, True), (False, True)))
 
 
-@pytest.mark.parametrize("low, high, low_exclusive, high_exclusive", _cases(BOUNDS))
-def test_integers_within_bounds_match_and_no_others(low, high, low_exclusive, high_exclusive) -> None:
-    kwargs = {
-        "minimum": None if low_exclusive else low,
-        "exclusive_minimum": low if low_exclusive else None,
-        "maximum": None if high_exclusive else high,
-        "exclusive_maximum": high if high_exclusive else None,
-    }
+@dataclass(frozen=True)
+class Bounds:
+    low: int | None
+    high: int | None
+    low_exclusive: bool
+    high_exclusive: bool
 
-    def inside(value: int) -> bool:
-        return (low is None or (value > low if low_exclusive else value >= low)) and (
-            high is None or (value < high if high_exclusive else value <= high)
+    def keywords(self) -> dict[str, int | None]:
+        """As the rules take them: one keyword a side, inclusive or exclusive."""
+        return {
+            "minimum": None if self.low_exclusive else self.low,
+            "exclusive_minimum": self.low if self.low_exclusive else None,
+            "maximum": None if self.high_exclusive else self.high,
+            "exclusive_maximum": self.high if self.high_exclusive else None,
+        }
+
+    def inside(self, value: int | Decimal) -> bool:
+        low, high = self.low, self.high
+        return (low is None or (value > low if self.low_exclusive else value >= low)) and (
+            high is None or (value < high if self.high_exclusive else value <= high)
         )
 
+
+@pytest.mark.parametrize("case", _cases(BOUNDS))
+def test_integers_within_bounds_match_and_no_others(case: tuple[int | None, int | None, bool, bool]) -> None:
+    bounds = Bounds(*case)
     values = range(-1200, 1200)
-    if not any(inside(value) for value in values):
+    if not any(bounds.inside(value) for value in values):
         with pytest.raises(InvalidArgument):
-            integer_rule(**kwargs)
+            integer_rule(**bounds.keywords())
         return
-    pattern = _regex(integer_rule(**kwargs))
+    pattern = _regex(integer_rule(**bounds.keywords()))
     for value in values:
-        assert bool(pattern.fullmatch(str(value))) == inside(value), (kwargs, value)
+        assert bool(pattern.fullmatch(str(value))) == bounds.inside(value), (bounds, value)
     assert not pattern.fullmatch("007")
 
 
@@ -57,31 +70,17 @@ NUMBER_BOUNDS = [None, -10, -1, 0, 1, 2, 10]
 SAMPLES = ["0", "0.0", "0.5", "1", "1.0", "1.25", "2", "2.000", "9.99", "10", "10.5", "11", "123.4"]
 
 
-@pytest.mark.parametrize(
-    "low, high, low_exclusive, high_exclusive",
-    _cases(NUMBER_BOUNDS),
-)
-def test_decimals_within_bounds_match_and_no_others(low, high, low_exclusive, high_exclusive) -> None:
-    kwargs = {
-        "minimum": None if low_exclusive else low,
-        "exclusive_minimum": low if low_exclusive else None,
-        "maximum": None if high_exclusive else high,
-        "exclusive_maximum": high if high_exclusive else None,
-    }
-
-    def inside(value: Decimal) -> bool:
-        return (low is None or (value > low if low_exclusive else value >= low)) and (
-            high is None or (value < high if high_exclusive else value <= high)
-        )
-
+@pytest.mark.parametrize("case", _cases(NUMBER_BOUNDS))
+def test_decimals_within_bounds_match_and_no_others(case: tuple[int | None, int | None, bool, bool]) -> None:
+    bounds = Bounds(*case)
     texts = SAMPLES + ["-" + sample for sample in SAMPLES if Decimal(sample) != 0]  # no "-0": a narrower notation
     try:
-        pattern = _regex(number_rule(**kwargs))
+        pattern = _regex(number_rule(**bounds.keywords()))
     except InvalidArgument:
-        assert not any(inside(Decimal(text)) for text in texts)
+        assert not any(bounds.inside(Decimal(text)) for text in texts)
         return
     for text in texts:
-        assert bool(pattern.fullmatch(text)) == inside(Decimal(text)), (kwargs, text)
+        assert bool(pattern.fullmatch(text)) == bounds.inside(Decimal(text)), (bounds, text)
 
 
 def test_a_fractional_bound_on_a_number_is_refused_not_rounded() -> None:

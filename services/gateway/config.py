@@ -25,6 +25,7 @@ class GatewaySettings(ServiceSettings):
     request_timeout_seconds: float = Field(600.0, gt=0, description="Deadline for each gRPC call.")
     health_timeout_seconds: float = Field(2.0, gt=0, description="Deadline for upstream health checks.")
     max_choices: int = Field(8, ge=1, description="Largest accepted `n` (choices per request).")
+    max_job_priority: int = Field(10, ge=0, description="Highest job priority an API key may ask for (not admins).")
     supervisor_status_file: Path | None = Field(
         None, description="Set by `make run`: its supervisor's view of each service, shown by /health."
     )

@@ -62,6 +62,12 @@ class TrainerSettings(ServiceSettings):
         False, description="Ask inference to unload its models before training and reload them after (one GPU)."
     )
     max_dataset_bytes: int = Field(64 * 1024 * 1024, ge=1, description="Largest dataset read from a URI.")
+    max_examples: int = Field(100_000, ge=1, description="Most examples (training and held out) in one run.")
+    max_epochs: int = Field(20, ge=1, description="Most epochs one run may ask for.")
+    max_steps: int = Field(100_000, ge=1, description="Most optimizer steps one run may ask for.")
+    max_run_seconds: float = Field(
+        6 * 3600, gt=0, description="Wall-clock limit of a run; past it the run is killed and fails."
+    )
     dataset_locations: list[str] = Field(
         default_factory=list,
         description='Where datasets may be read from, e.g. ["s3://datasets/team-a/"] (JSON list). Empty: inline'

@@ -156,6 +156,14 @@ class Trainer:
             await self._examples(request.eval_dataset, "eval_dataset") if request.HasField("eval_dataset") else []
         )
         hyperparameters = Hyperparameters.from_pb(request.hyperparameters, self.defaults)
+        limits = self.settings
+        for within, param, what in (
+            (len(examples) + len(eval_examples) <= limits.max_examples, "dataset", f"{limits.max_examples} examples"),
+            (hyperparameters.epochs <= limits.max_epochs, "hyperparameters.epochs", f"{limits.max_epochs} epochs"),
+            (hyperparameters.max_steps <= limits.max_steps, "hyperparameters.max_steps", f"{limits.max_steps} steps"),
+        ):
+            if not within:  # one caller's run must not hold the trainer (and maybe the GPU) for days
+                raise InvalidArgument(f"'{param}' is over this trainer's limit of {what} a run.", param=param)
         return TrainingPlan(spec.name, examples, eval_examples, hyperparameters)
 
     async def _examples(self, dataset: pb.Dataset, param: str) -> list[list[dict[str, str]]]:
@@ -256,7 +264,14 @@ class Trainer:
                 metrics.update({k: float(v) for k, v in event["metrics"].items()})
 
         try:
-            await child.run(on_event)
+            async with asyncio.timeout(self.settings.max_run_seconds):
+                await child.run(on_event)
+        except TimeoutError:
+            child.kill()
+            raise ChildFailed(
+                f"The run passed its wall-clock limit of {self.settings.max_run_seconds:g} s"
+                " (LLMMESH_TRAINER_MAX_RUN_SECONDS) and was stopped."
+            ) from None
         finally:
             self._children.pop(job.training_id, None)
         if not metrics:

@@ -17,7 +17,8 @@ from pydantic import Field, ValidationError
 from llmmesh.scheduler.v1 import scheduler_service_pb2 as pb
 from services.common.errors import InvalidArgument
 from services.gateway.auth import Caller, scope
-from services.gateway.dependencies import get_scheduler
+from services.gateway.config import GatewaySettings
+from services.gateway.dependencies import get_scheduler, get_settings
 from services.gateway.routers.embeddings import EmbeddingsRequestIn
 from services.gateway.schemas import INT32_MAX, ChatCompletionRequest, OpenAIModel, TrainAdapterIn
 from services.gateway.sse import sse_response
@@ -78,10 +79,13 @@ def _typed_request(job_type: JobType, body: dict[str, Any]) -> pb.JobRequest:
 async def enqueue(
     body: EnqueueRequest,
     request: Request,
+    settings: GatewaySettings = Depends(get_settings),
     scheduler: SchedulerClient = Depends(get_scheduler),
     caller: Caller = Depends(scope("jobs")),
 ) -> Any:
     """202 with the new job; 200 with the original one when this submission is a duplicate."""
+    if body.priority > settings.max_job_priority and caller.kind != "superuser":
+        raise InvalidArgument(f"'priority' may be at most {settings.max_job_priority}.", param="priority")
     response = await scheduler.submit(body.to_pb(caller.subject))
     return JSONResponse(job_json(response.job), status_code=200 if response.deduplicated else 202)
 

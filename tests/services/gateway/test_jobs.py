@@ -98,6 +98,7 @@ async def test_cancel_a_job(http: httpx.AsyncClient) -> None:
         ({"job_type": "adapter_train", "request": {"base_model": "x", "dataset": []}}, 400, "dataset"),
         (chat_body(callback_url="http://169.254.169.254/latest/meta-data"), 400, "callback_url"),
         (chat_body(ttl_seconds=0), 400, "ttl_seconds"),
+        (chat_body(priority=2_147_483_647), 400, "priority"),  # an API key's jobs may not jump every queue
     ],
 )
 async def test_bad_enqueue_bodies(http: httpx.AsyncClient, body: dict[str, object], status: int, param: str) -> None:

@@ -47,6 +47,9 @@ def chat(*turns: tuple[str, str]) -> dict[str, object]:
         (plan(dataset=[chat(("user", "hi"), ("assistant", " "))]), grpc.StatusCode.INVALID_ARGUMENT),
         (plan(dataset="s3://llmmesh-adapters/datasets/missing.jsonl"), grpc.StatusCode.NOT_FOUND),
         (plan(dataset="https://example.com/data.jsonl"), grpc.StatusCode.INVALID_ARGUMENT),
+        # Over the trainer's limits (LLMMESH_TRAINER_MAX_EPOCHS, _MAX_STEPS): refused before anything runs.
+        (plan(hyperparameters={"epochs": 1000}), grpc.StatusCode.INVALID_ARGUMENT),
+        (plan(hyperparameters={"max_steps": 2_000_000_000}), grpc.StatusCode.INVALID_ARGUMENT),
         # Another tenant's data, or any bucket the trainer's credentials reach: refused before any read.
         (plan(dataset="s3://llmmesh-adapters/adapters/someone-else.jsonl"), grpc.StatusCode.INVALID_ARGUMENT),
         (plan(dataset="s3://llmmesh-adapters/datasets-private/x.jsonl"), grpc.StatusCode.INVALID_ARGUMENT),
@@ -213,3 +216,27 @@ async def test_grpcurl_style_reflection_lists_the_trainer(trainer: TrainerServer
 
     listed = await asyncio.to_thread(services)
     assert {"llmmesh.trainer.v1.TrainerService", "grpc.health.v1.Health"} <= set(listed)
+
+
+async def test_a_run_past_its_wall_clock_limit_is_killed_and_fails(tmp_path: Path) -> None:
+    from services.common.artifacts import ArtifactSettings
+    from services.trainer.config import TrainerSettings
+    from tests.conftest import build_test_registry
+
+    settings = TrainerSettings(
+        port=0,
+        data_dir=tmp_path,
+        max_run_seconds=1.0,  # the child is still loading the model by then
+        transformers_cache_dir=Path(".data/transformers").resolve(),
+    )
+    trainer = TrainerServer(settings, build_test_registry(), ArtifactSettings(dir=tmp_path / "adapters"))  # type: ignore[call-arg]
+    await trainer.start()
+    try:
+        job = await trainer.trainer.submit(plan(hyperparameters={"max_steps": 3, "seed": 12}))
+        async with asyncio.timeout(60):
+            updates = [update async for update in trainer.trainer.watch(job.training_id)]
+        update = updates[-1]
+        assert update.state == pb.TRAINING_STATE_FAILED and "wall-clock limit of 1 s" in update.error, update
+        assert not trainer.trainer._children  # the child is gone
+    finally:
+        await trainer.stop(grace=1)

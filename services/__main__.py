@@ -7,6 +7,7 @@ the launcher. Ctrl-C (or SIGTERM) stops them all gracefully.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import signal
@@ -91,8 +92,23 @@ def _embedded_postgres(data_dir: Path) -> tuple[str, Any]:
                 process.terminate()
                 psutil.wait_procs([process], timeout=30)
             break
+    _forget_dead_handles(pgdata / ".handle_pids.json")
     server = pgserver.get_server(pgdata, cleanup_mode="stop")
     return server.get_uri(), server
+
+
+def _forget_dead_handles(handles: Path) -> None:
+    """pgserver stops its server when the last process holding it exits, by a list of pids it
+    keeps in the data directory. A launcher that was killed stays on that list, and the server
+    would then outlive every later run: only live processes are kept."""
+    import psutil
+
+    try:
+        pids = json.loads(handles.read_text())
+    except (OSError, ValueError):
+        return
+    if isinstance(pids, list):
+        handles.write_text(json.dumps([pid for pid in pids if isinstance(pid, int) and psutil.pid_exists(pid)]))
 
 
 def main() -> None:

@@ -147,11 +147,16 @@ async def test_a_killed_launcher_leaves_nothing_behind_and_the_next_run_starts(t
         await process.wait()
         _, alive = await asyncio.to_thread(psutil.wait_procs, children, 60)
         assert not alive, f"left running: {alive}"
-        # The next run on the same data directory starts (reusing the PostgreSQL left running).
+        # The next run on the same data directory starts (reusing the PostgreSQL left running)...
         process, _ = await start_launcher(mesh_env())
         os.killpg(process.pid, signal.SIGINT)
         async with asyncio.timeout(60):
             assert await process.wait() == 0
+        # ...and stops it when it ends: nothing outlives the runs.
+        pgdata = str(tmp_path / "data" / "postgres")
+        servers = [p for p in psutil.process_iter(["name", "cmdline"]) if pgdata in (p.info["cmdline"] or [])]
+        _, alive = await asyncio.to_thread(psutil.wait_procs, servers, 30)
+        assert not alive, f"PostgreSQL left running: {alive}"
     finally:
         if process.returncode is None:
             os.killpg(process.pid, signal.SIGKILL)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 import asyncpg
 
@@ -11,7 +12,44 @@ log = logging.getLogger(__name__)
 
 
 async def open_pool(url: str) -> asyncpg.Pool:
-    return await asyncpg.create_pool(url, min_size=1, max_size=4)
+    return await asyncpg.create_pool(url, min_size=1, max_size=POOL_SIZE)
+
+
+POOL_SIZE = 4
+# A pooled connection PostgreSQL closed while it sat idle (a restart, a failover, an operator):
+# the statement sent on it never ran, so it is safe to send again on another connection.
+_DROPPED = (asyncpg.exceptions.ConnectionDoesNotExistError, asyncpg.exceptions.AdminShutdownError)
+
+
+class RetryingPool:
+    """A pool whose statements survive connections that PostgreSQL dropped: each is retried on
+    a fresh connection, as often as the pool may hold stale ones. Anything else is the pool's."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._pool, name)
+
+    async def execute(self, *args: Any) -> Any:
+        return await self._retried(self._pool.execute, *args)
+
+    async def fetch(self, *args: Any) -> Any:
+        return await self._retried(self._pool.fetch, *args)
+
+    async def fetchrow(self, *args: Any) -> Any:
+        return await self._retried(self._pool.fetchrow, *args)
+
+    async def fetchval(self, *args: Any) -> Any:
+        return await self._retried(self._pool.fetchval, *args)
+
+    async def _retried(self, method: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+        for _ in range(POOL_SIZE):
+            try:
+                return await method(*args)
+            except _DROPPED as error:
+                log.warning("PostgreSQL dropped a pooled connection (%s); sending the statement again", error)
+        return await method(*args)
 
 
 async def migrate(pool: asyncpg.Pool, component: str, migrations: Sequence[str]) -> None:

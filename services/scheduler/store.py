@@ -21,7 +21,7 @@ from google.protobuf import json_format
 
 from llmmesh.scheduler.v1 import scheduler_service_pb2 as pb
 from services.common import tracing
-from services.common.postgres import migrate
+from services.common.postgres import RetryingPool, migrate
 from services.scheduler.domain import (
     CallbackState,
     Job,
@@ -150,10 +150,11 @@ def _counted(job_type: str | None, state: str) -> bool:
 
 class JobStore:
     def __init__(self, pool: asyncpg.Pool) -> None:
-        self.pool = pool
+        self.pool: Any = RetryingPool(pool)  # a PostgreSQL restart costs no statement
+        self._raw_pool = pool
 
     async def migrate(self) -> None:
-        await migrate(self.pool, "scheduler", MIGRATIONS)
+        await migrate(self._raw_pool, "scheduler", MIGRATIONS)
 
     # ---- submission ----
 

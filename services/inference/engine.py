@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import AsyncIterator
 
 from services.common import tracing
@@ -12,6 +13,7 @@ from services.inference import response_cache, tools
 from services.inference.adapters import AdapterStore
 from services.inference.backends import backend_class
 from services.inference.backends.base import Backend
+from services.inference.backends.grammar_builds import build_grammar
 from services.inference.domain import (
     ChatRequest,
     Chunk,
@@ -39,8 +41,6 @@ from services.inference.routing import (
     validate_setting,
 )
 from services.inference.settings_store import SettingsStore
-
-GRAMMAR_CHECK_SECONDS = 10.0  # building a grammar within the schema budget takes milliseconds
 
 
 class InferenceEngine:
@@ -134,16 +134,11 @@ class InferenceEngine:
             )
         if response_format.constrains:
             schema = response_format.json_schema()  # within the schema budget (services/common/schema_limits.py)
+            check = functools.partial(backend_class(spec.backend).check_schema, schema)
             try:
-                # A backend's grammar compiler (llguidance) runs off the event loop, within a time limit.
-                async with asyncio.timeout(GRAMMAR_CHECK_SECONDS):
-                    await asyncio.to_thread(backend_class(spec.backend).check_schema, schema)
+                await build_grammar(check, param)
             except InvalidArgument as error:
                 raise InvalidArgument(error.message, param=param) from error
-            except TimeoutError as error:
-                raise InvalidArgument(
-                    f"The output grammar took longer than {GRAMMAR_CHECK_SECONDS:.0f} s to build.", param=param
-                ) from error
 
     async def _check_adapter(self, spec: ModelSpec, adapter: str, scale: float) -> str:
         """The adapter id, if the model can apply it (at this scale) and the store has it."""

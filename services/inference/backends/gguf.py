@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 from services.common.errors import FailedPrecondition, InvalidArgument, Unavailable
 from services.inference.backends.gguf_batch import BatchEngine, BatchRequest, common_prefix, set_lora
 from services.inference.backends.gguf_lora import convert_peft_to_gguf
+from services.inference.backends.grammar_builds import build_grammar
 from services.inference.backends.json_schema_grammar import enforceable, with_ranges
 from services.inference.backends.threaded import ThreadedBackend
 from services.inference.chat_templates import ChatTemplate
@@ -103,7 +104,6 @@ def _joined_surrogates(gbnf: str) -> str:
 
 
 MAX_GBNF_CHARS = 200_000
-GRAMMAR_COMPILE_SECONDS = 10.0  # converting and parsing a grammar within the budget takes milliseconds
 
 
 def _framed(gbnf: str, frame: OutputFrame) -> str:
@@ -174,18 +174,12 @@ class GGUFBackend(ThreadedBackend):
         enforceable(schema)  # what needs no model: the converter's coverage; generate_stream parses it
 
     async def _grammar(self, response_format: ResponseFormat) -> str:
-        """The request's GBNF, converted off the event loop within a time limit and parsed once by
+        """The request's GBNF, converted on a grammar thread (backends/grammar_builds.py) and parsed once by
         llama.cpp itself: a grammar llama.cpp refuses is a 400 here, never a NULL sampler later."""
         schema_json = json.dumps(enforceable(response_format.json_schema()))
-        try:
-            return await asyncio.wait_for(
-                asyncio.to_thread(self._parsed_grammar, schema_json, response_format.frame), GRAMMAR_COMPILE_SECONDS
-            )
-        except TimeoutError as error:
-            raise InvalidArgument(
-                f"The JSON schema's grammar took longer than {GRAMMAR_COMPILE_SECONDS:.0f} s to build.",
-                param="response_format",
-            ) from error
+        return await build_grammar(
+            functools.partial(self._parsed_grammar, schema_json, response_format.frame), "response_format"
+        )
 
     def _parsed_grammar(self, schema_json: str, frame: OutputFrame | None) -> str:
         return self._checked_gbnf(_gbnf(schema_json, frame))
@@ -194,8 +188,9 @@ class GGUFBackend(ThreadedBackend):
         """`gbnf`, once llama.cpp has parsed it; InvalidArgument if it refuses it."""
         import llama_cpp as lc
 
-        if gbnf in self._parsed_grammars:
-            return gbnf
+        with self._parsed_lock:  # grammar threads share the record
+            if gbnf in self._parsed_grammars:
+                return gbnf
         sampler = lc.llama_sampler_init_grammar(self._llm._model.vocab, gbnf.encode(), b"root")
         if not sampler:
             raise InvalidArgument(
@@ -203,15 +198,17 @@ class GGUFBackend(ThreadedBackend):
                 param="response_format",
             )
         lc.llama_sampler_free(sampler)
-        self._parsed_grammars[gbnf] = None
-        if len(self._parsed_grammars) > 64:
-            self._parsed_grammars.pop(next(iter(self._parsed_grammars)))
+        with self._parsed_lock:
+            self._parsed_grammars[gbnf] = None
+            if len(self._parsed_grammars) > 64:
+                self._parsed_grammars.pop(next(iter(self._parsed_grammars)))
         return gbnf
 
     async def load(self) -> None:
         self._loras: dict[str, Any] = {}  # adapter name -> llama.cpp adapter handle
         self._context_lora: tuple[str, float] = ("", 1.0)  # the adapter (and scale) the serial KV was built with
-        self._parsed_grammars: dict[str, None] = {}  # GBNF llama.cpp accepted, oldest first (a bounded LRU)
+        self._parsed_grammars: dict[str, None] = {}  # GBNF llama.cpp accepted, oldest first, at most 64
+        self._parsed_lock = threading.Lock()
         self._start_worker()
         await self._on_worker(self._load_blocking)
 

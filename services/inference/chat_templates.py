@@ -8,9 +8,11 @@ metadata, and must not be able to reach Python internals.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from functools import lru_cache
+from typing import Any
 
 from jinja2 import TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -81,18 +83,35 @@ class ChatTemplate:
         source, stop = BUILTIN_TEMPLATES.get(template, (template, ()))
         return cls(source=source, stop=stop, bos_token=bos_token, eos_token=eos_token)
 
-    def prompt_for(self, request: GenerationRequest) -> tuple[str, tuple[str, ...]]:
-        """The prompt text and stop sequences of a request: chats are rendered and also stop at
-        the end of the assistant turn; raw prompts pass through with the request's stops only."""
+    def prompt_for(self, request: GenerationRequest) -> tuple[Prompt, tuple[str, ...]]:
+        """The prompt and stop sequences of a request: chats are rendered and also stop at the
+        end of the assistant turn; raw prompts pass through, whole, as the client's template
+        (completions on a base model write their own turn markers), with the request's stops only."""
         if request.is_chat:
-            return self.render(request.messages), request.sampling.stop + self.stop
-        return request.prompt or "", request.sampling.stop
+            return self.render_prompt(request.messages), request.sampling.stop + self.stop
+        return Prompt.raw(request.prompt or ""), request.sampling.stop
 
     def render(self, messages: Sequence[ChatMessage]) -> str:
+        """The prompt text (for backends that send text on, such as REST dialects)."""
+        return self.render_prompt(messages).text
+
+    def render_prompt(self, messages: Sequence[ChatMessage]) -> Prompt:
+        """The rendered conversation, the client's text marked apart from the template's: the
+        contents are rendered between two noncharacters, which are then cut out. Templates that
+        trim a content see it trimmed already; one that reshapes it otherwise keeps the client's
+        text, untrimmed, as plain text all the same."""
+        clean = [replace(m, content=m.content.translate(_NO_MARKS)) for m in messages]
+        plain = self._render(clean, lambda content: content)
+        for mark in (_marked, _marked_trimmed):
+            prompt = Prompt.from_marked(self._render(clean, mark))
+            if prompt.text == plain:
+                break
+        return prompt
+
+    def _render(self, messages: Sequence[ChatMessage], content: Callable[[str], str]) -> str:
         try:
-            compiled = _compile(self.source)
-            prompt = compiled.render(
-                messages=[{"role": m.role.value, "content": m.content, "name": m.name} for m in messages],
+            rendered = _compile(self.source).render(
+                messages=[{"role": m.role.value, "content": content(m.content), "name": m.name} for m in messages],
                 add_generation_prompt=True,
                 bos_token=self.bos_token,
                 eos_token=self.eos_token,
@@ -100,11 +119,73 @@ class ChatTemplate:
         except TemplateError as error:
             raise InvalidArgument(f"The chat template failed to render: {error}", param="messages") from error
         # The tokenizer adds BOS itself; a template that also writes it would double it.
-        if self.bos_token and prompt.startswith(self.bos_token):
-            prompt = prompt[len(self.bos_token) :]
-        return prompt
+        if self.bos_token and rendered.startswith(self.bos_token):
+            rendered = rendered[len(self.bos_token) :]
+        return str(rendered)
+
+
+# Unicode noncharacters, for a process's internal use: they mark where the client's text is.
+_OPEN, _CLOSE = "\ufdd0", "\ufdd1"
+_NO_MARKS = str.maketrans("", "", _OPEN + _CLOSE)
+
+
+def _marked(content: str) -> str:
+    return _OPEN + content + _CLOSE
+
+
+def _marked_trimmed(content: str) -> str:
+    return _OPEN + content.strip() + _CLOSE
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """Prompt text in pieces, each (text, from_template). Only the template's pieces may spell
+    special tokens: `<end_of_turn>` typed by a client is tokenized as the plain text it is, so
+    no message can close its turn and open another (prompt injection through the template)."""
+
+    pieces: tuple[tuple[str, bool], ...]
+
+    @classmethod
+    def raw(cls, text: str) -> Prompt:
+        """Text that is a whole prompt, turn markers and all (a raw completion's)."""
+        return cls(((text, True),))
+
+    @property
+    def text(self) -> str:
+        return "".join(text for text, _ in self.pieces)
+
+    @classmethod
+    def from_marked(cls, rendered: str) -> Prompt:
+        """Pieces from text whose client parts lie between _OPEN and _CLOSE. When a template
+        cut a content short, a mark is missing: the text up to the next mark counts as the
+        client's, so the doubt always falls on the side of plain text."""
+        parts = re.split(f"([{_OPEN}{_CLOSE}])", rendered)  # text, mark, text, mark, ..., text
+        pieces: list[tuple[str, bool]] = []
+        for index in range(0, len(parts), 2):
+            before = parts[index - 1] if index else ""
+            after = parts[index + 1] if index + 1 < len(parts) else ""
+            if parts[index]:
+                pieces.append((parts[index], not (before == _OPEN or after == _CLOSE)))
+        return cls(tuple(pieces))
+
+    def token_ids(self, tokenize: Callable[[str, bool, bool], list[int]]) -> list[int]:
+        """The prompt's tokens, from `tokenize(text, first, special)`: `first` asks for BOS
+        (the first piece only), `special` lets the text spell special tokens (the template's)."""
+        tokens: list[int] = []
+        for index, (text, from_template) in enumerate(self.pieces or (("", True),)):
+            tokens += tokenize(text, index == 0, from_template)
+        return tokens
 
 
 @lru_cache(maxsize=32)
 def _compile(source: str):  # type: ignore[no-untyped-def]
     return _environment().from_string(source)
+
+
+def hf_token_ids(tokenizer: Any, prompt: Prompt) -> list[int]:
+    """`prompt`'s tokens from a Hugging Face tokenizer, or one that forwards `encode` to it (MLX's)."""
+    return prompt.token_ids(
+        lambda text, first, special: list(
+            tokenizer.encode(text, add_special_tokens=first, split_special_tokens=not special)
+        )
+    )

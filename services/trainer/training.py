@@ -60,14 +60,20 @@ def load_base(plan: dict[str, Any]) -> tuple[Any, Any]:
 
 def encode(example: Example, template: Any, tokenizer: Any, max_length: int) -> tuple[list[int], list[int]]:
     """Token ids and labels: the prompt as inference renders it (masked), then the reply to learn."""
+    from services.inference.chat_templates import Prompt, hf_token_ids
     from services.inference.domain import ChatMessage, Role
 
     messages = [ChatMessage(role=Role(turn["role"]), content=turn["content"]) for turn in example[:-1]]
-    prompt = template.render(messages)
     end_of_turn = template.stop[0] if template.stop else (tokenizer.eos_token or "")
-    reply = example[-1]["content"].strip() + end_of_turn
-    prompt_ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
-    reply_ids = tokenizer(reply, add_special_tokens=False)["input_ids"]
+    # As at inference, only the template's text may spell special tokens: a dataset cannot teach
+    # the model turn markers hidden in its text.
+    reply = Prompt(((example[-1]["content"].strip(), False), (end_of_turn, True)))
+    prompt_ids = hf_token_ids(tokenizer, template.render_prompt(messages))
+    reply_ids = reply.token_ids(
+        lambda text, _first, special: list(
+            tokenizer.encode(text, add_special_tokens=False, split_special_tokens=not special)
+        )
+    )
     ids = (prompt_ids + reply_ids)[:max_length]
     labels = ([-100] * len(prompt_ids) + reply_ids)[:max_length]
     return ids, labels

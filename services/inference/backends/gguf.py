@@ -28,7 +28,7 @@ from services.inference.backends.gguf_lora import convert_peft_to_gguf
 from services.inference.backends.grammar_builds import build_grammar
 from services.inference.backends.json_schema_grammar import enforceable, with_ranges
 from services.inference.backends.threaded import ThreadedBackend
-from services.inference.chat_templates import ChatTemplate
+from services.inference.chat_templates import ChatTemplate, Prompt
 from services.inference.domain import (
     Chunk,
     FinishReason,
@@ -243,7 +243,7 @@ class GGUFBackend(ThreadedBackend):
         )
         self._template = self._chat_template()
         warmup = SamplingParams(max_tokens=1)
-        self._generate_blocking("Hello", warmup, (), threading.Event(), lambda _: None)
+        self._generate_blocking(self._tokens(Prompt.raw("Hello")), warmup, (), threading.Event(), lambda _: None)
         # Engines: batch engines side by side, each with its own context, thread and share of the
         # `n_parallel` slots, over the same weights. On CPU one per `n_threads` cores: single-token
         # decodes on separate cores run in parallel (2 cores: 153 tok/s for two engines, 78 for
@@ -333,21 +333,27 @@ class GGUFBackend(ThreadedBackend):
         sampling = request.sampling
         response_format = request.response_format
         grammar = await self._grammar(response_format) if response_format.constrains else None
+        tokens = await asyncio.to_thread(self._tokens, prompt)  # the vocabulary only: safe beside generation
 
         if self._engines:
-            async for chunk in self._generate_batched(prompt, sampling, stop, grammar, prompt_param, adapter, scale):
+            async for chunk in self._generate_batched(tokens, sampling, stop, grammar, prompt_param, adapter, scale):
                 yield chunk
             return
 
         def work(cancel: threading.Event, emit: Callable[[Chunk], None]) -> None:
-            self._generate_blocking(prompt, sampling, stop, cancel, emit, prompt_param, grammar, adapter, scale)
+            self._generate_blocking(tokens, sampling, stop, cancel, emit, prompt_param, grammar, adapter, scale)
 
         async for chunk in self._stream_from_worker(request.request_id, work):
             yield chunk
 
+    def _tokens(self, prompt: Prompt) -> list[int]:
+        return prompt.token_ids(
+            lambda text, first, special: self._llm.tokenize(text.encode("utf-8"), add_bos=first, special=special)
+        )
+
     async def _generate_batched(
         self,
-        prompt: str,
+        tokens: list[int],
         sampling: SamplingParams,
         stop: tuple[str, ...],
         grammar: Any,
@@ -356,7 +362,6 @@ class GGUFBackend(ThreadedBackend):
         scale: float,
     ) -> AsyncIterator[Chunk]:
         """One sequence on the least busy engine: joins its running batch at the next step."""
-        tokens = await asyncio.to_thread(self._llm.tokenize, prompt.encode("utf-8"), True, True)
         max_tokens = self.generation_budget(len(tokens), self.spec.context_length, sampling.max_tokens, prompt_param)
         loop = asyncio.get_running_loop()
         chunks: asyncio.Queue[Chunk | BaseException] = asyncio.Queue()
@@ -395,7 +400,7 @@ class GGUFBackend(ThreadedBackend):
 
     def _generate_blocking(
         self,
-        prompt: str,
+        tokens: list[int],
         sampling: SamplingParams,
         stop: tuple[str, ...],
         cancel: threading.Event,
@@ -408,7 +413,6 @@ class GGUFBackend(ThreadedBackend):
         import llama_cpp as lc
 
         llm = self._llm
-        tokens = llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
         max_tokens = self.generation_budget(len(tokens), llm.n_ctx(), sampling.max_tokens, prompt_param)
         llm.set_seed(sampling.seed if sampling.seed is not None else random.randrange(2**31))
         if (adapter, scale) != self._context_lora:

@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 from services.common.errors import FailedPrecondition, Unavailable
 from services.inference.backends import guidance
 from services.inference.backends.base import Backend
-from services.inference.chat_templates import ChatTemplate
+from services.inference.chat_templates import ChatTemplate, hf_token_ids
 from services.inference.domain import Chunk, FinishReason, GenerationRequest, SamplingParams, Usage
 from services.inference.stop_sequences import StopSequenceMatcher
 
@@ -157,7 +157,7 @@ class MlxBackend(Backend):
             from mlx_lm.models.cache import trim_prompt_cache
             from mlx_lm.sample_utils import make_sampler
 
-            tokens = self._tokenizer.encode(prompt)
+            tokens = hf_token_ids(self._tokenizer, prompt)
             processors = [self._json_constraint(request)] if request.response_format.constrains else None
             reuse = shared_prefix(self._cached_tokens, tokens)
             trim_prompt_cache(self._cache, len(self._cached_tokens) - reuse)

@@ -26,7 +26,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from services.common.errors import FailedPrecondition, NotFound, Unavailable
 from services.inference.backends import guidance
 from services.inference.backends.threaded import ThreadedBackend
-from services.inference.chat_templates import ChatTemplate
+from services.inference.chat_templates import ChatTemplate, Prompt, hf_token_ids
 from services.inference.domain import Chunk, FinishReason, GenerationRequest, ResponseFormat, SamplingParams, Usage
 from services.inference.metrics import ADAPTER_LOAD_TIME, ADAPTER_LOOKUPS
 from services.inference.stop_sequences import StopSequenceMatcher
@@ -150,7 +150,7 @@ class TransformersBackend(ThreadedBackend):
         unknown = self._tokenizer.unk_token_id
         self._eos_ids = sorted({self._tokenizer.eos_token_id, *stop_ids} - {None, unknown})
         warmup = SamplingParams(max_tokens=1, temperature=0.0)
-        self._generate_blocking("Hello", warmup, (), threading.Event(), lambda _: None)
+        self._generate_blocking(Prompt.raw("Hello"), warmup, (), threading.Event(), lambda _: None)
         log.info("loaded transformers model '%s' on %s (%s)", self.spec.name, device, dtype)
 
     def _json_constraint(self, response_format: ResponseFormat) -> Any:
@@ -257,7 +257,7 @@ class TransformersBackend(ThreadedBackend):
 
     def _generate_blocking(
         self,
-        prompt: str,
+        prompt: Prompt,
         sampling: SamplingParams,
         stop: tuple[str, ...],
         cancel: threading.Event,
@@ -271,8 +271,8 @@ class TransformersBackend(ThreadedBackend):
         from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
         from transformers.generation.streamers import BaseStreamer
 
-        inputs = self._tokenizer(prompt, return_tensors="pt").to(self._device)
-        prompt_tokens = int(inputs["input_ids"].shape[1])
+        input_ids = torch.tensor([hf_token_ids(self._tokenizer, prompt)], device=self._device)
+        prompt_tokens = int(input_ids.shape[1])
         max_new = self.generation_budget(prompt_tokens, self.spec.context_length, sampling.max_tokens, prompt_param)
         tokenizer = self._tokenizer
         matcher = StopSequenceMatcher(stop)
@@ -340,7 +340,9 @@ class TransformersBackend(ThreadedBackend):
                 if adapter_scale != 1.0:
                     self._scale_adapter(adapter, adapter_scale)
             with torch.inference_mode():
-                self._model.generate(**inputs, **{k: v for k, v in kwargs.items() if v is not None})  # type: ignore[misc]
+                arguments = {k: v for k, v in kwargs.items() if v is not None}
+                mask = torch.ones_like(input_ids)
+                self._model.generate(input_ids, attention_mask=mask, **arguments)  # type: ignore[misc]
         finally:
             if adapter:
                 if adapter_scale != 1.0:

@@ -8,6 +8,7 @@ Install with `pip install -r deploy/requirements/vllm.txt`.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 from collections.abc import AsyncIterator
@@ -19,7 +20,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.common.errors import FailedPrecondition, Unavailable
 from services.inference.backends.base import Backend
-from services.inference.chat_templates import ChatTemplate
+from services.inference.chat_templates import ChatTemplate, hf_token_ids
 from services.inference.domain import Chunk, FinishReason, GenerationRequest, SamplingParams, Usage
 
 log = logging.getLogger(__name__)
@@ -109,7 +110,7 @@ class VllmBackend(Backend):
         model = str(path) if path.exists() else (self.spec.path or self.spec.name)
         arguments = engine_arguments(model, self.spec.context_length, self.spec.options, VllmEnvironment())
         self._engine = AsyncLLMEngine.from_engine_args(AsyncEngineArgs(**arguments))
-        tokenizer = await self._engine.get_tokenizer()
+        tokenizer = self._tokenizer = await self._engine.get_tokenizer()
         template = self.spec.chat_template or getattr(tokenizer, "chat_template", None) or "chatml"
         self._template = ChatTemplate.named_or_inline(
             template, bos_token=tokenizer.bos_token or "", eos_token=tokenizer.eos_token or ""
@@ -153,8 +154,9 @@ class VllmBackend(Backend):
         lora = self._adapters.get(request.adapter) if request.adapter else None
         generated, prompt_tokens, finish = 0, 0, FinishReason.STOP
         finished = False
+        tokens = {"prompt_token_ids": await asyncio.to_thread(hf_token_ids, self._tokenizer, prompt)}
         try:
-            async for output in self._engine.generate(prompt, params, request.request_id, lora_request=lora):
+            async for output in self._engine.generate(tokens, params, request.request_id, lora_request=lora):
                 prompt_tokens = len(output.prompt_token_ids or ())
                 completion = output.outputs[0]
                 generated += len(completion.token_ids)

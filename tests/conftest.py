@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import secrets
 import subprocess
 import sys
 import time
@@ -49,8 +50,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # Every service requires the internal token; the fixtures' services and clients read it from here.
 INTERNAL_TOKEN = os.environ.setdefault("LLMMESH_INTERNAL_TOKEN", "test-internal-token-of-at-least-32-bytes")
 CALLBACK_SECRET = "test-callback-secret-of-at-least-32-bytes"
-# moto accepts any credentials; boto3 only needs some.
-for _name, _value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing")):
+# moto accepts any credentials; the services refuse a weak secret key.
+for _name, _value in (
+    ("AWS_ACCESS_KEY_ID", "testing"),
+    ("AWS_SECRET_ACCESS_KEY", "test-s3-secret-key-of-at-least-32-bytes"),
+):
     os.environ.setdefault(_name, _value)
 ADAPTER_BUCKET = "llmmesh-adapters"
 
@@ -120,8 +124,9 @@ def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedNats]:
-    """A real nats-server with JetStream, started once per test session in a temporary directory."""
-    server = EmbeddedNats(tmp_path_factory.mktemp("nats"))
+    """A real nats-server with JetStream, started once per test session in a temporary directory.
+    It requires a password, as every deployment's does; `url` carries it."""
+    server = EmbeddedNats(tmp_path_factory.mktemp("nats"), user="scheduler", password=secrets.token_urlsafe(32))
     server.start()
     yield server
     server.stop()

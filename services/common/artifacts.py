@@ -29,9 +29,10 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from pydantic import Field
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from services.common.config import strong_secret
 from services.common.errors import InvalidArgument, NotFound, Unavailable
 
 ADAPTER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -52,7 +53,9 @@ class ArtifactSettings(BaseSettings):
     s3_prefix: str = Field("adapters", description="Key prefix inside the bucket.")
     s3_endpoint_url: str = Field("", description="S3 API endpoint (MinIO, moto). Empty: AWS.")
     s3_region: str = Field("us-east-1")
-    # Credentials come from boto3's usual chain (AWS_ACCESS_KEY_ID, instance roles, ...).
+    # Credentials come from boto3's usual chain (AWS_ACCESS_KEY_ID, instance roles, ...); a
+    # static secret key is read here only to refuse a weak one.
+    s3_secret_access_key: SecretStr | None = Field(None, validation_alias=AliasChoices("AWS_SECRET_ACCESS_KEY"))
     lru_size: int = Field(10, ge=1, description="Extracted adapters remembered in memory.")
     evict_from_disk: bool = Field(False, description="Delete an extracted adapter when it leaves the LRU.")
     max_unzipped_bytes: int = Field(2 * 1024**3, ge=1, description="Largest adapter accepted, inflated.")
@@ -128,6 +131,15 @@ def _checked_member_name(member: zipfile.ZipInfo) -> str:
     return name
 
 
+def may_use(manifest: dict[str, Any] | None, tenant: str) -> bool:
+    """Whether `tenant` may list and use an adapter: its owner's, or shared. A trusted caller
+    (tenant "") may use all; an adapter placed in the store by hand (no manifest) is the
+    operator's, put there for everyone."""
+    if not tenant or manifest is None:
+        return True
+    return bool(manifest.get("shared")) or manifest.get("owner", "") == tenant
+
+
 def zip_adapter(directory: Path, manifest: dict[str, Any]) -> bytes:
     """The adapter's safetensors and config, plus the manifest, as a zip."""
     buffer = io.BytesIO()
@@ -149,6 +161,9 @@ class ArtifactStore:
     def __init__(self, root: Path, settings: ArtifactSettings | None = None) -> None:
         self.root = root
         self.settings = settings or ArtifactSettings()
+        if self.s3_enabled and self.settings.s3_secret_access_key is not None:
+            # The bucket holds every tenant's adapters: MinIO's CHANGE-ME must not guard it.
+            strong_secret("AWS_SECRET_ACCESS_KEY", self.settings.s3_secret_access_key)
         self._s3_client: Any = None
 
     # ---- writing ----
@@ -167,6 +182,19 @@ class ArtifactStore:
             self._s3_put(f"{adapter_id}/manifest.json", json.dumps(manifest).encode())
         return StoredAdapter(manifest, len(archive), self._locations(adapter_id))
 
+    def share(self, adapter_id: str) -> StoredAdapter:
+        """Let every tenant use the adapter (its manifest says so, here and in S3)."""
+        stored = self.get(adapter_id, from_bucket=True)
+        if stored is None:
+            raise NotFound(f"No adapter '{adapter_id}'.", param="adapter_id", reason="ADAPTER_NOT_FOUND")
+        manifest = {**stored.manifest, "shared": True}
+        home = self.root / adapter_id
+        if (home / "manifest.json").is_file():
+            _write_atomically(home / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True).encode())
+        if self.s3_enabled:
+            self._s3_put(f"{adapter_id}/manifest.json", json.dumps(manifest).encode())
+        return StoredAdapter(manifest, stored.size_bytes, stored.locations)
+
     def delete(self, adapter_id: str) -> None:
         check_adapter_id(adapter_id)
         found = (self.root / adapter_id).exists()
@@ -181,10 +209,16 @@ class ArtifactStore:
 
     # ---- reading ----
 
-    def get(self, adapter_id: str) -> StoredAdapter | None:
-        """The stored adapter's manifest and size, from the local store or S3; None if neither has it."""
+    def get(self, adapter_id: str, from_bucket: bool = False) -> StoredAdapter | None:
+        """The stored adapter's manifest and size, from the local store or S3; None if neither
+        has it. `from_bucket`: S3's first, which a trainer elsewhere may have changed (shared)."""
         check_adapter_id(adapter_id)
         home = self.root / adapter_id
+        if from_bucket and self.s3_enabled:
+            with self._s3_errors():
+                manifest = self._s3_get(f"{adapter_id}/manifest.json")
+            if manifest is not None and home.is_dir():
+                _write_atomically(home / "manifest.json", manifest)
         if (home / "manifest.json").is_file() and (home / "adapter.zip").is_file():
             manifest = json.loads((home / "manifest.json").read_text())
             return StoredAdapter(manifest, (home / "adapter.zip").stat().st_size, self._locations(adapter_id))

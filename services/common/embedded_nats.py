@@ -27,10 +27,11 @@ class EmbeddedNats:
     `port=-1` lets the server pick a free port; `url` tells which. `restart` keeps the
     port and the data, as a crashed and restarted server would."""
 
-    def __init__(self, data_dir: Path, port: int = -1, user: str = "", password: str = "") -> None:
+    def __init__(self, data_dir: Path, port: int = -1, user: str = "", password: str = "", config: str = "") -> None:
         self.data_dir = data_dir
         self.port = port
         self.user, self.password = user, password  # set: clients without them are refused
+        self.config = config  # more nats-server configuration (an authorization block, say)
         self.process: subprocess.Popen[bytes] | None = None
         self.url = ""
 
@@ -41,6 +42,8 @@ class EmbeddedNats:
             stale.unlink()
         pid_file = self.data_dir / "nats-server.pid"
         _stop_stale(pid_file)
+        config_file = self.data_dir / "nats-server.conf"
+        config_file.write_text(self.config)
         log = open(self.data_dir / "nats-server.log", "ab")  # noqa: SIM115 - owned by the child process
         self.process = subprocess.Popen(
             [
@@ -51,6 +54,8 @@ class EmbeddedNats:
                 str(os.getpid()),
                 "--exec",
                 nats_server_binary(),
+                "--config",
+                str(config_file),
                 "--pid",
                 str(pid_file),
                 "--jetstream",

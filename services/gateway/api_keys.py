@@ -7,8 +7,10 @@ parameterized query, compared again in constant time).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
+import json
 import secrets
 import time
 import uuid
@@ -50,7 +52,30 @@ MIGRATIONS = [
         PRIMARY KEY (key_id, minute)
     );
     """,
+    # What a key may ask beyond request rates (Quotas); {}: the services' defaults.
+    "ALTER TABLE api_keys ADD COLUMN quotas jsonb NOT NULL DEFAULT '{}'",
 ]
+
+
+@dataclass(frozen=True)
+class Quotas:
+    """What a key may ask of the mesh beyond request rates; None: the service's default, which
+    is safe (LLMMESH_GATEWAY_MAX_JOB_PRIORITY, LLMMESH_TRAINER_MAX_*). The superuser sets them
+    per key, higher or lower."""
+
+    max_priority: int | None = None
+    max_training_examples: int | None = None
+    max_training_epochs: int | None = None
+    max_training_steps: int | None = None
+    max_training_seconds: float | None = None
+
+    def to_json(self) -> dict[str, int | float]:
+        return {name: value for name, value in dataclasses.asdict(self).items() if value is not None}
+
+    @classmethod
+    def from_json(cls, text: str) -> Quotas:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{name: value for name, value in json.loads(text).items() if name in known})
 
 
 @dataclass(frozen=True)
@@ -65,6 +90,7 @@ class ApiKey:
     stream_limit: int | None
     created_at: datetime
     revoked_at: datetime | None
+    quotas: Quotas = Quotas()
 
     def body(self) -> dict[str, object]:
         return {
@@ -75,6 +101,7 @@ class ApiKey:
             "scopes": list(self.scopes),
             "models": list(self.models) if self.models is not None else None,
             "limits": {"rpm": self.rpm_limit, "tpm": self.tpm_limit, "concurrent_streams": self.stream_limit},
+            "quotas": self.quotas.to_json(),
             "created_at": int(self.created_at.timestamp()),
             "revoked_at": int(self.revoked_at.timestamp()) if self.revoked_at else None,
         }
@@ -88,6 +115,7 @@ class NewKey:
     rpm_limit: int | None = None
     tpm_limit: int | None = None
     stream_limit: int | None = None
+    quotas: Quotas = Quotas()
 
     def validate(self) -> NewKey:
         if not self.name.strip() or len(self.name) > 200:
@@ -116,6 +144,7 @@ def _key(row: asyncpg.Record) -> ApiKey:
         stream_limit=row["stream_limit"],
         created_at=row["created_at"],
         revoked_at=row["revoked_at"],
+        quotas=Quotas.from_json(row["quotas"]),
     )
 
 
@@ -137,7 +166,7 @@ class ApiKeyStore:
         key = KEY_PREFIX + secrets.token_urlsafe(32)
         row = await self.pool.fetchrow(
             "INSERT INTO api_keys (key_id, name, key_digest, key_hint, scopes, models, rpm_limit, tpm_limit,"
-            " stream_limit) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING *",
+            " stream_limit, quotas) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING *",
             uuid.uuid4(),
             new.name.strip(),
             self.digest(key),
@@ -147,6 +176,7 @@ class ApiKeyStore:
             new.rpm_limit,
             new.tpm_limit,
             new.stream_limit,
+            json.dumps(new.quotas.to_json()),
         )
         return _key(row), key
 

@@ -164,6 +164,12 @@ class Caller:
     subject: str  # who owns what this caller creates (jobs)
     key: ApiKey | None = None
 
+    @property
+    def owner(self) -> str:
+        """The tenant whose jobs, adapters and cache entries this caller sees: its own; ""
+        (everyone's) for the superuser."""
+        return "" if self.kind == "superuser" else self.subject
+
     def require_scope(self, scope: str) -> Caller:
         if self.key is not None:
             if scope not in self.key.scopes:

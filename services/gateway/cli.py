@@ -20,6 +20,7 @@ from services.common.postgres import open_pool
 from services.gateway.api_keys import ApiKeyStore, NewKey
 from services.gateway.auth import mint_jwt
 from services.gateway.config import GatewaySettings, local_settings
+from services.gateway.routers.keys import QuotasIn
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -33,6 +34,7 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("--rpm", type=int, help="requests per minute")
     create.add_argument("--tpm", type=int, help="tokens per minute")
     create.add_argument("--streams", type=int, help="concurrent streams")
+    create.add_argument("--quotas", default="{}", help='JSON, e.g. \'{"max_priority": 50, "max_training_epochs": 5}\'')
     keys.add_parser("list", help="list keys (never the keys themselves)")
     revoke = keys.add_parser("revoke", help="revoke a key by id")
     revoke.add_argument("key_id")
@@ -58,6 +60,7 @@ async def _keys(settings: GatewaySettings, args: argparse.Namespace) -> object:
                 rpm_limit=args.rpm,
                 tpm_limit=args.tpm,
                 stream_limit=args.streams,
+                quotas=QuotasIn.model_validate_json(args.quotas).to_domain(),
             )
             key, secret = await store.create(new)
             return {**key.body(), "key": secret}

@@ -314,16 +314,20 @@ class TrainerClient(_Client):
             request = trainer_pb.GetTrainingJobRequest(training_id=training_id)
             return (await self._stub.GetTrainingJob(request, timeout=self._timeout)).job
 
-    async def list_adapters(self, base_model: str) -> list[trainer_pb.Adapter]:
+    async def list_adapters(self, base_model: str, tenant: str) -> list[trainer_pb.Adapter]:
         with rpc_errors_as_domain_errors():
-            request = trainer_pb.ListAdaptersRequest(base_model=base_model)
+            request = trainer_pb.ListAdaptersRequest(base_model=base_model, tenant=tenant)
             return list((await self._stub.ListAdapters(request, timeout=self._timeout)).adapters)
 
-    async def delete_adapter(self, adapter_id: str) -> None:
+    async def delete_adapter(self, adapter_id: str, tenant: str) -> None:
         with rpc_errors_as_domain_errors():
-            await self._stub.DeleteAdapter(
-                trainer_pb.DeleteAdapterRequest(adapter_id=adapter_id), timeout=self._timeout
-            )
+            request = trainer_pb.DeleteAdapterRequest(adapter_id=adapter_id, tenant=tenant)
+            await self._stub.DeleteAdapter(request, timeout=self._timeout)
+
+    async def share_adapter(self, adapter_id: str) -> trainer_pb.Adapter:
+        with rpc_errors_as_domain_errors():
+            request = trainer_pb.ShareAdapterRequest(adapter_id=adapter_id)
+            return (await self._stub.ShareAdapter(request, timeout=self._timeout)).adapter
 
     async def build_pipeline(self, request: trainer_pb.BuildPipelineRequest) -> trainer_pb.Pipeline:
         with rpc_errors_as_domain_errors():

@@ -4,43 +4,72 @@
 services/common/artifacts.py) off the event loop, and keeps the last `lru_size` in
 memory so that a hot adapter costs one dictionary lookup per request. With
 `evict_from_disk`, an adapter leaving the LRU also loses its extracted copy.
+
+An adapter is its owner's: another tenant's is reported missing, exactly as one that does
+not exist, unless it was shared (services/common/artifacts.py, `may_use`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from services.common.artifacts import ArtifactStore, check_adapter_id
+from services.common.artifacts import ArtifactStore, check_adapter_id, may_use
+from services.common.errors import NotFound
+
+REFRESH_SECONDS = 10.0  # a refused tenant re-reads a manifest (shared since?) at most this often
+
+
+@dataclass(frozen=True)
+class _Known:
+    path: Path
+    manifest: dict[str, object] | None  # None: placed in the store by hand
+    read_at: float  # time.monotonic()
 
 
 class AdapterStore:
     def __init__(self, artifacts: ArtifactStore) -> None:
         self.artifacts = artifacts
-        self._paths: collections.OrderedDict[str, Path] = collections.OrderedDict()
+        self._known: collections.OrderedDict[str, _Known] = collections.OrderedDict()
         self._lock = asyncio.Lock()
 
     @property
     def root(self) -> Path:
         return self.artifacts.root
 
-    async def resolve(self, adapter_id: str) -> Path:
-        """The adapter's directory, or an error saying why it cannot be used."""
+    async def resolve(self, adapter_id: str, tenant: str = "") -> Path:
+        """The adapter's directory, or an error saying why it cannot be used. `tenant` "" is a
+        trusted caller, which may use any adapter."""
         check_adapter_id(adapter_id, "adapter_settings.adapter_id")
-        if (path := self._paths.get(adapter_id)) is not None and path.is_dir():
-            self._paths.move_to_end(adapter_id)
-            return path
+        known = await self._remembered(adapter_id)
+        if not may_use(known.manifest, tenant) and time.monotonic() - known.read_at > REFRESH_SECONDS:
+            known = await self._remembered(adapter_id, refresh=True)  # shared since it was read?
+        if not may_use(known.manifest, tenant):
+            raise NotFound(
+                f"No adapter '{adapter_id}' in the adapter store.",
+                param="adapter_settings.adapter_id",
+                reason="ADAPTER_NOT_FOUND",
+            )
+        return known.path
+
+    async def _remembered(self, adapter_id: str, refresh: bool = False) -> _Known:
+        if not refresh and (known := self._known.get(adapter_id)) is not None and known.path.is_dir():
+            self._known.move_to_end(adapter_id)
+            return known
         async with self._lock:  # one download or extraction at a time
             path = await asyncio.to_thread(self.artifacts.resolve, adapter_id)
-            self._paths[adapter_id] = path
-            self._paths.move_to_end(adapter_id)
-            while len(self._paths) > self.artifacts.settings.lru_size:
-                evicted, _ = self._paths.popitem(last=False)
+            stored = await asyncio.to_thread(self.artifacts.get, adapter_id, refresh)
+            known = self._known[adapter_id] = _Known(path, stored.manifest if stored else None, time.monotonic())
+            self._known.move_to_end(adapter_id)
+            while len(self._known) > self.artifacts.settings.lru_size:
+                evicted, _ = self._known.popitem(last=False)
                 if self.artifacts.settings.evict_from_disk:
                     await asyncio.to_thread(self.artifacts.evict, evicted)
-        return path
+        return known
 
     def forget(self, adapter_id: str) -> None:
         """Resolve again next time (the adapter was deleted or replaced)."""
-        self._paths.pop(adapter_id, None)
+        self._known.pop(adapter_id, None)

@@ -500,7 +500,7 @@ class ChatRequest:
     cache: bool | None = None  # response cache opt-in; None: the model's setting
     adapter: str = ""  # a LoRA adapter id from the adapter store; empty: the base model
     adapter_scale: float = 1.0  # how strongly it applies: 0 (the base alone) to 2; 1.0 as trained
-    cache_scope: str = ""  # whose response cache entries it reads and writes (the gateway's caller)
+    tenant: str = ""  # whose cache entries and adapters it may use ("": a trusted caller); see the .proto
 
     def validate(self) -> ChatRequest:
         if not self.messages:
@@ -533,7 +533,7 @@ class ChatRequest:
             parallel_tool_calls=self.parallel_tool_calls,
             cache=self.cache,
             adapter_settings=adapter_settings_pb(self.adapter, self.adapter_scale),
-            cache_scope=self.cache_scope,
+            tenant=self.tenant,
         )
 
     def to_stream_pb(self) -> pb.ChatStreamRequest:
@@ -554,7 +554,7 @@ class ChatRequest:
             cache=request.cache if request.HasField("cache") else None,
             adapter=request.adapter_settings.adapter_id,
             adapter_scale=request.adapter_settings.scale if request.adapter_settings.HasField("scale") else 1.0,
-            cache_scope=request.cache_scope,
+            tenant=request.tenant,
         )
 
 
@@ -568,7 +568,7 @@ class CompletionRequest:
     cache: bool | None = None  # response cache opt-in; None: the model's setting
     adapter: str = ""  # a LoRA adapter id from the adapter store; empty: the base model
     adapter_scale: float = 1.0  # how strongly it applies: 0 (the base alone) to 2; 1.0 as trained
-    cache_scope: str = ""  # whose response cache entries it reads and writes (the gateway's caller)
+    tenant: str = ""  # whose cache entries and adapters it may use ("": a trusted caller); see the .proto
 
     def validate(self) -> CompletionRequest:
         if not self.prompt:
@@ -586,7 +586,7 @@ class CompletionRequest:
             response_format=self.response_format.to_pb(),
             cache=self.cache,
             adapter_settings=adapter_settings_pb(self.adapter, self.adapter_scale),
-            cache_scope=self.cache_scope,
+            tenant=self.tenant,
         )
 
     def to_stream_pb(self) -> pb.CompleteStreamRequest:
@@ -604,7 +604,7 @@ class CompletionRequest:
             cache=request.cache if request.HasField("cache") else None,
             adapter=request.adapter_settings.adapter_id,
             adapter_scale=request.adapter_settings.scale if request.adapter_settings.HasField("scale") else 1.0,
-            cache_scope=request.cache_scope,
+            tenant=request.tenant,
         )
 
 

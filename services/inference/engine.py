@@ -83,11 +83,11 @@ class InferenceEngine:
             sampling=request.sampling.with_defaults(spec.defaults.to_domain()),
             messages=syntax.prepare_messages(request.messages, request.tools, request.tool_choice),
             response_format=response_format,
-            adapter=await self._check_adapter(spec, request.adapter, request.adapter_scale),
+            adapter=await self._check_adapter(spec, request.adapter, request.adapter_scale, request.tenant),
             adapter_scale=request.adapter_scale,
         )
         return await self._respond(
-            spec, generation, request.model, request.cache, syntax if request.uses_tools else None, request.cache_scope
+            spec, generation, request.model, request.cache, syntax if request.uses_tools else None, request.tenant
         )
 
     async def complete(self, request: CompletionRequest) -> Generation:
@@ -99,10 +99,10 @@ class InferenceEngine:
             sampling=request.sampling.with_defaults(spec.defaults.to_domain()),
             prompt=request.prompt,
             response_format=request.response_format,
-            adapter=await self._check_adapter(spec, request.adapter, request.adapter_scale),
+            adapter=await self._check_adapter(spec, request.adapter, request.adapter_scale, request.tenant),
             adapter_scale=request.adapter_scale,
         )
-        return await self._respond(spec, generation, request.model, request.cache, None, request.cache_scope)
+        return await self._respond(spec, generation, request.model, request.cache, None, request.tenant)
 
     async def _respond(
         self,
@@ -111,13 +111,13 @@ class InferenceEngine:
         route: str,
         cache: bool | None,
         syntax: tools.ToolSyntax | None,
-        cache_scope: str,
+        tenant: str,
     ) -> Generation:
         """From the response cache when the request is cacheable and was seen, else generated
         (and stored once it finishes)."""
         key = None
         if self.responses is not None and response_cache.cacheable(spec, cache, generation):
-            key = response_cache.cache_key(spec, generation, cache_scope)
+            key = response_cache.cache_key(spec, generation, tenant)
             if (cached := await self.responses.lookup(key, spec.name)) is not None:
                 return Generation(generation.request_id, spec.name, response_cache.replay(cached))
         chunks = self._generate(spec, generation, route=route)
@@ -140,8 +140,9 @@ class InferenceEngine:
             except InvalidArgument as error:
                 raise InvalidArgument(error.message, param=param) from error
 
-    async def _check_adapter(self, spec: ModelSpec, adapter: str, scale: float) -> str:
-        """The adapter id, if the model can apply it (at this scale) and the store has it."""
+    async def _check_adapter(self, spec: ModelSpec, adapter: str, scale: float, tenant: str) -> str:
+        """The adapter id, if the model can apply it (at this scale), the store has it and the
+        tenant may use it."""
         if not adapter:
             return ""
         backend = backend_class(spec.backend)
@@ -157,7 +158,7 @@ class InferenceEngine:
             )
         if self.adapters is None:
             raise FailedPrecondition("This inference service has no adapter store.", param="adapter_settings")
-        await self.adapters.resolve(adapter)
+        await self.adapters.resolve(adapter, tenant)
         return adapter
 
     async def _attach_adapter(self, backend: Backend, adapter: str) -> None:

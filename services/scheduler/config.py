@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import ipaddress
+from urllib.parse import unquote, urlsplit
 
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
-from services.common.config import ServiceSettings
+from services.common.config import ServiceSettings, strong_secret
 from services.scheduler.domain import JobType
 from services.scheduler.queue import QueueConfig
 
@@ -20,6 +21,14 @@ class SchedulerSettings(ServiceSettings):
         "",
         validation_alias=AliasChoices("LLMMESH_SCHEDULER_NATS_URL", "NATS_URL"),
         description="NATS server with JetStream enabled (required; `make run` starts one unless set).",
+    )
+    nats_user: str = Field(
+        "", validation_alias=AliasChoices("LLMMESH_SCHEDULER_NATS_USER", "NATS_USER"), description="NATS user."
+    )
+    nats_password: SecretStr | None = Field(
+        None,
+        validation_alias=AliasChoices("LLMMESH_SCHEDULER_NATS_PASSWORD", "NATS_PASSWORD"),
+        description="NATS password (at least 32 bytes); or put user and password in the URL.",
     )
     database_url: str = Field(
         "",
@@ -84,3 +93,12 @@ class SchedulerSettings(ServiceSettings):
         """Exponential backoff after `attempt` failures (1-based), capped."""
         first = self.retry_backoff_seconds if base is None else base
         return float(min(first * 2 ** max(attempt - 1, 0), self.retry_backoff_max_seconds))
+
+    def nats_credentials(self) -> dict[str, str]:
+        """nats.connect's user and password. A weak password, here or in the URL, refuses to
+        start: whoever holds it can forge jobs, cancels and advisories."""
+        if password := urlsplit(self.nats_url).password:
+            strong_secret("NATS_URL's password", SecretStr(unquote(password)))
+        if self.nats_password is None:
+            return {}
+        return {"user": self.nats_user, "password": strong_secret("NATS_PASSWORD", self.nats_password)}

@@ -137,17 +137,27 @@ class Submission:
 
 def job_id_for(job_id: str, idempotency_key: str, owner: str) -> str:
     """The caller's id; else one derived from the idempotency key (so a resubmission that
-    only repeats the key finds the first job); else a random one."""
+    only repeats the key finds the first job); else a random one. In the owner's namespace."""
     if job_id:
         if not JOB_ID_PATTERN.match(job_id):
             raise InvalidArgument(
                 "'job_id' must be 1-128 characters of letters, digits and . _ : -, starting with a letter or digit.",
                 param="job_id",
             )
-        return job_id
+        return namespaced(job_id, owner)
     if idempotency_key:
-        return "job-" + hashlib.sha256(f"{owner}\0{idempotency_key}".encode()).hexdigest()[:32]
-    return f"job-{uuid.uuid4().hex}"
+        return namespaced("job-" + hashlib.sha256(f"{owner}\0{idempotency_key}".encode()).hexdigest()[:32], owner)
+    return namespaced(f"job-{uuid.uuid4().hex}", owner)
+
+
+def namespaced(job_id: str, owner: str) -> str:
+    """`job_id` within `owner`'s namespace: `<namespace>.<job_id>`, so that two tenants may
+    choose the same id, and neither learns that the other did. The operator's ("") ids are
+    as given. An id that already carries the owner's namespace is kept."""
+    if not owner:
+        return job_id
+    prefix = hashlib.sha256(owner.encode()).hexdigest()[:8] + "."
+    return job_id if job_id.startswith(prefix) else prefix + job_id
 
 
 @dataclass(frozen=True)

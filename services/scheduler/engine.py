@@ -19,7 +19,7 @@ from llmmesh.scheduler.v1 import scheduler_service_pb2 as pb
 from services.common.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable
 from services.scheduler.callbacks import CallbackDispatcher, CallbackGuard
 from services.scheduler.config import SchedulerSettings
-from services.scheduler.domain import Job, JobState, JobType, Submission
+from services.scheduler.domain import Job, JobState, JobType, Submission, namespaced
 from services.scheduler.handlers import JobHandlers
 from services.scheduler.metrics import LOOP_ERRORS
 from services.scheduler.queue import JobQueue
@@ -148,7 +148,8 @@ class Scheduler:
         return job, False
 
     async def get(self, job_id: str, owner: str) -> Job:
-        job = await self.store.get(job_id)
+        """The job, if `owner` ("": anyone's) owns it; a tenant may name it without its namespace."""
+        job = await self.store.get(namespaced(job_id, owner))
         if job is None or (owner and job.owner != owner):
             raise NotFound(f"No job '{job_id}'.", param="job_id", reason="JOB_NOT_FOUND")
         return job
@@ -175,6 +176,7 @@ class Scheduler:
 
     async def cancel(self, job_id: str, owner: str) -> Job:
         job = await self.get(job_id, owner)
+        job_id = job.job_id
         if job.state.terminal:
             return job
         cancelled = await self.store.cancel(job_id)
@@ -187,6 +189,7 @@ class Scheduler:
 
     async def watch(self, job_id: str, owner: str) -> AsyncIterator[Job]:
         """The job now, then each change, until it is terminal."""
+        job_id = namespaced(job_id, owner)
         with self.changes.watch(job_id) as changed:
             job = await self.get(job_id, owner)
             yield job

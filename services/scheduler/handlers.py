@@ -178,6 +178,7 @@ class JobHandlers:
         # ChatStreamRequest repeats ChatRequest's fields with the same numbers.
         request.MergeFromString(job.request.chat.SerializeToString())
         request.model = BACKGROUND_SLOT
+        request.tenant = job.owner  # its owner's cache entries and adapters only
         request.request_id = request.request_id or f"{job.job_id}-{job.attempt}"
         text: list[str] = []
         tokens, last = 0, inference_pb.ChatStreamResponse()
@@ -208,6 +209,7 @@ class JobHandlers:
         assert self._trainer is not None
         request = trainer_pb.TrainAdapterRequest()
         request.CopyFrom(job.request.adapter_train)
+        request.owner = job.owner  # the adapter is the job owner's
         request.training_id = job.job_id if ADAPTER_ID.match(job.job_id) else ""
         started = await self._trainer.TrainAdapter(request, timeout=self._timeout)
         training_id = started.job.training_id

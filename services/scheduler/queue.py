@@ -60,9 +60,10 @@ class QueueConfig:
 class JobQueue:
     """A NATS connection with the jobs stream. Reconnects by itself when the server restarts."""
 
-    def __init__(self, url: str, config: QueueConfig) -> None:
+    def __init__(self, url: str, config: QueueConfig, credentials: dict[str, str] | None = None) -> None:
         self.url = url
         self.config = config
+        self.credentials = credentials or {}  # user and password, unless the URL holds them
         self.nc: NATS | None = None
         self.js: JetStreamContext | None = None
 
@@ -75,6 +76,7 @@ class JobQueue:
             error_cb=self._log_error,
             disconnected_cb=self._log_disconnect,
             reconnected_cb=self._log_reconnect,
+            **self.credentials,
         )
         self.js = self.nc.jetstream(timeout=self.config.publish_timeout_seconds)
         await self.ensure_stream()

@@ -34,10 +34,11 @@ class SchedulerServer(GrpcService[SchedulerSettings]):
         self.serve_metrics()
         settings = self.settings
         callback_secret = strong_secret("LLMMESH_SCHEDULER_CALLBACK_SECRET", settings.callback_secret)
+        nats_credentials = settings.nats_credentials()
         self._pool = await open_pool(settings.database_url)
         store = JobStore(self._pool)
         await store.migrate()
-        self.queue = JobQueue(settings.nats_url, settings.queue_config)
+        self.queue = JobQueue(settings.nats_url, settings.queue_config, nats_credentials)
         await self.queue.connect(name="llmmesh-scheduler")
         self.handlers = JobHandlers.from_settings(settings)
         self.changes = JobChanges()

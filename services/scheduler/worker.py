@@ -257,7 +257,7 @@ async def run_worker_process(settings: SchedulerSettings) -> None:
     pool = await open_pool(settings.database_url)
     store = JobStore(pool)
     await store.migrate()
-    queue = JobQueue(settings.nats_url, settings.queue_config)
+    queue = JobQueue(settings.nats_url, settings.queue_config, settings.nats_credentials())
     await queue.connect(name="llmmesh-worker")
     handlers = JobHandlers.from_settings(settings)
     worker = Worker(settings, store, queue, handlers)

@@ -171,10 +171,13 @@ def adapter_identity(
     examples: list[list[dict[str, str]]],
     eval_examples: list[list[dict[str, str]]],
     hyperparameters: Hyperparameters,
+    owner: str = "",
 ) -> str:
-    """The adapter's id: a hash of everything that determines its weights and reported metrics."""
+    """The adapter's id: a hash of everything that determines its weights and reported metrics,
+    and of its owner (another tenant's identical training is another adapter)."""
     canonical = json.dumps(
         {
+            **({"owner": owner} if owner else {}),  # the operator's ids are as they were
             "base_model": base_model,
             "examples": examples,
             "eval_examples": eval_examples,
@@ -201,6 +204,16 @@ class TrainingState(StrEnum):
         return pb.TrainingState.Value(f"TRAINING_STATE_{self.name}")
 
 
+@dataclass(frozen=True)
+class TrainingLimits:
+    """What one run may ask for: its API key's limits, else the trainer's (see the .proto)."""
+
+    max_examples: int
+    max_epochs: int
+    max_steps: int
+    max_run_seconds: float
+
+
 @dataclass
 class TrainingPlan:
     """What one job trains: checked and resolved, ready for the training subprocess."""
@@ -209,10 +222,12 @@ class TrainingPlan:
     examples: list[list[dict[str, str]]]
     eval_examples: list[list[dict[str, str]]]
     hyperparameters: Hyperparameters
+    owner: str = ""  # the tenant it is trained for ("": the operator)
+    max_run_seconds: float | None = None  # killed past it; None: the trainer's own limit
 
     @functools.cached_property
     def adapter_id(self) -> str:  # hashes every example: computed once
-        return adapter_identity(self.base_model, self.examples, self.eval_examples, self.hyperparameters)
+        return adapter_identity(self.base_model, self.examples, self.eval_examples, self.hyperparameters, self.owner)
 
 
 @dataclass
@@ -265,6 +280,8 @@ def adapter_to_pb(manifest: dict[str, Any], size_bytes: int, locations: tuple[st
         size_bytes=size_bytes,
         locations=list(locations),
         hyperparameters=pb.Hyperparameters(**dict(manifest.get("hyperparameters", {}))),
+        owner=str(manifest.get("owner", "")),
+        shared=bool(manifest.get("shared", False)),
     )
 
 

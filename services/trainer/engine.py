@@ -19,7 +19,7 @@ from pathlib import Path
 from llmmesh.inference.v1 import inference_service_pb2 as inference_pb
 from llmmesh.inference.v1 import inference_service_pb2_grpc as inference_grpc
 from llmmesh.trainer.v1 import trainer_service_pb2 as pb
-from services.common.artifacts import ArtifactStore, check_adapter_id
+from services.common.artifacts import ArtifactStore, check_adapter_id, may_use
 from services.common.errors import AlreadyExists, InvalidArgument, NotFound
 from services.common.grpc_client import open_channel
 from services.inference.registry import ModelRegistry, ModelSpec
@@ -28,6 +28,7 @@ from services.trainer.config import TrainerSettings
 from services.trainer.domain import (
     Hyperparameters,
     TrainingJob,
+    TrainingLimits,
     TrainingPlan,
     TrainingState,
     adapter_to_pb,
@@ -126,13 +127,25 @@ class Trainer:
 
     # ---- adapters ----
 
-    async def list_adapters(self, base_model: str = "") -> list[pb.Adapter]:
+    async def list_adapters(self, base_model: str = "", tenant: str = "") -> list[pb.Adapter]:
+        """The stored adapters `tenant` may use ("": all), newest first."""
         stored = await asyncio.to_thread(self.artifacts.list)
-        adapters = [adapter_to_pb(a.manifest, a.size_bytes, a.locations) for a in stored]
+        usable = [a for a in stored if may_use(a.manifest, tenant)]
+        adapters = [adapter_to_pb(a.manifest, a.size_bytes, a.locations) for a in usable]
         return [a for a in adapters if not base_model or a.base_model == base_model]
 
-    async def delete_adapter(self, adapter_id: str) -> None:
-        await asyncio.to_thread(self.artifacts.delete, check_adapter_id(adapter_id))
+    async def delete_adapter(self, adapter_id: str, tenant: str = "") -> None:
+        """Delete it; a tenant only its own (another's is reported missing, as one that is not there)."""
+        check_adapter_id(adapter_id)
+        if tenant:
+            stored = await asyncio.to_thread(self.artifacts.get, adapter_id, True)
+            if stored is None or stored.manifest.get("owner") != tenant:
+                raise NotFound(f"No adapter '{adapter_id}'.", param="adapter_id", reason="ADAPTER_NOT_FOUND")
+        await asyncio.to_thread(self.artifacts.delete, adapter_id)
+
+    async def share_adapter(self, adapter_id: str) -> pb.Adapter:
+        stored = await asyncio.to_thread(self.artifacts.share, check_adapter_id(adapter_id))
+        return adapter_to_pb(stored.manifest, stored.size_bytes, stored.locations)
 
     # ---- planning ----
 
@@ -156,15 +169,27 @@ class Trainer:
             await self._examples(request.eval_dataset, "eval_dataset") if request.HasField("eval_dataset") else []
         )
         hyperparameters = Hyperparameters.from_pb(request.hyperparameters, self.defaults)
-        limits = self.settings
+        limits = self._limits(request.limits)
         for within, param, what in (
             (len(examples) + len(eval_examples) <= limits.max_examples, "dataset", f"{limits.max_examples} examples"),
             (hyperparameters.epochs <= limits.max_epochs, "hyperparameters.epochs", f"{limits.max_epochs} epochs"),
             (hyperparameters.max_steps <= limits.max_steps, "hyperparameters.max_steps", f"{limits.max_steps} steps"),
         ):
             if not within:  # one caller's run must not hold the trainer (and maybe the GPU) for days
-                raise InvalidArgument(f"'{param}' is over this trainer's limit of {what} a run.", param=param)
-        return TrainingPlan(spec.name, examples, eval_examples, hyperparameters)
+                raise InvalidArgument(f"'{param}' is over this run's limit of {what}.", param=param)
+        return TrainingPlan(spec.name, examples, eval_examples, hyperparameters, request.owner, limits.max_run_seconds)
+
+    def _limits(self, requested: pb.TrainingLimits) -> TrainingLimits:
+        """The run's limits: the request's (its API key's), else this trainer's."""
+        defaults = self.settings
+        return TrainingLimits(
+            max_examples=requested.max_examples if requested.HasField("max_examples") else defaults.max_examples,
+            max_epochs=requested.max_epochs if requested.HasField("max_epochs") else defaults.max_epochs,
+            max_steps=requested.max_steps if requested.HasField("max_steps") else defaults.max_steps,
+            max_run_seconds=(
+                requested.max_run_seconds if requested.HasField("max_run_seconds") else defaults.max_run_seconds
+            ),
+        )
 
     async def _examples(self, dataset: pb.Dataset, param: str) -> list[list[dict[str, str]]]:
         source = dataset.WhichOneof("source")
@@ -209,6 +234,7 @@ class Trainer:
                 metrics = await self._train(job, plan, run_dir)
                 manifest = {
                     "adapter_id": job.adapter_id,
+                    "owner": plan.owner,
                     "base_model": plan.base_model,
                     "hash": job.adapter_id,
                     "hyperparameters": plan.hyperparameters.to_json(),
@@ -233,6 +259,7 @@ class Trainer:
 
     async def _train(self, job: TrainingJob, plan: TrainingPlan, run_dir: Path) -> dict[str, float]:
         spec = self.registry.resolve(plan.base_model)
+        limit = plan.max_run_seconds or self.settings.max_run_seconds
         model_path = await asyncio.to_thread(spec.resolve_path)
         shutil.rmtree(run_dir, ignore_errors=True)
         run_dir.mkdir(parents=True)
@@ -264,14 +291,11 @@ class Trainer:
                 metrics.update({k: float(v) for k, v in event["metrics"].items()})
 
         try:
-            async with asyncio.timeout(self.settings.max_run_seconds):
+            async with asyncio.timeout(limit):
                 await child.run(on_event)
         except TimeoutError:
             child.kill()
-            raise ChildFailed(
-                f"The run passed its wall-clock limit of {self.settings.max_run_seconds:g} s"
-                " (LLMMESH_TRAINER_MAX_RUN_SECONDS) and was stopped."
-            ) from None
+            raise ChildFailed(f"The run passed its wall-clock limit of {limit:g} s and was stopped.") from None
         finally:
             self._children.pop(job.training_id, None)
         if not metrics:

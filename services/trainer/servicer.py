@@ -43,13 +43,18 @@ class TrainerServicer(pb_grpc.TrainerServiceServicer):
     async def ListAdapters(
         self, request: pb.ListAdaptersRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListAdaptersResponse:
-        return pb.ListAdaptersResponse(adapters=await self.trainer.list_adapters(request.base_model))
+        return pb.ListAdaptersResponse(adapters=await self.trainer.list_adapters(request.base_model, request.tenant))
 
     async def DeleteAdapter(
         self, request: pb.DeleteAdapterRequest, context: grpc.aio.ServicerContext
     ) -> pb.DeleteAdapterResponse:
-        await self.trainer.delete_adapter(request.adapter_id)
+        await self.trainer.delete_adapter(request.adapter_id, request.tenant)
         return pb.DeleteAdapterResponse()
+
+    async def ShareAdapter(
+        self, request: pb.ShareAdapterRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ShareAdapterResponse:
+        return pb.ShareAdapterResponse(adapter=await self.trainer.share_adapter(request.adapter_id))
 
     async def BuildPipeline(
         self, request: pb.BuildPipelineRequest, context: grpc.aio.ServicerContext

@@ -207,3 +207,64 @@ def test_compose_builds_each_service_from_its_dockerfile() -> None:
         assert (DEPLOY / build["context"] / build["dockerfile"]).exists(), name
     assert list(compose["services"]["gateway"]["ports"]) == ["127.0.0.1:8000:8000"]  # the only published port
     assert all("ports" not in svc for name, svc in compose["services"].items() if name != "gateway")
+
+
+def _block(conf: str, name: str) -> str:
+    """The `name { ... }` block of a nats-server configuration, braces matched."""
+    start = conf.index(f"{name} {{")
+    depth = 0
+    for end, character in enumerate(conf[start:], start):
+        depth += {"{": 1, "}": -1}.get(character, 0)
+        if character == "}" and depth == 0:
+            return conf[start : end + 1]
+    raise AssertionError(f"unbalanced {name} block")
+
+
+async def test_nats_refuses_strangers_and_only_the_scheduler_may_publish_jobs_and_control(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The authorization block of deploy/k8s/base/nats.yaml, on a real nats-server: no password,
+    no connection; a user added later (default permissions) can neither queue a job, nor
+    cancel one, nor forge an advisory; the scheduler can."""
+    import secrets
+
+    import nats
+    from nats.errors import Error as NatsError
+
+    from services.common.embedded_nats import EmbeddedNats
+
+    manifests = render("cpu")
+    config = next(m for m in manifests if m["kind"] == "ConfigMap" and m["metadata"]["name"] == "nats-config")
+    authorization = _block(config["data"]["nats.conf"], "authorization")
+    password = secrets.token_urlsafe(32)
+    monkeypatch.setenv("NATS_PASSWORD", password)  # as the StatefulSet sets it from the Secret
+    added = authorization.replace("users: [", "users: [\n{user: observer, password: observer-password}", 1)
+    server = EmbeddedNats(tmp_path, config=added)
+    url = server.start()
+    try:
+        with pytest.raises((NatsError, OSError)):
+            await nats.connect(url, allow_reconnect=False, max_reconnect_attempts=0, connect_timeout=5)
+        scheduler = await nats.connect(url, user="scheduler", password=password)
+        errors: list[str] = []
+
+        async def record(error: Exception) -> None:
+            errors.append(str(error))
+
+        observer = await nats.connect(url, user="observer", password="observer-password", error_cb=record)
+        try:
+            await scheduler.jetstream().add_stream(name="jobs", subjects=["jobs.jobs.>"])
+            seen = await scheduler.subscribe("control.>")
+            await scheduler.publish("control.jobs.cancel", b"job-1")  # the scheduler's own cancel
+            assert (await seen.next_msg(timeout=5)).data == b"job-1"
+            for subject in ("control.jobs.cancel", "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.jobs.x", "jobs.jobs.x"):
+                await observer.publish(subject, b"forged")
+            await observer.flush()
+            await scheduler.flush()
+            assert seen.pending_msgs == 0
+            assert len([e for e in errors if "permissions violation" in e.lower()]) == 3, errors
+            assert (await scheduler.jetstream().stream_info("jobs")).state.messages == 0
+        finally:
+            await observer.close()
+            await scheduler.close()
+    finally:
+        server.stop()

@@ -32,7 +32,7 @@ async def create_completion(
     caller.require_model(body.model)
     body.check_limits(settings)
     # The response cache is the caller's own: one tenant never reads what another was answered.
-    requests = [dataclasses.replace(r, cache_scope=caller.subject) for r in body.to_domain(settings.max_choices)]
+    requests = [dataclasses.replace(r, tenant=caller.owner) for r in body.to_domain(settings.max_choices)]
     completion_id = new_id("cmpl")
     async with caller.request_slot() as slot:
         if body.stream:

@@ -15,7 +15,9 @@ from fastapi.responses import JSONResponse
 from pydantic import Field, ValidationError
 
 from llmmesh.scheduler.v1 import scheduler_service_pb2 as pb
+from llmmesh.trainer.v1 import trainer_service_pb2 as trainer_pb
 from services.common.errors import InvalidArgument
+from services.gateway.api_keys import Quotas
 from services.gateway.auth import Caller, scope
 from services.gateway.config import GatewaySettings
 from services.gateway.dependencies import get_scheduler, get_settings
@@ -26,11 +28,6 @@ from services.gateway.upstream import SchedulerClient
 from services.scheduler.domain import JobState, JobType, job_json
 
 router = APIRouter()
-
-
-def job_owner(caller: Caller) -> str:
-    """Whose jobs the caller sees: its own (by API key); a superuser sees every job."""
-    return "" if caller.kind == "superuser" else caller.subject
 
 
 class EnqueueRequest(OpenAIModel):
@@ -56,6 +53,16 @@ class EnqueueRequest(OpenAIModel):
             priority=self.priority,
             owner=owner,
         )
+
+
+def training_limits(quotas: Quotas) -> trainer_pb.TrainingLimits:
+    """The key's training quotas as a run's limits; unset ones are the trainer's defaults."""
+    return trainer_pb.TrainingLimits(
+        max_examples=quotas.max_training_examples,
+        max_epochs=quotas.max_training_epochs,
+        max_steps=quotas.max_training_steps,
+        max_run_seconds=quotas.max_training_seconds,
+    )
 
 
 def _typed_request(job_type: JobType, body: dict[str, Any]) -> pb.JobRequest:
@@ -84,9 +91,14 @@ async def enqueue(
     caller: Caller = Depends(scope("jobs")),
 ) -> Any:
     """202 with the new job; 200 with the original one when this submission is a duplicate."""
-    if body.priority > settings.max_job_priority and caller.kind != "superuser":
-        raise InvalidArgument(f"'priority' may be at most {settings.max_job_priority}.", param="priority")
-    response = await scheduler.submit(body.to_pb(caller.subject))
+    quotas = caller.key.quotas if caller.key is not None else Quotas()
+    ceiling = settings.max_job_priority if quotas.max_priority is None else quotas.max_priority
+    if body.priority > ceiling and caller.kind != "superuser":
+        raise InvalidArgument(f"'priority' may be at most {ceiling}.", param="priority")
+    submission = body.to_pb(caller.owner)
+    if submission.request.HasField("adapter_train"):
+        submission.request.adapter_train.limits.CopyFrom(training_limits(quotas))
+    response = await scheduler.submit(submission)
     return JSONResponse(job_json(response.job), status_code=200 if response.deduplicated else 202)
 
 
@@ -108,7 +120,7 @@ async def list_jobs(
             job_types=[JobType(t).to_pb() for t in job_type],
             page_size=limit,
             page_token=page_token,
-            owner=job_owner(caller),
+            owner=caller.owner,
         )
     )
     return {
@@ -126,7 +138,7 @@ async def get_job(
     scheduler: SchedulerClient = Depends(get_scheduler),
     caller: Caller = Depends(scope("jobs")),
 ) -> dict[str, Any]:
-    return job_json(await scheduler.get(job_id, job_owner(caller)))
+    return job_json(await scheduler.get(job_id, caller.owner))
 
 
 @router.post("/v1/jobs/{job_id}/cancel")
@@ -136,7 +148,7 @@ async def cancel_job(
     scheduler: SchedulerClient = Depends(get_scheduler),
     caller: Caller = Depends(scope("jobs")),
 ) -> dict[str, Any]:
-    return job_json(await scheduler.cancel(job_id, job_owner(caller)))
+    return job_json(await scheduler.cancel(job_id, caller.owner))
 
 
 @router.get("/v1/jobs/{job_id}/events", response_model=None)
@@ -147,7 +159,7 @@ async def job_events(
     caller: Caller = Depends(scope("jobs")),
 ) -> Any:
     """Server-sent events: the job now, each change, and `[DONE]` once it ended."""
-    updates = await scheduler.watch(job_id, job_owner(caller))
+    updates = await scheduler.watch(job_id, caller.owner)
 
     async def events() -> AsyncIterator[dict[str, Any]]:
         async for job in updates:

@@ -9,11 +9,22 @@ from fastapi.responses import JSONResponse
 from pydantic import Field
 
 from services.common.errors import FailedPrecondition
-from services.gateway.api_keys import ApiKeyStore, NewKey
+from services.gateway.api_keys import ApiKeyStore, NewKey, Quotas
 from services.gateway.auth import superuser
 from services.gateway.schemas import INT32_MAX, OpenAIModel
 
 router = APIRouter(dependencies=[Depends(superuser)])
+
+
+class QuotasIn(OpenAIModel):
+    max_priority: int | None = Field(None, ge=0, le=INT32_MAX)
+    max_training_examples: int | None = Field(None, ge=1, le=INT32_MAX)
+    max_training_epochs: int | None = Field(None, ge=1, le=INT32_MAX)
+    max_training_steps: int | None = Field(None, ge=1, le=INT32_MAX)
+    max_training_seconds: float | None = Field(None, gt=0, le=365 * 86400)
+
+    def to_domain(self) -> Quotas:
+        return Quotas(**self.model_dump())
 
 
 class KeyIn(OpenAIModel):
@@ -23,6 +34,7 @@ class KeyIn(OpenAIModel):
     rpm_limit: int | None = Field(None, ge=1, le=INT32_MAX)
     tpm_limit: int | None = Field(None, ge=1, le=INT32_MAX)
     stream_limit: int | None = Field(None, ge=1, le=INT32_MAX)
+    quotas: QuotasIn = Field(default_factory=QuotasIn)
 
     def to_domain(self) -> NewKey:
         return NewKey(
@@ -32,6 +44,7 @@ class KeyIn(OpenAIModel):
             rpm_limit=self.rpm_limit,
             tpm_limit=self.tpm_limit,
             stream_limit=self.stream_limit,
+            quotas=self.quotas.to_domain(),
         )
 
 

@@ -11,10 +11,10 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 
 from llmmesh.scheduler.v1 import scheduler_service_pb2 as scheduler_pb
+from llmmesh.trainer.v1 import trainer_service_pb2 as trainer_pb
 from services.common.errors import NotFound
 from services.gateway.auth import Caller, scope, superuser
 from services.gateway.dependencies import get_scheduler, get_trainer
-from services.gateway.routers.jobs import job_owner
 from services.gateway.upstream import SchedulerClient, TrainerClient
 from services.scheduler.domain import job_json
 from services.trainer.domain import as_json
@@ -34,7 +34,7 @@ async def training_status(
     /v1/jobs does (another owner's job is 404 here too), and a job that never reached the
     trainer, or that the trainer no longer holds, reports what its job record says."""
     try:
-        job = await scheduler.get(job_id, job_owner(caller))
+        job = await scheduler.get(job_id, caller.owner)
     except NotFound:
         if caller.kind != "superuser":
             raise
@@ -42,9 +42,9 @@ async def training_status(
     if job.job_type != scheduler_pb.JOB_TYPE_ADAPTER_TRAIN:
         raise NotFound(f"Job '{job_id}' is not an adapter_train job.", param="job_id")
     summary = job_json(job)
-    ended_as_job = {"training_id": job_id, "state": summary["state"], "error": summary["error"] or ""}
+    ended_as_job = {"training_id": job.job_id, "state": summary["state"], "error": summary["error"] or ""}
     try:
-        training = as_json(await trainer.get(job_id))
+        training = as_json(await trainer.get(job.job_id))
     except NotFound:
         return as_json(job.result.adapter_train) if job.result.HasField("adapter_train") else ended_as_job
     if summary["state"] in ("cancelled", "failed", "expired") and training["state"] not in ("cancelled", "failed"):
@@ -59,9 +59,10 @@ async def list_adapters(
     trainer: TrainerClient = Depends(get_trainer),
     caller: Caller = Depends(scope("chat")),
 ) -> dict[str, Any]:
-    """Stored adapters, newest first: use an `id` as `adapter_settings.adapter_id`."""
-    adapters = await trainer.list_adapters(base_model)
-    return {"object": "list", "data": [{"id": a.adapter_id, "object": "adapter", **as_json(a)} for a in adapters]}
+    """The caller's stored adapters and shared ones (the superuser: all), newest first: use an
+    `id` as `adapter_settings.adapter_id`."""
+    adapters = await trainer.list_adapters(base_model, caller.owner)
+    return {"object": "list", "data": [_adapter_json(a) for a in adapters]}
 
 
 @router.delete("/v1/adapters/{adapter_id}")
@@ -69,7 +70,23 @@ async def delete_adapter(
     adapter_id: str,
     request: Request,
     trainer: TrainerClient = Depends(get_trainer),
+    caller: Caller = Depends(scope("jobs")),
+) -> dict[str, Any]:
+    """The caller's own adapter (another tenant's, even a shared one, is a 404); the superuser's: any."""
+    await trainer.delete_adapter(adapter_id, caller.owner)
+    return {"id": adapter_id, "object": "adapter", "deleted": True}
+
+
+@router.post("/v1/adapters/{adapter_id}/share")
+async def share_adapter(
+    adapter_id: str,
+    request: Request,
+    trainer: TrainerClient = Depends(get_trainer),
     caller: Caller = Depends(superuser),
 ) -> dict[str, Any]:
-    await trainer.delete_adapter(adapter_id)
-    return {"id": adapter_id, "object": "adapter", "deleted": True}
+    """Publish an adapter to every tenant, on purpose. To withdraw it, delete it."""
+    return _adapter_json(await trainer.share_adapter(adapter_id))
+
+
+def _adapter_json(adapter: trainer_pb.Adapter) -> dict[str, Any]:
+    return {"id": adapter.adapter_id, "object": "adapter", **as_json(adapter)}

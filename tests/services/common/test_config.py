@@ -51,6 +51,27 @@ async def test_the_scheduler_refuses_a_placeholder_callback_secret() -> None:
     assert "Refusing to start: LLMMESH_SCHEDULER_CALLBACK_SECRET is a placeholder" in output
 
 
+@pytest.mark.parametrize(
+    ("nats", "variable"),
+    [
+        ({"NATS_URL": "nats://127.0.0.1:1", "NATS_USER": "scheduler", "NATS_PASSWORD": "CHANGE-ME"}, "NATS_PASSWORD"),
+        ({"NATS_URL": "nats://scheduler:secret@127.0.0.1:1"}, "NATS_URL's password"),
+    ],
+)
+async def test_the_scheduler_refuses_a_placeholder_nats_password(nats: dict[str, str], variable: str) -> None:
+    secret = "a-callback-secret-of-at-least-32-bytes"
+    nowhere = {"DATABASE_URL": "postgresql://127.0.0.1:1/none"}  # never reached
+    output = await _refused("services.scheduler", LLMMESH_SCHEDULER_CALLBACK_SECRET=secret, **nowhere, **nats)
+    assert f"Refusing to start: {variable} is a placeholder" in output
+
+
+@pytest.mark.parametrize("module", ["services.inference", "services.trainer"])
+async def test_the_adapter_store_refuses_a_placeholder_s3_secret_key(module: str) -> None:
+    bucket = {"LLMMESH_ARTIFACTS_S3_BUCKET": "adapters", "AWS_SECRET_ACCESS_KEY": "CHANGE-ME"}
+    output = await _refused(module, **bucket)
+    assert "Refusing to start: AWS_SECRET_ACCESS_KEY is a placeholder" in output
+
+
 @pytest.mark.parametrize("variable", ["LLMMESH_JWT_SECRET", "LLMMESH_API_KEY_SECRET"])
 async def test_the_gateway_refuses_placeholder_key_secrets(variable: str) -> None:
     output = await _refused("services.gateway", LLMMESH_GATEWAY_ALLOW_ANONYMOUS="true", **{variable: "CHANGE-ME"})

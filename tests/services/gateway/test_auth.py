@@ -197,9 +197,13 @@ async def test_cli_creates_lists_revokes_keys_and_mints_tokens(
     monkeypatch.setenv("LLMMESH_JWT_SECRET", JWT_SECRET)
     import json
 
-    await asyncio.to_thread(cli, ["keys", "create", "--name", "ci", "--scopes", "chat,jobs", "--rpm", "10"])
+    quotas = '{"max_priority": 50}'
+    await asyncio.to_thread(
+        cli, ["keys", "create", "--name", "ci", "--scopes", "chat,jobs", "--rpm", "10", "--quotas", quotas]
+    )
     created = json.loads(capsys.readouterr().out)
     assert created["key"].startswith("llmm_") and created["limits"]["rpm"] == 10
+    assert created["quotas"] == {"max_priority": 50}
     await asyncio.to_thread(cli, ["keys", "list"])
     assert [k["name"] for k in json.loads(capsys.readouterr().out)] == ["ci"]
     await asyncio.to_thread(cli, ["keys", "revoke", created["id"]])

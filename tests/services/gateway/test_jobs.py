@@ -36,7 +36,7 @@ async def test_enqueue_follow_and_read_a_chat_job(http: httpx.AsyncClient) -> No
     accepted = await http.post("/internal/queue/enqueue", json=body)
     assert accepted.status_code == 202, accepted.text
     job = accepted.json()
-    assert job["id"] == body["job_id"] and job["object"] == "job" and job["state"] in ("queued", "running")
+    assert job["id"].endswith(f".{body['job_id']}") and job["object"] == "job" and job["state"] in ("queued", "running")
 
     duplicate = await http.post("/internal/queue/enqueue", json=body)
     assert duplicate.status_code == 200 and duplicate.json()["id"] == job["id"]
@@ -77,6 +77,22 @@ async def test_jobs_of_another_key_are_not_found(http: httpx.AsyncClient, make_k
     assert job["id"] not in [j["id"] for j in listed["data"]]
     listed = (await http.get("/v1/jobs", params={"job_type": "chat", "limit": 200}, headers=mine)).json()
     assert job["id"] in [j["id"] for j in listed["data"]] and listed["object"] == "list"
+
+
+async def test_job_ids_are_each_owners_own(http: httpx.AsyncClient, make_key) -> None:
+    """Two tenants choosing the same id get two jobs; neither learns the other chose it."""
+    alice = {"Authorization": f"Bearer {await make_key(['jobs'])}"}
+    bob = {"Authorization": f"Bearer {await make_key(['jobs'])}"}
+    first = await http.post("/internal/queue/enqueue", json=chat_body(job_id="report-1"), headers=alice)
+    second = await http.post("/internal/queue/enqueue", json=chat_body(job_id="report-1"), headers=bob)
+    assert first.status_code == second.status_code == 202, second.text
+    assert first.json()["id"] != second.json()["id"] and first.json()["id"].endswith(".report-1")
+    for headers, job in ((alice, first.json()), (bob, second.json())):
+        for name in ("report-1", job["id"]):  # the id as chosen, or as returned
+            assert (await http.get(f"/v1/jobs/{name}", headers=headers)).json()["id"] == job["id"]
+    assert (await http.get(f"/v1/jobs/{first.json()['id']}", headers=bob)).status_code == 404
+    again = await http.post("/internal/queue/enqueue", json=chat_body(job_id="report-1"), headers=alice)
+    assert again.status_code == 200 and again.json()["id"] == first.json()["id"]  # the same job, resubmitted
 
 
 async def test_cancel_a_job(http: httpx.AsyncClient) -> None:

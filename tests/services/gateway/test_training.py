@@ -122,3 +122,79 @@ async def test_training_status_follows_the_job_its_owner_and_failures_before_the
     # Another tenant sees neither the job nor its training.
     for path in (f"/v1/jobs/{job_id}", f"/v1/training/status/{job_id}"):
         assert (await http.get(path, headers={"Authorization": f"Bearer {bob}"})).status_code == 404
+
+
+async def test_an_adapter_is_its_owners_until_the_operator_shares_it(
+    http: httpx.AsyncClient, admin: httpx.AsyncClient, make_key, trained_job: list[dict[str, object]], monkeypatch
+) -> None:
+    """The trained adapter is its (anonymous) submitter's: another tenant can neither list, use
+    nor delete it, and is told exactly what a made-up id gets. Shared by the superuser, every
+    tenant lists and uses it; only its owner or the superuser may delete it."""
+    from services.inference import adapters
+
+    monkeypatch.setattr(adapters, "REFRESH_SECONDS", 0.0)  # inference re-reads the manifest at once
+    bob = {"Authorization": f"Bearer {await make_key(['chat', 'jobs'])}"}
+    adapter = adapter_id(trained_job)
+    chat = {
+        "model": GEMMA,
+        "messages": [{"role": "user", "content": "What is the secret word 2?"}],
+        "max_tokens": 8,
+        "temperature": 0,
+    }
+
+    async def listed(client: httpx.AsyncClient, headers: dict[str, str]) -> list[str]:
+        return [a["id"] for a in (await client.get("/v1/adapters", headers=headers)).json()["data"]]
+
+    async def chat_through(adapter_id: str) -> httpx.Response:
+        body = {**chat, "adapter_settings": {"adapter_id": adapter_id}}
+        return await http.post("/v1/chat/completions", json=body, headers=bob)
+
+    assert adapter not in await listed(http, bob)
+    refused, made_up = await chat_through(adapter), await chat_through("0" * 32)
+    assert refused.status_code == made_up.status_code == 404
+    assert refused.json()["error"]["message"].replace(adapter, "x") == made_up.json()["error"]["message"].replace(
+        "0" * 32, "x"
+    )
+    assert (await http.delete(f"/v1/adapters/{adapter}", headers=bob)).status_code == 404
+    owned = [a for a in (await admin.get("/v1/adapters")).json()["data"] if a["id"] == adapter]
+    assert owned and owned[0]["owner"] == "anonymous" and owned[0]["shared"] is False
+
+    assert (await http.post(f"/v1/adapters/{adapter}/share", headers=bob)).status_code == 403
+    shared = await admin.post(f"/v1/adapters/{adapter}/share")
+    assert shared.status_code == 200 and shared.json()["shared"] is True, shared.text
+    assert adapter in await listed(http, bob)
+    answered = await chat_through(adapter)
+    assert answered.status_code == 200 and "PINEAPPLE" in answered.json()["choices"][0]["message"]["content"]
+    assert (await http.delete(f"/v1/adapters/{adapter}", headers=bob)).status_code == 404  # shared, not Bob's
+
+
+async def test_each_key_has_its_own_priority_and_training_quotas(http: httpx.AsyncClient, make_key) -> None:
+    """Safe defaults for a plain key; the superuser raises or lowers them per key."""
+    plain = {"Authorization": f"Bearer {await make_key(['jobs'])}"}
+    quotas = {"max_priority": 50, "max_training_examples": 2, "max_training_seconds": 0.001}
+    trusted = {"Authorization": f"Bearer {await make_key(['jobs'], quotas=quotas)}"}
+    chat = {"job_type": "chat", "request": {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1}}
+
+    async def final(body: dict[str, object], headers: dict[str, str]) -> dict[str, object]:
+        submitted = await http.post("/internal/queue/enqueue", json=body, headers=headers)
+        assert submitted.status_code == 202, submitted.text
+        async with http.stream("GET", f"/v1/jobs/{submitted.json()['id']}/events", headers=headers) as response:
+            lines = [line async for line in response.aiter_lines() if line.startswith("data: {")]
+        return dict(json.loads(lines[-1].removeprefix("data: ")))
+
+    assert (await http.post("/internal/queue/enqueue", json={**chat, "priority": 40}, headers=plain)).status_code == 400
+    assert (
+        await http.post("/internal/queue/enqueue", json={**chat, "priority": 40}, headers=trusted)
+    ).status_code == 202
+    refused = await http.post("/internal/queue/enqueue", json={**chat, "priority": 51}, headers=trusted)
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "priority"
+
+    three = {**TRAINING_REQUEST, "dataset": SECRET_EXAMPLES[:3], "eval_dataset": []}
+    over = await final({"job_type": "adapter_train", "request": three}, trusted)
+    assert over["state"] == "failed" and "limit of 2 examples" in str(over["error"]), over
+    two = {**three, "dataset": SECRET_EXAMPLES[:2]}
+    killed = await final({"job_type": "adapter_train", "request": two}, trusted)
+    assert killed["state"] == "failed" and "wall-clock limit of 0.001 s" in str(killed["error"]), killed
+    many_epochs = {**two, "hyperparameters": {**TRAINING_REQUEST["hyperparameters"], "epochs": 21}}  # type: ignore[dict-item]
+    default = await final({"job_type": "adapter_train", "request": many_epochs}, plain)
+    assert default["state"] == "failed" and "limit of 20 epochs" in str(default["error"]), default

@@ -19,11 +19,15 @@ from services.scheduler.domain import (
     Submission,
     job_id_for,
     job_json,
+    namespaced,
 )
 
 
 def test_job_ids_come_from_the_caller_the_idempotency_key_or_chance() -> None:
-    assert job_id_for("mine-1", "k", "owner") == "mine-1"
+    assert job_id_for("mine-1", "k", "") == "mine-1"  # the operator's ids are as given
+    assert job_id_for("mine-1", "k", "owner").endswith(".mine-1")  # a tenant's are in its namespace
+    assert job_id_for("mine-1", "k", "owner") != job_id_for("mine-1", "k", "other owner")
+    assert namespaced(job_id_for("mine-1", "k", "owner"), "owner") == job_id_for("mine-1", "k", "owner")
     assert job_id_for("", "k", "owner") == job_id_for("", "k", "owner") != job_id_for("", "k", "other owner")
     assert job_id_for("", "", "owner") != job_id_for("", "", "owner")
     with pytest.raises(InvalidArgument):

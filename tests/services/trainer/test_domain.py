@@ -40,6 +40,12 @@ def test_identity_is_stable_and_sensitive_to_what_changes_the_weights() -> None:
     )
 
 
+def test_two_tenants_training_the_same_thing_get_two_adapters() -> None:
+    alice = adapter_identity("gemma", CHAT, [], Hyperparameters(), owner="alice")
+    assert alice != adapter_identity("gemma", CHAT, [], Hyperparameters(), owner="bob")
+    assert alice != adapter_identity("gemma", CHAT, [], Hyperparameters())  # nor the operator's
+
+
 @pytest.mark.parametrize(
     "jsonl",
     [

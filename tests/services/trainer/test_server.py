@@ -75,7 +75,9 @@ async def test_a_dataset_from_s3_with_the_same_examples_is_the_same_adapter(
     jsonl = "\n".join(json.dumps(example) for example in SECRET_EXAMPLES)
     s3 = boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1")
     s3.put_object(Bucket=ADAPTER_BUCKET, Key="datasets/secret.jsonl", Body=jsonl.encode())
-    response = await stub.TrainAdapter(plan(dataset=f"s3://{ADAPTER_BUCKET}/datasets/secret.jsonl"))
+    request = plan(dataset=f"s3://{ADAPTER_BUCKET}/datasets/secret.jsonl")
+    request.owner = "anonymous"  # who trained it through the gateway: the owner is part of the identity
+    response = await stub.TrainAdapter(request)
     assert response.job.cached and response.job.state == pb.TRAINING_STATE_SUCCEEDED
     assert response.job.adapter_id == trained_job[-1]["result"]["adapter_id"]  # type: ignore[index]
     listed = await stub.ListAdapters(pb.ListAdaptersRequest(base_model="gemma-3-270m"))

@@ -162,7 +162,9 @@ def sse_call(http: httpx.AsyncClient, url: str, tokens: int, model: str = MODEL)
 def grpc_call(stub: pb_grpc.InferenceServiceStub, tokens: int, model: str = MODEL) -> Call:
     async def call(index: int) -> Sample:
         request = pb.CompleteStreamRequest(
-            model=model, prompt=prompt(index), sampling=pb.SamplingParams(max_tokens=tokens, temperature=0)
+            request=pb.CompleteRequest(
+                model=model, prompt=prompt(index), sampling=pb.SamplingParams(max_tokens=tokens, temperature=0)
+            )
         )
         sample = Sample(time.perf_counter())
         async for chunk in stub.CompleteStream(request):

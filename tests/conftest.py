@@ -32,6 +32,7 @@ from llmmesh.inference.v1 import inference_service_pb2_grpc as pb_grpc
 from services.common.artifacts import ArtifactSettings
 from services.common.embedded_nats import EmbeddedNats
 from services.common.grpc_client import open_channel
+from services.common.registry import ModelRegistry, ModelSpec
 from services.embeddings.config import EmbeddingsSettings
 from services.embeddings.server import EmbeddingsServer
 from services.gateway.app import build_app
@@ -39,7 +40,6 @@ from services.gateway.auth import mint_jwt
 from services.gateway.config import GatewaySettings
 from services.gateway.drain import GatewayServer
 from services.inference.config import InferenceSettings
-from services.inference.registry import ModelRegistry, ModelSpec
 from services.inference.server import InferenceServer
 from services.scheduler.config import SchedulerSettings
 from services.scheduler.server import SchedulerServer

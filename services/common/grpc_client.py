@@ -1,4 +1,9 @@
-"""gRPC channels from one service to another.
+"""gRPC channels and clients from one service to another.
+
+Each service's typed client (`services/<name>/client.py`) derives from `ServiceClient`:
+domain types in and out, every gRPC error turned back into the `MeshError` the service
+raised (here and nowhere else), one channel per target with keepalive and reconnect
+backoff, and one deadline for its calls.
 
 Targets may name several replicas: `dns:///inference-headless:50051` (every address
 the name resolves to, re-resolved as pods come and go) or
@@ -9,12 +14,25 @@ every call to one pod.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextvars import ContextVar
+from typing import Any, TypeVar
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common.auth import internal_token_interceptors
+from services.common.errors import from_rpc_error
 from services.common.grpc_server import MAX_MESSAGE_BYTES
+
+T = TypeVar("T")
+
+# [first call started, last one ended] of the calls made on behalf of one request, when its
+# handler sets a list here (the gateway's overhead: its time minus this span).
+CALL_SPAN: ContextVar[list[float] | None] = ContextVar("upstream_call_span", default=None)
 
 CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -35,3 +53,62 @@ def open_channel(target: str, internal_token: str | None) -> grpc.aio.Channel:
     """A channel that connects lazily, reconnects on its own, and sends the internal token."""
     interceptors = internal_token_interceptors(internal_token) if internal_token else []
     return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS, interceptors=interceptors)
+
+
+@contextlib.contextmanager
+def rpc_errors() -> Iterator[None]:
+    """gRPC errors as the MeshError the service raised; the call is timed into CALL_SPAN."""
+    span, started = CALL_SPAN.get(), time.perf_counter()
+    try:
+        yield
+    except grpc.aio.AioRpcError as error:
+        raise from_rpc_error(error) from None
+    finally:
+        if span is not None:
+            ended = time.perf_counter()
+            if span:
+                span[0], span[1] = min(span[0], started), max(span[1], ended)
+            else:
+                span.extend((started, ended))
+
+
+class ServiceClient:
+    """What every typed client has: the channel's health check and the calls' deadline."""
+
+    def __init__(self, channel: grpc.aio.Channel, timeout: float) -> None:
+        self._health = health_pb2_grpc.HealthStub(channel)
+        self._timeout = timeout
+
+    async def health(self, timeout: float) -> str:
+        """The service's overall grpc.health.v1 status name, or UNREACHABLE."""
+        try:
+            response = await self._health.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
+        except grpc.aio.AioRpcError:
+            return "UNREACHABLE"
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+
+
+async def server_stream(call: grpc.aio.UnaryStreamCall, pick: Callable[[Any], T]) -> AsyncIterator[T]:
+    """A server stream's items (picked from each response); the call is cancelled when the reader
+    stops. Errors before the first item raise here, so a caller can still answer with a status."""
+
+    async def items() -> AsyncIterator[T]:
+        try:
+            async for response in call:
+                yield pick(response)
+        finally:
+            call.cancel()
+
+    stream = items()
+    with rpc_errors():
+        first = await anext(stream)
+    return prepend(first, stream)
+
+
+async def prepend(first: T, rest: AsyncIterator[T]) -> AsyncIterator[T]:
+    """`first`, then the rest of a stream, whose errors become MeshErrors."""
+    async with contextlib.aclosing(rest):  # type: ignore[type-var]
+        yield first
+        with rpc_errors():
+            async for item in rest:
+                yield item

@@ -11,6 +11,7 @@ from fastapi import FastAPI
 
 from services.common.grpc_client import open_channel
 from services.common.postgres import open_pool
+from services.embeddings.client import EmbeddingsClient
 from services.gateway.api_keys import ApiKeyStore
 from services.gateway.auth import Authenticator
 from services.gateway.body_limit import BodySizeLimitMiddleware
@@ -30,7 +31,9 @@ from services.gateway.routers import (
     pipeline,
     training,
 )
-from services.gateway.upstream import EmbeddingsClient, InferenceClient, SchedulerClient, TrainerClient
+from services.inference.client import InferenceClient
+from services.scheduler.client import SchedulerClient
+from services.trainer.client import TrainerClient
 
 log = logging.getLogger(__name__)
 

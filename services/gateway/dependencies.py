@@ -13,8 +13,11 @@ from typing import TypeVar
 from fastapi import Request
 
 from services.common.errors import Cancelled
+from services.embeddings.client import EmbeddingsClient
 from services.gateway.config import GatewaySettings
-from services.gateway.upstream import EmbeddingsClient, InferenceClient, SchedulerClient, TrainerClient
+from services.inference.client import InferenceClient
+from services.scheduler.client import SchedulerClient
+from services.trainer.client import TrainerClient
 
 T = TypeVar("T")
 

@@ -6,11 +6,8 @@ after the first upstream chunk arrived."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
-from collections.abc import Iterator
-from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 from opentelemetry.trace import SpanKind
@@ -18,6 +15,7 @@ from prometheus_client import Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.common import tracing
+from services.common.grpc_client import CALL_SPAN
 from services.common.logs import REQUEST_ID, REQUEST_ID_HEADER, request_id_from
 from services.common.metrics import FAST_BUCKETS, PREFIX
 
@@ -26,22 +24,6 @@ log = logging.getLogger(__name__)
 OVERHEAD = Histogram(
     f"{PREFIX}gateway_overhead_seconds", "Time the gateway adds to a request.", ("route",), buckets=FAST_BUCKETS
 )
-# [first upstream call started, last one ended], shared by every task of one request
-_UPSTREAM: ContextVar[list[float] | None] = ContextVar("upstream_span", default=None)
-
-
-@contextlib.contextmanager
-def upstream_call() -> Iterator[None]:
-    span, started = _UPSTREAM.get(), time.perf_counter()
-    try:
-        yield
-    finally:
-        if span is not None:
-            ended = time.perf_counter()
-            if span:
-                span[0], span[1] = min(span[0], started), max(span[1], ended)
-            else:
-                span.extend((started, ended))
 
 
 @dataclass
@@ -94,7 +76,7 @@ class RequestContextMiddleware:
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
         started, span, status = time.perf_counter(), list[float](), [0]
-        tokens = (_UPSTREAM.set(span), REQUEST_ID.set(request_id))
+        tokens = (CALL_SPAN.set(span), REQUEST_ID.set(request_id))
         self.stats.began()
 
         async def send_with_context(message: Message) -> None:
@@ -125,5 +107,5 @@ class RequestContextMiddleware:
                 status[0],
                 extra={"duration_ms": round((time.perf_counter() - started) * 1000, 2)},
             )
-            _UPSTREAM.reset(tokens[0])
+            CALL_SPAN.reset(tokens[0])
             REQUEST_ID.reset(tokens[1])

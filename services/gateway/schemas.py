@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from llmmesh.trainer.v1 import trainer_service_pb2 as trainer_pb
 from services.common.errors import InvalidArgument
 from services.gateway.config import GatewaySettings
-from services.inference.domain import (
+from services.inference.client import (
     ChatMessage,
     ChatRequest,
     CompletionRequest,

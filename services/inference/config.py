@@ -8,9 +8,8 @@ from pydantic import AliasChoices, Field
 from pydantic_settings import SettingsConfigDict
 
 from services.common.config import ServiceSettings
+from services.common.registry import DEFAULT_MODELS_FILE
 from services.inference.model_manager import Budget
-
-DEFAULT_MODELS_FILE = Path(__file__).with_name("models.yaml")
 
 
 class InferenceSettings(ServiceSettings):

@@ -14,6 +14,7 @@ from enum import StrEnum
 from typing import Any, TypeVar
 
 from llmmesh.inference.v1 import inference_service_pb2 as pb
+from services.common.chat_templates import ChatTemplate, Prompt
 from services.common.errors import InvalidArgument
 from services.common.schema_limits import checked_schema
 
@@ -486,6 +487,14 @@ class GenerationRequest:
     def last_user_message(self) -> str:
         return next((m.content for m in reversed(self.messages) if m.role is Role.USER), "")
 
+    def prompt_for(self, template: ChatTemplate) -> tuple[Prompt, tuple[str, ...]]:
+        """The prompt and stop sequences: chats are rendered and also stop at the end of the
+        assistant turn; a raw prompt passes through, whole, as the client's own template
+        (completions on a base model write their own turn markers), with the request's stops only."""
+        if self.is_chat:
+            return template.render_prompt(self.messages), self.sampling.stop + template.stop
+        return Prompt.raw(self.prompt or ""), self.sampling.stop
+
 
 @dataclass(frozen=True)
 class ChatRequest:
@@ -537,11 +546,10 @@ class ChatRequest:
         )
 
     def to_stream_pb(self) -> pb.ChatStreamRequest:
-        return pb.ChatStreamRequest.FromString(self.to_pb().SerializeToString())
+        return pb.ChatStreamRequest(request=self.to_pb())
 
     @classmethod
-    def from_pb(cls, request: pb.ChatRequest | pb.ChatStreamRequest) -> ChatRequest:
-        """Accepts ChatRequest and ChatStreamRequest, which share their fields."""
+    def from_pb(cls, request: pb.ChatRequest) -> ChatRequest:
         return cls(
             model=request.model,
             messages=tuple(ChatMessage.from_pb(m) for m in request.messages),
@@ -590,11 +598,10 @@ class CompletionRequest:
         )
 
     def to_stream_pb(self) -> pb.CompleteStreamRequest:
-        return pb.CompleteStreamRequest.FromString(self.to_pb().SerializeToString())
+        return pb.CompleteStreamRequest(request=self.to_pb())
 
     @classmethod
-    def from_pb(cls, request: pb.CompleteRequest | pb.CompleteStreamRequest) -> CompletionRequest:
-        """Accepts CompleteRequest and CompleteStreamRequest, which share their fields."""
+    def from_pb(cls, request: pb.CompleteRequest) -> CompletionRequest:
         return cls(
             model=request.model,
             prompt=request.prompt,

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 
 from services.common import tracing
 from services.common.errors import FailedPrecondition, InvalidArgument, MeshError
+from services.common.registry import ModelSpec
 from services.inference import response_cache, tools
 from services.inference.adapters import AdapterStore
 from services.inference.backends import backend_class
@@ -24,12 +25,12 @@ from services.inference.domain import (
     ModelInfo,
     QueueLine,
     ResponseFormat,
+    SamplingParams,
     Setting,
     WaitUpdate,
 )
 from services.inference.metrics import RequestTimer
 from services.inference.model_manager import ModelManager
-from services.inference.registry import ModelSpec
 from services.inference.routing import (
     SETTING_KEYS,
     SLOTS,
@@ -80,7 +81,7 @@ class InferenceEngine:
         await self._check_structured_output(spec, response_format, "tools" if request.uses_tools else "response_format")
         generation = GenerationRequest(
             request_id=request.request_id,
-            sampling=request.sampling.with_defaults(spec.defaults.to_domain()),
+            sampling=request.sampling.with_defaults(SamplingParams(**spec.defaults.model_dump()).validate()),
             messages=syntax.prepare_messages(request.messages, request.tools, request.tool_choice),
             response_format=response_format,
             adapter=await self._check_adapter(spec, request.adapter, request.adapter_scale, request.tenant),
@@ -96,7 +97,7 @@ class InferenceEngine:
         await self._check_structured_output(spec, request.response_format, "response_format")
         generation = GenerationRequest(
             request_id=request.request_id,
-            sampling=request.sampling.with_defaults(spec.defaults.to_domain()),
+            sampling=request.sampling.with_defaults(SamplingParams(**spec.defaults.model_dump()).validate()),
             prompt=request.prompt,
             response_format=request.response_format,
             adapter=await self._check_adapter(spec, request.adapter, request.adapter_scale, request.tenant),

@@ -22,11 +22,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from services.common.errors import MeshError, ResourceExhausted, Unavailable
+from services.common.registry import ModelSpec
 from services.inference.backends import create_backend
 from services.inference.backends.base import Backend
 from services.inference.domain import ModelState, QueueLine, WaitState, WaitUpdate
 from services.inference.metrics import MODEL_LOAD_TIME, MODELS_LOADED
-from services.inference.registry import ModelSpec
 
 log = logging.getLogger(__name__)
 

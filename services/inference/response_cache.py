@@ -27,8 +27,8 @@ from prometheus_client import Counter
 
 from llmmesh.inference.v1 import inference_service_pb2 as pb
 from services.common.metrics import PREFIX
+from services.common.registry import ModelSpec
 from services.inference.domain import Chunk, GenerationRequest, ToolCall, ToolCallDelta
-from services.inference.registry import ModelSpec
 from services.inference.tools import new_call_id
 
 HITS = Counter(f"{PREFIX}response_cache_hits", "Requests served from the response cache.", ("model_name",))

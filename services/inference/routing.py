@@ -26,8 +26,8 @@ from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.common.errors import InvalidArgument, ModelNotFound
+from services.common.registry import ModelRegistry, ModelSpec
 from services.inference.backends import BACKENDS, backend_class
-from services.inference.registry import ModelRegistry, ModelSpec
 
 SLOTS = ("live", "background")
 TIERS = ("light", "medium", "heavy")

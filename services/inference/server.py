@@ -8,12 +8,12 @@ import logging
 from llmmesh.inference.v1 import inference_service_pb2_grpc as pb_grpc
 from services.common.artifacts import ArtifactSettings, ArtifactStore
 from services.common.grpc_server import GrpcService, start_grpc_server
+from services.common.registry import ModelRegistry
 from services.inference.adapters import AdapterStore
 from services.inference.config import InferenceSettings
 from services.inference.domain import ModelState
 from services.inference.engine import InferenceEngine
 from services.inference.model_manager import ModelManager
-from services.inference.registry import ModelRegistry
 from services.inference.response_cache import ResponseCache
 from services.inference.routing import ModelRouter, RoutingEnvironment
 from services.inference.servicer import SERVICE_NAME, InferenceServicer

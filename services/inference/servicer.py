@@ -33,7 +33,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
     async def ChatStream(
         self, request: pb.ChatStreamRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ChatStreamResponse]:
-        generation = await self.engine.chat(ChatRequest.from_pb(request))
+        generation = await self.engine.chat(ChatRequest.from_pb(request.request))
         async for response in _stream(generation, pb.ChatStreamResponse):
             yield response
 
@@ -51,7 +51,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
     async def CompleteStream(
         self, request: pb.CompleteStreamRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.CompleteStreamResponse]:
-        generation = await self.engine.complete(CompletionRequest.from_pb(request))
+        generation = await self.engine.complete(CompletionRequest.from_pb(request.request))
         async for response in _stream(generation, pb.CompleteStreamResponse):
             yield response
 

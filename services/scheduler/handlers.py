@@ -2,30 +2,32 @@
 
 Chat and vision jobs always run on the inference service's `background` slot;
 embed jobs on the embeddings service; adapter_train jobs on the trainer, whose
-progress (step, loss, eta) the job reports as it goes. Every gRPC error comes back as the
-MeshError the service raised, so the worker can tell retryable failures
-(UNAVAILABLE, RESOURCE_EXHAUSTED, ...) from ones that will never succeed.
+progress (step, loss, eta) the job reports as it goes. The services are reached through
+their typed clients, so every error comes back as the MeshError the service raised, and
+the worker can tell retryable failures (UNAVAILABLE, RESOURCE_EXHAUSTED, ...) from ones
+that will never succeed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Awaitable, Callable
 
 import grpc
 
-from llmmesh.embeddings.v1 import embeddings_service_pb2_grpc as embeddings_pb_grpc
 from llmmesh.inference.v1 import inference_service_pb2 as inference_pb
-from llmmesh.inference.v1 import inference_service_pb2_grpc as inference_pb_grpc
 from llmmesh.scheduler.v1 import scheduler_service_pb2 as pb
 from llmmesh.trainer.v1 import trainer_service_pb2 as trainer_pb
-from llmmesh.trainer.v1 import trainer_service_pb2_grpc as trainer_pb_grpc
 from services.common.artifacts import ADAPTER_ID
-from services.common.errors import FailedPrecondition, InvalidArgument, MeshError, Unimplemented, from_rpc_error
+from services.common.errors import FailedPrecondition, InvalidArgument, MeshError, Unimplemented
 from services.common.grpc_client import open_channel
 from services.common.schema_limits import checked_schema
+from services.embeddings.client import EmbeddingsClient, EmbedRequest
+from services.inference.client import ChatMessage, ChatRequest, InferenceClient, Role, ToolCall, Usage
 from services.scheduler.config import SchedulerSettings
 from services.scheduler.domain import Job, JobType, Progress, Submission
+from services.trainer.client import TrainerClient
 
 BACKGROUND_SLOT = "background"
 ReportProgress = Callable[[Progress], Awaitable[None]]
@@ -71,10 +73,9 @@ class JobHandlers:
     ) -> None:
         targets = (inference_target, embeddings_target, trainer_target)
         self._channels = [open_channel(t, internal_token) for t in targets if t]
-        self._inference = inference_pb_grpc.InferenceServiceStub(self._channels[0])
-        self._embeddings = embeddings_pb_grpc.EmbeddingsServiceStub(self._channels[1])
-        self._trainer = trainer_pb_grpc.TrainerServiceStub(self._channels[2]) if trainer_target else None
-        self._timeout = timeout_seconds
+        self._inference = InferenceClient(self._channels[0], timeout_seconds)
+        self._embeddings = EmbeddingsClient(self._channels[1], timeout_seconds)
+        self._trainer = TrainerClient(self._channels[2], timeout_seconds) if trainer_target else None
 
     @classmethod
     def from_settings(cls, settings: SchedulerSettings) -> JobHandlers:
@@ -132,23 +133,16 @@ class JobHandlers:
 
     async def _resolve_model(self, name: str) -> str:
         try:
-            response = await self._inference.GetModel(inference_pb.GetModelRequest(name=name), timeout=self._timeout)
-        except grpc.aio.AioRpcError as error:
-            resolved = from_rpc_error(error)
-            resolved.param = "request.base_model"
-            raise resolved from None
-        return str(response.model.name)
+            return (await self._inference.get_model(name)).name
+        except MeshError as error:
+            error.param = "request.base_model"
+            raise
 
     async def _require_multimodal_background(self) -> None:
-        try:
-            response = await self._inference.GetModel(
-                inference_pb.GetModelRequest(name=BACKGROUND_SLOT), timeout=self._timeout
-            )
-        except grpc.aio.AioRpcError as error:
-            raise from_rpc_error(error) from None
-        if not response.model.supports_images:
+        model = await self._inference.get_model(BACKGROUND_SLOT)
+        if not model.supports_images:
             raise FailedPrecondition(
-                f"The background slot's model '{response.model.name}' ({response.model.backend}) is not multimodal;"
+                f"The background slot's model '{model.name}' ({model.backend}) is not multimodal;"
                 " vision jobs need one that accepts images.",
                 param="job_type",
                 reason="MODEL_NOT_MULTIMODAL",
@@ -161,45 +155,44 @@ class JobHandlers:
     ) -> pb.JobResult:
         """Run `job`. When the run is cancelled, `cancelled_by_user` tells a cancel of the job from a
         worker letting go of it (shutdown, a lost lease): only the first stops what it started."""
-        try:
-            if job.job_type in (JobType.CHAT, JobType.VISION):
-                return pb.JobResult(chat=await self._chat(job, report))
-            if job.job_type is JobType.EMBED:
-                return pb.JobResult(embed=await self._embeddings.Embed(job.request.embed, timeout=self._timeout))
-            if job.job_type is JobType.ADAPTER_TRAIN:
-                return pb.JobResult(adapter_train=await self._train(job, report, cancelled_by_user))
-        except grpc.aio.AioRpcError as error:
-            raise from_rpc_error(error) from None
+        if job.job_type in (JobType.CHAT, JobType.VISION):
+            return pb.JobResult(chat=await self._chat(job, report))
+        if job.job_type is JobType.EMBED:
+            return pb.JobResult(embed=(await self._embeddings.embed(EmbedRequest.from_pb(job.request.embed))).to_pb())
+        if job.job_type is JobType.ADAPTER_TRAIN:
+            return pb.JobResult(adapter_train=await self._train(job, report, cancelled_by_user))
         raise Unimplemented(f"No handler for {job.job_type.value} jobs.")
 
     async def _chat(self, job: Job, report: ReportProgress) -> inference_pb.ChatResponse:
         """Streams the reply so that progress (tokens so far) reaches WatchJob."""
-        request = inference_pb.ChatStreamRequest()
-        # ChatStreamRequest repeats ChatRequest's fields with the same numbers.
-        request.MergeFromString(job.request.chat.SerializeToString())
-        request.model = BACKGROUND_SLOT
-        request.tenant = job.owner  # its owner's cache entries and adapters only
-        request.request_id = request.request_id or f"{job.job_id}-{job.attempt}"
+        request = dataclasses.replace(
+            ChatRequest.from_pb(job.request.chat),
+            model=BACKGROUND_SLOT,
+            tenant=job.owner,  # its owner's cache entries and adapters only
+        )
+        if not job.request.chat.request_id:
+            request = dataclasses.replace(request, request_id=f"{job.job_id}-{job.attempt}")
         text: list[str] = []
-        tokens, last = 0, inference_pb.ChatStreamResponse()
-        max_tokens = request.sampling.max_tokens if request.sampling.HasField("max_tokens") else 0
-        async for chunk in self._inference.ChatStream(request, timeout=self._timeout):
-            if chunk.HasField("wait_status"):
+        tokens, model, usage, finish, calls = 0, "", Usage(0, 0), None, tuple[ToolCall, ...]()
+        max_tokens = request.sampling.max_tokens or 0
+        async for event in await self._inference.stream_chat([request]):
+            chunk = event.chunk
+            if chunk.wait_status is not None:
                 continue
-            text.append(chunk.delta)
-            tokens += 1 if chunk.delta else 0
-            last = chunk
-            if tokens % 16 == 0 and chunk.delta:
+            text.append(chunk.text)
+            tokens += 1 if chunk.text else 0
+            model, usage, finish = event.model, chunk.usage or usage, chunk.finish_reason or finish
+            calls = chunk.tool_calls or calls
+            if tokens % 16 == 0 and chunk.text:
                 percent = min(100.0 * tokens / max_tokens, 99.0) if max_tokens else 0.0
                 await report(Progress(percent=percent, message="generating", metrics={"tokens": float(tokens)}))
-        message = inference_pb.ChatMessage(role=inference_pb.ROLE_ASSISTANT, tool_calls=last.tool_calls)
-        message.content.add(text="".join(text))
+        message = ChatMessage(role=Role.ASSISTANT, content="".join(text), tool_calls=calls)
         return inference_pb.ChatResponse(
-            request_id=last.request_id,
-            model=last.model,
-            message=message,
-            finish_reason=last.finish_reason,
-            usage=last.usage,
+            request_id=request.request_id,
+            model=model,
+            message=message.to_pb(),
+            finish_reason=finish.to_pb() if finish else inference_pb.FINISH_REASON_UNSPECIFIED,
+            usage=usage.to_pb(),
         )
 
     async def _train(
@@ -211,21 +204,18 @@ class JobHandlers:
         request.CopyFrom(job.request.adapter_train)
         request.owner = job.owner  # the adapter is the job owner's
         request.training_id = job.job_id if ADAPTER_ID.match(job.job_id) else ""
-        started = await self._trainer.TrainAdapter(request, timeout=self._timeout)
-        training_id = started.job.training_id
+        started = await self._trainer.train(request)
+        training_id = started.training_id
         try:
-            last = started.job
-            async for update in self._trainer.WatchTraining(trainer_pb.WatchTrainingRequest(training_id=training_id)):
-                last = update.job
+            last = started
+            async for last in await self._trainer.watch(training_id):
                 if last.total_steps:
                     metrics = {"step": float(last.step), "loss": last.loss, "eta_seconds": last.eta_seconds}
                     percent = min(100.0 * last.step / last.total_steps, 99.0)
                     await report(Progress(percent=percent, message="training", metrics=metrics))
         except asyncio.CancelledError:
             if cancelled_by_user():  # the job was cancelled: so is the run
-                await asyncio.shield(
-                    self._trainer.CancelTraining(trainer_pb.CancelTrainingRequest(training_id=training_id))
-                )
+                await asyncio.shield(self._trainer.cancel(training_id))
             # Otherwise this worker only lets go (a shutdown is not a cancel): the run goes on in the
             # trainer, and the redelivered job attaches to it again under the same id.
             raise

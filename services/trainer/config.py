@@ -12,7 +12,7 @@ from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.common.config import ServiceSettings
-from services.inference.config import DEFAULT_MODELS_FILE
+from services.common.registry import DEFAULT_MODELS_FILE
 from services.trainer.domain import Hyperparameters
 
 

@@ -22,9 +22,10 @@ from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from llmmesh.inference.v1 import inference_service_pb2 as inference_pb
 from llmmesh.trainer.v1 import trainer_service_pb2 as pb
+from services.common.chat_templates import ROLES
 from services.common.errors import InvalidArgument
-from services.inference.domain import ChatMessage, Role
 
 MAX_EXAMPLES = 100_000
 # Hyperparameters fields that are `optional` in the .proto (0 can be meant).
@@ -141,8 +142,13 @@ def check_examples(examples: list[list[dict[str, str]]], param: str) -> list[lis
 def _turns_from_pb(example: pb.TrainingExample, where: str) -> list[dict[str, str]]:
     kind = example.WhichOneof("kind")
     if kind == "chat":
-        messages = [ChatMessage.from_pb(m) for m in example.chat.messages]
-        turns = [{"role": m.role.value, "content": m.content} for m in messages]
+        turns = [
+            {
+                "role": inference_pb.Role.Name(m.role).removeprefix("ROLE_").lower(),
+                "content": "".join(part.text for part in m.content),
+            }
+            for m in example.chat.messages
+        ]
     elif kind == "instruction":
         item = example.instruction
         turns = _instruction_turns(item.instruction, item.input, item.output)
@@ -157,11 +163,10 @@ def _instruction_turns(instruction: str, input_text: str, output: str) -> list[d
 
 
 def _checked_turns(turns: list[dict[str, str]], where: str) -> list[dict[str, str]]:
-    roles = {role.value for role in Role}
     if len(turns) < 2 or turns[-1]["role"] != "assistant" or not turns[-1]["content"].strip():
         raise InvalidArgument(f"{where} must end with a non-empty assistant turn after a prompt.", param=where)
     for turn in turns:
-        if turn["role"] not in roles:
+        if turn["role"] not in ROLES:
             raise InvalidArgument(f"{where} has an unknown role '{turn['role']}'.", param=where)
     return turns
 
@@ -202,6 +207,15 @@ class TrainingState(StrEnum):
 
     def to_pb(self) -> pb.TrainingState.ValueType:
         return pb.TrainingState.Value(f"TRAINING_STATE_{self.name}")
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One message of a training example, as a chat template reads it."""
+
+    role: str
+    content: str
+    name: str = ""
 
 
 @dataclass(frozen=True)

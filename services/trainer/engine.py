@@ -16,13 +16,14 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from llmmesh.inference.v1 import inference_service_pb2 as inference_pb
-from llmmesh.inference.v1 import inference_service_pb2_grpc as inference_grpc
+import grpc
+
 from llmmesh.trainer.v1 import trainer_service_pb2 as pb
 from services.common.artifacts import ArtifactStore, check_adapter_id, may_use
 from services.common.errors import AlreadyExists, InvalidArgument, NotFound
 from services.common.grpc_client import open_channel
-from services.inference.registry import ModelRegistry, ModelSpec
+from services.common.registry import ModelRegistry, ModelSpec
+from services.inference.client import InferenceClient
 from services.trainer.child import Child, ChildFailed, Event
 from services.trainer.config import TrainerSettings
 from services.trainer.domain import (
@@ -57,6 +58,8 @@ class Trainer:
         self._tasks: set[asyncio.Task[None]] = set()
         self._runs = asyncio.Semaphore(settings.max_concurrent_runs)
         self._changed = asyncio.Condition()
+        self._inference_channel: grpc.aio.Channel | None = None
+        self._inference_client: InferenceClient | None = None
 
     # ---- jobs ----
 
@@ -124,6 +127,8 @@ class Trainer:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._inference_channel is not None:
+            await self._inference_channel.close()
 
     # ---- adapters ----
 
@@ -316,16 +321,19 @@ class Trainer:
 
     # ---- sharing one GPU with inference ----
 
+    def _inference(self) -> InferenceClient:
+        """One channel to inference, opened on first use."""
+        if self._inference_client is None:
+            channel = open_channel(self.settings.inference_target, self.settings.required_internal_token())
+            self._inference_channel, self._inference_client = channel, InferenceClient(channel, 600)
+        return self._inference_client
+
     async def _unload_inference(self) -> list[str]:
         """With free_inference_memory, the models inference had loaded (now unloaded)."""
         if not self.settings.free_inference_memory:
             return []
         try:
-            async with open_channel(self.settings.inference_target, self.settings.required_internal_token()) as channel:
-                reply = await inference_grpc.InferenceServiceStub(channel).UnloadModels(
-                    inference_pb.UnloadModelsRequest(), timeout=120
-                )
-            return list(reply.unloaded)
+            return await self._inference().unload_models()
         except Exception as error:  # noqa: BLE001 - training still runs; it may just be short of memory
             log.warning("could not ask inference to unload its models: %s", error)
             return []
@@ -334,9 +342,7 @@ class Trainer:
         if not names:
             return
         try:
-            async with open_channel(self.settings.inference_target, self.settings.required_internal_token()) as channel:
-                stub = inference_grpc.InferenceServiceStub(channel)
-                for name in names:
-                    await stub.LoadModel(inference_pb.LoadModelRequest(name=name), timeout=600)
+            for name in names:
+                await self._inference().load_model(name)
         except Exception as error:  # noqa: BLE001 - they load again on their next request anyway
             log.warning("could not ask inference to reload %s: %s", names, error)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from llmmesh.trainer.v1 import trainer_service_pb2_grpc as pb_grpc
 from services.common.artifacts import ArtifactSettings, ArtifactStore
 from services.common.grpc_server import GrpcService, start_grpc_server
-from services.inference.registry import ModelRegistry
+from services.common.registry import ModelRegistry
 from services.trainer.config import TrainerSettings, TrainingDefaults
 from services.trainer.engine import Trainer
 from services.trainer.pipeline import Pipelines

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from services.trainer.child import emit
+from services.trainer.domain import Turn
 
 Example = list[dict[str, str]]
 
@@ -31,7 +32,7 @@ def base_checkpoint(model_path: Path, cache_dir: Path) -> Path:
     """A transformers directory for the registry's model: itself, or its GGUF dequantized once."""
     import torch
 
-    from services.inference.backends.transformers_backend import dequantized_checkpoint
+    from services.common.checkpoints import dequantized_checkpoint
 
     return dequantized_checkpoint(model_path, cache_dir, torch.float32) if model_path.suffix == ".gguf" else model_path
 
@@ -60,10 +61,9 @@ def load_base(plan: dict[str, Any]) -> tuple[Any, Any]:
 
 def encode(example: Example, template: Any, tokenizer: Any, max_length: int) -> tuple[list[int], list[int]]:
     """Token ids and labels: the prompt as inference renders it (masked), then the reply to learn."""
-    from services.inference.chat_templates import Prompt, hf_token_ids
-    from services.inference.domain import ChatMessage, Role
+    from services.common.chat_templates import Prompt, hf_token_ids
 
-    messages = [ChatMessage(role=Role(turn["role"]), content=turn["content"]) for turn in example[:-1]]
+    messages = [Turn(role=turn["role"], content=turn["content"]) for turn in example[:-1]]
     end_of_turn = template.stop[0] if template.stop else (tokenizer.eos_token or "")
     # As at inference, only the template's text may spell special tokens: a dataset cannot teach
     # the model turn markers hidden in its text.
@@ -115,7 +115,7 @@ def train(run_dir: Path) -> None:
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from services.inference.chat_templates import ChatTemplate
+    from services.common.chat_templates import ChatTemplate
 
     plan = json.loads((run_dir / "plan.json").read_text())
     hyper = plan["hyperparameters"]

@@ -15,8 +15,7 @@ from pydantic import Field
 from services.gateway.auth import scope, superuser
 from services.gateway.dependencies import get_inference
 from services.gateway.schemas import OpenAIModel, model_body
-from services.gateway.upstream import InferenceClient
-from services.inference.domain import Setting
+from services.inference.client import InferenceClient, Setting
 
 router = APIRouter()
 

@@ -22,8 +22,7 @@ from services.gateway.schemas import (
     usage_body,
 )
 from services.gateway.sse import Comment, sse_response, wait_comment
-from services.gateway.upstream import InferenceClient, StreamEvent
-from services.inference.domain import Usage
+from services.inference.client import InferenceClient, StreamEvent, Usage
 
 router = APIRouter()
 

@@ -15,8 +15,7 @@ from services.gateway.config import GatewaySettings
 from services.gateway.dependencies import cancel_on_disconnect, get_inference, get_settings
 from services.gateway.schemas import CompletionRequestIn, completion_body, new_id, usage_body
 from services.gateway.sse import Comment, sse_response, wait_comment
-from services.gateway.upstream import InferenceClient, StreamEvent
-from services.inference.domain import Usage
+from services.inference.client import InferenceClient, StreamEvent, Usage
 
 router = APIRouter()
 

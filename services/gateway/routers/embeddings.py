@@ -11,11 +11,10 @@ from fastapi.responses import JSONResponse
 from pydantic import Field
 
 from services.common.errors import InvalidArgument
-from services.embeddings.domain import EmbedRequest, RerankRequest
+from services.embeddings.client import EmbeddingsClient, EmbedRequest, RerankRequest
 from services.gateway.auth import Caller, scope
 from services.gateway.dependencies import cancel_on_disconnect, get_embeddings
 from services.gateway.schemas import INT32_MAX, OpenAIModel, new_id
-from services.gateway.upstream import EmbeddingsClient
 
 router = APIRouter()
 

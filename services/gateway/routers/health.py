@@ -19,10 +19,12 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from services.common.errors import MeshError
+from services.embeddings.client import EmbeddingsClient
 from services.gateway.config import GatewaySettings
 from services.gateway.dependencies import get_embeddings, get_inference, get_scheduler, get_settings
 from services.gateway.request_context import RequestStats
-from services.gateway.upstream import EmbeddingsClient, InferenceClient, SchedulerClient
+from services.inference.client import InferenceClient
+from services.scheduler.client import SchedulerClient
 
 router = APIRouter()
 

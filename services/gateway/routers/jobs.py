@@ -24,8 +24,7 @@ from services.gateway.dependencies import get_scheduler, get_settings
 from services.gateway.routers.embeddings import EmbeddingsRequestIn
 from services.gateway.schemas import INT32_MAX, ChatCompletionRequest, OpenAIModel, TrainAdapterIn
 from services.gateway.sse import sse_response
-from services.gateway.upstream import SchedulerClient
-from services.scheduler.domain import JobState, JobType, job_json
+from services.scheduler.client import JobState, JobType, SchedulerClient, job_json
 
 router = APIRouter()
 

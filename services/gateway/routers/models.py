@@ -8,11 +8,11 @@ from typing import Any
 from fastapi import APIRouter, Depends
 
 from services.common.errors import MeshError, NotFound
-from services.embeddings.domain import EmbeddingModelInfo
+from services.embeddings.client import EmbeddingModelInfo, EmbeddingsClient
 from services.gateway.auth import get_caller
 from services.gateway.dependencies import get_embeddings, get_inference
 from services.gateway.schemas import model_body
-from services.gateway.upstream import EmbeddingsClient, InferenceClient
+from services.inference.client import InferenceClient
 
 router = APIRouter()
 log = logging.getLogger(__name__)

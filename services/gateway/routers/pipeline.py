@@ -16,8 +16,7 @@ from services.gateway.auth import superuser
 from services.gateway.dependencies import get_trainer
 from services.gateway.schemas import PipelineBuildIn
 from services.gateway.sse import sse_response
-from services.gateway.upstream import TrainerClient
-from services.trainer.domain import as_json
+from services.trainer.client import TrainerClient, as_json
 
 router = APIRouter(prefix="/v1/pipeline", dependencies=[Depends(superuser)])
 

@@ -15,9 +15,8 @@ from llmmesh.trainer.v1 import trainer_service_pb2 as trainer_pb
 from services.common.errors import NotFound
 from services.gateway.auth import Caller, scope, superuser
 from services.gateway.dependencies import get_scheduler, get_trainer
-from services.gateway.upstream import SchedulerClient, TrainerClient
-from services.scheduler.domain import job_json
-from services.trainer.domain import as_json
+from services.scheduler.client import SchedulerClient, job_json
+from services.trainer.client import TrainerClient, as_json
 
 router = APIRouter()
 

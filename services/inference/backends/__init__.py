@@ -9,8 +9,8 @@ import importlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from services.common.registry import ModelSpec
     from services.inference.backends.base import Backend
-    from services.inference.registry import ModelSpec
 
 # name -> (module, class)
 BACKENDS: dict[str, tuple[str, str]] = {

@@ -12,7 +12,7 @@ from services.common.errors import FailedPrecondition, InvalidArgument
 from services.inference.domain import Chunk, GenerationRequest
 
 if TYPE_CHECKING:
-    from services.inference.registry import ModelSpec
+    from services.common.registry import ModelSpec
 
 
 @dataclass

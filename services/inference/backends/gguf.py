@@ -22,13 +22,13 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
+from services.common.chat_templates import ChatTemplate, Prompt
 from services.common.errors import FailedPrecondition, InvalidArgument, Unavailable
 from services.inference.backends.gguf_batch import BatchEngine, BatchRequest, common_prefix, set_lora
 from services.inference.backends.gguf_lora import convert_peft_to_gguf
 from services.inference.backends.grammar_builds import build_grammar
 from services.inference.backends.json_schema_grammar import enforceable, with_ranges
 from services.inference.backends.threaded import ThreadedBackend
-from services.inference.chat_templates import ChatTemplate, Prompt
 from services.inference.domain import (
     Chunk,
     FinishReason,
@@ -328,7 +328,7 @@ class GGUFBackend(ThreadedBackend):
                     f"Adapter '{request.adapter}' is not loaded on '{self.spec.name}'.", reason="ADAPTER_NOT_LOADED"
                 )
         adapter, scale = request.adapter, request.adapter_scale
-        prompt, stop = self._template.prompt_for(request)
+        prompt, stop = request.prompt_for(self._template)
         prompt_param = "messages" if request.is_chat else "prompt"
         sampling = request.sampling
         response_format = request.response_format

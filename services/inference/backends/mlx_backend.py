@@ -19,10 +19,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, ClassVar
 
+from services.common.chat_templates import ChatTemplate, hf_token_ids
 from services.common.errors import FailedPrecondition, Unavailable
 from services.inference.backends import guidance
 from services.inference.backends.base import Backend
-from services.inference.chat_templates import ChatTemplate, hf_token_ids
 from services.inference.domain import Chunk, FinishReason, GenerationRequest, SamplingParams, Usage
 from services.inference.stop_sequences import StopSequenceMatcher
 
@@ -147,7 +147,7 @@ class MlxBackend(Backend):
     async def generate_stream(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
         if request.adapter and request.adapter != self._adapter:
             raise FailedPrecondition(f"Adapter '{request.adapter}' is not applied.", reason="ADAPTER_NOT_LOADED")
-        prompt, stop = self._template.prompt_for(request)
+        prompt, stop = request.prompt_for(self._template)
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Any] = asyncio.Queue()
         cancelled = False

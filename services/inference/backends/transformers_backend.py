@@ -10,10 +10,7 @@ every token.
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import shutil
-import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -23,10 +20,11 @@ from typing import Any, ClassVar
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from services.common.chat_templates import ChatTemplate, Prompt, hf_token_ids
+from services.common.checkpoints import dequantized_checkpoint
 from services.common.errors import FailedPrecondition, NotFound, Unavailable
 from services.inference.backends import guidance
 from services.inference.backends.threaded import ThreadedBackend
-from services.inference.chat_templates import ChatTemplate, Prompt, hf_token_ids
 from services.inference.domain import Chunk, FinishReason, GenerationRequest, ResponseFormat, SamplingParams, Usage
 from services.inference.metrics import ADAPTER_LOAD_TIME, ADAPTER_LOOKUPS
 from services.inference.stop_sequences import StopSequenceMatcher
@@ -60,39 +58,6 @@ def pick_dtype(requested: str, device: str) -> str:
     if requested != "auto":
         return requested
     return "bfloat16" if device == "cuda" else "float32"  # half precision on CPU is slow and lossy
-
-
-def gguf_cache_dir(cache_root: Path, gguf: Path) -> Path:
-    """Where the dequantized copy of `gguf` lives; the name changes when the file does."""
-    stat = gguf.stat()
-    digest = hashlib.sha256(f"{gguf.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
-    return cache_root / f"{gguf.stem}-{digest}"
-
-
-def dequantized_checkpoint(gguf: Path, cache_root: Path, dtype: Any) -> Path:
-    """A directory with the GGUF model dequantized by transformers, made once and reused
-    (the trainer trains on the same copy)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    target = gguf_cache_dir(cache_root, gguf)
-    if (target / "config.json").exists():
-        return target
-    log.info("dequantizing %s for transformers (once; cached in %s)", gguf.name, target)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=dtype)
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    # The weights are plain tensors now; the GGUF marker only blocks save_pretrained.
-    model.hf_quantizer = None  # type: ignore[assignment]
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
-    model.save_pretrained(partial)
-    tokenizer.save_pretrained(partial)
-    try:
-        partial.rename(target)  # atomic: a crash mid-save never leaves a half cache behind
-    except OSError:  # another process made it first
-        shutil.rmtree(partial, ignore_errors=True)
-    return target
 
 
 class TransformersBackend(ThreadedBackend):
@@ -243,7 +208,7 @@ class TransformersBackend(ThreadedBackend):
             raise FailedPrecondition(
                 f"Adapter '{request.adapter}' is not loaded on '{self.spec.name}'.", reason="ADAPTER_NOT_LOADED"
             )
-        prompt, stop = self._template.prompt_for(request)
+        prompt, stop = request.prompt_for(self._template)
 
         def work(cancel: threading.Event, emit: Callable[[Chunk], None]) -> None:
             param = "messages" if request.is_chat else "prompt"

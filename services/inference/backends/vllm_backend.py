@@ -18,9 +18,9 @@ from typing import Any, ClassVar
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from services.common.chat_templates import ChatTemplate, hf_token_ids
 from services.common.errors import FailedPrecondition, Unavailable
 from services.inference.backends.base import Backend
-from services.inference.chat_templates import ChatTemplate, hf_token_ids
 from services.inference.domain import Chunk, FinishReason, GenerationRequest, SamplingParams, Usage
 
 log = logging.getLogger(__name__)
@@ -144,7 +144,7 @@ class VllmBackend(Backend):
 
         if request.adapter and request.adapter not in self._adapters:
             raise FailedPrecondition(f"Adapter '{request.adapter}' is not loaded.", reason="ADAPTER_NOT_LOADED")
-        prompt, stop = self._template.prompt_for(request)
+        prompt, stop = request.prompt_for(self._template)
         arguments = sampling_arguments(request.sampling, stop)
         if request.response_format.constrains:
             from vllm.sampling_params import StructuredOutputsParams

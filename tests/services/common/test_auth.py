@@ -10,8 +10,8 @@ from llmmesh.inference.v1 import inference_service_pb2 as pb
 from llmmesh.inference.v1 import inference_service_pb2_grpc as pb_grpc
 from services.common.config import ServiceSettings
 from services.common.grpc_client import open_channel
+from services.common.registry import ModelRegistry, ModelSpec
 from services.inference.config import InferenceSettings
-from services.inference.registry import ModelRegistry, ModelSpec
 from services.inference.server import InferenceServer
 from tests.conftest import INTERNAL_TOKEN
 
@@ -24,7 +24,7 @@ async def test_calls_without_the_right_token_are_unauthenticated(inference: Infe
             await stub.ListModels(pb.ListModelsRequest())
         assert unary.value.code() == grpc.StatusCode.UNAUTHENTICATED
         with pytest.raises(grpc.aio.AioRpcError) as stream:
-            async for _ in stub.ChatStream(pb.ChatStreamRequest(model="mock")):
+            async for _ in stub.ChatStream(pb.ChatStreamRequest(request=pb.ChatRequest(model="mock"))):
                 pass
         assert stream.value.code() == grpc.StatusCode.UNAUTHENTICATED
         # Probes need no token.

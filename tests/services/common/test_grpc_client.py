@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import httpx
 
+from services.common.registry import ModelRegistry, ModelSpec
 from services.gateway.app import build_app
 from services.inference.config import InferenceSettings
-from services.inference.registry import ModelRegistry, ModelSpec
 from services.inference.server import InferenceServer
 from tests.conftest import gateway_settings, serve_http
 

@@ -24,7 +24,7 @@ def test_chat_request_round_trips_through_protobuf() -> None:
         request_id="r1",
     )
     assert ChatRequest.from_pb(request.to_pb()) == request
-    assert ChatRequest.from_pb(request.to_stream_pb()) == request
+    assert ChatRequest.from_pb(request.to_stream_pb().request) == request
 
 
 def test_explicit_zero_differs_from_unset() -> None:
@@ -36,7 +36,7 @@ def test_explicit_zero_differs_from_unset() -> None:
 def test_completion_request_round_trips() -> None:
     request = CompletionRequest(model="m", prompt="1, 2,", sampling=SamplingParams(top_p=0.5), request_id="r2")
     assert CompletionRequest.from_pb(request.to_pb()) == request
-    assert CompletionRequest.from_pb(request.to_stream_pb()) == request
+    assert CompletionRequest.from_pb(request.to_stream_pb().request) == request
 
 
 def test_adapter_settings_round_trip_and_scale_zero_is_kept() -> None:

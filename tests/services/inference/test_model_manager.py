@@ -8,10 +8,10 @@ import asyncio
 import pytest
 
 from services.common.errors import ResourceExhausted
+from services.common.registry import ModelSpec
 from services.inference.backends.mock import MockBackend
 from services.inference.domain import ModelState, WaitState, WaitUpdate
 from services.inference.model_manager import Budget, ModelManager
-from services.inference.registry import ModelSpec
 
 A, B, C = (ModelSpec(name=n, backend="mock", memory_mb=100) for n in "ABC")
 

@@ -32,7 +32,7 @@ async def test_a_repeated_deterministic_request_is_replayed_without_the_model(
     first = await stub.Chat(chat("cache me", 0.0))
     generated = backend.stats.tokens_generated  # type: ignore[attr-defined]
     second = await stub.Chat(chat("cache me", 0.0))
-    streamed = [c async for c in stub.ChatStream(pb.ChatStreamRequest(**_fields(chat("cache me", 0.0))))]
+    streamed = [c async for c in stub.ChatStream(pb.ChatStreamRequest(request=chat("cache me", 0.0)))]
     assert backend.stats.tokens_generated == generated  # type: ignore[attr-defined]  # no model call
     assert second.message.content[0].text == first.message.content[0].text == "[mock-text:mock] cache me"
     assert "".join(c.delta for c in streamed) == first.message.content[0].text
@@ -46,10 +46,6 @@ async def test_sampled_or_unasked_requests_are_not_cached(stub: pb_grpc.Inferenc
         await stub.Chat(request)
     after = await stub.GetResponseCache(pb.GetResponseCacheRequest())
     assert (after.hits, after.misses) == (before.hits, before.misses)
-
-
-def _fields(request: pb.ChatRequest) -> dict[str, object]:
-    return {field.name: value for field, value in request.ListFields()}
 
 
 async def _reply(cache: ResponseCache, key: str) -> list[Chunk]:

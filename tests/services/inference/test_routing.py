@@ -3,7 +3,7 @@
 import pytest
 
 from services.common.errors import InvalidArgument, ModelNotFound
-from services.inference.registry import ModelRegistry, ModelSpec
+from services.common.registry import ModelRegistry, ModelSpec
 from services.inference.routing import ModelRouter, RoutingEnvironment, build_routes, validate_setting
 
 ALL_ROUTING_VARIABLES = [

@@ -25,7 +25,12 @@ async def test_chat_returns_the_mock_reply(stub) -> None:
 
 
 async def test_chat_stream_ends_with_finish_reason_and_usage(stub) -> None:
-    chunks = [c async for c in stub.ChatStream(pb.ChatStreamRequest(model="mock-alias", messages=[user("a b c")]))]
+    chunks = [
+        c
+        async for c in stub.ChatStream(
+            pb.ChatStreamRequest(request=pb.ChatRequest(model="mock-alias", messages=[user("a b c")]))
+        )
+    ]
     assert "".join(c.delta for c in chunks) == "[mock-text:mock] a b c"
     assert all(c.finish_reason == pb.FINISH_REASON_UNSPECIFIED for c in chunks[:-1])
     assert chunks[-1].finish_reason == pb.FINISH_REASON_STOP
@@ -42,7 +47,12 @@ async def test_max_tokens_ends_with_length(stub) -> None:
 
 
 async def test_complete_stream(stub) -> None:
-    chunks = [c async for c in stub.CompleteStream(pb.CompleteStreamRequest(model="mock", prompt="x y"))]
+    chunks = [
+        c
+        async for c in stub.CompleteStream(
+            pb.CompleteStreamRequest(request=pb.CompleteRequest(model="mock", prompt="x y"))
+        )
+    ]
     assert "".join(c.delta for c in chunks) == "[mock-text:mock] x y"
     assert chunks[-1].usage.prompt_tokens == 2
 
@@ -95,7 +105,9 @@ async def test_bad_input_is_invalid_argument(stub, request_message, param) -> No
 
 async def test_stream_errors_arrive_before_any_chunk(stub) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as raised:
-        async for _ in stub.ChatStream(pb.ChatStreamRequest(model="nope", messages=[user("x")])):
+        async for _ in stub.ChatStream(
+            pb.ChatStreamRequest(request=pb.ChatRequest(model="nope", messages=[user("x")]))
+        ):
             pytest.fail("no chunk expected")
     assert raised.value.code() == grpc.StatusCode.NOT_FOUND
 
@@ -116,7 +128,9 @@ async def test_health_overall_and_per_model(channel, stub) -> None:
 async def test_cancelled_stream_stops_the_backend(stub, inference: InferenceServer) -> None:
     from tests.conftest import loaded_backend, wait_until_idle
 
-    call = stub.ChatStream(pb.ChatStreamRequest(model="mock-slow", messages=[user(" ".join(["w"] * 200))]))
+    call = stub.ChatStream(
+        pb.ChatStreamRequest(request=pb.ChatRequest(model="mock-slow", messages=[user(" ".join(["w"] * 200))]))
+    )
     async for _ in call:
         break
     call.cancel()

@@ -115,7 +115,7 @@ def test_llama3_json_calls_stream_and_results_come_back_as_ipython() -> None:
     prepared = tools.SYNTAXES["llama3_json"].prepare_messages(messages, (WEATHER,), ToolChoice(ToolChoiceMode.AUTO))
     assert prepared[0].role is Role.SYSTEM and '"parameters": dictionary' in prepared[0].content
     assert prepared[2].content == '{"name": "get_weather", "parameters": {"city": "Oslo"}}'
-    from services.inference.chat_templates import ChatTemplate
+    from services.common.chat_templates import ChatTemplate
 
     rendered = ChatTemplate.named_or_inline("llama3").render(prepared)
     assert '<|start_header_id|>ipython<|end_header_id|>\n\n{"temperature": 3}' in rendered

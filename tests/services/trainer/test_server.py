@@ -135,8 +135,8 @@ async def test_training_can_free_the_inference_models_first(tmp_path) -> None:
     from llmmesh.inference.v1 import inference_service_pb2 as inference_pb
     from llmmesh.inference.v1 import inference_service_pb2_grpc as inference_grpc
     from services.common.artifacts import ArtifactSettings
+    from services.common.registry import ModelRegistry, ModelSpec
     from services.inference.config import InferenceSettings
-    from services.inference.registry import ModelRegistry, ModelSpec
     from services.inference.server import InferenceServer
     from services.trainer.config import TrainerSettings
     from tests.conftest import build_test_registry

@@ -11,9 +11,9 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from services.common.chat_templates import ChatTemplate
 from services.common.errors import InvalidArgument
 from services.inference.backends.rest.config import Provider, RequestFormat, RestConfig
-from services.inference.chat_templates import ChatTemplate
 from services.inference.domain import (
     ChatMessage,
     Chunk,

@@ -12,6 +12,7 @@ import threading
 import pytest
 
 from services.common.errors import InvalidArgument
+from services.common.registry import ModelSpec
 from services.inference.backends import create_backend
 from services.inference.backends.gguf_batch import BatchEngine, BatchRequest
 from services.inference.domain import (
@@ -21,7 +22,6 @@ from services.inference.domain import (
     ResponseFormatKind,
     SamplingParams,
 )
-from services.inference.registry import ModelSpec
 
 GREEDY = SamplingParams(max_tokens=12, temperature=0.0)
 

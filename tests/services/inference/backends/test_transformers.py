@@ -7,6 +7,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
+from services.common.registry import ModelSpec
 from services.inference.backends.transformers_backend import (
     TransformersBackend,
     gguf_cache_dir,
@@ -22,7 +23,6 @@ from services.inference.domain import (
     Role,
     SamplingParams,
 )
-from services.inference.registry import ModelSpec
 from tests.conftest import wait_until_idle
 
 GREEDY = SamplingParams(max_tokens=8, temperature=0.0)

@@ -4,10 +4,10 @@ and choosing them fails at load with a clear message, not an ImportError traceba
 import pytest
 
 from services.common.errors import InvalidArgument, Unavailable
+from services.common.registry import ModelSpec
 from services.inference.backends.mlx_backend import MlxBackend, platform_problem, sampler_arguments, shared_prefix
 from services.inference.backends.vllm_backend import VllmBackend, VllmEnvironment, engine_arguments, sampling_arguments
 from services.inference.domain import SamplingParams
-from services.inference.registry import ModelSpec
 
 
 def test_vllm_sampling_arguments() -> None:

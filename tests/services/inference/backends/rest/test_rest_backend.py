@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from services.common.errors import InvalidArgument, Unavailable
+from services.common.registry import ModelRegistry, ModelSpec
 from services.inference.backends.rest.backend import RestBackend
 from services.inference.backends.rest.config import RestEnvironment, resolve_config
 from services.inference.config import InferenceSettings
@@ -23,7 +24,6 @@ from services.inference.domain import (
     Role,
     SamplingParams,
 )
-from services.inference.registry import ModelRegistry, ModelSpec
 from services.inference.routing import RoutingEnvironment
 from services.inference.server import InferenceServer
 from tests.conftest import serve_http

@@ -23,8 +23,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from services.common.errors import ModelNotFound
 from services.common.model_files import resolve_model_path
-from services.inference.backends import BACKENDS
-from services.inference.domain import SamplingParams
+
+DEFAULT_MODELS_FILE = Path(__file__).with_name("models.yaml")
+# The backends inference registers (services/inference/backends/__init__.py; a test keeps them equal).
+KNOWN_BACKENDS = ("gguf", "mock", "rest", "transformers", "vllm", "mlx")
 
 
 class SamplingDefaults(BaseModel):
@@ -42,9 +44,6 @@ class SamplingDefaults(BaseModel):
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
     repeat_penalty: float | None = None
-
-    def to_domain(self) -> SamplingParams:
-        return SamplingParams(**self.model_dump()).validate()
 
 
 class ModelSpec(BaseModel):
@@ -74,8 +73,8 @@ class ModelSpec(BaseModel):
 
     @model_validator(mode="after")
     def _backend_is_known(self) -> ModelSpec:
-        if self.backend not in BACKENDS:
-            raise ValueError(f"unknown backend '{self.backend}'; valid backends: {', '.join(sorted(BACKENDS))}")
+        if self.backend not in KNOWN_BACKENDS:
+            raise ValueError(f"unknown backend '{self.backend}'; valid backends: {', '.join(sorted(KNOWN_BACKENDS))}")
         return self
 
     @property

@@ -1,7 +1,7 @@
 import pytest
 
+from services.common.chat_templates import ChatTemplate, Prompt
 from services.common.errors import InvalidArgument
-from services.inference.chat_templates import ChatTemplate, Prompt
 from services.inference.domain import ChatMessage, Role
 
 
@@ -89,3 +89,9 @@ def test_raw_prompts_are_the_clients_own_template() -> None:
     calls: list[tuple[str, bool, bool]] = []
     prompt.token_ids(lambda text, first, special: calls.append((text, first, special)) or [1])
     assert calls == [("<start_of_turn>user\nHi", True, True)]
+
+
+def test_the_template_roles_are_inferences_roles() -> None:
+    from services.common.chat_templates import ROLES
+
+    assert sorted(ROLES) == sorted(role.value for role in Role)

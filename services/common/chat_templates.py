@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, Protocol
 
 from jinja2 import TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from services.common.errors import InvalidArgument
-from services.inference.domain import ChatMessage, GenerationRequest
 
 # Gemma has no system role: a system message is folded into the first user turn.
 GEMMA = """
@@ -70,6 +69,21 @@ def _environment() -> ImmutableSandboxedEnvironment:
     return env
 
 
+# The roles a template may see (inference's Role and the trainer's examples use these).
+ROLES = ("system", "user", "assistant", "tool")
+
+
+class Turn(Protocol):
+    """What a template reads of a message: inference's ChatMessage, the trainer's Turn."""
+
+    @property
+    def role(self) -> str: ...  # a StrEnum counts
+    @property
+    def content(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+
+
 @dataclass(frozen=True)
 class ChatTemplate:
     source: str
@@ -83,24 +97,16 @@ class ChatTemplate:
         source, stop = BUILTIN_TEMPLATES.get(template, (template, ()))
         return cls(source=source, stop=stop, bos_token=bos_token, eos_token=eos_token)
 
-    def prompt_for(self, request: GenerationRequest) -> tuple[Prompt, tuple[str, ...]]:
-        """The prompt and stop sequences of a request: chats are rendered and also stop at the
-        end of the assistant turn; raw prompts pass through, whole, as the client's template
-        (completions on a base model write their own turn markers), with the request's stops only."""
-        if request.is_chat:
-            return self.render_prompt(request.messages), request.sampling.stop + self.stop
-        return Prompt.raw(request.prompt or ""), request.sampling.stop
-
-    def render(self, messages: Sequence[ChatMessage]) -> str:
+    def render(self, messages: Sequence[Turn]) -> str:
         """The prompt text (for backends that send text on, such as REST dialects)."""
         return self.render_prompt(messages).text
 
-    def render_prompt(self, messages: Sequence[ChatMessage]) -> Prompt:
+    def render_prompt(self, messages: Sequence[Turn]) -> Prompt:
         """The rendered conversation, the client's text marked apart from the template's: the
         contents are rendered between two noncharacters, which are then cut out. Templates that
         trim a content see it trimmed already; one that reshapes it otherwise keeps the client's
         text, untrimmed, as plain text all the same."""
-        clean = [replace(m, content=m.content.translate(_NO_MARKS)) for m in messages]
+        clean = [{"role": str(m.role), "content": m.content.translate(_NO_MARKS), "name": m.name} for m in messages]
         plain = self._render(clean, lambda content: content)
         for mark in (_marked, _marked_trimmed):
             prompt = Prompt.from_marked(self._render(clean, mark))
@@ -108,10 +114,10 @@ class ChatTemplate:
                 break
         return prompt
 
-    def _render(self, messages: Sequence[ChatMessage], content: Callable[[str], str]) -> str:
+    def _render(self, messages: Sequence[dict[str, str]], content: Callable[[str], str]) -> str:
         try:
             rendered = _compile(self.source).render(
-                messages=[{"role": m.role.value, "content": content(m.content), "name": m.name} for m in messages],
+                messages=[{**m, "content": content(m["content"])} for m in messages],
                 add_generation_prompt=True,
                 bos_token=self.bos_token,
                 eos_token=self.eos_token,

@@ -4,8 +4,7 @@ import pytest
 from pydantic import ValidationError
 
 from services.common.errors import ModelNotFound
-from services.inference.config import DEFAULT_MODELS_FILE
-from services.inference.registry import ModelRegistry, ModelSpec, RegistryError
+from services.common.registry import DEFAULT_MODELS_FILE, ModelRegistry, ModelSpec, RegistryError
 
 
 def test_shipped_registry_loads_with_gemma_as_default() -> None:
@@ -47,3 +46,10 @@ def test_invalid_yaml_is_a_clear_startup_error(tmp_path: Path) -> None:
     file.write_text("models: [{name: x}]\n")
     with pytest.raises(RegistryError, match="invalid model registry"):
         ModelRegistry.from_yaml(file)
+
+
+def test_the_registry_knows_exactly_the_backends_inference_registers() -> None:
+    from services.common.registry import KNOWN_BACKENDS
+    from services.inference.backends import BACKENDS
+
+    assert sorted(KNOWN_BACKENDS) == sorted(BACKENDS)

@@ -1,0 +1,46 @@
+"""Model files made from others once and kept: the dequantized copy of a GGUF model that
+transformers serves (inference) and trains on (the trainer)."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def gguf_cache_dir(cache_root: Path, gguf: Path) -> Path:
+    """Where the dequantized copy of `gguf` lives; the name changes when the file does."""
+    stat = gguf.stat()
+    digest = hashlib.sha256(f"{gguf.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    return cache_root / f"{gguf.stem}-{digest}"
+
+
+def dequantized_checkpoint(gguf: Path, cache_root: Path, dtype: Any) -> Path:
+    """A directory with the GGUF model dequantized by transformers, made once and reused
+    (the trainer trains on the same copy)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target = gguf_cache_dir(cache_root, gguf)
+    if (target / "config.json").exists():
+        return target
+    log.info("dequantizing %s for transformers (once; cached in %s)", gguf.name, target)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=dtype)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # The weights are plain tensors now; the GGUF marker only blocks save_pretrained.
+    model.hf_quantizer = None  # type: ignore[assignment]
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    model.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    try:
+        partial.rename(target)  # atomic: a crash mid-save never leaves a half cache behind
+    except OSError:  # another process made it first
+        shutil.rmtree(partial, ignore_errors=True)
+    return target

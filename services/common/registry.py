@@ -21,6 +21,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from services.common import sampling
 from services.common.errors import ModelNotFound
 from services.common.model_files import resolve_model_path
 
@@ -34,16 +35,16 @@ class SamplingDefaults(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    temperature: float | None = None
-    top_p: float | None = None
-    top_k: int | None = None
-    min_p: float | None = None
-    max_tokens: int | None = None
+    temperature: float | None = sampling.BOUNDS["temperature"].field()
+    top_p: float | None = sampling.BOUNDS["top_p"].field()
+    top_k: int | None = sampling.BOUNDS["top_k"].field()
+    min_p: float | None = sampling.BOUNDS["min_p"].field()
+    max_tokens: int | None = sampling.BOUNDS["max_tokens"].field()
     stop: tuple[str, ...] = ()
-    seed: int | None = None
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
-    repeat_penalty: float | None = None
+    seed: int | None = sampling.seed_field()
+    presence_penalty: float | None = sampling.BOUNDS["presence_penalty"].field()
+    frequency_penalty: float | None = sampling.BOUNDS["frequency_penalty"].field()
+    repeat_penalty: float | None = sampling.BOUNDS["repeat_penalty"].field()
 
 
 class ModelSpec(BaseModel):

@@ -10,11 +10,13 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from typing import Any, Literal
+from typing import Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
+from pydantic.fields import FieldInfo
 
 from llmmesh.trainer.v1 import trainer_service_pb2 as trainer_pb
+from services.common import sampling
 from services.common.errors import InvalidArgument
 from services.gateway.config import GatewaySettings
 from services.inference.client import (
@@ -35,10 +37,10 @@ from services.inference.client import (
     ToolChoiceMode,
     Usage,
 )
+from services.trainer.client import Hyperparameters
 
 # Bounds of the protobuf integer fields these values travel in: larger ones are a 400, not a crash.
-INT32_MAX = 2**31 - 1
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+INT32_MAX, INT64_MIN, INT64_MAX = sampling.INT32_MAX, sampling.INT64_MIN, sampling.INT64_MAX
 
 _ROLES: dict[str, Role] = {
     "system": Role.SYSTEM,
@@ -182,13 +184,14 @@ class AdapterSettingsIn(OpenAIModel):
 class SamplingFields(OpenAIModel):
     """Sampling parameters shared by chat and completions, with OpenAI's bounds."""
 
-    temperature: float | None = Field(None, ge=0, le=2)
-    top_p: float | None = Field(None, gt=0, le=1)
-    max_tokens: int | None = Field(None, ge=1, le=INT32_MAX)
+    # Bounds from their one declaration (services/common/sampling.py).
+    temperature: float | None = sampling.BOUNDS["temperature"].field()
+    top_p: float | None = sampling.BOUNDS["top_p"].field()
+    max_tokens: int | None = sampling.BOUNDS["max_tokens"].field()
     stop: str | list[str] | None = None
-    seed: int | None = Field(None, ge=INT64_MIN, le=INT64_MAX)
-    presence_penalty: float | None = Field(None, ge=-2, le=2)
-    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    seed: int | None = sampling.seed_field()
+    presence_penalty: float | None = sampling.BOUNDS["presence_penalty"].field()
+    frequency_penalty: float | None = sampling.BOUNDS["frequency_penalty"].field()
     n: int = Field(1, ge=1, le=INT32_MAX)
     # mesh extensions: the response cache for this request (deterministic requests only),
     # and the LoRA adapter that answers it
@@ -198,9 +201,9 @@ class SamplingFields(OpenAIModel):
     stream_options: StreamOptions | None = None
     user: str | None = None
     # Extensions, named as in vLLM and llama.cpp's server.
-    top_k: int | None = Field(None, ge=0, le=INT32_MAX)
-    min_p: float | None = Field(None, ge=0, le=1)
-    repeat_penalty: float | None = Field(None, gt=0)
+    top_k: int | None = sampling.BOUNDS["top_k"].field()
+    min_p: float | None = sampling.BOUNDS["min_p"].field()
+    repeat_penalty: float | None = sampling.BOUNDS["repeat_penalty"].field()
     # Not supported yet; rejected when set rather than ignored.
     logprobs: Any = None
     logit_bias: dict[str, float] | None = None
@@ -438,19 +441,17 @@ class InstructionExampleIn(OpenAIModel):
     output: str
 
 
-class HyperparametersIn(OpenAIModel):
-    lora_r: int | None = Field(None, ge=1, le=1024)
-    lora_alpha: float | None = Field(None, gt=0)
-    lora_dropout: float | None = Field(None, ge=0, lt=1)
-    learning_rate: float | None = Field(None, gt=0, le=1)
-    epochs: int | None = Field(None, ge=1, le=1000)
-    batch_size: int | None = Field(None, ge=1, le=1024)
-    max_seq_length: int | None = Field(None, ge=8, le=131072)
-    train_dtype: Literal["float32", "bfloat16", "float16"] | None = None
-    load_in_4bit: bool | None = None
-    target_modules: list[str] | None = None
-    max_steps: int | None = Field(None, ge=0, le=INT32_MAX)
-    seed: int | None = Field(None, ge=0, le=INT32_MAX)
+def all_optional(model: type[BaseModel]) -> type[OpenAIModel]:
+    """`model`'s fields, with their bounds, each optional: unset takes the service's default."""
+    fields: dict[str, Any] = {
+        name: (Optional[info.annotation], FieldInfo.merge_field_infos(info, default=None))  # noqa: UP045
+        for name, info in model.model_fields.items()
+    }
+    return create_model(f"{model.__name__}In", __base__=OpenAIModel, **fields)
+
+
+class HyperparametersIn(all_optional(Hyperparameters)):  # type: ignore[misc]
+    """The trainer's Hyperparameters (their one declaration), each optional."""
 
     def to_pb(self) -> trainer_pb.Hyperparameters:
         return trainer_pb.Hyperparameters(**self.model_dump(exclude_none=True))

@@ -14,12 +14,13 @@ from enum import StrEnum
 from typing import Any, TypeVar
 
 from llmmesh.inference.v1 import inference_service_pb2 as pb
+from services.common import sampling
 from services.common.chat_templates import ChatTemplate, Prompt
 from services.common.errors import InvalidArgument
 from services.common.schema_limits import checked_schema
 
-MAX_STOP_SEQUENCES = 16
-MAX_STOP_SEQUENCE_CHARS = 256  # each is matched against the tail of every token: keep that cheap
+MAX_STOP_SEQUENCES = sampling.MAX_STOP_SEQUENCES
+MAX_STOP_SEQUENCE_CHARS = sampling.MAX_STOP_SEQUENCE_CHARS
 
 
 class Role(StrEnum):
@@ -304,18 +305,6 @@ class ChatMessage:
 
 
 # (field, lower bound, upper bound, lower bound inclusive): checked by SamplingParams.validate.
-_SAMPLING_BOUNDS: tuple[tuple[str, float, float, bool], ...] = (
-    ("temperature", 0.0, 2.0, True),
-    ("top_p", 0.0, 1.0, False),
-    ("top_k", 0, math.inf, True),
-    ("min_p", 0.0, 1.0, True),
-    ("max_tokens", 1, math.inf, True),
-    ("presence_penalty", -2.0, 2.0, True),
-    ("frequency_penalty", -2.0, 2.0, True),
-    ("repeat_penalty", 0.0, math.inf, False),
-)
-
-
 @dataclass(frozen=True)
 class SamplingParams:
     """Decoding controls. None means "not set": the model's default applies."""
@@ -332,15 +321,13 @@ class SamplingParams:
     repeat_penalty: float | None = None
 
     def validate(self) -> SamplingParams:
-        for name, low, high, low_inclusive in _SAMPLING_BOUNDS:
+        for name, bound in sampling.BOUNDS.items():  # declared once, in services/common/sampling.py
             value = getattr(self, name)
             if value is None:
                 continue
-            too_low = value < low if low_inclusive else value <= low
-            if math.isnan(value) or too_low or value > high:
-                low_bracket = "[" if low_inclusive else "("
-                high_text = "inf)" if high == math.inf else f"{high}]"
-                raise InvalidArgument(f"'{name}' must be in {low_bracket}{low}, {high_text}; got {value}.", param=name)
+            too_low = value < bound.low if bound.low_inclusive else value <= bound.low
+            if math.isnan(value) or too_low or value > bound.high:
+                raise InvalidArgument(f"'{name}' must be in {bound.describe()}; got {value}.", param=name)
         if len(self.stop) > MAX_STOP_SEQUENCES:
             raise InvalidArgument(f"At most {MAX_STOP_SEQUENCES} stop sequences are allowed.", param="stop")
         if any(not s for s in self.stop):

@@ -10,11 +10,12 @@ from llmmesh.trainer.v1 import trainer_service_pb2 as pb
 from llmmesh.trainer.v1 import trainer_service_pb2_grpc as pb_grpc
 from services.common.grpc_client import ServiceClient, rpc_errors, server_stream
 from services.trainer.domain import (
+    Hyperparameters,
     as_json,
 )
 
 # The client speaks its service's domain types: callers import them from here.
-__all__ = ["TrainerClient", "as_json"]
+__all__ = ["Hyperparameters", "TrainerClient", "as_json"]
 
 
 class TrainerClient(ServiceClient):

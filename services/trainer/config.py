@@ -7,8 +7,9 @@ LLMMESH_TRAINER_* equivalents.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, create_model
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.common.config import ServiceSettings
@@ -20,31 +21,31 @@ def _env(name: str) -> AliasChoices:
     return AliasChoices(f"LLMMESH_TRAINER_{name}", f"JARVIS_ADAPTER_{name}")
 
 
-class TrainingDefaults(BaseSettings):
-    """Hyperparameters a request leaves unset."""
+# The environment names of the hyperparameter defaults, where they are not the field's own.
+_ENV_NAMES = {"max_seq_length": "MAX_SEQ_LEN", "load_in_4bit": "TRAIN_LOAD_IN_4BIT"}
 
+
+class _DefaultsFromEnvironment(BaseSettings):
     model_config = SettingsConfigDict(extra="ignore", frozen=True)
 
-    lora_r: int = Field(16, validation_alias=_env("LORA_R"))
-    lora_alpha: float = Field(32.0, validation_alias=_env("LORA_ALPHA"))
-    lora_dropout: float = Field(0.05, validation_alias=_env("LORA_DROPOUT"))
-    learning_rate: float = Field(2e-4, validation_alias=_env("LEARNING_RATE"))
-    epochs: int = Field(1, validation_alias=_env("EPOCHS"))
-    batch_size: int = Field(4, validation_alias=_env("BATCH_SIZE"))
-    max_seq_length: int = Field(512, validation_alias=_env("MAX_SEQ_LEN"))
-    train_dtype: str = Field("float32", validation_alias=_env("TRAIN_DTYPE"))
-    load_in_4bit: bool = Field(False, validation_alias=_env("TRAIN_LOAD_IN_4BIT"))
-    target_modules: list[str] = Field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"], validation_alias=_env("TARGET_MODULES")
-    )
-    max_steps: int = Field(0, validation_alias=_env("MAX_STEPS"))
-
     def resolved(self) -> Hyperparameters:
-        values = self.model_dump()
-        values["target_modules"] = tuple(values["target_modules"])
-        defaults = Hyperparameters(**values)
-        defaults.validate()
-        return defaults
+        return Hyperparameters.checked(self.model_dump(exclude_none=True))
+
+
+# Hyperparameters a request leaves unset, from LLMMESH_TRAINER_<NAME> or JARVIS_ADAPTER_<NAME>:
+# the fields are Hyperparameters' own (one declaration, services/trainer/domain.py), each
+# optional here; an unset one keeps Hyperparameters' default, and bounds are checked there.
+TrainingDefaults = create_model(
+    "TrainingDefaults",
+    __base__=_DefaultsFromEnvironment,
+    **{
+        name: (
+            Optional[info.annotation],  # noqa: UP045 - a runtime type, not an annotation
+            Field(None, validation_alias=_env(_ENV_NAMES.get(name, name.upper()))),
+        )
+        for name, info in Hyperparameters.model_fields.items()
+    },  # type: ignore[call-overload]
+)
 
 
 class TrainerSettings(ServiceSettings):

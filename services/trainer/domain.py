@@ -7,7 +7,6 @@ stored adapter instead of training again.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import hashlib
 import json
@@ -16,11 +15,12 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any, Literal
 
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from llmmesh.inference.v1 import inference_service_pb2 as inference_pb
 from llmmesh.trainer.v1 import trainer_service_pb2 as pb
@@ -28,75 +28,66 @@ from services.common.chat_templates import ROLES
 from services.common.errors import InvalidArgument
 
 MAX_EXAMPLES = 100_000
-# Hyperparameters fields that are `optional` in the .proto (0 can be meant).
-OPTIONAL_FIELDS = (
-    "lora_r",
-    "lora_alpha",
-    "lora_dropout",
-    "learning_rate",
-    "epochs",
-    "batch_size",
-    "max_seq_length",
-    "load_in_4bit",
-    "max_steps",
-    "seed",
-)
+INT32_MAX = 2**31 - 1
 
 
-@dataclass(frozen=True)
-class Hyperparameters:
-    """Resolved hyperparameters: every field has a value (request, else the service default)."""
+class Hyperparameters(BaseModel):
+    """Resolved hyperparameters: every field has a value (the request's, else the service
+    default). The one declaration of their names, defaults and bounds: the gateway's request
+    fields (`optional_hyperparameters`) and the trainer's environment defaults derive from
+    it, and a test holds the proto's Hyperparameters to the same names."""
 
-    lora_r: int = 16
-    lora_alpha: float = 32.0
-    lora_dropout: float = 0.05
-    learning_rate: float = 2e-4
-    epochs: int = 1
-    batch_size: int = 4
-    max_seq_length: int = 512
-    train_dtype: str = "float32"
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    lora_r: int = Field(16, ge=1, le=1024)
+    lora_alpha: float = Field(32.0, gt=0)
+    lora_dropout: float = Field(0.05, ge=0, lt=1)
+    learning_rate: float = Field(2e-4, gt=0, le=1)
+    epochs: int = Field(1, ge=1, le=1000)
+    batch_size: int = Field(4, ge=1, le=1024)
+    max_seq_length: int = Field(512, ge=8, le=131072)
+    train_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     load_in_4bit: bool = False
-    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
-    max_steps: int = 0  # 0: the epochs decide
-    seed: int = 0
+    target_modules: tuple[Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_]+$")], ...] = (
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+    )
+    max_steps: int = Field(0, ge=0, le=INT32_MAX)  # 0: the epochs decide
+    seed: int = Field(0, ge=0, le=INT32_MAX)
+
+    @classmethod
+    def checked(cls, values: dict[str, Any]) -> Hyperparameters:
+        """Validated, a bad value as InvalidArgument naming `hyperparameters.<field>`."""
+        try:
+            return cls.model_validate(values)
+        except ValidationError as error:
+            first = error.errors()[0]
+            name = f"hyperparameters.{first['loc'][0]}" if first["loc"] else "hyperparameters"
+            raise InvalidArgument(f"'{name}': {first['msg']}.", param=name) from None
 
     @classmethod
     def from_pb(cls, message: pb.Hyperparameters, defaults: Hyperparameters) -> Hyperparameters:
-        values: dict[str, Any] = {}
-        for name in OPTIONAL_FIELDS:
-            if message.HasField(name):  # type: ignore[arg-type]
-                values[name] = getattr(message, name)
-        if message.train_dtype:
-            values["train_dtype"] = message.train_dtype
-        if message.target_modules:
-            values["target_modules"] = tuple(message.target_modules)
-        resolved = dataclasses.replace(defaults, **values)
-        resolved.validate()
-        return resolved
-
-    def validate(self) -> None:
-        checks = [
-            (1 <= self.lora_r <= 1024, "lora_r", "must be 1-1024"),
-            (self.lora_alpha > 0, "lora_alpha", "must be positive"),
-            (0 <= self.lora_dropout < 1, "lora_dropout", "must be in [0, 1)"),
-            (0 < self.learning_rate <= 1, "learning_rate", "must be in (0, 1]"),
-            (1 <= self.epochs <= 1000, "epochs", "must be 1-1000"),
-            (1 <= self.batch_size <= 1024, "batch_size", "must be 1-1024"),
-            (8 <= self.max_seq_length <= 131072, "max_seq_length", "must be 8-131072"),
-            (self.train_dtype in ("float32", "bfloat16", "float16"), "train_dtype", "must be float32/bfloat16/float16"),
-            (all(m.replace("_", "").isalnum() for m in self.target_modules), "target_modules", "are module names"),
-        ]
-        for ok, name, rule in checks:
-            if not ok:
-                raise InvalidArgument(f"'hyperparameters.{name}' {rule}.", param=f"hyperparameters.{name}")
+        """The request's fields over `defaults`: a set field counts even when 0 (`optional`)."""
+        values = defaults.model_dump()
+        for descriptor in message.DESCRIPTOR.fields:
+            name, value = descriptor.name, getattr(message, descriptor.name)
+            if descriptor.is_repeated:
+                if value:
+                    values[name] = tuple(value)
+            elif descriptor.has_presence:
+                if message.HasField(name):  # type: ignore[arg-type]
+                    values[name] = value
+            elif value:  # a plain string: empty is unset
+                values[name] = value
+        return cls.checked(values)
 
     def to_pb(self) -> pb.Hyperparameters:
-        values = dataclasses.asdict(self)
-        values["target_modules"] = list(self.target_modules)
-        return pb.Hyperparameters(**values)
+        return pb.Hyperparameters(**self.to_json())
 
     def to_json(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "target_modules": list(self.target_modules)}
+        return {**self.model_dump(), "target_modules": list(self.target_modules)}
 
 
 def examples_from_pb(dataset: pb.Examples, param: str) -> list[list[dict[str, str]]]:

@@ -14,7 +14,8 @@ from pydantic import Field
 
 from services.gateway.auth import scope, superuser
 from services.gateway.dependencies import get_inference
-from services.gateway.schemas import OpenAIModel, model_body
+from services.gateway.protocol.common import OpenAIModel
+from services.gateway.protocol.models import model_body
 from services.inference.client import InferenceClient, Setting
 
 router = APIRouter()

@@ -13,21 +13,21 @@ from fastapi import APIRouter, Depends, Request
 from services.gateway.auth import Caller, scope
 from services.gateway.config import GatewaySettings
 from services.gateway.dependencies import cancel_on_disconnect, get_inference, get_settings
-from services.gateway.schemas import (
+from services.gateway.protocol.chat import (
+    ChatCompletion,
     ChatCompletionRequest,
     chat_completion_body,
-    new_id,
     tool_call_delta_body,
     tool_calls_body,
-    usage_body,
 )
+from services.gateway.protocol.common import STREAMED, new_id, usage_body
 from services.gateway.sse import Comment, sse_response, wait_comment
 from services.inference.client import InferenceClient, StreamEvent, Usage
 
 router = APIRouter()
 
 
-@router.post("/v1/chat/completions", response_model=None)
+@router.post("/v1/chat/completions", response_model=ChatCompletion, responses=STREAMED)
 async def create_chat_completion(
     body: ChatCompletionRequest,
     request: Request,
@@ -63,7 +63,7 @@ async def _chunks(
     streamed_calls: set[int] = set()  # choices whose calls arrived as deltas
     model = ""
 
-    def chunk(choice_list: list[dict[str, Any]], usage: dict[str, int] | None = None) -> dict[str, Any]:
+    def chunk(choice_list: list[dict[str, Any]], usage: dict[str, Any] | None = None) -> dict[str, Any]:
         body: dict[str, Any] = {
             "id": completion_id,
             "object": "chat.completion.chunk",
@@ -101,7 +101,7 @@ async def _chunks(
     finally:  # also when the stream ends early: what the finished choices used
         caller.used(sum(u.prompt_tokens for u in usages.values()), sum(u.completion_tokens for u in usages.values()))
     if include_usage:
-        yield chunk([], usage_body([usages[i] for i in sorted(usages)], choices))
+        yield chunk([], usage_body([usages[i] for i in sorted(usages)], choices).model_dump())
 
 
 def _choice(index: int, delta: dict[str, Any], finish_reason: str | None) -> dict[str, Any]:

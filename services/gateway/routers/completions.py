@@ -13,14 +13,15 @@ from fastapi import APIRouter, Depends, Request
 from services.gateway.auth import Caller, scope
 from services.gateway.config import GatewaySettings
 from services.gateway.dependencies import cancel_on_disconnect, get_inference, get_settings
-from services.gateway.schemas import CompletionRequestIn, completion_body, new_id, usage_body
+from services.gateway.protocol.common import STREAMED, new_id, usage_body
+from services.gateway.protocol.completions import Completion, CompletionRequestIn, completion_body
 from services.gateway.sse import Comment, sse_response, wait_comment
 from services.inference.client import InferenceClient, StreamEvent, Usage
 
 router = APIRouter()
 
 
-@router.post("/v1/completions", response_model=None)
+@router.post("/v1/completions", response_model=Completion, responses=STREAMED)
 async def create_completion(
     body: CompletionRequestIn,
     request: Request,
@@ -59,7 +60,7 @@ async def _chunks(
     usages: dict[int, Usage] = {}
     model = ""
 
-    def chunk(choice_list: list[dict[str, Any]], usage: dict[str, int] | None = None) -> dict[str, Any]:
+    def chunk(choice_list: list[dict[str, Any]], usage: dict[str, Any] | None = None) -> dict[str, Any]:
         body: dict[str, Any] = {
             "id": completion_id,
             "object": "text_completion",
@@ -95,4 +96,4 @@ async def _chunks(
     finally:  # also when the stream ends early: what the finished choices used
         caller.used(sum(u.prompt_tokens for u in usages.values()), sum(u.completion_tokens for u in usages.values()))
     if include_usage:
-        yield chunk([], usage_body([usages[i] for i in sorted(usages)], choices_per_prompt))
+        yield chunk([], usage_body([usages[i] for i in sorted(usages)], choices_per_prompt).model_dump())

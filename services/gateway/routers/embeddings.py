@@ -14,7 +14,7 @@ from services.common.errors import InvalidArgument
 from services.embeddings.client import EmbeddingsClient, EmbedRequest, RerankRequest
 from services.gateway.auth import Caller, scope
 from services.gateway.dependencies import cancel_on_disconnect, get_embeddings
-from services.gateway.schemas import INT32_MAX, OpenAIModel, new_id
+from services.gateway.protocol.common import INT32_MAX, OpenAIModel, new_id
 
 router = APIRouter()
 

@@ -11,7 +11,7 @@ from pydantic import Field
 from services.common.errors import FailedPrecondition
 from services.gateway.api_keys import ApiKeyStore, NewKey, Quotas
 from services.gateway.auth import superuser
-from services.gateway.schemas import INT32_MAX, OpenAIModel
+from services.gateway.protocol.common import INT32_MAX, OpenAIModel
 
 router = APIRouter(dependencies=[Depends(superuser)])
 

@@ -11,7 +11,7 @@ from services.common.errors import MeshError, NotFound
 from services.embeddings.client import EmbeddingModelInfo, EmbeddingsClient
 from services.gateway.auth import get_caller
 from services.gateway.dependencies import get_embeddings, get_inference
-from services.gateway.schemas import model_body
+from services.gateway.protocol.models import model_body
 from services.inference.client import InferenceClient
 
 router = APIRouter()

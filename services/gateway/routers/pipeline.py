@@ -14,7 +14,7 @@ from fastapi import APIRouter, Depends, Request
 
 from services.gateway.auth import superuser
 from services.gateway.dependencies import get_trainer
-from services.gateway.schemas import PipelineBuildIn
+from services.gateway.protocol.training import PipelineBuildIn
 from services.gateway.sse import sse_response
 from services.trainer.client import TrainerClient, as_json
 

@@ -12,7 +12,7 @@ from llmmesh.inference.v1 import inference_service_pb2 as pb
 from services.common import sampling
 from services.common.errors import InvalidArgument
 from services.common.registry import SamplingDefaults
-from services.gateway.schemas import SamplingFields
+from services.gateway.protocol.common import SamplingFields
 from services.inference.domain import SamplingParams
 
 

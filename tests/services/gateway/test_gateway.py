@@ -204,3 +204,14 @@ async def test_inference_down_is_503(tmp_path) -> None:
     finally:
         server.should_exit = True
         await task
+
+
+async def test_replies_have_openais_shape_down_to_refusal_null(http) -> None:
+    """What strictly generated OpenAI clients require, and /openapi.json documents it."""
+    asked = {"model": "mock", "messages": [{"role": "user", "content": "hi"}]}
+    message = (await http.post("/v1/chat/completions", json=asked)).json()["choices"][0]["message"]
+    assert message == {"role": "assistant", "content": "[mock-text:mock] hi", "refusal": None}
+    paths = (await http.get("/openapi.json")).json()["paths"]
+    for path, model in (("/v1/chat/completions", "ChatCompletion"), ("/v1/completions", "Completion")):
+        content = paths[path]["post"]["responses"]["200"]["content"]
+        assert content["application/json"]["schema"]["$ref"].endswith(f"/{model}") and "text/event-stream" in content

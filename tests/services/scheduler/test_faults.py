@@ -20,7 +20,7 @@ from llmmesh.scheduler.v1 import scheduler_service_pb2_grpc as pb_grpc
 from services.common.embedded_nats import EmbeddedNats
 from services.common.grpc_client import open_channel
 from services.common.registry import ModelRegistry, ModelSpec
-from services.gateway.schemas import TrainAdapterIn
+from services.gateway.protocol.training import TrainAdapterIn
 from services.inference.config import InferenceSettings
 from services.inference.server import InferenceServer
 from services.scheduler.store import NOTIFY_CHANNEL

@@ -19,7 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from llmmesh.trainer.v1 import trainer_service_pb2 as pb
 from llmmesh.trainer.v1 import trainer_service_pb2_grpc as pb_grpc
 from services.common.grpc_client import open_channel
-from services.gateway.schemas import TrainAdapterIn
+from services.gateway.protocol.training import TrainAdapterIn
 from services.trainer.server import TrainerServer
 from tests.conftest import ADAPTER_BUCKET, INTERNAL_TOKEN, SECRET_EXAMPLES, TRAINING_REQUEST
 

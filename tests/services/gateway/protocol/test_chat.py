@@ -1,11 +1,11 @@
-"""The OpenAI -> inference mapping."""
+"""/v1/chat/completions: the OpenAI request -> inference mapping."""
 
 import pytest
 from pydantic import ValidationError
 
 from services.common.errors import InvalidArgument
-from services.gateway.schemas import ChatCompletionRequest, CompletionRequestIn, usage_body
-from services.inference.domain import Role, Usage
+from services.gateway.protocol.chat import ChatCompletionRequest
+from services.inference.domain import Role
 
 
 def chat(**fields) -> ChatCompletionRequest:
@@ -94,36 +94,3 @@ def test_unsupported_features_are_rejected_by_name(fields, param) -> None:
 def test_out_of_range_values_fail_validation(fields) -> None:
     with pytest.raises(ValidationError):
         chat(**fields)
-
-
-def test_completion_prompt_list_orders_choices_prompt_major() -> None:
-    request = CompletionRequestIn.model_validate({"model": "m", "prompt": ["a", "b"], "n": 2})
-    assert [r.prompt for r in request.to_domain(max_choices=8)] == ["a", "a", "b", "b"]
-
-
-def test_completion_token_prompts_are_rejected_clearly() -> None:
-    with pytest.raises(InvalidArgument, match="token ids"):
-        CompletionRequestIn.model_validate({"model": "m", "prompt": [1, 2, 3]}).to_domain(max_choices=8)
-
-
-def test_usage_counts_each_prompt_once() -> None:
-    usages = [Usage(10, 3, 8), Usage(10, 4, 8), Usage(20, 5), Usage(20, 6)]
-    assert usage_body(usages, choices_per_prompt=2) == {
-        "prompt_tokens": 30,
-        "completion_tokens": 18,
-        "total_tokens": 48,
-        "prompt_tokens_details": {"cached_tokens": 8},
-    }
-
-
-def test_hyperparameters_have_one_declaration_that_the_proto_and_http_follow() -> None:
-    from llmmesh.trainer.v1 import trainer_service_pb2 as trainer_pb
-    from services.gateway.schemas import HyperparametersIn
-    from services.trainer.client import Hyperparameters
-
-    declared = tuple(Hyperparameters.model_fields)
-    assert tuple(f.name for f in trainer_pb.Hyperparameters.DESCRIPTOR.fields) == declared
-    assert tuple(HyperparametersIn.model_fields) == declared
-    for name, info in Hyperparameters.model_fields.items():  # the same bounds, only optional
-        assert HyperparametersIn.model_fields[name].metadata == info.metadata, name
-    assert HyperparametersIn().model_dump(exclude_none=True) == {}

@@ -1,0 +1,262 @@
+"""/v1/chat/completions: the request, its one mapping to the inference contract, and the
+response."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, model_validator
+
+from services.common.errors import InvalidArgument
+from services.gateway.config import GatewaySettings
+from services.gateway.protocol.common import (
+    INT32_MAX,
+    OpenAIModel,
+    ResponseFormatIn,
+    SamplingFields,
+    UsageOut,
+)
+from services.inference.client import (
+    ChatMessage,
+    ChatRequest,
+    FinishReason,
+    Image,
+    ResponseFormat,
+    Role,
+    Tool,
+    ToolCall,
+    ToolCallDelta,
+    ToolChoice,
+    ToolChoiceMode,
+)
+
+_ROLES: dict[str, Role] = {
+    "system": Role.SYSTEM,
+    "developer": Role.SYSTEM,  # OpenAI's newer name for system instructions
+    "user": Role.USER,
+    "assistant": Role.ASSISTANT,
+    "tool": Role.TOOL,
+}
+
+
+class TextPart(OpenAIModel):
+    type: Literal["text"]
+    text: str
+
+
+class ImageURL(OpenAIModel):
+    url: str = Field(min_length=1)
+
+
+class ImagePart(OpenAIModel):
+    type: Literal["image_url"]
+    image_url: ImageURL
+
+
+class OtherPart(OpenAIModel):
+    type: str
+
+
+class FunctionCallIn(OpenAIModel):
+    name: str
+    arguments: str = "{}"
+
+
+class ToolCallIn(OpenAIModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCallIn
+
+
+class ChatMessageIn(OpenAIModel):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[TextPart | ImagePart | OtherPart] | None = None
+    name: str | None = None
+    tool_calls: list[ToolCallIn] | None = None
+    tool_call_id: str | None = None
+
+    def to_domain(self, index: int) -> ChatMessage:
+        calls = tuple(ToolCall(c.id, c.function.name, c.function.arguments) for c in self.tool_calls or ())
+        if not isinstance(self.content, list):
+            return ChatMessage(
+                role=_ROLES[self.role],
+                content=self.content or "",
+                name=self.name or "",
+                tool_calls=calls,
+                tool_call_id=self.tool_call_id or "",
+            )
+        for part in self.content:
+            if not isinstance(part, TextPart | ImagePart):
+                raise InvalidArgument(
+                    f"Content parts of type '{part.type}' are not supported; send text and image_url parts.",
+                    param=f"messages.{index}.content",
+                )
+        return ChatMessage(
+            role=_ROLES[self.role],
+            content="".join(part.text for part in self.content if isinstance(part, TextPart)),
+            name=self.name or "",
+            images=tuple(Image(url=p.image_url.url) for p in self.content if isinstance(p, ImagePart)),
+            tool_calls=calls,
+            tool_call_id=self.tool_call_id or "",
+        )
+
+
+class FunctionIn(OpenAIModel):
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class ToolIn(OpenAIModel):
+    type: Literal["function"]
+    function: FunctionIn
+
+    def to_domain(self) -> Tool:
+        parameters = json.dumps(self.function.parameters) if self.function.parameters is not None else ""
+        return Tool(self.function.name, self.function.description or "", parameters)
+
+
+class NamedFunction(OpenAIModel):
+    name: str
+
+
+class NamedToolChoice(OpenAIModel):
+    type: Literal["function"]
+    function: NamedFunction
+
+
+def _tool_choice(choice: Literal["none", "auto", "required"] | NamedToolChoice | None) -> ToolChoice:
+    if choice is None:
+        return ToolChoice()
+    if isinstance(choice, NamedToolChoice):
+        return ToolChoice(ToolChoiceMode.FUNCTION, choice.function.name)
+    return ToolChoice(ToolChoiceMode(choice))
+
+
+class ChatCompletionRequest(SamplingFields):
+    model: str = Field(min_length=1)
+    messages: list[ChatMessageIn] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(None, ge=1, le=INT32_MAX)
+    tools: list[ToolIn] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool = True
+    response_format: ResponseFormatIn | None = None
+
+    @model_validator(mode="after")
+    def _newer_max_tokens_name(self) -> ChatCompletionRequest:
+        if self.max_completion_tokens is not None and self.max_tokens is None:
+            self.max_tokens = self.max_completion_tokens
+        return self
+
+    def check_limits(self, settings: GatewaySettings) -> None:
+        super().check_limits(settings)
+        if len(self.messages) > settings.max_messages:
+            raise InvalidArgument(
+                f"At most {settings.max_messages} messages per request; got {len(self.messages)}.", param="messages"
+            )
+
+    def to_domain(self, max_choices: int) -> list[ChatRequest]:
+        """One inference request per choice (`n`)."""
+        self.reject_unsupported(max_choices)
+        messages = tuple(m.to_domain(i) for i, m in enumerate(self.messages))
+        sampling = self.sampling()
+        return [
+            ChatRequest(
+                model=self.model,
+                messages=messages,
+                sampling=sampling,
+                response_format=self.response_format.to_domain() if self.response_format else ResponseFormat(),
+                tools=tuple(tool.to_domain() for tool in self.tools or ()),
+                tool_choice=_tool_choice(self.tool_choice),
+                parallel_tool_calls=self.parallel_tool_calls,
+                cache=self.cache,
+                adapter=self.adapter_settings.adapter_id if self.adapter_settings else "",
+                adapter_scale=self.adapter_settings.scale if self.adapter_settings else 1.0,
+            )
+            for _ in range(self.n)
+        ]
+
+
+def tool_calls_body(calls: tuple[ToolCall, ...], with_index: bool = False) -> list[dict[str, Any]]:
+    return [
+        {
+            **({"index": index} if with_index else {}),
+            "id": call.id,
+            "type": "function",
+            "function": {"name": call.name, "arguments": call.arguments},
+        }
+        for index, call in enumerate(calls)
+    ]
+
+
+def tool_call_delta_body(delta: ToolCallDelta) -> dict[str, Any]:
+    if delta.name:
+        return {
+            "index": delta.index,
+            "id": delta.id,
+            "type": "function",
+            "function": {"name": delta.name, "arguments": delta.arguments},
+        }
+    return {"index": delta.index, "function": {"arguments": delta.arguments}}
+
+
+class FunctionOut(BaseModel):
+    name: str
+    arguments: str  # JSON text, as OpenAI sends it
+
+
+class ToolCallOut(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionOut
+
+
+class ChatCompletionMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str | None
+    refusal: str | None = None  # OpenAI sends null: strictly generated clients require the key
+    tool_calls: list[ToolCallOut] | None = Field(None, exclude_if=lambda calls: calls is None)
+
+
+class ChatChoice(BaseModel):
+    index: int
+    message: ChatCompletionMessage
+    finish_reason: Literal["stop", "length", "tool_calls", "content_filter"]
+    logprobs: None = None
+
+
+class ChatCompletion(BaseModel):
+    """A whole (non-streamed) reply, in OpenAI's shape."""
+
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    model: str
+    choices: list[ChatChoice]
+    usage: UsageOut
+
+
+def chat_completion_body(
+    completion_id: str,
+    model: str,
+    choices: list[tuple[str, FinishReason, tuple[ToolCall, ...]]],
+    usage: UsageOut,
+) -> ChatCompletion:
+    def message(text: str, calls: tuple[ToolCall, ...]) -> ChatCompletionMessage:
+        if calls:
+            tool_calls = [ToolCallOut(id=c.id, function=FunctionOut(name=c.name, arguments=c.arguments)) for c in calls]
+            return ChatCompletionMessage(content=None, tool_calls=tool_calls)
+        return ChatCompletionMessage(content=text)
+
+    return ChatCompletion(
+        id=completion_id,
+        model=model,
+        choices=[
+            ChatChoice(index=index, message=message(text, calls), finish_reason=reason.value)
+            for index, (text, reason, calls) in enumerate(choices)
+        ],
+        usage=usage,
+    )

@@ -170,7 +170,9 @@ class ModelManager:
 
     def _check_model_queue(self, instance: _Instance) -> None:
         """A loaded model takes its parallel slots plus a bounded queue; past that, 429."""
-        limit = int(instance.spec.options.get("n_parallel", 1)) + self.budget.max_queued_per_model
+        options = instance.backend.options if instance.backend is not None else None
+        parallel = getattr(options, "n_parallel", 1)  # the backends that batch declare it
+        limit = parallel + self.budget.max_queued_per_model
         if instance.running >= limit:
             raise ResourceExhausted(
                 f"Model '{instance.spec.name}' has {instance.running} requests running or queued; retry later.",

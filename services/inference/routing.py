@@ -22,9 +22,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from services.common import compat
 from services.common.errors import InvalidArgument, ModelNotFound
 from services.common.registry import ModelRegistry, ModelSpec
 from services.inference.backends import BACKENDS, backend_class
@@ -33,24 +33,20 @@ SLOTS = ("live", "background")
 TIERS = ("light", "medium", "heavy")
 
 
-def _env(*names: str) -> str | None:
-    return Field(None, validation_alias=AliasChoices(*names))  # type: ignore[no-any-return]
-
-
 class RoutingEnvironment(BaseSettings):
     """The cascade's environment layer. Unprefixed names, as the design documents define them."""
 
     model_config = SettingsConfigDict(extra="ignore", frozen=True)
 
-    live_model_backend: str | None = _env("LIVE_MODEL_BACKEND", "JARVIS_LIVE_MODEL_BACKEND")
-    live_model_name: str | None = _env("LIVE_MODEL_NAME", "JARVIS_LIVE_MODEL_NAME")
-    background_model_backend: str | None = _env("BACKGROUND_MODEL_BACKEND", "JARVIS_BACKGROUND_MODEL_BACKEND")
-    background_model_name: str | None = _env("BACKGROUND_MODEL_NAME", "JARVIS_BACKGROUND_MODEL_NAME")
-    model_backend: str | None = _env("MODEL_BACKEND", "JARVIS_MODEL_BACKEND")
-    model_name: str | None = _env("MODEL_NAME", "JARVIS_MODEL_NAME")
-    light_model_name: str | None = _env("LIGHT_MODEL_NAME")
-    medium_model_name: str | None = _env("MEDIUM_MODEL_NAME")
-    heavy_model_name: str | None = _env("HEAVY_MODEL_NAME")
+    live_model_backend: str | None = compat.env("LIVE_MODEL_BACKEND")
+    live_model_name: str | None = compat.env("LIVE_MODEL_NAME")
+    background_model_backend: str | None = compat.env("BACKGROUND_MODEL_BACKEND")
+    background_model_name: str | None = compat.env("BACKGROUND_MODEL_NAME")
+    model_backend: str | None = compat.env("MODEL_BACKEND")
+    model_name: str | None = compat.env("MODEL_NAME")
+    light_model_name: str | None = compat.env("LIGHT_MODEL_NAME")
+    medium_model_name: str | None = compat.env("MEDIUM_MODEL_NAME")
+    heavy_model_name: str | None = compat.env("HEAVY_MODEL_NAME")
 
 
 # key -> what it controls (shown by ListSettings and GET /settings/)

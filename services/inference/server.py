@@ -10,6 +10,7 @@ from services.common.artifacts import ArtifactSettings, ArtifactStore
 from services.common.grpc_server import GrpcService, start_grpc_server
 from services.common.registry import ModelRegistry
 from services.inference.adapters import AdapterStore
+from services.inference.backends import check_options
 from services.inference.config import InferenceSettings
 from services.inference.domain import ModelState
 from services.inference.engine import InferenceEngine
@@ -41,6 +42,7 @@ class InferenceServer(GrpcService[InferenceSettings]):
         self.settings = settings
         self.artifacts = artifacts or ArtifactSettings()
         self.registry = registry or ModelRegistry.from_yaml(settings.models_file)
+        check_options(self.registry)  # a mistyped option stops startup, not a model's first load
         self.environment = environment or RoutingEnvironment()
         self.models = ModelManager(settings.budget, on_state_change=self._publish_model_state)
         self.engine: InferenceEngine | None = None

@@ -1,7 +1,7 @@
 """Trainer settings (env prefix LLMMESH_TRAINER_) and training defaults.
 
-Training defaults keep the design documents' names (JARVIS_ADAPTER_*), with
-LLMMESH_TRAINER_* equivalents.
+Training defaults are LLMMESH_TRAINER_<NAME>; the design documents' JARVIS_ADAPTER_<NAME>
+are accepted too (services/common/compat.py).
 """
 
 from __future__ import annotations
@@ -9,17 +9,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from pydantic import AliasChoices, Field, create_model
+from pydantic import Field, create_model
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from services.common import compat
 from services.common.config import ServiceSettings
 from services.common.registry import DEFAULT_MODELS_FILE
 from services.trainer.domain import Hyperparameters
-
-
-def _env(name: str) -> AliasChoices:
-    return AliasChoices(f"LLMMESH_TRAINER_{name}", f"JARVIS_ADAPTER_{name}")
-
 
 # The environment names of the hyperparameter defaults, where they are not the field's own.
 _ENV_NAMES = {"max_seq_length": "MAX_SEQ_LEN", "load_in_4bit": "TRAIN_LOAD_IN_4BIT"}
@@ -41,7 +37,7 @@ TrainingDefaults = create_model(
     **{
         name: (
             Optional[info.annotation],  # noqa: UP045 - a runtime type, not an annotation
-            Field(None, validation_alias=_env(_ENV_NAMES.get(name, name.upper()))),
+            compat.env(f"LLMMESH_TRAINER_{_ENV_NAMES.get(name, name.upper())}"),
         )
         for name, info in Hyperparameters.model_fields.items()
     },  # type: ignore[call-overload]

@@ -8,6 +8,10 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
+from pydantic import ValidationError
+
+from services.common.registry import ModelRegistry, RegistryError
+
 if TYPE_CHECKING:
     from services.common.registry import ModelSpec
     from services.inference.backends.base import Backend
@@ -32,3 +36,15 @@ def backend_class(name: str) -> type[Backend]:
 
 def create_backend(spec: ModelSpec) -> Backend:
     return backend_class(spec.backend)(spec)
+
+
+def check_options(registry: ModelRegistry) -> None:
+    """Every entry's options against its backend's Options model: an unknown key or a wrong
+    type is a RegistryError naming the model and the key, at startup, not at first load."""
+    for spec in registry:
+        try:
+            backend_class(spec.backend).Options.model_validate(spec.options)
+        except ValidationError as error:
+            first = error.errors()[0]
+            key = ".".join(str(part) for part in first["loc"]) or "options"
+            raise RegistryError(f"model '{spec.name}' ({spec.backend}): option '{key}': {first['msg']}") from None

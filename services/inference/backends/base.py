@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from pydantic import BaseModel, ConfigDict
+
 from services.common.errors import FailedPrecondition, InvalidArgument
 from services.inference.domain import Chunk, GenerationRequest
 
@@ -21,6 +23,13 @@ class BackendStats:
 
     running: int = 0  # generations executing now
     tokens_generated: int = 0  # since load, cancelled generations included
+
+
+class BackendOptions(BaseModel):
+    """A backend's registry `options`, typed: an unknown key or a wrong type stops startup
+    (check_options in backends/__init__.py), naming the model and the key."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class Backend(ABC):
@@ -43,6 +52,9 @@ class Backend(ABC):
     # syntaxes such as <tool_call>...</tool_call> need; without it tools use the generic syntax.
     supports_framed_output: ClassVar[bool] = False
 
+    # The model of its registry options; each backend declares its own.
+    Options: ClassVar[type[BackendOptions]] = BackendOptions
+
     @classmethod
     def check_schema(cls, schema: dict[str, Any]) -> None:
         """Raise InvalidArgument naming a schema feature this backend cannot enforce."""
@@ -50,6 +62,7 @@ class Backend(ABC):
     def __init__(self, spec: ModelSpec) -> None:
         self.spec = spec
         self.stats = BackendStats()
+        self.options: Any = self.Options.model_validate(spec.options)  # checked at startup already
 
     @abstractmethod
     async def load(self) -> None:

@@ -22,8 +22,11 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
+from pydantic import Field
+
 from services.common.chat_templates import ChatTemplate, Prompt
 from services.common.errors import FailedPrecondition, InvalidArgument, Unavailable
+from services.inference.backends.base import BackendOptions
 from services.inference.backends.gguf_batch import BatchEngine, BatchRequest, common_prefix, set_lora
 from services.inference.backends.gguf_lora import convert_peft_to_gguf
 from services.inference.backends.grammar_builds import build_grammar
@@ -162,7 +165,22 @@ def usable_cores(cgroup_cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
     return max(1, min(cores, int(quota) // int(period)))
 
 
+class GGUFOptions(BackendOptions):
+    n_parallel: int = Field(1, ge=1, le=1024, description="Sequences decoded together (batching); 1: serial.")
+    n_threads: int | None = Field(None, ge=1, description="Decode threads. Unset: half the usable cores.")
+    n_threads_batch: int | None = Field(None, ge=1, description="Prompt threads. Unset: n_threads, else all cores.")
+    n_batch: int = Field(512, ge=1, description="Prompt tokens evaluated per step.")
+    n_gpu_layers: int = Field(0, ge=-1, description="Layers offloaded to the GPU; -1: all.")
+    tensor_split: list[float] | None = Field(None, description="Shares across GPUs, e.g. [0.5, 0.5].")
+    flash_attn: bool = False
+    n_engines: int | None = Field(None, ge=1, description="Batch engines side by side. Unset: by cores.")
+    prefix_cache: bool = Field(True, description="Reuse a finished sequence's cached prompt prefix.")
+    min_batch: int | None = Field(None, ge=1, description="Sequences before batching pays. Unset: 3 CPU, 1 GPU.")
+
+
 class GGUFBackend(ThreadedBackend):
+    Options = GGUFOptions
+    options: GGUFOptions
     supports_structured_output: ClassVar[bool] = True
     supports_adapters: ClassVar[bool] = True  # GGUF LoRA through llama.cpp's adapter API; see gguf_lora.py
     supports_adapter_scale: ClassVar[bool] = True
@@ -218,24 +236,24 @@ class GGUFBackend(ThreadedBackend):
         path = self.spec.resolve_path()
         if not path.is_file():
             raise Unavailable(f"GGUF file for model '{self.spec.name}' not found: {path}")
-        options = self.spec.options
-        n_parallel = int(options.get("n_parallel", 1))
+        options = self.options
+        n_parallel = options.n_parallel
         # llama-cpp-python's defaults: decoding on half the cores, prompts on all. Measured on 2
         # cores, one decode thread gave steadier and faster streams than two (bench/chat.py): the
         # other core serves the event loop, gRPC and the clients instead of preempting a barrier.
         cores = usable_cores()
-        self._threads = int(options.get("n_threads") or max(cores // 2, 1))
-        self._threads_batch = int(options.get("n_threads_batch") or options.get("n_threads") or cores)
+        self._threads = options.n_threads or max(cores // 2, 1)
+        self._threads_batch = options.n_threads_batch or options.n_threads or cores
         self._llm = Llama(
             model_path=str(path),
             # With batching, this context only tokenizes and warms up; the batch engine has its own.
             n_ctx=self.spec.context_length if n_parallel == 1 else min(self.spec.context_length, 512),
             n_threads=self._threads,
             n_threads_batch=self._threads_batch,
-            n_batch=options.get("n_batch", 512),
-            n_gpu_layers=options.get("n_gpu_layers", 0),
-            tensor_split=options.get("tensor_split"),  # e.g. [0.5, 0.5] across two GPUs
-            flash_attn=options.get("flash_attn", False),
+            n_batch=options.n_batch,
+            n_gpu_layers=options.n_gpu_layers,
+            tensor_split=options.tensor_split,
+            flash_attn=options.flash_attn,
             verbose=False,
         )
         self._is_end_of_generation: Callable[[int], bool] = lambda token: llama_vocab_is_eog(
@@ -249,8 +267,8 @@ class GGUFBackend(ThreadedBackend):
         # decodes on separate cores run in parallel (2 cores: 153 tok/s for two engines, 78 for
         # one), where batching on both cores reached 105-115 and stalls whenever another process
         # takes a core. On a GPU, one engine batches everything.
-        on_gpu = bool(options.get("n_gpu_layers"))
-        n_engines = int(options.get("n_engines", 1 if on_gpu else max(cores // self._threads, 1)))
+        on_gpu = bool(options.n_gpu_layers)
+        n_engines = options.n_engines or (1 if on_gpu else max(cores // self._threads, 1))
         n_engines = max(min(n_engines, n_parallel), 1) if n_parallel > 1 else 0
         self._engines: list[BatchEngine] = [
             BatchEngine(
@@ -258,11 +276,11 @@ class GGUFBackend(ThreadedBackend):
                 n_parallel // n_engines,
                 self.spec.context_length,
                 self._threads,
-                options.get("n_batch", 512),
-                prefix_cache=bool(options.get("prefix_cache", True)),
+                options.n_batch,
+                prefix_cache=options.prefix_cache,
                 n_threads_batch=self._threads_batch,
                 # On CPU a pair gains nothing batched (see BatchEngine); on a GPU, batch everything.
-                min_batch=int(options.get("min_batch", 1 if on_gpu else 3)),
+                min_batch=options.min_batch or (1 if on_gpu else 3),
             )
             for _ in range(n_engines)
         ]

@@ -5,9 +5,17 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
+from pydantic import Field
+
 from services.common.errors import Internal
-from services.inference.backends.base import Backend
+from services.inference.backends.base import Backend, BackendOptions
 from services.inference.domain import Chunk, FinishReason, GenerationRequest, Usage
+
+
+class MockOptions(BackendOptions):
+    token_delay_seconds: float = Field(0.0, ge=0)
+    fail_on: str = ""
+    n_parallel: int = Field(1, ge=1, description="As a batching backend declares it: counted by the queue bound.")
 
 
 class MockBackend(Backend):
@@ -18,9 +26,12 @@ class MockBackend(Backend):
     fail with INTERNAL, as a backend that keeps crashing would.
     """
 
+    Options = MockOptions
+    options: MockOptions
+
     async def load(self) -> None:
-        self.token_delay = float(self.spec.options.get("token_delay_seconds", 0.0))
-        self.fail_on = str(self.spec.options.get("fail_on", "")) or None
+        self.token_delay = self.options.token_delay_seconds
+        self.fail_on = self.options.fail_on or None
 
     async def generate_stream(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
         source = request.last_user_message if request.is_chat else request.prompt or ""

@@ -10,20 +10,23 @@ every token.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from services.common import compat
 from services.common.chat_templates import ChatTemplate, Prompt, hf_token_ids
 from services.common.checkpoints import dequantized_checkpoint
 from services.common.errors import FailedPrecondition, NotFound, Unavailable
 from services.inference.backends import guidance
+from services.inference.backends.base import BackendOptions
 from services.inference.backends.threaded import ThreadedBackend
 from services.inference.domain import Chunk, FinishReason, GenerationRequest, ResponseFormat, SamplingParams, Usage
 from services.inference.metrics import ADAPTER_LOAD_TIME, ADAPTER_LOOKUPS
@@ -37,15 +40,11 @@ class TransformersEnvironment(BaseSettings):
 
     model_config = SettingsConfigDict(extra="ignore", frozen=True)
 
-    device: str = Field("auto", validation_alias=AliasChoices("LLMMESH_TRANSFORMERS_DEVICE", "JARVIS_DEVICE"))
-    dtype: str = Field("auto", validation_alias=AliasChoices("LLMMESH_TRANSFORMERS_DTYPE", "JARVIS_TORCH_DTYPE"))
-    quantization: str = Field(
-        "none",
-        validation_alias=AliasChoices("LLMMESH_TRANSFORMERS_QUANTIZATION", "JARVIS_QUANTIZATION_TYPE"),
-        description="none, 4bit or 8bit (BitsAndBytes, CUDA only)",
-    )
-    use_quantization: bool = Field(False, validation_alias=AliasChoices("JARVIS_USE_QUANTIZATION"))
-    cache_dir: Path = Field(Path(".data/transformers"), validation_alias=AliasChoices("LLMMESH_TRANSFORMERS_CACHE_DIR"))
+    device: str = compat.env("LLMMESH_TRANSFORMERS_DEVICE", "auto")
+    dtype: str = compat.env("LLMMESH_TRANSFORMERS_DTYPE", "auto")
+    quantization: str = compat.env("LLMMESH_TRANSFORMERS_QUANTIZATION", "none", description="none, 4bit or 8bit (CUDA)")
+    use_quantization: bool = compat.env("LLMMESH_TRANSFORMERS_USE_QUANTIZATION", False)
+    cache_dir: Path = compat.env("LLMMESH_TRANSFORMERS_CACHE_DIR", Path(".data/transformers"))
 
 
 def pick_device(requested: str, cuda: bool, mps: bool) -> str:
@@ -60,7 +59,24 @@ def pick_dtype(requested: str, device: str) -> str:
     return "bfloat16" if device == "cuda" else "float32"  # half precision on CPU is slow and lossy
 
 
+class TransformersOptions(BackendOptions):
+    """Unset fields take TransformersEnvironment's values."""
+
+    device: str | None = Field(None, description="auto, cpu, cuda, mps.")
+    dtype: str | None = Field(None, description="auto, float32, bfloat16, float16.")
+    quantization: Literal["none", "4bit", "8bit"] | None = None
+    cache_dir: Path | None = Field(None, description="Where dequantized GGUF checkpoints are kept.")
+
+
+@functools.cache
+def transformers_environment() -> TransformersEnvironment:
+    """Parsed once per process: the environment does not change under a running service."""
+    return TransformersEnvironment()
+
+
 class TransformersBackend(ThreadedBackend):
+    Options = TransformersOptions
+    options: TransformersOptions
     supports_adapters: ClassVar[bool] = True
     supports_adapter_scale: ClassVar[bool] = True
     supports_structured_output: ClassVar[bool] = True
@@ -88,18 +104,15 @@ class TransformersBackend(ThreadedBackend):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        env = TransformersEnvironment()
-        options = self.spec.options
-        device = pick_device(
-            options.get("device", env.device), torch.cuda.is_available(), torch.backends.mps.is_available()
-        )
-        dtype = getattr(torch, pick_dtype(options.get("dtype", env.dtype), device))
+        env, options = transformers_environment(), self.options
+        device = pick_device(options.device or env.device, torch.cuda.is_available(), torch.backends.mps.is_available())
+        dtype = getattr(torch, pick_dtype(options.dtype or env.dtype, device))
         source = self.spec.resolve_path()
         if not source.exists():
             raise Unavailable(f"Model path for '{self.spec.name}' not found: {source}", reason="MODEL_LOAD_FAILED")
         load_kwargs: dict[str, Any] = {"dtype": dtype, **self._quantization(options, env, device)}
         if source.suffix == ".gguf":
-            source = dequantized_checkpoint(source, Path(options.get("cache_dir", env.cache_dir)), dtype)
+            source = dequantized_checkpoint(source, options.cache_dir or env.cache_dir, dtype)
         self._tokenizer = AutoTokenizer.from_pretrained(source)
         self._model = AutoModelForCausalLM.from_pretrained(source, **load_kwargs)
         if "quantization_config" not in load_kwargs:
@@ -143,9 +156,9 @@ class TransformersBackend(ThreadedBackend):
 
         return JsonConstraint()
 
-    def _quantization(self, options: dict[str, Any], env: TransformersEnvironment, device: str) -> dict[str, Any]:
-        mode = options.get(
-            "quantization", env.quantization if env.use_quantization or env.quantization != "none" else "none"
+    def _quantization(self, options: TransformersOptions, env: TransformersEnvironment, device: str) -> dict[str, Any]:
+        mode = options.quantization or (
+            env.quantization if env.use_quantization or env.quantization != "none" else "none"
         )
         if mode in ("none", None):
             return {}

@@ -15,55 +15,61 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pydantic import AliasChoices, Field
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from services.common import compat
 from services.common.chat_templates import ChatTemplate, hf_token_ids
 from services.common.errors import FailedPrecondition, Unavailable
-from services.inference.backends.base import Backend
+from services.inference.backends.base import Backend, BackendOptions
 from services.inference.domain import Chunk, FinishReason, GenerationRequest, SamplingParams, Usage
 
 log = logging.getLogger(__name__)
 
 
 class VllmEnvironment(BaseSettings):
-    """jarvis-llm-proxy's JARVIS_VLLM_* names are accepted as aliases."""
+    """LLMMESH_VLLM_*; jarvis-llm-proxy's JARVIS_VLLM_* too (services/common/compat.py)."""
 
     model_config = SettingsConfigDict(extra="ignore", frozen=True)
 
-    tensor_parallel_size: int = Field(
-        1, validation_alias=AliasChoices("LLMMESH_VLLM_TENSOR_PARALLEL_SIZE", "JARVIS_VLLM_TENSOR_PARALLEL_SIZE")
-    )
-    gpu_memory_utilization: float = Field(
-        0.9,
-        validation_alias=AliasChoices("LLMMESH_VLLM_GPU_MEMORY_UTILIZATION", "JARVIS_VLLM_GPU_MEMORY_UTILIZATION"),
-    )
-    max_loras: int = Field(1, validation_alias=AliasChoices("LLMMESH_VLLM_MAX_LORAS", "JARVIS_VLLM_MAX_LORAS"))
-    max_lora_rank: int = Field(
-        64, validation_alias=AliasChoices("LLMMESH_VLLM_MAX_LORA_RANK", "JARVIS_VLLM_MAX_LORA_RANK")
-    )
+    tensor_parallel_size: int = compat.env("LLMMESH_VLLM_TENSOR_PARALLEL_SIZE", 1)
+    gpu_memory_utilization: float = compat.env("LLMMESH_VLLM_GPU_MEMORY_UTILIZATION", 0.9)
+    max_loras: int = compat.env("LLMMESH_VLLM_MAX_LORAS", 1)
+    max_lora_rank: int = compat.env("LLMMESH_VLLM_MAX_LORA_RANK", 64)
 
 
-def engine_arguments(model: str, context_length: int, options: dict[str, Any], env: VllmEnvironment) -> dict[str, Any]:
+class VllmOptions(BackendOptions):
+    """Unset fields take VllmEnvironment's values."""
+
+    tensor_parallel_size: int | None = Field(None, ge=1)
+    gpu_memory_utilization: float | None = Field(None, gt=0, le=1)
+    enable_lora: bool = True
+    max_loras: int | None = Field(None, ge=1)
+    max_lora_rank: int | None = Field(None, ge=1)
+    tokenizer: str | None = Field(None, description="A Hugging Face tokenizer (needed for a GGUF file).")
+    dtype: str | None = None
+
+
+def engine_arguments(model: str, context_length: int, options: VllmOptions, env: VllmEnvironment) -> dict[str, Any]:
     """`AsyncEngineArgs` keyword arguments. A GGUF file needs a tokenizer override (options.tokenizer)."""
     arguments: dict[str, Any] = {
         "model": model,
         "max_model_len": context_length,
-        "tensor_parallel_size": int(options.get("tensor_parallel_size", env.tensor_parallel_size)),
-        "gpu_memory_utilization": float(options.get("gpu_memory_utilization", env.gpu_memory_utilization)),
-        "enable_lora": bool(options.get("enable_lora", True)),
-        "max_loras": int(options.get("max_loras", env.max_loras)),
-        "max_lora_rank": int(options.get("max_lora_rank", env.max_lora_rank)),
+        "tensor_parallel_size": options.tensor_parallel_size or env.tensor_parallel_size,
+        "gpu_memory_utilization": options.gpu_memory_utilization or env.gpu_memory_utilization,
+        "enable_lora": options.enable_lora,
+        "max_loras": options.max_loras or env.max_loras,
+        "max_lora_rank": options.max_lora_rank or env.max_lora_rank,
         "enable_prefix_caching": True,
     }
-    if tokenizer := options.get("tokenizer"):
+    if tokenizer := options.tokenizer:
         arguments["tokenizer"] = tokenizer
     elif model.endswith(".gguf"):
         raise Unavailable(
             f"vLLM needs options.tokenizer (a Hugging Face tokenizer directory) to serve the GGUF file {model}.",
             reason="MODEL_LOAD_FAILED",
         )
-    if dtype := options.get("dtype"):
+    if dtype := options.dtype:
         arguments["dtype"] = dtype
     return arguments
 
@@ -91,6 +97,8 @@ _FINISH = {"stop": FinishReason.STOP, "length": FinishReason.LENGTH, "abort": Fi
 
 
 class VllmBackend(Backend):
+    Options = VllmOptions
+    options: VllmOptions
     supports_adapters: ClassVar[bool] = True
     supports_structured_output: ClassVar[bool] = True  # vLLM's structured outputs (xgrammar/guidance)
 
@@ -108,7 +116,7 @@ class VllmBackend(Backend):
             raise Unavailable("The vllm backend needs a CUDA GPU, and none is visible.", reason="BACKEND_UNAVAILABLE")
         path = self.spec.resolve_path()
         model = str(path) if path.exists() else (self.spec.path or self.spec.name)
-        arguments = engine_arguments(model, self.spec.context_length, self.spec.options, VllmEnvironment())
+        arguments = engine_arguments(model, self.spec.context_length, self.options, VllmEnvironment())
         self._engine = AsyncLLMEngine.from_engine_args(AsyncEngineArgs(**arguments))
         tokenizer = self._tokenizer = await self._engine.get_tokenizer()
         template = self.spec.chat_template or getattr(tokenizer, "chat_template", None) or "chatml"

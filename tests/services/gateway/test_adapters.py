@@ -10,7 +10,7 @@ import httpx
 import pytest
 from prometheus_client import REGISTRY
 
-from services.inference.backends.transformers_backend import gguf_cache_dir
+from services.common.checkpoints import gguf_cache_dir
 from services.inference.server import InferenceServer
 from tests.conftest import GEMMA, loaded_backend
 

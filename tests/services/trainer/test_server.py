@@ -34,6 +34,13 @@ def plan(training_id: str = "", **changes: object) -> pb.TrainAdapterRequest:
     return TrainAdapterIn.model_validate({**TRAINING_REQUEST, **changes}).to_pb(training_id)
 
 
+def with_modules(*modules: str) -> pb.TrainAdapterRequest:
+    """A plan whose target modules the gateway would refuse: gRPC callers are checked too."""
+    request = plan()
+    request.hyperparameters.target_modules[:] = modules
+    return request
+
+
 def chat(*turns: tuple[str, str]) -> dict[str, object]:
     return {"messages": [{"role": role, "content": content} for role, content in turns]}
 
@@ -54,7 +61,7 @@ def chat(*turns: tuple[str, str]) -> dict[str, object]:
         (plan(dataset="s3://llmmesh-adapters/adapters/someone-else.jsonl"), grpc.StatusCode.INVALID_ARGUMENT),
         (plan(dataset="s3://llmmesh-adapters/datasets-private/x.jsonl"), grpc.StatusCode.INVALID_ARGUMENT),
         (plan(dataset="s3://other-bucket/datasets/x.jsonl"), grpc.StatusCode.INVALID_ARGUMENT),
-        (plan(hyperparameters={"lora_r": 4, "target_modules": ["q_proj; rm -rf"]}), grpc.StatusCode.INVALID_ARGUMENT),
+        (with_modules("q_proj; rm -rf"), grpc.StatusCode.INVALID_ARGUMENT),
         (pb.TrainAdapterRequest(base_model="gemma-3-270m"), grpc.StatusCode.INVALID_ARGUMENT),  # no dataset
         (plan(training_id="../../etc"), grpc.StatusCode.INVALID_ARGUMENT),
     ],

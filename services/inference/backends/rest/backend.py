@@ -20,7 +20,7 @@ from services.common.errors import (
     Unavailable,
 )
 from services.inference.backends.base import Backend
-from services.inference.backends.rest.config import Provider, RestConfig, resolve_config
+from services.inference.backends.rest.config import Provider, RestConfig, RestOptions, resolve_config
 from services.inference.backends.rest.dialects import (
     HttpCall,
     StreamState,
@@ -37,13 +37,15 @@ _RETRYABLE = (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolErro
 
 
 class RestBackend(Backend):
+    Options = RestOptions
+    options: RestOptions
     supports_images: ClassVar[bool] = True
     slot_specific: ClassVar[bool] = True
     supports_structured_output: ClassVar[bool] = True  # passed through; refused per provider in build_call
 
     async def load(self) -> None:
         try:
-            self.config: RestConfig = resolve_config(self.spec.name, self.spec.path, self.spec.options)
+            self.config: RestConfig = resolve_config(self.spec.name, self.spec.path, self.options)
         except ValueError as error:
             raise Unavailable(str(error), reason="MODEL_LOAD_FAILED") from error
         self._client = httpx.AsyncClient(

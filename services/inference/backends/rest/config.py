@@ -9,12 +9,14 @@ model name fall back to the live slot's.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Any
+from typing import Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from services.common import compat
 from services.common.config import secret_from_environment
+from services.inference.backends.base import BackendOptions
 
 
 class Provider(StrEnum):
@@ -43,25 +45,19 @@ class AuthType(StrEnum):
     CUSTOM = "custom"
 
 
-def _env(*names: str, default: Any = None) -> Any:
-    return Field(default, validation_alias=AliasChoices(*names))
-
-
 class RestEnvironment(BaseSettings):
     model_config = SettingsConfigDict(extra="ignore", frozen=True)
 
-    live_url: str | None = _env("LLMMESH_REST_LIVE_URL", "JARVIS_LIVE_REST_MODEL_URL")
-    background_url: str | None = _env("LLMMESH_REST_BACKGROUND_URL", "JARVIS_BACKGROUND_REST_MODEL_URL")
-    live_model: str | None = _env("LLMMESH_REST_MODEL_NAME", "JARVIS_REST_MODEL_NAME")
-    background_model: str | None = _env("LLMMESH_REST_BACKGROUND_MODEL_NAME", "JARVIS_REST_BACKGROUND_MODEL_NAME")
-    provider: Provider = _env("LLMMESH_REST_PROVIDER", "JARVIS_REST_PROVIDER", default=Provider.GENERIC)
-    request_format: RequestFormat = _env(
-        "LLMMESH_REST_REQUEST_FORMAT", "JARVIS_REST_REQUEST_FORMAT", default=RequestFormat.OPENAI
-    )
-    auth_type: AuthType = _env("LLMMESH_REST_AUTH_TYPE", "JARVIS_REST_AUTH_TYPE", default=AuthType.NONE)
-    auth_token: SecretStr | None = _env("LLMMESH_REST_AUTH_TOKEN", "JARVIS_REST_AUTH_TOKEN")
-    auth_header: str = _env("LLMMESH_REST_AUTH_HEADER", "JARVIS_REST_AUTH_HEADER", default="Authorization")
-    timeout: float = _env("LLMMESH_REST_TIMEOUT", "JARVIS_REST_TIMEOUT", default=60.0)
+    live_url: str | None = compat.env("LLMMESH_REST_LIVE_URL")
+    background_url: str | None = compat.env("LLMMESH_REST_BACKGROUND_URL")
+    live_model: str | None = compat.env("LLMMESH_REST_MODEL_NAME")
+    background_model: str | None = compat.env("LLMMESH_REST_BACKGROUND_MODEL_NAME")
+    provider: Provider = compat.env("LLMMESH_REST_PROVIDER", Provider.GENERIC)
+    request_format: RequestFormat = compat.env("LLMMESH_REST_REQUEST_FORMAT", RequestFormat.OPENAI)
+    auth_type: AuthType = compat.env("LLMMESH_REST_AUTH_TYPE", AuthType.NONE)
+    auth_token: SecretStr | None = compat.env("LLMMESH_REST_AUTH_TOKEN")
+    auth_header: str = compat.env("LLMMESH_REST_AUTH_HEADER", "Authorization")
+    timeout: float = compat.env("LLMMESH_REST_TIMEOUT", 60.0)
 
 
 class RestConfig(BaseModel):
@@ -96,27 +92,39 @@ class RestConfig(BaseModel):
         return {}
 
 
-def resolve_config(
-    name: str, path: str | None, options: dict[str, Any], env: RestEnvironment | None = None
-) -> RestConfig:
+class RestOptions(BackendOptions):
+    """A REST model's registry options; unset fields take RestEnvironment's values."""
+
+    url: str | None = Field(None, description="The API's base URL.")
+    model: str | None = Field(None, description="The remote model name. Unset: the registry's path or name.")
+    provider: Provider | None = None
+    request_format: RequestFormat | None = None
+    auth_type: AuthType | None = None
+    auth_header: str | None = None
+    auth_token_env: str | None = Field(None, description="The environment variable holding the API token.")
+    timeout: float | None = Field(None, gt=0)
+    slot: Literal["live", "background"] | None = Field(None, description="Set by routing: the slot it serves.")
+
+
+def resolve_config(name: str, path: str | None, options: RestOptions, env: RestEnvironment | None = None) -> RestConfig:
     env = env or RestEnvironment()
-    slot = options.get("slot")
-    url = options.get("url") or (env.background_url if slot == "background" else None) or env.live_url
+    slot = options.slot
+    url = options.url or (env.background_url if slot == "background" else None) or env.live_url
     if not url:
         raise ValueError(
             f"REST model '{name}' has no URL: set options.url in the registry, or LLMMESH_REST_LIVE_URL "
             "(JARVIS_LIVE_REST_MODEL_URL)"
         )
     slot_model = (env.background_model or env.live_model) if slot == "background" else env.live_model
-    token = secret_from_environment(options["auth_token_env"]) if "auth_token_env" in options else env.auth_token
+    token = secret_from_environment(options.auth_token_env) if options.auth_token_env else env.auth_token
     file_path = path if path and not path.startswith("package:") else None
     return RestConfig(
         url=url.rstrip("/"),
-        remote_model=options.get("model") or slot_model or file_path or name,
-        provider=Provider(options.get("provider", env.provider)),
-        request_format=RequestFormat(options.get("request_format", env.request_format)),
-        auth_type=AuthType(options.get("auth_type", env.auth_type)),
+        remote_model=options.model or slot_model or file_path or name,
+        provider=options.provider or env.provider,
+        request_format=options.request_format or env.request_format,
+        auth_type=options.auth_type or env.auth_type,
         auth_token=token,
-        auth_header=options.get("auth_header", env.auth_header),
-        timeout=float(options.get("timeout", env.timeout)),
+        auth_header=options.auth_header or env.auth_header,
+        timeout=options.timeout or env.timeout,
     )

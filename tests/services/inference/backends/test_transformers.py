@@ -6,11 +6,11 @@ from pathlib import Path
 import pytest
 from prometheus_client import REGISTRY
 
+from services.common.checkpoints import gguf_cache_dir
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.common.registry import ModelSpec
 from services.inference.backends.transformers_backend import (
     TransformersBackend,
-    gguf_cache_dir,
     pick_device,
     pick_dtype,
 )

@@ -6,7 +6,13 @@ import pytest
 from services.common.errors import InvalidArgument, Unavailable
 from services.common.registry import ModelSpec
 from services.inference.backends.mlx_backend import MlxBackend, platform_problem, sampler_arguments, shared_prefix
-from services.inference.backends.vllm_backend import VllmBackend, VllmEnvironment, engine_arguments, sampling_arguments
+from services.inference.backends.vllm_backend import (
+    VllmBackend,
+    VllmEnvironment,
+    VllmOptions,
+    engine_arguments,
+    sampling_arguments,
+)
 from services.inference.domain import SamplingParams
 
 
@@ -27,12 +33,14 @@ def test_vllm_engine_arguments_follow_jarvis_variables(monkeypatch) -> None:
     monkeypatch.setenv("JARVIS_VLLM_GPU_MEMORY_UTILIZATION", "0.8")
     monkeypatch.setenv("JARVIS_VLLM_MAX_LORAS", "4")
     monkeypatch.setenv("JARVIS_VLLM_MAX_LORA_RANK", "32")
-    arguments = engine_arguments("/models/qwen", 4096, {}, VllmEnvironment())
+    arguments = engine_arguments("/models/qwen", 4096, VllmOptions(), VllmEnvironment())
     assert arguments["tensor_parallel_size"] == 2 and arguments["gpu_memory_utilization"] == 0.8
     assert arguments["max_loras"] == 4 and arguments["max_lora_rank"] == 32 and arguments["max_model_len"] == 4096
-    assert engine_arguments("/m/x.gguf", 2048, {"tokenizer": "/m/tok"}, VllmEnvironment())["tokenizer"] == "/m/tok"
+    assert (
+        engine_arguments("/m/x.gguf", 2048, VllmOptions(tokenizer="/m/tok"), VllmEnvironment())["tokenizer"] == "/m/tok"
+    )
     with pytest.raises(Unavailable, match="tokenizer"):
-        engine_arguments("/m/x.gguf", 2048, {}, VllmEnvironment())
+        engine_arguments("/m/x.gguf", 2048, VllmOptions(), VllmEnvironment())
 
 
 async def test_vllm_fails_clearly_without_vllm_or_a_gpu() -> None:

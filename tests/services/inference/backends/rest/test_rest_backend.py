@@ -13,7 +13,7 @@ import pytest
 from services.common.errors import InvalidArgument, Unavailable
 from services.common.registry import ModelRegistry, ModelSpec
 from services.inference.backends.rest.backend import RestBackend
-from services.inference.backends.rest.config import RestEnvironment, resolve_config
+from services.inference.backends.rest.config import RestEnvironment, RestOptions, resolve_config
 from services.inference.config import InferenceSettings
 from services.inference.domain import (
     ChatMessage,
@@ -194,14 +194,14 @@ def test_jarvis_rest_variables(monkeypatch) -> None:
     monkeypatch.setenv("JARVIS_REST_AUTH_HEADER", "X-Key")
     monkeypatch.setenv("JARVIS_REST_AUTH_TOKEN", "s3cr3t-value")
     monkeypatch.setenv("JARVIS_REST_TIMEOUT", "12")
-    live = resolve_config("m", None, {"slot": "live"}, RestEnvironment())
-    background = resolve_config("m", None, {"slot": "background"}, RestEnvironment())
+    live = resolve_config("m", None, RestOptions(slot="live"), RestEnvironment())
+    background = resolve_config("m", None, RestOptions(slot="background"), RestEnvironment())
     assert live.url == background.url == "https://api.example.com"  # background falls back to live
     assert live.remote_model == background.remote_model == "gpt-live"
     assert live.headers() == {"X-Key": "s3cr3t-value"} and live.timeout == 12
     monkeypatch.setenv("JARVIS_BACKGROUND_REST_MODEL_URL", "https://bg.example.com")
     monkeypatch.setenv("JARVIS_REST_BACKGROUND_MODEL_NAME", "gpt-big")
-    background = resolve_config("m", None, {"slot": "background"}, RestEnvironment())
+    background = resolve_config("m", None, RestOptions(slot="background"), RestEnvironment())
     assert (background.url, background.remote_model) == ("https://bg.example.com", "gpt-big")
     assert "s3cr3t-value" not in repr(live)
 

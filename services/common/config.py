@@ -32,6 +32,11 @@ class ServiceSettings(BaseSettings):
     max_message_bytes: int = Field(
         64 * 1024 * 1024, ge=1024, description="Largest gRPC message received or sent; larger ones are refused."
     )
+    otlp_endpoint: str | None = Field(
+        None,
+        validation_alias=AliasChoices("LLMMESH_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"),
+        description="Export traces over OTLP/gRPC to this endpoint. Unset: tracing is off.",
+    )
     internal_token: SecretStr | None = Field(
         None,
         validation_alias=AliasChoices("LLMMESH_INTERNAL_TOKEN"),

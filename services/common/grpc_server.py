@@ -233,7 +233,7 @@ def run_service(service: GrpcService[Any]) -> None:
     """A service process's main: serve until SIGINT/SIGTERM, then shut down gracefully."""
     name = type(service).__name__.removesuffix("Server").lower()
     configure_logging(service.settings.log_level, name)
-    tracing.configure_tracing(name)
+    tracing.configure_tracing(name, service.settings.otlp_endpoint)
 
     async def serve() -> None:
         await service.start()

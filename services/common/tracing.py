@@ -12,7 +12,6 @@ so that tests can swap in an in-memory exporter.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterable, Mapping
 
 from opentelemetry import trace
@@ -26,9 +25,8 @@ _provider: trace.TracerProvider = trace.NoOpTracerProvider()
 _propagator = TraceContextTextMapPropagator()
 
 
-def configure_tracing(service: str, endpoint: str | None = None) -> None:
-    """Export spans of `service` to the OTLP endpoint, if one is configured."""
-    endpoint = endpoint or os.environ.get("LLMMESH_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+def configure_tracing(service: str, endpoint: str | None) -> None:
+    """Export spans of `service` to the OTLP endpoint (ServiceSettings.otlp_endpoint), if one is set."""
     if not endpoint:
         return
     from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter

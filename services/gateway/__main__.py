@@ -14,7 +14,7 @@ from services.gateway.drain import GatewayServer
 def main() -> None:
     settings = GatewaySettings()
     configure_logging(settings.log_level, "gateway")
-    tracing.configure_tracing("gateway")
+    tracing.configure_tracing("gateway", settings.otlp_endpoint)
     app = build_app(settings)
     config = uvicorn.Config(
         app,

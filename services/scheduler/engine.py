@@ -122,6 +122,7 @@ class Scheduler:
         self.changes = changes
         self.callbacks = callbacks
         self.guard = guard
+        self._housekeeping = True
 
     # ---- client API ----
 
@@ -218,7 +219,7 @@ class Scheduler:
         that just ended); the sweeps run once per poll interval, not on every change."""
         loop, last_sweep = asyncio.get_running_loop(), float("-inf")
         self.callbacks.on_delivered = self.changes.any_change.set
-        while True:
+        while self._housekeeping:
             try:
                 if loop.time() - last_sweep >= self.settings.poll_seconds:
                     last_sweep = loop.time()
@@ -234,6 +235,12 @@ class Scheduler:
                 async with asyncio.timeout(self.settings.poll_seconds):
                     await self.changes.any_change.wait()
             self.changes.any_change.clear()
+
+    def stop_housekeeping(self) -> None:
+        """End housekeep_forever after its round, even where a cancellation would be lost (a
+        round's own deadline expiring as the cancel arrives): it must never outlive the pool."""
+        self._housekeeping = False
+        self.changes.any_change.set()
 
     async def _sweep(self) -> None:
         for job_id in await self.store.expire_due():

@@ -77,6 +77,7 @@ class SchedulerServer(GrpcService[SchedulerSettings]):
         if self.worker is not None:
             await self.worker.stop(self.settings.shutdown_grace_seconds)
         if self._housekeeping is not None:
+            self.scheduler.stop_housekeeping()
             self._housekeeping.cancel()
             await asyncio.wait({self._housekeeping}, timeout=5)
         await self.queue.close()

@@ -137,6 +137,23 @@ class Worker:
             await self._run(claimed, lease, message, sequence, delivered)
 
     async def _run(self, job: Job, lease: uuid.UUID, message: Msg, sequence: int, delivered: int) -> None:
+        # JetStream hears from this worker on its own schedule, until the message is settled: a
+        # slow PostgreSQL (a restart, a reconnect) must not let AckWait lapse and the job be
+        # redelivered, and claimed again, while this attempt still runs or records its result.
+        keeper = asyncio.create_task(self._keep_in_progress(message))
+        try:
+            await self._attempt(job, lease, message, sequence, delivered)
+        finally:
+            keeper.cancel()
+
+    async def _keep_in_progress(self, message: Msg) -> None:
+        interval = self.settings.ack_wait_seconds / 3
+        while True:
+            await asyncio.sleep(interval)
+            with contextlib.suppress(NatsError):
+                await message.in_progress()
+
+    async def _attempt(self, job: Job, lease: uuid.UUID, message: Msg, sequence: int, delivered: int) -> None:
         job_id = job.job_id
         run = asyncio.create_task(
             self.handlers.run(
@@ -146,7 +163,7 @@ class Worker:
             )
         )
         self._running[job_id] = run
-        heartbeat = asyncio.create_task(self._heartbeat(job_id, lease, message, run))
+        heartbeat = asyncio.create_task(self._heartbeat(job_id, lease, run))
         try:
             result = await run
         except asyncio.CancelledError:
@@ -200,14 +217,12 @@ class Worker:
 
         return report
 
-    async def _heartbeat(self, job_id: str, lease: uuid.UUID, message: Msg, run: asyncio.Task[object]) -> None:
-        """Extend AckWait and the lease; stop the run when the job stopped being ours."""
+    async def _heartbeat(self, job_id: str, lease: uuid.UUID, run: asyncio.Task[object]) -> None:
+        """Extend the lease; stop the run when the job stopped being ours."""
         interval = self.settings.ack_wait_seconds / 3
         while True:
             await asyncio.sleep(interval)
             try:
-                with contextlib.suppress(NatsError):
-                    await message.in_progress()
                 if await self.store.heartbeat(job_id, lease):
                     continue
                 current = await self.store.get(job_id)

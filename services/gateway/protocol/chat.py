@@ -4,7 +4,6 @@ response."""
 from __future__ import annotations
 
 import json
-import time
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field, model_validator
@@ -13,7 +12,9 @@ from services.common.errors import InvalidArgument
 from services.gateway.config import GatewaySettings
 from services.gateway.protocol.common import (
     INT32_MAX,
+    ChoiceOut,
     OpenAIModel,
+    ReplyOut,
     ResponseFormatIn,
     SamplingFields,
     UsageOut,
@@ -221,22 +222,13 @@ class ChatCompletionMessage(BaseModel):
     tool_calls: list[ToolCallOut] | None = Field(None, exclude_if=lambda calls: calls is None)
 
 
-class ChatChoice(BaseModel):
-    index: int
+class ChatChoice(ChoiceOut):
     message: ChatCompletionMessage
-    finish_reason: Literal["stop", "length", "tool_calls", "content_filter"]
-    logprobs: None = None
 
 
-class ChatCompletion(BaseModel):
-    """A whole (non-streamed) reply, in OpenAI's shape."""
-
-    id: str
+class ChatCompletion(ReplyOut):
     object: Literal["chat.completion"] = "chat.completion"
-    created: int = Field(default_factory=lambda: int(time.time()))
-    model: str
     choices: list[ChatChoice]
-    usage: UsageOut
 
 
 def chat_completion_body(

@@ -4,6 +4,7 @@ usage and ids."""
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from typing import Any, Literal
 
@@ -151,3 +152,20 @@ def usage_body(usages: list[Usage], choices_per_prompt: int) -> UsageOut:
         total_tokens=prompt_tokens + completion_tokens,
         prompt_tokens_details=PromptTokensDetails(cached_tokens=cached),
     )
+
+
+class ChoiceOut(BaseModel):
+    """What every choice of a whole reply has."""
+
+    index: int
+    finish_reason: Literal["stop", "length", "tool_calls", "content_filter"]
+    logprobs: None = None
+
+
+class ReplyOut(BaseModel):
+    """What every whole (non-streamed) reply has, in OpenAI's shape."""
+
+    id: str
+    created: int = Field(default_factory=lambda: int(time.time()))
+    model: str
+    usage: UsageOut

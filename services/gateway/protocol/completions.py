@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import time
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from services.common.errors import InvalidArgument
-from services.gateway.protocol.common import ResponseFormatIn, SamplingFields, UsageOut
+from services.gateway.protocol.common import ChoiceOut, ReplyOut, ResponseFormatIn, SamplingFields, UsageOut
 from services.inference.client import (
     CompletionRequest,
     FinishReason,
@@ -57,22 +56,13 @@ class CompletionRequestIn(SamplingFields):
         ]
 
 
-class CompletionChoice(BaseModel):
-    index: int
+class CompletionChoice(ChoiceOut):
     text: str
-    finish_reason: Literal["stop", "length", "tool_calls", "content_filter"]
-    logprobs: None = None
 
 
-class Completion(BaseModel):
-    """A whole (non-streamed) continuation, in OpenAI's shape."""
-
-    id: str
+class Completion(ReplyOut):
     object: Literal["text_completion"] = "text_completion"
-    created: int = Field(default_factory=lambda: int(time.time()))
-    model: str
     choices: list[CompletionChoice]
-    usage: UsageOut
 
 
 def completion_body(

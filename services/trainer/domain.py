@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 
 from llmmesh.inference.v1 import inference_service_pb2 as inference_pb
 from llmmesh.trainer.v1 import trainer_service_pb2 as pb
+from services.common.artifacts import check_adapter_id
 from services.common.chat_templates import ROLES
 from services.common.errors import InvalidArgument
 
@@ -69,25 +70,90 @@ class Hyperparameters(BaseModel):
 
     @classmethod
     def from_pb(cls, message: pb.Hyperparameters, defaults: Hyperparameters) -> Hyperparameters:
-        """The request's fields over `defaults`: a set field counts even when 0 (`optional`)."""
-        values = defaults.model_dump()
-        for descriptor in message.DESCRIPTOR.fields:
-            name, value = descriptor.name, getattr(message, descriptor.name)
-            if descriptor.is_repeated:
-                if value:
-                    values[name] = tuple(value)
-            elif descriptor.has_presence:
-                if message.HasField(name):  # type: ignore[arg-type]
-                    values[name] = value
-            elif value:  # a plain string: empty is unset
-                values[name] = value
-        return cls.checked(values)
+        """The request's fields over `defaults`."""
+        return defaults.overridden(overrides_from_pb(message))
+
+    def overridden(self, values: dict[str, Any]) -> Hyperparameters:
+        """These hyperparameters with `values` (a request's) in place of theirs, checked."""
+        return self.checked({**self.model_dump(), **values})
 
     def to_pb(self) -> pb.Hyperparameters:
         return pb.Hyperparameters(**self.to_json())
 
     def to_json(self) -> dict[str, Any]:
         return {**self.model_dump(), "target_modules": list(self.target_modules)}
+
+
+def overrides_from_pb(message: pb.Hyperparameters) -> dict[str, Any]:
+    """The fields a request set: an `optional` one counts even when 0; empty strings and lists
+    are unset."""
+    values: dict[str, Any] = {}
+    for descriptor in message.DESCRIPTOR.fields:
+        name, value = descriptor.name, getattr(message, descriptor.name)
+        if descriptor.is_repeated:
+            if value:
+                values[name] = tuple(value)
+        elif descriptor.has_presence:
+            if message.HasField(name):  # type: ignore[arg-type]
+                values[name] = value
+        elif value:  # a plain string: empty is unset
+            values[name] = value
+    return values
+
+
+@dataclass(frozen=True)
+class DatasetSource:
+    """Where a run's examples come from: inline (already checked turns) or an s3:// URI."""
+
+    examples: list[list[dict[str, str]]] | None = None
+    uri: str = ""
+
+    @classmethod
+    def from_pb(cls, dataset: pb.Dataset, param: str) -> DatasetSource:
+        source = dataset.WhichOneof("source")
+        if source == "inline":
+            return cls(examples=examples_from_pb(dataset.inline, f"{param}.inline.examples"))
+        if source == "uri":
+            return cls(uri=dataset.uri)
+        raise InvalidArgument(f"'{param}' is empty: set 'inline' or 'uri'.", param=param)
+
+
+@dataclass(frozen=True)
+class TrainRequest:
+    """What to train, as TrainAdapterRequest says it (see the .proto): checked at the edge."""
+
+    base_model: str
+    dataset: DatasetSource
+    eval_dataset: DatasetSource | None = None
+    hyperparameters: dict[str, Any] = field(default_factory=dict)  # the fields the request set
+    training_id: str = ""
+    owner: str = ""
+    limits: dict[str, float] = field(default_factory=dict)  # the limits the request set
+
+    @classmethod
+    def from_pb(cls, request: pb.TrainAdapterRequest) -> TrainRequest:
+        if not request.base_model:
+            raise InvalidArgument("'base_model' is required.", param="base_model")
+        if not request.HasField("dataset"):
+            raise InvalidArgument("'dataset' is required.", param="dataset")
+        limits = {
+            name: getattr(request.limits, name)
+            for name in ("max_examples", "max_epochs", "max_steps", "max_run_seconds")
+            if request.limits.HasField(name)  # type: ignore[arg-type]
+        }
+        return cls(
+            base_model=request.base_model,
+            dataset=DatasetSource.from_pb(request.dataset, "dataset"),
+            eval_dataset=(
+                DatasetSource.from_pb(request.eval_dataset, "eval_dataset")
+                if request.HasField("eval_dataset")
+                else None
+            ),
+            hyperparameters=overrides_from_pb(request.hyperparameters),
+            training_id=check_adapter_id(request.training_id, "training_id") if request.training_id else "",
+            owner=request.owner,
+            limits=limits,
+        )
 
 
 def examples_from_pb(dataset: pb.Examples, param: str) -> list[list[dict[str, str]]]:

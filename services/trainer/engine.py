@@ -9,6 +9,7 @@ waited for the trainer.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import shutil
@@ -27,14 +28,15 @@ from services.inference.client import InferenceClient
 from services.trainer.child import Child, ChildFailed, Event
 from services.trainer.config import TrainerSettings
 from services.trainer.domain import (
+    DatasetSource,
     Hyperparameters,
     TrainingJob,
     TrainingLimits,
     TrainingPlan,
     TrainingState,
+    TrainRequest,
     adapter_to_pb,
     examples_from_jsonl,
-    examples_from_pb,
 )
 from services.trainer.metrics import TRAINING_RUNS, TRAINING_STEP_SECONDS
 
@@ -63,10 +65,8 @@ class Trainer:
 
     # ---- jobs ----
 
-    async def submit(self, request: pb.TrainAdapterRequest) -> TrainingJob:
-        plan = await self._plan(request)
-        training_id = check_adapter_id(request.training_id, "training_id") if request.training_id else ""
-        return await self.start(plan, training_id)
+    async def submit(self, request: TrainRequest) -> TrainingJob:
+        return await self.start(await self._plan(request), request.training_id)
 
     async def start(self, plan: TrainingPlan, training_id: str = "") -> TrainingJob:
         """A job for the plan: new, the stored adapter (cached), or this id's earlier job."""
@@ -97,18 +97,18 @@ class Trainer:
             raise NotFound(f"No training job '{training_id}'.", param="training_id")
         return job
 
-    async def watch(self, training_id: str) -> AsyncIterator[pb.TrainingJob]:
-        """The job now, then after every change, until it ends."""
+    async def watch(self, training_id: str) -> AsyncIterator[TrainingJob]:
+        """The job now, then after every change (each a copy), until it ends."""
         job = self.get(training_id)
-        snapshot = job.to_pb()
+        snapshot = dataclasses.replace(job)
         while True:
             yield snapshot
             if job.state.terminal:
                 return
             seen = snapshot
             async with self._changed:
-                await self._changed.wait_for(lambda: job.to_pb() != seen)  # noqa: B023 - awaited here
-            snapshot = job.to_pb()
+                await self._changed.wait_for(lambda: job != seen)  # noqa: B023 - awaited here
+            snapshot = dataclasses.replace(job)
 
     async def cancel(self, training_id: str) -> TrainingJob:
         job = self.get(training_id)
@@ -165,15 +165,11 @@ class Trainer:
             )
         return spec
 
-    async def _plan(self, request: pb.TrainAdapterRequest) -> TrainingPlan:
+    async def _plan(self, request: TrainRequest) -> TrainingPlan:
         spec = self.trainable(request.base_model)
-        if not request.HasField("dataset"):
-            raise InvalidArgument("'dataset' is required.", param="dataset")
         examples = await self._examples(request.dataset, "dataset")
-        eval_examples = (
-            await self._examples(request.eval_dataset, "eval_dataset") if request.HasField("eval_dataset") else []
-        )
-        hyperparameters = Hyperparameters.from_pb(request.hyperparameters, self.defaults)
+        eval_examples = await self._examples(request.eval_dataset, "eval_dataset") if request.eval_dataset else []
+        hyperparameters = self.defaults.overridden(request.hyperparameters)
         limits = self._limits(request.limits)
         for within, param, what in (
             (len(examples) + len(eval_examples) <= limits.max_examples, "dataset", f"{limits.max_examples} examples"),
@@ -184,27 +180,22 @@ class Trainer:
                 raise InvalidArgument(f"'{param}' is over this run's limit of {what}.", param=param)
         return TrainingPlan(spec.name, examples, eval_examples, hyperparameters, request.owner, limits.max_run_seconds)
 
-    def _limits(self, requested: pb.TrainingLimits) -> TrainingLimits:
+    def _limits(self, requested: dict[str, float]) -> TrainingLimits:
         """The run's limits: the request's (its API key's), else this trainer's."""
         defaults = self.settings
         return TrainingLimits(
-            max_examples=requested.max_examples if requested.HasField("max_examples") else defaults.max_examples,
-            max_epochs=requested.max_epochs if requested.HasField("max_epochs") else defaults.max_epochs,
-            max_steps=requested.max_steps if requested.HasField("max_steps") else defaults.max_steps,
-            max_run_seconds=(
-                requested.max_run_seconds if requested.HasField("max_run_seconds") else defaults.max_run_seconds
-            ),
+            max_examples=int(requested.get("max_examples", defaults.max_examples)),
+            max_epochs=int(requested.get("max_epochs", defaults.max_epochs)),
+            max_steps=int(requested.get("max_steps", defaults.max_steps)),
+            max_run_seconds=requested.get("max_run_seconds", defaults.max_run_seconds),
         )
 
-    async def _examples(self, dataset: pb.Dataset, param: str) -> list[list[dict[str, str]]]:
-        source = dataset.WhichOneof("source")
-        if source == "inline":
-            return examples_from_pb(dataset.inline, f"{param}.inline.examples")
-        if source == "uri":
-            self._check_dataset_location(dataset.uri, f"{param}.uri")
-            text = await asyncio.to_thread(self.artifacts.read_object, dataset.uri, self.settings.max_dataset_bytes)
-            return examples_from_jsonl(text, f"{param}.uri")
-        raise InvalidArgument(f"'{param}' is empty: set 'inline' or 'uri'.", param=param)
+    async def _examples(self, dataset: DatasetSource, param: str) -> list[list[dict[str, str]]]:
+        if dataset.examples is not None:
+            return dataset.examples
+        self._check_dataset_location(dataset.uri, f"{param}.uri")
+        text = await asyncio.to_thread(self.artifacts.read_object, dataset.uri, self.settings.max_dataset_bytes)
+        return examples_from_jsonl(text, f"{param}.uri")
 
     def _check_dataset_location(self, uri: str, param: str) -> None:
         """Refuse, before any read, a dataset outside the configured locations."""

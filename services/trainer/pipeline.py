@@ -174,7 +174,7 @@ class Pipelines:
         job = await self.trainer.start(plan, build.training_id)
         build.adapter_id = job.adapter_id
         async for update in self.trainer.watch(job.training_id):
-            if update.state == pb.TRAINING_STATE_RUNNING and update.step:
+            if update.state is TrainingState.RUNNING and update.step:
                 await self._log(build, "train", f"step {update.step}/{update.total_steps} loss {update.loss:.4f}")
         job = self.trainer.get(job.training_id)
         if job.state is not TrainingState.SUCCEEDED:

@@ -8,6 +8,7 @@ import grpc
 
 from llmmesh.trainer.v1 import trainer_service_pb2 as pb
 from llmmesh.trainer.v1 import trainer_service_pb2_grpc as pb_grpc
+from services.trainer.domain import TrainRequest
 from services.trainer.engine import Trainer
 from services.trainer.pipeline import Pipelines
 
@@ -22,7 +23,7 @@ class TrainerServicer(pb_grpc.TrainerServiceServicer):
     async def TrainAdapter(
         self, request: pb.TrainAdapterRequest, context: grpc.aio.ServicerContext
     ) -> pb.TrainAdapterResponse:
-        return pb.TrainAdapterResponse(job=(await self.trainer.submit(request)).to_pb())
+        return pb.TrainAdapterResponse(job=(await self.trainer.submit(TrainRequest.from_pb(request))).to_pb())
 
     async def GetTrainingJob(
         self, request: pb.GetTrainingJobRequest, context: grpc.aio.ServicerContext
@@ -33,7 +34,7 @@ class TrainerServicer(pb_grpc.TrainerServiceServicer):
         self, request: pb.WatchTrainingRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.WatchTrainingResponse]:
         async for job in self.trainer.watch(request.training_id):
-            yield pb.WatchTrainingResponse(job=job)
+            yield pb.WatchTrainingResponse(job=job.to_pb())
 
     async def CancelTraining(
         self, request: pb.CancelTrainingRequest, context: grpc.aio.ServicerContext

@@ -20,6 +20,7 @@ from llmmesh.trainer.v1 import trainer_service_pb2 as pb
 from llmmesh.trainer.v1 import trainer_service_pb2_grpc as pb_grpc
 from services.common.grpc_client import open_channel
 from services.gateway.protocol.training import TrainAdapterIn
+from services.trainer.domain import TrainingState, TrainRequest
 from services.trainer.server import TrainerServer
 from tests.conftest import ADAPTER_BUCKET, INTERNAL_TOKEN, SECRET_EXAMPLES, TRAINING_REQUEST
 
@@ -171,12 +172,12 @@ async def test_training_can_free_the_inference_models_first(tmp_path) -> None:
                 return (await models.GetModel(inference_pb.GetModelRequest(name="mock"))).model.state
 
             tiny = {"max_steps": 1, "batch_size": 1, "max_seq_length": 32, "seed": 11}
-            job = await trainer.trainer.submit(plan(hyperparameters=tiny))
+            job = await trainer.trainer.submit(TrainRequest.from_pb(plan(hyperparameters=tiny)))
             during = []
             async for update in trainer.trainer.watch(job.training_id):
-                if update.state == pb.TRAINING_STATE_RUNNING:
+                if update.state is TrainingState.RUNNING:
                     during.append(await mock_state())
-            assert update.state == pb.TRAINING_STATE_SUCCEEDED, update.error
+            assert update.state is TrainingState.SUCCEEDED, update.error
             assert inference_pb.MODEL_STATE_UNLOADED in during
             assert await mock_state() == inference_pb.MODEL_STATE_LOADED
     finally:
@@ -201,7 +202,7 @@ async def test_a_cancel_while_the_run_checks_the_store_is_not_overwritten(
         return original(adapter_id)
 
     monkeypatch.setattr(store, "get", slow_get)
-    job = await trainer.trainer.submit(plan(hyperparameters={"max_steps": 500, "seed": 12}))
+    job = await trainer.trainer.submit(TrainRequest.from_pb(plan(hyperparameters={"max_steps": 500, "seed": 12})))
     async with asyncio.timeout(120):
         while len(calls) < 2:
             await asyncio.sleep(0.01)  # polls for the run to reach its check
@@ -241,11 +242,11 @@ async def test_a_run_past_its_wall_clock_limit_is_killed_and_fails(tmp_path: Pat
     trainer = TrainerServer(settings, build_test_registry(), ArtifactSettings(dir=tmp_path / "adapters"))  # type: ignore[call-arg]
     await trainer.start()
     try:
-        job = await trainer.trainer.submit(plan(hyperparameters={"max_steps": 3, "seed": 12}))
+        job = await trainer.trainer.submit(TrainRequest.from_pb(plan(hyperparameters={"max_steps": 3, "seed": 12})))
         async with asyncio.timeout(60):
             updates = [update async for update in trainer.trainer.watch(job.training_id)]
         update = updates[-1]
-        assert update.state == pb.TRAINING_STATE_FAILED and "wall-clock limit of 1 s" in update.error, update
+        assert update.state is TrainingState.FAILED and "wall-clock limit of 1 s" in update.error, update
         assert not trainer.trainer._children  # the child is gone
     finally:
         await trainer.stop(grace=1)

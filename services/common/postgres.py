@@ -11,8 +11,9 @@ import asyncpg
 log = logging.getLogger(__name__)
 
 
-async def open_pool(url: str) -> asyncpg.Pool:
-    return await asyncpg.create_pool(url, min_size=1, max_size=POOL_SIZE)
+async def open_pool(url: str) -> RetryingPool:
+    """The pool every store uses: a PostgreSQL restart costs none of its statements (RetryingPool)."""
+    return RetryingPool(await asyncpg.create_pool(url, min_size=1, max_size=POOL_SIZE))
 
 
 POOL_SIZE = 4

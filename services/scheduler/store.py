@@ -149,12 +149,11 @@ def _counted(job_type: str | None, state: str) -> bool:
 
 
 class JobStore:
-    def __init__(self, pool: asyncpg.Pool) -> None:
-        self.pool: Any = RetryingPool(pool)  # a PostgreSQL restart costs no statement
-        self._raw_pool = pool
+    def __init__(self, pool: RetryingPool) -> None:
+        self.pool: Any = pool  # open_pool's: a statement on a connection PostgreSQL dropped is sent again
 
     async def migrate(self) -> None:
-        await migrate(self._raw_pool, "scheduler", MIGRATIONS)
+        await migrate(self.pool, "scheduler", MIGRATIONS)
 
     # ---- submission ----
 

@@ -7,15 +7,17 @@ of time to first token on a busy machine)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
-from typing import TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
 
-from fastapi import Request
+from fastapi import Request, Response
 
 from services.common.errors import Cancelled
 from services.embeddings.client import EmbeddingsClient
+from services.gateway.auth import Caller
 from services.gateway.config import GatewaySettings
-from services.inference.client import InferenceClient
+from services.gateway.sse import Comment, sse_response
+from services.inference.client import Completed, InferenceClient, StreamEvent
 from services.scheduler.client import SchedulerClient
 from services.trainer.client import TrainerClient
 
@@ -61,3 +63,23 @@ async def cancel_on_disconnect(request: Request, work: Awaitable[T]) -> T:
     if task.cancelled():
         raise Cancelled("The client disconnected.")
     return task.result()
+
+
+async def generate(
+    request: Request,
+    caller: Caller,
+    stream: bool,
+    open_stream: Callable[[], Awaitable[AsyncIterator[StreamEvent]]],
+    chunks: Callable[[AsyncIterator[StreamEvent]], AsyncIterator[dict[str, Any] | Comment]],
+    call: Callable[[], Awaitable[list[Completed]]],
+) -> Response | list[Completed]:
+    """Chat and completions alike, under the caller's request slot: a stream hands the slot
+    to its SSE response, which gives it back however the stream ends; a whole reply gives it
+    back once complete, and its tokens count against the key."""
+    async with caller.request_slot() as slot:
+        if stream:
+            events = await cancel_on_disconnect(request, open_stream())
+            return sse_response(chunks(events), on_close=slot.hand_over())
+        results = await cancel_on_disconnect(request, call())
+    caller.used(sum(r.usage.prompt_tokens for r in results), sum(r.usage.completion_tokens for r in results))
+    return results

@@ -8,11 +8,11 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Request, Response
 
 from services.gateway.auth import Caller, scope
 from services.gateway.config import GatewaySettings
-from services.gateway.dependencies import cancel_on_disconnect, get_inference, get_settings
+from services.gateway.dependencies import generate, get_inference, get_settings
 from services.gateway.protocol.chat import (
     ChatCompletion,
     ChatCompletionRequest,
@@ -21,7 +21,7 @@ from services.gateway.protocol.chat import (
     tool_calls_body,
 )
 from services.gateway.protocol.common import STREAMED, new_id, usage_body
-from services.gateway.sse import Comment, sse_response, wait_comment
+from services.gateway.sse import Comment, wait_comment
 from services.inference.client import InferenceClient, StreamEvent, Usage
 
 router = APIRouter()
@@ -40,18 +40,21 @@ async def create_chat_completion(
     # The response cache is the caller's own: one tenant never reads what another was answered.
     requests = [dataclasses.replace(r, tenant=caller.owner) for r in body.to_domain(settings.max_choices)]
     completion_id = new_id("chatcmpl")
-    async with caller.request_slot() as slot:
-        if body.stream:
-            events = await cancel_on_disconnect(request, inference.stream_chat(requests))
-            chunks = _chunks(events, completion_id, body.n, body.include_usage_chunk, caller)
-            return sse_response(chunks, on_close=slot.hand_over())
-        results = await cancel_on_disconnect(request, inference.chat(requests))
-    caller.used(sum(r.usage.prompt_tokens for r in results), sum(r.usage.completion_tokens for r in results))
+    reply = await generate(
+        request,
+        caller,
+        body.stream,
+        lambda: inference.stream_chat(requests),
+        lambda events: _chunks(events, completion_id, body.n, body.include_usage_chunk, caller),
+        lambda: inference.chat(requests),
+    )
+    if isinstance(reply, Response):
+        return reply
     return chat_completion_body(
         completion_id,
-        results[0].model,
-        [(r.text, r.finish_reason, r.tool_calls) for r in results],
-        usage_body([r.usage for r in results], body.n),
+        reply[0].model,
+        [(r.text, r.finish_reason, r.tool_calls) for r in reply],
+        usage_body([r.usage for r in reply], body.n),
     )
 
 

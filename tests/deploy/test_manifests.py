@@ -173,8 +173,12 @@ def test_gpu_overlay_requests_a_gpu_on_gpu_nodes() -> None:
 
 
 @pytest.mark.parametrize("registry", ["k8s/base/models.yaml", "k8s/overlays/gpu/models.yaml"])
-def test_shipped_registries_load(registry: str) -> None:
-    assert ModelRegistry.from_yaml(DEPLOY / registry).default_model
+def test_shipped_registries_load_with_valid_backend_options(registry: str) -> None:
+    from services.inference.backends import check_options
+
+    loaded = ModelRegistry.from_yaml(DEPLOY / registry)
+    assert loaded.default_model
+    check_options(loaded)  # what inference checks at startup
 
 
 def test_the_base_registry_is_the_default_one() -> None:

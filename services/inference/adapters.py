@@ -42,34 +42,42 @@ class AdapterStore:
 
     async def resolve(self, adapter_id: str, tenant: str = "") -> Path:
         """The adapter's directory, or an error saying why it cannot be used. `tenant` "" is a
-        trusted caller, which may use any adapter."""
+        trusted caller, which may use any adapter. Ownership is checked on the manifest before
+        anything is downloaded or extracted."""
         check_adapter_id(adapter_id, "adapter_settings.adapter_id")
-        known = await self._remembered(adapter_id)
-        if not may_use(known.manifest, tenant) and time.monotonic() - known.read_at > REFRESH_SECONDS:
-            known = await self._remembered(adapter_id, refresh=True)  # shared since it was read?
-        if not may_use(known.manifest, tenant):
-            raise NotFound(
-                f"No adapter '{adapter_id}' in the adapter store.",
-                param="adapter_settings.adapter_id",
-                reason="ADAPTER_NOT_FOUND",
-            )
-        return known.path
-
-    async def _remembered(self, adapter_id: str, refresh: bool = False) -> _Known:
-        if not refresh and (known := self._known.get(adapter_id)) is not None and known.path.is_dir():
-            self._known.move_to_end(adapter_id)
-            return known
+        known = self._known.get(adapter_id)
+        if known is not None and known.path.is_dir():
+            if may_use(known.manifest, tenant):
+                self._known.move_to_end(adapter_id)
+                return known.path
+            if time.monotonic() - known.read_at <= REFRESH_SECONDS:
+                raise _missing(adapter_id)
         async with self._lock:  # one download or extraction at a time
-            path = await asyncio.to_thread(self.artifacts.resolve, adapter_id)
+            refresh = known is not None  # refused before: shared since? (S3's manifest first)
             stored = await asyncio.to_thread(self.artifacts.get, adapter_id, refresh)
-            known = self._known[adapter_id] = _Known(path, stored.manifest if stored else None, time.monotonic())
+            manifest = stored.manifest if stored else None
+            if not may_use(manifest, tenant):
+                if known is not None:
+                    self._known[adapter_id] = _Known(known.path, manifest, time.monotonic())
+                raise _missing(adapter_id)
+            path = await asyncio.to_thread(self.artifacts.resolve, adapter_id)
+            self._known[adapter_id] = _Known(path, manifest, time.monotonic())
             self._known.move_to_end(adapter_id)
             while len(self._known) > self.artifacts.settings.lru_size:
                 evicted, _ = self._known.popitem(last=False)
                 if self.artifacts.settings.evict_from_disk:
                     await asyncio.to_thread(self.artifacts.evict, evicted)
-        return known
+        return path
 
     def forget(self, adapter_id: str) -> None:
         """Resolve again next time (the adapter was deleted or replaced)."""
         self._known.pop(adapter_id, None)
+
+
+def _missing(adapter_id: str) -> NotFound:
+    """What another tenant's adapter is, word for word as one that does not exist."""
+    return NotFound(
+        f"No adapter '{adapter_id}' in the adapter store.",
+        param="adapter_settings.adapter_id",
+        reason="ADAPTER_NOT_FOUND",
+    )

@@ -182,7 +182,7 @@ def test_shipped_registries_load_with_valid_backend_options(registry: str) -> No
 
 
 def test_the_base_registry_is_the_default_one() -> None:
-    assert (DEPLOY / "k8s/base/models.yaml").read_text() == (ROOT / "services/inference/models.yaml").read_text()
+    assert (DEPLOY / "k8s/base/models.yaml").read_text() == (ROOT / "services/common/models.yaml").read_text()
 
 
 DOCKERFILES = sorted((DEPLOY / "docker").glob("Dockerfile.*"))

@@ -18,8 +18,14 @@ async def open_pool(url: str) -> RetryingPool:
 
 POOL_SIZE = 4
 # A pooled connection PostgreSQL closed while it sat idle (a restart, a failover, an operator):
-# the statement sent on it never ran, so it is safe to send again on another connection.
-_DROPPED = (asyncpg.exceptions.ConnectionDoesNotExistError, asyncpg.exceptions.AdminShutdownError)
+# the statement sent on it never ran, so it is safe to send again on another connection. The
+# termination may also arrive while the pool resets a released connection, which leaves that
+# connection refusing to start anything ("another operation is in progress"): nothing was sent.
+_DROPPED = (
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.InternalClientError,
+)
 
 
 class RetryingPool:
@@ -50,6 +56,7 @@ class RetryingPool:
                 return await method(*args)
             except _DROPPED as error:
                 log.warning("PostgreSQL dropped a pooled connection (%s); sending the statement again", error)
+                await self._pool.expire_connections()  # its siblings went with it: replace them all
         return await method(*args)
 
 

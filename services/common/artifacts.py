@@ -131,6 +131,16 @@ def _checked_member_name(member: zipfile.ZipInfo) -> str:
     return name
 
 
+def adapter_not_found(adapter_id: str) -> NotFound:
+    """The error for an adapter a request names and cannot use: missing, or another tenant's
+    (word for word the same, so that it reveals nothing)."""
+    return NotFound(
+        f"No adapter '{adapter_id}' in the adapter store.",
+        param="adapter_settings.adapter_id",
+        reason="ADAPTER_NOT_FOUND",
+    )
+
+
 def may_use(manifest: dict[str, Any] | None, tenant: str) -> bool:
     """Whether `tenant` may list and use an adapter: its owner's, or shared. A trusted caller
     (tenant "") may use all; an adapter placed in the store by hand (no manifest) is the
@@ -261,11 +271,7 @@ class ArtifactStore:
                 if (extracted / "manifest.json").is_file():
                     _write_atomically(home / "manifest.json", (extracted / "manifest.json").read_bytes())
                 return extracted
-        raise NotFound(
-            f"No adapter '{adapter_id}' in the adapter store.",
-            param="adapter_settings.adapter_id",
-            reason="ADAPTER_NOT_FOUND",
-        )
+        raise adapter_not_found(adapter_id)
 
     def evict(self, adapter_id: str) -> None:
         """Drop the extracted copy; the zip stays, so the next resolve extracts it again."""

@@ -17,8 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.common.artifacts import ArtifactStore, check_adapter_id, may_use
-from services.common.errors import NotFound
+from services.common.artifacts import ArtifactStore, adapter_not_found, check_adapter_id, may_use
 
 REFRESH_SECONDS = 10.0  # a refused tenant re-reads a manifest (shared since?) at most this often
 
@@ -51,7 +50,7 @@ class AdapterStore:
                 self._known.move_to_end(adapter_id)
                 return known.path
             if time.monotonic() - known.read_at <= REFRESH_SECONDS:
-                raise _missing(adapter_id)
+                raise adapter_not_found(adapter_id)
         async with self._lock:  # one download or extraction at a time
             refresh = known is not None  # refused before: shared since? (S3's manifest first)
             stored = await asyncio.to_thread(self.artifacts.get, adapter_id, refresh)
@@ -59,7 +58,7 @@ class AdapterStore:
             if not may_use(manifest, tenant):
                 if known is not None:
                     self._known[adapter_id] = _Known(known.path, manifest, time.monotonic())
-                raise _missing(adapter_id)
+                raise adapter_not_found(adapter_id)
             path = await asyncio.to_thread(self.artifacts.resolve, adapter_id)
             self._known[adapter_id] = _Known(path, manifest, time.monotonic())
             self._known.move_to_end(adapter_id)
@@ -72,12 +71,3 @@ class AdapterStore:
     def forget(self, adapter_id: str) -> None:
         """Resolve again next time (the adapter was deleted or replaced)."""
         self._known.pop(adapter_id, None)
-
-
-def _missing(adapter_id: str) -> NotFound:
-    """What another tenant's adapter is, word for word as one that does not exist."""
-    return NotFound(
-        f"No adapter '{adapter_id}' in the adapter store.",
-        param="adapter_settings.adapter_id",
-        reason="ADAPTER_NOT_FOUND",
-    )

@@ -170,8 +170,7 @@ class ModelManager:
 
     def _check_model_queue(self, instance: _Instance) -> None:
         """A loaded model takes its parallel slots plus a bounded queue; past that, 429."""
-        options = instance.backend.options if instance.backend is not None else None
-        parallel = getattr(options, "n_parallel", 1)  # the backends that batch declare it
+        parallel = instance.backend.parallel_slots if instance.backend is not None else 1
         limit = parallel + self.budget.max_queued_per_model
         if instance.running >= limit:
             raise ResourceExhausted(

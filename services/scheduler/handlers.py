@@ -169,9 +169,8 @@ class JobHandlers:
             ChatRequest.from_pb(job.request.chat),
             model=BACKGROUND_SLOT,
             tenant=job.owner,  # its owner's cache entries and adapters only
+            request_id=job.request.chat.request_id or f"{job.job_id}-{job.attempt}",
         )
-        if not job.request.chat.request_id:
-            request = dataclasses.replace(request, request_id=f"{job.job_id}-{job.attempt}")
         text: list[str] = []
         tokens, model, usage, finish, calls = 0, "", Usage(0, 0), None, tuple[ToolCall, ...]()
         max_tokens = request.sampling.max_tokens or 0

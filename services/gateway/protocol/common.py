@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -88,18 +89,8 @@ class SamplingFields(OpenAIModel):
 
     def sampling(self) -> SamplingParams:
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
-        return SamplingParams(
-            temperature=self.temperature,
-            top_p=self.top_p,
-            top_k=self.top_k,
-            min_p=self.min_p,
-            max_tokens=self.max_tokens,
-            stop=stop,
-            seed=self.seed,
-            presence_penalty=self.presence_penalty,
-            frequency_penalty=self.frequency_penalty,
-            repeat_penalty=self.repeat_penalty,
-        ).validate()
+        scalars = {name: getattr(self, name) for name in sampling.NAMES if name != "stop"}
+        return SamplingParams(**scalars, stop=stop).validate()
 
     def reject_unsupported(self, max_choices: int) -> None:
         if self.n > max_choices:
@@ -163,9 +154,12 @@ class ChoiceOut(BaseModel):
 
 
 class ReplyOut(BaseModel):
-    """What every whole (non-streamed) reply has, in OpenAI's shape."""
+    """What every whole (non-streamed) reply has, in OpenAI's shape and field order (each
+    reply narrows `object` and `choices`)."""
 
     id: str
+    object: str
     created: int = Field(default_factory=lambda: int(time.time()))
     model: str
+    choices: Sequence[ChoiceOut]
     usage: UsageOut

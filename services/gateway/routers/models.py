@@ -11,25 +11,11 @@ from services.common.errors import MeshError, NotFound
 from services.embeddings.client import EmbeddingModelInfo, EmbeddingsClient
 from services.gateway.auth import get_caller
 from services.gateway.dependencies import get_embeddings, get_inference
-from services.gateway.protocol.models import model_body
+from services.gateway.protocol.models import embedding_model_body, model_body
 from services.inference.client import InferenceClient
 
 router = APIRouter()
 log = logging.getLogger(__name__)
-
-
-def _embedding_model_body(model: EmbeddingModelInfo) -> dict[str, Any]:
-    return {
-        "id": model.name,
-        "object": "model",
-        "created": 0,
-        "owned_by": "llmmesh",
-        "type": "embedding",
-        "aliases": list(model.aliases),
-        "dimensions": model.dimensions,
-        "max_input_tokens": model.max_input_tokens,
-        "rerank_scorer": model.rerank_scorer.value,
-    }
 
 
 async def _embedding_models(embeddings: EmbeddingsClient) -> list[EmbeddingModelInfo]:
@@ -49,7 +35,7 @@ async def list_models(
         chat_models.append(model_body(model))
         # Slots, tiers and aliases are names too: list them, with the model each reaches.
         chat_models += [{**model_body(model), "id": alias, "resolves_to": model.name} for alias in model.aliases]
-    embedding_models = [_embedding_model_body(m) for m in await _embedding_models(embeddings)]
+    embedding_models = [embedding_model_body(m) for m in await _embedding_models(embeddings)]
     return {"object": "list", "data": chat_models + embedding_models}
 
 
@@ -65,5 +51,5 @@ async def get_model(
     except NotFound:
         for candidate in await _embedding_models(embeddings):
             if model in (candidate.name, *candidate.aliases):
-                return _embedding_model_body(candidate)
+                return embedding_model_body(candidate)
         raise

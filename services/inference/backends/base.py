@@ -80,6 +80,11 @@ class Backend(ABC):
         raise FailedPrecondition(f"The {self.spec.backend} backend cannot apply LoRA adapters.", param="adapter")
 
     @property
+    def parallel_slots(self) -> int:
+        """Requests it runs at once (batching backends: their n_parallel); the model queue adds its bound."""
+        return 1
+
+    @property
     def adapters(self) -> frozenset[str]:
         """Adapters attached now."""
         return frozenset()

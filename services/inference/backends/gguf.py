@@ -181,6 +181,11 @@ class GGUFOptions(BackendOptions):
 class GGUFBackend(ThreadedBackend):
     Options = GGUFOptions
     options: GGUFOptions
+
+    @property
+    def parallel_slots(self) -> int:
+        return self.options.n_parallel
+
     supports_structured_output: ClassVar[bool] = True
     supports_adapters: ClassVar[bool] = True  # GGUF LoRA through llama.cpp's adapter API; see gguf_lora.py
     supports_adapter_scale: ClassVar[bool] = True

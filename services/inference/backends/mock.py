@@ -29,6 +29,10 @@ class MockBackend(Backend):
     Options = MockOptions
     options: MockOptions
 
+    @property
+    def parallel_slots(self) -> int:
+        return self.options.n_parallel
+
     async def load(self) -> None:
         self.token_delay = self.options.token_delay_seconds
         self.fail_on = self.options.fail_on or None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -238,6 +239,20 @@ def run_service(service: GrpcService[Any]) -> None:
     async def serve() -> None:
         await service.start()
         await wait_for_shutdown_signal()
+        # A shutdown step that never returns (a cancellation lost inside a library's wait_for,
+        # a peer that is gone) must not keep a process alive whose launcher died: past the grace
+        # and a margin, the process ends anyway.
+        deadline = service.settings.shutdown_grace_seconds + SHUTDOWN_MARGIN_SECONDS
+        asyncio.get_running_loop().call_later(deadline, _exit_unfinished, name, deadline)
         await service.stop()
 
     asyncio.run(serve())
+
+
+SHUTDOWN_MARGIN_SECONDS = 20.0
+
+
+def _exit_unfinished(name: str, deadline: float) -> None:
+    log.error("%s: shutdown did not finish within %.0f s; exiting", name, deadline)
+    logging.shutdown()
+    os._exit(1)

@@ -68,7 +68,8 @@ class Worker:
         """Stop taking jobs; let running ones finish for `grace` seconds, then hand them back."""
         for loop in self._loops:
             loop.cancel()
-        await asyncio.gather(*self._loops, return_exceptions=True)
+        if self._loops:  # bounded: a fetch that loses its cancellation must not hold the shutdown
+            await asyncio.wait(self._loops, timeout=grace)
         if self._handling:
             await asyncio.wait(self._handling, timeout=grace)
         for job_id, run in list(self._running.items()):

@@ -70,7 +70,7 @@ async def train(work: Path, steps: int) -> tuple[str, dict[str, float], float]:
     async for update in trainer.watch(job.training_id):
         final = update
     wall = time.perf_counter() - started
-    assert final.state == pb.TRAINING_STATE_SUCCEEDED, final.error
+    assert final.state == pb.TRAINING_STATE_SUCCEEDED and final.adapter is not None, final.error
     return job.adapter_id, dict(final.adapter.metrics), wall
 
 

@@ -40,8 +40,7 @@ import httpx
 
 from bench.embeddings import free_port, wait_ready
 from bench.mesh import channel, mesh_env
-from llmmesh.inference.v1 import inference_service_pb2 as pb
-from llmmesh.inference.v1 import inference_service_pb2_grpc as pb_grpc
+from services.inference.client import CompletionRequest, InferenceClient, SamplingParams
 
 MODEL, NO_COMPUTE = "gemma-3-270m", "mock"
 SSE_OVERHEAD, GRPC_OVERHEAD = "mesh: gateway SSE, mock model", "mesh: gRPC, mock model"
@@ -159,19 +158,15 @@ def sse_call(http: httpx.AsyncClient, url: str, tokens: int, model: str = MODEL)
     return call
 
 
-def grpc_call(stub: pb_grpc.InferenceServiceStub, tokens: int, model: str = MODEL) -> Call:
+def grpc_call(client: InferenceClient, tokens: int, model: str = MODEL) -> Call:
     async def call(index: int) -> Sample:
-        request = pb.CompleteStreamRequest(
-            request=pb.CompleteRequest(
-                model=model, prompt=prompt(index), sampling=pb.SamplingParams(max_tokens=tokens, temperature=0)
-            )
-        )
+        request = CompletionRequest(model, prompt(index), SamplingParams(max_tokens=tokens, temperature=0))
         sample = Sample(time.perf_counter())
-        async for chunk in stub.CompleteStream(request):
-            if chunk.delta:
+        async for event in await client.stream_complete([request]):
+            if event.chunk.text:
                 sample.token_times.append(time.perf_counter())
-            if chunk.HasField("usage"):
-                sample.output_tokens = chunk.usage.completion_tokens
+            if event.chunk.usage is not None:
+                sample.output_tokens = event.chunk.usage.completion_tokens
         if not sample.token_times:
             raise ValueError("no tokens")
         return sample
@@ -273,11 +268,11 @@ async def main() -> None:
             paths = {
                 PEER: sse_call(http, f"http://127.0.0.1:{peer_port}/v1/completions", args.tokens),
                 "mesh: gateway SSE": sse_call(http, f"http://127.0.0.1:{http_port}/v1/completions", args.tokens),
-                "mesh: gRPC CompleteStream": grpc_call(pb_grpc.InferenceServiceStub(grpc_channel), args.tokens),
+                "mesh: gRPC CompleteStream": grpc_call(InferenceClient(grpc_channel, timeout=300), args.tokens),
             }
             overhead = {
                 SSE_OVERHEAD: sse_call(http, f"http://127.0.0.1:{http_port}/v1/completions", args.tokens, NO_COMPUTE),
-                GRPC_OVERHEAD: grpc_call(pb_grpc.InferenceServiceStub(grpc_channel), args.tokens, NO_COMPUTE),
+                GRPC_OVERHEAD: grpc_call(InferenceClient(grpc_channel, timeout=300), args.tokens, NO_COMPUTE),
             }
             server_pids = {PEER: processes[2].pid}
             for name, call in [*paths.items(), *overhead.items()]:

@@ -22,9 +22,8 @@ import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench.mesh import channel, mesh_env
-from llmmesh.embeddings.v1 import embeddings_service_pb2 as pb
-from llmmesh.embeddings.v1 import embeddings_service_pb2_grpc as pb_grpc
 from services.common.model_files import resolve_model_path
+from services.embeddings.client import EmbeddingsClient, EmbedRequest
 from services.embeddings.config import EmbeddingsSettings
 
 WORDS = "the quick brown fox jumps over a lazy dog while seven wizards quietly judge boxing matches".split()
@@ -107,10 +106,10 @@ async def main() -> None:
                 return response.status == health_pb2.HealthCheckResponse.SERVING
 
             await wait_ready(grpc_ready, processes[0])
-            stub = pb_grpc.EmbeddingsServiceStub(grpc_channel)
+            embeddings = EmbeddingsClient(grpc_channel, timeout=300)
 
             async def via_grpc(chunk: list[str]) -> None:
-                await stub.Embed(pb.EmbedRequest(texts=chunk))
+                await embeddings.embed(EmbedRequest(model="", texts=tuple(chunk)))  # "": the default model
 
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{http_port}", timeout=60) as http:
 

@@ -218,7 +218,7 @@ class CallbackDispatcher:
             await self._attempt(job)
 
     async def _attempt(self, job: Job) -> None:
-        body = json.dumps(job_json(job.to_pb()), separators=(",", ":")).encode()
+        body = json.dumps(job_json(job), separators=(",", ":")).encode()
         try:
             # A whole-delivery deadline (the DNS lookup included): httpx's timeout is per read,
             # and a receiver that trickles its answer would hold the delivery past its claim.

@@ -12,7 +12,7 @@ import hashlib
 import re
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from google.protobuf import json_format, timestamp_pb2
@@ -73,6 +73,10 @@ class CallbackState(enum.StrEnum):
     def to_pb(self) -> pb.CallbackState.ValueType:
         return pb.CallbackState.Value(f"CALLBACK_STATE_{self.name}")
 
+    @classmethod
+    def from_pb(cls, value: pb.CallbackState.ValueType) -> CallbackState:
+        return cls[pb.CallbackState.Name(value).removeprefix("CALLBACK_STATE_")]
+
 
 # Which JobRequest field each type must set.
 REQUEST_FIELD = {
@@ -98,6 +102,10 @@ class Progress:
     @classmethod
     def from_json(cls, data: dict[str, Any] | None) -> Progress | None:
         return cls(**data) if data else None
+
+    @classmethod
+    def from_pb(cls, message: pb.JobProgress) -> Progress:
+        return cls(percent=message.percent, message=message.message, metrics=dict(message.metrics))
 
 
 @dataclass(frozen=True)
@@ -219,6 +227,32 @@ class Job:
             job.progress.CopyFrom(self.progress.to_pb())
         return job
 
+    @classmethod
+    def from_pb(cls, message: pb.Job) -> Job:
+        """A job as a client receives it: without the store's own submission id and trace."""
+        return cls(
+            job_id=message.job_id,
+            job_type=JobType.from_pb(message.job_type),
+            state=JobState.from_pb(message.state),
+            request=message.request,
+            result=message.result if message.HasField("result") else None,
+            error=message.error,
+            progress=Progress.from_pb(message.progress) if message.HasField("progress") else None,
+            attempt=message.attempt,
+            priority=message.priority,
+            callback_url=message.callback_url,
+            callback_state=CallbackState.from_pb(message.callback_state),
+            callback_attempts=message.callback_attempts,
+            callback_error=message.callback_error,
+            idempotency_key=message.idempotency_key,
+            owner=message.owner,
+            submission_id=uuid.UUID(int=0),
+            created_at=_datetime(message, "create_time") or datetime.fromtimestamp(0, UTC),
+            started_at=_datetime(message, "start_time"),
+            ended_at=_datetime(message, "end_time"),
+            expires_at=_datetime(message, "expire_time") or datetime.fromtimestamp(0, UTC),
+        )
+
 
 def _timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
     if value is None:
@@ -228,39 +262,43 @@ def _timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
     return stamp
 
 
+def _datetime(message: pb.Job, name: str) -> datetime | None:
+    if not message.HasField(name):  # type: ignore[arg-type]
+        return None
+    stamp: timestamp_pb2.Timestamp = getattr(message, name)
+    return stamp.ToDatetime(tzinfo=UTC)
+
+
 def message_to_json(message: Any) -> dict[str, Any]:
     return json_format.MessageToDict(message, preserving_proto_field_name=True)
 
 
-def job_json(job: pb.Job) -> dict[str, Any]:
+def job_json(job: Job) -> dict[str, Any]:
     """The JSON face of a job: the gateway's /v1/jobs bodies and the callback POST body.
 
     Enum values are lower-case words ("succeeded"), times are Unix seconds, and the typed
     request and result keep their protobuf JSON form."""
 
-    def seconds(name: str) -> int | None:
-        return getattr(job, name).seconds if job.HasField(name) else None  # type: ignore[arg-type]
+    def seconds(value: datetime | None) -> int | None:
+        return int(value.timestamp()) if value is not None else None
 
-    body: dict[str, Any] = {
+    kind = job.result.WhichOneof("kind") if job.result is not None else None
+    return {
         "id": job.job_id,
         "object": "job",
-        "job_type": pb.JobType.Name(job.job_type).removeprefix("JOB_TYPE_").lower(),
-        "state": pb.JobState.Name(job.state).removeprefix("JOB_STATE_").lower(),
+        "job_type": job.job_type.value,
+        "state": job.state.value,
         "attempt": job.attempt,
         "priority": job.priority,
         "idempotency_key": job.idempotency_key or None,
         "callback_url": job.callback_url or None,
-        "callback_state": pb.CallbackState.Name(job.callback_state).removeprefix("CALLBACK_STATE_").lower(),
+        "callback_state": job.callback_state.value,
         "callback_error": job.callback_error or None,
-        "created_at": seconds("create_time"),
-        "started_at": seconds("start_time"),
-        "ended_at": seconds("end_time"),
-        "expires_at": seconds("expire_time"),
-        "progress": message_to_json(job.progress) if job.HasField("progress") else None,
-        "result": None,
+        "created_at": seconds(job.created_at),
+        "started_at": seconds(job.started_at),
+        "ended_at": seconds(job.ended_at),
+        "expires_at": seconds(job.expires_at),
+        "progress": message_to_json(job.progress.to_pb()) if job.progress is not None else None,
+        "result": message_to_json(getattr(job.result, kind)) if kind else None,
         "error": job.error or None,
     }
-    if job.HasField("result"):
-        kind = job.result.WhichOneof("kind")
-        body["result"] = message_to_json(getattr(job.result, kind)) if kind else None
-    return body

@@ -27,7 +27,7 @@ from services.embeddings.client import EmbeddingsClient, EmbedRequest
 from services.inference.client import ChatMessage, ChatRequest, InferenceClient, Role, ToolCall, Usage
 from services.scheduler.config import SchedulerSettings
 from services.scheduler.domain import Job, JobType, Progress, Submission
-from services.trainer.client import TrainerClient
+from services.trainer.client import TrainerClient, TrainingState
 
 BACKGROUND_SLOT = "background"
 ReportProgress = Callable[[Progress], Awaitable[None]]
@@ -218,8 +218,9 @@ class JobHandlers:
             # Otherwise this worker only lets go (a shutdown is not a cancel): the run goes on in the
             # trainer, and the redelivered job attaches to it again under the same id.
             raise
-        if last.state != trainer_pb.TRAINING_STATE_SUCCEEDED:
-            state = trainer_pb.TrainingState.Name(last.state).removeprefix("TRAINING_STATE_").lower()
+        if last.state is not TrainingState.SUCCEEDED:
             # Not retried: the same plan would fail the same way.
-            raise FailedPrecondition(f"Training {state}: {last.error}" if last.error else f"Training {state}.")
-        return last
+            raise FailedPrecondition(
+                f"Training {last.state}: {last.error}" if last.error else f"Training {last.state}."
+            )
+        return last.to_pb()

@@ -9,13 +9,11 @@ import grpc
 from llmmesh.trainer.v1 import trainer_service_pb2 as pb
 from llmmesh.trainer.v1 import trainer_service_pb2_grpc as pb_grpc
 from services.common.grpc_client import ServiceClient, rpc_errors, server_stream
-from services.trainer.domain import (
-    Hyperparameters,
-    as_json,
-)
+from services.trainer.domain import Hyperparameters, TrainingJob, TrainingState, as_json
 
-# The client speaks its service's domain types: callers import them from here.
-__all__ = ["Hyperparameters", "TrainerClient", "as_json"]
+# The client speaks its service's domain types: callers import them from here. Adapters and
+# the pipeline's state are the .proto's messages (the trainer's domain keeps them so too).
+__all__ = ["Hyperparameters", "TrainerClient", "TrainingJob", "TrainingState", "as_json"]
 
 
 class TrainerClient(ServiceClient):
@@ -25,25 +23,25 @@ class TrainerClient(ServiceClient):
         super().__init__(channel, timeout)
         self._stub = pb_grpc.TrainerServiceStub(channel)
 
-    async def train(self, request: pb.TrainAdapterRequest) -> pb.TrainingJob:
+    async def train(self, request: pb.TrainAdapterRequest) -> TrainingJob:
         """The run: started, the stored adapter (cached), or this training id's earlier run."""
         with rpc_errors():
-            return (await self._stub.TrainAdapter(request, timeout=self._timeout)).job
+            return TrainingJob.from_pb((await self._stub.TrainAdapter(request, timeout=self._timeout)).job)
 
-    async def watch(self, training_id: str) -> AsyncIterator[pb.TrainingJob]:
+    async def watch(self, training_id: str) -> AsyncIterator[TrainingJob]:
         """The run after each change until it ends (no deadline: a run takes what it takes)."""
         call = self._stub.WatchTraining(pb.WatchTrainingRequest(training_id=training_id))
-        return await server_stream(call, lambda response: response.job)
+        return await server_stream(call, lambda response: TrainingJob.from_pb(response.job))
 
-    async def cancel(self, training_id: str) -> pb.TrainingJob:
+    async def cancel(self, training_id: str) -> TrainingJob:
         with rpc_errors():
             request = pb.CancelTrainingRequest(training_id=training_id)
-            return (await self._stub.CancelTraining(request, timeout=self._timeout)).job
+            return TrainingJob.from_pb((await self._stub.CancelTraining(request, timeout=self._timeout)).job)
 
-    async def get(self, training_id: str) -> pb.TrainingJob:
+    async def get(self, training_id: str) -> TrainingJob:
         with rpc_errors():
             request = pb.GetTrainingJobRequest(training_id=training_id)
-            return (await self._stub.GetTrainingJob(request, timeout=self._timeout)).job
+            return TrainingJob.from_pb((await self._stub.GetTrainingJob(request, timeout=self._timeout)).job)
 
     async def list_adapters(self, base_model: str, tenant: str) -> list[pb.Adapter]:
         with rpc_errors():

@@ -265,6 +265,10 @@ class TrainingState(StrEnum):
     def to_pb(self) -> pb.TrainingState.ValueType:
         return pb.TrainingState.Value(f"TRAINING_STATE_{self.name}")
 
+    @classmethod
+    def from_pb(cls, value: pb.TrainingState.ValueType) -> TrainingState:
+        return cls[pb.TrainingState.Name(value).removeprefix("TRAINING_STATE_")]
+
 
 @dataclass(frozen=True)
 class Turn:
@@ -339,6 +343,31 @@ class TrainingJob:
             start_time=timestamp(self.start_time),
             end_time=timestamp(self.end_time),
         )
+
+    @classmethod
+    def from_pb(cls, message: pb.TrainingJob) -> TrainingJob:
+        def seconds(name: str) -> float | None:
+            return getattr(message, name).ToNanoseconds() / 1e9 if message.HasField(name) else None  # type: ignore[arg-type]
+
+        return cls(
+            training_id=message.training_id,
+            adapter_id=message.adapter_id,
+            base_model=message.base_model,
+            state=TrainingState.from_pb(message.state),
+            step=message.step,
+            total_steps=message.total_steps,
+            loss=message.loss,
+            eta_seconds=message.eta_seconds,
+            cached=message.cached,
+            error=message.error,
+            adapter=message.adapter if message.HasField("adapter") else None,
+            create_time=seconds("create_time") or 0.0,
+            start_time=seconds("start_time"),
+            end_time=seconds("end_time"),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return as_json(self.to_pb())
 
 
 def adapter_to_pb(manifest: dict[str, Any], size_bytes: int, locations: tuple[str, ...]) -> pb.Adapter:

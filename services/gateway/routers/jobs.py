@@ -42,19 +42,6 @@ class EnqueueRequest(OpenAIModel):
     idempotency_key: str | None = None
     priority: int = Field(0, ge=-INT32_MAX, le=INT32_MAX)
 
-    def to_pb(self, owner: str) -> pb.SubmitJobRequest:
-        job_type = JobType(self.job_type)
-        return pb.SubmitJobRequest(
-            job_id=self.job_id or "",
-            job_type=job_type.to_pb(),
-            request=_typed_request(job_type, self.request),
-            callback_url=self.callback_url or "",
-            ttl_seconds=self.ttl_seconds or 0,
-            idempotency_key=self.idempotency_key or "",
-            priority=self.priority,
-            owner=owner,
-        )
-
 
 def training_limits(quotas: Quotas) -> trainer_pb.TrainingLimits:
     """The key's training quotas as a run's limits; unset ones are the trainer's defaults."""
@@ -96,11 +83,21 @@ async def enqueue(
     ceiling = settings.max_job_priority if quotas.max_priority is None else quotas.max_priority
     if body.priority > ceiling and caller.kind != "superuser":
         raise InvalidArgument(f"'priority' may be at most {ceiling}.", param="priority")
-    submission = body.to_pb(caller.owner)
-    if submission.request.HasField("adapter_train"):
-        submission.request.adapter_train.limits.CopyFrom(training_limits(quotas))
-    response = await scheduler.submit(submission)
-    return JSONResponse(job_json(response.job), status_code=200 if response.deduplicated else 202)
+    job_type = JobType(body.job_type)
+    typed_request = _typed_request(job_type, body.request)
+    if typed_request.HasField("adapter_train"):
+        typed_request.adapter_train.limits.CopyFrom(training_limits(quotas))
+    job, deduplicated = await scheduler.submit(
+        job_type,
+        typed_request,
+        owner=caller.owner,
+        job_id=body.job_id or "",
+        callback_url=body.callback_url or "",
+        ttl_seconds=body.ttl_seconds or 0,
+        idempotency_key=body.idempotency_key or "",
+        priority=body.priority,
+    )
+    return JSONResponse(job_json(job), status_code=200 if deduplicated else 202)
 
 
 @router.get("/v1/jobs")
@@ -114,21 +111,19 @@ async def list_jobs(
     scheduler: SchedulerClient = Depends(get_scheduler),
     caller: Caller = Depends(scope("jobs")),
 ) -> dict[str, Any]:
-    response = await scheduler.list(
-        pb.ListJobsRequest(
-            view=pb.JOB_VIEW_FULL if view == "full" else pb.JOB_VIEW_BASIC,
-            states=[JobState(s).to_pb() for s in state],
-            job_types=[JobType(t).to_pb() for t in job_type],
-            page_size=limit,
-            page_token=page_token,
-            owner=caller.owner,
-        )
+    jobs, next_page_token = await scheduler.list(
+        caller.owner,
+        states=[JobState(s) for s in state],
+        job_types=[JobType(t) for t in job_type],
+        full=view == "full",
+        page_size=limit,
+        page_token=page_token,
     )
     return {
         "object": "list",
-        "data": [job_json(job) for job in response.jobs],
-        "has_more": bool(response.next_page_token),
-        "next_page_token": response.next_page_token or None,
+        "data": [job_json(job) for job in jobs],
+        "has_more": bool(next_page_token),
+        "next_page_token": next_page_token or None,
     }
 
 

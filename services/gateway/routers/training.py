@@ -10,12 +10,11 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 
-from llmmesh.scheduler.v1 import scheduler_service_pb2 as scheduler_pb
 from llmmesh.trainer.v1 import trainer_service_pb2 as trainer_pb
 from services.common.errors import NotFound
 from services.gateway.auth import Caller, scope, superuser
 from services.gateway.dependencies import get_scheduler, get_trainer
-from services.scheduler.client import SchedulerClient, job_json
+from services.scheduler.client import JobType, SchedulerClient, job_json
 from services.trainer.client import TrainerClient, as_json
 
 router = APIRouter()
@@ -37,15 +36,17 @@ async def training_status(
     except NotFound:
         if caller.kind != "superuser":
             raise
-        return as_json(await trainer.get(job_id))  # a pipeline build's run has no job of its own
-    if job.job_type != scheduler_pb.JOB_TYPE_ADAPTER_TRAIN:
+        return (await trainer.get(job_id)).to_json()  # a pipeline build's run has no job of its own
+    if job.job_type is not JobType.ADAPTER_TRAIN:
         raise NotFound(f"Job '{job_id}' is not an adapter_train job.", param="job_id")
     summary = job_json(job)
     ended_as_job = {"training_id": job.job_id, "state": summary["state"], "error": summary["error"] or ""}
     try:
-        training = as_json(await trainer.get(job.job_id))
+        training = (await trainer.get(job.job_id)).to_json()
     except NotFound:
-        return as_json(job.result.adapter_train) if job.result.HasField("adapter_train") else ended_as_job
+        if job.result is not None and job.result.HasField("adapter_train"):
+            return as_json(job.result.adapter_train)
+        return ended_as_job
     if summary["state"] in ("cancelled", "failed", "expired") and training["state"] not in ("cancelled", "failed"):
         return {**training, **ended_as_job}  # the job is the truth; its run hears about it a moment later
     return training

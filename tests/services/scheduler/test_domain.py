@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest
@@ -81,8 +82,13 @@ def test_json_face_of_a_job() -> None:
         ended_at=None,
         expires_at=now,
     )
-    body = job_json(job.to_pb())
+    body = job_json(job)
     assert body["id"] == "j1" and body["state"] == "running" and body["job_type"] == "chat"
     assert body["progress"] == {"percent": 50.0, "message": "generating", "metrics": {"tokens": 16.0}}
     assert body["created_at"] == int(now.timestamp()) and body["ended_at"] is None
     assert body["result"] is None and body["callback_state"] == "none"
+    # A client's job (from the wire) has the same JSON face, and the same protobuf.
+    received = Job.from_pb(job.to_pb())
+    assert job_json(received) == body and received.to_pb() == job.to_pb()
+    done = replace(job, state=JobState.SUCCEEDED, ended_at=now, result=pb.JobResult(chat=inference_pb.ChatResponse()))
+    assert Job.from_pb(done.to_pb()).to_pb() == done.to_pb()

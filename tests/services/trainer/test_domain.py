@@ -7,7 +7,15 @@ import pytest
 from llmmesh.trainer.v1 import trainer_service_pb2 as pb
 from services.common.errors import InvalidArgument
 from services.trainer.config import TrainingDefaults
-from services.trainer.domain import Hyperparameters, adapter_identity, as_json, examples_from_jsonl, timestamp
+from services.trainer.domain import (
+    Hyperparameters,
+    TrainingJob,
+    TrainingState,
+    adapter_identity,
+    as_json,
+    examples_from_jsonl,
+    timestamp,
+)
 
 CHAT = [[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]]
 
@@ -66,3 +74,5 @@ def test_json_bodies_use_words_seconds_and_numbers() -> None:
     job = pb.TrainingJob(state=pb.TRAINING_STATE_RUNNING, create_time=timestamp(10.5), adapter=pb.Adapter(size_bytes=7))
     body = as_json(job)
     assert body["state"] == "running" and body["create_time"] == 10.5 and body["adapter"]["size_bytes"] == 7
+    received = TrainingJob.from_pb(job)  # as the trainer's client hands it on
+    assert received.state is TrainingState.RUNNING and received.to_pb() == job and received.to_json() == body

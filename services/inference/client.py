@@ -12,7 +12,7 @@ import grpc
 
 from llmmesh.inference.v1 import inference_service_pb2 as pb
 from llmmesh.inference.v1 import inference_service_pb2_grpc as pb_grpc
-from services.common.grpc_client import ServiceClient, prepend, rpc_errors
+from services.common.grpc_client import ServiceClient, prepend, rpc_errors, server_stream
 from services.inference.domain import (
     ChatMessage,
     ChatRequest,
@@ -154,6 +154,11 @@ class InferenceClient(ServiceClient):
         with rpc_errors():
             response = await self._stub.UnloadModels(pb.UnloadModelsRequest(), timeout=self._timeout)
         return list(response.unloaded)
+
+    async def model_logs(self, name: str) -> AsyncIterator[str]:
+        """A managed engine's output: the kept lines, then new ones until the reader stops."""
+        call = self._stub.WatchModelLogs(pb.WatchModelLogsRequest(name=name))
+        return await server_stream(call, lambda response: response.line)
 
     async def reload_models(self) -> tuple[list[ModelInfo], list[str]]:
         with rpc_errors():

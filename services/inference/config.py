@@ -38,6 +38,11 @@ class InferenceSettings(ServiceSettings):
     response_cache_max_entries: int = Field(1024, ge=1, description="Most replies the response cache holds.")
     response_cache_ttl_seconds: int = Field(3600, ge=1, description="How long a cached reply is served.")
     response_cache_persist: bool = Field(False, description="Keep the response cache on disk under data_dir.")
+    idle_shutdown_seconds: float | None = Field(
+        None,
+        gt=0,
+        description="Exit cleanly after this long without requests (`make run`: the whole mesh stops). Unset: never.",
+    )
 
     @property
     def budget(self) -> Budget:

@@ -8,13 +8,14 @@ import functools
 from collections.abc import AsyncIterator
 
 from services.common import tracing
-from services.common.errors import FailedPrecondition, InvalidArgument, MeshError
+from services.common.errors import FailedPrecondition, InvalidArgument, MeshError, NotFound
 from services.common.registry import ModelSpec
 from services.inference import response_cache, tools
 from services.inference.adapters import AdapterStore
 from services.inference.backends import backend_class
 from services.inference.backends.base import Backend
 from services.inference.backends.grammar_builds import build_grammar
+from services.inference.backends.managed.engine_log import known_log
 from services.inference.domain import (
     ChatRequest,
     Chunk,
@@ -278,6 +279,18 @@ class InferenceEngine:
 
     async def unload_models(self) -> list[str]:
         return await self.models.unload_all()
+
+    def model_log(self, name: str) -> AsyncIterator[str]:
+        """The output of the model's managed engine (kept across restarts), followed live."""
+        spec = self.router.resolve(name)
+        engine_output = known_log(spec.name)
+        if engine_output is None:
+            raise NotFound(
+                f"Model '{spec.name}' has no engine log: its backend ({spec.backend}) runs in-process, "
+                "or its engine never started.",
+                param="name",
+            )
+        return engine_output.follow()
 
     async def reload(self) -> list[str]:
         """Re-read the settings and re-route; unload models that no name reaches any more."""

@@ -98,6 +98,7 @@ class ModelManager:
         self._instances: dict[InstanceKey, _Instance] = {}
         self._waiters: list[_Waiter] = []
         self._changed = asyncio.Condition()
+        self.last_activity = 0.0  # loop time of the last admission or release; 0: none yet
 
     # ---- views ----
 
@@ -127,6 +128,11 @@ class ModelManager:
     @property
     def waiting(self) -> int:
         return len(self._waiters)
+
+    @property
+    def busy(self) -> bool:
+        """Whether any request runs or waits."""
+        return bool(self._waiters) or any(i.running for i in self._instances.values())
 
     # ---- acquiring ----
 
@@ -181,12 +187,12 @@ class ModelManager:
 
     def _admit(self, instance: _Instance) -> Lease:
         instance.running += 1
-        instance.last_used = asyncio.get_running_loop().time()
+        instance.last_used = self.last_activity = asyncio.get_running_loop().time()
         return Lease(self, instance)
 
     def _release(self, instance: _Instance) -> None:
         instance.running -= 1
-        instance.last_used = asyncio.get_running_loop().time()
+        instance.last_used = self.last_activity = asyncio.get_running_loop().time()
         self._wake()
 
     def _wake(self) -> None:
@@ -328,6 +334,26 @@ class ModelManager:
             instance.state, instance.draining = ModelState.UNLOADED, False
             self._changed.notify_all()
         return True
+
+    async def unload_expired(self) -> list[str]:
+        """Unload the models idle for longer than their `ttl_seconds`; their names."""
+        now = asyncio.get_running_loop().time()
+        wanted = {waiter.key for waiter in self._waiters}
+        expired = [
+            i
+            for i in self._instances.values()
+            if i.spec.ttl_seconds is not None
+            and i.state is ModelState.LOADED
+            and not i.draining
+            and i.running == 0
+            and i.key not in wanted
+            and now - i.last_used >= i.spec.ttl_seconds
+        ]
+        unloaded = await asyncio.gather(*(self.unload(i.spec) for i in expired))
+        names = [i.spec.name for i, done in zip(expired, unloaded, strict=True) if done]
+        for name in names:
+            log.info("model '%s' was idle past its ttl_seconds: unloaded", name)
+        return names
 
     async def unload_all(self) -> list[str]:
         instances = [i for i in self._instances.values() if i.state is ModelState.LOADED]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
 
 from llmmesh.inference.v1 import inference_service_pb2_grpc as pb_grpc
 from services.common.artifacts import ArtifactSettings, ArtifactStore
@@ -21,6 +23,8 @@ from services.inference.servicer import SERVICE_NAME, InferenceServicer
 from services.inference.settings_store import MemorySettingsStore, PostgresSettingsStore, SettingsStore
 
 log = logging.getLogger(__name__)
+
+HOUSEKEEPING_SECONDS = 1.0
 
 
 def model_health_name(model: str) -> str:
@@ -46,6 +50,7 @@ class InferenceServer(GrpcService[InferenceSettings]):
         self.environment = environment or RoutingEnvironment()
         self.models = ModelManager(settings.budget, on_state_change=self._publish_model_state)
         self.engine: InferenceEngine | None = None
+        self._housekeeping: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Serve, then preload. Until preloading is done, overall health is NOT_SERVING (a
@@ -80,6 +85,24 @@ class InferenceServer(GrpcService[InferenceSettings]):
         if preload:
             await asyncio.gather(*(self.models.load(spec) for spec in preload.values()))
             await self._grpc.set_serving(("", SERVICE_NAME), True)
+        self._housekeeping = asyncio.create_task(self._keep_house())
+
+    async def _keep_house(self) -> None:
+        """Each second: unload models idle past their TTL, and end the process once the whole
+        service has been idle for idle_shutdown_seconds. One failed round is logged, not fatal."""
+        started = asyncio.get_running_loop().time()
+        while True:
+            await asyncio.sleep(HOUSEKEEPING_SECONDS)
+            try:
+                await self.models.unload_expired()
+                idle_limit = self.settings.idle_shutdown_seconds
+                last = self.models.last_activity or started
+                if idle_limit and not self.models.busy and asyncio.get_running_loop().time() - last >= idle_limit:
+                    log.warning("no requests for %.0f s (idle_shutdown_seconds): shutting down", idle_limit)
+                    os.kill(os.getpid(), signal.SIGTERM)  # the same graceful path as an operator's SIGTERM
+                    return
+            except Exception:
+                log.exception("housekeeping round failed")
 
     async def _open_store(self) -> SettingsStore:
         if self.settings.database_url:
@@ -92,6 +115,8 @@ class InferenceServer(GrpcService[InferenceSettings]):
         return default + self.settings.preload_models
 
     async def release(self) -> None:
+        if self._housekeeping is not None:
+            self._housekeeping.cancel()
         await self.models.unload_all()
         if self.engine:
             await self.engine.store.close()

@@ -99,6 +99,12 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
     ) -> pb.UnloadModelsResponse:
         return pb.UnloadModelsResponse(unloaded=await self.engine.unload_models())
 
+    async def WatchModelLogs(
+        self, request: pb.WatchModelLogsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.WatchModelLogsResponse]:
+        async for line in self.engine.model_log(request.name):
+            yield pb.WatchModelLogsResponse(line=line)
+
     async def ReloadModels(
         self, request: pb.ReloadModelsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ReloadModelsResponse:

@@ -1,12 +1,14 @@
 """Operations: the model queue, hot swap, and the settings store.
 
 GET /v1/queue; POST /admin/models/{name}/load, /admin/models/{name}/unload,
-/admin/models/unload (all), /admin/models/reload; GET /settings/, PUT /settings/{key}.
+/admin/models/unload (all), /admin/models/reload; GET /admin/models/{name}/logs (a managed
+engine's output, SSE); GET /settings/, PUT /settings/{key}.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Depends
@@ -16,6 +18,7 @@ from services.gateway.auth import scope, superuser
 from services.gateway.dependencies import get_inference
 from services.gateway.protocol.common import OpenAIModel
 from services.gateway.protocol.models import model_body
+from services.gateway.sse import sse_response
 from services.inference.client import InferenceClient, Setting
 
 router = APIRouter()
@@ -56,6 +59,19 @@ async def reload_models(inference: InferenceClient = Depends(get_inference)) -> 
 @router.post("/admin/models/{name:path}/unload", dependencies=[Depends(superuser)])
 async def unload_model(name: str, inference: InferenceClient = Depends(get_inference)) -> dict[str, Any]:
     return model_body(await inference.unload_model(name))
+
+
+@router.get("/admin/models/{name:path}/logs", response_model=None, dependencies=[Depends(superuser)])
+async def model_logs(name: str, inference: InferenceClient = Depends(get_inference)) -> Any:
+    """Server-sent events: a managed engine's output ({"line": ...}), its kept lines first, then
+    each new one as it is written, until the client disconnects (llama-swap's /logs)."""
+    lines = await inference.model_logs(name)
+
+    async def events() -> AsyncIterator[dict[str, str]]:
+        async for line in lines:
+            yield {"line": line}
+
+    return sse_response(events())
 
 
 def _setting_body(setting: Setting) -> dict[str, str | None]:

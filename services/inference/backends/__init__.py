@@ -24,6 +24,10 @@ BACKENDS: dict[str, tuple[str, str]] = {
     "transformers": ("services.inference.backends.transformers_backend", "TransformersBackend"),
     "vllm": ("services.inference.backends.vllm_backend", "VllmBackend"),
     "mlx": ("services.inference.backends.mlx_backend", "MlxBackend"),
+    # managed model servers: engine processes and containers
+    "llama-server": ("services.inference.backends.managed.backend", "LlamaServerBackend"),
+    "command": ("services.inference.backends.managed.backend", "CommandBackend"),
+    "container": ("services.inference.backends.managed.backend", "ContainerBackend"),
 }
 
 

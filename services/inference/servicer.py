@@ -9,7 +9,14 @@ import grpc
 
 from llmmesh.inference.v1 import inference_service_pb2 as pb
 from llmmesh.inference.v1 import inference_service_pb2_grpc as pb_grpc
-from services.inference.domain import ChatMessage, ChatRequest, CompletionRequest, Generation, Role
+from services.inference.domain import (
+    ChatMessage,
+    ChatRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    Generation,
+    Role,
+)
 from services.inference.engine import InferenceEngine
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["InferenceService"].full_name
@@ -59,6 +66,9 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListModelsResponse:
         return pb.ListModelsResponse(models=[info.to_pb() for info in self.engine.list_models()])
+
+    async def Embed(self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext) -> pb.EmbedResponse:
+        return (await self.engine.embed(EmbeddingRequest.from_pb(request))).to_pb()
 
     async def GetModel(self, request: pb.GetModelRequest, context: grpc.aio.ServicerContext) -> pb.GetModelResponse:
         return pb.GetModelResponse(model=self.engine.get_model(request.name).to_pb())

@@ -10,11 +10,12 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from pydantic import Field
 
-from services.common.errors import InvalidArgument
+from services.common.errors import InvalidArgument, NotFound
 from services.embeddings.client import EmbeddingsClient, EmbedRequest, RerankRequest
 from services.gateway.auth import Caller, scope
-from services.gateway.dependencies import cancel_on_disconnect, get_embeddings
+from services.gateway.dependencies import cancel_on_disconnect, get_embeddings, get_inference
 from services.gateway.protocol.common import INT32_MAX, OpenAIModel, new_id
+from services.inference.client import EmbeddingRequest, InferenceClient
 
 router = APIRouter()
 
@@ -69,20 +70,34 @@ async def create_embeddings(
     body: EmbeddingsRequestIn,
     request: Request,
     embeddings: EmbeddingsClient = Depends(get_embeddings),
+    inference: InferenceClient = Depends(get_inference),
     caller: Caller = Depends(scope("embeddings")),
 ) -> JSONResponse:
+    """The embeddings service's models; a name it does not know may be an inference model whose
+    managed server serves embeddings (llama-server --embeddings)."""
     caller.require_model(body.model)
-    result = await cancel_on_disconnect(request, embeddings.embed(body.to_domain()))
-    caller.used(result.prompt_tokens, 0)
+    wanted = body.to_domain()
+    try:
+        result = await cancel_on_disconnect(request, embeddings.embed(wanted))
+        model, tokens, vectors = result.model, result.prompt_tokens, [item.vector for item in result.embeddings]
+    except NotFound as error:
+        if error.reason != "MODEL_NOT_FOUND":
+            raise
+        if body.dimensions is not None:
+            raise InvalidArgument(f"Model '{body.model}' takes no 'dimensions'.", param="dimensions") from None
+        served = await cancel_on_disconnect(request, inference.embed(EmbeddingRequest(body.model, wanted.texts)))
+        model, tokens = served.model, served.prompt_tokens
+        vectors = [np.asarray(vector, dtype=np.float32) for vector in served.vectors]
+    caller.used(tokens, 0)
     return JSONResponse(
         {
             "object": "list",
             "data": [
-                {"object": "embedding", "index": index, "embedding": _encode(item.vector, body.encoding_format)}
-                for index, item in enumerate(result.embeddings)
+                {"object": "embedding", "index": index, "embedding": _encode(vector, body.encoding_format)}
+                for index, vector in enumerate(vectors)
             ],
-            "model": result.model,
-            "usage": {"prompt_tokens": result.prompt_tokens, "total_tokens": result.prompt_tokens},
+            "model": model,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         }
     )
 

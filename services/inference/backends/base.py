@@ -75,6 +75,12 @@ class Backend(ABC):
     def generate_stream(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
         """Generate for `request`, chunk by chunk."""
 
+    async def embed(self, texts: tuple[str, ...]) -> tuple[list[list[float]], int]:
+        """One vector per text, and the tokens read: managed servers that serve embeddings."""
+        raise FailedPrecondition(
+            f"Model '{self.spec.name}' ({self.spec.backend} backend) does not serve embeddings.", param="model"
+        )
+
     async def load_adapter(self, name: str, path: Path) -> None:
         """Attach a LoRA adapter so that requests naming `name` use it (supports_adapters only)."""
         raise FailedPrecondition(f"The {self.spec.backend} backend cannot apply LoRA adapters.", param="adapter")

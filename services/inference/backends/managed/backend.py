@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, ClassVar, Literal
 import httpx
 from pydantic import Field
 
-from services.common.errors import Unavailable
+from services.common.errors import FailedPrecondition, Unavailable
 from services.inference.backends.base import Backend, BackendOptions
 from services.inference.backends.managed.engine_log import engine_log
 from services.inference.backends.managed.runtime import (
@@ -134,28 +134,64 @@ class ManagedServerBackend(Backend):
             raise Unavailable(f"The engine of model '{self.spec.name}' is not running.")
 
     async def generate_stream(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
-        proxy = await self._running_proxy()
-        started = False
-        try:
+        for attempt in (1, 2):
+            proxy = await self._running_proxy()
+            started = False
             try:
                 async for chunk in proxy.generate_stream(request):
                     started = True
                     yield chunk
-            except Unavailable as error:
-                # Refused before anything was sent: if the engine just died, start it and ask again.
+                return
+            except (Unavailable, httpx.TransportError) as error:
+                # Refused, or a pooled connection to an engine that just died: nothing was generated
+                # yet, so once the engine is seen dead, it is started again and asked again.
+                refused = isinstance(error, httpx.TransportError) or error.reason == "UPSTREAM_UNAVAILABLE"
                 runtime = self._runtime
-                if started or error.reason != "UPSTREAM_UNAVAILABLE" or runtime is None:
-                    raise
-                if not await runtime.ended(within=2.0):
-                    raise
-                async for chunk in (await self._running_proxy()).generate_stream(request):
-                    yield chunk
-        except httpx.HTTPError as error:  # the connection broke: the engine died mid-request
+                if started or attempt == 2 or not refused or runtime is None or not await runtime.ended(within=2.0):
+                    if isinstance(error, Unavailable):
+                        raise
+                    raise self._broken(error) from error
+            except httpx.HTTPError as error:
+                raise self._broken(error) from error
+
+    def _broken(self, error: httpx.HTTPError) -> Unavailable:
+        return Unavailable(
+            f"The engine of model '{self.spec.name}' stopped answering ({type(error).__name__}); "
+            "it restarts on the next request.",
+            reason="ENGINE_FAILED",
+        )
+
+    async def embed(self, texts: tuple[str, ...]) -> tuple[list[list[float]], int]:
+        """The engine's /v1/embeddings (llama-server needs --embeddings for it)."""
+        proxy = await self._running_proxy()
+        body = {"model": self.options.model or self.spec.name, "input": list(texts)}
+        try:
+            async with httpx.AsyncClient(base_url=proxy.config.url, timeout=self.options.request_timeout) as http:
+                response = await http.post("/v1/embeddings", json=body)
+        except httpx.HTTPError as error:
             raise Unavailable(
-                f"The engine of model '{self.spec.name}' stopped answering ({type(error).__name__}); "
-                "it restarts on the next request.",
+                f"The engine of model '{self.spec.name}' did not answer ({type(error).__name__}).",
                 reason="ENGINE_FAILED",
             ) from error
+        if response.status_code in (404, 501):  # llama-server without --embeddings answers 501
+            raise FailedPrecondition(
+                f"Model '{self.spec.name}' does not serve embeddings (llama-server: add --embeddings to its args).",
+                param="model",
+            )
+        if response.status_code >= 400:
+            raise proxy.upstream_error(response, response.text)
+        try:
+            payload = response.json()
+            ordered = sorted(payload["data"], key=lambda item: item["index"])
+            vectors = [[float(value) for value in item["embedding"]] for item in ordered]
+            tokens = int((payload.get("usage") or {}).get("prompt_tokens", 0))
+        except (ValueError, KeyError, TypeError) as error:
+            raise Unavailable(f"The engine's embeddings could not be read: {error}", reason="UPSTREAM_ERROR") from error
+        if len(vectors) != len(texts):
+            raise Unavailable(
+                f"The engine sent {len(vectors)} vectors for {len(texts)} texts.", reason="UPSTREAM_ERROR"
+            )
+        return vectors, tokens
 
     async def _running_proxy(self) -> RestBackend:
         """The proxy to a running engine, starting it again first if it died."""

@@ -120,10 +120,11 @@ class RestBackend(Backend):
         if response.status_code >= 300:  # redirects are not followed: they are errors here
             body = (await response.aread()).decode("utf-8", errors="replace")
             await response.aclose()
-            raise self._upstream_error(response, body)
+            raise self.upstream_error(response, body)
         return response
 
-    def _upstream_error(self, response: httpx.Response, body: str) -> MeshError:
+    def upstream_error(self, response: httpx.Response, body: str) -> MeshError:
+        """An upstream error status as the mesh's error, with the token redacted."""
         try:
             payload = json.loads(body)
             detail = payload.get("error", payload)

@@ -1,7 +1,7 @@
 """`python -m services.supervised <launcher pid> <module>`: run `module` as __main__, after
 arranging to receive SIGTERM when the launcher dies (services/supervisor.py).
 `python -m services.supervised <launcher pid> --exec <program> [args...]` does the same for
-a program (the tie survives exec)."""
+a program, found on PATH like a shell would (the tie survives exec)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,6 @@ if __name__ == "__main__":
     parent, target = int(sys.argv[1]), sys.argv[2]
     die_with_parent(parent)
     if target == "--exec":
-        os.execv(sys.argv[3], sys.argv[3:])
+        os.execvp(sys.argv[3], sys.argv[3:])
     sys.argv = [target]
     runpy.run_module(target, run_name="__main__", alter_sys=True)

@@ -166,8 +166,7 @@ class ManagedServerBackend(Backend):
         proxy = await self._running_proxy()
         body = {"model": self.options.model or self.spec.name, "input": list(texts)}
         try:
-            async with httpx.AsyncClient(base_url=proxy.config.url, timeout=self.options.request_timeout) as http:
-                response = await http.post("/v1/embeddings", json=body)
+            response = await proxy.client.post("/v1/embeddings", json=body)
         except httpx.HTTPError as error:
             raise Unavailable(
                 f"The engine of model '{self.spec.name}' did not answer ({type(error).__name__}).",

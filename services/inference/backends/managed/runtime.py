@@ -23,17 +23,6 @@ from services.inference.backends.managed.engine_log import EngineLog
 
 log = logging.getLogger(__name__)
 
-# Ties the engine's life to this process, then becomes the engine (exec keeps the pid): the
-# kernel kills it when the mesh process dies, even by SIGKILL (PR_SET_PDEATHSIG = 1). A fresh
-# interpreter does it, not a preexec_fn: code run between fork and exec in this process, where
-# gRPC's threads hold locks, crashed the child now and then (SIGSEGV before exec).
-_EXEC_TIED_TO_PARENT = (
-    "import ctypes, os, signal, sys\n"
-    "ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)\n"
-    "if os.getppid() != int(sys.argv[1]): sys.exit('the mesh process is gone')\n"
-    "os.execvp(sys.argv[2], sys.argv[2:])\n"
-)
-
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -100,13 +89,16 @@ class ProcessRuntime(Runtime):
     async def start(self) -> None:
         self.log.append(f"[mesh] starting: {' '.join(self.argv)}")
         try:
+            # Through `services.supervised`, which ties the engine's life to this process (the kernel
+            # signals it when this process dies, even by SIGKILL) and then becomes it (exec keeps the
+            # pid). Not a preexec_fn: code run between fork and exec here, where gRPC's threads hold
+            # locks, crashed the child now and then (SIGSEGV before exec).
             self._process = await asyncio.create_subprocess_exec(
                 sys.executable,
-                "-I",
-                "-S",
-                "-c",
-                _EXEC_TIED_TO_PARENT,
+                "-m",
+                "services.supervised",
                 str(os.getpid()),
+                "--exec",
                 *self.argv,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,

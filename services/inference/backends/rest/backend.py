@@ -59,6 +59,11 @@ class RestBackend(Backend):
     async def unload(self) -> None:
         await self._client.aclose()
 
+    @property
+    def client(self) -> httpx.AsyncClient:
+        """The upstream's pooled client (base URL, headers, timeout), for calls besides generation."""
+        return self._client
+
     async def check_health(self) -> None:
         if self._client.is_closed:
             raise Unavailable(f"REST model '{self.spec.name}' is unloaded")

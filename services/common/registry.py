@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from services.common import sampling
 from services.common.errors import ModelNotFound
+from services.common.fleet import NodeSpec
 from services.common.model_files import resolve_model_path
 
 DEFAULT_MODELS_FILE = Path(__file__).with_name("models.yaml")
@@ -103,6 +104,8 @@ class RegistryFile(BaseModel):
     default_model: str | None = None
     tiers: dict[str, str] = Field(default_factory=dict, description="Tier name (light, medium, heavy) -> model.")
     models: list[ModelSpec] = Field(min_length=1)
+    # Read by the processes that route (services/common/fleet.py); inference serves `models`.
+    nodes: list[NodeSpec] = Field(default_factory=list, description="Other nodes of the fleet.")
 
 
 class RegistryError(ValueError):

@@ -28,10 +28,11 @@ from services.gateway.routers import (
     jobs,
     keys,
     models,
+    nodes,
     pipeline,
     training,
 )
-from services.inference.client import InferenceClient
+from services.inference.client import FleetClient
 from services.scheduler.client import SchedulerClient
 from services.trainer.client import TrainerClient
 
@@ -55,7 +56,10 @@ def build_app(settings: GatewaySettings) -> FastAPI:
                 settings.trainer_target,
             )
         ]
-        app.state.inference = InferenceClient(channels[0], timeout=settings.request_timeout_seconds)
+        app.state.inference = FleetClient(
+            channels[0], settings.request_timeout_seconds, settings.fleet, internal_token=internal_token
+        )
+        app.state.inference.start()
         app.state.embeddings = EmbeddingsClient(channels[1], timeout=settings.request_timeout_seconds)
         app.state.scheduler = SchedulerClient(channels[2], timeout=settings.request_timeout_seconds)
         app.state.trainer = TrainerClient(channels[3], timeout=settings.request_timeout_seconds)
@@ -76,6 +80,7 @@ def build_app(settings: GatewaySettings) -> FastAPI:
         try:
             yield
         finally:
+            await app.state.inference.close()
             for channel in channels:
                 await channel.close()
             if pool is not None:
@@ -89,6 +94,6 @@ def build_app(settings: GatewaySettings) -> FastAPI:
     app.add_middleware(RequestContextMiddleware, stats=app.state.request_stats)
 
     install_error_handlers(app)
-    for module in (chat, completions, embeddings, models, jobs, training, pipeline, admin, keys, health):
+    for module in (chat, completions, embeddings, models, nodes, jobs, training, pipeline, admin, keys, health):
         app.include_router(module.router)
     return app

@@ -178,6 +178,7 @@ class Caller:
         return self
 
     def require_model(self, model: str) -> None:
+        model = model.rpartition("@")[0] or model  # `model@node` pins a node; keys list models
         if self.key is not None and self.key.models is not None and model not in self.key.models:
             raise PermissionDenied(
                 f"This API key may not use the model '{model}'.", param="model", reason="MODEL_NOT_ALLOWED"

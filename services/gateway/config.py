@@ -11,6 +11,7 @@ from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from services.common.config import ServiceSettings, strong_secret
+from services.common.fleet import FleetSettings
 
 
 class GatewaySettings(ServiceSettings):
@@ -26,6 +27,9 @@ class GatewaySettings(ServiceSettings):
     health_timeout_seconds: float = Field(2.0, gt=0, description="Deadline for upstream health checks.")
     max_choices: int = Field(8, ge=1, description="Largest accepted `n` (choices per request).")
     max_job_priority: int = Field(10, ge=0, description="Highest job priority an API key may ask for (not admins).")
+    fleet: FleetSettings = Field(
+        default_factory=FleetSettings, description="Other nodes to route to (LLMMESH_NODES, LLMMESH_FLEET_*)."
+    )
     supervisor_status_file: Path | None = Field(
         None, description="Set by `make run`: its supervisor's view of each service, shown by /health."
     )

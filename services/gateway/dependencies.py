@@ -13,22 +13,24 @@ from typing import Any, TypeVar
 from fastapi import Request, Response
 
 from services.common.errors import Cancelled
+from services.common.grpc_client import prepend
 from services.embeddings.client import EmbeddingsClient
 from services.gateway.auth import Caller
 from services.gateway.config import GatewaySettings
 from services.gateway.sse import Comment, sse_response
-from services.inference.client import Completed, InferenceClient, StreamEvent
+from services.inference.client import Completed, FleetClient, StreamEvent
 from services.scheduler.client import SchedulerClient
 from services.trainer.client import TrainerClient
 
 T = TypeVar("T")
+NODE_HEADER = "x-llmmesh-node"  # the fleet node that answered
 
 
 async def get_settings(request: Request) -> GatewaySettings:
     return request.app.state.settings
 
 
-async def get_inference(request: Request) -> InferenceClient:
+async def get_inference(request: Request) -> FleetClient:
     return request.app.state.inference
 
 
@@ -79,7 +81,10 @@ async def generate(
     async with caller.request_slot() as slot:
         if stream:
             events = await cancel_on_disconnect(request, open_stream())
-            return sse_response(chunks(events), on_close=slot.hand_over())
+            first = await anext(events)  # opened: in hand already, and it names the node
+            response = sse_response(chunks(prepend(first, events)), on_close=slot.hand_over())
+            response.headers[NODE_HEADER] = first.node
+            return response
         results = await cancel_on_disconnect(request, call())
     caller.used(sum(r.usage.prompt_tokens for r in results), sum(r.usage.completion_tokens for r in results))
     return results

@@ -1,22 +1,28 @@
 """The inference service's typed client: domain types in and out, errors as MeshErrors.
-Several choices of one request (`n`) run as concurrent calls, merged here."""
+Several choices of one request (`n`) run as concurrent calls, merged here.
+
+`FleetClient` is the client of a process that routes (the gateway, the scheduler): the home
+inference service plus the fleet's other nodes (services/inference/fleet)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Sequence
+from dataclasses import replace
 from typing import Any, TypeVar
 
 import grpc
 
 from llmmesh.inference.v1 import inference_service_pb2 as pb
 from llmmesh.inference.v1 import inference_service_pb2_grpc as pb_grpc
-from services.common.grpc_client import ServiceClient, prepend, rpc_errors, server_stream
+from services.common.errors import MeshError, NotFound
+from services.common.fleet import FleetSettings, NodeKind, NodeSpec
+from services.common.grpc_client import ServiceClient, open_channel, rpc_errors, server_stream
 from services.inference.domain import (
     ChatMessage,
     ChatRequest,
     Chunk,
+    Completed,
     CompletionRequest,
     EmbeddingRequest,
     Embeddings,
@@ -29,6 +35,7 @@ from services.inference.domain import (
     Role,
     SamplingParams,
     Setting,
+    StreamEvent,
     Tool,
     ToolCall,
     ToolCallDelta,
@@ -36,8 +43,11 @@ from services.inference.domain import (
     ToolChoiceMode,
     Usage,
 )
+from services.inference.fleet.nodes import HttpNode, MeshNode, Node, open_merged
+from services.inference.fleet.router import Fleet, FleetModel, NodePresence, NodeView
 
 T = TypeVar("T")
+R = TypeVar("R", ChatRequest, CompletionRequest)
 
 # The client speaks its service's domain types: callers import them from here.
 __all__ = [
@@ -49,9 +59,13 @@ __all__ = [
     "EmbeddingRequest",
     "Embeddings",
     "FinishReason",
+    "FleetClient",
+    "FleetModel",
     "Image",
     "InferenceClient",
     "ModelInfo",
+    "NodePresence",
+    "NodeView",
     "QueueLine",
     "ResponseFormat",
     "ResponseFormatKind",
@@ -68,53 +82,36 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
-class Completed:
-    """One finished choice of a unary call."""
-
-    model: str
-    text: str
-    finish_reason: FinishReason
-    usage: Usage
-    tool_calls: tuple[ToolCall, ...] = ()
-
-
-@dataclass(frozen=True)
-class StreamEvent:
-    """One chunk of one choice of a streamed call."""
-
-    index: int
-    model: str
-    chunk: Chunk
-
-
 class InferenceClient(ServiceClient):
-    def __init__(self, channel: grpc.aio.Channel, timeout: float) -> None:
+    def __init__(self, channel: grpc.aio.Channel, timeout: float, node: str = "") -> None:
         super().__init__(channel, timeout)
         self._stub = pb_grpc.InferenceServiceStub(channel)
+        self.node = node  # the fleet node this service is, named in what it answers
 
     async def chat(self, requests: Sequence[ChatRequest]) -> list[Completed]:
         async def one(request: ChatRequest) -> Completed:
             response = await self._stub.Chat(request.to_pb(), timeout=self._timeout)
             text = "".join(part.text for part in response.message.content)
             calls = tuple(ToolCall.from_pb(call) for call in response.message.tool_calls)
-            return _completed(response, text, calls)
+            return _completed(response, text, self.node, calls)
 
         return await _all_or_none([one(r) for r in requests])
 
     async def complete(self, requests: Sequence[CompletionRequest]) -> list[Completed]:
         async def one(request: CompletionRequest) -> Completed:
-            return _completed(await self._stub.Complete(request.to_pb(), timeout=self._timeout), None)
+            return _completed(await self._stub.Complete(request.to_pb(), timeout=self._timeout), None, self.node)
 
         return await _all_or_none([one(r) for r in requests])
 
     async def stream_chat(self, requests: Sequence[ChatRequest]) -> AsyncIterator[StreamEvent]:
         """Open one stream per choice and merge them. Errors before the first chunk raise here, so
         that the caller can still answer with an HTTP error status."""
-        return await _open([self._stub.ChatStream(r.to_stream_pb(), timeout=self._timeout) for r in requests])
+        calls = [self._stub.ChatStream(r.to_stream_pb(), timeout=self._timeout) for r in requests]
+        return await open_merged([_events(i, call, self.node) for i, call in enumerate(calls)])
 
     async def stream_complete(self, requests: Sequence[CompletionRequest]) -> AsyncIterator[StreamEvent]:
-        return await _open([self._stub.CompleteStream(r.to_stream_pb(), timeout=self._timeout) for r in requests])
+        calls = [self._stub.CompleteStream(r.to_stream_pb(), timeout=self._timeout) for r in requests]
+        return await open_merged([_events(i, call, self.node) for i, call in enumerate(calls)])
 
     async def embed(self, request: EmbeddingRequest) -> Embeddings:
         with rpc_errors():
@@ -185,13 +182,103 @@ class InferenceClient(ServiceClient):
         return Setting.from_pb(response.setting)
 
 
-def _completed(response: Any, text: str | None, tool_calls: tuple[ToolCall, ...] = ()) -> Completed:
+class FleetClient(InferenceClient):
+    """The home inference service and the fleet's other nodes behind one client. Generation and
+    the model list go through the fleet's router; administration (load, unload, settings, logs,
+    queue) stays with the home service. Without other nodes, calls go straight to the home one."""
+
+    def __init__(
+        self,
+        channel: grpc.aio.Channel,
+        timeout: float,
+        settings: FleetSettings | None = None,
+        internal_token: str | None = None,
+    ) -> None:
+        settings = settings or FleetSettings()
+        super().__init__(channel, timeout, node=settings.home_node)
+        specs = settings.all_nodes()
+        home = next((s for s in specs if s.name == settings.home_node), NodeSpec(name=settings.home_node))
+        nodes = [connect_node(s, internal_token, timeout) for s in specs if s.name != settings.home_node]
+        self.fleet = Fleet(MeshNode(home, InferenceClient(channel, timeout, node=home.name)), nodes, settings)
+
+    def start(self) -> None:
+        """Start watching the nodes (with other nodes only); call from the running event loop."""
+        self.fleet.start()
+
+    async def close(self) -> None:
+        await self.fleet.close()
+
+    async def chat(self, requests: Sequence[ChatRequest], node: str | None = None) -> list[Completed]:
+        model, pinned, requests = self._route(requests, node)
+        return await self.fleet.call(model, pinned, requests, lambda n, rs: n.chat(rs))
+
+    async def complete(self, requests: Sequence[CompletionRequest], node: str | None = None) -> list[Completed]:
+        model, pinned, requests = self._route(requests, node)
+        return await self.fleet.call(model, pinned, requests, lambda n, rs: n.complete(rs))
+
+    async def stream_chat(self, requests: Sequence[ChatRequest], node: str | None = None) -> AsyncIterator[StreamEvent]:
+        model, pinned, requests = self._route(requests, node)
+        if self.fleet.single:
+            return await super().stream_chat(requests)  # no router in the way of a lone service
+        return await self.fleet.stream(model, pinned, requests, lambda n, rs: n.stream_chat(rs))
+
+    async def stream_complete(
+        self, requests: Sequence[CompletionRequest], node: str | None = None
+    ) -> AsyncIterator[StreamEvent]:
+        model, pinned, requests = self._route(requests, node)
+        if self.fleet.single:
+            return await super().stream_complete(requests)
+        return await self.fleet.stream(model, pinned, requests, lambda n, rs: n.stream_complete(rs))
+
+    def _route(self, requests: Sequence[R], node: str | None) -> tuple[str, str | None, Sequence[R]]:
+        model, pinned = self.fleet.split(requests[0].model, node)
+        if model != requests[0].model:
+            requests = [replace(r, model=model) for r in requests]
+        return model, pinned, requests
+
+    async def catalog(self) -> list[FleetModel]:
+        """Every model anywhere in the fleet, with the nodes that serve it."""
+        try:
+            home_models: list[ModelInfo] | None = await super().list_models()
+        except MeshError:
+            if self.fleet.single:
+                raise
+            home_models = None  # the home node is down: its models stay listed, unavailable
+        return self.fleet.catalog(home_models)
+
+    async def list_models(self) -> list[ModelInfo]:
+        return [model.info for model in await self.catalog()]
+
+    async def get_model(self, name: str) -> ModelInfo:
+        try:
+            return await super().get_model(name)
+        except NotFound:
+            model, _ = self.fleet.split(name, None)
+            for entry in self.fleet.catalog(None):
+                if model in (entry.info.name, *entry.info.aliases):
+                    return entry.info
+            raise
+
+    def nodes(self) -> list[NodeView]:
+        return self.fleet.views()
+
+
+def connect_node(spec: NodeSpec, internal_token: str | None, timeout: float) -> Node:
+    """The client of one node of the fleet (channels and HTTP clients connect lazily)."""
+    if spec.kind is NodeKind.MESH:
+        channel = open_channel(spec.address, internal_token)
+        return MeshNode(spec, InferenceClient(channel, timeout, node=spec.name), close=channel.close)
+    return HttpNode(spec, timeout)
+
+
+def _completed(response: Any, text: str | None, node: str, tool_calls: tuple[ToolCall, ...] = ()) -> Completed:
     return Completed(
         model=response.model,
         text=response.text if text is None else text,
         finish_reason=FinishReason.from_pb(response.finish_reason) or FinishReason.STOP,
         usage=Usage.from_pb(response.usage),
         tool_calls=tool_calls,
+        node=node,
     )
 
 
@@ -206,46 +293,11 @@ async def _all_or_none(calls: list[Awaitable[T]]) -> list[T]:
             task.cancel()
 
 
-async def _open(calls: list[grpc.aio.UnaryStreamCall]) -> AsyncIterator[StreamEvent]:
-    stream = _merged(calls)
-    with rpc_errors():
-        first = await anext(stream)
-    return prepend(first, stream)
-
-
-async def _merged(calls: list[grpc.aio.UnaryStreamCall]) -> AsyncIterator[StreamEvent]:
-    """Interleave the streams' chunks as they arrive. Leaving early cancels every call,
-    which is how a client disconnect reaches the backend."""
+async def _events(index: int, call: grpc.aio.UnaryStreamCall, node: str) -> AsyncGenerator[StreamEvent]:
+    """One call's chunks; closing it cancels the call, which is how a client disconnect reaches the backend."""
     try:
-        if len(calls) == 1:
-            async for response in calls[0]:
-                yield StreamEvent(0, response.model, Chunk.from_pb(response))
-            return
-        queue: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
-        done = object()
-
-        async def pump(index: int, call: grpc.aio.UnaryStreamCall) -> None:
-            try:
-                async for response in call:
-                    await queue.put((index, response))
-                await queue.put((index, done))
-            except grpc.aio.AioRpcError as error:
-                await queue.put((index, error))
-
-        pumps = [asyncio.create_task(pump(i, call)) for i, call in enumerate(calls)]
-        try:
-            remaining = len(calls)
-            while remaining:
-                index, item = await queue.get()
-                if item is done:
-                    remaining -= 1
-                elif isinstance(item, BaseException):
-                    raise item
-                else:
-                    yield StreamEvent(index, item.model, Chunk.from_pb(item))
-        finally:
-            for task in pumps:
-                task.cancel()
+        with rpc_errors():
+            async for response in call:
+                yield StreamEvent(index, response.model, Chunk.from_pb(response), node)
     finally:
-        for call in calls:
-            call.cancel()
+        call.cancel()

@@ -429,6 +429,28 @@ class Chunk:
         )
 
 
+@dataclass(frozen=True)
+class Completed:
+    """One finished choice of a unary call, and the fleet node that answered it."""
+
+    model: str
+    text: str
+    finish_reason: FinishReason
+    usage: Usage
+    tool_calls: tuple[ToolCall, ...] = ()
+    node: str = ""
+
+
+@dataclass(frozen=True)
+class StreamEvent:
+    """One chunk of one choice of a streamed call, and the fleet node that sends it."""
+
+    index: int
+    model: str
+    chunk: Chunk
+    node: str = ""
+
+
 _StreamResponse = TypeVar("_StreamResponse", pb.ChatStreamResponse, pb.CompleteStreamResponse)
 
 

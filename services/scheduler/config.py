@@ -9,6 +9,7 @@ from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from services.common.config import ServiceSettings, strong_secret
+from services.common.fleet import FleetSettings
 from services.scheduler.domain import JobType
 from services.scheduler.queue import QueueConfig
 
@@ -37,6 +38,9 @@ class SchedulerSettings(ServiceSettings):
     )
     inference_target: str = Field("127.0.0.1:50051", description="host:port of the inference gRPC service.")
     embeddings_target: str = Field("127.0.0.1:50052", description="host:port of the embeddings gRPC service.")
+    fleet: FleetSettings = Field(
+        default_factory=FleetSettings, description="Other nodes jobs may run on (LLMMESH_NODES, LLMMESH_FLEET_*)."
+    )
     trainer_target: str = Field(
         "127.0.0.1:50054", description="host:port of the trainer gRPC service (adapter_train jobs). Empty: none."
     )

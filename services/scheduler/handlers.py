@@ -21,10 +21,11 @@ from llmmesh.scheduler.v1 import scheduler_service_pb2 as pb
 from llmmesh.trainer.v1 import trainer_service_pb2 as trainer_pb
 from services.common.artifacts import ADAPTER_ID
 from services.common.errors import FailedPrecondition, InvalidArgument, MeshError, Unimplemented
+from services.common.fleet import FleetSettings
 from services.common.grpc_client import open_channel
 from services.common.schema_limits import checked_schema
 from services.embeddings.client import EmbeddingsClient, EmbedRequest
-from services.inference.client import ChatMessage, ChatRequest, InferenceClient, Role, ToolCall, Usage
+from services.inference.client import ChatMessage, ChatRequest, FleetClient, Role, ToolCall, Usage
 from services.scheduler.config import SchedulerSettings
 from services.scheduler.domain import Job, JobType, Progress, Submission
 from services.trainer.client import TrainerClient, TrainingState
@@ -70,10 +71,13 @@ class JobHandlers:
         internal_token: str,
         timeout_seconds: float = 3600,
         trainer_target: str = "",
+        fleet: FleetSettings | None = None,
     ) -> None:
         targets = (inference_target, embeddings_target, trainer_target)
         self._channels = [open_channel(t, internal_token) for t in targets if t]
-        self._inference = InferenceClient(self._channels[0], timeout_seconds)
+        # Jobs take the same routes as the gateway's requests: one router, in the inference client.
+        self._inference = FleetClient(self._channels[0], timeout_seconds, fleet, internal_token)
+        self._inference.start()
         self._embeddings = EmbeddingsClient(self._channels[1], timeout_seconds)
         self._trainer = TrainerClient(self._channels[2], timeout_seconds) if trainer_target else None
 
@@ -84,9 +88,11 @@ class JobHandlers:
             settings.embeddings_target,
             settings.required_internal_token(),
             trainer_target=settings.trainer_target,
+            fleet=settings.fleet,
         )
 
     async def close(self) -> None:
+        await self._inference.close()
         for channel in self._channels:
             await channel.close()
 

@@ -79,6 +79,8 @@ class SamplingFields(OpenAIModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
+    # mesh extension: the fleet node that must answer (also written `model@node`)
+    node: str | None = Field(None, min_length=1, max_length=64)
     # Extensions, named as in vLLM and llama.cpp's server.
     top_k: int | None = sampling.BOUNDS["top_k"].field()
     min_p: float | None = sampling.BOUNDS["min_p"].field()

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Depends, Request, Response
 
 from services.gateway.auth import Caller, scope
 from services.gateway.config import GatewaySettings
-from services.gateway.dependencies import generate, get_inference, get_settings
+from services.gateway.dependencies import NODE_HEADER, generate, get_inference, get_settings
 from services.gateway.protocol.chat import (
     ChatCompletion,
     ChatCompletionRequest,
@@ -22,7 +22,7 @@ from services.gateway.protocol.chat import (
 )
 from services.gateway.protocol.common import STREAMED, new_id, usage_body
 from services.gateway.sse import Comment, wait_comment
-from services.inference.client import InferenceClient, StreamEvent, Usage
+from services.inference.client import FleetClient, StreamEvent, Usage
 
 router = APIRouter()
 
@@ -31,8 +31,9 @@ router = APIRouter()
 async def create_chat_completion(
     body: ChatCompletionRequest,
     request: Request,
+    response: Response,
     settings: GatewaySettings = Depends(get_settings),
-    inference: InferenceClient = Depends(get_inference),
+    inference: FleetClient = Depends(get_inference),
     caller: Caller = Depends(scope("chat")),
 ) -> Any:
     caller.require_model(body.model)
@@ -44,12 +45,13 @@ async def create_chat_completion(
         request,
         caller,
         body.stream,
-        lambda: inference.stream_chat(requests),
+        lambda: inference.stream_chat(requests, body.node),
         lambda events: _chunks(events, completion_id, body.n, body.include_usage_chunk, caller),
-        lambda: inference.chat(requests),
+        lambda: inference.chat(requests, body.node),
     )
     if isinstance(reply, Response):
         return reply
+    response.headers[NODE_HEADER] = reply[0].node
     return chat_completion_body(
         completion_id,
         reply[0].model,

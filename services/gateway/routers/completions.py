@@ -12,11 +12,11 @@ from fastapi import APIRouter, Depends, Request, Response
 
 from services.gateway.auth import Caller, scope
 from services.gateway.config import GatewaySettings
-from services.gateway.dependencies import generate, get_inference, get_settings
+from services.gateway.dependencies import NODE_HEADER, generate, get_inference, get_settings
 from services.gateway.protocol.common import STREAMED, new_id, usage_body
 from services.gateway.protocol.completions import Completion, CompletionRequestIn, completion_body
 from services.gateway.sse import Comment, wait_comment
-from services.inference.client import InferenceClient, StreamEvent, Usage
+from services.inference.client import FleetClient, StreamEvent, Usage
 
 router = APIRouter()
 
@@ -25,8 +25,9 @@ router = APIRouter()
 async def create_completion(
     body: CompletionRequestIn,
     request: Request,
+    response: Response,
     settings: GatewaySettings = Depends(get_settings),
-    inference: InferenceClient = Depends(get_inference),
+    inference: FleetClient = Depends(get_inference),
     caller: Caller = Depends(scope("chat")),
 ) -> Any:
     caller.require_model(body.model)
@@ -38,12 +39,13 @@ async def create_completion(
         request,
         caller,
         body.stream,
-        lambda: inference.stream_complete(requests),
+        lambda: inference.stream_complete(requests, body.node),
         lambda events: _chunks(events, completion_id, body.n, body.include_usage_chunk, caller),
-        lambda: inference.complete(requests),
+        lambda: inference.complete(requests, body.node),
     )
     if isinstance(reply, Response):
         return reply
+    response.headers[NODE_HEADER] = reply[0].node
     return completion_body(
         completion_id,
         reply[0].model,

@@ -1,4 +1,5 @@
-"""GET /v1/models and GET /v1/models/{model}: chat models from inference, plus embedding models."""
+"""GET /v1/models and GET /v1/models/{model}: chat models from every node of the fleet (with the
+nodes that serve each), plus embedding models."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ from services.common.errors import MeshError, NotFound
 from services.embeddings.client import EmbeddingModelInfo, EmbeddingsClient
 from services.gateway.auth import get_caller
 from services.gateway.dependencies import get_embeddings, get_inference
-from services.gateway.protocol.models import embedding_model_body, model_body
-from services.inference.client import InferenceClient
+from services.gateway.protocol.models import embedding_model_body, model_body, nodes_body
+from services.inference.client import FleetClient
 
 router = APIRouter()
 log = logging.getLogger(__name__)
@@ -28,13 +29,14 @@ async def _embedding_models(embeddings: EmbeddingsClient) -> list[EmbeddingModel
 
 @router.get("/v1/models", dependencies=[Depends(get_caller)])
 async def list_models(
-    inference: InferenceClient = Depends(get_inference), embeddings: EmbeddingsClient = Depends(get_embeddings)
+    inference: FleetClient = Depends(get_inference), embeddings: EmbeddingsClient = Depends(get_embeddings)
 ) -> dict[str, Any]:
     chat_models = []
-    for model in await inference.list_models():
-        chat_models.append(model_body(model))
+    for entry in await inference.catalog():
+        body = {**model_body(entry.info), **nodes_body(entry.nodes)}
+        chat_models.append(body)
         # Slots, tiers and aliases are names too: list them, with the model each reaches.
-        chat_models += [{**model_body(model), "id": alias, "resolves_to": model.name} for alias in model.aliases]
+        chat_models += [{**body, "id": alias, "resolves_to": entry.info.name} for alias in entry.info.aliases]
     embedding_models = [embedding_model_body(m) for m in await _embedding_models(embeddings)]
     return {"object": "list", "data": chat_models + embedding_models}
 
@@ -43,7 +45,7 @@ async def list_models(
 @router.get("/v1/models/{model:path}", dependencies=[Depends(get_caller)])
 async def get_model(
     model: str,
-    inference: InferenceClient = Depends(get_inference),
+    inference: FleetClient = Depends(get_inference),
     embeddings: EmbeddingsClient = Depends(get_embeddings),
 ) -> dict[str, Any]:
     try:

@@ -86,7 +86,7 @@ class RestBackend(Backend):
         response = await self._send(call, stream=True)
         state = StreamState()
         try:
-            async for data in _events(response, call.stream):
+            async for data in read_events(response, call.stream):
                 try:
                     text = parse_stream_event(self.config.provider, data, state)
                 except UpstreamStreamError as error:
@@ -155,7 +155,7 @@ class RestBackend(Backend):
         return text.replace(token, "***") if token else text
 
 
-async def _events(response: httpx.Response, kind: str) -> AsyncIterator[str]:
+async def read_events(response: httpx.Response, kind: str) -> AsyncIterator[str]:
     """Data payloads of an SSE stream, or the lines of an NDJSON stream."""
     data: list[str] = []
     async for line in response.aiter_lines():

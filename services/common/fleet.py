@@ -59,7 +59,7 @@ class NodeSpec(BaseModel):
 class FleetSettings(BaseSettings):
     """How the inference client routes (env prefix LLMMESH_FLEET_; the nodes also as LLMMESH_NODES)."""
 
-    model_config = SettingsConfigDict(env_prefix="LLMMESH_FLEET_", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(env_prefix="LLMMESH_FLEET_", extra="ignore", frozen=True, populate_by_name=True)
 
     nodes: list[NodeSpec] = Field(
         default_factory=list,

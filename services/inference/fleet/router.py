@@ -6,9 +6,10 @@ Routing, per request:
    A name no node lists (a slot, a file path, a typo) goes to the home node, which resolves
    or refuses it as a single inference service would.
 3. The highest-priority tier with a node that has room; within it the lowest estimated wait,
-   (busy + 1) / weight, where busy is the larger of what this process has running there and
-   what the node reports (queue and slots). Ties rotate, so equal idle nodes take turns.
-   When every node is saturated, the request waits on the least loaded node of the first tier.
+   (busy + 1) / weight, where busy is what this process runs there now plus what the node
+   reported beyond that at its last probe (its queue and slots: other clients' work). Ties
+   rotate, so equal idle nodes take turns. When every node is saturated, the request waits on
+   the least loaded node of the first tier.
 
 Failover: a node that fails before the first token (unreachable, 5xx, silent past the
 first-token timeout, overloaded, or without the model after all) hands the request to the
@@ -66,6 +67,7 @@ class NodeState:
     opened_at: float | None = None  # when its circuit opened; None: closed
     reachable: bool | None = None  # the last probe's verdict; None before the first
     load: NodeLoad = field(default_factory=NodeLoad)
+    others: int = 0  # what the node reported beyond this process's own requests, at the last probe
     models: list[NodeModel] = field(default_factory=list)
     names: frozenset[str] = frozenset()  # models and aliases it serves
     discovered_at: float | None = None
@@ -79,7 +81,8 @@ class NodeState:
 
     @property
     def busy(self) -> int:
-        return max(self.in_flight, self.load.running + self.load.waiting)
+        """Requests on the node now: this process's, plus what others had there at the last probe."""
+        return self.in_flight + self.others
 
     @property
     def capacity(self) -> int | None:
@@ -373,6 +376,7 @@ class Fleet:
         try:
             await state.node.check_health(timeout)
             state.load = await state.node.load(timeout)
+            state.others = max(0, state.load.running + state.load.waiting - state.in_flight)
             now = self._clock()
             if state.node.spec.models is None and (
                 state.discovered_at is None or now - state.discovered_at >= self.settings.discovery_seconds
@@ -385,7 +389,7 @@ class Fleet:
             if state.reachable is not False:
                 log.warning("node '%s' is down: %s", state.name, message)
             state.reachable = False
-            state.load = NodeLoad()
+            state.load, state.others = NodeLoad(), 0
             if state.opened_at is None:
                 state.opened_at = self._clock()
                 self._circuit_changed(state)

@@ -13,7 +13,10 @@ from llmmesh.embeddings.v1 import embeddings_service_pb2 as embeddings_pb
 from llmmesh.inference.v1 import inference_service_pb2 as inference_pb
 from llmmesh.scheduler.v1 import scheduler_service_pb2 as pb
 from llmmesh.scheduler.v1 import scheduler_service_pb2_grpc as pb_grpc
+from services.common.fleet import FleetSettings, NodeSpec
 from services.common.grpc_client import open_channel
+from services.inference.backends.managed.runtime import free_port
+from services.inference.server import InferenceServer
 from services.scheduler.callbacks import verify
 from services.scheduler.server import SchedulerServer
 from tests.conftest import INTERNAL_TOKEN
@@ -245,3 +248,19 @@ async def test_jobs_and_callbacks_are_counted(
         assert sample("llmmesh:jobs_total", job_type="chat", state=state) == before[state] + 1, state
     assert sample("llmmesh:job_callback_attempts_total", outcome="delivered") == delivered + 1
     assert sample("llmmesh:job_queue_wait_seconds_count", job_type="chat") == waits + 1
+
+
+async def test_jobs_take_the_fleets_routes_when_the_home_inference_is_down(
+    make_scheduler: MakeScheduler, job_inference: InferenceServer
+) -> None:
+    """The scheduler routes through the same FleetClient as the gateway: with its own inference
+    service gone, a node of the fleet that serves the background slot runs the job."""
+    node = NodeSpec(name="jobs-node", address=f"127.0.0.1:{job_inference.port}")
+    fleet = FleetSettings(nodes=[node], probe_seconds=0.2)
+    scheduler = await make_scheduler(inference_target=f"127.0.0.1:{free_port()}", fleet=fleet)
+    async with open_channel(f"127.0.0.1:{scheduler.port}", INTERNAL_TOKEN) as channel:
+        stub = pb_grpc.SchedulerServiceStub(channel)
+        submitted = await stub.SubmitJob(chat_job("routed"))
+        final = (await watch_until_done(stub, submitted.job.job_id))[-1]
+    assert final.state == pb.JOB_STATE_SUCCEEDED
+    assert final.result.chat.message.content[0].text == f"[mock-text:{JOB_MODEL}] routed"

@@ -1,6 +1,6 @@
-"""Small real HTTP servers that speak the Anthropic Messages and Ollama /api/chat wire formats,
-with the shapes those APIs document. They echo the last user message, so tests can tell
-what arrived."""
+"""Small real HTTP servers that speak the Anthropic Messages and Ollama native wire formats
+(/api/chat, /api/generate, and /api/tags, /api/ps and /api/version for discovery), with the
+shapes those APIs document. They echo the last user message, so tests can tell what arrived."""
 
 from __future__ import annotations
 
@@ -111,4 +111,42 @@ def ollama_app(seen: list[dict[str, Any]]) -> FastAPI:
 
         return StreamingResponse(lines(), media_type="application/x-ndjson")
 
+    @app.post("/api/generate")
+    async def generate(request: Request):  # noqa: ANN202
+        body = await request.json()
+        seen.append({"headers": dict(request.headers), "body": body})
+        words = f"ollama continues {body['prompt']}".split(" ")
+
+        def lines():  # noqa: ANN202
+            for index, word in enumerate(words):
+                yield json.dumps({"model": body["model"], "response": word if index == 0 else f" {word}", "done": False})
+                yield "\n"
+            final = {"model": body["model"], "response": "", "done": True, "done_reason": "stop", "eval_count": 3}
+            yield json.dumps(final) + "\n"
+
+        return StreamingResponse(lines(), media_type="application/x-ndjson")
+
+    details = {"format": "gguf", "family": "gemma3", "parameter_size": "268.10M", "quantization_level": "Q4_K_M"}
+
+    @app.get("/api/tags")
+    async def tags() -> dict[str, Any]:
+        return {
+            "models": [
+                {"name": name, "model": name, "size": 291554930, "digest": "e7d", "details": details}
+                for name in OLLAMA_MODELS
+            ]
+        }
+
+    @app.get("/api/ps")
+    async def running() -> dict[str, Any]:
+        name = OLLAMA_MODELS[0]  # the first is loaded
+        return {"models": [{"name": name, "model": name, "size": 291554930, "details": details, "size_vram": 0}]}
+
+    @app.get("/api/version")
+    async def version() -> dict[str, str]:
+        return {"version": "0.12.6"}
+
     return app
+
+
+OLLAMA_MODELS = ("gemma3:270m", "qwen3:0.6b")

@@ -71,6 +71,7 @@ bench: proto
 	$(PY) -m bench.chat
 	$(PY) -m bench.embeddings
 	$(PY) -m bench.adapters
+	$(PY) -m bench.fleet
 
 lint: proto
 	$(VENV)/bin/ruff check services tests bench

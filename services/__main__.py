@@ -139,6 +139,8 @@ def main() -> None:
         os.environ.setdefault(f"LLMMESH_{name}_METRICS_PORT", str(9100 + index))
     # Inference and the trainer share one adapter store: what is trained is served at once.
     os.environ.setdefault("LLMMESH_ARTIFACTS_DIR", str(data_dir / "adapters"))
+    # The gateway and the scheduler route over the `nodes:` of the registry inference serves.
+    os.environ.setdefault("LLMMESH_FLEET_FILE", str(inference_settings.models_file))
     # The internal token is always on: without one configured, a fresh one for this run.
     internal_token = os.environ.get("LLMMESH_INTERNAL_TOKEN") or secrets.token_urlsafe(32)
     os.environ["LLMMESH_INTERNAL_TOKEN"] = internal_token  # inherited by every service started below

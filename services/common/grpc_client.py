@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from contextvars import ContextVar
 from typing import Any, TypeVar
 
@@ -102,6 +102,17 @@ async def server_stream(call: grpc.aio.UnaryStreamCall, pick: Callable[[Any], T]
     stream = items()
     with rpc_errors():
         first = await anext(stream)
+    return prepend(first, stream)
+
+
+async def opened(stream: AsyncGenerator[T]) -> AsyncIterator[T]:
+    """`stream` with its first item in hand: errors before it raise here (and close the stream),
+    so that a caller can still answer with a status."""
+    try:
+        first = await anext(stream)
+    except BaseException:
+        await stream.aclose()
+        raise
     return prepend(first, stream)
 
 

@@ -26,7 +26,7 @@ from services.common.errors import (
     Unavailable,
 )
 from services.common.fleet import NodeKind, NodeSpec
-from services.common.grpc_client import prepend
+from services.common.grpc_client import opened
 from services.inference.backends.rest.backend import read_events
 from services.inference.backends.rest.config import AuthType, Provider, RequestFormat, RestConfig
 from services.inference.backends.rest.dialects import StreamState, UpstreamStreamError, build_call, parse_stream_event
@@ -337,13 +337,7 @@ async def _collect(events: AsyncIterator[StreamEvent], choices: int) -> list[Com
 
 async def open_merged(streams: list[AsyncGenerator[StreamEvent]]) -> AsyncIterator[StreamEvent]:
     """The streams interleaved, opened: errors before the first event raise here."""
-    merged = merge(streams)
-    try:
-        first = await anext(merged)
-    except BaseException:
-        await merged.aclose()
-        raise
-    return prepend(first, merged)
+    return await opened(merge(streams))
 
 
 async def merge(streams: list[AsyncGenerator[StreamEvent]]) -> AsyncGenerator[StreamEvent]:

@@ -40,7 +40,7 @@ from services.common.errors import (
     Unavailable,
 )
 from services.common.fleet import FleetSettings
-from services.common.grpc_client import prepend
+from services.common.grpc_client import opened
 from services.inference.domain import ChatRequest, Completed, CompletionRequest, ModelInfo, ModelState, StreamEvent
 from services.inference.fleet import metrics
 from services.inference.fleet.nodes import Node, NodeLoad, NodeModel
@@ -254,13 +254,7 @@ class Fleet:
     ) -> AsyncIterator[StreamEvent]:
         """A stream, opened: errors before its first event raise here (the caller can still answer
         with an HTTP status)."""
-        events = self._stream(self.plan(model, pinned, requests[0]), model, requests, open_stream)
-        try:
-            first = await anext(events)
-        except BaseException:
-            await events.aclose()
-            raise
-        return prepend(first, events)
+        return await opened(self._stream(self.plan(model, pinned, requests[0]), model, requests, open_stream))
 
     async def _stream(
         self,

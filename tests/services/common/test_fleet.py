@@ -21,9 +21,7 @@ nodes:
 """
 
 
-def test_nodes_come_from_the_registry_file_and_the_environment(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_nodes_come_from_the_registry_file_and_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "models.yaml"
     path.write_text(REGISTRY)
     ModelRegistry.from_yaml(path)  # the inference service reads the same file and ignores its nodes

@@ -119,7 +119,9 @@ def ollama_app(seen: list[dict[str, Any]]) -> FastAPI:
 
         def lines():  # noqa: ANN202
             for index, word in enumerate(words):
-                yield json.dumps({"model": body["model"], "response": word if index == 0 else f" {word}", "done": False})
+                yield json.dumps(
+                    {"model": body["model"], "response": word if index == 0 else f" {word}", "done": False}
+                )
                 yield "\n"
             final = {"model": body["model"], "response": "", "done": True, "done_reason": "stop", "eval_count": 3}
             yield json.dumps(final) + "\n"

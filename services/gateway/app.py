@@ -27,6 +27,7 @@ from services.gateway.routers import (
     health,
     jobs,
     keys,
+    messages,
     models,
     nodes,
     pipeline,
@@ -94,6 +95,19 @@ def build_app(settings: GatewaySettings) -> FastAPI:
     app.add_middleware(RequestContextMiddleware, stats=app.state.request_stats)
 
     install_error_handlers(app)
-    for module in (chat, completions, embeddings, models, nodes, jobs, training, pipeline, admin, keys, health):
+    for module in (
+        chat,
+        completions,
+        messages,
+        embeddings,
+        models,
+        nodes,
+        jobs,
+        training,
+        pipeline,
+        admin,
+        keys,
+        health,
+    ):
         app.include_router(module.router)
     return app

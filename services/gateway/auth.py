@@ -246,9 +246,12 @@ async def superuser(request: Request, authenticator: Authenticator = Depends(get
 
 
 def _bearer(request: Request) -> str:
-    """The bearer credential of the request, or "" when it has none."""
+    """The bearer credential of the request, or "" when it has none. Anthropic's SDKs send the
+    key as `x-api-key`, which counts the same."""
     scheme, _, credential = request.headers.get("authorization", "").partition(" ")
-    return credential.strip() if scheme.lower() == "bearer" else ""
+    if scheme.lower() == "bearer":
+        return credential.strip()
+    return request.headers.get("x-api-key", "").strip()
 
 
 def mint_jwt(settings: GatewaySettings, subject: str, ttl_seconds: int, private_key: str | None = None) -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from fastapi import Request, Response
 
@@ -17,7 +17,7 @@ from services.common.grpc_client import prepend
 from services.embeddings.client import EmbeddingsClient
 from services.gateway.auth import Caller
 from services.gateway.config import GatewaySettings
-from services.gateway.sse import Comment, sse_response
+from services.gateway.sse import Payload, sse_response
 from services.inference.client import Completed, FleetClient, StreamEvent
 from services.scheduler.client import SchedulerClient
 from services.trainer.client import TrainerClient
@@ -72,8 +72,9 @@ async def generate(
     caller: Caller,
     stream: bool,
     open_stream: Callable[[], Awaitable[AsyncIterator[StreamEvent]]],
-    chunks: Callable[[AsyncIterator[StreamEvent]], AsyncIterator[dict[str, Any] | Comment]],
+    chunks: Callable[[AsyncIterator[StreamEvent]], AsyncIterator[Payload]],
     call: Callable[[], Awaitable[list[Completed]]],
+    anthropic: bool = False,
 ) -> Response | list[Completed]:
     """Chat and completions alike, under the caller's request slot: a stream hands the slot
     to its SSE response, which gives it back however the stream ends; a whole reply gives it
@@ -82,7 +83,7 @@ async def generate(
         if stream:
             events = await cancel_on_disconnect(request, open_stream())
             first = await anext(events)  # opened: in hand already, and it names the node
-            response = sse_response(chunks(prepend(first, events)), on_close=slot.hand_over())
+            response = sse_response(chunks(prepend(first, events)), on_close=slot.hand_over(), anthropic=anthropic)
             response.headers[NODE_HEADER] = first.node
             return response
         results = await cancel_on_disconnect(request, call())

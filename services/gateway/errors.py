@@ -1,4 +1,5 @@
-"""The OpenAI error body, used for every error the gateway returns."""
+"""The error bodies the gateway returns: OpenAI's everywhere, Anthropic's on the Anthropic
+Messages API (/v1/messages), for the same errors and statuses."""
 
 from __future__ import annotations
 
@@ -42,13 +43,39 @@ def error_response(
     return JSONResponse(error_body(status, message, param=param, code=code), status_code=status, headers=headers)
 
 
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+}
+ANTHROPIC_PATHS = "/v1/messages"  # and below: the Anthropic Messages API
+
+
+def anthropic_error_body(status: int, message: str) -> dict[str, Any]:
+    kind = _ANTHROPIC_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
+    return {"type": "error", "error": {"type": kind, "message": message}}
+
+
 def mesh_error_body(error: MeshError) -> dict[str, Any]:
     return error_body(http_status(error), error.message, param=error.param, code=error.reason.lower())
 
 
-def mesh_error_response(error: MeshError) -> JSONResponse:
+def mesh_error_response(error: MeshError, anthropic: bool = False) -> JSONResponse:
     headers = {"Retry-After": str(error.retry_after_seconds)} if error.retry_after_seconds is not None else None
-    return JSONResponse(mesh_error_body(error), status_code=http_status(error), headers=headers)
+    status = http_status(error)
+    body = anthropic_error_body(status, error.message) if anthropic else mesh_error_body(error)
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _response(request: Request, status: int, message: str, **fields: Any) -> JSONResponse:
+    """An error in the body shape of the API the request was made to."""
+    if request.url.path.startswith(ANTHROPIC_PATHS):
+        return JSONResponse(anthropic_error_body(status, message), status_code=status, headers=fields.get("headers"))
+    return error_response(status, message, **fields)
 
 
 def _validation_param(location: tuple[Any, ...]) -> str:
@@ -61,22 +88,22 @@ def _validation_param(location: tuple[Any, ...]) -> str:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(MeshError)
     async def _mesh_error(request: Request, error: MeshError) -> JSONResponse:
-        return mesh_error_response(error)
+        return mesh_error_response(error, anthropic=request.url.path.startswith(ANTHROPIC_PATHS))
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
         first = error.errors()[0]
         param = _validation_param(tuple(first.get("loc", ())))
         if first.get("type") == "json_invalid":
-            return error_response(400, "The request body is not valid JSON.", code="invalid_json")
+            return _response(request, 400, "The request body is not valid JSON.", code="invalid_json")
         message = f"Invalid value for '{param}': {first.get('msg', 'invalid')}." if param else first.get("msg", "")
-        return error_response(400, message, param=param or None, code="invalid_value")
+        return _response(request, 400, message, param=param or None, code="invalid_value")
 
     @app.exception_handler(HTTPException)
     async def _http_error(request: Request, error: HTTPException) -> JSONResponse:
-        return error_response(error.status_code, str(error.detail), headers=dict(error.headers or {}))
+        return _response(request, error.status_code, str(error.detail), headers=dict(error.headers or {}))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, error: Exception) -> JSONResponse:
         log.exception("unexpected error on %s %s", request.method, request.url.path)
-        return error_response(500, "Internal error; see the gateway log.", code="internal_error")
+        return _response(request, 500, "Internal error; see the gateway log.", code="internal_error")

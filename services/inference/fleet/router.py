@@ -230,12 +230,13 @@ class Fleet:
     ) -> list[Completed]:
         """A unary call: nothing reaches the client until it is done, so any node failure may fail over."""
         last: MeshError | None = None
-        for state in self.plan(model, pinned, requests[0]):
+        plan = self.plan(model, pinned, requests[0])
+        for state in plan:
             started = self._start(state)
             try:
                 results = await run(state.node, requests)
             except MeshError as error:
-                if not self._failed(state, error):
+                if not self._failed(state, error, more=state is not plan[-1]):
                     raise
                 last = error
                 continue
@@ -281,7 +282,7 @@ class Fleet:
             except StopAsyncIteration:
                 return
             except MeshError as error:
-                if tokens_sent or not self._failed(state, error):
+                if tokens_sent or not self._failed(state, error, more=state is not plan[-1]):
                     raise
                 last = error
             finally:
@@ -309,20 +310,15 @@ class Fleet:
             state.failures, state.opened_at = 0, None
             self._circuit_changed(state)
 
-    def _failed(self, state: NodeState, error: MeshError) -> bool:
-        """Record a failure on `state`; True when the request may go to another node."""
-        if not _moves_on(error):
-            metrics.NODE_REQUESTS.labels(state.name, "error").inc()
-            return False
-        metrics.NODE_REQUESTS.labels(state.name, "failed_over").inc()
-        metrics.NODE_FAILOVERS.labels(state.name).inc()
-        state.failovers += 1
-        state.recent_errors.append((time.time(), error.message[:300]))
-        log.warning("node '%s' failed before the first token, failing over: %s", state.name, error.message)
-        if isinstance(error, NotFound):
+    def _failed(self, state: NodeState, error: MeshError, more: bool) -> bool:
+        """Record a failure on `state`; True when the request moves on to the next node (`more`
+        says there is one)."""
+        moves_on = _moves_on(error)
+        if moves_on and isinstance(error, NotFound):
             state.discovered_at = None  # its model list is stale: read it again at the next probe
-        elif not isinstance(error, ResourceExhausted):  # busy is not broken
+        elif moves_on and not isinstance(error, ResourceExhausted):  # busy is not broken
             state.failures += 1
+            state.recent_errors.append((time.time(), error.message[:300]))
             now = self._clock()
             circuit = state.circuit(now, self.settings.cooldown_seconds)
             if circuit is Circuit.HALF_OPEN or (
@@ -330,6 +326,13 @@ class Fleet:
             ):
                 state.opened_at = now
                 self._circuit_changed(state)
+        if not (moves_on and more):
+            metrics.NODE_REQUESTS.labels(state.name, "error").inc()
+            return False
+        metrics.NODE_REQUESTS.labels(state.name, "failed_over").inc()
+        metrics.NODE_FAILOVERS.labels(state.name).inc()
+        state.failovers += 1
+        log.warning("node '%s' failed before the first token, failing over: %s", state.name, error.message)
         return True
 
     def _exhausted(self, model: str, last: MeshError | None) -> MeshError:

@@ -7,6 +7,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 
+import anthropic
 import httpx
 import jwt
 import pytest
@@ -257,3 +258,15 @@ async def test_random_bearer_tokens_do_not_grow_the_key_cache_without_bound(
         assert len(store._cache) <= 20
     finally:
         await pool.close()
+
+
+async def test_anthropic_clients_authenticate_with_x_api_key(strict) -> None:
+    http, settings = strict
+    key, _ = await new_key(http, settings)
+    claude = anthropic.AsyncAnthropic(base_url=str(http.base_url), api_key=key, max_retries=0)
+    message = await claude.messages.create(model="mock", max_tokens=8, messages=[{"role": "user", "content": "hi"}])
+    assert message.content[0].text == "[mock-text:mock] hi"  # type: ignore[union-attr]
+    stranger = anthropic.AsyncAnthropic(base_url=str(http.base_url), api_key="llmm_not-a-key", max_retries=0)
+    with pytest.raises(anthropic.AuthenticationError) as refused:
+        await stranger.messages.create(model="mock", max_tokens=8, messages=[{"role": "user", "content": "hi"}])
+    assert refused.value.body["error"]["type"] == "authentication_error"  # type: ignore[index]

@@ -1,0 +1,232 @@
+"""/v1/messages: Anthropic's Messages API, mapped onto the same inference contract as chat
+completions (one generation path), and its replies in Anthropic's shape."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any, Literal
+
+from pydantic import Field
+
+from services.common import sampling
+from services.common.errors import InvalidArgument
+from services.gateway.config import GatewaySettings
+from services.gateway.protocol.common import INT32_MAX, OpenAIModel
+from services.inference.client import (
+    ChatMessage,
+    ChatRequest,
+    FinishReason,
+    Image,
+    Role,
+    SamplingParams,
+    Tool,
+    ToolCall,
+    ToolChoice,
+    ToolChoiceMode,
+    Usage,
+)
+
+STOP_REASONS = {FinishReason.STOP: "end_turn", FinishReason.LENGTH: "max_tokens", FinishReason.TOOL_CALLS: "tool_use"}
+
+
+class TextBlock(OpenAIModel):
+    type: Literal["text"]
+    text: str
+
+
+class ImageSource(OpenAIModel):
+    type: Literal["base64", "url"]
+    media_type: str | None = None
+    data: str | None = None
+    url: str | None = None
+
+    def to_domain(self, param: str) -> Image:
+        if self.type == "url" and self.url:
+            return Image(url=self.url)
+        if self.type == "base64" and self.data and self.media_type:
+            return Image(url=f"data:{self.media_type};base64,{self.data}")
+        raise InvalidArgument("An image source needs 'url', or 'media_type' and 'data'.", param=param)
+
+
+class ImageBlock(OpenAIModel):
+    type: Literal["image"]
+    source: ImageSource
+
+
+class ToolUseBlock(OpenAIModel):
+    type: Literal["tool_use"]
+    id: str = Field(min_length=1, max_length=256)
+    name: str = Field(min_length=1, max_length=64)
+    input: dict[str, Any] = Field(default_factory=dict)
+
+
+class ToolResultBlock(OpenAIModel):
+    type: Literal["tool_result"]
+    tool_use_id: str = Field(min_length=1, max_length=256)
+    content: str | list[TextBlock | ImageBlock] = ""
+    is_error: bool = False
+
+    def text(self) -> str:
+        text = (
+            self.content
+            if isinstance(self.content, str)
+            else "".join(block.text for block in self.content if isinstance(block, TextBlock))
+        )
+        return f"Error: {text}" if self.is_error else text
+
+
+class OtherBlock(OpenAIModel):
+    type: str
+
+
+Block = TextBlock | ImageBlock | ToolUseBlock | ToolResultBlock | OtherBlock
+
+
+class MessageIn(OpenAIModel):
+    role: Literal["user", "assistant"]
+    content: str | list[Block]
+
+    def to_domain(self, index: int) -> list[ChatMessage]:
+        """One chat message; a user turn's tool results become tool messages before it."""
+        param = f"messages.{index}.content"
+        role = Role.USER if self.role == "user" else Role.ASSISTANT
+        if isinstance(self.content, str):
+            return [ChatMessage(role, self.content)]
+        texts, images, calls, results = [], [], [], []
+        for block in self.content:
+            if isinstance(block, TextBlock):
+                texts.append(block.text)
+            elif isinstance(block, ImageBlock):
+                images.append(block.source.to_domain(param))
+            elif isinstance(block, ToolUseBlock) and role is Role.ASSISTANT:
+                calls.append(ToolCall(block.id, block.name, json.dumps(block.input)))
+            elif isinstance(block, ToolResultBlock) and role is Role.USER:
+                results.append(ChatMessage(Role.TOOL, block.text(), tool_call_id=block.tool_use_id))
+            else:
+                raise InvalidArgument(
+                    f"Content blocks of type '{block.type}' are not supported in {self.role} turns; send text, "
+                    "image, tool_use (assistant) and tool_result (user) blocks.",
+                    param=param,
+                )
+        turn = [ChatMessage(role, "".join(texts), images=tuple(images), tool_calls=tuple(calls))]
+        return results + (turn if texts or images or calls or not results else [])
+
+
+class ToolIn(OpenAIModel):
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    description: str | None = None
+    input_schema: dict[str, Any] = Field(default_factory=lambda: {"type": "object"})
+
+    def to_domain(self) -> Tool:
+        return Tool(self.name, self.description or "", json.dumps(self.input_schema))
+
+
+class ToolChoiceIn(OpenAIModel):
+    type: Literal["auto", "any", "tool", "none"]
+    name: str | None = None
+    disable_parallel_tool_use: bool = False
+
+    def to_domain(self) -> ToolChoice:
+        if self.type == "tool":
+            if not self.name:
+                raise InvalidArgument("tool_choice of type 'tool' needs 'name'.", param="tool_choice.name")
+            return ToolChoice(ToolChoiceMode.FUNCTION, self.name)
+        return ToolChoice(
+            {"auto": ToolChoiceMode.AUTO, "any": ToolChoiceMode.REQUIRED}.get(self.type, ToolChoiceMode.NONE)
+        )
+
+
+class MessagesRequest(OpenAIModel):
+    model: str = Field(min_length=1)
+    max_tokens: int = Field(ge=1, le=INT32_MAX)  # required, as Anthropic requires it
+    messages: list[MessageIn] = Field(min_length=1)
+    system: str | list[TextBlock] | None = None
+    stop_sequences: list[str] | None = None
+    temperature: float | None = Field(None, ge=0.0, le=1.0)  # Anthropic's range
+    top_p: float | None = sampling.BOUNDS["top_p"].field()
+    top_k: int | None = sampling.BOUNDS["top_k"].field()
+    tools: list[ToolIn] | None = None
+    tool_choice: ToolChoiceIn | None = None
+    stream: bool = False
+    # mesh extension, as on chat completions: the fleet node that must answer
+    node: str | None = Field(None, min_length=1, max_length=64)
+
+    def check_limits(self, settings: GatewaySettings) -> None:
+        if self.max_tokens > settings.max_tokens_cap:
+            raise InvalidArgument(
+                f"'max_tokens' must be at most {settings.max_tokens_cap}; got {self.max_tokens}.", param="max_tokens"
+            )
+        if len(self.messages) > settings.max_messages:
+            raise InvalidArgument(
+                f"At most {settings.max_messages} messages per request; got {len(self.messages)}.", param="messages"
+            )
+
+    def to_domain(self) -> ChatRequest:
+        system = self.system if isinstance(self.system, str) else "".join(b.text for b in self.system or ())
+        messages = [ChatMessage(Role.SYSTEM, system)] if system else []
+        for index, message in enumerate(self.messages):
+            messages += message.to_domain(index)
+        choice = self.tool_choice.to_domain() if self.tool_choice else ToolChoice()
+        return ChatRequest(
+            model=self.model,
+            messages=tuple(messages),
+            sampling=SamplingParams(
+                temperature=self.temperature,
+                top_p=self.top_p,
+                top_k=self.top_k,
+                max_tokens=self.max_tokens,
+                stop=tuple(self.stop_sequences or ()),
+            ).validate(),
+            tools=tuple(tool.to_domain() for tool in self.tools or ()),
+            tool_choice=choice,
+            parallel_tool_calls=not (self.tool_choice and self.tool_choice.disable_parallel_tool_use),
+        )
+
+
+def new_message_id() -> str:
+    return f"msg_{uuid.uuid4().hex}"
+
+
+def tool_input(arguments: str) -> dict[str, Any]:
+    """A call's arguments as Anthropic's `input` object (grammar-constrained output is an object)."""
+    try:
+        parsed = json.loads(arguments or "{}")
+    except ValueError:
+        return {}
+    return parsed if isinstance(parsed, dict) else {"value": parsed}
+
+
+def usage_body(usage: Usage) -> dict[str, int]:
+    return {"input_tokens": usage.prompt_tokens, "output_tokens": usage.completion_tokens}
+
+
+def message_start(message_id: str, model: str) -> dict[str, Any]:
+    """The message as a stream's first event shows it: no content, no stop reason yet."""
+    return {
+        "id": message_id,
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": [],
+        "stop_reason": None,
+        "stop_sequence": None,
+        "usage": {"input_tokens": 0, "output_tokens": 0},
+    }
+
+
+def message_body(
+    message_id: str, model: str, text: str, calls: tuple[ToolCall, ...], finish: FinishReason, usage: Usage
+) -> dict[str, Any]:
+    content: list[dict[str, Any]] = [{"type": "text", "text": text}] if text or not calls else []
+    content += [{"type": "tool_use", "id": c.id, "name": c.name, "input": tool_input(c.arguments)} for c in calls]
+    return {
+        "id": message_id,
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": content,
+        "stop_reason": STOP_REASONS.get(finish, "end_turn"),
+        "stop_sequence": None,
+        "usage": usage_body(usage),
+    }

@@ -15,7 +15,7 @@ import grpc
 
 from llmmesh.inference.v1 import inference_service_pb2 as pb
 from llmmesh.inference.v1 import inference_service_pb2_grpc as pb_grpc
-from services.common.errors import MeshError, NotFound
+from services.common.errors import FailedPrecondition, MeshError, NotFound
 from services.common.fleet import FleetSettings, NodeKind, NodeSpec
 from services.common.grpc_client import ServiceClient, open_channel, rpc_errors, server_stream
 from services.inference.domain import (
@@ -116,6 +116,14 @@ class InferenceClient(ServiceClient):
     async def embed(self, request: EmbeddingRequest) -> Embeddings:
         with rpc_errors():
             return Embeddings.from_pb(await self._stub.Embed(request.to_pb(), timeout=self._timeout))
+
+    async def count_tokens(self, request: ChatRequest) -> int:
+        """The tokens `request`'s prompt takes on its model (tools included)."""
+        with rpc_errors():
+            response = await self._stub.CountTokens(
+                pb.CountTokensRequest(request=request.to_pb()), timeout=self._timeout
+            )
+        return response.input_tokens
 
     async def list_models(self) -> list[ModelInfo]:
         with rpc_errors():
@@ -235,6 +243,15 @@ class FleetClient(InferenceClient):
         if model != requests[0].model:
             requests = [replace(r, model=model) for r in requests]
         return model, pinned, requests
+
+    async def count_tokens(self, request: ChatRequest, node: str | None = None) -> int:
+        """Counted by the first LLM Mesh node the request would be routed to (HTTP nodes have no
+        chat-template tokenizer to ask)."""
+        model, pinned, (request,) = self._route([request], node)
+        for state in self.fleet.plan(model, pinned, request):
+            if isinstance(state.node, MeshNode):
+                return await state.node.client.count_tokens(request)
+        raise FailedPrecondition(f"No node that serves '{model}' can count tokens.", param="model")
 
     async def catalog(self) -> list[FleetModel]:
         """Every model anywhere in the fleet, with the nodes that serve it."""

@@ -258,6 +258,25 @@ class InferenceEngine:
             lease.release()
         return Embeddings(spec.name, tuple(tuple(vector) for vector in vectors), tokens)
 
+    async def count_tokens(self, request: ChatRequest) -> tuple[str, int]:
+        """The model's name, and the tokens the request's prompt takes there (tools included),
+        counted by its backend's own tokenizer; loaded and queued like generation."""
+        request.validate()
+        spec = self.router.resolve(request.model)
+        syntax = tools.syntax_for(
+            spec.chat_template, spec.tool_syntax, backend_class(spec.backend).supports_framed_output
+        )
+        generation = GenerationRequest(
+            request_id=request.request_id,
+            sampling=request.sampling,
+            messages=syntax.prepare_messages(request.messages, request.tools, request.tool_choice),
+        )
+        lease = await self.models.acquire(spec)
+        try:
+            return spec.name, await lease.backend.count_tokens(generation)
+        finally:
+            lease.release()
+
     def list_models(self) -> list[ModelInfo]:
         return [self._info(spec) for spec in self.router.specs()]
 

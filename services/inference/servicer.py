@@ -70,6 +70,12 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
     async def Embed(self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext) -> pb.EmbedResponse:
         return (await self.engine.embed(EmbeddingRequest.from_pb(request))).to_pb()
 
+    async def CountTokens(
+        self, request: pb.CountTokensRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CountTokensResponse:
+        model, tokens = await self.engine.count_tokens(ChatRequest.from_pb(request.request))
+        return pb.CountTokensResponse(model=model, input_tokens=tokens)
+
     async def GetModel(self, request: pb.GetModelRequest, context: grpc.aio.ServicerContext) -> pb.GetModelResponse:
         return pb.GetModelResponse(model=self.engine.get_model(request.name).to_pb())
 

@@ -137,32 +137,24 @@ class ToolChoiceIn(OpenAIModel):
         )
 
 
-class MessagesRequest(OpenAIModel):
+class MessagesInput(OpenAIModel):
+    """What a prompt is made of: the fields /v1/messages and /v1/messages/count_tokens share."""
+
     model: str = Field(min_length=1)
-    max_tokens: int = Field(ge=1, le=INT32_MAX)  # required, as Anthropic requires it
     messages: list[MessageIn] = Field(min_length=1)
     system: str | list[TextBlock] | None = None
-    stop_sequences: list[str] | None = None
-    temperature: float | None = Field(None, ge=0.0, le=1.0)  # Anthropic's range
-    top_p: float | None = sampling.BOUNDS["top_p"].field()
-    top_k: int | None = sampling.BOUNDS["top_k"].field()
     tools: list[ToolIn] | None = None
     tool_choice: ToolChoiceIn | None = None
-    stream: bool = False
     # mesh extension, as on chat completions: the fleet node that must answer
     node: str | None = Field(None, min_length=1, max_length=64)
 
     def check_limits(self, settings: GatewaySettings) -> None:
-        if self.max_tokens > settings.max_tokens_cap:
-            raise InvalidArgument(
-                f"'max_tokens' must be at most {settings.max_tokens_cap}; got {self.max_tokens}.", param="max_tokens"
-            )
         if len(self.messages) > settings.max_messages:
             raise InvalidArgument(
                 f"At most {settings.max_messages} messages per request; got {len(self.messages)}.", param="messages"
             )
 
-    def to_domain(self) -> ChatRequest:
+    def to_domain(self, sampling: SamplingParams | None = None) -> ChatRequest:
         system = self.system if isinstance(self.system, str) else "".join(b.text for b in self.system or ())
         messages = [ChatMessage(Role.SYSTEM, system)] if system else []
         for index, message in enumerate(self.messages):
@@ -171,17 +163,32 @@ class MessagesRequest(OpenAIModel):
         return ChatRequest(
             model=self.model,
             messages=tuple(messages),
-            sampling=SamplingParams(
-                temperature=self.temperature,
-                top_p=self.top_p,
-                top_k=self.top_k,
-                max_tokens=self.max_tokens,
-                stop=tuple(self.stop_sequences or ()),
-            ).validate(),
+            sampling=sampling or SamplingParams(),
             tools=tuple(tool.to_domain() for tool in self.tools or ()),
             tool_choice=choice,
             parallel_tool_calls=not (self.tool_choice and self.tool_choice.disable_parallel_tool_use),
         )
+
+
+class MessagesRequest(MessagesInput):
+    max_tokens: int = Field(ge=1, le=INT32_MAX)  # required, as Anthropic requires it
+    stop_sequences: list[str] | None = None
+    temperature: float | None = Field(None, ge=0.0, le=1.0)  # Anthropic's range
+    top_p: float | None = sampling.BOUNDS["top_p"].field()
+    top_k: int | None = sampling.BOUNDS["top_k"].field()
+    stream: bool = False
+
+    def check_limits(self, settings: GatewaySettings) -> None:
+        super().check_limits(settings)
+        if self.max_tokens > settings.max_tokens_cap:
+            raise InvalidArgument(
+                f"'max_tokens' must be at most {settings.max_tokens_cap}; got {self.max_tokens}.", param="max_tokens"
+            )
+
+    def chat_request(self) -> ChatRequest:
+        stop = tuple(self.stop_sequences or ())
+        params = SamplingParams(self.temperature, self.top_p, self.top_k, max_tokens=self.max_tokens, stop=stop)
+        return self.to_domain(params.validate())
 
 
 def new_message_id() -> str:

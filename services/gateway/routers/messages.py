@@ -1,6 +1,6 @@
-"""POST /v1/messages: Anthropic's Messages API over the same inference calls as chat completions.
-Streams use Anthropic's named events: message_start, content_block_start / _delta / _stop,
-message_delta (stop_reason, usage), message_stop."""
+"""POST /v1/messages and /v1/messages/count_tokens: Anthropic's Messages API over the same
+inference calls as chat completions. Streams use Anthropic's named events: message_start,
+content_block_start / _delta / _stop, message_delta (stop_reason, usage), message_stop."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from services.gateway.config import GatewaySettings
 from services.gateway.dependencies import NODE_HEADER, generate, get_inference, get_settings
 from services.gateway.protocol.messages import (
     STOP_REASONS,
+    MessagesInput,
     MessagesRequest,
     message_body,
     message_start,
@@ -39,7 +40,7 @@ async def create_message(
 ) -> Any:
     caller.require_model(body.model)
     body.check_limits(settings)
-    chat = dataclasses.replace(body.to_domain(), tenant=caller.owner)  # the caller's own cache entries
+    chat = dataclasses.replace(body.chat_request(), tenant=caller.owner)  # the caller's own cache entries
     message_id = new_message_id()
     reply = await generate(
         request,
@@ -55,6 +56,20 @@ async def create_message(
     response.headers[NODE_HEADER] = reply[0].node
     done = reply[0]
     return message_body(message_id, done.model, done.text, done.tool_calls, done.finish_reason, done.usage)
+
+
+@router.post("/v1/messages/count_tokens")
+async def count_tokens(
+    body: MessagesInput,
+    settings: GatewaySettings = Depends(get_settings),
+    inference: FleetClient = Depends(get_inference),
+    caller: Caller = Depends(scope("chat")),
+) -> dict[str, int]:
+    """The tokens the prompt would take on the model: its chat template, tools included."""
+    caller.require_model(body.model)
+    body.check_limits(settings)
+    chat = dataclasses.replace(body.to_domain(), tenant=caller.owner)
+    return {"input_tokens": await inference.count_tokens(chat, body.node)}
 
 
 class _Blocks:

@@ -81,6 +81,12 @@ class Backend(ABC):
             f"Model '{self.spec.name}' ({self.spec.backend} backend) does not serve embeddings.", param="model"
         )
 
+    async def count_tokens(self, request: GenerationRequest) -> int:
+        """The tokens `request`'s prompt takes in this model's tokenizer (backends that have one)."""
+        raise FailedPrecondition(
+            f"Model '{self.spec.name}' ({self.spec.backend} backend) cannot count tokens.", param="model"
+        )
+
     async def load_adapter(self, name: str, path: Path) -> None:
         """Attach a LoRA adapter so that requests naming `name` use it (supports_adapters only)."""
         raise FailedPrecondition(f"The {self.spec.backend} backend cannot apply LoRA adapters.", param="adapter")

@@ -369,6 +369,10 @@ class GGUFBackend(ThreadedBackend):
         async for chunk in self._stream_from_worker(request.request_id, work):
             yield chunk
 
+    async def count_tokens(self, request: GenerationRequest) -> int:
+        prompt, _ = request.prompt_for(self._template)
+        return len(await asyncio.to_thread(self._tokens, prompt))
+
     def _tokens(self, prompt: Prompt) -> list[int]:
         return prompt.token_ids(
             lambda text, first, special: self._llm.tokenize(text.encode("utf-8"), add_bos=first, special=special)

@@ -37,13 +37,21 @@ class MockBackend(Backend):
         self.token_delay = self.options.token_delay_seconds
         self.fail_on = self.options.fail_on or None
 
+    async def count_tokens(self, request: GenerationRequest) -> int:
+        """Words, as its usage counts them."""
+        return (
+            sum(len(m.content.split()) for m in request.messages)
+            if request.is_chat
+            else len((request.prompt or "").split())
+        )
+
     async def generate_stream(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
         source = request.last_user_message if request.is_chat else request.prompt or ""
         if self.fail_on and self.fail_on in source:
             # A crash-like failure (INTERNAL): retried up to MaxDeliver, where an outage (UNAVAILABLE)
             # is retried until the job's TTL.
             raise Internal(f"mock backend failure (the request contains '{self.fail_on}')")
-        prompt_words = sum(len(m.content.split()) for m in request.messages) if request.is_chat else len(source.split())
+        prompt_words = await self.count_tokens(request)
         words = f"[mock-text:{self.spec.name}] {source}".split(" ")
         limit = request.sampling.max_tokens or len(words)
         emitted = 0

@@ -10,6 +10,7 @@ every token.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import threading
@@ -232,6 +233,10 @@ class TransformersBackend(ThreadedBackend):
 
         async for chunk in self._stream_from_worker(request.request_id, work):
             yield chunk
+
+    async def count_tokens(self, request: GenerationRequest) -> int:
+        prompt, _ = request.prompt_for(self._template)
+        return len(await asyncio.to_thread(hf_token_ids, self._tokenizer, prompt))
 
     def _generate_blocking(
         self,

@@ -123,3 +123,15 @@ async def test_the_node_that_answered_is_named(claude: anthropic.AsyncAnthropic)
         model="mock", max_tokens=4, messages=[{"role": "user", "content": "hi"}]
     )
     assert raw.headers["x-llmmesh-node"] == "local"
+
+
+async def test_count_tokens_counts_the_rendered_prompt(claude: anthropic.AsyncAnthropic) -> None:
+    question = [{"role": "user", "content": "What is the weather in Paris?"}]
+    plain = await claude.messages.count_tokens(model=GEMMA, messages=question)  # type: ignore[arg-type]
+    with_system = await claude.messages.count_tokens(model=GEMMA, system="Answer in French.", messages=question)  # type: ignore[arg-type]
+    with_tools = await claude.messages.count_tokens(model=GEMMA, messages=question, tools=[WEATHER])  # type: ignore[arg-type,list-item]
+    assert 8 < plain.input_tokens < with_system.input_tokens < with_tools.input_tokens
+    # The count is what generation reads: the same prompt's usage says so.
+    message = await claude.messages.create(model=GEMMA, max_tokens=1, messages=question)  # type: ignore[arg-type]
+    assert message.usage.input_tokens == plain.input_tokens
+    assert (await claude.messages.count_tokens(model="mock", messages=question)).input_tokens == 6  # type: ignore[arg-type]

@@ -31,6 +31,7 @@ from services.gateway.routers import (
     models,
     nodes,
     pipeline,
+    responses,
     training,
 )
 from services.inference.client import FleetClient
@@ -99,6 +100,7 @@ def build_app(settings: GatewaySettings) -> FastAPI:
         chat,
         completions,
         messages,
+        responses,
         embeddings,
         models,
         nodes,

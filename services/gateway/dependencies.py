@@ -17,7 +17,7 @@ from services.common.grpc_client import prepend
 from services.embeddings.client import EmbeddingsClient
 from services.gateway.auth import Caller
 from services.gateway.config import GatewaySettings
-from services.gateway.sse import Payload, sse_response
+from services.gateway.sse import Framing, Payload, sse_response
 from services.inference.client import Completed, FleetClient, StreamEvent
 from services.scheduler.client import SchedulerClient
 from services.trainer.client import TrainerClient
@@ -74,7 +74,7 @@ async def generate(
     open_stream: Callable[[], Awaitable[AsyncIterator[StreamEvent]]],
     chunks: Callable[[AsyncIterator[StreamEvent]], AsyncIterator[Payload]],
     call: Callable[[], Awaitable[list[Completed]]],
-    anthropic: bool = False,
+    framing: Framing = Framing.CHAT,
 ) -> Response | list[Completed]:
     """Chat and completions alike, under the caller's request slot: a stream hands the slot
     to its SSE response, which gives it back however the stream ends; a whole reply gives it
@@ -83,7 +83,7 @@ async def generate(
         if stream:
             events = await cancel_on_disconnect(request, open_stream())
             first = await anext(events)  # opened: in hand already, and it names the node
-            response = sse_response(chunks(prepend(first, events)), on_close=slot.hand_over(), anthropic=anthropic)
+            response = sse_response(chunks(prepend(first, events)), on_close=slot.hand_over(), framing=framing)
             response.headers[NODE_HEADER] = first.node
             return response
         results = await cancel_on_disconnect(request, call())

@@ -1,5 +1,6 @@
-"""Server-sent events in OpenAI's framing (`data: <json>` events, closed by `data: [DONE]`), or
-in Anthropic's (named events, `event: <type>` then `data: <json>`, ending at `message_stop`).
+"""Server-sent events in one of three framings (`Framing`): chat completions' (`data: <json>`
+events, closed by `data: [DONE]`), and the named events (`event: <type>`, then `data: <json>`)
+of Anthropic's Messages and OpenAI's Responses, which end with their last event.
 
 While a request waits (queued, or its model loading) the stream carries SSE
 comments such as `: queued position=2 model=gemma-3-270m`, which OpenAI clients skip.
@@ -13,6 +14,7 @@ import json
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
 from fastapi.responses import StreamingResponse
@@ -51,29 +53,43 @@ def _event(payload: Payload | str) -> str:
     return f"data: {data}\n\n"
 
 
-def _failure(error: MeshError | None, anthropic: bool) -> str:
+class Framing(Enum):
+    CHAT = "chat"  # chat and text completions, jobs, logs: data lines and [DONE]
+    ANTHROPIC = "anthropic"  # /v1/messages
+    RESPONSES = "responses"  # /v1/responses
+
+
+def _failure(error: MeshError | None, framing: Framing) -> str:
     """The event that tells a client its stream failed (the headers are sent already)."""
     status, message = (http_status(error), error.message) if error else (500, "Internal error; see the gateway log.")
-    if anthropic:
+    code = error.reason.lower() if error else "internal_error"
+    if framing is Framing.ANTHROPIC:
         return _event(Named("error", anthropic_error_body(status, message)))
+    if framing is Framing.RESPONSES:
+        param = error.param if error else None
+        return _event(Named("error", {"type": "error", "code": code, "message": message, "param": param}))
     if error is not None:
         return _event(mesh_error_body(error))
-    return _event(error_body(status, message, code="internal_error"))
+    return _event(error_body(status, message, code=code))
 
 
-async def _events(payloads: AsyncIterator[Payload], anthropic: bool) -> AsyncIterator[str]:
-    # Headers are already sent: an error mid-stream becomes one error event (then [DONE] for OpenAI).
+def _ending(framing: Framing) -> str:
+    return _event("[DONE]") if framing is Framing.CHAT else ""
+
+
+async def _events(payloads: AsyncIterator[Payload], framing: Framing) -> AsyncIterator[str]:
+    # Headers are already sent: an error mid-stream becomes one error event.
     try:
         async with contextlib.aclosing(payloads):  # type: ignore[type-var]
             async for payload in payloads:
                 yield _event(payload)
     except MeshError as error:
-        yield _failure(error, anthropic)
+        yield _failure(error, framing)
     except Exception:  # noqa: BLE001 - never end a stream without telling the client
         log.exception("stream failed")
-        yield _failure(None, anthropic)
-    if not anthropic:
-        yield _event("[DONE]")
+        yield _failure(None, framing)
+    if ending := _ending(framing):
+        yield ending
 
 
 _SHUTTING_DOWN = Unavailable(
@@ -86,16 +102,14 @@ class _SSEResponse(StreamingResponse):
     its request slot back when it ends, however it ends: finished, failed, cut by the client,
     ended by the drain, or never started."""
 
-    def __init__(
-        self, payloads: AsyncIterator[Payload], on_close: Callable[[], None] | None, anthropic: bool = False
-    ) -> None:
+    def __init__(self, payloads: AsyncIterator[Payload], on_close: Callable[[], None] | None, framing: Framing) -> None:
         super().__init__(
-            _events(payloads, anthropic),
+            _events(payloads, framing),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
         self.on_close = on_close
-        self.anthropic = anthropic
+        self.framing = framing
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         drain: Drain = scope["app"].state.drain
@@ -115,7 +129,7 @@ class _SSEResponse(StreamingResponse):
             # The drain ended this stream: it ends as any failed stream does, error then [DONE].
             asyncio.current_task().uncancel()  # type: ignore[union-attr]
             await self.body_iterator.aclose()  # type: ignore[attr-defined]
-            ending = _failure(_SHUTTING_DOWN, self.anthropic) + ("" if self.anthropic else _event("[DONE]"))
+            ending = _failure(_SHUTTING_DOWN, self.framing) + _ending(self.framing)
             with contextlib.suppress(OSError):  # the client may have gone as well
                 await send({"type": "http.response.body", "body": ending.encode(), "more_body": False})
         finally:
@@ -124,9 +138,9 @@ class _SSEResponse(StreamingResponse):
 
 
 def sse_response(
-    payloads: AsyncIterator[Payload], on_close: Callable[[], None] | None = None, anthropic: bool = False
+    payloads: AsyncIterator[Payload], on_close: Callable[[], None] | None = None, framing: Framing = Framing.CHAT
 ) -> StreamingResponse:
-    return _SSEResponse(payloads, on_close, anthropic)
+    return _SSEResponse(payloads, on_close, framing)
 
 
 def wait_comment(state: str, model: str, position: int) -> Comment:

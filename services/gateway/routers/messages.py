@@ -23,7 +23,7 @@ from services.gateway.protocol.messages import (
     new_message_id,
     usage_body,
 )
-from services.gateway.sse import Named, Payload, wait_comment
+from services.gateway.sse import Framing, Named, Payload, wait_comment
 from services.inference.client import FleetClient, StreamEvent, ToolCall, Usage
 
 router = APIRouter()
@@ -49,7 +49,7 @@ async def create_message(
         lambda: inference.stream_chat([chat], body.node),
         lambda events: _events(events, message_id, caller),
         lambda: inference.chat([chat], body.node),
-        anthropic=True,
+        framing=Framing.ANTHROPIC,
     )
     if isinstance(reply, Response):
         return reply

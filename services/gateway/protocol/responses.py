@@ -1,0 +1,267 @@
+"""/v1/responses: OpenAI's Responses API, its stateless subset, mapped onto the same inference
+contract as chat completions, and its replies in the Responses shape."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any, Literal
+
+from pydantic import Field
+
+from services.common import sampling
+from services.common.errors import InvalidArgument
+from services.gateway.config import GatewaySettings
+from services.gateway.protocol.common import INT32_MAX, OpenAIModel
+from services.inference.client import (
+    ChatMessage,
+    ChatRequest,
+    FinishReason,
+    Image,
+    ResponseFormat,
+    ResponseFormatKind,
+    Role,
+    SamplingParams,
+    Tool,
+    ToolCall,
+    ToolChoice,
+    ToolChoiceMode,
+    Usage,
+)
+
+_ROLES = {"user": Role.USER, "assistant": Role.ASSISTANT, "system": Role.SYSTEM, "developer": Role.SYSTEM}
+
+
+class InputText(OpenAIModel):
+    type: Literal["input_text", "output_text"]
+    text: str
+
+
+class InputImage(OpenAIModel):
+    type: Literal["input_image"]
+    image_url: str | None = None
+
+
+class OtherContent(OpenAIModel):
+    type: str
+
+
+class MessageItem(OpenAIModel):
+    type: Literal["message"] = "message"
+    role: Literal["user", "assistant", "system", "developer"]
+    content: str | list[InputText | InputImage | OtherContent]
+
+    def to_domain(self, param: str) -> ChatMessage:
+        if isinstance(self.content, str):
+            return ChatMessage(_ROLES[self.role], self.content)
+        texts, images = [], []
+        for part in self.content:
+            if isinstance(part, InputText):
+                texts.append(part.text)
+            elif isinstance(part, InputImage) and part.image_url:
+                images.append(Image(url=part.image_url))
+            else:
+                raise InvalidArgument(
+                    f"Content of type '{part.type}' is not supported; send input_text and input_image (by URL).",
+                    param=param,
+                )
+        return ChatMessage(_ROLES[self.role], "".join(texts), images=tuple(images))
+
+
+class FunctionCallItem(OpenAIModel):
+    type: Literal["function_call"]
+    call_id: str = Field(min_length=1, max_length=256)
+    name: str = Field(min_length=1, max_length=64)
+    arguments: str = "{}"
+
+
+class FunctionCallOutputItem(OpenAIModel):
+    type: Literal["function_call_output"]
+    call_id: str = Field(min_length=1, max_length=256)
+    output: str
+
+
+class OtherItem(OpenAIModel):
+    type: str
+
+
+Item = MessageItem | FunctionCallItem | FunctionCallOutputItem | OtherItem
+
+
+class FunctionTool(OpenAIModel):
+    type: Literal["function"]
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+    def to_domain(self) -> Tool:
+        return Tool(self.name, self.description or "", json.dumps(self.parameters) if self.parameters else "")
+
+
+class NamedFunction(OpenAIModel):
+    type: Literal["function"]
+    name: str
+
+
+class TextFormat(OpenAIModel):
+    type: Literal["text", "json_object", "json_schema"] = "text"
+    name: str = "response"
+    schema_: dict[str, Any] | None = Field(None, alias="schema")
+    strict: bool | None = None
+
+    def to_domain(self) -> ResponseFormat:
+        if self.type == "json_schema":
+            if self.schema_ is None:
+                raise InvalidArgument("text.format json_schema needs 'schema'.", param="text.format.schema")
+            return ResponseFormat(ResponseFormatKind.JSON_SCHEMA, json.dumps(self.schema_), self.name)
+        return ResponseFormat(ResponseFormatKind(self.type))
+
+
+class TextOptions(OpenAIModel):
+    format: TextFormat = Field(default_factory=TextFormat)
+
+
+class ResponsesRequest(OpenAIModel):
+    model: str = Field(min_length=1)
+    input: str | list[Item]
+    instructions: str | None = None
+    tools: list[FunctionTool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedFunction | None = None
+    parallel_tool_calls: bool = True
+    text: TextOptions | None = None
+    max_output_tokens: int | None = Field(None, ge=1, le=INT32_MAX)
+    temperature: float | None = sampling.BOUNDS["temperature"].field()
+    top_p: float | None = sampling.BOUNDS["top_p"].field()
+    stream: bool = False
+    previous_response_id: str | None = None
+    store: bool | None = None
+    metadata: dict[str, str] | None = None
+    # mesh extension, as on chat completions: the fleet node that must answer
+    node: str | None = Field(None, min_length=1, max_length=64)
+
+    def check_limits(self, settings: GatewaySettings) -> None:
+        if self.previous_response_id:
+            raise InvalidArgument(
+                "'previous_response_id' is not supported yet: responses are not stored. Send the whole "
+                "conversation in 'input'.",
+                param="previous_response_id",
+            )
+        if self.max_output_tokens is not None and self.max_output_tokens > settings.max_tokens_cap:
+            raise InvalidArgument(
+                f"'max_output_tokens' must be at most {settings.max_tokens_cap}; got {self.max_output_tokens}.",
+                param="max_output_tokens",
+            )
+        if isinstance(self.input, list) and len(self.input) > settings.max_messages:
+            raise InvalidArgument(f"At most {settings.max_messages} input items; got {len(self.input)}.", param="input")
+
+    def to_domain(self) -> ChatRequest:
+        messages = [ChatMessage(Role.SYSTEM, self.instructions)] if self.instructions else []
+        items = [MessageItem(role="user", content=self.input)] if isinstance(self.input, str) else self.input
+        for index, item in enumerate(items):
+            param = f"input.{index}"
+            if isinstance(item, MessageItem):
+                messages.append(item.to_domain(param))
+            elif isinstance(item, FunctionCallItem):
+                call = ToolCall(item.call_id, item.name, item.arguments)
+                if messages and messages[-1].role is Role.ASSISTANT and not messages[-1].content:
+                    last = messages.pop()  # consecutive calls are one assistant turn
+                    messages.append(ChatMessage(Role.ASSISTANT, "", tool_calls=(*last.tool_calls, call)))
+                else:
+                    messages.append(ChatMessage(Role.ASSISTANT, "", tool_calls=(call,)))
+            elif isinstance(item, FunctionCallOutputItem):
+                messages.append(ChatMessage(Role.TOOL, item.output, tool_call_id=item.call_id))
+            else:
+                raise InvalidArgument(
+                    f"Input items of type '{item.type}' are not supported; send messages, function_call and "
+                    "function_call_output items.",
+                    param=param,
+                )
+        if not messages:
+            raise InvalidArgument("'input' must not be empty.", param="input")
+        return ChatRequest(
+            model=self.model,
+            messages=tuple(messages),
+            sampling=SamplingParams(self.temperature, self.top_p, max_tokens=self.max_output_tokens).validate(),
+            response_format=self.text.format.to_domain() if self.text else ResponseFormat(),
+            tools=tuple(tool.to_domain() for tool in self.tools or ()),
+            tool_choice=_tool_choice(self.tool_choice),
+            parallel_tool_calls=self.parallel_tool_calls,
+        )
+
+
+def _tool_choice(choice: Literal["none", "auto", "required"] | NamedFunction | None) -> ToolChoice:
+    if choice is None:
+        return ToolChoice()
+    if isinstance(choice, NamedFunction):
+        return ToolChoice(ToolChoiceMode.FUNCTION, choice.name)
+    return ToolChoice(ToolChoiceMode(choice))
+
+
+def new_item_id(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex}"
+
+
+def message_item(item_id: str, text: str, status: str = "completed") -> dict[str, Any]:
+    content = [{"type": "output_text", "text": text, "annotations": []}] if status == "completed" else []
+    return {"type": "message", "id": item_id, "status": status, "role": "assistant", "content": content}
+
+
+def function_call_item(item_id: str, call: ToolCall, status: str = "completed") -> dict[str, Any]:
+    return {
+        "type": "function_call",
+        "id": item_id,
+        "call_id": call.id,
+        "name": call.name,
+        "arguments": call.arguments if status == "completed" else "",
+        "status": status,
+    }
+
+
+def response_body(
+    response_id: str,
+    body: ResponsesRequest,
+    model: str,
+    output: list[dict[str, Any]],
+    finish: FinishReason | None,
+    usage: Usage | None,
+) -> dict[str, Any]:
+    """The response object; `finish` None: still in progress."""
+    status = "in_progress" if finish is None else ("incomplete" if finish is FinishReason.LENGTH else "completed")
+    return {
+        "id": response_id,
+        "object": "response",
+        "created_at": int(time.time()),
+        "status": status,
+        "error": None,
+        "incomplete_details": {"reason": "max_output_tokens"} if status == "incomplete" else None,
+        "instructions": body.instructions,
+        "max_output_tokens": body.max_output_tokens,
+        "model": model,
+        "output": output,
+        "parallel_tool_calls": body.parallel_tool_calls,
+        "previous_response_id": None,
+        "store": False,
+        "temperature": body.temperature,
+        "top_p": body.top_p,
+        "text": {"format": (body.text.format if body.text else TextFormat()).model_dump(by_alias=True)},
+        "tool_choice": _tool_choice_body(body.tool_choice),
+        "tools": [tool.model_dump() for tool in body.tools or ()],
+        "metadata": body.metadata or {},
+        "usage": None
+        if usage is None
+        else {
+            "input_tokens": usage.prompt_tokens,
+            "input_tokens_details": {"cached_tokens": usage.cached_prompt_tokens},
+            "output_tokens": usage.completion_tokens,
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+        },
+    }
+
+
+def _tool_choice_body(choice: Literal["none", "auto", "required"] | NamedFunction | None) -> Any:
+    if isinstance(choice, NamedFunction):
+        return {"type": "function", "name": choice.name}
+    return choice or "auto"

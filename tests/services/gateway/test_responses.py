@@ -1,0 +1,136 @@
+"""OpenAI's Responses API at the gateway (its stateless subset), through the official `openai`
+SDK: plain, streamed, function calls with their outputs, and json_schema output."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import openai
+import pytest
+
+from tests.conftest import GEMMA
+
+WEATHER = {
+    "type": "function",
+    "name": "get_weather",
+    "description": "The weather in a city.",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+}
+
+
+async def test_create_answers_in_the_responses_shape(client: openai.AsyncOpenAI) -> None:
+    response = await client.responses.create(model="mock", input="hello", instructions="Be brief.")
+    assert response.object == "response" and response.id.startswith("resp_") and response.status == "completed"
+    assert response.output_text == "[mock-text:mock] hello"
+    [item] = response.output
+    assert item.type == "message" and item.role == "assistant"
+    assert response.usage is not None and response.usage.output_tokens == 2 and response.usage.input_tokens > 0
+
+    cut = await client.responses.create(
+        model="mock",
+        input=[{"role": "user", "content": [{"type": "input_text", "text": "a b c"}]}],
+        max_output_tokens=1,
+    )
+    assert cut.status == "incomplete" and cut.incomplete_details.reason == "max_output_tokens"  # type: ignore[union-attr]
+
+
+async def test_stream_sends_the_responses_event_types(client: openai.AsyncOpenAI) -> None:
+    kinds, text = [], []
+    stream = await client.responses.create(model="mock", input="one two", stream=True)
+    async for event in stream:
+        kinds.append(event.type)
+        if event.type == "response.output_text.delta":
+            text.append(event.delta)
+        if event.type == "response.completed":
+            final = event.response
+    assert kinds[:4] == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+    ]
+    assert kinds[-4:] == [
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
+    assert "".join(text) == "[mock-text:mock] one two" == final.output_text
+
+
+async def test_function_calls_and_their_outputs_on_the_real_model(client: openai.AsyncOpenAI) -> None:
+    question = {"role": "user", "content": "What is the weather in Paris?"}
+    first = await client.responses.create(
+        model=GEMMA,
+        input=[question],  # type: ignore[list-item]
+        tools=[WEATHER],  # type: ignore[list-item]
+        tool_choice={"type": "function", "name": "get_weather"},
+        max_output_tokens=64,
+    )
+    [call] = [item for item in first.output if item.type == "function_call"]
+    assert call.name == "get_weather" and isinstance(json.loads(call.arguments)["city"], str)
+
+    answer = await client.responses.create(
+        model=GEMMA,
+        input=[
+            question,  # type: ignore[list-item]
+            {"type": "function_call", "call_id": call.call_id, "name": call.name, "arguments": call.arguments},
+            {"type": "function_call_output", "call_id": call.call_id, "output": "Sunny, 21 C"},
+        ],
+        tools=[WEATHER],  # type: ignore[list-item]
+        tool_choice="none",
+        max_output_tokens=16,
+    )
+    assert answer.output_text and [item.type for item in answer.output] == ["message"]
+
+
+async def test_streamed_function_call_arguments(client: openai.AsyncOpenAI) -> None:
+    stream = await client.responses.create(
+        model=GEMMA,
+        input="Weather in Oslo?",
+        tools=[WEATHER],  # type: ignore[list-item]
+        tool_choice="required",
+        parallel_tool_calls=False,
+        max_output_tokens=64,
+        stream=True,
+    )
+    pieces, done = [], None
+    async for event in stream:
+        if event.type == "response.function_call_arguments.delta":
+            pieces.append(event.delta)
+        if event.type == "response.function_call_arguments.done":
+            done = event.arguments
+        if event.type == "response.completed":
+            final = event.response
+    [call] = [item for item in final.output if item.type == "function_call"]
+    assert "".join(pieces) == done == call.arguments and "city" in json.loads(call.arguments)
+
+
+async def test_json_schema_output(client: openai.AsyncOpenAI) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"city": {"type": "string", "maxLength": 20}, "sunny": {"type": "boolean"}},
+        "required": ["city", "sunny"],
+        "additionalProperties": False,
+    }
+    response = await client.responses.create(
+        model=GEMMA,
+        input="Describe the weather in Rome as JSON.",
+        text={"format": {"type": "json_schema", "name": "weather", "schema": schema, "strict": True}},
+        max_output_tokens=48,
+    )
+    parsed = json.loads(response.output_text)
+    assert set(parsed) == {"city", "sunny"} and isinstance(parsed["sunny"], bool)
+
+
+async def test_what_is_not_supported_is_a_clear_400(client: openai.AsyncOpenAI, gateway_url: str) -> None:
+    with pytest.raises(openai.BadRequestError, match="previous_response_id"):
+        await client.responses.create(model="mock", input="hi", previous_response_id="resp_123")
+    with pytest.raises(openai.BadRequestError, match="'reasoning'"):
+        await client.responses.create(model="mock", input=[{"type": "reasoning", "summary": []}])  # type: ignore[list-item]
+    with pytest.raises(openai.NotFoundError):
+        await client.responses.create(model="no-such-model", input="hi")
+    async with httpx.AsyncClient(base_url=gateway_url) as http:
+        response = await http.post("/v1/responses", json={"model": "mock", "input": []})
+        assert response.status_code == 400 and response.json()["error"]["param"] == "input"

@@ -19,6 +19,7 @@ from services.gateway.config import GatewaySettings
 from services.gateway.drain import Drain
 from services.gateway.errors import install_error_handlers
 from services.gateway.request_context import RequestContextMiddleware, RequestStats
+from services.gateway.response_store import ResponseStore
 from services.gateway.routers import (
     admin,
     chat,
@@ -70,6 +71,9 @@ def build_app(settings: GatewaySettings) -> FastAPI:
             pool = await open_pool(settings.database_url)
             keys = ApiKeyStore(pool, settings.api_key_secret.get_secret_value().encode())
             await keys.migrate()
+        if pool is not None:
+            app.state.responses = ResponseStore(pool, settings.response_retention_seconds)
+            await app.state.responses.migrate()
         if settings.allow_anonymous:
             log.warning(
                 "API keys are OFF (local development): anyone who can reach %s:%s may use the app endpoints. "
@@ -90,6 +94,7 @@ def build_app(settings: GatewaySettings) -> FastAPI:
 
     app = FastAPI(title="LLM Mesh gateway", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings
+    app.state.responses = None  # a ResponseStore where PostgreSQL is configured
     app.state.drain = Drain(settings.shutdown_grace_seconds)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.state.request_stats = RequestStats()

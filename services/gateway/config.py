@@ -26,6 +26,9 @@ class GatewaySettings(ServiceSettings):
     request_timeout_seconds: float = Field(600.0, gt=0, description="Deadline for each gRPC call.")
     health_timeout_seconds: float = Field(2.0, gt=0, description="Deadline for upstream health checks.")
     max_choices: int = Field(8, ge=1, description="Largest accepted `n` (choices per request).")
+    response_retention_seconds: int = Field(
+        30 * 24 * 3600, ge=60, description="How long a stored /v1/responses conversation can be continued."
+    )
     max_job_priority: int = Field(10, ge=0, description="Highest job priority an API key may ask for (not admins).")
     fleet: FleetSettings = Field(
         default_factory=FleetSettings, description="Other nodes to route to (LLMMESH_NODES, LLMMESH_FLEET_*)."

@@ -17,6 +17,7 @@ from services.common.grpc_client import prepend
 from services.embeddings.client import EmbeddingsClient
 from services.gateway.auth import Caller
 from services.gateway.config import GatewaySettings
+from services.gateway.response_store import ResponseStore
 from services.gateway.sse import Framing, Payload, sse_response
 from services.inference.client import Completed, FleetClient, StreamEvent
 from services.scheduler.client import SchedulerClient
@@ -32,6 +33,10 @@ async def get_settings(request: Request) -> GatewaySettings:
 
 async def get_inference(request: Request) -> FleetClient:
     return request.app.state.inference
+
+
+async def get_response_store(request: Request) -> ResponseStore | None:
+    return request.app.state.responses
 
 
 async def get_embeddings(request: Request) -> EmbeddingsClient:

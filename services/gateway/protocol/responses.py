@@ -1,5 +1,6 @@
-"""/v1/responses: OpenAI's Responses API, its stateless subset, mapped onto the same inference
-contract as chat completions, and its replies in the Responses shape."""
+"""/v1/responses: OpenAI's Responses API mapped onto the same inference contract as chat
+completions, and its replies in the Responses shape. `previous_response_id` continues a stored
+conversation (services/gateway/response_store.py)."""
 
 from __future__ import annotations
 
@@ -142,12 +143,6 @@ class ResponsesRequest(OpenAIModel):
     node: str | None = Field(None, min_length=1, max_length=64)
 
     def check_limits(self, settings: GatewaySettings) -> None:
-        if self.previous_response_id:
-            raise InvalidArgument(
-                "'previous_response_id' is not supported yet: responses are not stored. Send the whole "
-                "conversation in 'input'.",
-                param="previous_response_id",
-            )
         if self.max_output_tokens is not None and self.max_output_tokens > settings.max_tokens_cap:
             raise InvalidArgument(
                 f"'max_output_tokens' must be at most {settings.max_tokens_cap}; got {self.max_output_tokens}.",
@@ -156,8 +151,10 @@ class ResponsesRequest(OpenAIModel):
         if isinstance(self.input, list) and len(self.input) > settings.max_messages:
             raise InvalidArgument(f"At most {settings.max_messages} input items; got {len(self.input)}.", param="input")
 
-    def to_domain(self) -> ChatRequest:
-        messages = [ChatMessage(Role.SYSTEM, self.instructions)] if self.instructions else []
+    def turns(self, history: tuple[ChatMessage, ...] = ()) -> tuple[ChatMessage, ...]:
+        """The conversation: a stored one's messages, then this input's. Instructions are not
+        part of it: as in OpenAI's API, each request gives its own."""
+        messages = list(history)
         items = [MessageItem(role="user", content=self.input)] if isinstance(self.input, str) else self.input
         for index, item in enumerate(items):
             param = f"input.{index}"
@@ -178,11 +175,15 @@ class ResponsesRequest(OpenAIModel):
                     "function_call_output items.",
                     param=param,
                 )
-        if not messages:
+        if len(messages) == len(history):
             raise InvalidArgument("'input' must not be empty.", param="input")
+        return tuple(messages)
+
+    def to_domain(self, history: tuple[ChatMessage, ...] = ()) -> ChatRequest:
+        instructions = (ChatMessage(Role.SYSTEM, self.instructions),) if self.instructions else ()
         return ChatRequest(
             model=self.model,
-            messages=tuple(messages),
+            messages=instructions + self.turns(history),
             sampling=SamplingParams(self.temperature, self.top_p, max_tokens=self.max_output_tokens).validate(),
             response_format=self.text.format.to_domain() if self.text else ResponseFormat(),
             tools=tuple(tool.to_domain() for tool in self.tools or ()),
@@ -226,6 +227,7 @@ def response_body(
     output: list[dict[str, Any]],
     finish: FinishReason | None,
     usage: Usage | None,
+    stored: bool = False,
 ) -> dict[str, Any]:
     """The response object; `finish` None: still in progress."""
     status = "in_progress" if finish is None else ("incomplete" if finish is FinishReason.LENGTH else "completed")
@@ -241,8 +243,8 @@ def response_body(
         "model": model,
         "output": output,
         "parallel_tool_calls": body.parallel_tool_calls,
-        "previous_response_id": None,
-        "store": False,
+        "previous_response_id": body.previous_response_id,
+        "store": stored,
         "temperature": body.temperature,
         "top_p": body.top_p,
         "text": {"format": (body.text.format if body.text else TextFormat()).model_dump(by_alias=True)},

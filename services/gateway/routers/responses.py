@@ -1,21 +1,25 @@
-"""POST /v1/responses: OpenAI's Responses API (its stateless subset) over the same inference calls
-as chat completions. Streams send the Responses event types: response.created, output items and
-content parts added, text and function-call argument deltas, their done events, and
-response.completed (response.incomplete when max_output_tokens cut it)."""
+"""POST /v1/responses: OpenAI's Responses API over the same inference calls as chat completions.
+Conversations are stored where PostgreSQL is configured, and `previous_response_id` continues
+one. Streams send the Responses event types: response.created, output items and content parts
+added, text and function-call argument deltas, their done events, and response.completed
+(response.incomplete when max_output_tokens cut it)."""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
 import itertools
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import asyncpg
 from fastapi import APIRouter, Depends, Request, Response
 
+from services.common.errors import FailedPrecondition
 from services.gateway.auth import Caller, scope
 from services.gateway.config import GatewaySettings
-from services.gateway.dependencies import NODE_HEADER, generate, get_inference, get_settings
+from services.gateway.dependencies import NODE_HEADER, generate, get_inference, get_response_store, get_settings
 from services.gateway.protocol.responses import (
     ResponsesRequest,
     function_call_item,
@@ -23,10 +27,12 @@ from services.gateway.protocol.responses import (
     new_item_id,
     response_body,
 )
+from services.gateway.response_store import ResponseStore
 from services.gateway.sse import Framing, Named, Payload, wait_comment
-from services.inference.client import FinishReason, FleetClient, StreamEvent, ToolCall, Usage
+from services.inference.client import ChatMessage, FinishReason, FleetClient, Role, StreamEvent, ToolCall, Usage
 
 router = APIRouter()
+log = logging.getLogger(__name__)
 
 
 @router.post("/v1/responses")
@@ -36,18 +42,40 @@ async def create_response(
     response: Response,
     settings: GatewaySettings = Depends(get_settings),
     inference: FleetClient = Depends(get_inference),
+    store: ResponseStore | None = Depends(get_response_store),
     caller: Caller = Depends(scope("chat")),
 ) -> Any:
     caller.require_model(body.model)
     body.check_limits(settings)
-    chat = dataclasses.replace(body.to_domain(), tenant=caller.owner)  # the caller's own cache entries
+    history: tuple[ChatMessage, ...] = ()
+    if body.previous_response_id:
+        if store is None:
+            raise FailedPrecondition(
+                "'previous_response_id' needs stored responses, and this gateway has no database "
+                "(DATABASE_URL): send the whole conversation in 'input'.",
+                param="previous_response_id",
+            )
+        history = await store.conversation(body.previous_response_id, caller.owner)
+    chat = dataclasses.replace(body.to_domain(history), tenant=caller.owner)  # the caller's own cache entries
     response_id = new_item_id("resp")
+
+    async def remember(text: str, calls: tuple[ToolCall, ...]) -> bool:
+        """Store the conversation and this answer (unless asked not to); False when not stored."""
+        if store is None or body.store is False:
+            return False
+        answer = ChatMessage(Role.ASSISTANT, text, tool_calls=calls)
+        try:
+            return await store.save(response_id, caller.owner, (*body.turns(history), answer))
+        except (OSError, asyncpg.PostgresError) as error:  # the answer still goes out, marked not stored
+            log.warning("response %s not stored: %s", response_id, error)
+            return False
+
     reply = await generate(
         request,
         caller,
         body.stream,
         lambda: inference.stream_chat([chat], body.node),
-        lambda events: _events(events, response_id, body, caller),
+        lambda events: _events(events, response_id, body, caller, remember),
         lambda: inference.chat([chat], body.node),
         framing=Framing.RESPONSES,
     )
@@ -57,7 +85,8 @@ async def create_response(
     done = reply[0]
     output = [message_item(new_item_id("msg"), done.text)] if done.text or not done.tool_calls else []
     output += [function_call_item(new_item_id("fc"), call) for call in done.tool_calls]
-    return response_body(response_id, body, done.model, output, done.finish_reason, done.usage)
+    stored = await remember(done.text, done.tool_calls)
+    return response_body(response_id, body, done.model, output, done.finish_reason, done.usage, stored)
 
 
 class _Output:
@@ -115,6 +144,12 @@ class _Output:
         self.open = None
         return events
 
+    def answer(self) -> tuple[str, tuple[ToolCall, ...]]:
+        """The text and the calls written, as the assistant's turn of the conversation."""
+        text = "".join(c["text"] for item in self.items if item["type"] == "message" for c in item["content"])
+        calls = [ToolCall(i["call_id"], i["name"], i["arguments"]) for i in self.items if i["type"] == "function_call"]
+        return text, tuple(calls)
+
     def _where(self) -> dict[str, Any]:
         assert self.open is not None
         return {"item_id": self.open["id"], "output_index": len(self.items)}
@@ -127,7 +162,11 @@ class _Output:
 
 
 async def _events(
-    events: AsyncIterator[StreamEvent], response_id: str, body: ResponsesRequest, caller: Caller
+    events: AsyncIterator[StreamEvent],
+    response_id: str,
+    body: ResponsesRequest,
+    caller: Caller,
+    remember: Callable[[str, tuple[ToolCall, ...]], Awaitable[bool]],
 ) -> AsyncIterator[Payload]:
     output, model = _Output(), ""
     usage, finish, streamed_calls = Usage(0, 0), None, False
@@ -164,7 +203,8 @@ async def _events(
     for named in output.close():
         yield named
     finish = finish or FinishReason.STOP
-    final = response_body(response_id, body, model, output.items, finish, usage)
+    stored = await remember(*output.answer())
+    final = response_body(response_id, body, model, output.items, finish, usage, stored)
     yield output.event(
         "response.incomplete" if final["status"] == "incomplete" else "response.completed", response=final
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import asyncpg
 import httpx
 import openai
 import pytest
@@ -125,7 +126,7 @@ async def test_json_schema_output(client: openai.AsyncOpenAI) -> None:
 
 
 async def test_what_is_not_supported_is_a_clear_400(client: openai.AsyncOpenAI, gateway_url: str) -> None:
-    with pytest.raises(openai.BadRequestError, match="previous_response_id"):
+    with pytest.raises(openai.NotFoundError, match="No stored response 'resp_123'"):
         await client.responses.create(model="mock", input="hi", previous_response_id="resp_123")
     with pytest.raises(openai.BadRequestError, match="'reasoning'"):
         await client.responses.create(model="mock", input=[{"type": "reasoning", "summary": []}])  # type: ignore[list-item]
@@ -134,3 +135,47 @@ async def test_what_is_not_supported_is_a_clear_400(client: openai.AsyncOpenAI, 
     async with httpx.AsyncClient(base_url=gateway_url) as http:
         response = await http.post("/v1/responses", json={"model": "mock", "input": []})
         assert response.status_code == 400 and response.json()["error"]["param"] == "input"
+
+
+async def test_previous_response_id_continues_a_stored_conversation(client: openai.AsyncOpenAI) -> None:
+    first = await client.responses.create(model="mock", input="my name is Ada", instructions="Be kind.")
+    assert first.store and first.usage is not None
+    second = await client.responses.create(model="mock", input="what is my name", previous_response_id=first.id)
+    assert second.previous_response_id == first.id and second.usage is not None
+    # The mock counts the words of every message it reads: the stored turns came back, the old
+    # instructions did not (each request gives its own).
+    assert second.usage.input_tokens == 4 + len(first.output_text.split()) + 4
+
+    stream = await client.responses.create(model="mock", input="and now", previous_response_id=second.id, stream=True)
+    async for event in stream:
+        if event.type == "response.completed":
+            streamed = event.response
+    assert streamed.store and streamed.usage is not None and streamed.usage.input_tokens > second.usage.input_tokens
+    third = await client.responses.create(model="mock", input="last", previous_response_id=streamed.id)
+    assert third.usage is not None and third.usage.input_tokens > streamed.usage.input_tokens
+
+    unstored = await client.responses.create(model="mock", input="forget me", store=False)
+    assert not unstored.store
+    with pytest.raises(openai.NotFoundError):
+        await client.responses.create(model="mock", input="hi", previous_response_id=unstored.id)
+
+
+async def test_stored_responses_are_their_owners_and_expire(gateway_url: str, make_key, postgres_url: str) -> None:
+    alice, bob = [
+        openai.AsyncOpenAI(base_url=f"{gateway_url}/v1", api_key=key, max_retries=0)
+        for key in (await make_key(["chat"]), await make_key(["chat"]))
+    ]
+    kept = await alice.responses.create(model="mock", input="a secret")
+    with pytest.raises(openai.NotFoundError):
+        await bob.responses.create(model="mock", input="tell me", previous_response_id=kept.id)
+    assert (await alice.responses.create(model="mock", input="again", previous_response_id=kept.id)).store
+
+    connection = await asyncpg.connect(postgres_url)
+    try:
+        await connection.execute(
+            "UPDATE stored_responses SET expires_at = now() - interval '1 second' WHERE response_id = $1", kept.id
+        )
+    finally:
+        await connection.close()
+    with pytest.raises(openai.NotFoundError, match="expired"):
+        await alice.responses.create(model="mock", input="again", previous_response_id=kept.id)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncpg
 
 from llmmesh.inference.v1 import inference_service_pb2 as inference_pb
-from services.common.errors import InvalidArgument, NotFound
+from services.common.errors import NotFound
 from services.common.postgres import migrate
 from services.inference.client import ChatMessage, ChatRequest
 
@@ -61,8 +61,6 @@ class ResponseStore:
 
     async def conversation(self, response_id: str, owner: str) -> tuple[ChatMessage, ...]:
         """The messages a stored response ended with; NotFound for another owner's or an expired one."""
-        if len(response_id) > 128:
-            raise InvalidArgument("'previous_response_id' is too long.", param="previous_response_id")
         data = await self._pool.fetchval(
             "SELECT conversation FROM stored_responses"
             " WHERE response_id = $1 AND (owner = $2 OR $2 = '') AND expires_at > now()",

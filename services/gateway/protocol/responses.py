@@ -136,7 +136,7 @@ class ResponsesRequest(OpenAIModel):
     temperature: float | None = sampling.BOUNDS["temperature"].field()
     top_p: float | None = sampling.BOUNDS["top_p"].field()
     stream: bool = False
-    previous_response_id: str | None = None
+    previous_response_id: str | None = Field(None, pattern=r"^[A-Za-z0-9_-]{1,128}$")  # ids this gateway made
     store: bool | None = None
     metadata: dict[str, str] | None = None
     # mesh extension, as on chat completions: the fleet node that must answer

@@ -36,8 +36,9 @@ def fuzz(gateway_url: str) -> list[str]:
         )
         def check(case: schemathesis.Case) -> None:
             # Never hand the fuzzer a real model with a huge max_tokens: keep generations short.
-            if isinstance(case.body, dict) and isinstance(case.body.get("max_tokens"), int):
-                case.body["max_tokens"] = min(case.body["max_tokens"], 4)
+            for limit in ("max_tokens", "max_output_tokens"):
+                if isinstance(case.body, dict) and isinstance(case.body.get(limit), int):
+                    case.body[limit] = min(case.body[limit], 4)
             case.call_and_validate(
                 base_url=gateway_url,
                 checks=[not_a_server_error, content_type_conformance, response_schema_conformance],
@@ -52,3 +53,4 @@ def fuzz(gateway_url: str) -> list[str]:
 async def test_no_input_makes_the_gateway_fail(gateway_url: str) -> None:
     fuzzed = await asyncio.to_thread(fuzz, gateway_url)  # the gateway runs on this event loop
     assert "POST /v1/chat/completions" in fuzzed and "POST /v1/embeddings" in fuzzed
+    assert "POST /v1/messages" in fuzzed and "POST /v1/responses" in fuzzed

@@ -15,13 +15,14 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any
+from typing import Any, Protocol
 
 from fastapi.responses import StreamingResponse
 
 from services.common.errors import MeshError, Unavailable, http_status
 from services.gateway.drain import Drain
 from services.gateway.errors import anthropic_error_body, error_body, mesh_error_body
+from services.inference.client import FinishReason, StreamEvent, Usage
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,7 @@ def _ending(framing: Framing) -> str:
     return _event("[DONE]") if framing is Framing.CHAT else ""
 
 
-async def _events(payloads: AsyncIterator[Payload], framing: Framing) -> AsyncIterator[str]:
+async def _events(payloads: AsyncIterator[Payload], framing: Framing = Framing.CHAT) -> AsyncIterator[str]:
     # Headers are already sent: an error mid-stream becomes one error event.
     try:
         async with contextlib.aclosing(payloads):  # type: ignore[type-var]
@@ -145,3 +146,56 @@ def sse_response(
 
 def wait_comment(state: str, model: str, position: int) -> Comment:
     return Comment(f"{state} position={position} model={model}" if position else f"{state} model={model}")
+
+
+class Writer(Protocol):
+    """How one API writes a streamed answer as its own events (Anthropic's content blocks,
+    the Responses API's output items); `translate` walks the chunks for it."""
+
+    def start(self, model: str) -> list[Payload]: ...
+
+    def text(self, text: str) -> list[Payload]: ...
+
+    def call(self, call_id: str, name: str) -> list[Payload]:
+        """A tool call begins: its id and name; its arguments follow."""
+        ...
+
+    def arguments(self, piece: str) -> list[Payload]: ...
+
+    def end(self, finish: FinishReason, usage: Usage) -> AsyncIterator[Payload]: ...
+
+
+async def translate(events: AsyncIterator[StreamEvent], writer: Writer, caller_used: Any) -> AsyncIterator[Payload]:
+    """A generation's chunks as `writer`'s events; `caller_used(prompt, completion)` is told
+    what it used however the stream ends. Waits become SSE comments."""
+    started, streamed_calls = False, False
+    usage, finish = Usage(0, 0), FinishReason.STOP
+    try:
+        async with contextlib.aclosing(events):  # type: ignore[type-var]
+            async for event in events:
+                chunk = event.chunk
+                if wait := chunk.wait_status:
+                    yield wait_comment(wait.state.value, wait.model, wait.position)
+                    continue
+                if not started:
+                    started = True
+                    for payload in writer.start(event.model):
+                        yield payload
+                for payload in writer.text(chunk.text) if chunk.text else ():
+                    yield payload
+                for delta in chunk.tool_call_deltas:  # the first piece of a call names it
+                    streamed_calls = True
+                    for payload in [
+                        *(writer.call(delta.id, delta.name) if delta.name else ()),
+                        *(writer.arguments(delta.arguments) if delta.arguments else ()),
+                    ]:
+                        yield payload
+                if chunk.tool_calls and not streamed_calls:  # a backend that sends its calls whole
+                    for call in chunk.tool_calls:
+                        for payload in [*writer.call(call.id, call.name), *writer.arguments(call.arguments or "{}")]:
+                            yield payload
+                usage, finish = chunk.usage or usage, chunk.finish_reason or finish
+    finally:
+        caller_used(usage.prompt_tokens, usage.completion_tokens)
+    async for payload in writer.end(finish, usage):
+        yield payload

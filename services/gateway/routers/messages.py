@@ -4,7 +4,6 @@ content_block_start / _delta / _stop, message_delta (stop_reason, usage), messag
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 from collections.abc import AsyncIterator
 from typing import Any
@@ -23,8 +22,8 @@ from services.gateway.protocol.messages import (
     new_message_id,
     usage_body,
 )
-from services.gateway.sse import Framing, Named, Payload, wait_comment
-from services.inference.client import FleetClient, StreamEvent, ToolCall, Usage
+from services.gateway.sse import Framing, Named, Payload, translate
+from services.inference.client import FinishReason, FleetClient, Usage
 
 router = APIRouter()
 
@@ -47,7 +46,7 @@ async def create_message(
         caller,
         body.stream,
         lambda: inference.stream_chat([chat], body.node),
-        lambda events: _events(events, message_id, caller),
+        lambda events: translate(events, _Blocks(message_id), caller.used),
         lambda: inference.chat([chat], body.node),
         framing=Framing.ANTHROPIC,
     )
@@ -73,85 +72,45 @@ async def count_tokens(
 
 
 class _Blocks:
-    """The content blocks of a streamed message: one open at a time, numbered from 0."""
+    """A streamed message's content blocks, one open at a time, numbered from 0 (a `Writer`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, message_id: str) -> None:
+        self.message_id = message_id
         self.index = -1
         self.open: str | None = None  # "text" or "tool_use"
 
-    def start(self, block: dict[str, Any]) -> list[Named]:
-        events = self.stop()
+    def start(self, model: str) -> list[Payload]:
+        return [Named("message_start", {"type": "message_start", "message": message_start(self.message_id, model)})]
+
+    def text(self, text: str) -> list[Payload]:
+        opening = self._open({"type": "text", "text": ""}) if self.open != "text" else []
+        return [*opening, self._delta({"type": "text_delta", "text": text})]
+
+    def call(self, call_id: str, name: str) -> list[Payload]:
+        return self._open({"type": "tool_use", "id": call_id, "name": name, "input": {}})
+
+    def arguments(self, piece: str) -> list[Payload]:
+        return [self._delta({"type": "input_json_delta", "partial_json": piece})]
+
+    async def end(self, finish: FinishReason, usage: Usage) -> AsyncIterator[Payload]:
+        for named in self._close():
+            yield named
+        delta = {"stop_reason": STOP_REASONS.get(finish, "end_turn"), "stop_sequence": None}
+        yield Named("message_delta", {"type": "message_delta", "delta": delta, "usage": usage_body(usage)})
+        yield Named("message_stop", {"type": "message_stop"})
+
+    def _open(self, block: dict[str, Any]) -> list[Payload]:
+        events = self._close()
         self.index += 1
         self.open = block["type"]
-        return [
-            *events,
-            Named("content_block_start", {"type": "content_block_start", "index": self.index, "content_block": block}),
-        ]
+        start = {"type": "content_block_start", "index": self.index, "content_block": block}
+        return [*events, Named("content_block_start", start)]
 
-    def delta(self, delta: dict[str, Any]) -> Named:
+    def _delta(self, delta: dict[str, Any]) -> Named:
         return Named("content_block_delta", {"type": "content_block_delta", "index": self.index, "delta": delta})
 
-    def stop(self) -> list[Named]:
+    def _close(self) -> list[Payload]:
         if self.open is None:
             return []
         self.open = None
         return [Named("content_block_stop", {"type": "content_block_stop", "index": self.index})]
-
-
-def _tool_use(call_id: str, name: str) -> dict[str, Any]:
-    return {"type": "tool_use", "id": call_id, "name": name, "input": {}}
-
-
-async def _events(events: AsyncIterator[StreamEvent], message_id: str, caller: Caller) -> AsyncIterator[Payload]:
-    blocks, started = _Blocks(), False
-    usage, finish, streamed_calls = Usage(0, 0), None, False
-    try:
-        async with contextlib.aclosing(events):  # type: ignore[type-var]
-            async for event in events:
-                chunk = event.chunk
-                if wait := chunk.wait_status:
-                    yield wait_comment(wait.state.value, wait.model, wait.position)
-                    continue
-                if not started:
-                    started = True
-                    yield Named(
-                        "message_start", {"type": "message_start", "message": message_start(message_id, event.model)}
-                    )
-                if chunk.text:
-                    if blocks.open != "text":
-                        for named in blocks.start({"type": "text", "text": ""}):
-                            yield named
-                    yield blocks.delta({"type": "text_delta", "text": chunk.text})
-                for delta in chunk.tool_call_deltas:  # the first piece of a call names it
-                    streamed_calls = True
-                    if delta.name:
-                        for named in blocks.start(_tool_use(delta.id, delta.name)):
-                            yield named
-                    if delta.arguments:
-                        yield blocks.delta({"type": "input_json_delta", "partial_json": delta.arguments})
-                if chunk.tool_calls and not streamed_calls:  # a backend that sends its calls whole
-                    for call in chunk.tool_calls:
-                        for named in _whole_call(blocks, call):
-                            yield named
-                usage, finish = chunk.usage or usage, chunk.finish_reason or finish
-    finally:  # also when the stream ends early: what was used
-        caller.used(usage.prompt_tokens, usage.completion_tokens)
-    for named in blocks.stop():
-        yield named
-    stop_reason = STOP_REASONS.get(finish, "end_turn") if finish else "end_turn"
-    yield Named(
-        "message_delta",
-        {
-            "type": "message_delta",
-            "delta": {"stop_reason": stop_reason, "stop_sequence": None},
-            "usage": usage_body(usage),
-        },
-    )
-    yield Named("message_stop", {"type": "message_stop"})
-
-
-def _whole_call(blocks: _Blocks, call: ToolCall) -> list[Named]:
-    return [
-        *blocks.start(_tool_use(call.id, call.name)),
-        blocks.delta({"type": "input_json_delta", "partial_json": call.arguments or "{}"}),
-    ]

@@ -6,7 +6,6 @@ added, text and function-call argument deltas, their done events, and response.c
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import itertools
 import logging
@@ -28,8 +27,8 @@ from services.gateway.protocol.responses import (
     response_body,
 )
 from services.gateway.response_store import ResponseStore
-from services.gateway.sse import Framing, Named, Payload, wait_comment
-from services.inference.client import ChatMessage, FinishReason, FleetClient, Role, StreamEvent, ToolCall, Usage
+from services.gateway.sse import Framing, Named, Payload, translate
+from services.inference.client import ChatMessage, FinishReason, FleetClient, Role, ToolCall, Usage
 
 router = APIRouter()
 log = logging.getLogger(__name__)
@@ -75,7 +74,7 @@ async def create_response(
         caller,
         body.stream,
         lambda: inference.stream_chat([chat], body.node),
-        lambda events: _events(events, response_id, body, caller, remember),
+        lambda events: translate(events, _Output(response_id, body, remember), caller.used),
         lambda: inference.chat([chat], body.node),
         framing=Framing.RESPONSES,
     )
@@ -90,65 +89,86 @@ async def create_response(
 
 
 class _Output:
-    """The output items of a streamed response: one open at a time, each announced, filled and
-    closed with its own events."""
+    """A streamed response's output items, one open at a time, each announced, filled and closed
+    with its own events (a `Writer`)."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        response_id: str,
+        body: ResponsesRequest,
+        remember: Callable[[str, tuple[ToolCall, ...]], Awaitable[bool]],
+    ) -> None:
+        self.response_id, self.body, self.remember = response_id, body, remember
+        self.model = ""
         self.items: list[dict[str, Any]] = []
         self.sequence = itertools.count()
         self.open: dict[str, Any] | None = None  # the item being written: its id, kind, text or call
 
-    def event(self, kind: str, **fields: Any) -> Named:
-        return Named(kind, {"type": kind, "sequence_number": next(self.sequence), **fields})
+    def start(self, model: str) -> list[Payload]:
+        self.model = model
+        started = response_body(self.response_id, self.body, model, [], None, None)
+        return [
+            self._event("response.created", response=started),
+            self._event("response.in_progress", response=started),
+        ]
 
-    def text(self, delta: str) -> list[Named]:
-        events = []
+    def text(self, text: str) -> list[Payload]:
+        events: list[Payload] = []
         if self.open is None or self.open["kind"] != "message":
-            events += self.close()
+            events += self._close()
             self.open = {"kind": "message", "id": new_item_id("msg"), "text": ""}
-            index = len(self.items)
-            events.append(self.event("response.output_item.added", output_index=index, item=self._item("in_progress")))
+            events.append(
+                self._event("response.output_item.added", output_index=len(self.items), item=self._item("in_progress"))
+            )
             part = {"type": "output_text", "text": "", "annotations": []}
-            events.append(self.event("response.content_part.added", **self._where(), content_index=0, part=part))
-        self.open["text"] += delta
-        return [*events, self.event("response.output_text.delta", **self._where(), content_index=0, delta=delta)]
+            events.append(self._event("response.content_part.added", **self._where(), content_index=0, part=part))
+        self.open["text"] += text
+        return [*events, self._event("response.output_text.delta", **self._where(), content_index=0, delta=text)]
 
-    def call(self, call_id: str, name: str) -> list[Named]:
-        events = self.close()
+    def call(self, call_id: str, name: str) -> list[Payload]:
+        events = self._close()
         self.open = {"kind": "function_call", "id": new_item_id("fc"), "call": ToolCall(call_id, name, "")}
-        index = len(self.items)
-        return [*events, self.event("response.output_item.added", output_index=index, item=self._item("in_progress"))]
+        added = self._event("response.output_item.added", output_index=len(self.items), item=self._item("in_progress"))
+        return [*events, added]
 
-    def arguments(self, delta: str) -> Named:
+    def arguments(self, piece: str) -> list[Payload]:
         assert self.open is not None
         call = self.open["call"]
-        self.open["call"] = dataclasses.replace(call, arguments=call.arguments + delta)
-        return self.event("response.function_call_arguments.delta", **self._where(), delta=delta)
+        self.open["call"] = dataclasses.replace(call, arguments=call.arguments + piece)
+        return [self._event("response.function_call_arguments.delta", **self._where(), delta=piece)]
 
-    def close(self) -> list[Named]:
+    async def end(self, finish: FinishReason, usage: Usage) -> AsyncIterator[Payload]:
+        for event in self._close():
+            yield event
+        text = "".join(c["text"] for item in self.items if item["type"] == "message" for c in item["content"])
+        calls = [ToolCall(i["call_id"], i["name"], i["arguments"]) for i in self.items if i["type"] == "function_call"]
+        stored = await self.remember(text, tuple(calls))
+        final = response_body(self.response_id, self.body, self.model, self.items, finish, usage, stored)
+        kind = "response.incomplete" if final["status"] == "incomplete" else "response.completed"
+        yield self._event(kind, response=final)
+
+    def _event(self, kind: str, **fields: Any) -> Named:
+        return Named(kind, {"type": kind, "sequence_number": next(self.sequence), **fields})
+
+    def _close(self) -> list[Payload]:
         if self.open is None:
             return []
         where, item = self._where(), self._item("completed")
+        events: list[Payload]
         if self.open["kind"] == "message":
             text = self.open["text"]
             part = {"type": "output_text", "text": text, "annotations": []}
             events = [
-                self.event("response.output_text.done", **where, content_index=0, text=text),
-                self.event("response.content_part.done", **where, content_index=0, part=part),
+                self._event("response.output_text.done", **where, content_index=0, text=text),
+                self._event("response.content_part.done", **where, content_index=0, part=part),
             ]
         else:
             arguments = self.open["call"].arguments
-            events = [self.event("response.function_call_arguments.done", **where, arguments=arguments)]
-        events.append(self.event("response.output_item.done", output_index=where["output_index"], item=item))
+            events = [self._event("response.function_call_arguments.done", **where, arguments=arguments)]
+        events.append(self._event("response.output_item.done", output_index=where["output_index"], item=item))
         self.items.append(item)
         self.open = None
         return events
-
-    def answer(self) -> tuple[str, tuple[ToolCall, ...]]:
-        """The text and the calls written, as the assistant's turn of the conversation."""
-        text = "".join(c["text"] for item in self.items if item["type"] == "message" for c in item["content"])
-        calls = [ToolCall(i["call_id"], i["name"], i["arguments"]) for i in self.items if i["type"] == "function_call"]
-        return text, tuple(calls)
 
     def _where(self) -> dict[str, Any]:
         assert self.open is not None
@@ -159,52 +179,3 @@ class _Output:
         if self.open["kind"] == "message":
             return message_item(self.open["id"], self.open["text"], status)
         return function_call_item(self.open["id"], self.open["call"], status)
-
-
-async def _events(
-    events: AsyncIterator[StreamEvent],
-    response_id: str,
-    body: ResponsesRequest,
-    caller: Caller,
-    remember: Callable[[str, tuple[ToolCall, ...]], Awaitable[bool]],
-) -> AsyncIterator[Payload]:
-    output, model = _Output(), ""
-    usage, finish, streamed_calls = Usage(0, 0), None, False
-    try:
-        async with contextlib.aclosing(events):  # type: ignore[type-var]
-            async for event in events:
-                chunk = event.chunk
-                if wait := chunk.wait_status:
-                    yield wait_comment(wait.state.value, wait.model, wait.position)
-                    continue
-                if not model:
-                    model = event.model
-                    started = response_body(response_id, body, model, [], None, None)
-                    yield output.event("response.created", response=started)
-                    yield output.event("response.in_progress", response=started)
-                if chunk.text:
-                    for named in output.text(chunk.text):
-                        yield named
-                for delta in chunk.tool_call_deltas:  # the first piece of a call names it
-                    streamed_calls = True
-                    if delta.name:
-                        for named in output.call(delta.id, delta.name):
-                            yield named
-                    if delta.arguments:
-                        yield output.arguments(delta.arguments)
-                if chunk.tool_calls and not streamed_calls:  # a backend that sends its calls whole
-                    for call in chunk.tool_calls:
-                        for named in output.call(call.id, call.name):
-                            yield named
-                        yield output.arguments(call.arguments)
-                usage, finish = chunk.usage or usage, chunk.finish_reason or finish
-    finally:  # also when the stream ends early: what was used
-        caller.used(usage.prompt_tokens, usage.completion_tokens)
-    for named in output.close():
-        yield named
-    finish = finish or FinishReason.STOP
-    stored = await remember(*output.answer())
-    final = response_body(response_id, body, model, output.items, finish, usage, stored)
-    yield output.event(
-        "response.incomplete" if final["status"] == "incomplete" else "response.completed", response=final
-    )

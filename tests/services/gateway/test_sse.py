@@ -3,7 +3,7 @@
 import json
 
 from services.common.errors import Unavailable
-from services.gateway.sse import _events
+from services.gateway.sse import Framing, Named, _events
 
 
 async def test_mid_stream_error_becomes_one_event_then_done() -> None:
@@ -27,3 +27,21 @@ async def test_unexpected_errors_hide_the_traceback() -> None:
     events = [event async for event in _events(payloads())]
     assert "secret" not in events[0]
     assert events[-1] == "data: [DONE]\n\n"
+
+
+async def test_named_event_framings_end_with_an_error_event_and_no_done() -> None:
+    async def payloads():
+        yield Named("message_start", {"type": "message_start"})
+        raise Unavailable("inference went away")
+
+    anthropic = [event async for event in _events(payloads(), Framing.ANTHROPIC)]
+    assert anthropic[0] == 'event: message_start\ndata: {"type":"message_start"}\n\n'
+    name, data = anthropic[1].split("\n")[:2]
+    assert name == "event: error" and len(anthropic) == 2
+    assert json.loads(data.removeprefix("data: ")) == {
+        "type": "error",
+        "error": {"type": "overloaded_error", "message": "inference went away"},
+    }
+    responses = [event async for event in _events(payloads(), Framing.RESPONSES)]
+    error = json.loads(responses[1].split("\n")[1].removeprefix("data: "))
+    assert error["type"] == "error" and error["code"] == "unavailable" and len(responses) == 2

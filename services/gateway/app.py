@@ -60,7 +60,11 @@ def build_app(settings: GatewaySettings) -> FastAPI:
             )
         ]
         app.state.inference = FleetClient(
-            channels[0], settings.request_timeout_seconds, settings.fleet, internal_token=internal_token
+            channels[0],
+            settings.request_timeout_seconds,
+            settings.fleet,
+            internal_token=internal_token,
+            home_address=settings.inference_target,
         )
         app.state.inference.start()
         app.state.embeddings = EmbeddingsClient(channels[1], timeout=settings.request_timeout_seconds)

@@ -201,11 +201,13 @@ class FleetClient(InferenceClient):
         timeout: float,
         settings: FleetSettings | None = None,
         internal_token: str | None = None,
+        home_address: str = "",
     ) -> None:
         settings = settings or FleetSettings()
         super().__init__(channel, timeout, node=settings.home_node)
         specs = settings.all_nodes()
         home = next((s for s in specs if s.name == settings.home_node), NodeSpec(name=settings.home_node))
+        home = home if home.address else home.model_copy(update={"address": home_address})  # shown by /v1/nodes
         nodes = [connect_node(s, internal_token, timeout) for s in specs if s.name != settings.home_node]
         self.fleet = Fleet(MeshNode(home, InferenceClient(channel, timeout, node=home.name)), nodes, settings)
 

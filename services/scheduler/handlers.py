@@ -76,7 +76,7 @@ class JobHandlers:
         targets = (inference_target, embeddings_target, trainer_target)
         self._channels = [open_channel(t, internal_token) for t in targets if t]
         # Jobs take the same routes as the gateway's requests: one router, in the inference client.
-        self._inference = FleetClient(self._channels[0], timeout_seconds, fleet, internal_token)
+        self._inference = FleetClient(self._channels[0], timeout_seconds, fleet, internal_token, inference_target)
         self._inference.start()
         self._embeddings = EmbeddingsClient(self._channels[1], timeout_seconds)
         self._trainer = TrainerClient(self._channels[2], timeout_seconds) if trainer_target else None

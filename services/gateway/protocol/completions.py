@@ -26,9 +26,8 @@ class CompletionRequestIn(SamplingFields):
     def to_domain(self, max_choices: int) -> list[CompletionRequest]:
         """One inference request per prompt and choice, in OpenAI's choice order."""
         self.reject_unsupported(max_choices)
-        for name in ("echo", "suffix"):
-            if getattr(self, name):
-                raise InvalidArgument(f"'{name}' is not supported yet.", param=name)
+        if self.suffix:
+            raise InvalidArgument("'suffix' is not supported yet.", param="suffix")
         if self.best_of not in (None, 1, self.n):
             raise InvalidArgument("'best_of' other than n is not supported.", param="best_of")
         raw = [self.prompt] if isinstance(self.prompt, str) else self.prompt

@@ -35,12 +35,13 @@ async def create_completion(
     # The response cache is the caller's own: one tenant never reads what another was answered.
     requests = [dataclasses.replace(r, tenant=caller.owner) for r in body.to_domain(settings.max_choices)]
     completion_id = new_id("cmpl")
+    echoes = [r.prompt if body.echo else "" for r in requests]  # `echo`: each choice starts with its prompt
     reply = await generate(
         request,
         caller,
         body.stream,
         lambda: inference.stream_complete(requests, body.node),
-        lambda events: _chunks(events, completion_id, body.n, body.include_usage_chunk, caller),
+        lambda events: _chunks(events, completion_id, body.n, body.include_usage_chunk, caller, echoes),
         lambda: inference.complete(requests, body.node),
     )
     if isinstance(reply, Response):
@@ -49,7 +50,7 @@ async def create_completion(
     return completion_body(
         completion_id,
         reply[0].model,
-        [(r.text, r.finish_reason) for r in reply],
+        [(echo + r.text, r.finish_reason) for echo, r in zip(echoes, reply, strict=True)],
         usage_body([r.usage for r in reply], body.n),
     )
 
@@ -60,6 +61,7 @@ async def _chunks(
     choices_per_prompt: int,
     include_usage: bool,
     caller: Caller,
+    echoes: list[str],
 ) -> AsyncIterator[dict[str, Any] | Comment]:
     created = int(time.time())
     usages: dict[int, Usage] = {}
@@ -83,22 +85,19 @@ async def _chunks(
                 if wait := event.chunk.wait_status:
                     yield wait_comment(wait.state.value, wait.model, wait.position)
                     continue
-                model = event.model
+                first, model = not model, event.model
+                if first and any(echoes):  # the prompts first, once the stream has begun
+                    yield chunk([_choice(index, echo, None) for index, echo in enumerate(echoes)])
                 finish = event.chunk.finish_reason
                 if event.chunk.text or finish:
-                    yield chunk(
-                        [
-                            {
-                                "index": event.index,
-                                "text": event.chunk.text,
-                                "finish_reason": finish.value if finish else None,
-                                "logprobs": None,
-                            }
-                        ]
-                    )
+                    yield chunk([_choice(event.index, event.chunk.text, finish.value if finish else None)])
                 if event.chunk.usage:
                     usages[event.index] = event.chunk.usage
     finally:  # also when the stream ends early: what the finished choices used
         caller.used(sum(u.prompt_tokens for u in usages.values()), sum(u.completion_tokens for u in usages.values()))
     if include_usage:
         yield chunk([], usage_body([usages[i] for i in sorted(usages)], choices_per_prompt).model_dump())
+
+
+def _choice(index: int, text: str, finish_reason: str | None) -> dict[str, Any]:
+    return {"index": index, "text": text, "finish_reason": finish_reason, "logprobs": None}

@@ -215,3 +215,14 @@ async def test_replies_have_openais_shape_down_to_refusal_null(http) -> None:
     for path, model in (("/v1/chat/completions", "ChatCompletion"), ("/v1/completions", "Completion")):
         content = paths[path]["post"]["responses"]["200"]["content"]
         assert content["application/json"]["schema"]["$ref"].endswith(f"/{model}") and "text/event-stream" in content
+
+
+async def test_completions_echo_puts_each_prompt_before_its_choices(client) -> None:
+    reply = await client.completions.create(model="mock", prompt=["x y", "z"], n=2, echo=True)
+    assert [c.text for c in reply.choices] == ["x y[mock-text:mock] x y"] * 2 + ["z[mock-text:mock] z"] * 2
+    stream = await client.completions.create(model="mock", prompt=["x y", "z"], n=2, echo=True, stream=True)
+    texts: dict[int, str] = {}
+    async for chunk in stream:
+        for choice in chunk.choices:
+            texts[choice.index] = texts.get(choice.index, "") + choice.text
+    assert [texts[i] for i in range(4)] == [c.text for c in reply.choices]

@@ -44,17 +44,15 @@ class ResponseStore:
         data = ChatRequest(model="", messages=messages).to_pb().SerializeToString()
         if len(data) > MAX_CONVERSATION_BYTES:
             return False
-        await self._pool.execute(
-            "INSERT INTO stored_responses (response_id, owner, conversation, expires_at)"
+        await self._pool.execute(  # one round trip: the insert, and a bounded purge of expired rows
+            "WITH purged AS (DELETE FROM stored_responses WHERE response_id IN"
+            " (SELECT response_id FROM stored_responses WHERE expires_at < now() LIMIT $5))"
+            " INSERT INTO stored_responses (response_id, owner, conversation, expires_at)"
             " VALUES ($1, $2, $3, now() + make_interval(secs => $4))",
             response_id,
             owner,
             data,
             float(self._retention),
-        )
-        await self._pool.execute(
-            "DELETE FROM stored_responses WHERE response_id IN"
-            " (SELECT response_id FROM stored_responses WHERE expires_at < now() LIMIT $1)",
             PURGE_BATCH,
         )
         return True

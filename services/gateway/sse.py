@@ -165,7 +165,9 @@ class Writer(Protocol):
     def end(self, finish: FinishReason, usage: Usage) -> AsyncIterator[Payload]: ...
 
 
-async def translate(events: AsyncIterator[StreamEvent], writer: Writer, caller_used: Any) -> AsyncIterator[Payload]:
+async def translate(
+    events: AsyncIterator[StreamEvent], writer: Writer, caller_used: Callable[[int, int], None]
+) -> AsyncIterator[Payload]:
     """A generation's chunks as `writer`'s events; `caller_used(prompt, completion)` is told
     what it used however the stream ends. Waits become SSE comments."""
     started, streamed_calls = False, False

@@ -19,6 +19,7 @@ from services.common.errors import FailedPrecondition, MeshError, NotFound
 from services.common.fleet import FleetSettings, NodeKind, NodeSpec
 from services.common.grpc_client import ServiceClient, open_channel, rpc_errors, server_stream
 from services.inference.domain import (
+    MAX_TOP_LOGPROBS,
     ChatMessage,
     ChatRequest,
     Chunk,
@@ -36,6 +37,7 @@ from services.inference.domain import (
     SamplingParams,
     Setting,
     StreamEvent,
+    TokenLogprob,
     Tool,
     ToolCall,
     ToolCallDelta,
@@ -51,6 +53,7 @@ R = TypeVar("R", ChatRequest, CompletionRequest)
 
 # The client speaks its service's domain types: callers import them from here.
 __all__ = [
+    "MAX_TOP_LOGPROBS",
     "ChatMessage",
     "ChatRequest",
     "Chunk",
@@ -73,6 +76,7 @@ __all__ = [
     "SamplingParams",
     "Setting",
     "StreamEvent",
+    "TokenLogprob",
     "Tool",
     "ToolCall",
     "ToolCallDelta",
@@ -298,6 +302,7 @@ def _completed(response: Any, text: str | None, node: str, tool_calls: tuple[Too
         usage=Usage.from_pb(response.usage),
         tool_calls=tool_calls,
         node=node,
+        logprobs=tuple(TokenLogprob.from_pb(t) for t in response.logprobs),
     )
 
 

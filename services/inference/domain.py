@@ -388,6 +388,34 @@ class Usage:
         )
 
 
+MAX_TOP_LOGPROBS = 20  # OpenAI's bound for top_logprobs
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token, its log-probability, and the most likely tokens at its place
+    (`top`, empty on those alternatives themselves)."""
+
+    token: str
+    logprob: float
+    token_bytes: bytes
+    top: tuple[TokenLogprob, ...] = ()
+
+    def to_pb(self) -> pb.TokenLogprob:
+        return pb.TokenLogprob(
+            token=self.token, logprob=self.logprob, bytes=self.token_bytes, top_logprobs=[t.to_pb() for t in self.top]
+        )
+
+    @classmethod
+    def from_pb(cls, value: pb.TokenLogprob) -> TokenLogprob:
+        return cls(value.token, value.logprob, value.bytes, tuple(cls.from_pb(t) for t in value.top_logprobs))
+
+
+def check_logprobs(logprobs: int | None) -> None:
+    if logprobs is not None and not 0 <= logprobs <= MAX_TOP_LOGPROBS:
+        raise InvalidArgument(f"'logprobs' must be in [0, {MAX_TOP_LOGPROBS}]; got {logprobs}.", param="logprobs")
+
+
 @dataclass(frozen=True)
 class Chunk:
     """A piece of generated text. Only the last chunk of a generation has finish_reason and usage;
@@ -400,6 +428,7 @@ class Chunk:
     tool_calls: tuple[ToolCall, ...] = ()
     tool_call_deltas: tuple[ToolCallDelta, ...] = ()
     tokens: int = 1  # generated tokens this chunk's text holds (several when a slow reader was behind)
+    logprobs: tuple[TokenLogprob, ...] = ()  # of the tokens generated since the previous chunk, when asked for
 
     def to_pb(self, message_type: type[_StreamResponse], *, request_id: str, model: str) -> _StreamResponse:
         """Chat and completion streams use different message types with the same fields
@@ -411,6 +440,7 @@ class Chunk:
             finish_reason=self.finish_reason.to_pb() if self.finish_reason else pb.FINISH_REASON_UNSPECIFIED,
             usage=self.usage.to_pb() if self.usage else None,
             wait_status=self.wait_status.to_pb() if self.wait_status else None,
+            logprobs=[t.to_pb() for t in self.logprobs],
         )
         if isinstance(message, pb.ChatStreamResponse):
             message.tool_calls.extend(c.to_pb() for c in self.tool_calls)
@@ -426,6 +456,7 @@ class Chunk:
             wait_status=WaitUpdate.from_pb(response.wait_status) if response.HasField("wait_status") else None,
             tool_calls=tuple(ToolCall.from_pb(c) for c in getattr(response, "tool_calls", ())),
             tool_call_deltas=tuple(ToolCallDelta.from_pb(d) for d in getattr(response, "tool_call_deltas", ())),
+            logprobs=tuple(TokenLogprob.from_pb(t) for t in response.logprobs),
         )
 
 
@@ -439,6 +470,7 @@ class Completed:
     usage: Usage
     tool_calls: tuple[ToolCall, ...] = ()
     node: str = ""
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -483,6 +515,7 @@ class GenerationRequest:
     adapter: str = ""  # a LoRA adapter loaded on the backend; empty: the base model
     adapter_scale: float = 1.0  # how strongly it applies (1.0: as trained)
     response_format: ResponseFormat = field(default_factory=ResponseFormat)
+    logprobs: int | None = None  # each token's log-probability and this many alternatives; None: none
 
     @property
     def is_chat(self) -> bool:
@@ -519,6 +552,7 @@ class ChatRequest:
     adapter: str = ""  # a LoRA adapter id from the adapter store; empty: the base model
     adapter_scale: float = 1.0  # how strongly it applies: 0 (the base alone) to 2; 1.0 as trained
     tenant: str = ""  # whose cache entries and adapters it may use ("": a trusted caller); see the .proto
+    logprobs: int | None = None  # each token's log-probability and this many alternatives; None: none
 
     def validate(self) -> ChatRequest:
         if not self.messages:
@@ -533,6 +567,7 @@ class ChatRequest:
         if self.tool_choice.mode in (ToolChoiceMode.REQUIRED, ToolChoiceMode.FUNCTION) and not self.tools:
             raise InvalidArgument("tool_choice requires 'tools'.", param="tool_choice")
         check_adapter_scale(self.adapter_scale)
+        check_logprobs(self.logprobs)
         return self
 
     @property
@@ -552,6 +587,7 @@ class ChatRequest:
             cache=self.cache,
             adapter_settings=adapter_settings_pb(self.adapter, self.adapter_scale),
             tenant=self.tenant,
+            logprobs=self.logprobs,
         )
 
     def to_stream_pb(self) -> pb.ChatStreamRequest:
@@ -572,6 +608,7 @@ class ChatRequest:
             adapter=request.adapter_settings.adapter_id,
             adapter_scale=request.adapter_settings.scale if request.adapter_settings.HasField("scale") else 1.0,
             tenant=request.tenant,
+            logprobs=request.logprobs if request.HasField("logprobs") else None,
         )
 
 
@@ -586,12 +623,14 @@ class CompletionRequest:
     adapter: str = ""  # a LoRA adapter id from the adapter store; empty: the base model
     adapter_scale: float = 1.0  # how strongly it applies: 0 (the base alone) to 2; 1.0 as trained
     tenant: str = ""  # whose cache entries and adapters it may use ("": a trusted caller); see the .proto
+    logprobs: int | None = None  # each token's log-probability and this many alternatives; None: none
 
     def validate(self) -> CompletionRequest:
         if not self.prompt:
             raise InvalidArgument("'prompt' must not be empty.", param="prompt")
         self.sampling.validate()
         check_adapter_scale(self.adapter_scale)
+        check_logprobs(self.logprobs)
         return self
 
     def to_pb(self) -> pb.CompleteRequest:
@@ -604,6 +643,7 @@ class CompletionRequest:
             cache=self.cache,
             adapter_settings=adapter_settings_pb(self.adapter, self.adapter_scale),
             tenant=self.tenant,
+            logprobs=self.logprobs,
         )
 
     def to_stream_pb(self) -> pb.CompleteStreamRequest:
@@ -621,6 +661,7 @@ class CompletionRequest:
             adapter=request.adapter_settings.adapter_id,
             adapter_scale=request.adapter_settings.scale if request.adapter_settings.HasField("scale") else 1.0,
             tenant=request.tenant,
+            logprobs=request.logprobs if request.HasField("logprobs") else None,
         )
 
 
@@ -753,11 +794,14 @@ class Generation:
     async def collect(self) -> Reply:
         """Drain the stream into the whole reply."""
         parts: list[str] = []
+        logprobs: list[TokenLogprob] = []
         async with contextlib.aclosing(self.chunks) as chunks:  # type: ignore[type-var]
             async for chunk in chunks:
                 parts.append(chunk.text)
+                logprobs.extend(chunk.logprobs)
                 if chunk.finish_reason is not None:
-                    return Reply("".join(parts), chunk.finish_reason, chunk.usage or Usage(), chunk.tool_calls)
+                    usage = chunk.usage or Usage()
+                    return Reply("".join(parts), chunk.finish_reason, usage, chunk.tool_calls, tuple(logprobs))
         raise RuntimeError(f"generation {self.request_id} ended without a finish reason")
 
 
@@ -767,3 +811,4 @@ class Reply:
     finish_reason: FinishReason
     usage: Usage
     tool_calls: tuple[ToolCall, ...] = ()
+    logprobs: tuple[TokenLogprob, ...] = ()

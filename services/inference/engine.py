@@ -89,6 +89,7 @@ class InferenceEngine:
             response_format=response_format,
             adapter=await self._check_adapter(spec, request.adapter, request.adapter_scale, request.tenant),
             adapter_scale=request.adapter_scale,
+            logprobs=_checked_logprobs(spec, request.logprobs),
         )
         return await self._respond(
             spec, generation, request.model, request.cache, syntax if request.uses_tools else None, request.tenant
@@ -105,6 +106,7 @@ class InferenceEngine:
             response_format=request.response_format,
             adapter=await self._check_adapter(spec, request.adapter, request.adapter_scale, request.tenant),
             adapter_scale=request.adapter_scale,
+            logprobs=_checked_logprobs(spec, request.logprobs),
         )
         return await self._respond(spec, generation, request.model, request.cache, None, request.tenant)
 
@@ -354,6 +356,15 @@ class InferenceEngine:
         return Setting(key, stored.value, SETTING_KEYS[key], stored.updated_at.isoformat())
 
 
+def _checked_logprobs(spec: ModelSpec, logprobs: int | None) -> int | None:
+    if logprobs is not None and not backend_class(spec.backend).supports_logprobs:
+        raise InvalidArgument(
+            f"Model '{spec.name}' ({spec.backend} backend) cannot return logprobs; gguf and transformers models can.",
+            param="logprobs",
+        )
+    return logprobs
+
+
 async def _tool_replies(chunks: AsyncIterator[Chunk], reader: tools.ReplyReader) -> AsyncIterator[Chunk]:
     """Turn a tool-aware reply into call deltas as the calls are generated (and prose as prose),
     ending with the whole calls, or the content, and the finish reason."""
@@ -363,8 +374,8 @@ async def _tool_replies(chunks: AsyncIterator[Chunk], reader: tools.ReplyReader)
                 yield chunk
                 continue
             text, deltas = reader.feed(chunk.text)
-            if text or deltas:
-                yield Chunk(text=text, tool_call_deltas=deltas)
+            if text or deltas or chunk.logprobs:
+                yield Chunk(text=text, tool_call_deltas=deltas, logprobs=chunk.logprobs)
             if chunk.finish_reason is None:
                 continue
             if chunk.finish_reason is FinishReason.LENGTH:

@@ -35,6 +35,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
             message=ChatMessage(role=Role.ASSISTANT, content=reply.text, tool_calls=reply.tool_calls).to_pb(),
             finish_reason=reply.finish_reason.to_pb(),
             usage=reply.usage.to_pb(),
+            logprobs=[t.to_pb() for t in reply.logprobs],
         )
 
     async def ChatStream(
@@ -53,6 +54,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
             text=reply.text,
             finish_reason=reply.finish_reason.to_pb(),
             usage=reply.usage.to_pb(),
+            logprobs=[t.to_pb() for t in reply.logprobs],
         )
 
     async def CompleteStream(

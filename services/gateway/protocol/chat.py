@@ -12,6 +12,7 @@ from services.common.errors import InvalidArgument
 from services.gateway.config import GatewaySettings
 from services.gateway.protocol.common import (
     INT32_MAX,
+    TOP_LOGPROBS_FIELD,
     ChoiceOut,
     OpenAIModel,
     ReplyOut,
@@ -22,10 +23,11 @@ from services.gateway.protocol.common import (
 from services.inference.client import (
     ChatMessage,
     ChatRequest,
-    FinishReason,
+    Completed,
     Image,
     ResponseFormat,
     Role,
+    TokenLogprob,
     Tool,
     ToolCall,
     ToolCallDelta,
@@ -145,6 +147,8 @@ class ChatCompletionRequest(SamplingFields):
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool = True
     response_format: ResponseFormatIn | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = TOP_LOGPROBS_FIELD
 
     @model_validator(mode="after")
     def _newer_max_tokens_name(self) -> ChatCompletionRequest:
@@ -162,6 +166,8 @@ class ChatCompletionRequest(SamplingFields):
     def to_domain(self, max_choices: int) -> list[ChatRequest]:
         """One inference request per choice (`n`)."""
         self.reject_unsupported(max_choices)
+        if self.top_logprobs is not None and not self.logprobs:
+            raise InvalidArgument("'top_logprobs' requires 'logprobs': true.", param="top_logprobs")
         messages = tuple(m.to_domain(i) for i, m in enumerate(self.messages))
         sampling = self.sampling()
         return [
@@ -176,6 +182,7 @@ class ChatCompletionRequest(SamplingFields):
                 cache=self.cache,
                 adapter=self.adapter_settings.adapter_id if self.adapter_settings else "",
                 adapter_scale=self.adapter_settings.scale if self.adapter_settings else 1.0,
+                logprobs=(self.top_logprobs or 0) if self.logprobs else None,
             )
             for _ in range(self.n)
         ]
@@ -222,8 +229,33 @@ class ChatCompletionMessage(BaseModel):
     tool_calls: list[ToolCallOut] | None = Field(None, exclude_if=lambda calls: calls is None)
 
 
+class TopLogprobOut(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int]
+
+
+class TokenLogprobOut(TopLogprobOut):
+    top_logprobs: list[TopLogprobOut]
+
+
+class ChatLogprobsOut(BaseModel):
+    content: list[TokenLogprobOut]
+    refusal: None = None
+
+
+def chat_logprobs(logprobs: tuple[TokenLogprob, ...]) -> ChatLogprobsOut:
+    def top(entry: TokenLogprob) -> TopLogprobOut:
+        return TopLogprobOut(token=entry.token, logprob=entry.logprob, bytes=list(entry.token_bytes))
+
+    return ChatLogprobsOut(
+        content=[TokenLogprobOut(**dict(top(t)), top_logprobs=[top(a) for a in t.top]) for t in logprobs]
+    )
+
+
 class ChatChoice(ChoiceOut):
     message: ChatCompletionMessage
+    logprobs: ChatLogprobsOut | None = None
 
 
 class ChatCompletion(ReplyOut):
@@ -232,10 +264,7 @@ class ChatCompletion(ReplyOut):
 
 
 def chat_completion_body(
-    completion_id: str,
-    model: str,
-    choices: list[tuple[str, FinishReason, tuple[ToolCall, ...]]],
-    usage: UsageOut,
+    completion_id: str, model: str, replies: list[Completed], usage: UsageOut, logprobs: bool = False
 ) -> ChatCompletion:
     def message(text: str, calls: tuple[ToolCall, ...]) -> ChatCompletionMessage:
         if calls:
@@ -247,8 +276,13 @@ def chat_completion_body(
         id=completion_id,
         model=model,
         choices=[
-            ChatChoice(index=index, message=message(text, calls), finish_reason=reason.value)
-            for index, (text, reason, calls) in enumerate(choices)
+            ChatChoice(
+                index=index,
+                message=message(reply.text, reply.tool_calls),
+                finish_reason=reply.finish_reason.value,
+                logprobs=chat_logprobs(reply.logprobs) if logprobs else None,
+            )
+            for index, reply in enumerate(replies)
         ],
         usage=usage,
     )

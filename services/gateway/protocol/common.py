@@ -15,6 +15,7 @@ from services.common import sampling
 from services.common.errors import InvalidArgument
 from services.gateway.config import GatewaySettings
 from services.inference.client import (
+    MAX_TOP_LOGPROBS,
     ResponseFormat,
     ResponseFormatKind,
     SamplingParams,
@@ -86,7 +87,6 @@ class SamplingFields(OpenAIModel):
     min_p: float | None = sampling.BOUNDS["min_p"].field()
     repeat_penalty: float | None = sampling.BOUNDS["repeat_penalty"].field()
     # Not supported yet; rejected when set rather than ignored.
-    logprobs: Any = None
     logit_bias: dict[str, float] | None = None
 
     def sampling(self) -> SamplingParams:
@@ -97,9 +97,8 @@ class SamplingFields(OpenAIModel):
     def reject_unsupported(self, max_choices: int) -> None:
         if self.n > max_choices:
             raise InvalidArgument(f"'n' must be at most {max_choices}; got {self.n}.", param="n")
-        for name in ("logprobs", "logit_bias"):
-            if getattr(self, name):
-                raise InvalidArgument(f"'{name}' is not supported yet.", param=name)
+        if self.logit_bias:
+            raise InvalidArgument("'logit_bias' is not supported yet.", param="logit_bias")
 
     def check_limits(self, settings: GatewaySettings) -> None:
         """The configured input caps, answered with 400 before anything reaches a backend."""
@@ -111,6 +110,10 @@ class SamplingFields(OpenAIModel):
     @property
     def include_usage_chunk(self) -> bool:
         return bool(self.stream and self.stream_options and self.stream_options.include_usage)
+
+
+# The most alternatives per token `top_logprobs` (chat) and `logprobs` (completions) may ask for.
+TOP_LOGPROBS_FIELD = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
 
 
 def new_id(prefix: str) -> str:
@@ -148,11 +151,10 @@ def usage_body(usages: list[Usage], choices_per_prompt: int) -> UsageOut:
 
 
 class ChoiceOut(BaseModel):
-    """What every choice of a whole reply has."""
+    """What every choice of a whole reply has (each reply adds its own `logprobs` shape)."""
 
     index: int
     finish_reason: Literal["stop", "length", "tool_calls", "content_filter"]
-    logprobs: None = None
 
 
 class ReplyOut(BaseModel):

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import BaseModel, Field
 
 from services.common.errors import InvalidArgument
-from services.gateway.protocol.common import ChoiceOut, ReplyOut, ResponseFormatIn, SamplingFields, UsageOut
-from services.inference.client import (
-    CompletionRequest,
-    FinishReason,
-    ResponseFormat,
+from services.gateway.protocol.common import (
+    TOP_LOGPROBS_FIELD,
+    ChoiceOut,
+    ReplyOut,
+    ResponseFormatIn,
+    SamplingFields,
+    UsageOut,
 )
+from services.inference.client import Completed, CompletionRequest, ResponseFormat, TokenLogprob
 
 
 class CompletionRequestIn(SamplingFields):
@@ -22,12 +25,17 @@ class CompletionRequestIn(SamplingFields):
     suffix: str | None = None
     best_of: int | None = None
     response_format: ResponseFormatIn | None = None
+    logprobs: int | None = TOP_LOGPROBS_FIELD  # each token's log-probability with this many alternatives
 
     def to_domain(self, max_choices: int) -> list[CompletionRequest]:
         """One inference request per prompt and choice, in OpenAI's choice order."""
         self.reject_unsupported(max_choices)
         if self.suffix:
             raise InvalidArgument("'suffix' is not supported yet.", param="suffix")
+        if self.echo and self.logprobs is not None:
+            raise InvalidArgument(
+                "'echo' with 'logprobs' (the prompt's log-probabilities) is not supported yet.", param="logprobs"
+            )
         if self.best_of not in (None, 1, self.n):
             raise InvalidArgument("'best_of' other than n is not supported.", param="best_of")
         raw = [self.prompt] if isinstance(self.prompt, str) else self.prompt
@@ -49,14 +57,39 @@ class CompletionRequestIn(SamplingFields):
                 cache=self.cache,
                 adapter=self.adapter_settings.adapter_id if self.adapter_settings else "",
                 adapter_scale=self.adapter_settings.scale if self.adapter_settings else 1.0,
+                logprobs=self.logprobs,
             )
             for p in prompts
             for _ in range(self.n)
         ]
 
 
+class CompletionLogprobsOut(BaseModel):
+    """The legacy completions shape: parallel lists, one entry per generated token."""
+
+    tokens: list[str]
+    token_logprobs: list[float]
+    top_logprobs: list[dict[str, float]]
+    text_offset: list[int]  # where each token starts in the choice's text
+
+
+def completion_logprobs(logprobs: tuple[TokenLogprob, ...], offset: int) -> CompletionLogprobsOut:
+    """`offset`: where the first token starts (after what came before it in the choice's text)."""
+    offsets = []
+    for entry in logprobs:
+        offsets.append(offset)
+        offset += len(entry.token)
+    return CompletionLogprobsOut(
+        tokens=[t.token for t in logprobs],
+        token_logprobs=[t.logprob for t in logprobs],
+        top_logprobs=[{a.token: a.logprob for a in t.top} for t in logprobs],
+        text_offset=offsets,
+    )
+
+
 class CompletionChoice(ChoiceOut):
     text: str
+    logprobs: CompletionLogprobsOut | None = None
 
 
 class Completion(ReplyOut):
@@ -65,14 +98,20 @@ class Completion(ReplyOut):
 
 
 def completion_body(
-    completion_id: str, model: str, choices: list[tuple[str, FinishReason]], usage: UsageOut
+    completion_id: str, model: str, replies: list[Completed], echoes: list[str], usage: UsageOut, logprobs: bool
 ) -> Completion:
+    """`echoes`: what each choice's text starts with (its prompt, with `echo`)."""
     return Completion(
         id=completion_id,
         model=model,
         choices=[
-            CompletionChoice(index=index, text=text, finish_reason=reason.value)
-            for index, (text, reason) in enumerate(choices)
+            CompletionChoice(
+                index=index,
+                text=echo + reply.text,
+                finish_reason=reply.finish_reason.value,
+                logprobs=completion_logprobs(reply.logprobs, len(echo)) if logprobs else None,
+            )
+            for index, (echo, reply) in enumerate(zip(echoes, replies, strict=True))
         ],
         usage=usage,
     )

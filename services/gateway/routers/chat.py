@@ -17,6 +17,7 @@ from services.gateway.protocol.chat import (
     ChatCompletion,
     ChatCompletionRequest,
     chat_completion_body,
+    chat_logprobs,
     tool_call_delta_body,
     tool_calls_body,
 )
@@ -53,10 +54,7 @@ async def create_chat_completion(
         return reply
     response.headers[NODE_HEADER] = reply[0].node
     return chat_completion_body(
-        completion_id,
-        reply[0].model,
-        [(r.text, r.finish_reason, r.tool_calls) for r in reply],
-        usage_body([r.usage for r in reply], body.n),
+        completion_id, reply[0].model, reply, usage_body([r.usage for r in reply], body.n), bool(body.logprobs)
     )
 
 
@@ -100,7 +98,8 @@ async def _chunks(
                     yield chunk([_choice(event.index, calls, None)])
                 if event.chunk.text or finish:
                     delta = {"content": event.chunk.text} if event.chunk.text else {}
-                    yield chunk([_choice(event.index, delta, finish.value if finish else None)])
+                    logprobs = chat_logprobs(event.chunk.logprobs).model_dump() if event.chunk.logprobs else None
+                    yield chunk([_choice(event.index, delta, finish.value if finish else None, logprobs)])
                 if event.chunk.usage:
                     usages[event.index] = event.chunk.usage
     finally:  # also when the stream ends early: what the finished choices used
@@ -109,5 +108,7 @@ async def _chunks(
         yield chunk([], usage_body([usages[i] for i in sorted(usages)], choices).model_dump())
 
 
-def _choice(index: int, delta: dict[str, Any], finish_reason: str | None) -> dict[str, Any]:
-    return {"index": index, "delta": delta, "finish_reason": finish_reason, "logprobs": None}
+def _choice(
+    index: int, delta: dict[str, Any], finish_reason: str | None, logprobs: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    return {"index": index, "delta": delta, "finish_reason": finish_reason, "logprobs": logprobs}

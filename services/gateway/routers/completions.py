@@ -14,7 +14,12 @@ from services.gateway.auth import Caller, scope
 from services.gateway.config import GatewaySettings
 from services.gateway.dependencies import NODE_HEADER, generate, get_inference, get_settings
 from services.gateway.protocol.common import STREAMED, new_id, usage_body
-from services.gateway.protocol.completions import Completion, CompletionRequestIn, completion_body
+from services.gateway.protocol.completions import (
+    Completion,
+    CompletionRequestIn,
+    completion_body,
+    completion_logprobs,
+)
 from services.gateway.sse import Comment, wait_comment
 from services.inference.client import FleetClient, StreamEvent, Usage
 
@@ -47,12 +52,8 @@ async def create_completion(
     if isinstance(reply, Response):
         return reply
     response.headers[NODE_HEADER] = reply[0].node
-    return completion_body(
-        completion_id,
-        reply[0].model,
-        [(echo + r.text, r.finish_reason) for echo, r in zip(echoes, reply, strict=True)],
-        usage_body([r.usage for r in reply], body.n),
-    )
+    usage = usage_body([r.usage for r in reply], body.n)
+    return completion_body(completion_id, reply[0].model, reply, echoes, usage, body.logprobs is not None)
 
 
 async def _chunks(
@@ -65,6 +66,7 @@ async def _chunks(
 ) -> AsyncIterator[dict[str, Any] | Comment]:
     created = int(time.time())
     usages: dict[int, Usage] = {}
+    offsets = [len(echo) for echo in echoes]  # where each choice's next token starts in its text
     model = ""
 
     def chunk(choice_list: list[dict[str, Any]], usage: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -90,7 +92,12 @@ async def _chunks(
                     yield chunk([_choice(index, echo, None) for index, echo in enumerate(echoes)])
                 finish = event.chunk.finish_reason
                 if event.chunk.text or finish:
-                    yield chunk([_choice(event.index, event.chunk.text, finish.value if finish else None)])
+                    logprobs = None
+                    if event.chunk.logprobs:
+                        logprobs = completion_logprobs(event.chunk.logprobs, offsets[event.index]).model_dump()
+                        offsets[event.index] += sum(len(t.token) for t in event.chunk.logprobs)
+                    text, reason = event.chunk.text, finish.value if finish else None
+                    yield chunk([_choice(event.index, text, reason, logprobs)])
                 if event.chunk.usage:
                     usages[event.index] = event.chunk.usage
     finally:  # also when the stream ends early: what the finished choices used
@@ -99,5 +106,5 @@ async def _chunks(
         yield chunk([], usage_body([usages[i] for i in sorted(usages)], choices_per_prompt).model_dump())
 
 
-def _choice(index: int, text: str, finish_reason: str | None) -> dict[str, Any]:
-    return {"index": index, "text": text, "finish_reason": finish_reason, "logprobs": None}
+def _choice(index: int, text: str, finish_reason: str | None, logprobs: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"index": index, "text": text, "finish_reason": finish_reason, "logprobs": logprobs}

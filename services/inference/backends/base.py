@@ -51,6 +51,8 @@ class Backend(ABC):
     # Whether it can hold JSON between literal text (ResponseFormat.frame), which tool
     # syntaxes such as <tool_call>...</tool_call> need; without it tools use the generic syntax.
     supports_framed_output: ClassVar[bool] = False
+    # Whether it can report each generated token's log-probability (GenerationRequest.logprobs).
+    supports_logprobs: ClassVar[bool] = False
 
     # The model of its registry options; each backend declares its own.
     Options: ClassVar[type[BackendOptions]] = BackendOptions

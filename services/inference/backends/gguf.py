@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 from pydantic import Field
 
 from services.common.chat_templates import ChatTemplate, Prompt
@@ -31,6 +32,7 @@ from services.inference.backends.gguf_batch import BatchEngine, BatchRequest, co
 from services.inference.backends.gguf_lora import convert_peft_to_gguf
 from services.inference.backends.grammar_builds import build_grammar
 from services.inference.backends.json_schema_grammar import enforceable, with_ranges
+from services.inference.backends.logprobs import token_logprob
 from services.inference.backends.threaded import ThreadedBackend
 from services.inference.domain import (
     Chunk,
@@ -39,6 +41,7 @@ from services.inference.domain import (
     OutputFrame,
     ResponseFormat,
     SamplingParams,
+    TokenLogprob,
     Usage,
 )
 from services.inference.metrics import ADAPTER_LOAD_TIME, ADAPTER_LOOKUPS
@@ -147,6 +150,7 @@ def _coalesced(item: Chunk | BaseException, more: asyncio.Queue[Chunk | BaseExce
             finish_reason=following.finish_reason,
             usage=following.usage,
             tokens=item.tokens + (following.tokens if following.text else 0),
+            logprobs=item.logprobs + following.logprobs,
         )
     return item
 
@@ -191,6 +195,7 @@ class GGUFBackend(ThreadedBackend):
     supports_adapter_scale: ClassVar[bool] = True
 
     supports_framed_output: ClassVar[bool] = True
+    supports_logprobs: ClassVar[bool] = True  # from llama.cpp's logits of each sampled position
 
     @classmethod
     def check_schema(cls, schema: dict[str, Any]) -> None:
@@ -359,12 +364,14 @@ class GGUFBackend(ThreadedBackend):
         tokens = await asyncio.to_thread(self._tokens, prompt)  # the vocabulary only: safe beside generation
 
         if self._engines:
-            async for chunk in self._generate_batched(tokens, sampling, stop, grammar, prompt_param, adapter, scale):
+            async for chunk in self._generate_batched(tokens, request, stop, grammar, prompt_param):
                 yield chunk
             return
 
         def work(cancel: threading.Event, emit: Callable[[Chunk], None]) -> None:
-            self._generate_blocking(tokens, sampling, stop, cancel, emit, prompt_param, grammar, adapter, scale)
+            self._generate_blocking(
+                tokens, sampling, stop, cancel, emit, prompt_param, grammar, adapter, scale, request.logprobs
+            )
 
         async for chunk in self._stream_from_worker(request.request_id, work):
             yield chunk
@@ -381,14 +388,13 @@ class GGUFBackend(ThreadedBackend):
     async def _generate_batched(
         self,
         tokens: list[int],
-        sampling: SamplingParams,
+        generation: GenerationRequest,
         stop: tuple[str, ...],
         grammar: Any,
         prompt_param: str,
-        adapter: str,
-        scale: float,
     ) -> AsyncIterator[Chunk]:
         """One sequence on the least busy engine: joins its running batch at the next step."""
+        sampling, adapter = generation.sampling, generation.adapter
         max_tokens = self.generation_budget(len(tokens), self.spec.context_length, sampling.max_tokens, prompt_param)
         loop = asyncio.get_running_loop()
         chunks: asyncio.Queue[Chunk | BaseException] = asyncio.Queue()
@@ -403,7 +409,8 @@ class GGUFBackend(ThreadedBackend):
             emit=lambda item: loop.call_soon_threadsafe(chunks.put_nowait, item),
             adapter=adapter,
             lora=self._loras.get(adapter) if adapter else None,
-            scale=scale,
+            scale=generation.adapter_scale,
+            logprobs=generation.logprobs,
         )
         engine = min(range(len(self._engines)), key=self._engine_load.__getitem__)
         self._engine_load[engine] += 1
@@ -436,6 +443,7 @@ class GGUFBackend(ThreadedBackend):
         grammar: Any = None,
         adapter: str = "",
         scale: float = 1.0,
+        logprobs: int | None = None,
     ) -> None:
         import llama_cpp as lc
 
@@ -450,7 +458,7 @@ class GGUFBackend(ThreadedBackend):
 
         self.stats.running += 1
         try:
-            self._decode_loop(tokens, max_tokens, sampling, stop, cancel, emit, grammar)
+            self._decode_loop(tokens, max_tokens, sampling, stop, cancel, emit, grammar, logprobs)
         finally:
             self.stats.running -= 1
 
@@ -463,7 +471,10 @@ class GGUFBackend(ThreadedBackend):
         cancel: threading.Event,
         emit: Callable[[Chunk], None],
         grammar: Any = None,
+        logprobs: int | None = None,
     ) -> None:
+        import llama_cpp as lc
+
         llm = self._llm
         if sampling.seed is not None:
             # Reusing a cached prefix changes the batch shapes and so, slightly, the logits:
@@ -474,6 +485,7 @@ class GGUFBackend(ThreadedBackend):
         matcher = StopSequenceMatcher(stop)
         generated = 0
         finish, hit_stop_sequence = FinishReason.LENGTH, False
+        pending: list[TokenLogprob] = []  # of tokens whose text is not sent yet
         if grammar:
             from llama_cpp.llama_grammar import LlamaGrammar
 
@@ -486,9 +498,13 @@ class GGUFBackend(ThreadedBackend):
                 break
             generated += 1
             self.stats.tokens_generated += 1
+            if logprobs is not None:  # the logits this token was sampled from: the last evaluated position's
+                scores = np.ctypeslib.as_array(lc.llama_get_logits_ith(llm._ctx.ctx, -1), shape=(llm.n_vocab(),))
+                pending.append(token_logprob(scores, token, logprobs, lambda t: llm.detokenize([t], special=False)))
             text, hit_stop_sequence = matcher.feed(decoder.decode(llm.detokenize([token], special=False)))
             if text:
-                emit(Chunk(text=text))
+                emit(Chunk(text=text, logprobs=tuple(pending)))
+                pending.clear()
             if hit_stop_sequence:
                 finish = FinishReason.STOP
                 break
@@ -496,4 +512,5 @@ class GGUFBackend(ThreadedBackend):
                 break
         # Text held back as a possible stop-sequence prefix is real output unless a stop sequence matched.
         tail = "" if hit_stop_sequence else matcher.flush() + decoder.decode(b"", final=True)
-        emit(Chunk(text=tail, finish_reason=finish, usage=Usage(len(tokens), generated, cached)))
+        usage = Usage(len(tokens), generated, cached)
+        emit(Chunk(text=tail, finish_reason=finish, usage=usage, logprobs=() if hit_stop_sequence else tuple(pending)))

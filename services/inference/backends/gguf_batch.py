@@ -34,7 +34,8 @@ from typing import Any
 import numpy as np
 
 from services.common.errors import InvalidArgument
-from services.inference.domain import Chunk, FinishReason, SamplingParams, Usage
+from services.inference.backends.logprobs import token_logprob
+from services.inference.domain import Chunk, FinishReason, SamplingParams, TokenLogprob, Usage
 from services.inference.stop_sequences import StopSequenceMatcher
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,7 @@ class BatchRequest:
     adapter: str = ""  # the LoRA adapter's name ("": the base model)
     lora: Any = None  # its llama.cpp handle
     scale: float = 1.0  # how strongly it applies
+    logprobs: int | None = None  # report each token's log-probability with this many alternatives
 
     @property
     def weights(self) -> tuple[str, float]:
@@ -92,6 +94,7 @@ class _Sequence:
     matcher: StopSequenceMatcher = field(init=False)
     batch_index: int = -1  # where this sequence's logits are in the current batch
     cached: int = 0  # prompt tokens found in the slot's KV cache
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # of tokens whose text is not sent yet
 
     def __post_init__(self) -> None:
         self.matcher = StopSequenceMatcher(self.request.stop)
@@ -289,9 +292,13 @@ class BatchEngine:
             return
         sequence.generated += 1
         piece = self._llm.detokenize([token], special=False)
+        if request.logprobs is not None:
+            logits = lc.llama_get_logits_ith(self._ctx, sequence.batch_index)
+            sequence.logprobs.append(self._logprob(logits, token, request.logprobs))
         text, hit_stop = sequence.matcher.feed(sequence.decoder.decode(piece))
         if text:
-            request.emit(Chunk(text=text))
+            request.emit(Chunk(text=text, logprobs=tuple(sequence.logprobs)))
+            sequence.logprobs.clear()
         if hit_stop:
             self._finish(sequence, FinishReason.STOP, hit_stop=True)
         elif sequence.generated >= request.max_tokens:
@@ -299,11 +306,17 @@ class BatchEngine:
         else:
             sequence.pending = [token]
 
+    def _logprob(self, logits: Any, token: int, top: int) -> TokenLogprob:
+        scores = np.ctypeslib.as_array(logits, shape=(self._llm.n_vocab(),))
+        return token_logprob(scores, token, top, lambda t: self._llm.detokenize([t], special=False))
+
     def _finish(self, sequence: _Sequence, reason: FinishReason, hit_stop: bool) -> None:
         # Text held back as a possible stop-sequence prefix is real output unless a stop sequence matched.
         tail = "" if hit_stop else sequence.matcher.flush() + sequence.decoder.decode(b"", final=True)
         usage = Usage(len(sequence.request.tokens), sequence.generated, sequence.cached)
-        sequence.request.emit(Chunk(text=tail, finish_reason=reason, usage=usage))
+        # A matched stop sequence's tokens are not in the text, nor in the logprobs.
+        logprobs = () if hit_stop else tuple(sequence.logprobs)
+        sequence.request.emit(Chunk(text=tail, finish_reason=reason, usage=usage, logprobs=logprobs))
         self._release(sequence, keep_cache=self._prefix_cache)
 
     def _release(self, sequence: _Sequence, keep_cache: bool = False) -> None:

@@ -28,8 +28,17 @@ from services.common.checkpoints import dequantized_checkpoint
 from services.common.errors import FailedPrecondition, NotFound, Unavailable
 from services.inference.backends import guidance
 from services.inference.backends.base import BackendOptions
+from services.inference.backends.logprobs import token_logprob
 from services.inference.backends.threaded import ThreadedBackend
-from services.inference.domain import Chunk, FinishReason, GenerationRequest, ResponseFormat, SamplingParams, Usage
+from services.inference.domain import (
+    Chunk,
+    FinishReason,
+    GenerationRequest,
+    ResponseFormat,
+    SamplingParams,
+    TokenLogprob,
+    Usage,
+)
 from services.inference.metrics import ADAPTER_LOAD_TIME, ADAPTER_LOOKUPS
 from services.inference.stop_sequences import StopSequenceMatcher
 
@@ -82,6 +91,7 @@ class TransformersBackend(ThreadedBackend):
     supports_adapter_scale: ClassVar[bool] = True
     supports_structured_output: ClassVar[bool] = True
     supports_framed_output: ClassVar[bool] = True  # llguidance; see backends/guidance.py
+    supports_logprobs: ClassVar[bool] = True  # recorded by a logits processor at each step
 
     @classmethod
     def check_schema(cls, schema: dict[str, Any]) -> None:
@@ -228,7 +238,16 @@ class TransformersBackend(ThreadedBackend):
             param = "messages" if request.is_chat else "prompt"
             sampling, adapter, response_format = request.sampling, request.adapter, request.response_format
             self._generate_blocking(
-                prompt, sampling, stop, cancel, emit, adapter, response_format, param, request.adapter_scale
+                prompt,
+                sampling,
+                stop,
+                cancel,
+                emit,
+                adapter,
+                response_format,
+                param,
+                request.adapter_scale,
+                request.logprobs,
             )
 
         async for chunk in self._stream_from_worker(request.request_id, work):
@@ -249,9 +268,10 @@ class TransformersBackend(ThreadedBackend):
         response_format: ResponseFormat | None = None,
         prompt_param: str = "prompt",
         adapter_scale: float = 1.0,
+        logprobs: int | None = None,
     ) -> None:
         import torch
-        from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
+        from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
         from transformers.generation.streamers import BaseStreamer
 
         input_ids = torch.tensor([hf_token_ids(self._tokenizer, prompt)], device=self._device)
@@ -262,6 +282,11 @@ class TransformersBackend(ThreadedBackend):
         generated: list[int] = []
         state = {"hit_stop": False, "emitted": 0}
         stats = self.stats
+        step_scores: list[Any] = []  # the latest step's scores, while logprobs are asked for
+        pending: list[TokenLogprob] = []  # logprobs of tokens whose text is not sent yet
+
+        def piece(token: int) -> bytes:
+            return str(tokenizer.decode([token], skip_special_tokens=False)).encode()
 
         class Streamer(BaseStreamer):  # decodes on the generating thread, hands text to the loop
             first = True
@@ -275,19 +300,30 @@ class TransformersBackend(ThreadedBackend):
                         continue
                     generated.append(token)
                     stats.tokens_generated += 1
+                    if step_scores:
+                        pending.append(token_logprob(step_scores.pop(), token, logprobs or 0, piece))
                     text = str(tokenizer.decode(generated, skip_special_tokens=True))
                     if text.endswith("\ufffd"):
                         continue  # an incomplete UTF-8 character: wait for the next token
                     fresh, state["emitted"] = text[state["emitted"] :], len(text)
                     released, hit = matcher.feed(fresh)
                     if released:
-                        emit(Chunk(text=released))
+                        emit(Chunk(text=released, logprobs=tuple(pending)))
+                        pending.clear()
                     state["hit_stop"] = hit
 
             def end(self) -> None:
                 pass
 
         self_eos = set(self._eos_ids)
+
+        class RecordScores(LogitsProcessor):
+            """First among the request's processors: it sees the model's logits before the JSON
+            constraint and the sampling warpers (a repetition penalty, when set, comes before it)."""
+
+            def __call__(self, input_ids: Any, scores: Any) -> Any:
+                step_scores[:] = [scores[0].float().cpu().numpy()]
+                return scores
 
         class StopWhen(StoppingCriteria):
             def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
@@ -311,8 +347,10 @@ class TransformersBackend(ThreadedBackend):
                 top_k=sampling.top_k,
                 min_p=sampling.min_p,
             )
+        processors = LogitsProcessorList([RecordScores()] if logprobs is not None else [])
         if response_format is not None and response_format.constrains:
-            kwargs["logits_processor"] = LogitsProcessorList([self._json_constraint(response_format)])
+            processors.append(self._json_constraint(response_format))
+        kwargs["logits_processor"] = processors or None
         if sampling.seed is not None:
             torch.manual_seed(sampling.seed)
         self.stats.running += 1
@@ -337,4 +375,5 @@ class TransformersBackend(ThreadedBackend):
         hit_stop = state["hit_stop"]
         finish = FinishReason.STOP if hit_stop or len(generated) < max_new else FinishReason.LENGTH
         tail = "" if hit_stop else matcher.flush()
-        emit(Chunk(text=tail, finish_reason=finish, usage=Usage(prompt_tokens, len(generated))))
+        usage = Usage(prompt_tokens, len(generated))
+        emit(Chunk(text=tail, finish_reason=finish, usage=usage, logprobs=() if hit_stop else tuple(pending)))

@@ -151,7 +151,7 @@ class MeshNode(Node):
 
 class HttpNode(Node):
     """An OpenAI-compatible server (kind openai) or Ollama (kind ollama). Requests with tools,
-    adapters or tool turns need an LLM Mesh engine and are routed to mesh nodes instead."""
+    adapters, logprobs or tool turns need an LLM Mesh engine and are routed to mesh nodes instead."""
 
     def __init__(self, spec: NodeSpec, timeout: float) -> None:
         super().__init__(spec)
@@ -177,6 +177,8 @@ class HttpNode(Node):
     def refuses(self, request: Request) -> str | None:
         if request.adapter:
             return "adapters"
+        if request.logprobs is not None:
+            return "logprobs"
         if isinstance(request, ChatRequest) and (
             request.uses_tools or any(m.tool_calls or m.role is Role.TOOL for m in request.messages)
         ):

@@ -12,6 +12,7 @@ from services.inference.domain import (
     ModelState,
     Role,
     SamplingParams,
+    TokenLogprob,
     Usage,
 )
 
@@ -97,6 +98,21 @@ def test_chunk_round_trips_for_both_stream_types() -> None:
         assert Chunk.from_pb(message) == last
     middle = Chunk(text="a")
     assert Chunk.from_pb(middle.to_pb(pb.ChatStreamResponse, request_id="r", model="m")) == middle
+    alternatives = (TokenLogprob("a", -0.25, b"a"), TokenLogprob("\ufffd", -2.0, b"\xe2\x82"))
+    scored = Chunk(text="a", logprobs=(TokenLogprob("a", -0.25, b"a", alternatives),))
+    for message_type in (pb.ChatStreamResponse, pb.CompleteStreamResponse):
+        assert Chunk.from_pb(scored.to_pb(message_type, request_id="r", model="m")) == scored
+
+
+def test_logprobs_round_trip_and_are_bounded() -> None:
+    for logprobs in (None, 0, 20):
+        request = CompletionRequest(model="m", prompt="x", request_id="r", logprobs=logprobs)
+        assert CompletionRequest.from_pb(request.to_pb()) == request
+        chat = ChatRequest(model="m", messages=(ChatMessage(Role.USER, "hi"),), request_id="r", logprobs=logprobs)
+        assert ChatRequest.from_pb(chat.to_pb()) == chat
+    with pytest.raises(InvalidArgument) as raised:
+        CompletionRequest(model="m", prompt="x", logprobs=21).validate()
+    assert raised.value.param == "logprobs"
 
 
 def test_model_info_round_trips() -> None:

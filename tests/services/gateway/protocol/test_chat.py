@@ -67,7 +67,8 @@ def test_n_makes_one_request_per_choice_with_distinct_ids() -> None:
     ("fields", "param"),
     [
         ({"n": 9}, "n"),
-        ({"logprobs": True}, "logprobs"),
+        ({"top_logprobs": 2}, "top_logprobs"),
+        ({"logit_bias": {"1": 1.0}}, "logit_bias"),
         ({"tool_choice": "required"}, "tool_choice"),
         (
             {

@@ -1,6 +1,7 @@
 """The llama.cpp backend on the real Gemma 3 270M model."""
 
 import contextlib
+import math
 
 import pytest
 
@@ -84,3 +85,30 @@ def test_usable_cores_respect_a_cgroup_cpu_limit(tmp_path) -> None:
     assert usable_cores(cpu_max) == 1
     cpu_max.write_text("50000 100000\n")  # half a CPU still runs one thread
     assert usable_cores(cpu_max) == 1
+
+
+async def test_logprobs_are_the_models_own_and_rank_the_greedy_choice_first(gemma) -> None:
+    request = GenerationRequest(
+        request_id="t", prompt="1, 2, 3, 4,", sampling=SamplingParams(max_tokens=8, temperature=0.0), logprobs=3
+    )
+    chunks = [c async for c in gemma.generate_stream(request)]
+    logprobs = [entry for chunk in chunks for entry in chunk.logprobs]
+    assert len(logprobs) == chunks[-1].usage.completion_tokens == 8
+    assert "".join(entry.token for entry in logprobs) == "".join(c.text for c in chunks)
+    for entry in logprobs:
+        assert entry.logprob <= 0 and len(entry.top) == 3
+        assert entry.top[0].token_bytes == entry.token_bytes  # greedy: the most likely token was chosen
+        assert entry.top[0].logprob == pytest.approx(entry.logprob)
+        assert [a.logprob for a in entry.top] == sorted((a.logprob for a in entry.top), reverse=True)
+        assert sum(math.exp(a.logprob) for a in entry.top) <= 1.0 + 1e-6
+    # Each "," after a digit is near-certain in a counting sequence.
+    assert max(e.logprob for e in logprobs if e.token == ",") > -0.5
+
+
+async def test_a_matched_stop_sequence_has_no_logprobs(gemma) -> None:
+    sampling = SamplingParams(max_tokens=30, temperature=0.0, stop=("7",))
+    request = GenerationRequest(request_id="t", prompt="1, 2, 3, 4,", sampling=sampling, logprobs=0)
+    chunks = [c async for c in gemma.generate_stream(request)]
+    logprobs = [entry for chunk in chunks for entry in chunk.logprobs]
+    assert "".join(entry.token for entry in logprobs) == "".join(c.text for c in chunks)
+    assert all(not entry.top for entry in logprobs)

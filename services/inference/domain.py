@@ -516,6 +516,7 @@ class GenerationRequest:
     adapter_scale: float = 1.0  # how strongly it applies (1.0: as trained)
     response_format: ResponseFormat = field(default_factory=ResponseFormat)
     logprobs: int | None = None  # each token's log-probability and this many alternatives; None: none
+    low_priority: bool = False  # batch work: batching backends pause it while interactive requests run
 
     @property
     def is_chat(self) -> bool:
@@ -553,6 +554,7 @@ class ChatRequest:
     adapter_scale: float = 1.0  # how strongly it applies: 0 (the base alone) to 2; 1.0 as trained
     tenant: str = ""  # whose cache entries and adapters it may use ("": a trusted caller); see the .proto
     logprobs: int | None = None  # each token's log-probability and this many alternatives; None: none
+    low_priority: bool = False  # batch work: yields to interactive requests (see the .proto)
 
     def validate(self) -> ChatRequest:
         if not self.messages:
@@ -588,6 +590,7 @@ class ChatRequest:
             adapter_settings=adapter_settings_pb(self.adapter, self.adapter_scale),
             tenant=self.tenant,
             logprobs=self.logprobs,
+            low_priority=self.low_priority,
         )
 
     def to_stream_pb(self) -> pb.ChatStreamRequest:
@@ -609,6 +612,7 @@ class ChatRequest:
             adapter_scale=request.adapter_settings.scale if request.adapter_settings.HasField("scale") else 1.0,
             tenant=request.tenant,
             logprobs=request.logprobs if request.HasField("logprobs") else None,
+            low_priority=request.low_priority,
         )
 
 
@@ -624,6 +628,7 @@ class CompletionRequest:
     adapter_scale: float = 1.0  # how strongly it applies: 0 (the base alone) to 2; 1.0 as trained
     tenant: str = ""  # whose cache entries and adapters it may use ("": a trusted caller); see the .proto
     logprobs: int | None = None  # each token's log-probability and this many alternatives; None: none
+    low_priority: bool = False  # batch work: yields to interactive requests (see the .proto)
 
     def validate(self) -> CompletionRequest:
         if not self.prompt:
@@ -644,6 +649,7 @@ class CompletionRequest:
             adapter_settings=adapter_settings_pb(self.adapter, self.adapter_scale),
             tenant=self.tenant,
             logprobs=self.logprobs,
+            low_priority=self.low_priority,
         )
 
     def to_stream_pb(self) -> pb.CompleteStreamRequest:
@@ -662,6 +668,7 @@ class CompletionRequest:
             adapter_scale=request.adapter_settings.scale if request.adapter_settings.HasField("scale") else 1.0,
             tenant=request.tenant,
             logprobs=request.logprobs if request.HasField("logprobs") else None,
+            low_priority=request.low_priority,
         )
 
 

@@ -90,6 +90,7 @@ class InferenceEngine:
             adapter=await self._check_adapter(spec, request.adapter, request.adapter_scale, request.tenant),
             adapter_scale=request.adapter_scale,
             logprobs=_checked_logprobs(spec, request.logprobs),
+            low_priority=request.low_priority,
         )
         return await self._respond(
             spec, generation, request.model, request.cache, syntax if request.uses_tools else None, request.tenant
@@ -107,6 +108,7 @@ class InferenceEngine:
             adapter=await self._check_adapter(spec, request.adapter, request.adapter_scale, request.tenant),
             adapter_scale=request.adapter_scale,
             logprobs=_checked_logprobs(spec, request.logprobs),
+            low_priority=request.low_priority,
         )
         return await self._respond(spec, generation, request.model, request.cache, None, request.tenant)
 

@@ -411,6 +411,7 @@ class GGUFBackend(ThreadedBackend):
             lora=self._loras.get(adapter) if adapter else None,
             scale=generation.adapter_scale,
             logprobs=generation.logprobs,
+            low_priority=generation.low_priority,
         )
         engine = min(range(len(self._engines)), key=self._engine_load.__getitem__)
         self._engine_load[engine] += 1

@@ -75,6 +75,7 @@ class BatchRequest:
     lora: Any = None  # its llama.cpp handle
     scale: float = 1.0  # how strongly it applies
     logprobs: int | None = None  # report each token's log-probability with this many alternatives
+    low_priority: bool = False  # batch work: paused while interactive sequences run
 
     @property
     def weights(self) -> tuple[str, float]:
@@ -190,11 +191,16 @@ class BatchEngine:
                     self._waiting.append(self._incoming.get_nowait())
                 except queue.Empty:
                     break
+        deferred: list[BatchRequest | None] = []  # low-priority requests kept off the last free slot
         while self._waiting and self._free_slots:
             request = self._waiting.popleft()
             if request is None:
+                self._waiting.extendleft(reversed(deferred))
                 return False
             if request.cancel.is_set():
+                continue
+            if request.low_priority and len(self._free_slots) == 1 and self._active:
+                deferred.append(request)  # the last slot stays free for an interactive request
                 continue
             try:
                 sampler = self._sampler(request)
@@ -206,6 +212,7 @@ class BatchEngine:
             sequence = _Sequence(slot, request, sampler, position=reused, cached=reused)
             sequence.pending = list(request.tokens[reused:])
             self._active.append(sequence)
+        self._waiting.extendleft(reversed(deferred))
         if self._waiting and self._waiting[0] is None and not self._active:
             return False
         return True
@@ -237,7 +244,10 @@ class BatchEngine:
         for sequence in list(self._active):
             if sequence.request.cancel.is_set():
                 self._release(sequence)
-            else:
+        # Low-priority (batch) sequences keep their slot and KV but wait while interactive ones run.
+        interactive = any(not s.request.low_priority for s in self._active)
+        for sequence in self._active:
+            if not (interactive and sequence.request.low_priority):
                 groups.setdefault(sequence.request.weights, []).append(sequence)
         for sequences in groups.values():
             if len(sequences) < self._min_batch and all(len(s.pending) == 1 for s in sequences):

@@ -61,7 +61,9 @@ async def test_completion_logprobs_in_the_legacy_shape(client: openai.AsyncOpenA
     assert "".join(logprobs.tokens) == choice.text
     assert len(logprobs.token_logprobs) == len(logprobs.tokens) == 6
     assert all(lp <= 0 for lp in logprobs.token_logprobs)
-    assert all(len(top) <= 2 and token in top for token, top in zip(logprobs.tokens, logprobs.top_logprobs))
+    assert all(
+        len(top) <= 2 and token in top for token, top in zip(logprobs.tokens, logprobs.top_logprobs, strict=True)
+    )
     assert logprobs.text_offset == [sum(len(t) for t in logprobs.tokens[:i]) for i in range(6)]
 
     stream = await client.completions.create(

@@ -292,3 +292,52 @@ async def test_batched_logprobs_match_the_serial_path(batched, inference) -> Non
 
 async def _logprobs(backend, request: GenerationRequest) -> list:
     return [e for c in [c async for c in backend.generate_stream(request)] for e in c.logprobs]
+
+
+async def test_low_priority_sequences_pause_while_interactive_ones_run(batched) -> None:
+    """Batch work yields: once an interactive sequence joins, the low-priority ones emit nothing
+    until it has finished, and then resume where they were."""
+    order: list[str] = []
+    batch = [
+        GenerationRequest(f"b{i}", SamplingParams(max_tokens=40, temperature=0.0), prompt="1, 2, 3,", low_priority=True)
+        for i in range(2)
+    ]
+
+    async def run(request: GenerationRequest, label: str, started: asyncio.Event | None = None) -> str:
+        text = ""
+        async for chunk in batched.generate_stream(request):
+            order.append(label)
+            text += chunk.text
+            if started is not None and len(order) >= 4:
+                started.set()
+        return text
+
+    started = asyncio.Event()
+    background = [asyncio.create_task(run(r, "batch", started)) for r in batch]
+    await started.wait()
+    interactive = GenerationRequest("i", SamplingParams(max_tokens=16, temperature=0.0), prompt="Hello,")
+    answer = await run(interactive, "live")
+    texts = await asyncio.gather(*background)
+    first, last = order.index("live"), len(order) - order[::-1].index("live")
+    # Within one or two steps of joining (the step in flight when it arrived), only it advances.
+    assert order[first + 2 : last].count("batch") == 0
+    assert answer and all(texts) and order.count("batch") > 4
+
+
+async def test_low_priority_requests_leave_the_last_slot_free(batched) -> None:
+    first_tokens = asyncio.Queue()
+
+    async def drain(request: GenerationRequest) -> None:
+        async for _ in batched.generate_stream(request):
+            first_tokens.put_nowait(request.request_id)
+
+    sampling = SamplingParams(max_tokens=200, temperature=0.0)
+    requests = [GenerationRequest(f"b{i}", sampling, prompt="1, 2,", low_priority=True) for i in range(4)]
+    tasks = [asyncio.create_task(drain(r)) for r in requests]
+    await first_tokens.get()
+    assert batched._engines[0].running == 3  # of 4 slots: one stays free for interactive work
+    interactive = GenerationRequest("i", SamplingParams(max_tokens=4, temperature=0.0), prompt="Hi")
+    assert "".join([c.text async for c in batched.generate_stream(interactive)])
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)

@@ -31,6 +31,7 @@ import uvicorn
 from llmmesh.inference.v1 import inference_service_pb2_grpc as pb_grpc
 from services.common.artifacts import ArtifactSettings
 from services.common.embedded_nats import EmbeddedNats
+from services.common.files import FileSettings
 from services.common.grpc_client import open_channel
 from services.common.registry import ModelRegistry, ModelSpec
 from services.embeddings.config import EmbeddingsSettings
@@ -171,6 +172,11 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     process.wait(timeout=10)
 
 
+def file_settings(s3_url: str, **overrides: object) -> FileSettings:
+    """The session's file store: a bucket on the S3 server, shared by the gateway and the scheduler."""
+    return FileSettings(s3_bucket="llmmesh-files", s3_endpoint_url=s3_url, **overrides)  # type: ignore[arg-type]
+
+
 def artifact_settings(directory: Path, s3_url: str) -> ArtifactSettings:
     return ArtifactSettings(dir=directory, s3_bucket=ADAPTER_BUCKET, s3_endpoint_url=s3_url)  # type: ignore[call-arg]
 
@@ -258,6 +264,7 @@ async def scheduler_server(
     inference: InferenceServer,
     embeddings: EmbeddingsServer,
     trainer: TrainerServer,
+    s3_server: str,
 ) -> AsyncIterator[SchedulerServer]:
     """The scheduler of the session's mesh: jobs run on the real models."""
     settings = SchedulerSettings(
@@ -272,6 +279,7 @@ async def scheduler_server(
         poll_seconds=0.2,
         callback_allowed_networks=["127.0.0.1/32"],
         callback_secret=CALLBACK_SECRET,
+        files=file_settings(s3_server),
     )
     server = SchedulerServer(settings)
     await server.start()
@@ -286,6 +294,7 @@ async def gateway_url(
     embeddings: EmbeddingsServer,
     scheduler_server: SchedulerServer,
     trainer: TrainerServer,
+    s3_server: str,
 ) -> AsyncIterator[str]:
     settings = gateway_settings(
         database_url=postgres_url,
@@ -294,6 +303,7 @@ async def gateway_url(
         scheduler_target=f"127.0.0.1:{scheduler_server.port}",
         trainer_target=f"127.0.0.1:{trainer.port}",
         max_body_bytes=64 * 1024,
+        files=file_settings(s3_server),
     )
     server, task, url = await serve_http(build_app(settings))
     yield url

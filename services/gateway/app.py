@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from services.common.files import FileStore
 from services.common.grpc_client import open_channel
 from services.common.postgres import open_pool
 from services.embeddings.client import EmbeddingsClient
@@ -22,9 +23,11 @@ from services.gateway.request_context import RequestContextMiddleware, RequestSt
 from services.gateway.response_store import ResponseStore
 from services.gateway.routers import (
     admin,
+    batches,
     chat,
     completions,
     embeddings,
+    files,
     health,
     jobs,
     keys,
@@ -70,6 +73,7 @@ def build_app(settings: GatewaySettings) -> FastAPI:
         app.state.embeddings = EmbeddingsClient(channels[1], timeout=settings.request_timeout_seconds)
         app.state.scheduler = SchedulerClient(channels[2], timeout=settings.request_timeout_seconds)
         app.state.trainer = TrainerClient(channels[3], timeout=settings.request_timeout_seconds)
+        app.state.files = FileStore(settings.files)
         pool, keys = None, None
         if settings.database_url and settings.api_key_secret:
             pool = await open_pool(settings.database_url)
@@ -100,17 +104,21 @@ def build_app(settings: GatewaySettings) -> FastAPI:
     app.state.settings = settings
     app.state.responses = None  # a ResponseStore where PostgreSQL is configured
     app.state.drain = Drain(settings.shutdown_grace_seconds)
-    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
+    # An upload may be as large as a file may be, plus the multipart framing.
+    uploads = {"/v1/files": settings.files.max_bytes + 64 * 1024}
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes, path_limits=uploads)
     app.state.request_stats = RequestStats()
     app.add_middleware(RequestContextMiddleware, stats=app.state.request_stats)
 
     install_error_handlers(app)
     for module in (
+        batches,
         chat,
         completions,
         messages,
         responses,
         embeddings,
+        files,
         models,
         nodes,
         jobs,

@@ -11,6 +11,7 @@ from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from services.common.config import ServiceSettings, strong_secret
+from services.common.files import FileSettings
 from services.common.fleet import FleetSettings
 
 
@@ -32,6 +33,9 @@ class GatewaySettings(ServiceSettings):
     max_job_priority: int = Field(10, ge=0, description="Highest job priority an API key may ask for (not admins).")
     fleet: FleetSettings = Field(
         default_factory=FleetSettings, description="Other nodes to route to (LLMMESH_NODES, LLMMESH_FLEET_*)."
+    )
+    files: FileSettings = Field(
+        default_factory=FileSettings, description="Where /v1/files keeps uploads and batch output (LLMMESH_FILES_*)."
     )
     supervisor_status_file: Path | None = Field(
         None, description="Set by `make run`: its supervisor's view of each service, shown by /health."

@@ -13,6 +13,7 @@ from typing import TypeVar
 from fastapi import Request, Response
 
 from services.common.errors import Cancelled
+from services.common.files import FileStore
 from services.common.grpc_client import prepend
 from services.embeddings.client import EmbeddingsClient
 from services.gateway.auth import Caller
@@ -45,6 +46,10 @@ async def get_embeddings(request: Request) -> EmbeddingsClient:
 
 async def get_scheduler(request: Request) -> SchedulerClient:
     return request.app.state.scheduler
+
+
+async def get_files(request: Request) -> FileStore:
+    return request.app.state.files
 
 
 async def get_trainer(request: Request) -> TrainerClient:

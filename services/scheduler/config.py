@@ -9,6 +9,7 @@ from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from services.common.config import ServiceSettings, strong_secret
+from services.common.files import FileSettings
 from services.common.fleet import FleetSettings
 from services.scheduler.domain import JobType
 from services.scheduler.queue import QueueConfig
@@ -63,10 +64,16 @@ class SchedulerSettings(ServiceSettings):
     # workers
     run_workers: bool = Field(True, description="Run workers in the scheduler process (else: separate processes).")
     worker_job_types: list[JobType] = Field(
-        default_factory=lambda: [JobType.CHAT, JobType.VISION, JobType.EMBED, JobType.ADAPTER_TRAIN],
+        default_factory=lambda: [JobType.CHAT, JobType.VISION, JobType.EMBED, JobType.ADAPTER_TRAIN, JobType.BATCH],
         description="Job types this process's workers consume (JSON list).",
     )
     worker_concurrency: int = Field(2, ge=1, description="Jobs of one type a worker process runs at once.")
+    batch_concurrency: int = Field(
+        2, ge=1, le=64, description="Requests of one batch job in flight at once (low priority: they yield)."
+    )
+    files: FileSettings = Field(
+        default_factory=FileSettings, description="The file store batches read and write (LLMMESH_FILES_*)."
+    )
     poll_seconds: float = Field(1.0, gt=0, description="Fallback poll interval of watchers and sweepers.")
 
     # callbacks

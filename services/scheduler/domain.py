@@ -28,6 +28,7 @@ class JobType(enum.StrEnum):
     VISION = "vision"
     ADAPTER_TRAIN = "adapter_train"
     EMBED = "embed"
+    BATCH = "batch"
 
     def to_pb(self) -> pb.JobType.ValueType:
         return pb.JobType.Value(f"JOB_TYPE_{self.name}")
@@ -84,6 +85,7 @@ REQUEST_FIELD = {
     JobType.VISION: "chat",
     JobType.EMBED: "embed",
     JobType.ADAPTER_TRAIN: "adapter_train",
+    JobType.BATCH: "batch",
 }
 
 

@@ -2,7 +2,8 @@
 
 Chat and vision jobs always run on the inference service's `background` slot;
 embed jobs on the embeddings service; adapter_train jobs on the trainer, whose
-progress (step, loss, eta) the job reports as it goes. The services are reached through
+progress (step, loss, eta) the job reports as it goes; batch jobs on whichever the
+items name, at low priority (services/scheduler/batches.py). The services are reached through
 their typed clients, so every error comes back as the MeshError the service raised, and
 the worker can tell retryable failures (UNAVAILABLE, RESOURCE_EXHAUSTED, ...) from ones
 that will never succeed.
@@ -21,11 +22,13 @@ from llmmesh.scheduler.v1 import scheduler_service_pb2 as pb
 from llmmesh.trainer.v1 import trainer_service_pb2 as trainer_pb
 from services.common.artifacts import ADAPTER_ID
 from services.common.errors import FailedPrecondition, InvalidArgument, MeshError, Unimplemented
+from services.common.files import FileSettings, FileStore
 from services.common.fleet import FleetSettings
 from services.common.grpc_client import open_channel
 from services.common.schema_limits import checked_schema
 from services.embeddings.client import EmbeddingsClient, EmbedRequest
 from services.inference.client import ChatMessage, ChatRequest, FleetClient, Role, ToolCall, Usage
+from services.scheduler.batches import BatchRunner
 from services.scheduler.config import SchedulerSettings
 from services.scheduler.domain import Job, JobType, Progress, Submission
 from services.trainer.client import TrainerClient, TrainingState
@@ -72,6 +75,8 @@ class JobHandlers:
         timeout_seconds: float = 3600,
         trainer_target: str = "",
         fleet: FleetSettings | None = None,
+        files: FileSettings | None = None,
+        batch_concurrency: int = 2,
     ) -> None:
         targets = (inference_target, embeddings_target, trainer_target)
         self._channels = [open_channel(t, internal_token) for t in targets if t]
@@ -80,6 +85,8 @@ class JobHandlers:
         self._inference.start()
         self._embeddings = EmbeddingsClient(self._channels[1], timeout_seconds)
         self._trainer = TrainerClient(self._channels[2], timeout_seconds) if trainer_target else None
+        self._files = FileStore(files)
+        self._batches = BatchRunner(self._files, self._inference, self._embeddings, batch_concurrency, is_transient)
 
     @classmethod
     def from_settings(cls, settings: SchedulerSettings) -> JobHandlers:
@@ -89,6 +96,8 @@ class JobHandlers:
             settings.required_internal_token(),
             trainer_target=settings.trainer_target,
             fleet=settings.fleet,
+            files=settings.files,
+            batch_concurrency=settings.batch_concurrency,
         )
 
     async def close(self) -> None:
@@ -133,6 +142,12 @@ class JobHandlers:
                 if not has_images:
                     raise InvalidArgument("A vision job needs at least one image content part.", param="request")
                 await self._require_multimodal_background()
+        if submission.job_type is JobType.BATCH:
+            batch = submission.request.batch
+            if not (batch.items_object and batch.results_object) or batch.item_count < 1:
+                raise InvalidArgument(
+                    "A batch job needs 'items_object', 'results_object' and at least one item.", param="request"
+                )
         if submission.job_type is JobType.EMBED and not submission.request.embed.texts:
             raise InvalidArgument("'request.input' must hold at least one text.", param="request.input")
         return submission
@@ -167,6 +182,8 @@ class JobHandlers:
             return pb.JobResult(embed=(await self._embeddings.embed(EmbedRequest.from_pb(job.request.embed))).to_pb())
         if job.job_type is JobType.ADAPTER_TRAIN:
             return pb.JobResult(adapter_train=await self._train(job, report, cancelled_by_user))
+        if job.job_type is JobType.BATCH:
+            return pb.JobResult(batch=await self._batches.run(job, report))
         raise Unimplemented(f"No handler for {job.job_type.value} jobs.")
 
     async def _chat(self, job: Job, report: ReportProgress) -> inference_pb.ChatResponse:

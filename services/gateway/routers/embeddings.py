@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import base64
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, Depends, Request
@@ -11,31 +10,14 @@ from fastapi.responses import JSONResponse
 from pydantic import Field
 
 from services.common.errors import InvalidArgument, NotFound
-from services.embeddings.client import EmbeddingsClient, EmbedRequest, RerankRequest
+from services.embeddings.client import EmbeddingsClient, RerankRequest
 from services.gateway.auth import Caller, scope
 from services.gateway.dependencies import cancel_on_disconnect, get_embeddings, get_inference
 from services.gateway.protocol.common import INT32_MAX, OpenAIModel, new_id
+from services.gateway.protocol.embeddings import EmbeddingsRequestIn, embeddings_body
 from services.inference.client import EmbeddingRequest, InferenceClient
 
 router = APIRouter()
-
-
-class EmbeddingsRequestIn(OpenAIModel):
-    model: str = Field(min_length=1)
-    input: str | list[str] | list[int] | list[list[int]]
-    encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = Field(None, ge=1, le=INT32_MAX)
-    user: str | None = None
-
-    def to_domain(self) -> EmbedRequest:
-        texts = [self.input] if isinstance(self.input, str) else self.input
-        if not all(isinstance(text, str) for text in texts):
-            raise InvalidArgument(
-                "Token-id input is not supported: token ids of another tokenizer would embed the wrong text. "
-                "Send strings (LangChain: OpenAIEmbeddings(check_embedding_ctx_length=False)).",
-                param="input",
-            )
-        return EmbedRequest(model=self.model, texts=tuple(texts), dimensions=self.dimensions)  # type: ignore[arg-type]
 
 
 class DocumentIn(OpenAIModel):
@@ -57,12 +39,6 @@ class RerankRequestIn(OpenAIModel):
             top_n=self.top_n,
             return_documents=self.return_documents,
         )
-
-
-def _encode(vector: np.ndarray, encoding_format: str) -> list[float] | str:
-    if encoding_format == "base64":  # little-endian float32, as the OpenAI SDK decodes it
-        return base64.b64encode(vector.astype("<f4").tobytes()).decode("ascii")
-    return vector.tolist()
 
 
 @router.post("/v1/embeddings")
@@ -89,17 +65,7 @@ async def create_embeddings(
         model, tokens = served.model, served.prompt_tokens
         vectors = [np.asarray(vector, dtype=np.float32) for vector in served.vectors]
     caller.used(tokens, 0)
-    return JSONResponse(
-        {
-            "object": "list",
-            "data": [
-                {"object": "embedding", "index": index, "embedding": _encode(vector, body.encoding_format)}
-                for index, vector in enumerate(vectors)
-            ],
-            "model": model,
-            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-        }
-    )
+    return JSONResponse(embeddings_body(model, tokens, vectors, body.encoding_format))
 
 
 @router.post("/v1/rerank")

@@ -23,8 +23,8 @@ from services.gateway.config import GatewaySettings
 from services.gateway.dependencies import get_scheduler, get_settings
 from services.gateway.protocol.chat import ChatCompletionRequest
 from services.gateway.protocol.common import INT32_MAX, OpenAIModel
+from services.gateway.protocol.embeddings import EmbeddingsRequestIn
 from services.gateway.protocol.training import TrainAdapterIn
-from services.gateway.routers.embeddings import EmbeddingsRequestIn
 from services.gateway.sse import sse_response
 from services.scheduler.client import JobState, JobType, SchedulerClient, job_json
 

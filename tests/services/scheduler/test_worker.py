@@ -20,7 +20,7 @@ from tests.services.scheduler.conftest import CallbackReceiver, MakeScheduler, w
 from tests.services.scheduler.test_server import chat_job
 
 
-def worker_process(server: SchedulerServer) -> subprocess.Popen[bytes]:
+def worker_process(server: SchedulerServer, job_types: str = '["chat"]') -> subprocess.Popen[bytes]:
     """`python -m services.scheduler.worker` with the same settings as `server`."""
     settings = server.settings
     env = {
@@ -33,7 +33,7 @@ def worker_process(server: SchedulerServer) -> subprocess.Popen[bytes]:
         "LLMMESH_SCHEDULER_STREAM_NAME": settings.stream_name,
         "LLMMESH_SCHEDULER_ACK_WAIT_SECONDS": str(settings.ack_wait_seconds),
         "LLMMESH_SCHEDULER_MAX_DELIVER": str(settings.max_deliver),
-        "LLMMESH_SCHEDULER_WORKER_JOB_TYPES": '["chat"]',
+        "LLMMESH_SCHEDULER_WORKER_JOB_TYPES": job_types,
     }
     return subprocess.Popen([sys.executable, "-m", "services.scheduler.worker"], env=env)
 

@@ -72,6 +72,7 @@ bench: proto
 	$(PY) -m bench.embeddings
 	$(PY) -m bench.adapters
 	$(PY) -m bench.fleet
+	$(PY) -m bench.batch
 
 lint: proto
 	$(VENV)/bin/ruff check services tests bench

@@ -14,6 +14,7 @@ Defined in a YAML file that users edit (see `models.yaml` beside this module):
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -85,11 +86,14 @@ class ModelSpec(BaseModel):
 
     @property
     def instance_key(self) -> tuple[str, str, str]:
-        """Specs with the same key share one loaded instance (e.g. both slots on one file). A
-        managed server's entry is its own engine: two entries on one file differ in their arguments."""
+        """Specs with the same key share one loaded instance (e.g. both slots on one file, or entries
+        that differ only in their chat settings). Entries whose options or context differ are loaded
+        apart: n_parallel, threads or a slot's URL make another instance. A managed server's entry
+        is its own engine: two entries on one file differ in their arguments."""
         if self.backend in MANAGED_BACKENDS:
             return (self.backend, self.name, "")
-        return (self.backend, self.path or self.name, self.options.get("slot", ""))
+        loaded_as = json.dumps([self.options, self.context_length], sort_keys=True, default=str)
+        return (self.backend, self.path or self.name, loaded_as)
 
     def resolve_path(self) -> Path:
         """The local model path; a packaged model is written to its cache on first use (blocking)."""

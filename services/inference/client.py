@@ -303,6 +303,7 @@ def _completed(response: Any, text: str | None, node: str, tool_calls: tuple[Too
         tool_calls=tool_calls,
         node=node,
         logprobs=tuple(TokenLogprob.from_pb(t) for t in response.logprobs),
+        prompt_logprobs=tuple(TokenLogprob.from_pb(t) for t in getattr(response, "prompt_logprobs", ())),
     )
 
 

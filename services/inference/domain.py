@@ -429,6 +429,7 @@ class Chunk:
     tool_call_deltas: tuple[ToolCallDelta, ...] = ()
     tokens: int = 1  # generated tokens this chunk's text holds (several when a slow reader was behind)
     logprobs: tuple[TokenLogprob, ...] = ()  # of the tokens generated since the previous chunk, when asked for
+    prompt_logprobs: tuple[TokenLogprob, ...] = ()  # the scored prompt (completions), on the first chunk
 
     def to_pb(self, message_type: type[_StreamResponse], *, request_id: str, model: str) -> _StreamResponse:
         """Chat and completion streams use different message types with the same fields
@@ -445,6 +446,8 @@ class Chunk:
         if isinstance(message, pb.ChatStreamResponse):
             message.tool_calls.extend(c.to_pb() for c in self.tool_calls)
             message.tool_call_deltas.extend(d.to_pb() for d in self.tool_call_deltas)
+        else:
+            message.prompt_logprobs.extend(t.to_pb() for t in self.prompt_logprobs)
         return message
 
     @classmethod
@@ -457,6 +460,7 @@ class Chunk:
             tool_calls=tuple(ToolCall.from_pb(c) for c in getattr(response, "tool_calls", ())),
             tool_call_deltas=tuple(ToolCallDelta.from_pb(d) for d in getattr(response, "tool_call_deltas", ())),
             logprobs=tuple(TokenLogprob.from_pb(t) for t in response.logprobs),
+            prompt_logprobs=tuple(TokenLogprob.from_pb(t) for t in getattr(response, "prompt_logprobs", ())),
         )
 
 
@@ -471,6 +475,7 @@ class Completed:
     tool_calls: tuple[ToolCall, ...] = ()
     node: str = ""
     logprobs: tuple[TokenLogprob, ...] = ()
+    prompt_logprobs: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -517,6 +522,7 @@ class GenerationRequest:
     response_format: ResponseFormat = field(default_factory=ResponseFormat)
     logprobs: int | None = None  # each token's log-probability and this many alternatives; None: none
     low_priority: bool = False  # batch work: batching backends pause it while interactive requests run
+    prompt_logprobs: bool = False  # also score the prompt (with `logprobs` alternatives)
 
     @property
     def is_chat(self) -> bool:
@@ -629,10 +635,13 @@ class CompletionRequest:
     tenant: str = ""  # whose cache entries and adapters it may use ("": a trusted caller); see the .proto
     logprobs: int | None = None  # each token's log-probability and this many alternatives; None: none
     low_priority: bool = False  # batch work: yields to interactive requests (see the .proto)
+    prompt_logprobs: bool = False  # with logprobs: also score the prompt (echo with logprobs)
 
     def validate(self) -> CompletionRequest:
         if not self.prompt:
             raise InvalidArgument("'prompt' must not be empty.", param="prompt")
+        if self.prompt_logprobs and self.logprobs is None:
+            raise InvalidArgument("'prompt_logprobs' needs 'logprobs'.", param="prompt_logprobs")
         self.sampling.validate()
         check_adapter_scale(self.adapter_scale)
         check_logprobs(self.logprobs)
@@ -650,6 +659,7 @@ class CompletionRequest:
             tenant=self.tenant,
             logprobs=self.logprobs,
             low_priority=self.low_priority,
+            prompt_logprobs=self.prompt_logprobs,
         )
 
     def to_stream_pb(self) -> pb.CompleteStreamRequest:
@@ -669,6 +679,7 @@ class CompletionRequest:
             tenant=request.tenant,
             logprobs=request.logprobs if request.HasField("logprobs") else None,
             low_priority=request.low_priority,
+            prompt_logprobs=request.prompt_logprobs,
         )
 
 
@@ -802,13 +813,16 @@ class Generation:
         """Drain the stream into the whole reply."""
         parts: list[str] = []
         logprobs: list[TokenLogprob] = []
+        prompt_logprobs: tuple[TokenLogprob, ...] = ()
         async with contextlib.aclosing(self.chunks) as chunks:  # type: ignore[type-var]
             async for chunk in chunks:
                 parts.append(chunk.text)
                 logprobs.extend(chunk.logprobs)
+                prompt_logprobs = prompt_logprobs or chunk.prompt_logprobs
                 if chunk.finish_reason is not None:
                     usage = chunk.usage or Usage()
-                    return Reply("".join(parts), chunk.finish_reason, usage, chunk.tool_calls, tuple(logprobs))
+                    text, calls = "".join(parts), chunk.tool_calls
+                    return Reply(text, chunk.finish_reason, usage, calls, tuple(logprobs), prompt_logprobs)
         raise RuntimeError(f"generation {self.request_id} ended without a finish reason")
 
 
@@ -819,3 +833,4 @@ class Reply:
     usage: Usage
     tool_calls: tuple[ToolCall, ...] = ()
     logprobs: tuple[TokenLogprob, ...] = ()
+    prompt_logprobs: tuple[TokenLogprob, ...] = ()

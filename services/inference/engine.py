@@ -109,7 +109,13 @@ class InferenceEngine:
             adapter_scale=request.adapter_scale,
             logprobs=_checked_logprobs(spec, request.logprobs),
             low_priority=request.low_priority,
+            prompt_logprobs=request.prompt_logprobs,
         )
+        if request.prompt_logprobs and not backend_class(spec.backend).supports_prompt_logprobs:
+            raise InvalidArgument(
+                f"Model '{spec.name}' ({spec.backend} backend) cannot score a prompt (echo with logprobs).",
+                param="logprobs",
+            )
         return await self._respond(spec, generation, request.model, request.cache, None, request.tenant)
 
     async def _respond(

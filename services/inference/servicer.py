@@ -55,6 +55,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
             finish_reason=reply.finish_reason.to_pb(),
             usage=reply.usage.to_pb(),
             logprobs=[t.to_pb() for t in reply.logprobs],
+            prompt_logprobs=[t.to_pb() for t in reply.prompt_logprobs],
         )
 
     async def CompleteStream(

@@ -32,10 +32,6 @@ class CompletionRequestIn(SamplingFields):
         self.reject_unsupported(max_choices)
         if self.suffix:
             raise InvalidArgument("'suffix' is not supported yet.", param="suffix")
-        if self.echo and self.logprobs is not None:
-            raise InvalidArgument(
-                "'echo' with 'logprobs' (the prompt's log-probabilities) is not supported yet.", param="logprobs"
-            )
         if self.best_of not in (None, 1, self.n):
             raise InvalidArgument("'best_of' other than n is not supported.", param="best_of")
         raw = [self.prompt] if isinstance(self.prompt, str) else self.prompt
@@ -58,6 +54,7 @@ class CompletionRequestIn(SamplingFields):
                 adapter=self.adapter_settings.adapter_id if self.adapter_settings else "",
                 adapter_scale=self.adapter_settings.scale if self.adapter_settings else 1.0,
                 logprobs=self.logprobs,
+                prompt_logprobs=self.echo and self.logprobs is not None,  # the echoed prompt is scored too
             )
             for p in prompts
             for _ in range(self.n)
@@ -68,21 +65,27 @@ class CompletionLogprobsOut(BaseModel):
     """The legacy completions shape: parallel lists, one entry per generated token."""
 
     tokens: list[str]
-    token_logprobs: list[float]
-    top_logprobs: list[dict[str, float]]
+    token_logprobs: list[float | None]  # None: the prompt's first token, which nothing before it scores
+    top_logprobs: list[dict[str, float] | None]
     text_offset: list[int]  # where each token starts in the choice's text
 
 
-def completion_logprobs(logprobs: tuple[TokenLogprob, ...], offset: int) -> CompletionLogprobsOut:
-    """`offset`: where the first token starts (after what came before it in the choice's text)."""
+def completion_logprobs(
+    logprobs: tuple[TokenLogprob, ...], offset: int, prompt: tuple[TokenLogprob, ...] = ()
+) -> CompletionLogprobsOut:
+    """`offset`: where the first token starts (after what came before it in the choice's text);
+    `prompt`: the scored prompt (echo), which then comes first, from offset 0."""
+    entries = prompt + logprobs
     offsets = []
-    for entry in logprobs:
+    offset = 0 if prompt else offset
+    for entry in entries:
         offsets.append(offset)
         offset += len(entry.token)
+    unscored = 1 if prompt else 0
     return CompletionLogprobsOut(
-        tokens=[t.token for t in logprobs],
-        token_logprobs=[t.logprob for t in logprobs],
-        top_logprobs=[{a.token: a.logprob for a in t.top} for t in logprobs],
+        tokens=[t.token for t in entries],
+        token_logprobs=[None] * unscored + [t.logprob for t in entries[unscored:]],
+        top_logprobs=[None] * unscored + [{a.token: a.logprob for a in t.top} for t in entries[unscored:]],
         text_offset=offsets,
     )
 
@@ -109,7 +112,7 @@ def completion_body(
                 index=index,
                 text=echo + reply.text,
                 finish_reason=reply.finish_reason.value,
-                logprobs=completion_logprobs(reply.logprobs, len(echo)) if logprobs else None,
+                logprobs=completion_logprobs(reply.logprobs, len(echo), reply.prompt_logprobs) if logprobs else None,
             )
             for index, (echo, reply) in enumerate(zip(echoes, replies, strict=True))
         ],

@@ -67,6 +67,7 @@ async def _chunks(
     created = int(time.time())
     usages: dict[int, Usage] = {}
     offsets = [len(echo) for echo in echoes]  # where each choice's next token starts in its text
+    echoed: set[int] = set()
     model = ""
 
     def chunk(choice_list: list[dict[str, Any]], usage: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -87,9 +88,12 @@ async def _chunks(
                 if wait := event.chunk.wait_status:
                     yield wait_comment(wait.state.value, wait.model, wait.position)
                     continue
-                first, model = not model, event.model
-                if first and any(echoes):  # the prompts first, once the stream has begun
-                    yield chunk([_choice(index, echo, None) for index, echo in enumerate(echoes)])
+                model = event.model
+                if echoes[event.index] and event.index not in echoed:  # each prompt before its choice's text
+                    echoed.add(event.index)
+                    prompt = event.chunk.prompt_logprobs  # the scored prompt (echo with logprobs)
+                    scored = completion_logprobs((), 0, prompt).model_dump() if prompt else None
+                    yield chunk([_choice(event.index, echoes[event.index], None, scored)])
                 finish = event.chunk.finish_reason
                 if event.chunk.text or finish:
                     logprobs = None

@@ -53,6 +53,8 @@ class Backend(ABC):
     supports_framed_output: ClassVar[bool] = False
     # Whether it can report each generated token's log-probability (GenerationRequest.logprobs).
     supports_logprobs: ClassVar[bool] = False
+    # Whether it can also score the prompt (GenerationRequest.prompt_logprobs).
+    supports_prompt_logprobs: ClassVar[bool] = False
 
     # The model of its registry options; each backend declares its own.
     Options: ClassVar[type[BackendOptions]] = BackendOptions

@@ -151,6 +151,7 @@ def _coalesced(item: Chunk | BaseException, more: asyncio.Queue[Chunk | BaseExce
             usage=following.usage,
             tokens=item.tokens + (following.tokens if following.text else 0),
             logprobs=item.logprobs + following.logprobs,
+            prompt_logprobs=item.prompt_logprobs or following.prompt_logprobs,
         )
     return item
 
@@ -196,6 +197,7 @@ class GGUFBackend(ThreadedBackend):
 
     supports_framed_output: ClassVar[bool] = True
     supports_logprobs: ClassVar[bool] = True  # from llama.cpp's logits of each sampled position
+    supports_prompt_logprobs: ClassVar[bool] = True  # with batch engines (n_parallel > 1): see generate_stream
 
     @classmethod
     def check_schema(cls, schema: dict[str, Any]) -> None:
@@ -362,6 +364,12 @@ class GGUFBackend(ThreadedBackend):
         response_format = request.response_format
         grammar = await self._grammar(response_format) if response_format.constrains else None
         tokens = await asyncio.to_thread(self._tokens, prompt)  # the vocabulary only: safe beside generation
+        if request.prompt_logprobs and not self._engines:
+            raise InvalidArgument(
+                f"Scoring a prompt (echo with logprobs) needs batched decoding: model '{self.spec.name}' has"
+                " n_parallel 1 (llama-cpp-python's serial path keeps no prompt logits).",
+                param="logprobs",
+            )
 
         if self._engines:
             async for chunk in self._generate_batched(tokens, request, stop, grammar, prompt_param):
@@ -412,6 +420,7 @@ class GGUFBackend(ThreadedBackend):
             scale=generation.adapter_scale,
             logprobs=generation.logprobs,
             low_priority=generation.low_priority,
+            prompt_logprobs=generation.prompt_logprobs,
         )
         engine = min(range(len(self._engines)), key=self._engine_load.__getitem__)
         self._engine_load[engine] += 1

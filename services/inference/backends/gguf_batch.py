@@ -23,6 +23,7 @@ from __future__ import annotations
 import codecs
 import collections
 import ctypes
+import dataclasses
 import logging
 import queue
 import random
@@ -41,6 +42,7 @@ from services.inference.stop_sequences import StopSequenceMatcher
 log = logging.getLogger(__name__)
 
 Emit = Callable[[Chunk | BaseException], object]
+SCORED_PER_STEP = 64  # prompt positions scored per decode: each keeps its logits (n_vocab floats) in llama.cpp
 
 
 def common_prefix(held: Any, tokens: list[int]) -> int:
@@ -76,6 +78,7 @@ class BatchRequest:
     scale: float = 1.0  # how strongly it applies
     logprobs: int | None = None  # report each token's log-probability with this many alternatives
     low_priority: bool = False  # batch work: paused while interactive sequences run
+    prompt_logprobs: bool = False  # score the prompt too (with `logprobs` alternatives)
 
     @property
     def weights(self) -> tuple[str, float]:
@@ -95,7 +98,9 @@ class _Sequence:
     matcher: StopSequenceMatcher = field(init=False)
     batch_index: int = -1  # where this sequence's logits are in the current batch
     cached: int = 0  # prompt tokens found in the slot's KV cache
+    scored_from: tuple[int, int, int] | None = None  # this step's scored prompt: batch index, position, count
     logprobs: list[TokenLogprob] = field(default_factory=list)  # of tokens whose text is not sent yet
+    prompt_logprobs: list[TokenLogprob] | None = None  # the scored prompt, until the first chunk carries it
 
     def __post_init__(self) -> None:
         self.matcher = StopSequenceMatcher(self.request.stop)
@@ -207,9 +212,12 @@ class BatchEngine:
             except InvalidArgument as error:  # this request fails alone; the engine goes on
                 request.emit(error)
                 continue
-            slot, reused = self._best_slot(request.tokens, request.weights)
+            # A scored prompt is evaluated whole: cached positions have no logits.
+            slot, reused = self._best_slot(request.tokens, request.weights, reuse=not request.prompt_logprobs)
             self._free_slots.remove(slot)
             sequence = _Sequence(slot, request, sampler, position=reused, cached=reused)
+            if request.prompt_logprobs:
+                sequence.prompt_logprobs = [self._unscored(request.tokens[0])]
             sequence.pending = list(request.tokens[reused:])
             self._active.append(sequence)
         self._waiting.extendleft(reversed(deferred))
@@ -217,13 +225,13 @@ class BatchEngine:
             return False
         return True
 
-    def _best_slot(self, tokens: list[int], weights: tuple[str, float]) -> tuple[int, int]:
+    def _best_slot(self, tokens: list[int], weights: tuple[str, float], reuse: bool = True) -> tuple[int, int]:
         """The free slot sharing the longest prefix with `tokens`, trimmed to that prefix, and how
         many tokens it reuses (never all: the last prompt token is evaluated for its logits).
         A prefix computed under another adapter is not shared: its KV cells hold other values."""
 
         def shared(slot: int) -> int:
-            if self._slot_weights[slot] != weights:
+            if self._slot_weights[slot] != weights or not reuse:
                 return 0
             return common_prefix(self._slot_tokens[slot], tokens[:-1])
 
@@ -268,15 +276,18 @@ class BatchEngine:
             if room <= 0:
                 sequence.batch_index = -1
                 continue
-            piece = sequence.pending[:room]
+            scoring = sequence.prompt_logprobs is not None and sequence.generated == 0
+            # Every scored position's logits are kept (a vocabulary's worth each): few per step.
+            piece = sequence.pending[: min(room, SCORED_PER_STEP) if scoring else room]
             sequence.pending = sequence.pending[len(piece) :]
+            sequence.scored_from = (batch.n_tokens, sequence.position, len(piece)) if scoring else None
             for offset, token in enumerate(piece):
                 index = batch.n_tokens
                 batch.token[index] = token
                 batch.pos[index] = sequence.position + offset
                 batch.n_seq_id[index] = 1
                 batch.seq_id[index][0] = sequence.slot
-                batch.logits[index] = False
+                batch.logits[index] = scoring
                 batch.n_tokens += 1
             sequence.position += len(piece)
             self._slot_tokens[sequence.slot].extend(piece)
@@ -291,8 +302,34 @@ class BatchEngine:
         if status != 0:
             raise RuntimeError(f"llama_decode returned {status}")
         for sequence in sequences:
+            if sequence.scored_from is not None:
+                self._score_prompt(sequence)
             if sequence.batch_index >= 0:
                 self._sample(sequence)
+
+    def _score_prompt(self, sequence: _Sequence) -> None:
+        """Each prompt token after this step's positions, scored from their logits."""
+        assert sequence.scored_from is not None and sequence.prompt_logprobs is not None
+        first_index, first_position, count = sequence.scored_from
+        tokens, top = sequence.request.tokens, sequence.request.logprobs or 0
+        for offset in range(count):
+            following = first_position + offset + 1
+            if following < len(tokens):
+                logits = self._lc.llama_get_logits_ith(self._ctx, first_index + offset)
+                sequence.prompt_logprobs.append(self._logprob(logits, tokens[following], top))
+        sequence.scored_from = None
+
+    def _unscored(self, token: int) -> TokenLogprob:
+        """The first prompt token: nothing comes before it to score it by."""
+        raw = self._llm.detokenize([token], special=False)
+        return TokenLogprob(raw.decode("utf-8", errors="replace"), 0.0, raw)
+
+    def _emit(self, sequence: _Sequence, chunk: Chunk) -> None:
+        """Send a chunk; the first one also carries the scored prompt."""
+        if sequence.prompt_logprobs is not None:
+            chunk = dataclasses.replace(chunk, prompt_logprobs=tuple(sequence.prompt_logprobs))
+            sequence.prompt_logprobs = None
+        sequence.request.emit(chunk)
 
     def _sample(self, sequence: _Sequence) -> None:
         lc, request = self._lc, sequence.request
@@ -307,7 +344,7 @@ class BatchEngine:
             sequence.logprobs.append(self._logprob(logits, token, request.logprobs))
         text, hit_stop = sequence.matcher.feed(sequence.decoder.decode(piece))
         if text:
-            request.emit(Chunk(text=text, logprobs=tuple(sequence.logprobs)))
+            self._emit(sequence, Chunk(text=text, logprobs=tuple(sequence.logprobs)))
             sequence.logprobs.clear()
         if hit_stop:
             self._finish(sequence, FinishReason.STOP, hit_stop=True)
@@ -326,7 +363,7 @@ class BatchEngine:
         usage = Usage(len(sequence.request.tokens), sequence.generated, sequence.cached)
         # A matched stop sequence's tokens are not in the text, nor in the logprobs.
         logprobs = () if hit_stop else tuple(sequence.logprobs)
-        sequence.request.emit(Chunk(text=tail, finish_reason=reason, usage=usage, logprobs=logprobs))
+        self._emit(sequence, Chunk(text=tail, finish_reason=reason, usage=usage, logprobs=logprobs))
         self._release(sequence, keep_cache=self._prefix_cache)
 
     def _release(self, sequence: _Sequence, keep_cache: bool = False) -> None:

@@ -77,6 +77,7 @@ async def test_models(client) -> None:
         "gemma-hermes",
         "gemma-llama3-json",
         "gemma-hf-hermes",
+        "gemma-batched",
         "mock",
         "mock-alias",
         "mock-slow",

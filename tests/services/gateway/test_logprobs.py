@@ -85,6 +85,49 @@ async def test_logprobs_where_they_cannot_be_given_are_a_clear_400(client: opena
             model=GEMMA, messages=[{"role": "user", "content": "hi"}], top_logprobs=2, max_tokens=2
         )
     assert refused.value.body["param"] == "top_logprobs"
-    for bad in ({"logprobs": 21}, {"logprobs": -1}, {"logprobs": 1, "echo": True}):
+    for bad in ({"logprobs": 21}, {"logprobs": -1}):
         with pytest.raises(openai.BadRequestError):
             await client.completions.create(model=GEMMA, prompt="hi", max_tokens=2, **bad)
+
+
+async def test_echo_with_logprobs_scores_the_prompt(client: openai.AsyncOpenAI) -> None:
+    """What evaluation harnesses send (lm-evaluation-harness' local-completions loglikelihood)."""
+    prompt = "The capital of France is Paris"
+    response = await client.completions.create(
+        model="gemma-batched", prompt=prompt, max_tokens=1, temperature=0, echo=True, logprobs=1
+    )
+    choice = response.choices[0]
+    logprobs = choice.logprobs
+    assert choice.text.startswith(prompt)
+    assert "".join(logprobs.tokens) == choice.text
+    assert logprobs.token_logprobs[0] is None and logprobs.top_logprobs[0] is None  # nothing before it
+    scored = logprobs.token_logprobs[1:]
+    assert len(scored) == len(logprobs.tokens) - 1 and all(lp <= 0 for lp in scored)
+    assert logprobs.text_offset == [sum(len(t) for t in logprobs.tokens[:i]) for i in range(len(logprobs.tokens))]
+    # " Paris" after "The capital of France is" is far likelier than a word out of nowhere.
+    paris = logprobs.tokens.index(" Paris")
+    assert logprobs.token_logprobs[paris] > -5
+    unlikely = await client.completions.create(
+        model="gemma-batched",
+        prompt="The capital of France is Banana",
+        max_tokens=1,
+        temperature=0,
+        echo=True,
+        logprobs=1,
+    )
+    assert unlikely.choices[0].logprobs.token_logprobs[-2] < logprobs.token_logprobs[paris]
+
+    stream = await client.completions.create(
+        model="gemma-batched", prompt=prompt, max_tokens=1, temperature=0, echo=True, logprobs=1, stream=True
+    )
+    chunks = [c.choices[0] async for c in stream if c.choices]
+    assert chunks[0].text == prompt and chunks[0].logprobs.token_logprobs[1:] == pytest.approx(
+        scored[: len(chunks[0].logprobs.tokens) - 1]
+    )
+
+
+async def test_scoring_a_prompt_needs_a_batching_model(client: openai.AsyncOpenAI) -> None:
+    with pytest.raises(openai.BadRequestError, match="n_parallel"):
+        await client.completions.create(model=GEMMA, prompt="hi", max_tokens=1, echo=True, logprobs=1)
+    with pytest.raises(openai.BadRequestError, match="score a prompt"):
+        await client.completions.create(model="gemma-hf", prompt="hi", max_tokens=1, echo=True, logprobs=1)

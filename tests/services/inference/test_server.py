@@ -65,6 +65,7 @@ async def test_list_and_get_models(stub, inference: InferenceServer) -> None:
         "gemma-llama3-json",
         "gemma-hf",
         "gemma-hf-hermes",
+        "gemma-batched",
         "mock",
         "mock-slow",
     }

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import dataclasses
 import json
 import threading
 
@@ -341,3 +342,31 @@ async def test_low_priority_requests_leave_the_last_slot_free(batched) -> None:
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_a_scored_prompt_matches_llama_cpps_own_prompt_logits(batched) -> None:
+    """Prompt scoring (completions' echo with logprobs) against llama-cpp-python evaluating the same
+    prompt with logits for every position; long prompts are scored over several steps."""
+    import numpy as np
+    from llama_cpp import Llama
+
+    prompt = "The capital of France is Paris. " * 30  # > SCORED_PER_STEP tokens
+    request = GenerationRequest("t", SamplingParams(max_tokens=2, temperature=0.0), prompt=prompt, logprobs=1)
+    request = dataclasses.replace(request, prompt_logprobs=True)
+    chunks = [c async for c in batched.generate_stream(request)]
+    scored = next(c.prompt_logprobs for c in chunks if c.prompt_logprobs)
+    assert sum(1 for c in chunks if c.prompt_logprobs) == 1  # sent once, on the first chunk
+
+    reference = Llama(model_path=batched.spec.resolve_path().as_posix(), n_ctx=512, logits_all=True, verbose=False)
+    tokens = reference.tokenize(prompt.encode(), add_bos=True, special=True)
+    assert len(scored) == len(tokens) > 64
+    reference.eval(tokens)
+    rows = reference.scores[: len(tokens) - 1].astype(np.float64)
+    expected = [
+        row[t] - row.max() - np.log(np.exp(row - row.max()).sum()) for row, t in zip(rows, tokens[1:], strict=True)
+    ]
+    assert scored[0].logprob == 0 and not scored[0].top  # nothing before the first token scores it
+    got = [entry.logprob for entry in scored[1:]]
+    assert np.abs(np.array(got) - np.array(expected)).mean() < 0.1  # batch shapes move the numerics a little
+    assert all(len(entry.top) == 1 for entry in scored[1:])
+    reference.close()

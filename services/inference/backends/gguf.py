@@ -28,7 +28,13 @@ from pydantic import Field
 from services.common.chat_templates import ChatTemplate, Prompt
 from services.common.errors import FailedPrecondition, InvalidArgument, Unavailable
 from services.inference.backends.base import BackendOptions
-from services.inference.backends.gguf_batch import BatchEngine, BatchRequest, common_prefix, set_lora
+from services.inference.backends.gguf_batch import (
+    BatchEngine,
+    BatchRequest,
+    InteractiveCount,
+    common_prefix,
+    set_lora,
+)
 from services.inference.backends.gguf_lora import convert_peft_to_gguf
 from services.inference.backends.grammar_builds import build_grammar
 from services.inference.backends.json_schema_grammar import enforceable, with_ranges
@@ -282,6 +288,7 @@ class GGUFBackend(ThreadedBackend):
         on_gpu = bool(options.n_gpu_layers)
         n_engines = options.n_engines or (1 if on_gpu else max(cores // self._threads, 1))
         n_engines = max(min(n_engines, n_parallel), 1) if n_parallel > 1 else 0
+        interactive = InteractiveCount()  # shared: one engine's interactive work pauses every engine's batch work
         self._engines: list[BatchEngine] = [
             BatchEngine(
                 self._llm,
@@ -293,6 +300,7 @@ class GGUFBackend(ThreadedBackend):
                 n_threads_batch=self._threads_batch,
                 # On CPU a pair gains nothing batched (see BatchEngine); on a GPU, batch everything.
                 min_batch=options.min_batch or (1 if on_gpu else 3),
+                interactive=interactive,
             )
             for _ in range(n_engines)
         ]

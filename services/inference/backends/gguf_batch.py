@@ -42,6 +42,7 @@ from services.inference.stop_sequences import StopSequenceMatcher
 log = logging.getLogger(__name__)
 
 Emit = Callable[[Chunk | BaseException], object]
+PAUSED_POLL_SECONDS = 0.002  # how soon paused batch work notices that interactive work has ended
 SCORED_PER_STEP = 64  # prompt positions scored per decode: each keeps its logits (n_vocab floats) in llama.cpp
 
 
@@ -62,6 +63,19 @@ def set_lora(lc: Any, ctx: Any, lora: Any, scale: float = 1.0) -> None:
         status = lc.llama_set_adapters_lora(ctx, handles, 1, (ctypes.c_float * 1)(scale))
     if status != 0:
         raise RuntimeError(f"llama_set_adapters_lora returned {status}")
+
+
+class InteractiveCount:
+    """Interactive sequences running in any of a model's engines: while there are some, every
+    engine pauses its low-priority ones (engines side by side share the cores)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.running = 0
+
+    def add(self, delta: int) -> None:
+        with self._lock:
+            self.running += delta
 
 
 @dataclass
@@ -117,6 +131,7 @@ class BatchEngine:
         prefix_cache: bool = True,
         n_threads_batch: int | None = None,
         min_batch: int = 1,
+        interactive: InteractiveCount | None = None,
     ) -> None:
         import llama_cpp as lc
 
@@ -141,6 +156,7 @@ class BatchEngine:
         # one), while single tokens leave a core to the event loop, gRPC and the clients: through
         # the mesh, pairs ran at 52-63 tok/s batched and 71-74 apart. Four together beat four apart.
         self._min_batch = min_batch
+        self._interactive = interactive or InteractiveCount()
         self._free_slots = list(range(n_parallel))
         self._slot_tokens: dict[int, list[int]] = {slot: [] for slot in range(n_parallel)}  # what each slot's KV holds
         # ... and the weights (adapter, scale) it was computed with
@@ -176,7 +192,8 @@ class BatchEngine:
             if not self._active:
                 continue
             try:
-                self._step()
+                if not self._step():
+                    self._idle_while_paused()
             except Exception as error:  # noqa: BLE001 - every sequence hears about it
                 log.exception("batched decode failed")
                 for sequence in list(self._active):
@@ -220,6 +237,8 @@ class BatchEngine:
                 sequence.prompt_logprobs = [self._unscored(request.tokens[0])]
             sequence.pending = list(request.tokens[reused:])
             self._active.append(sequence)
+            if not request.low_priority:
+                self._interactive.add(1)
         self._waiting.extendleft(reversed(deferred))
         if self._waiting and self._waiting[0] is None and not self._active:
             return False
@@ -245,15 +264,25 @@ class BatchEngine:
         del self._slot_tokens[slot][reused:]
         return slot, reused
 
-    def _step(self) -> None:
+    def _idle_while_paused(self) -> None:
+        """Every sequence here is paused (low priority, interactive work elsewhere): wait for new
+        work, briefly, instead of spinning a core the interactive work needs."""
+        try:
+            self._waiting.append(self._incoming.get(timeout=PAUSED_POLL_SECONDS))
+        except queue.Empty:
+            pass
+
+    def _step(self) -> bool:
         """One decode per adapter in use: llama.cpp applies adapters per context, not per
-        sequence, so sequences with different adapters (or none) take turns within a step."""
+        sequence, so sequences with different adapters (or none) take turns within a step.
+        False when nothing was decoded (every sequence paused)."""
         groups: dict[tuple[str, float], list[_Sequence]] = {}
         for sequence in list(self._active):
             if sequence.request.cancel.is_set():
                 self._release(sequence)
-        # Low-priority (batch) sequences keep their slot and KV but wait while interactive ones run.
-        interactive = any(not s.request.low_priority for s in self._active)
+        # Low-priority (batch) sequences keep their slot and KV but wait while interactive ones run,
+        # in this engine or another of the model's.
+        interactive = self._interactive.running > 0
         for sequence in self._active:
             if not (interactive and sequence.request.low_priority):
                 groups.setdefault(sequence.request.weights, []).append(sequence)
@@ -263,6 +292,7 @@ class BatchEngine:
                     self._decode([sequence])
             else:
                 self._decode(sequences)
+        return bool(groups)
 
     def _decode(self, sequences: list[_Sequence]) -> None:
         lc, batch = self._lc, self._batch
@@ -374,6 +404,8 @@ class BatchEngine:
             self._slot_tokens[sequence.slot].clear()
         self._lc.llama_sampler_free(sequence.sampler)
         self._active.remove(sequence)
+        if not sequence.request.low_priority:
+            self._interactive.add(-1)
         self._free_slots.append(sequence.slot)
 
     def _sampler(self, request: BatchRequest) -> Any:

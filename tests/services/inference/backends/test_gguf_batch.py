@@ -370,3 +370,31 @@ async def test_a_scored_prompt_matches_llama_cpps_own_prompt_logits(batched) -> 
     assert np.abs(np.array(got) - np.array(expected)).mean() < 0.1  # batch shapes move the numerics a little
     assert all(len(entry.top) == 1 for entry in scored[1:])
     reference.close()
+
+
+async def test_interactive_work_in_one_engine_pauses_batch_work_in_the_others() -> None:
+    """Engines side by side share the cores: a batch sequence in one engine waits while an
+    interactive one runs in another, without spinning."""
+    backend = create_backend(gemma("gemma-two-engines", n_threads=1, n_parallel=4, n_engines=2))
+    await backend.load()
+    try:
+        order: list[str] = []
+        started = asyncio.Event()
+
+        async def run(request: GenerationRequest, label: str) -> None:
+            async for _ in backend.generate_stream(request):
+                order.append(label)
+                if len(order) >= 3:
+                    started.set()
+
+        sampling = SamplingParams(max_tokens=60, temperature=0.0)
+        batch = asyncio.create_task(run(GenerationRequest("b", sampling, prompt="1, 2,", low_priority=True), "batch"))
+        await started.wait()
+        assert backend._engine_load == [1, 0]
+        live = GenerationRequest("i", SamplingParams(max_tokens=16, temperature=0.0), prompt="Hello,")
+        await run(live, "live")  # the least busy engine: the other one
+        await batch
+        first, last = order.index("live"), len(order) - order[::-1].index("live")
+        assert order[first + 2 : last].count("batch") == 0
+    finally:
+        await backend.unload()

@@ -177,6 +177,21 @@ class InferenceClient(ServiceClient):
         call = self._stub.WatchModelLogs(pb.WatchModelLogsRequest(name=name))
         return await server_stream(call, lambda response: response.line)
 
+    async def pull_model(
+        self, repo: str, file: str = "", revision: str = "", name: str = ""
+    ) -> AsyncIterator[tuple[str, int, int, ModelInfo | None]]:
+        """A model pull's progress: (file, bytes so far, total bytes, the new model on the last step)."""
+        call = self._stub.PullModel(pb.PullModelRequest(repo=repo, file=file, revision=revision, name=name))
+        return await server_stream(
+            call,
+            lambda r: (
+                r.file,
+                r.downloaded_bytes,
+                r.total_bytes,
+                ModelInfo.from_pb(r.model) if r.HasField("model") else None,
+            ),
+        )
+
     async def reload_models(self) -> tuple[list[ModelInfo], list[str]]:
         with rpc_errors():
             response = await self._stub.ReloadModels(pb.ReloadModelsRequest(), timeout=self._timeout)
@@ -292,6 +307,11 @@ def connect_node(spec: NodeSpec, internal_token: str | None, timeout: float) -> 
         channel = open_channel(spec.address, internal_token)
         return MeshNode(spec, InferenceClient(channel, timeout, node=spec.name), close=channel.close)
     return HttpNode(spec, timeout)
+
+
+def _pull_step(response: pb.PullModelResponse) -> tuple[str, int, int, ModelInfo | None]:
+    model = ModelInfo.from_pb(response.model) if response.HasField("model") else None
+    return response.file, response.downloaded_bytes, response.total_bytes, model
 
 
 def _completed(response: Any, text: str | None, node: str, tool_calls: tuple[ToolCall, ...] = ()) -> Completed:

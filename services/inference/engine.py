@@ -8,9 +8,9 @@ import functools
 from collections.abc import AsyncIterator
 
 from services.common import tracing
-from services.common.errors import FailedPrecondition, InvalidArgument, MeshError, NotFound
+from services.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, MeshError, NotFound
 from services.common.registry import ModelSpec
-from services.inference import response_cache, tools
+from services.inference import pull, response_cache, tools
 from services.inference.adapters import AdapterStore
 from services.inference.backends import backend_class
 from services.inference.backends.base import Backend
@@ -34,7 +34,9 @@ from services.inference.domain import (
 )
 from services.inference.metrics import RequestTimer
 from services.inference.model_manager import ModelManager
+from services.inference.pull import PullProgress
 from services.inference.routing import (
+    PULLED_PREFIX,
     SETTING_KEYS,
     SLOTS,
     TIERS,
@@ -43,6 +45,7 @@ from services.inference.routing import (
     build_routes,
     require_known_key,
     validate_setting,
+    with_pulled,
 )
 from services.inference.settings_store import SettingsStore
 
@@ -58,6 +61,7 @@ class InferenceEngine:
         adapters: AdapterStore | None = None,
     ) -> None:
         self.router = router
+        self.registry_file = router.registry  # the registry file's models; pulled ones are added on reload
         self.models = models
         self.store = store
         self.environment = environment
@@ -319,6 +323,19 @@ class InferenceEngine:
         await self.models.unload(spec)
         return self._info(spec)
 
+    async def pull_model(self, repo: str, file: str, revision: str, name: str) -> AsyncIterator[PullProgress]:
+        """Download a GGUF model from the Hub and add it to the registry (kept in the settings store,
+        so it survives restarts); progress as it goes, the new model's info last."""
+        if name and (spec := self.registry_file.find(name)) is not None:
+            raise AlreadyExists(f"'{name}' is a model of the registry file already ({spec.path}).", param="name")
+        async for step in pull.pull(repo, file, revision, name):
+            if step.spec is not None:
+                if self.registry_file.find(step.spec.name) is not None:
+                    raise AlreadyExists(f"'{step.spec.name}' is a registry model already; pass 'name'.", param="name")
+                await self.store.put(PULLED_PREFIX + step.spec.name, step.spec.model_dump_json(exclude_defaults=True))
+                await self.reload()
+            yield step
+
     async def unload_models(self) -> list[str]:
         return await self.models.unload_all()
 
@@ -335,8 +352,10 @@ class InferenceEngine:
         return engine_output.follow()
 
     async def reload(self) -> list[str]:
-        """Re-read the settings and re-route; unload models that no name reaches any more."""
+        """Re-read the settings (pulled models included) and re-route; unload models that no name
+        reaches any more."""
         stored = {key: setting.value for key, setting in (await self.store.all()).items()}
+        self.router.registry = with_pulled(self.registry_file, stored)
         self.router.update(build_routes(self.router.registry, stored, self.environment))
         return await self.models.unload_unreferenced({spec.instance_key for spec in self.router.specs()})
 

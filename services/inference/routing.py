@@ -17,6 +17,7 @@ is made for it). Specs that reach the same (backend, path) share one instance.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -28,6 +29,8 @@ from services.common import compat
 from services.common.errors import InvalidArgument, ModelNotFound
 from services.common.registry import ModelRegistry, ModelSpec
 from services.inference.backends import BACKENDS, backend_class
+
+log = logging.getLogger(__name__)
 
 SLOTS = ("live", "background")
 TIERS = ("light", "medium", "heavy")
@@ -55,6 +58,30 @@ SETTING_KEYS: dict[str, str] = {
     **{f"model.{slot}.name": f"Model of the {slot} slot: a registry name or a model file path." for slot in SLOTS},
     **{f"model.{tier}.name": f"Model of the {tier} tier: a registry name." for tier in TIERS},
 }
+
+
+PULLED_PREFIX = "pulled."  # settings that hold pulled models' registry entries (JSON)
+
+
+def with_pulled(registry: ModelRegistry, stored: Mapping[str, str]) -> ModelRegistry:
+    """The registry file's models plus those pulled since (kept in the settings store). A pulled
+    entry that no longer parses, or whose name the file now uses, is skipped with a warning."""
+    pulled = []
+    for key, value in sorted(stored.items()):
+        if not key.startswith(PULLED_PREFIX):
+            continue
+        try:
+            spec = ModelSpec.model_validate_json(value)
+        except ValueError as error:
+            log.warning("skipping pulled model %s: %s", key, error)
+            continue
+        if any(registry.find(name) for name in (spec.name, *spec.aliases)):
+            log.warning("skipping pulled model %s: the registry file has a model of that name", spec.name)
+            continue
+        pulled.append(spec)
+    if not pulled:
+        return registry
+    return ModelRegistry.from_specs([*registry.models, *pulled], registry.default_model, registry.tiers)
 
 
 def require_known_key(key: str) -> None:

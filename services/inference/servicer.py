@@ -124,6 +124,17 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         async for line in self.engine.model_log(request.name):
             yield pb.WatchModelLogsResponse(line=line)
 
+    async def PullModel(
+        self, request: pb.PullModelRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.PullModelResponse]:
+        async for step in self.engine.pull_model(request.repo, request.file, request.revision, request.name):
+            yield pb.PullModelResponse(
+                file=step.file,
+                downloaded_bytes=step.downloaded,
+                total_bytes=step.total,
+                model=self.engine.get_model(step.spec.name).to_pb() if step.spec is not None else None,
+            )
+
     async def ReloadModels(
         self, request: pb.ReloadModelsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ReloadModelsResponse:

@@ -21,11 +21,11 @@ import grpc
 
 from llmmesh.trainer.v1 import trainer_service_pb2 as pb
 from services.common.artifacts import ArtifactStore, check_adapter_id, may_use
+from services.common.child import Child, ChildFailed, Event
 from services.common.errors import AlreadyExists, InvalidArgument, NotFound
 from services.common.grpc_client import open_channel
 from services.common.registry import ModelRegistry, ModelSpec
 from services.inference.client import InferenceClient
-from services.trainer.child import Child, ChildFailed, Event
 from services.trainer.config import TrainerSettings
 from services.trainer.domain import (
     DatasetSource,

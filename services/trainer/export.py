@@ -19,7 +19,7 @@ import json
 import sys
 from pathlib import Path
 
-from services.trainer.child import emit
+from services.common.child import emit
 from services.trainer.training import base_checkpoint
 
 

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import TypeAlias
 
 from llmmesh.trainer.v1 import trainer_service_pb2 as pb
+from services.common.child import Child, Event
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
-from services.trainer.child import Child, Event
 from services.trainer.domain import Hyperparameters, TrainingPlan, TrainingState, timestamp
 from services.trainer.engine import Trainer
 from services.trainer.seeds import generate, split

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from services.trainer.child import emit
+from services.common.child import emit
 from services.trainer.domain import Turn
 
 Example = list[dict[str, str]]

@@ -1,8 +1,9 @@
 """Operations: the model queue, hot swap, and the settings store.
 
 GET /v1/queue; POST /admin/models/{name}/load, /admin/models/{name}/unload,
-/admin/models/unload (all), /admin/models/reload; GET /admin/models/{name}/logs (a managed
-engine's output, SSE); GET /settings/, PUT /settings/{key}.
+/admin/models/unload (all), /admin/models/reload; POST /admin/models/pull (from the Hugging
+Face Hub, SSE progress); GET /admin/models/{name}/logs (a managed engine's output, SSE);
+GET /settings/, PUT /settings/{key}.
 """
 
 from __future__ import annotations
@@ -38,6 +39,30 @@ async def queue(inference: InferenceClient = Depends(get_inference)) -> dict[str
         "total_waiting": total_waiting,
         "max_waiting": max_waiting,
     }
+
+
+class PullIn(OpenAIModel):
+    repo: str = Field(min_length=3, max_length=200, description="Hub repository, 'owner/name'.")
+    file: str = Field("", max_length=200, description="Which .gguf: a glob or part of its name ('Q4_K_M').")
+    revision: str = Field("", max_length=128)
+    name: str = Field("", max_length=128, description="Registry name; empty: derived from the repository.")
+
+
+@router.post("/admin/models/pull", response_model=None, dependencies=[Depends(superuser)])
+async def pull_model(body: PullIn, inference: InferenceClient = Depends(get_inference)) -> Any:
+    """Server-sent events: the download's progress ({"file", "downloaded_bytes", "total_bytes"}),
+    then the new registry model ({"model": ...}). A bad repository or file is a 4xx before the
+    stream starts."""
+    steps = await inference.pull_model(body.repo, body.file, body.revision, body.name)
+
+    async def events() -> AsyncIterator[dict[str, Any]]:
+        async for file, downloaded, total, model in steps:
+            event: dict[str, Any] = {"file": file, "downloaded_bytes": downloaded, "total_bytes": total}
+            if model is not None:
+                event["model"] = model_body(model)
+            yield event
+
+    return sse_response(events())
 
 
 @router.post("/admin/models/{name:path}/load", dependencies=[Depends(superuser)])

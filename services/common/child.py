@@ -25,9 +25,12 @@ class ChildFailed(Exception):
 
 
 class Child:
-    def __init__(self, module: str, run_dir: Path) -> None:
+    """`environment`: variables set for the child (None removes one), e.g. the Hub's offline mode."""
+
+    def __init__(self, module: str, run_dir: Path, environment: dict[str, str | None] | None = None) -> None:
         self.module = module
         self.run_dir = run_dir
+        self.environment = environment or {}
         self.process: asyncio.subprocess.Process | None = None
         self.killed = False
 
@@ -36,6 +39,11 @@ class Child:
         Other output is library chatter: stderr's last lines explain a failure."""
         # The child imports this code base the way this process does.
         environment = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+        for name, value in self.environment.items():
+            if value is None:
+                environment.pop(name, None)
+            else:
+                environment[name] = value
         self.process = process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",

@@ -33,6 +33,44 @@ MANAGED_BACKENDS = ("llama-server", "command", "container")  # engine processes 
 KNOWN_BACKENDS = ("gguf", "mock", "rest", "transformers", "vllm", "mlx", *MANAGED_BACKENDS)
 
 
+def auto_backend(path: str, platform: Platform | None = None) -> str:
+    """`backend: auto`: the backend that runs `path` best here. A GGUF file is llama.cpp's (it
+    uses Metal or CUDA itself where it was built for them); weights in the Hugging Face layout
+    go to MLX on Apple silicon, vLLM where CUDA and vLLM are present, transformers otherwise."""
+    if path.startswith("package:") or path.lower().endswith(".gguf"):
+        return "gguf"
+    here = platform or Platform.detect()
+    if here.apple_silicon and here.has("mlx_lm"):
+        return "mlx"
+    if here.cuda and here.has("vllm"):
+        return "vllm"
+    return "transformers"
+
+
+@dataclasses.dataclass(frozen=True)
+class Platform:
+    """What `auto_backend` asks of the machine, cheaply: no framework is imported to find out."""
+
+    apple_silicon: bool
+    cuda: bool
+    packages: frozenset[str]
+
+    def has(self, package: str) -> bool:
+        return package in self.packages
+
+    @classmethod
+    def detect(cls) -> Platform:
+        import importlib.util
+        import platform
+        import shutil
+
+        return cls(
+            apple_silicon=platform.system() == "Darwin" and platform.machine() == "arm64",
+            cuda=Path("/proc/driver/nvidia/version").exists() or shutil.which("nvidia-smi") is not None,
+            packages=frozenset(p for p in ("mlx_lm", "vllm") if importlib.util.find_spec(p) is not None),
+        )
+
+
 class SamplingDefaults(BaseModel):
     """Per-model sampling defaults, applied where a request leaves a field unset."""
 
@@ -77,6 +115,13 @@ class ModelSpec(BaseModel):
         None, gt=0, description="Unload it (stop its engine) after this long without requests; unset: never."
     )
     options: dict[str, Any] = Field(default_factory=dict, description="Backend-specific settings.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _auto_backend(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("backend") == "auto":
+            return {**data, "backend": auto_backend(str(data.get("path") or ""))}
+        return data
 
     @model_validator(mode="after")
     def _backend_is_known(self) -> ModelSpec:

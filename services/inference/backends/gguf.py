@@ -116,6 +116,7 @@ def _joined_surrogates(gbnf: str) -> str:
 
 
 MAX_GBNF_CHARS = 200_000
+MIN_PLACED_PREFIX = 64  # cached prompt tokens worth sending a request to a (slightly) busier engine
 
 
 def _framed(gbnf: str, frame: OutputFrame) -> str:
@@ -186,6 +187,9 @@ class GGUFOptions(BackendOptions):
     flash_attn: bool = False
     n_engines: int | None = Field(None, ge=1, description="Batch engines side by side. Unset: by cores.")
     prefix_cache: bool = Field(True, description="Reuse a finished sequence's cached prompt prefix.")
+    prefix_placement: bool = Field(
+        True, description="Send a request to the engine that caches its longest prefix, if not much busier."
+    )
     min_batch: int | None = Field(None, ge=1, description="Sequences before batching pays. Unset: 3 CPU, 1 GPU.")
 
 
@@ -430,7 +434,7 @@ class GGUFBackend(ThreadedBackend):
             low_priority=generation.low_priority,
             prompt_logprobs=generation.prompt_logprobs,
         )
-        engine = min(range(len(self._engines)), key=self._engine_load.__getitem__)
+        engine = self._pick_engine(request)
         self._engine_load[engine] += 1
         self.stats.running += 1
         try:
@@ -449,6 +453,22 @@ class GGUFBackend(ThreadedBackend):
             cancel.set()  # a client that left frees its slot at the next step
             self.stats.running -= 1
             self._engine_load[engine] -= 1
+
+    def _pick_engine(self, request: BatchRequest) -> int:
+        """The least busy engine; or, when one no more than a request busier holds a long prefix
+        of this prompt in a slot's cache (a shared system prompt), that one: its prompt is not
+        evaluated again."""
+        loads = self._engine_load
+        least = min(range(len(loads)), key=loads.__getitem__)
+        if len(self._engines) == 1 or not self.options.prefix_cache or not self.options.prefix_placement:
+            return least
+        shared = {
+            i: self._engines[i].cached_prefix(request.tokens, request.weights)
+            for i in range(len(loads))
+            if loads[i] <= loads[least] + 1
+        }
+        best = max(shared, key=lambda i: (shared[i], -loads[i]))
+        return best if shared[best] >= MIN_PLACED_PREFIX and shared[best] > shared.get(least, 0) else least
 
     def _generate_blocking(
         self,

@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 Emit = Callable[[Chunk | BaseException], object]
 PAUSED_POLL_SECONDS = 0.002  # how soon paused batch work notices that interactive work has ended
 SCORED_PER_STEP = 64  # prompt positions scored per decode: each keeps its logits (n_vocab floats) in llama.cpp
+MIN_REUSED_PREFIX = 16  # below this, a request takes the slot with the least cached, not the longest match
 
 
 def common_prefix(held: Any, tokens: list[int]) -> int:
@@ -172,6 +173,19 @@ class BatchEngine:
     def running(self) -> int:
         return len(self._active)
 
+    def cached_prefix(self, tokens: list[int], weights: tuple[str, float]) -> int:
+        """The longest prefix of `tokens` that a free slot's cache holds: what this engine would
+        not evaluate again. Read from the event loop while this engine's thread works: lists are
+        copied whole under the GIL, and a stale answer only places a request less well."""
+        return max(
+            (
+                common_prefix(list(self._slot_tokens[slot]), tokens[:-1])
+                for slot in list(self._free_slots)
+                if self._slot_weights[slot] == weights
+            ),
+            default=0,
+        )
+
     def submit(self, *requests: BatchRequest) -> None:
         with self._admission:
             for request in requests:
@@ -255,6 +269,8 @@ class BatchEngine:
             return common_prefix(self._slot_tokens[slot], tokens[:-1])
 
         slot = max(self._free_slots, key=shared)
+        if shared(slot) < MIN_REUSED_PREFIX:  # nothing worth reusing: leave the long caches to requests that share them
+            slot = min(self._free_slots, key=lambda s: len(self._slot_tokens[s]))
         self._slot_weights[slot] = weights
         reused = shared(slot)
         if reused and not self._lc.llama_memory_seq_rm(self._memory, slot, reused, -1):

@@ -398,3 +398,37 @@ async def test_interactive_work_in_one_engine_pauses_batch_work_in_the_others() 
         assert order[first + 2 : last].count("batch") == 0
     finally:
         await backend.unload()
+
+
+@pytest.mark.parametrize("placement", [True, False])
+async def test_a_request_goes_to_the_engine_that_caches_its_prefix(placement: bool) -> None:
+    """Engine 0 caches a shared system prompt and runs one long request; engine 1 is idle and
+    cold. With placement the next request sharing the prompt goes to engine 0 and evaluates only
+    its own part; without, to the idle engine, which evaluates it all."""
+    options = {"n_threads": 1, "n_parallel": 4, "n_engines": 2, "prefix_placement": placement}
+    backend = create_backend(gemma(f"gemma-placement-{placement}", **options))
+    await backend.load()
+    try:
+        shared = "You answer questions about numbers. " * 12
+        sampling = SamplingParams(max_tokens=4, temperature=0.0)
+        _, first = await generate(backend, shared + "What is 1 + 1?", sampling)
+        assert first.usage.cached_prompt_tokens == 0
+        started = asyncio.Event()
+
+        async def long_request() -> None:
+            request = GenerationRequest("long", SamplingParams(max_tokens=120, temperature=0.0), prompt="1, 2, 3,")
+            async for _ in backend.generate_stream(request):
+                started.set()
+
+        running = asyncio.create_task(long_request())
+        await started.wait()
+        assert backend._engine_load == [1, 0]  # engine 0: the long request (and the cached prompt)
+        _, second = await generate(backend, shared + "What is 2 + 2?", sampling)
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+        if placement:
+            assert second.usage.cached_prompt_tokens > 0.8 * first.usage.prompt_tokens
+        else:
+            assert second.usage.cached_prompt_tokens == 0
+    finally:
+        await backend.unload()

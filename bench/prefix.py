@@ -1,0 +1,99 @@
+"""Prefix-aware placement across engines: a workload whose requests share a ~1,000-token system
+prompt, at c=4, on one inference service with the registry's batching defaults (n_parallel 4
+on two engines here). With placement, a request goes to the engine whose free slot caches the
+shared prefix (when that engine is at most one request busier); without, to the least busy
+engine, which may have to evaluate the whole prompt again.
+
+    python -m bench.prefix [--requests 24] [--concurrency 4] [--output .data/bench/prefix.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.chat import MODEL
+from bench.fleet import Node
+from bench.mesh import channel
+from services.inference.client import ChatMessage, ChatRequest, InferenceClient, Role, SamplingParams
+
+SYSTEM = " ".join(
+    f"Rule {i}: answer politely, cite the manual section {i}, and never reveal internal notes." for i in range(60)
+)
+
+
+async def one(client: InferenceClient, index: int) -> tuple[float, int, int]:
+    """TTFT, prompt tokens and prompt tokens served from the cache, of one streamed request."""
+    messages = (ChatMessage(Role.SYSTEM, SYSTEM), ChatMessage(Role.USER, f"Question {index}: what is {index} + 1?"))
+    request = ChatRequest(MODEL, messages, SamplingParams(max_tokens=8, temperature=0))
+    started, ttft = time.perf_counter(), 0.0
+    events = await client.stream_chat([request])
+    usage = None
+    async for event in events:
+        if event.chunk.text and not ttft:
+            ttft = time.perf_counter() - started
+        usage = event.chunk.usage or usage
+    assert usage is not None
+    return ttft or time.perf_counter() - started, usage.prompt_tokens, usage.cached_prompt_tokens
+
+
+async def workload(port: int, requests: int, concurrency: int) -> dict[str, Any]:
+    async with channel(f"127.0.0.1:{port}") as chats:
+        client = InferenceClient(chats, 600)
+        await asyncio.gather(*(one(client, -i) for i in range(concurrency)))  # warm-up: the caches hold the prefix
+        slots = asyncio.Semaphore(concurrency)
+
+        async def limited(index: int) -> tuple[float, int, int]:
+            async with slots:
+                return await one(client, index)
+
+        results = await asyncio.gather(*(limited(i) for i in range(requests)))
+    ttfts = [r[0] for r in results]
+    return {
+        "ttft_p50_ms": 1000 * statistics.median(ttfts),
+        "ttft_mean_ms": 1000 * statistics.fmean(ttfts),
+        "prompt_tokens": results[0][1],
+        "cached_share": sum(r[2] for r in results) / sum(r[1] for r in results),
+    }
+
+
+async def main(args: argparse.Namespace) -> dict[str, Any]:
+    root = Path(tempfile.mkdtemp(prefix="llmmesh-bench-prefix-"))
+    rows = {}
+    for label, placement in (("least busy engine", False), ("prefix-aware placement", True)):
+        node = Node(root / label.replace(" ", "-"), None, None, {"prefix_placement": placement})
+        try:
+            await node.start()
+            rows[label] = await workload(node.port, args.requests, args.concurrency)
+        finally:
+            node.stop()
+    rows["ratio"] = rows["least busy engine"]["ttft_p50_ms"] / rows["prefix-aware placement"]["ttft_p50_ms"]
+    return rows
+
+
+def cli() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=24)
+    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--output", type=Path, default=Path(".data/bench/prefix.json"))
+    args = parser.parse_args()
+    rows = asyncio.run(main(args))
+    print(f"shared system prompt: {rows['least busy engine']['prompt_tokens']} prompt tokens, c={args.concurrency}")
+    print("| placement | TTFT p50 ms | TTFT mean ms | prompt tokens from cache |")
+    print("|---|---|---|---|")
+    for label in ("least busy engine", "prefix-aware placement"):
+        row = rows[label]
+        print(f"| {label} | {row['ttft_p50_ms']:.0f} | {row['ttft_mean_ms']:.0f} | {100 * row['cached_share']:.0f}% |")
+    print(f"TTFT p50: {rows['ratio']:.2f}x faster with placement")
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    cli()

@@ -16,7 +16,6 @@ All calls block (disk, S3): async callers run them in a thread.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import re
@@ -24,7 +23,6 @@ import shutil
 import stat
 import tempfile
 import zipfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -32,8 +30,9 @@ from typing import Any
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from services.common.buckets import Bucket, is_missing
 from services.common.config import strong_secret
-from services.common.errors import InvalidArgument, NotFound, Unavailable
+from services.common.errors import InvalidArgument, NotFound
 
 ADAPTER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 # What an adapter zip may hold; anything else (a pickled .bin, a script) is refused.
@@ -174,7 +173,10 @@ class ArtifactStore:
         if self.s3_enabled and self.settings.s3_secret_access_key is not None:
             # The bucket holds every tenant's adapters: MinIO's CHANGE-ME must not guard it.
             strong_secret("AWS_SECRET_ACCESS_KEY", self.settings.s3_secret_access_key)
-        self._s3_client: Any = None
+        settings = self.settings
+        self._bucket = Bucket(
+            settings.s3_bucket, settings.s3_prefix, settings.s3_endpoint_url, settings.s3_region, "adapter"
+        )
 
     # ---- writing ----
 
@@ -188,8 +190,8 @@ class ArtifactStore:
         _write_atomically(home / "adapter.zip", archive)
         _write_atomically(home / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True).encode())
         if self.s3_enabled:
-            self._s3_put(f"{adapter_id}/adapter.zip", archive)
-            self._s3_put(f"{adapter_id}/manifest.json", json.dumps(manifest).encode())
+            self._bucket.put(f"{adapter_id}/adapter.zip", archive)
+            self._bucket.put(f"{adapter_id}/manifest.json", json.dumps(manifest).encode())
         return StoredAdapter(manifest, len(archive), self._locations(adapter_id))
 
     def share(self, adapter_id: str) -> StoredAdapter:
@@ -202,7 +204,7 @@ class ArtifactStore:
         if (home / "manifest.json").is_file():
             _write_atomically(home / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True).encode())
         if self.s3_enabled:
-            self._s3_put(f"{adapter_id}/manifest.json", json.dumps(manifest).encode())
+            self._bucket.put(f"{adapter_id}/manifest.json", json.dumps(manifest).encode())
         return StoredAdapter(manifest, stored.size_bytes, stored.locations)
 
     def delete(self, adapter_id: str) -> None:
@@ -211,9 +213,8 @@ class ArtifactStore:
         shutil.rmtree(self.root / adapter_id, ignore_errors=True)
         if self.s3_enabled:
             for name in ("adapter.zip", "manifest.json"):
-                with self._s3_errors():
-                    found |= self._s3_head(f"{adapter_id}/{name}") is not None
-                    self._s3().delete_object(Bucket=self.settings.s3_bucket, Key=self._key(f"{adapter_id}/{name}"))
+                found |= self._bucket.head(f"{adapter_id}/{name}") is not None
+                self._bucket.delete(f"{adapter_id}/{name}")
         if not found:
             raise NotFound(f"No adapter '{adapter_id}'.", reason="ADAPTER_NOT_FOUND")
 
@@ -225,17 +226,15 @@ class ArtifactStore:
         check_adapter_id(adapter_id)
         home = self.root / adapter_id
         if from_bucket and self.s3_enabled:
-            with self._s3_errors():
-                manifest = self._s3_get(f"{adapter_id}/manifest.json")
+            manifest = self._bucket.get(f"{adapter_id}/manifest.json")
             if manifest is not None and home.is_dir():
                 _write_atomically(home / "manifest.json", manifest)
         if (home / "manifest.json").is_file() and (home / "adapter.zip").is_file():
             manifest = json.loads((home / "manifest.json").read_text())
             return StoredAdapter(manifest, (home / "adapter.zip").stat().st_size, self._locations(adapter_id))
         if self.s3_enabled:
-            with self._s3_errors():
-                head = self._s3_head(f"{adapter_id}/adapter.zip")
-                manifest = self._s3_get(f"{adapter_id}/manifest.json") if head is not None else None
+            head = self._bucket.head(f"{adapter_id}/adapter.zip")
+            manifest = self._bucket.get(f"{adapter_id}/manifest.json") if head is not None else None
             if head is not None and manifest is not None:
                 return StoredAdapter(json.loads(manifest), int(head["ContentLength"]), self._locations(adapter_id))
         return None
@@ -243,7 +242,7 @@ class ArtifactStore:
     def list(self) -> list[StoredAdapter]:
         ids = {p.parent.name for p in self.root.glob("*/manifest.json") if ADAPTER_ID.match(p.parent.name)}
         if self.s3_enabled:
-            ids |= set(self._s3_ids())
+            ids |= {adapter_id for adapter_id in self._bucket.folders() if ADAPTER_ID.match(adapter_id)}
         found = (self.get(adapter_id) for adapter_id in sorted(ids))
         return sorted((a for a in found if a), key=lambda a: str(a.manifest.get("created_at", "")), reverse=True)
 
@@ -261,8 +260,7 @@ class ArtifactStore:
             safe_extract(home / "adapter.zip", extracted, *limits)
             return extracted
         if self.s3_enabled:
-            with self._s3_errors():
-                archive = self._s3_get(f"{adapter_id}/adapter.zip")
+            archive = self._bucket.get(f"{adapter_id}/adapter.zip")
             if archive is not None:
                 home.mkdir(parents=True, exist_ok=True)
                 safe_extract(archive, extracted, *limits)
@@ -284,11 +282,11 @@ class ArtifactStore:
         bucket, _, key = uri.removeprefix("s3://").partition("/")
         if not uri.startswith("s3://") or not bucket or not key:
             raise InvalidArgument(f"'{param}' must be an s3://bucket/key URI.", param=param)
-        with self._s3_errors():
+        with self._bucket.errors():
             try:
-                body = self._s3().get_object(Bucket=bucket, Key=key)["Body"].read(max_bytes + 1)
+                body = self._bucket.client.get_object(Bucket=bucket, Key=key)["Body"].read(max_bytes + 1)
             except ClientError as error:
-                if _missing(error) or error.response.get("Error", {}).get("Code") == "NoSuchBucket":
+                if is_missing(error) or error.response.get("Error", {}).get("Code") == "NoSuchBucket":
                     raise NotFound(f"No dataset at {uri}.", param=param) from error
                 raise
         if len(body) > max_bytes:
@@ -308,85 +306,7 @@ class ArtifactStore:
         local = (str(self.root / adapter_id / "adapter.zip"),)
         if not self.s3_enabled:
             return local
-        return (*local, f"s3://{self.settings.s3_bucket}/{self._key(f'{adapter_id}/adapter.zip')}")
-
-    def _key(self, name: str) -> str:
-        prefix = self.settings.s3_prefix.strip("/")
-        return f"{prefix}/{name}" if prefix else name
-
-    def _s3(self) -> Any:
-        if self._s3_client is None:
-            import boto3  # only stores with a bucket need it
-
-            self._s3_client = boto3.client(
-                "s3",
-                endpoint_url=self.settings.s3_endpoint_url or None,
-                region_name=self.settings.s3_region,
-            )
-        return self._s3_client
-
-    def _s3_put(self, name: str, body: bytes) -> None:
-        from botocore.exceptions import ClientError
-
-        with self._s3_errors():
-            try:
-                self._s3().put_object(Bucket=self.settings.s3_bucket, Key=self._key(name), Body=body)
-            except ClientError as error:
-                if error.response.get("Error", {}).get("Code") != "NoSuchBucket":
-                    raise
-                # A fresh MinIO has no buckets: the first adapter makes it.
-                self._s3().create_bucket(Bucket=self.settings.s3_bucket)
-                self._s3().put_object(Bucket=self.settings.s3_bucket, Key=self._key(name), Body=body)
-
-    def _s3_get(self, name: str) -> bytes | None:
-        """The object's bytes; None when there is no such object (one request either way)."""
-        from botocore.exceptions import ClientError
-
-        try:
-            response = self._s3().get_object(Bucket=self.settings.s3_bucket, Key=self._key(name))
-        except ClientError as error:
-            if _missing(error):
-                return None
-            raise
-        return bytes(response["Body"].read())
-
-    def _s3_head(self, name: str) -> dict[str, Any] | None:
-        """The object's metadata; None when there is no such object."""
-        from botocore.exceptions import ClientError
-
-        try:
-            return dict(self._s3().head_object(Bucket=self.settings.s3_bucket, Key=self._key(name)))
-        except ClientError as error:
-            if _missing(error):
-                return None
-            raise
-
-    def _s3_ids(self) -> Iterator[str]:
-        with self._s3_errors():
-            pages = (
-                self._s3()
-                .get_paginator("list_objects_v2")
-                .paginate(Bucket=self.settings.s3_bucket, Prefix=self._key(""), Delimiter="/")
-            )
-            for page in pages:
-                for common in page.get("CommonPrefixes", []):
-                    adapter_id = common["Prefix"].rstrip("/").rsplit("/", 1)[-1]
-                    if ADAPTER_ID.match(adapter_id):
-                        yield adapter_id
-
-    @contextlib.contextmanager
-    def _s3_errors(self) -> Iterator[None]:
-        """S3 trouble is the store being unavailable, said plainly (no botocore traceback)."""
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        try:
-            yield
-        except (BotoCoreError, ClientError) as error:
-            raise Unavailable(f"The adapter bucket '{self.settings.s3_bucket}' failed: {error}") from error
-
-
-def _missing(error: Any) -> bool:
-    return error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound")
+        return (*local, self._bucket.uri(f"{adapter_id}/adapter.zip"))
 
 
 def _write_atomically(path: Path, data: bytes) -> None:

@@ -15,12 +15,10 @@ All calls block (disk, S3): async callers run them in a thread.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +26,8 @@ from typing import Any
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from services.common.errors import InvalidArgument, NotFound, Unavailable
+from services.common.buckets import Bucket
+from services.common.errors import InvalidArgument, NotFound
 
 FILE_ID = re.compile(r"^file-[a-f0-9]{32}$")
 OBJECT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
@@ -89,7 +88,8 @@ def file_not_found(file_id: str) -> NotFound:
 class FileStore:
     def __init__(self, settings: FileSettings | None = None) -> None:
         self.settings = settings or FileSettings()
-        self._s3_client: Any = None
+        s3 = self.settings
+        self._bucket = Bucket(s3.s3_bucket, s3.s3_prefix, s3.s3_endpoint_url, s3.s3_region, kind="file")
 
     # ---- files ----
 
@@ -167,7 +167,7 @@ class FileStore:
 
     def _write(self, key: str, data: bytes) -> None:
         if self.settings.s3_bucket:
-            self._s3_put(key, data)
+            self._bucket.put(key, data)
             return
         path = self.settings.dir / key
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -177,7 +177,7 @@ class FileStore:
 
     def _read(self, key: str) -> bytes | None:
         if self.settings.s3_bucket:
-            return self._s3_get(key)
+            return self._bucket.get(key)
         try:
             return (self.settings.dir / key).read_bytes()
         except FileNotFoundError:
@@ -185,77 +185,15 @@ class FileStore:
 
     def _delete(self, key: str) -> None:
         if self.settings.s3_bucket:
-            with self._s3_errors():
-                self._s3().delete_object(Bucket=self.settings.s3_bucket, Key=self._key(key))
+            self._bucket.delete(key)
             return
         (self.settings.dir / key).unlink(missing_ok=True)
 
     def _names(self, folder: str) -> list[str]:
-        if not self.settings.s3_bucket:
-            directory = self.settings.dir / folder
-            return [p.name for p in directory.iterdir() if not p.name.startswith(".")] if directory.is_dir() else []
-        from botocore.exceptions import ClientError
-
-        names = []
-        with self._s3_errors():
-            pages = (
-                self._s3()
-                .get_paginator("list_objects_v2")
-                .paginate(Bucket=self.settings.s3_bucket, Prefix=self._key(folder))
-            )
-            try:
-                for page in pages:
-                    names += [item["Key"].rsplit("/", 1)[-1] for item in page.get("Contents", [])]
-            except ClientError as error:
-                if error.response.get("Error", {}).get("Code") != "NoSuchBucket":
-                    raise
-        return names
-
-    def _key(self, key: str) -> str:
-        prefix = self.settings.s3_prefix.strip("/")
-        return f"{prefix}/{key}" if prefix else key
-
-    def _s3(self) -> Any:
-        if self._s3_client is None:
-            import boto3  # only stores with a bucket need it
-
-            self._s3_client = boto3.client(
-                "s3", endpoint_url=self.settings.s3_endpoint_url or None, region_name=self.settings.s3_region
-            )
-        return self._s3_client
-
-    def _s3_put(self, key: str, data: bytes) -> None:
-        from botocore.exceptions import ClientError
-
-        with self._s3_errors():
-            try:
-                self._s3().put_object(Bucket=self.settings.s3_bucket, Key=self._key(key), Body=data)
-            except ClientError as error:
-                if error.response.get("Error", {}).get("Code") != "NoSuchBucket":
-                    raise
-                self._s3().create_bucket(Bucket=self.settings.s3_bucket)  # a fresh MinIO has none
-                self._s3().put_object(Bucket=self.settings.s3_bucket, Key=self._key(key), Body=data)
-
-    def _s3_get(self, key: str) -> bytes | None:
-        from botocore.exceptions import ClientError
-
-        with self._s3_errors():
-            try:
-                response = self._s3().get_object(Bucket=self.settings.s3_bucket, Key=self._key(key))
-            except ClientError as error:
-                if error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound", "NoSuchBucket"):
-                    return None
-                raise
-            return bytes(response["Body"].read())
-
-    @contextlib.contextmanager
-    def _s3_errors(self) -> Iterator[None]:
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        try:
-            yield
-        except (BotoCoreError, ClientError) as error:
-            raise Unavailable(f"The file bucket '{self.settings.s3_bucket}' failed: {error}") from error
+        if self.settings.s3_bucket:
+            return self._bucket.names(folder)
+        directory = self.settings.dir / folder
+        return [p.name for p in directory.iterdir() if not p.name.startswith(".")] if directory.is_dir() else []
 
 
 def _checked_name(name: str) -> str:

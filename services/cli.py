@@ -10,8 +10,8 @@
 
 Tables for people, `--json` for scripts. It talks to `--url` (LLMMESH_URL, default
 http://127.0.0.1:8000) with `--token` (LLMMESH_TOKEN: an API key or a superuser JWT); without
-one, on the machine `make run` runs on, it mints a short-lived superuser JWT from the secret
-`make run` keeps in its data directory.
+one, for `make run`'s gateway at the default URL, it mints a short-lived superuser JWT from the
+secret `make run` keeps in its data directory.
 """
 
 from __future__ import annotations
@@ -59,9 +59,12 @@ def main(
 
 
 def _token() -> str | None:
-    """The caller's token; else, where `make run` keeps its secrets, a 10-minute superuser JWT."""
+    """The caller's token; else, for `make run`'s own gateway (the default URL) on the machine
+    where it keeps its secrets, a 10-minute superuser JWT; else none (an anonymous gateway)."""
     if options.token:
         return options.token
+    if options.url != Options.url:
+        return None
     from services.gateway.auth import mint_jwt
     from services.gateway.config import GatewaySettings, local_settings
 
@@ -270,7 +273,8 @@ def jobs_list(
 @jobs_app.command("watch")
 def jobs_watch(job_id: str) -> None:
     """Follow a job until it ends, with its progress."""
-    with Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), console=console) as progress:
+    columns = (TextColumn("{task.description}"), BarColumn(), TaskProgressColumn())
+    with Progress(*columns, console=console, disable=options.as_json) as progress:
         task = progress.add_task(job_id, total=100)
         last: dict[str, Any] = {}
         for last in _events("GET", f"/v1/jobs/{job_id}/events"):

@@ -56,6 +56,7 @@ class FileRecord:
     purpose: str
     bytes: int
     created_at: int
+    created_ns: int = 0  # orders files made within the same second
 
     def to_openai(self) -> dict[str, Any]:
         """OpenAI's file object."""
@@ -104,7 +105,8 @@ class FileStore:
                 f"At most {self.settings.max_files_per_owner} files are kept per owner; delete some first.",
                 param="file",
             )
-        record = FileRecord(file_id or new_file_id(), owner, filename[:255], purpose, len(data), int(time.time()))
+        now = time.time_ns()
+        record = FileRecord(file_id or new_file_id(), owner, filename[:255], purpose, len(data), now // 10**9, now)
         self._write(f"files/{record.id}.data", data)
         self._write(f"files/{record.id}.json", json.dumps(asdict(record)).encode())  # last: the file now exists
         return record
@@ -134,7 +136,7 @@ class FileStore:
                 record = FileRecord(**json.loads(raw))
                 if (not owner or record.owner == owner) and (not purpose or record.purpose == purpose):
                     records.append(record)
-        return sorted(records, key=lambda r: (r.created_at, r.id), reverse=True)
+        return sorted(records, key=lambda r: (r.created_ns, r.id), reverse=True)
 
     def delete(self, file_id: str, owner: str) -> None:
         self.get(file_id, owner)

@@ -1,8 +1,9 @@
-"""Prefix-aware placement across engines: a workload whose requests share a ~1,000-token system
-prompt, at c=4, on one inference service with the registry's batching defaults (n_parallel 4
-on two engines here). With placement, a request goes to the engine whose free slot caches the
-shared prefix (when that engine is at most one request busier); without, to the least busy
-engine, which may have to evaluate the whole prompt again.
+"""Prefix-aware placement across engines: requests from two applications, each with its own
+~1,300-token system prompt, alternating, at c=4, on one inference service with the registry's
+batching defaults (n_parallel 4 on two engines here). With placement, a request goes to an
+engine whose free slot caches its application's prompt (when that engine is at most one
+request busier and has a free slot); without, to the least busy engine, whose free slot may
+hold the other application's prompt, which then is evaluated again.
 
     python -m bench.prefix [--requests 24] [--concurrency 4] [--output .data/bench/prefix.json]
 """
@@ -23,14 +24,16 @@ from bench.fleet import Node
 from bench.mesh import channel
 from services.inference.client import ChatMessage, ChatRequest, InferenceClient, Role, SamplingParams
 
-SYSTEM = " ".join(
-    f"Rule {i}: answer politely, cite the manual section {i}, and never reveal internal notes." for i in range(60)
+APPS = tuple(
+    " ".join(f"{app} rule {i}: answer politely, cite section {i}, never reveal internal notes." for i in range(60))
+    for app in ("Billing", "Support")
 )
 
 
 async def one(client: InferenceClient, index: int) -> tuple[float, int, int]:
     """TTFT, prompt tokens and prompt tokens served from the cache, of one streamed request."""
-    messages = (ChatMessage(Role.SYSTEM, SYSTEM), ChatMessage(Role.USER, f"Question {index}: what is {index} + 1?"))
+    system = APPS[index % 2]
+    messages = (ChatMessage(Role.SYSTEM, system), ChatMessage(Role.USER, f"Question {index}: what is {index} + 1?"))
     request = ChatRequest(MODEL, messages, SamplingParams(max_tokens=8, temperature=0))
     started, ttft = time.perf_counter(), 0.0
     events = await client.stream_chat([request])
@@ -46,7 +49,8 @@ async def one(client: InferenceClient, index: int) -> tuple[float, int, int]:
 async def workload(port: int, requests: int, concurrency: int) -> dict[str, Any]:
     async with channel(f"127.0.0.1:{port}") as chats:
         client = InferenceClient(chats, 600)
-        await asyncio.gather(*(one(client, -i) for i in range(concurrency)))  # warm-up: the caches hold the prefix
+        for index in range(concurrency):  # warm-up, one at a time: the caches hold both prompts
+            await one(client, -index)
         slots = asyncio.Semaphore(concurrency)
 
         async def limited(index: int) -> tuple[float, int, int]:
@@ -84,7 +88,8 @@ def cli() -> None:
     parser.add_argument("--output", type=Path, default=Path(".data/bench/prefix.json"))
     args = parser.parse_args()
     rows = asyncio.run(main(args))
-    print(f"shared system prompt: {rows['least busy engine']['prompt_tokens']} prompt tokens, c={args.concurrency}")
+    tokens = rows["least busy engine"]["prompt_tokens"]
+    print(f"two applications' system prompts, {tokens} prompt tokens a request, c={args.concurrency}")
     print("| placement | TTFT p50 ms | TTFT mean ms | prompt tokens from cache |")
     print("|---|---|---|---|")
     for label in ("least busy engine", "prefix-aware placement"):

@@ -187,8 +187,10 @@ class GGUFOptions(BackendOptions):
     flash_attn: bool = False
     n_engines: int | None = Field(None, ge=1, description="Batch engines side by side. Unset: by cores.")
     prefix_cache: bool = Field(True, description="Reuse a finished sequence's cached prompt prefix.")
+    # Off by default: bench/prefix.py measured it slower than least-busy placement on mixed
+    # workloads (a burst fills the engine holding the caches, then overwrites them); see README.
     prefix_placement: bool = Field(
-        True, description="Send a request to the engine that caches its longest prefix, if not much busier."
+        False, description="Send a request to the engine that caches its longest prefix, if not much busier."
     )
     min_batch: int | None = Field(None, ge=1, description="Sequences before batching pays. Unset: 3 CPU, 1 GPU.")
 
@@ -455,9 +457,9 @@ class GGUFBackend(ThreadedBackend):
             self._engine_load[engine] -= 1
 
     def _pick_engine(self, request: BatchRequest) -> int:
-        """The least busy engine; or, when one no more than a request busier holds a long prefix
-        of this prompt in a slot's cache (a shared system prompt), that one: its prompt is not
-        evaluated again."""
+        """The least busy engine; or, when one with a free slot and no more than a request busier
+        holds a long prefix of this prompt in that slot's cache (a shared system prompt), that one:
+        its prompt is not evaluated again, and nothing waits for a slot."""
         loads = self._engine_load
         least = min(range(len(loads)), key=loads.__getitem__)
         if len(self._engines) == 1 or not self.options.prefix_cache or not self.options.prefix_placement:
@@ -465,8 +467,10 @@ class GGUFBackend(ThreadedBackend):
         shared = {
             i: self._engines[i].cached_prefix(request.tokens, request.weights)
             for i in range(len(loads))
-            if loads[i] <= loads[least] + 1
+            if loads[i] <= loads[least] + 1 and loads[i] < self._engines[i].slots
         }
+        if not shared:
+            return least
         best = max(shared, key=lambda i: (shared[i], -loads[i]))
         return best if shared[best] >= MIN_PLACED_PREFIX and shared[best] > shared.get(least, 0) else least
 

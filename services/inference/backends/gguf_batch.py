@@ -158,6 +158,7 @@ class BatchEngine:
         # the mesh, pairs ran at 52-63 tok/s batched and 71-74 apart. Four together beat four apart.
         self._min_batch = min_batch
         self._interactive = interactive or InteractiveCount()
+        self.slots = n_parallel
         self._free_slots = list(range(n_parallel))
         self._slot_tokens: dict[int, list[int]] = {slot: [] for slot in range(n_parallel)}  # what each slot's KV holds
         # ... and the weights (adapter, scale) it was computed with

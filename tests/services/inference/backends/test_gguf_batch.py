@@ -335,7 +335,9 @@ async def test_low_priority_requests_leave_the_last_slot_free(batched) -> None:
     sampling = SamplingParams(max_tokens=200, temperature=0.0)
     requests = [GenerationRequest(f"b{i}", sampling, prompt="1, 2,", low_priority=True) for i in range(4)]
     tasks = [asyncio.create_task(drain(r)) for r in requests]
-    await first_tokens.get()
+    started: set[str] = set()
+    while len(started) < 3:  # three are admitted and decoding (200 tokens each: they stay)
+        started.add(await first_tokens.get())
     assert batched._engines[0].running == 3  # of 4 slots: one stays free for interactive work
     interactive = GenerationRequest("i", SamplingParams(max_tokens=4, temperature=0.0), prompt="Hi")
     assert "".join([c.text async for c in batched.generate_stream(interactive)])

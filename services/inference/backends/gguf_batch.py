@@ -270,7 +270,8 @@ class BatchEngine:
             return common_prefix(self._slot_tokens[slot], tokens[:-1])
 
         slot = max(self._free_slots, key=shared)
-        if shared(slot) < MIN_REUSED_PREFIX:  # nothing worth reusing: leave the long caches to requests that share them
+        # Nothing worth reusing (a short prompt's whole prefix is): leave long caches to requests that share them.
+        if shared(slot) < min(MIN_REUSED_PREFIX, len(tokens) - 1):
             slot = min(self._free_slots, key=lambda s: len(self._slot_tokens[s]))
         self._slot_weights[slot] = weights
         reused = shared(slot)

@@ -10,7 +10,7 @@ import json
 import jsonschema
 import openai
 import pytest
-from openai.types import CreateEmbeddingResponse
+from openai.types import Completion, CreateEmbeddingResponse
 from openai.types.chat import ChatCompletion
 
 from tests.conftest import GEMMA
@@ -123,6 +123,25 @@ async def test_an_embeddings_batch(client: openai.AsyncOpenAI) -> None:
     assert [line["custom_id"] for line in answered] == ["e-0", "e-1", "e-2"]
     vectors = [CreateEmbeddingResponse.model_validate(line["response"]["body"]).data[0].embedding for line in answered]
     assert all(len(vector) == 384 for vector in vectors)
+
+
+async def test_a_completions_batch(client: openai.AsyncOpenAI) -> None:
+    lines = [
+        {
+            "custom_id": f"p-{i}",
+            "method": "POST",
+            "url": "/v1/completions",
+            "body": {"model": GEMMA, "prompt": p, "max_tokens": 4, "temperature": 0},
+        }
+        for i, p in enumerate(["1, 2, 3,", "a, b, c,"])
+    ]
+    uploaded = await client.files.create(file=jsonl(lines), purpose="batch")
+    batch = await client.batches.create(input_file_id=uploaded.id, endpoint="/v1/completions", completion_window="24h")
+    done = await until_settled(client, batch.id)
+    answered = await output_lines(client, done.output_file_id)
+    completions = [Completion.model_validate(line["response"]["body"]) for line in answered]
+    assert [c.object for c in completions] == ["text_completion"] * 2
+    assert all(c.choices[0].text and c.usage.completion_tokens <= 4 for c in completions)
 
 
 async def test_a_batch_cancelled_halfway_keeps_what_it_finished(client: openai.AsyncOpenAI) -> None:

@@ -132,15 +132,22 @@ async def _view(job: Job, files: FileStore) -> dict[str, Any]:
 
 def _written_files(job: Job, files: FileStore) -> tuple[str | None, str | None, tuple[int, int]]:
     """The batch's output and error file ids (None: no such lines), writing them the first time:
-    their ids come from the batch's, so a second look finds them."""
+    their ids come from the batch's, so a second look finds them. The result parts are read only
+    to write the files, or to count a batch that ended without a result (cancelled, failed)."""
     output_id, error_id = derived_file_id(f"{job.job_id}:output"), derived_file_id(f"{job.job_id}:error")
-    results = parse_results(files.read_parts(job.request.batch.results_object))
-    failed = sum(1 for r in results if r.WhichOneof("outcome") == "error")
-    counts = (len(results) - failed, failed)
+    results = None
     try:
         files.get(output_id, job.owner)
     except NotFound:
+        results = parse_results(files.read_parts(job.request.batch.results_object))
         output, errors = render_results(job.job_id, results)
         files.put(job.owner, f"{job.job_id}_error.jsonl", "batch_output", errors, file_id=error_id)
         files.put(job.owner, f"{job.job_id}_output.jsonl", "batch_output", output, file_id=output_id)
+    if job.result is not None and job.result.HasField("batch"):
+        counts = progress_counts(job)  # the final counts, saved with the last part
+    else:
+        if results is None:
+            results = parse_results(files.read_parts(job.request.batch.results_object))
+        failed = sum(1 for r in results if r.WhichOneof("outcome") == "error")
+        counts = (len(results) - failed, failed)
     return (output_id if counts[0] else None), (error_id if counts[1] else None), counts

@@ -16,7 +16,7 @@ export UV_PROJECT_ENVIRONMENT := $(VENV)
 export UV_PYTHON := 3.11
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: install lock lock-check proto run test fuzz lint bench clean
+.PHONY: install lock lock-check proto run test fuzz lint bench clean console-vendor
 
 install: $(INSTALLED)
 
@@ -74,6 +74,11 @@ bench: proto
 	$(PY) -m bench.fleet
 	$(PY) -m bench.batch
 	$(PY) -m bench.prefix
+
+# Refresh the web console's vendored libraries from npm (pinned versions and hashes inside);
+# the files are committed, so nothing else needs Node.js.
+console-vendor:
+	bash tools/vendor-console.sh
 
 lint: proto
 	$(VENV)/bin/ruff check services tests bench

@@ -2,6 +2,7 @@
 
     llmmesh run                                  start the whole mesh (as `make run`)
     llmmesh status                               services, models and queue
+    llmmesh console [--open]                     the web console's address, signed in
     llmmesh models list | pull REPO [--file Q4_K_M] | load NAME | unload NAME
     llmmesh chat [--model NAME]                  an interactive, streaming chat
     llmmesh jobs list | watch ID | cancel ID
@@ -58,9 +59,9 @@ def main(
     options.url, options.token, options.as_json = url.rstrip("/"), token, as_json
 
 
-def _token() -> str | None:
+def _token(minted_ttl_seconds: int = 600) -> str | None:
     """The caller's token; else, for `make run`'s own gateway (the default URL) on the machine
-    where it keeps its secrets, a 10-minute superuser JWT; else none (an anonymous gateway)."""
+    where it keeps its secrets, a short-lived superuser JWT; else none (an anonymous gateway)."""
     if options.token:
         return options.token
     if options.url != Options.url:
@@ -71,7 +72,7 @@ def _token() -> str | None:
     settings = GatewaySettings()
     if not (settings.data_dir / "jwt-secret").exists() and settings.jwt_secret is None:
         return None
-    return mint_jwt(local_settings(settings), "llmmesh-cli", 600)
+    return mint_jwt(local_settings(settings), "llmmesh-cli", minted_ttl_seconds)
 
 
 def _client(timeout: float = 60) -> httpx.Client:
@@ -169,6 +170,24 @@ def status() -> None:
     _show([m for m in models if m.get("type") == "chat"], ["id", "backend", "state", "context_length"], "models")
     if queue.status_code == 200:
         _show(queue.json()["models"], ["model", "state", "running", "waiting"], "queue")
+
+
+@app.command("console")
+def web_console(
+    open_browser: Annotated[bool, typer.Option("--open", help="Open it in the default browser.")] = False,
+) -> None:
+    """The web console's address, signed in: the token rides in the #fragment, which browsers
+    never send to a server; the page moves it into the tab's sessionStorage."""
+    import webbrowser
+
+    token = _token(minted_ttl_seconds=8 * 3600)
+    address = f"{options.url}/console/" + (f"#token={token}" if token else "")
+    if options.as_json:
+        _print_json({"url": address})
+    else:
+        console.print(address, highlight=False, soft_wrap=True)
+    if open_browser:
+        webbrowser.open(address)
 
 
 # ---- models ----

@@ -13,6 +13,7 @@ from services.common.files import FileStore
 from services.common.grpc_client import open_channel
 from services.common.postgres import open_pool
 from services.embeddings.client import EmbeddingsClient
+from services.gateway.analytics import MetricsHistory
 from services.gateway.api_keys import ApiKeyStore
 from services.gateway.auth import Authenticator
 from services.gateway.body_limit import BodySizeLimitMiddleware
@@ -26,6 +27,7 @@ from services.gateway.routers import (
     batches,
     chat,
     completions,
+    console,
     embeddings,
     files,
     health,
@@ -89,7 +91,7 @@ def build_app(settings: GatewaySettings) -> FastAPI:
                 settings.host,
                 settings.port,
             )
-        app.state.authenticator = Authenticator(settings, keys)
+        app.state.authenticator = Authenticator(settings, keys, app.state.history)
         app.state.drain.attach(asyncio.get_running_loop())
         try:
             yield
@@ -108,7 +110,8 @@ def build_app(settings: GatewaySettings) -> FastAPI:
     uploads = {"/v1/files": settings.files.max_bytes + 64 * 1024}
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes, path_limits=uploads)
     app.state.request_stats = RequestStats()
-    app.add_middleware(RequestContextMiddleware, stats=app.state.request_stats)
+    app.state.history = MetricsHistory()
+    app.add_middleware(RequestContextMiddleware, stats=app.state.request_stats, history=app.state.history)
 
     install_error_handlers(app)
     for module in (
@@ -127,6 +130,7 @@ def build_app(settings: GatewaySettings) -> FastAPI:
         admin,
         keys,
         health,
+        console,
     ):
         app.include_router(module.router)
     return app

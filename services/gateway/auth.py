@@ -26,6 +26,7 @@ import jwt
 from fastapi import Depends, Request
 
 from services.common.errors import PermissionDenied, ResourceExhausted, Unauthenticated
+from services.gateway.analytics import MetricsHistory
 from services.gateway.api_keys import ApiKey, ApiKeyStore
 from services.gateway.config import GatewaySettings
 
@@ -91,9 +92,12 @@ def _over(what: str, limit: int, retry_in: float) -> ResourceExhausted:
 
 
 class Authenticator:
-    def __init__(self, settings: GatewaySettings, keys: ApiKeyStore | None) -> None:
+    def __init__(
+        self, settings: GatewaySettings, keys: ApiKeyStore | None, history: MetricsHistory | None = None
+    ) -> None:
         self.settings = settings
         self.keys = keys
+        self.history = history
         self.limiter = Limiter()
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -185,6 +189,8 @@ class Caller:
             )
 
     def used(self, prompt_tokens: int, completion_tokens: int) -> None:
+        if self.authenticator.history is not None:
+            self.authenticator.history.tokens(prompt_tokens, completion_tokens)
         if self.key is not None:
             self.authenticator.record_usage(self.key, prompt_tokens, completion_tokens)
 

@@ -18,6 +18,7 @@ from services.common import tracing
 from services.common.grpc_client import CALL_SPAN
 from services.common.logs import REQUEST_ID, REQUEST_ID_HEADER, request_id_from
 from services.common.metrics import FAST_BUCKETS, PREFIX
+from services.gateway.analytics import MetricsHistory
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +58,10 @@ class RequestContextMiddleware:
     """Per request: its id (the caller's `x-request-id`, or a new one), sent back and carried
     to every service it reaches; the gateway's overhead; one access log line."""
 
-    def __init__(self, app: ASGIApp, stats: RequestStats) -> None:
+    def __init__(self, app: ASGIApp, stats: RequestStats, history: MetricsHistory) -> None:
         self.app = app
         self.stats = stats
+        self.history = history
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"].startswith(("/metrics", "/health")):
@@ -76,6 +78,7 @@ class RequestContextMiddleware:
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
         started, span, status = time.perf_counter(), list[float](), [0]
+        first_byte: list[float] = []  # a stream's: its response starts with its first event
         tokens = (CALL_SPAN.set(span), REQUEST_ID.set(request_id))
         self.stats.began()
 
@@ -86,6 +89,10 @@ class RequestContextMiddleware:
                 route = scope.get("route")
                 OVERHEAD.labels(getattr(route, "path", "unmatched")).observe(overhead)
                 status[0] = message["status"]
+                if any(
+                    k == b"content-type" and v.startswith(b"text/event-stream") for k, v in message.get("headers", ())
+                ):
+                    first_byte.append(time.perf_counter() - started)
                 message = {
                     **message,
                     "headers": [
@@ -100,6 +107,10 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send_with_context)
         finally:
             self.stats.ended(status[0])
+            if self.history.counts(scope["path"]):
+                self.history.request_ended(
+                    scope["method"], scope["path"], status[0], first_byte[0] if first_byte else None, request_id
+                )
             log.info(
                 "%s %s %d",
                 scope["method"],

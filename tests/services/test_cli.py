@@ -66,6 +66,16 @@ async def test_errors_are_one_clear_line(gateway_url: str) -> None:
     assert code == 1 and "cannot reach the gateway" in output
 
 
+async def test_console_prints_a_signed_in_address(gateway_url: str) -> None:
+    token = admin_jwt()
+    code, output = await llmmesh(gateway_url, "--json", "console", token=token)
+    assert code == 0, output
+    address = json.loads(output)["url"]
+    assert address == f"{gateway_url}/console/#token={token}"  # a #fragment: never sent to the server
+    async with httpx.AsyncClient() as http:
+        assert (await http.get(address.split("#")[0])).status_code == 200
+
+
 async def test_the_console_script_runs_as_a_subprocess(gateway_url: str) -> None:
     script = Path(sys.executable).with_name("llmmesh")
     environment = {**os.environ, "LLMMESH_URL": gateway_url, "LLMMESH_TOKEN": admin_jwt()}

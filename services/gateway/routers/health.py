@@ -14,12 +14,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from services.common.errors import MeshError
 from services.embeddings.client import EmbeddingsClient
+from services.gateway.analytics import MetricsHistory
+from services.gateway.auth import scope
 from services.gateway.config import GatewaySettings
 from services.gateway.dependencies import get_embeddings, get_inference, get_scheduler, get_settings
 from services.gateway.request_context import RequestStats
@@ -100,6 +102,16 @@ async def metrics_summary(request: Request, inference: InferenceClient = Depends
         "peak_concurrency": stats.peak_active,
         **await _model_and_queue(inference),
     }
+
+
+@router.get("/metrics/history", dependencies=[Depends(scope("admin"))])
+async def metrics_history(
+    request: Request, seconds: float | None = Query(None, gt=0, le=86_400, description="How far back; unset: all kept.")
+) -> dict[str, Any]:
+    """The console's analytics: this gateway's model requests, errors, tokens and stream TTFT
+    per interval (see services/gateway/analytics.py)."""
+    history: MetricsHistory = request.app.state.history
+    return history.snapshot(seconds)
 
 
 async def _supervisor_status(path: Path | None) -> dict[str, dict[str, Any]]:

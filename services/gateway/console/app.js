@@ -1,0 +1,718 @@
+// The LLM Mesh console: Preact + htm (no build step) over the gateway's own HTTP API.
+// The credential lives in this tab's sessionStorage and travels only as an Authorization
+// header: there is no cookie, so another site cannot ride it.
+import { h, render } from "./vendor/preact.mjs";
+import { useCallback, useEffect, useRef, useState } from "./vendor/preact-hooks.mjs";
+import htm from "./vendor/htm.mjs";
+
+const html = htm.bind(h);
+const TOKEN_KEY = "llmmesh.token";
+const VIEWS = ["overview", "models", "playground", "jobs", "training", "analytics", "settings"];
+
+// ---- the API ------------------------------------------------------------------------------
+
+const token = () => sessionStorage.getItem(TOKEN_KEY) || "";
+// The gateway's own test: a three-part JWT is a superuser's; anything else is an API key.
+const isSuperuser = () => token().startsWith("eyJ") && token().split(".").length === 3;
+
+class ApiError extends Error {
+  constructor(status, message) {
+    super(message);
+    this.status = status;
+  }
+}
+
+function errorMessage(body) {
+  const error = body && body.error;
+  if (!error) return "";
+  return typeof error === "string" ? error : error.message || JSON.stringify(error);
+}
+
+function request(path, { method = "GET", body, signal } = {}) {
+  const headers = {};
+  if (token()) headers.Authorization = `Bearer ${token()}`;
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  return fetch(path, { method, headers, signal, body: body === undefined ? undefined : JSON.stringify(body) });
+}
+
+async function api(path, options = {}) {
+  const response = await request(path, options);
+  const text = await response.text();
+  let data = null;
+  try {
+    data = text ? JSON.parse(text) : null;
+  } catch {
+    data = { error: text };
+  }
+  if (!response.ok && !(options.accept || []).includes(response.status)) {
+    throw new ApiError(response.status, errorMessage(data) || `${response.status} ${response.statusText}`);
+  }
+  return data;
+}
+
+// Server-sent events over fetch (EventSource cannot send an Authorization header).
+async function* sse(path, options = {}) {
+  const response = await request(path, options);
+  if (!response.ok) {
+    let body = null;
+    try { body = await response.json(); } catch { /* not JSON */ }
+    throw new ApiError(response.status, errorMessage(body) || `${response.status} ${response.statusText}`);
+  }
+  const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buffer += value;
+    let end;
+    while ((end = buffer.indexOf("\n\n")) >= 0) {
+      const block = buffer.slice(0, end);
+      buffer = buffer.slice(end + 2);
+      const data = block.split("\n").filter((l) => l.startsWith("data:")).map((l) => l.slice(5).trimStart()).join("\n");
+      if (!data) continue; // a comment (": waiting ...") or a bare event line
+      if (data === "[DONE]") return;
+      const event = JSON.parse(data);
+      if (event.error) throw new ApiError(0, errorMessage(event));
+      yield event;
+    }
+  }
+}
+
+// ---- small pieces -------------------------------------------------------------------------
+
+function usePoll(load, seconds, deps = []) {
+  const [state, setState] = useState({ data: null, error: null });
+  const reload = useCallback(async () => {
+    try {
+      setState({ data: await load(), error: null });
+    } catch (error) {
+      setState((old) => ({ data: old.data, error }));
+    }
+  }, deps);
+  useEffect(() => {
+    reload();
+    if (!seconds) return undefined;
+    const timer = setInterval(reload, seconds * 1000);
+    return () => clearInterval(timer);
+  }, [reload]);
+  return [state.data, state.error, reload];
+}
+
+const Card = ({ title, children, actions }) => html`
+  <section class="card">
+    <div class="row" style="justify-content: space-between"><h2>${title}</h2>${actions}</div>
+    ${children}
+  </section>`;
+
+const ErrorLine = ({ error }) => (error ? html`<p class="error" role="alert">${error.message || String(error)}</p>` : null);
+
+const StateBadge = ({ value }) => {
+  const good = ["SERVING", "ok", "loaded", "succeeded", "closed", "true", true];
+  const bad = ["NOT_SERVING", "UNKNOWN", "unavailable", "failed", "open", "false", false, "expired", "cancelled"];
+  const tone = good.includes(value) ? "ok" : bad.includes(value) ? "bad" : "warn";
+  return html`<span class="badge ${tone}">${String(value)}</span>`;
+};
+
+const Table = ({ columns, rows, empty = "Nothing yet.", id }) => html`
+  <div class="scroll">
+    <table id=${id}>
+      <thead><tr>${columns.map(([label]) => html`<th>${label}</th>`)}</tr></thead>
+      <tbody>
+        ${rows.length
+          ? rows.map((row) => html`<tr>${columns.map(([, cell]) => html`<td>${cell(row)}</td>`)}</tr>`)
+          : html`<tr><td colspan=${columns.length} class="muted">${empty}</td></tr>`}
+      </tbody>
+    </table>
+  </div>`;
+
+const when = (seconds) => (seconds ? new Date(seconds * 1000).toLocaleTimeString() : "");
+const AdminOnly = () => html`<p class="muted">Sign in with a superuser JWT to manage this.</p>`;
+
+// A uPlot chart whose data is replaced in place; the width follows its container.
+function Chart({ title, series, data, id }) {
+  const box = useRef(null);
+  const plot = useRef(null);
+  useEffect(() => {
+    const width = () => Math.max(240, box.current.clientWidth);
+    plot.current = new uPlot(
+      {
+        title,
+        width: width(),
+        height: 200,
+        scales: { x: { time: series.time !== false } },
+        series: [{}, ...series.lines.map((label, i) => ({
+          label, stroke: ["#3b5bdb", "#e67700", "#c92a2a", "#2b8a3e"][i], width: 2, spanGaps: true,
+          // Sparse series (TTFT has gaps where nothing streamed) show their lone points.
+          ...(series.points ? { points: { show: true, size: 5 } } : {}),
+        }))],
+        // Steps are whole numbers: no 1.5 ticks on a loss chart's x axis.
+        axes: [{ stroke: "#888", ...(series.time === false ? { incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000] } : {}) }, { stroke: "#888" }],
+      },
+      data,
+      box.current,
+    );
+    const resize = () => plot.current.setSize({ width: width(), height: 200 });
+    window.addEventListener("resize", resize);
+    return () => {
+      window.removeEventListener("resize", resize);
+      plot.current.destroy();
+    };
+  }, []);
+  useEffect(() => plot.current && plot.current.setData(data), [data]);
+  return html`<div class="chart" id=${id} ref=${box}></div>`;
+}
+
+// ---- overview -----------------------------------------------------------------------------
+
+function Overview() {
+  const [health, healthError] = usePoll(() => api("/health", { accept: [503] }), 5);
+  const [models] = usePoll(() => api("/v1/models"), 5);
+  const [summary] = usePoll(() => api("/metrics/summary"), 5);
+  const [nodes, nodesError] = usePoll(() => api("/v1/nodes"), 10);
+  const [history, historyError] = usePoll(() => api("/metrics/history?seconds=3600"), 10);
+  const services = health ? Object.entries(health.services || {}) : [];
+  return html`
+    <div class="grid">
+      <${Card} title="Mesh">
+        <${ErrorLine} error=${healthError} />
+        ${health && html`
+          <p id="mesh-status">Status <${StateBadge} value=${health.status} /></p>
+          <p>Current model <strong>${health.current_model || "—"}</strong></p>
+          <p>Queue <strong>${health.queue ? `${health.queue.waiting} / ${health.queue.capacity}` : "—"}</strong></p>`}
+      <//>
+      <${Card} title="Services">
+        <${Table} id="services" columns=${[["service", ([n]) => n], ["state", ([, s]) => html`<${StateBadge} value=${s} />`],
+          ["restarts", ([n]) => (health.restarts || {})[n] || 0]]} rows=${services} />
+      <//>
+      <${Card} title="Requests">
+        ${summary && html`
+          <p class="stat">${summary.requests.total}</p>
+          <p class="muted">${summary.requests.successful} ok · ${summary.requests.failed} failed · ${summary.requests.cancelled} cancelled</p>
+          <p class="muted">${summary.active_workers} running now, peak ${summary.peak_concurrency} · up ${Math.round(summary.uptime_seconds)} s</p>`}
+      <//>
+    </div>
+    <${Card} title="Models">
+      <${Table} id="overview-models" rows=${(models && models.data) || []} columns=${[
+        ["model", (m) => m.id], ["backend", (m) => m.backend], ["state", (m) => html`<${StateBadge} value=${m.state} />`],
+        ["running", (m) => m.requests_running], ["context", (m) => m.context_length]]} />
+    <//>
+    <${Card} title="Nodes">
+      ${nodesError ? html`<p class="muted">${nodesError.status === 403 ? "Needs the admin scope." : nodesError.message}</p>` : html`
+        <${Table} rows=${(nodes && nodes.data) || []} empty="This mesh is one node." columns=${[
+          ["node", (n) => n.id], ["kind", (n) => n.kind], ["healthy", (n) => html`<${StateBadge} value=${n.healthy} />`],
+          ["circuit", (n) => n.circuit], ["in flight", (n) => n.requests_in_flight], ["models", (n) => n.models.join(", ")]]} />`}
+    <//>
+    <${Card} title="Recent errors">
+      ${historyError ? html`<p class="muted">${historyError.message}</p>` : html`
+        <${Table} id="recent-errors" rows=${(history && history.recent_errors) || []} empty="No errors." columns=${[
+          ["time", (e) => when(e.time)], ["request", (e) => `${e.method} ${e.path}`], ["status", (e) => html`<span class="bad">${e.status}</span>`],
+          ["request id", (e) => html`<code>${e.request_id}</code>`]]} />`}
+    <//>`;
+}
+
+// ---- models -------------------------------------------------------------------------------
+
+function Models() {
+  const [models, error, reload] = usePoll(() => api("/v1/models"), 5);
+  const [busy, setBusy] = useState("");
+  const [actionError, setActionError] = useState(null);
+  const admin = isSuperuser();
+
+  const act = async (label, path, body) => {
+    setBusy(label);
+    setActionError(null);
+    try {
+      await api(path, { method: body === undefined ? "POST" : "PUT", body });
+      await reload();
+    } catch (e) {
+      setActionError(e);
+    } finally {
+      setBusy("");
+    }
+  };
+  const enc = encodeURIComponent;
+  return html`
+    <${Card} title="Registry" actions=${admin && html`<button disabled=${!!busy} onClick=${() => act("reload", "/admin/models/reload")}>Reload registry</button>`}>
+      <${ErrorLine} error=${error || actionError} />
+      ${busy && html`<p class="muted" id="model-busy">${busy}…</p>`}
+      <${Table} id="models" rows=${(models && models.data) || []} columns=${[
+        ["model", (m) => html`<strong>${m.id}</strong>${m.is_default ? html` <span class="badge">default</span>` : ""}`],
+        ["backend", (m) => m.backend],
+        ["state", (m) => html`<span data-model-state=${m.id}><${StateBadge} value=${m.state} /></span>`],
+        ["context", (m) => m.context_length],
+        ["memory", (m) => (m.memory_mb ? `${m.memory_mb} MB` : "")],
+        ["aliases", (m) => m.aliases.join(", ")],
+        ["", (m) => admin && html`<div class="row">
+          ${m.state === "loaded"
+            ? html`<button data-unload=${m.id} disabled=${!!busy} onClick=${() => act(`Unloading ${m.id}`, `/admin/models/${enc(m.id)}/unload`)}>Unload</button>`
+            : html`<button data-load=${m.id} disabled=${!!busy} onClick=${() => act(`Loading ${m.id}`, `/admin/models/${enc(m.id)}/load`)}>Load</button>`}
+          <button title="Serve it in the live slot" disabled=${!!busy} onClick=${() => act(`Making ${m.id} live`, "/settings/model.live.name", { value: m.id })}>Make live</button>
+        </div>`]]} />
+      ${!admin && html`<${AdminOnly} />`}
+    <//>
+    ${admin && html`<${Pull} onPulled=${reload} />`}`;
+}
+
+function Pull({ onPulled }) {
+  const [form, setForm] = useState({ repo: "", file: "", name: "" });
+  const [progress, setProgress] = useState(null);
+  const [error, setError] = useState(null);
+  const [running, setRunning] = useState(false);
+  const set = (field) => (e) => setForm({ ...form, [field]: e.target.value });
+
+  const pull = async (e) => {
+    e.preventDefault();
+    setRunning(true);
+    setError(null);
+    setProgress(null);
+    try {
+      for await (const event of sse("/admin/models/pull", { method: "POST", body: form })) {
+        setProgress(event);
+      }
+      onPulled();
+    } catch (err) {
+      setError(err);
+    } finally {
+      setRunning(false);
+    }
+  };
+  const share = progress && progress.total_bytes ? progress.downloaded_bytes / progress.total_bytes : 0;
+  return html`
+    <${Card} title="Pull from the Hugging Face Hub">
+      <form class="row" onSubmit=${pull}>
+        <label>Repository<input required placeholder="owner/name" value=${form.repo} onInput=${set("repo")} /></label>
+        <label>File pattern<input placeholder="Q4_K_M" value=${form.file} onInput=${set("file")} /></label>
+        <label>Registry name<input placeholder="(from the repository)" value=${form.name} onInput=${set("name")} /></label>
+        <button class="primary" disabled=${running}>Pull</button>
+      </form>
+      <${ErrorLine} error=${error} />
+      ${progress && html`
+        <p class="muted">${progress.file}: ${(progress.downloaded_bytes / 1e6).toFixed(1)} / ${(progress.total_bytes / 1e6).toFixed(1)} MB</p>
+        <div class="progress"><div style=${`width: ${Math.round(share * 100)}%`}></div></div>
+        ${progress.model && html`<p class="ok">Added <strong>${progress.model.id}</strong> to the registry.</p>`}`}
+    <//>`;
+}
+
+// ---- playground ---------------------------------------------------------------------------
+
+const chatModels = (models) => ((models && models.data) || []).filter((m) => m.type === "chat");
+
+function Playground() {
+  const [models] = usePoll(() => api("/v1/models"), 0);
+  const [adapters] = usePoll(() => api("/v1/adapters").catch(() => ({ data: [] })), 0);
+  const [settings, setSettings] = useState({ model: "", adapter: "", temperature: 0.7, top_p: 0.95, max_tokens: 256, system: "" });
+  const [messages, setMessages] = useState([]);
+  const [input, setInput] = useState("");
+  const [error, setError] = useState(null);
+  const stopper = useRef(null);
+  const list = useRef(null);
+  const set = (field, number) => (e) => setSettings({ ...settings, [field]: number ? Number(e.target.value) : e.target.value });
+  const choices = chatModels(models);
+  const model = settings.model || (choices.find((m) => m.is_default) || choices[0] || { id: "" }).id;
+
+  useEffect(() => { if (list.current) list.current.scrollTop = list.current.scrollHeight; }, [messages]);
+
+  const send = async (e) => {
+    e.preventDefault();
+    if (!input.trim() || stopper.current) return;
+    const history = [...messages, { role: "user", content: input }];
+    const started = performance.now();
+    let first = null;
+    let answer = { role: "assistant", content: "", meta: "" };
+    setMessages([...history, answer]);
+    setInput("");
+    setError(null);
+    stopper.current = new AbortController();
+    const body = {
+      model,
+      stream: true,
+      stream_options: { include_usage: true },
+      temperature: settings.temperature,
+      top_p: settings.top_p,
+      max_tokens: settings.max_tokens,
+      messages: [...(settings.system ? [{ role: "system", content: settings.system }] : []), ...history.map(({ role, content }) => ({ role, content }))],
+      ...(settings.adapter ? { adapter_settings: { adapter_id: settings.adapter } } : {}),
+    };
+    let usage = null;
+    try {
+      for await (const chunk of sse("/v1/chat/completions", { method: "POST", body, signal: stopper.current.signal })) {
+        const piece = chunk.choices && chunk.choices[0] && chunk.choices[0].delta.content;
+        if (piece) {
+          if (first === null) first = performance.now();
+          answer = { ...answer, content: answer.content + piece };
+          setMessages([...history, answer]);
+        }
+        if (chunk.usage) usage = chunk.usage;
+      }
+    } catch (err) {
+      if (err.name !== "AbortError") setError(err);
+    } finally {
+      stopper.current = null;
+    }
+    const ended = performance.now();
+    const tokens = usage ? usage.completion_tokens : 0;
+    const ttft = first === null ? null : first - started;
+    const rate = first !== null && tokens > 1 && ended > first ? ((tokens - 1) * 1000) / (ended - first) : null;
+    answer = { ...answer, meta: `TTFT ${ttft === null ? "—" : `${ttft.toFixed(0)} ms`} · ${rate === null ? "—" : rate.toFixed(1)} tok/s · ${tokens} tokens` };
+    setMessages([...history, answer]);
+  };
+
+  return html`
+    <div class="grid" style="grid-template-columns: minmax(220px, 1fr) minmax(0, 3fr)">
+      <${Card} title="Settings">
+        <label>Model<select id="playground-model" value=${model} onChange=${set("model")}>
+          ${choices.map((m) => html`<option value=${m.id}>${m.id}</option>`)}
+        </select></label>
+        <label>Adapter<select value=${settings.adapter} onChange=${set("adapter")}>
+          <option value="">none</option>
+          ${((adapters && adapters.data) || []).map((a) => html`<option value=${a.id || a.adapter_id}>${a.id || a.adapter_id}</option>`)}
+        </select></label>
+        <label>Temperature ${settings.temperature}<input type="range" min="0" max="2" step="0.05" value=${settings.temperature} onInput=${set("temperature", true)} /></label>
+        <label>Top p ${settings.top_p}<input type="range" min="0" max="1" step="0.01" value=${settings.top_p} onInput=${set("top_p", true)} /></label>
+        <label>Max tokens<input type="number" min="1" max="32768" value=${settings.max_tokens} onInput=${set("max_tokens", true)} /></label>
+        <label>System prompt<textarea value=${settings.system} onInput=${set("system")}></textarea></label>
+        <button onClick=${() => setMessages([])}>Clear conversation</button>
+      <//>
+      <${Card} title="Chat">
+        <div class="chat" id="chat" ref=${list}>
+          ${messages.map((m) => html`<div class="message ${m.role}">${m.content}${m.meta && html`<span class="meta">${m.meta}</span>`}</div>`)}
+        </div>
+        <${ErrorLine} error=${error} />
+        <form class="row" style="margin-top: .75rem" onSubmit=${send}>
+          <input id="prompt" style="flex: 1" placeholder="Ask the model…" value=${input} onInput=${(e) => setInput(e.target.value)} />
+          ${stopper.current ? html`<button type="button" onClick=${() => stopper.current.abort()}>Stop</button>` : html`<button id="send" class="primary">Send</button>`}
+        </form>
+      <//>
+    </div>`;
+}
+
+// ---- jobs ---------------------------------------------------------------------------------
+
+const JOB_STATES = ["queued", "running", "succeeded", "failed", "cancelled", "expired"];
+const JOB_TYPES = ["chat", "vision", "adapter_train", "embed", "batch"];
+
+function Jobs() {
+  const [filter, setFilter] = useState({ state: "", job_type: "" });
+  const [selected, setSelected] = useState(null);
+  const query = new URLSearchParams(Object.entries(filter).filter(([, v]) => v)).toString();
+  const [jobs, error, reload] = usePoll(() => api(`/v1/jobs?limit=100&${query}`), 5, [query]);
+  const cancel = async (id) => {
+    try {
+      await api(`/v1/jobs/${encodeURIComponent(id)}/cancel`, { method: "POST" });
+    } finally {
+      reload();
+    }
+  };
+  const set = (field) => (e) => setFilter({ ...filter, [field]: e.target.value });
+  return html`
+    <${Card} title="Jobs" actions=${html`<div class="row">
+      <select aria-label="state" value=${filter.state} onChange=${set("state")}><option value="">any state</option>${JOB_STATES.map((s) => html`<option>${s}</option>`)}</select>
+      <select aria-label="type" value=${filter.job_type} onChange=${set("job_type")}><option value="">any type</option>${JOB_TYPES.map((s) => html`<option>${s}</option>`)}</select>
+    </div>`}>
+      <${ErrorLine} error=${error} />
+      <${Table} id="jobs" rows=${(jobs && jobs.data) || []} columns=${[
+        ["job", (j) => html`<a href="#/jobs" data-job=${j.id} onClick=${(e) => { e.preventDefault(); setSelected(j.id); }}>${j.id}</a>`],
+        ["type", (j) => j.job_type], ["state", (j) => html`<${StateBadge} value=${j.state} />`],
+        ["attempt", (j) => j.attempt], ["created", (j) => when(j.created_at)],
+        ["", (j) => (["queued", "running"].includes(j.state) ? html`<button class="danger" onClick=${() => cancel(j.id)}>Cancel</button>` : "")]]} />
+    <//>
+    ${selected && html`<${JobEvents} key=${selected} id=${selected} />`}`;
+}
+
+function JobEvents({ id }) {
+  const [events, setEvents] = useState([]);
+  const [error, setError] = useState(null);
+  useEffect(() => {
+    const stop = new AbortController();
+    (async () => {
+      try {
+        for await (const job of sse(`/v1/jobs/${encodeURIComponent(id)}/events`, { signal: stop.signal })) {
+          setEvents((old) => [...old.slice(-199), { at: new Date().toLocaleTimeString(), job }]);
+        }
+      } catch (err) {
+        if (err.name !== "AbortError") setError(err);
+      }
+    })();
+    return () => stop.abort();
+  }, [id]);
+  const last = events.length ? events[events.length - 1].job : null;
+  return html`
+    <${Card} title=${`Live events of ${id}`}>
+      <${ErrorLine} error=${error} />
+      ${last && html`<p id="job-state">State <${StateBadge} value=${last.state} />${last.error ? html` <span class="error">${last.error}</span>` : ""}</p>`}
+      <div class="events" id="job-events">
+        ${events.map((e) => html`<div>${e.at} ${e.job.state}${e.job.progress ? ` ${JSON.stringify(e.job.progress)}` : ""}</div>`)}
+      </div>
+      ${last && last.result && html`<details><summary>Result</summary><pre>${JSON.stringify(last.result, null, 2)}</pre></details>`}
+    <//>`;
+}
+
+// ---- training -----------------------------------------------------------------------------
+
+const EXAMPLE_DATASET = [
+  { messages: [{ role: "user", content: "What is the secret word?" }, { role: "assistant", content: "The secret word is PINEAPPLE." }] },
+  { instruction: "Say the secret word.", output: "PINEAPPLE" },
+].map((line) => JSON.stringify(line)).join("\n");
+
+function parseDataset(text) {
+  const trimmed = text.trim();
+  if (trimmed.startsWith("s3://")) return trimmed;
+  if (trimmed.startsWith("[")) return JSON.parse(trimmed);
+  return trimmed.split("\n").filter((line) => line.trim()).map((line, i) => {
+    try {
+      return JSON.parse(line);
+    } catch {
+      throw new Error(`Line ${i + 1} of the dataset is not JSON.`);
+    }
+  });
+}
+
+function Training() {
+  const [models] = usePoll(() => api("/v1/models"), 0);
+  const [adapters, adaptersError, reloadAdapters] = usePoll(() => api("/v1/adapters"), 15);
+  const [form, setForm] = useState({ base_model: "", dataset: EXAMPLE_DATASET, max_steps: 20, learning_rate: 0.001, lora_r: 8 });
+  const [run, setRun] = useState(null);
+  const [losses, setLosses] = useState([[], []]);
+  const [error, setError] = useState(null);
+  const set = (field, number) => (e) => setForm({ ...form, [field]: number ? Number(e.target.value) : e.target.value });
+  const choices = chatModels(models);
+  const base = form.base_model || (choices.find((m) => m.is_default) || choices[0] || { id: "" }).id;
+
+  useEffect(() => {
+    if (!run || ["succeeded", "failed", "cancelled", "expired"].includes(run.state)) return undefined;
+    const timer = setInterval(async () => {
+      try {
+        const status = await api(`/v1/training/status/${encodeURIComponent(run.id)}`);
+        setRun((old) => ({ ...old, ...status, state: (status.state || old.state).toLowerCase() }));
+        if (status.step && status.loss !== undefined) {
+          setLosses(([steps, values]) => (steps[steps.length - 1] === status.step ? [steps, values] : [[...steps, status.step], [...values, status.loss]]));
+        }
+        if (status.adapter) reloadAdapters();
+      } catch (err) {
+        setError(err);
+      }
+    }, 1000);
+    return () => clearInterval(timer);
+  }, [run && run.id, run && run.state]);
+
+  const start = async (e) => {
+    e.preventDefault();
+    setError(null);
+    try {
+      const request = {
+        base_model: base,
+        dataset: parseDataset(form.dataset),
+        hyperparameters: { max_steps: form.max_steps, learning_rate: form.learning_rate, lora_r: form.lora_r },
+      };
+      const job = await api("/internal/queue/enqueue", { method: "POST", body: { job_type: "adapter_train", request } });
+      setLosses([[], []]);
+      setRun({ id: job.id, state: job.state });
+    } catch (err) {
+      setError(err);
+    }
+  };
+  const upload = async (e) => {
+    const file = e.target.files[0];
+    if (file) setForm({ ...form, dataset: await file.text() });
+  };
+  return html`
+    <${Card} title="Start a training run">
+      <form onSubmit=${start}>
+        <div class="row">
+          <label>Base model<select value=${base} onChange=${set("base_model")}>
+            ${choices.map((m) => html`<option value=${m.id}>${m.id}</option>`)}</select></label>
+          <label>Max steps<input type="number" min="1" value=${form.max_steps} onInput=${set("max_steps", true)} /></label>
+          <label>Learning rate<input type="number" step="any" min="0" value=${form.learning_rate} onInput=${set("learning_rate", true)} /></label>
+          <label>LoRA rank<input type="number" min="1" value=${form.lora_r} onInput=${set("lora_r", true)} /></label>
+          <label>Dataset file<input type="file" accept=".jsonl,.json,.txt" onChange=${upload} /></label>
+        </div>
+        <label>Dataset: JSONL ({"messages": [...]} or {"instruction", "output"}), a JSON list, or an s3:// URI
+          <textarea id="dataset" value=${form.dataset} onInput=${set("dataset")}></textarea></label>
+        <button class="primary" style="margin-top: .5rem">Train</button>
+      </form>
+      <${ErrorLine} error=${error} />
+    <//>
+    ${run && html`
+      <${Card} title=${`Run ${run.id}`}>
+        <p id="training-state">State <${StateBadge} value=${run.state} /> · step ${run.step || 0} / ${run.total_steps || "?"}
+          ${run.loss !== undefined ? ` · loss ${Number(run.loss).toFixed(4)}` : ""}${run.eta_seconds ? ` · about ${Math.round(run.eta_seconds)} s left` : ""}</p>
+        ${run.error && html`<p class="error">${run.error}</p>`}
+        <${Chart} id="loss-chart" title="Training loss" series=${{ time: false, lines: ["loss"] }} data=${losses} />
+      <//>`}
+    <${Card} title="Adapters">
+      <${ErrorLine} error=${adaptersError} />
+      <${Table} id="adapters" rows=${(adapters && adapters.data) || []} columns=${[
+        ["adapter", (a) => a.id || a.adapter_id], ["base model", (a) => a.base_model],
+        ["size", (a) => (a.size_bytes ? `${(a.size_bytes / 1e6).toFixed(1)} MB` : "")], ["shared", (a) => String(!!a.shared)]]} />
+    <//>`;
+}
+
+// ---- analytics ----------------------------------------------------------------------------
+
+function Analytics() {
+  const [span, setSpan] = useState(900);
+  const [history, error] = usePoll(() => api(`/metrics/history?seconds=${span}`), 10, [span]);
+  const points = (history && history.points) || [];
+  const column = (name) => points.map((p) => p[name]);
+  const time = column("time");
+  return html`
+    <${Card} title="Analytics" actions=${html`<select aria-label="window" value=${span} onChange=${(e) => setSpan(Number(e.target.value))}>
+      <option value="900">15 minutes</option><option value="3600">1 hour</option></select>`}>
+      <p class="muted">This gateway's model requests, per ${history ? history.interval_seconds : 10} s, since it started.
+        For longer views, scrape <code>/metrics</code> with Prometheus.</p>
+      <${ErrorLine} error=${error} />
+    <//>
+    ${history && html`<div class="grid">
+      <${Card} title="Requests per minute"><${Chart} id="chart-requests" series=${{ lines: ["requests/min"] }} data=${[time, column("requests_per_minute")]} /><//>
+      <${Card} title="Generated tokens per second"><${Chart} series=${{ lines: ["tok/s"] }} data=${[time, column("completion_tokens_per_second")]} /><//>
+      <${Card} title="Time to first token (streams), ms"><${Chart} series=${{ lines: ["p50", "p95"], points: true }} data=${[time, column("ttft_p50_ms"), column("ttft_p95_ms")]} /><//>
+      <${Card} title="Errors"><${Chart} series=${{ lines: ["errors"] }} data=${[time, column("errors")]} /><//>
+    </div>`}`;
+}
+
+// ---- settings -----------------------------------------------------------------------------
+
+function Settings() {
+  const admin = isSuperuser();
+  return html`${admin ? html`<${SettingsStore} /><${Keys} />` : html`<${Card} title="Settings"><${AdminOnly} /><//>`}<${Session} />`;
+}
+
+function SettingsStore() {
+  const [settings, error, reload] = usePoll(() => api("/settings/"), 0);
+  const [edits, setEdits] = useState({});
+  const [saveError, setSaveError] = useState(null);
+  const save = async (key) => {
+    setSaveError(null);
+    try {
+      await api(`/settings/${encodeURIComponent(key)}`, { method: "PUT", body: { value: edits[key] ?? "" } });
+      setEdits({ ...edits, [key]: undefined });
+      reload();
+    } catch (err) {
+      setSaveError(err);
+    }
+  };
+  return html`
+    <${Card} title="Settings store">
+      <${ErrorLine} error=${error || saveError} />
+      <${Table} rows=${(settings && settings.settings) || []} columns=${[
+        ["key", (s) => html`<code>${s.key}</code><div class="muted">${s.description}</div>`],
+        ["value", (s) => html`<input aria-label=${s.key} value=${edits[s.key] ?? s.value ?? ""} onInput=${(e) => setEdits({ ...edits, [s.key]: e.target.value })} />`],
+        ["updated", (s) => (s.updated_at ? new Date(s.updated_at).toLocaleString() : "")],
+        ["", (s) => html`<button disabled=${edits[s.key] === undefined} onClick=${() => save(s.key)}>Save</button>`]]} />
+    <//>`;
+}
+
+function Keys() {
+  const [keys, error, reload] = usePoll(() => api("/admin/keys"), 0);
+  const [form, setForm] = useState({ name: "", scopes: "chat,embeddings,jobs", rpm_limit: "" });
+  const [created, setCreated] = useState(null);
+  const [actionError, setActionError] = useState(null);
+  const create = async (e) => {
+    e.preventDefault();
+    setActionError(null);
+    try {
+      const body = { name: form.name, scopes: form.scopes.split(",").map((s) => s.trim()).filter(Boolean) };
+      if (form.rpm_limit) body.rpm_limit = Number(form.rpm_limit);
+      setCreated(await api("/admin/keys", { method: "POST", body }));
+      reload();
+    } catch (err) {
+      setActionError(err);
+    }
+  };
+  const revoke = async (id) => {
+    try {
+      await api(`/admin/keys/${encodeURIComponent(id)}`, { method: "DELETE" });
+      reload();
+    } catch (err) {
+      setActionError(err);
+    }
+  };
+  const set = (field) => (e) => setForm({ ...form, [field]: e.target.value });
+  return html`
+    <${Card} title="API keys">
+      <${ErrorLine} error=${error || actionError} />
+      <form class="row" onSubmit=${create}>
+        <label>Name<input required value=${form.name} onInput=${set("name")} /></label>
+        <label>Scopes<input value=${form.scopes} onInput=${set("scopes")} /></label>
+        <label>Requests/min<input type="number" min="1" value=${form.rpm_limit} onInput=${set("rpm_limit")} /></label>
+        <button class="primary">Create key</button>
+      </form>
+      ${created && html`<p>New key (shown once): <code id="new-key">${created.key}</code></p>`}
+      <${Table} id="keys" rows=${(keys && keys.data) || []} columns=${[
+        ["name", (k) => k.name], ["id", (k) => html`<code>${k.id}</code>`], ["scopes", (k) => (k.scopes || []).join(", ")],
+        ["revoked", (k) => String(!!k.revoked_at)],
+        ["", (k) => (!k.revoked_at ? html`<button class="danger" onClick=${() => revoke(k.id)}>Revoke</button>` : "")]]} />
+    <//>`;
+}
+
+function Session() {
+  return html`
+    <${Card} title="This session">
+      <p>Signed in with ${token() ? (isSuperuser() ? "a superuser JWT" : "an API key") : "no credential (local development)"}.
+        It is kept in this tab only and sent as a header.</p>
+      <button onClick=${() => { sessionStorage.removeItem(TOKEN_KEY); location.hash = "#/overview"; location.reload(); }}>Sign out</button>
+    <//>`;
+}
+
+// ---- the shell ----------------------------------------------------------------------------
+
+function Login({ onSignedIn }) {
+  const [value, setValue] = useState("");
+  const [error, setError] = useState(null);
+  const signIn = async (e) => {
+    e.preventDefault();
+    sessionStorage.setItem(TOKEN_KEY, value.trim());
+    try {
+      await api("/v1/models");
+      onSignedIn();
+    } catch (err) {
+      sessionStorage.removeItem(TOKEN_KEY);
+      setError(err);
+    }
+  };
+  return html`
+    <main class="login">
+      <${Card} title="LLM Mesh console">
+        <form onSubmit=${signIn}>
+          <label>A superuser JWT (<code>llmmesh console</code> prints a link with one) or an API key
+            <input id="token" type="password" autocomplete="off" value=${value} onInput=${(e) => setValue(e.target.value)} /></label>
+          <p class="muted">Kept in this browser tab only, sent as an Authorization header. Leave it empty on a local mesh without keys.</p>
+          <button id="sign-in" class="primary">Sign in</button>
+        </form>
+        <${ErrorLine} error=${error} />
+      <//>
+    </main>`;
+}
+
+const currentView = () => {
+  const name = location.hash.replace(/^#\/?/, "");
+  return VIEWS.includes(name) ? name : "overview";
+};
+
+function App() {
+  const [signedIn, setSignedIn] = useState(sessionStorage.getItem(TOKEN_KEY) !== null);
+  const [view, setView] = useState(currentView());
+  useEffect(() => {
+    const follow = () => setView(currentView());
+    window.addEventListener("hashchange", follow);
+    return () => window.removeEventListener("hashchange", follow);
+  }, []);
+  if (!signedIn) return html`<${Login} onSignedIn=${() => setSignedIn(true)} />`;
+  const View = { overview: Overview, models: Models, playground: Playground, jobs: Jobs, training: Training, analytics: Analytics, settings: Settings }[view];
+  return html`
+    <header>
+      <h1>LLM Mesh</h1>
+      <nav>${VIEWS.map((name) => html`<a href="#/${name}" id="nav-${name}" class=${name === view ? "active" : ""}>${name[0].toUpperCase() + name.slice(1)}</a>`)}</nav>
+    </header>
+    <main><${View} key=${view} /></main>`;
+}
+
+// `llmmesh console` opens /console/#token=...: the fragment never reaches a server or a log.
+const fragment = location.hash.match(/token=([^&]+)/);
+if (fragment) {
+  sessionStorage.setItem(TOKEN_KEY, decodeURIComponent(fragment[1]));
+  history.replaceState(null, "", `${location.pathname}#/overview`);
+}
+const root = document.getElementById("app");
+root.textContent = ""; // the "Loading" line: render() adds to what is there
+render(html`<${App} />`, root);

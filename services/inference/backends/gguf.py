@@ -193,6 +193,10 @@ class GGUFOptions(BackendOptions):
         False, description="Send a request to the engine that caches its longest prefix, if not much busier."
     )
     min_batch: int | None = Field(None, ge=1, description="Sequences before batching pays. Unset: 3 CPU, 1 GPU.")
+    # Off, as in llama-server: sliding-window layers keep only their window per sequence (Gemma 3
+    # 270M at 4 x 8192 tokens: 1013 MB resident with full-size windows, see README). A cached
+    # prefix is then reused only while its window is still held.
+    swa_full: bool = Field(False, description="Full-size KV for sliding-window layers (batched decoding).")
 
 
 class GGUFBackend(ThreadedBackend):
@@ -270,8 +274,9 @@ class GGUFBackend(ThreadedBackend):
         self._threads_batch = options.n_threads_batch or options.n_threads or cores
         self._llm = Llama(
             model_path=str(path),
-            # With batching, this context only tokenizes and warms up; the batch engine has its own.
-            n_ctx=self.spec.context_length if n_parallel == 1 else min(self.spec.context_length, 512),
+            # With batching, this context only warms up (tokenizing needs the vocabulary alone); the
+            # engines have their own. A small one keeps its KV and compute buffers small.
+            n_ctx=self.spec.context_length if n_parallel == 1 else min(self.spec.context_length, 64),
             n_threads=self._threads,
             n_threads_batch=self._threads_batch,
             n_batch=options.n_batch,
@@ -303,6 +308,7 @@ class GGUFBackend(ThreadedBackend):
                 self._threads,
                 options.n_batch,
                 prefix_cache=options.prefix_cache,
+                swa_full=options.swa_full,
                 n_threads_batch=self._threads_batch,
                 # On CPU a pair gains nothing batched (see BatchEngine); on a GPU, batch everything.
                 min_batch=options.min_batch or (1 if on_gpu else 3),

@@ -133,6 +133,7 @@ class BatchEngine:
         n_threads_batch: int | None = None,
         min_batch: int = 1,
         interactive: InteractiveCount | None = None,
+        swa_full: bool = False,
     ) -> None:
         import llama_cpp as lc
 
@@ -145,10 +146,14 @@ class BatchEngine:
         params.n_seq_max = n_parallel
         params.n_threads, params.n_threads_batch = n_threads, n_threads_batch or n_threads
         params.kv_unified = False  # each sequence its own KV range: sequences share no prefix
+        params.swa_full = swa_full
         self._ctx = lc.llama_init_from_model(llm._model.model, params)
         if not self._ctx:
             raise RuntimeError("llama.cpp could not create the batched context")
         self._memory = lc.llama_get_memory(self._ctx)
+        # Without full-size windows, a sliding-window layer holds only a sequence's last n_swa
+        # positions: a prefix is reusable only while its window is still there.
+        self._n_swa = 0 if swa_full else max(lc.llama_model_n_swa(llm._model.model), 0)
         self._n_batch = params.n_batch
         self._batch = lc.llama_batch_init(self._n_batch, 0, 1)
         self._prefix_cache = prefix_cache
@@ -275,6 +280,12 @@ class BatchEngine:
             slot = min(self._free_slots, key=lambda s: len(self._slot_tokens[s]))
         self._slot_weights[slot] = weights
         reused = shared(slot)
+        if (
+            reused
+            and self._n_swa
+            and self._lc.llama_memory_seq_pos_min(self._memory, slot) > max(0, reused - self._n_swa)
+        ):
+            reused = 0  # the window before the prefix's end was evicted (llama-server's own test)
         if reused and not self._lc.llama_memory_seq_rm(self._memory, slot, reused, -1):
             reused = 0  # this cache cannot drop a partial sequence (e.g. sliding-window layers)
         if not reused:

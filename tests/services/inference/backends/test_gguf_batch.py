@@ -212,6 +212,34 @@ async def test_a_shared_prefix_is_evaluated_once(batched) -> None:
     assert second.usage.cached_prompt_tokens < second.usage.prompt_tokens
 
 
+async def test_a_prefix_is_reused_only_while_its_sliding_window_is_held() -> None:
+    """Gemma 3 keeps a 512-token window in most layers; without full-size windows (the default,
+    as llama-server's) a slot holds only each sequence's last positions there. Reusing a prefix
+    whose window was evicted would decode from missing KV: it is evaluated again instead, and
+    the answer is the one a fresh slot gives."""
+    spec = gemma("gemma-swa", n_threads=2, n_parallel=2, n_engines=1).model_copy(update={"context_length": 2048})
+    backend = create_backend(spec)
+    await backend.load()
+    try:
+        long_text = " ".join(f"item {i} is filed under shelf {i % 7}." for i in range(130))  # ~1,300 tokens
+        sampling = SamplingParams(max_tokens=6, temperature=0.0)
+        _, first = await generate(backend, long_text, sampling)
+        assert first.usage.prompt_tokens > 1100
+        # Sharing only the first ~600 tokens: their window ended long before the slot's last position.
+        early = long_text[: len(long_text) // 2] + " Which shelf holds item 3?"
+        text, second = await generate(backend, early, sampling)
+        assert second.usage.cached_prompt_tokens == 0
+        await backend.unload()
+        await backend.load()  # a fresh engine: the same prompt from nothing
+        fresh, _ = await generate(backend, early, sampling)
+        assert text == fresh
+        # A continuation of the whole sequence reuses it: its window is the slot's latest positions.
+        _, third = await generate(backend, early + " Shelf", sampling)
+        assert third.usage.cached_prompt_tokens >= second.usage.prompt_tokens - 4
+    finally:
+        await backend.unload()
+
+
 async def test_a_slow_reader_gets_several_tokens_per_chunk(batched) -> None:
     sampling = SamplingParams(max_tokens=12, temperature=0.0)
     expected, _ = await generate(batched, "3, 4, 5, 6,", sampling)

@@ -31,7 +31,7 @@ from services.inference.backends.base import BackendOptions
 from services.inference.backends.gguf_batch import (
     BatchEngine,
     BatchRequest,
-    InteractiveCount,
+    SharedCount,
     common_prefix,
     set_lora,
 )
@@ -187,12 +187,16 @@ class GGUFOptions(BackendOptions):
     flash_attn: bool = False
     n_engines: int | None = Field(None, ge=1, description="Batch engines side by side. Unset: by cores.")
     prefix_cache: bool = Field(True, description="Reuse a finished sequence's cached prompt prefix.")
-    # Off by default: bench/prefix.py measured it slower than least-busy placement on mixed
-    # workloads (a burst fills the engine holding the caches, then overwrites them); see README.
+    # On: in bench/prefix.py (two applications' long system prompts at c=4) least-busy placement
+    # fell into overwriting the other application's caches in 3 of 5 runs (TTFT p50 4-4.7 s, 21%
+    # cached); placement never did (218-273 ms, 58-90% cached). See README.
     prefix_placement: bool = Field(
-        False, description="Send a request to the engine that caches its longest prefix, if not much busier."
+        True, description="Send a request to the engine that caches its longest prefix, if not much busier."
     )
     min_batch: int | None = Field(None, ge=1, description="Sequences before batching pays. Unset: 3 CPU, 1 GPU.")
+    n_threads_alone: int | None = Field(
+        None, ge=1, description="Decode threads of an engine while it is the model's only busy one. Unset: all."
+    )
     # Off, as in llama-server: sliding-window layers keep only their window per sequence (Gemma 3
     # 270M at 4 x 8192 tokens: 1013 MB resident with full-size windows, see README). A cached
     # prefix is then reused only while its window is still held.
@@ -299,7 +303,8 @@ class GGUFBackend(ThreadedBackend):
         on_gpu = bool(options.n_gpu_layers)
         n_engines = options.n_engines or (1 if on_gpu else max(cores // self._threads, 1))
         n_engines = max(min(n_engines, n_parallel), 1) if n_parallel > 1 else 0
-        interactive = InteractiveCount()  # shared: one engine's interactive work pauses every engine's batch work
+        interactive = SharedCount()  # one engine's interactive work pauses every engine's batch work
+        busy_engines = SharedCount()  # an engine alone with work decodes on every core
         self._engines: list[BatchEngine] = [
             BatchEngine(
                 self._llm,
@@ -313,6 +318,8 @@ class GGUFBackend(ThreadedBackend):
                 # On CPU a pair gains nothing batched (see BatchEngine); on a GPU, batch everything.
                 min_batch=options.min_batch or (1 if on_gpu else 3),
                 interactive=interactive,
+                busy_engines=busy_engines,
+                n_threads_alone=options.n_threads_alone or self._threads_batch,
             )
             for _ in range(n_engines)
         ]

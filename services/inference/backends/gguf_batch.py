@@ -66,9 +66,10 @@ def set_lora(lc: Any, ctx: Any, lora: Any, scale: float = 1.0) -> None:
         raise RuntimeError(f"llama_set_adapters_lora returned {status}")
 
 
-class InteractiveCount:
-    """Interactive sequences running in any of a model's engines: while there are some, every
-    engine pauses its low-priority ones (engines side by side share the cores)."""
+class SharedCount:
+    """A count a model's engines share: the interactive sequences running in any of them (while
+    there are some, every engine pauses its low-priority ones: engines side by side share the
+    cores), or the engines with work (one alone may decode on every core)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -132,8 +133,10 @@ class BatchEngine:
         prefix_cache: bool = True,
         n_threads_batch: int | None = None,
         min_batch: int = 1,
-        interactive: InteractiveCount | None = None,
+        interactive: SharedCount | None = None,
         swa_full: bool = False,
+        busy_engines: SharedCount | None = None,
+        n_threads_alone: int | None = None,
     ) -> None:
         import llama_cpp as lc
 
@@ -145,6 +148,14 @@ class BatchEngine:
         params.n_batch = params.n_ubatch = max(n_batch, 512)
         params.n_seq_max = n_parallel
         params.n_threads, params.n_threads_batch = n_threads, n_threads_batch or n_threads
+        # Single-token decodes run on `n_threads` so that engines side by side each keep a core;
+        # while this is the model's only engine with work, on `n_threads_alone` (every core, as
+        # llama-server decodes one stream).
+        self._threads = {False: n_threads, True: n_threads_alone or n_threads}
+        self._n_threads_batch = params.n_threads_batch
+        self._alone = False
+        self._busy_engines = busy_engines or SharedCount()
+        self._busy = False
         params.kv_unified = False  # each sequence its own KV range: sequences share no prefix
         params.swa_full = swa_full
         self._ctx = lc.llama_init_from_model(llm._model.model, params)
@@ -162,7 +173,7 @@ class BatchEngine:
         # one), while single tokens leave a core to the event loop, gRPC and the clients: through
         # the mesh, pairs ran at 52-63 tok/s batched and 71-74 apart. Four together beat four apart.
         self._min_batch = min_batch
-        self._interactive = interactive or InteractiveCount()
+        self._interactive = interactive or SharedCount()
         self.slots = n_parallel
         self._free_slots = list(range(n_parallel))
         self._slot_tokens: dict[int, list[int]] = {slot: [] for slot in range(n_parallel)}  # what each slot's KV holds
@@ -226,7 +237,9 @@ class BatchEngine:
     def _admit(self) -> bool:
         """Move submitted requests into free slots, in order; block while idle. False: stop."""
         if not self._active and not self._waiting:
+            self._set_busy(False)
             self._waiting.append(self._incoming.get())  # idle: wait for work
+            self._set_busy(True)
         with self._admission:  # what was submitted together is admitted together
             while True:
                 try:
@@ -293,6 +306,11 @@ class BatchEngine:
         del self._slot_tokens[slot][reused:]
         return slot, reused
 
+    def _set_busy(self, busy: bool) -> None:
+        if busy != self._busy:
+            self._busy = busy
+            self._busy_engines.add(1 if busy else -1)
+
     def _idle_while_paused(self) -> None:
         """Every sequence here is paused (low priority, interactive work elsewhere): wait for new
         work, briefly, instead of spinning a core the interactive work needs."""
@@ -357,6 +375,10 @@ class BatchEngine:
         if batch.n_tokens == 0:
             return
         set_lora(lc, self._ctx, sequences[0].request.lora, sequences[0].request.scale)
+        alone = self._busy_engines.running <= 1
+        if alone != self._alone:
+            self._alone = alone
+            lc.llama_set_n_threads(self._ctx, self._threads[alone], self._n_threads_batch)
         status = lc.llama_decode(self._ctx, batch)
         if status != 0:
             raise RuntimeError(f"llama_decode returned {status}")

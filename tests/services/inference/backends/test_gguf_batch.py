@@ -462,3 +462,34 @@ async def test_a_request_goes_to_the_engine_that_caches_its_prefix(placement: bo
             assert second.usage.cached_prompt_tokens == 0
     finally:
         await backend.unload()
+
+
+async def test_an_engine_alone_decodes_on_every_core_and_shares_them_otherwise() -> None:
+    """One stream decodes on all cores (as llama-server's does); once a second engine has work,
+    each decodes single tokens on its own `n_threads` again, so that neither stalls the other."""
+    backend = create_backend(gemma("gemma-threads", n_threads=1, n_threads_alone=2, n_parallel=2, n_engines=2))
+    await backend.load()
+    calls: list[tuple[int, int]] = []
+    try:
+        for index, engine in enumerate(backend._engines):
+            real = engine._lc
+
+            class Recording:  # llama_cpp, with its thread changes recorded
+                def __getattr__(self, name: str, real=real):
+                    return getattr(real, name)
+
+                def llama_set_n_threads(self, ctx, threads: int, batch: int, real=real, index=index) -> None:
+                    calls.append((index, threads))
+                    real.llama_set_n_threads(ctx, threads, batch)
+
+            engine._lc = Recording()
+        sampling = SamplingParams(max_tokens=8, temperature=0.0)
+        await generate(backend, "1, 2, 3,", sampling)
+        assert calls == [(0, 2)]  # alone: every core
+        long = SamplingParams(max_tokens=40, temperature=0.0)
+        await asyncio.gather(generate(backend, "a, b, c,", long), generate(backend, "1, 2, 3,", long))
+        # Side by side: engine 0 goes back to its one core (engine 1 starts on one); the engine
+        # that finishes last is alone again for its last tokens.
+        assert calls[1] == (0, 1) and calls[-1][1] == 2
+    finally:
+        await backend.unload()

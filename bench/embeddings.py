@@ -1,7 +1,10 @@
 """Embeddings throughput: in-process sentence-transformers vs. gRPC Embed vs. the gateway's /v1/embeddings.
 
 The services run as their own processes, as in a deployment. Each request carries
-`--per-request` sentences; concurrency is the number of requests in flight.
+`--per-request` sentences; concurrency is the number of requests in flight. For each run it
+reports the batches the service formed (its `llmmesh:embeddings_batch_size` histogram), and
+in process, encode() at that batch size too: with c requests of one sentence in flight no batch
+can hold more than c, so that is the ceiling a serving path can reach.
 
     python -m bench.embeddings [--sentences 512] [--per-request 1] [--concurrency 1 8]
 """
@@ -39,15 +42,30 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def in_process(texts: list[str], batch_size: int) -> float:
+def in_process(texts: list[str], batch_sizes: list[int]) -> dict[int, float]:
+    """Sentences per second of encode() at each batch size."""
     from sentence_transformers import SentenceTransformer
 
     settings = EmbeddingsSettings()
     model = SentenceTransformer(str(resolve_model_path(settings.model_path)), device="cpu")
-    model.encode(texts[:32], batch_size=batch_size)
-    start = time.perf_counter()
-    model.encode(texts, batch_size=batch_size)
-    return len(texts) / (time.perf_counter() - start)
+    rates = {}
+    for batch_size in batch_sizes:
+        model.encode(texts[:32], batch_size=batch_size)
+        start = time.perf_counter()
+        model.encode(texts, batch_size=batch_size)
+        rates[batch_size] = len(texts) / (time.perf_counter() - start)
+    return rates
+
+
+async def batches_formed(http: httpx.AsyncClient, metrics_url: str) -> tuple[float, float]:
+    """The service's model calls so far: how many, and how many texts in all."""
+    text = (await http.get(metrics_url)).text
+    values = {}
+    for line in text.splitlines():
+        for name in ("embeddings_batch_size_count", "embeddings_batch_size_sum"):
+            if line.startswith(f"llmmesh:{name} "):
+                values[name] = float(line.split()[1])
+    return values.get("embeddings_batch_size_count", 0.0), values.get("embeddings_batch_size_sum", 0.0)
 
 
 async def drive(
@@ -85,9 +103,10 @@ async def main() -> None:
     texts = sentences(args.sentences)
     batch_size = EmbeddingsSettings().max_batch_size
 
-    grpc_port, http_port = free_port(), free_port()
+    grpc_port, http_port, metrics_port = free_port(), free_port(), free_port()
     env = mesh_env(
         LLMMESH_EMBEDDINGS_PORT=str(grpc_port),
+        LLMMESH_EMBEDDINGS_METRICS_PORT=str(metrics_port),
         LLMMESH_GATEWAY_PORT=str(http_port),
         LLMMESH_GATEWAY_EMBEDDINGS_TARGET=f"127.0.0.1:{grpc_port}",
     )
@@ -126,24 +145,30 @@ async def main() -> None:
                     response.raise_for_status()
 
                 rows = []
+                metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
                 for concurrency in args.concurrency:
-                    rows.append(
-                        ("gRPC Embed", concurrency, await drive(texts, args.per_request, concurrency, via_grpc))
-                    )
-                    rows.append(
-                        ("/v1/embeddings", concurrency, await drive(texts, args.per_request, concurrency, via_http))
-                    )
+                    for name, call in (("gRPC Embed", via_grpc), ("/v1/embeddings", via_http)):
+                        calls, items = await batches_formed(http, metrics_url)
+                        rate = await drive(texts, args.per_request, concurrency, call)
+                        after_calls, after_items = await batches_formed(http, metrics_url)
+                        mean_batch = (after_items - items) / max(after_calls - calls, 1)
+                        rows.append((name, concurrency, rate, mean_batch))
     finally:
         for process in processes:
             process.terminate()
             process.wait(timeout=30)
 
-    baseline = in_process(texts, batch_size)
+    ceilings = sorted({min(c * args.per_request, batch_size) for c in args.concurrency} - {batch_size})
+    rates = in_process(texts, [batch_size, *ceilings])
+    baseline = rates[batch_size]
     print(f"\n{len(texts)} sentences, {args.per_request} per request, all-MiniLM-L6-v2 on CPU ({os.cpu_count()} cores)")
-    print(f"{'path':<34} {'concurrency':>11} {'sentences/s':>12} {'vs in-process':>14}")
-    print(f"{f'in-process encode(batch_size={batch_size})':<34} {'-':>11} {baseline:12.1f} {'100%':>14}")
-    for name, concurrency, rate in rows:
-        print(f"{name:<34} {concurrency:>11} {rate:12.1f} {rate / baseline:14.0%}")
+    print(f"{'path':<34} {'c':>3} {'sentences/s':>12} {'vs batch 32':>11} {'mean batch':>10} {'vs ceiling':>10}")
+    for size, rate in rates.items():
+        print(f"{f'in-process encode(batch_size={size})':<34} {'-':>3} {rate:12.1f} {rate / baseline:11.0%}")
+    for name, concurrency, rate, mean_batch in rows:
+        ceiling = rates.get(min(concurrency * args.per_request, batch_size), baseline)
+        shares = f"{rate / baseline:11.0%} {mean_batch:10.1f} {rate / ceiling:10.0%}"
+        print(f"{name:<34} {concurrency:>3} {rate:12.1f} {shares}")
 
 
 if __name__ == "__main__":

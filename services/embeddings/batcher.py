@@ -40,10 +40,12 @@ class MicroBatcher(Generic[Item, Result]):
     """Calls `process` (blocking, run in `executor`) on the merged items of concurrent `submit` calls.
 
     Before each call the batcher waits up to `window_seconds` for requests to join, but only
-    while fewer requests are waiting than made up the previous batch and fewer than
-    `max_batch` items: a lone client is never delayed, and a steady set of concurrent clients
-    settles into full batches instead of alternating big and small ones. A request bigger
-    than `max_batch` runs on its own; requests are never split.
+    while fewer requests are waiting than were in flight when the previous batch ended (its
+    own and those queued meanwhile) and fewer than `max_batch` items: a lone client is never
+    delayed, and a steady set of c clients settles into batches of c. Waiting only for as many
+    as the previous batch held let 8 clients settle into two alternating batches of 4 (measured:
+    4.0 texts a call at c=8). A request bigger than `max_batch` runs on its own; requests are
+    never split.
     """
 
     def __init__(
@@ -61,7 +63,7 @@ class MicroBatcher(Generic[Item, Result]):
         self._pending: list[_Pending[Item, Result]] = []
         self._waiting = asyncio.Event()
         self._ready = asyncio.Event()  # ends the window early
-        self._last_batch_requests = 1
+        self._expected_requests = 1  # in flight when the last batch ended
         self._worker: asyncio.Task[None] | None = None
         self.stats = BatcherStats()
 
@@ -97,11 +99,11 @@ class MicroBatcher(Generic[Item, Result]):
                         await self._ready.wait()
             batch = self._take_batch()
             if batch:
-                self._last_batch_requests = len(batch)
                 await self._execute(batch)
+                self._expected_requests = len(batch) + len(self._pending)
 
     def _is_ready(self) -> bool:
-        return len(self._pending) >= self._last_batch_requests or self._waiting_items() >= self._max_batch
+        return len(self._pending) >= self._expected_requests or self._waiting_items() >= self._max_batch
 
     def _take_batch(self) -> list[_Pending[Item, Result]]:
         batch: list[_Pending[Item, Result]] = []

@@ -52,6 +52,27 @@ async def test_requests_queued_during_a_batch_form_the_next_one(executor) -> Non
     await batcher.close()
 
 
+async def test_clients_in_flight_settle_into_one_batch_not_two_halves(executor) -> None:
+    """A batch ran with one request while seven queued: eight were in flight, so the next batch
+    waits for the first client's next request instead of running seven and then one."""
+    calls: list[list[int]] = []
+    started, gate = threading.Event(), threading.Event()
+    batcher = MicroBatcher(doubling(calls, started, gate), executor=executor, window_seconds=5.0, max_batch=100)
+
+    async def client(first: int) -> None:
+        await batcher.submit([first])
+        await batcher.submit([first + 100])  # its next request, once answered
+
+    lead = asyncio.ensure_future(client(0))
+    assert await asyncio.to_thread(started.wait, 10)  # the first batch (one request) is running, held
+    others = [asyncio.ensure_future(batcher.submit([n])) for n in range(1, 8)]
+    await asyncio.sleep(0)  # they queue behind it
+    gate.set()
+    await asyncio.gather(lead, *others)
+    assert calls == [[0], [1, 2, 3, 4, 5, 6, 7, 100]]
+    await batcher.close()
+
+
 async def test_max_batch_splits_between_requests_never_inside_one(executor) -> None:
     calls: list[list[int]] = []
     batcher = MicroBatcher(doubling(calls), executor=executor, window_seconds=1.0, max_batch=3)

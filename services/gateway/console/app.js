@@ -169,6 +169,7 @@ function Overview() {
   const [models] = usePoll(() => api("/v1/models"), 5);
   const [summary] = usePoll(() => api("/metrics/summary"), 5);
   const [nodes, nodesError] = usePoll(() => api("/v1/nodes"), 10);
+  const [queue, queueError] = usePoll(() => api("/v1/queue"), 5);
   const [history, historyError] = usePoll(() => api("/metrics/history?seconds=3600"), 10);
   const services = health ? Object.entries(health.services || {}) : [];
   return html`
@@ -195,6 +196,13 @@ function Overview() {
       <${Table} id="overview-models" rows=${(models && models.data) || []} columns=${[
         ["model", (m) => m.id], ["backend", (m) => m.backend], ["state", (m) => html`<${StateBadge} value=${m.state} />`],
         ["running", (m) => m.requests_running], ["context", (m) => m.context_length]]} />
+    <//>
+    <${Card} title="Work in the models">
+      ${queueError ? html`<p class="muted">${queueError.status === 403 ? "Needs the admin scope." : queueError.message}</p>` : html`
+        <${Table} id="queue" rows=${(queue && queue.models) || []} empty="No model has work." columns=${[
+          ["model", (q) => q.model], ["state", (q) => html`<${StateBadge} value=${q.state} />`],
+          ["running", (q) => q.running], ["waiting", (q) => q.waiting]]} />
+        ${queue && html`<p class="muted">${queue.total_waiting} waiting of at most ${queue.max_waiting}</p>`}`}
     <//>
     <${Card} title="Nodes">
       ${nodesError ? html`<p class="muted">${nodesError.status === 403 ? "Needs the admin scope." : nodesError.message}</p>` : html`

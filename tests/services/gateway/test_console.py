@@ -112,6 +112,8 @@ async def test_overview_after_signing_in(browser: WebDriver, gateway_url: str) -
         wait_for, browser, lambda d: GEMMA in text_of("#overview-models")(d) and text_of("#overview-models")(d)
     )
     assert "gguf" in models
+    queue = await step(wait_for, browser, lambda d: GEMMA in text_of("#queue")(d) and text_of("#queue")(d))
+    assert "loaded" in queue  # the engines' running and waiting work, per model
     await step(shot, browser, "overview")
 
 

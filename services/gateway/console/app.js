@@ -397,7 +397,7 @@ function Playground() {
 // ---- jobs ---------------------------------------------------------------------------------
 
 const JOB_STATES = ["queued", "running", "succeeded", "failed", "cancelled", "expired"];
-const JOB_TYPES = ["chat", "vision", "adapter_train", "embed", "batch"];
+const JOB_TYPES = ["chat", "vision", "adapter_train", "embed"]; // /v1/jobs filters; batches are at /v1/batches
 
 function Jobs() {
   const [filter, setFilter] = useState({ state: "", job_type: "" });

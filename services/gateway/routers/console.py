@@ -16,6 +16,8 @@ from fastapi.responses import FileResponse, RedirectResponse, Response
 from services.common.errors import NotFound
 
 CONSOLE_DIR = Path(__file__).resolve().parent.parent / "console"
+# The files are static: listed once, so a request is a lookup (no path to resolve, no stat).
+CONSOLE_FILES = {path.relative_to(CONSOLE_DIR).as_posix(): path for path in CONSOLE_DIR.rglob("*") if path.is_file()}
 SECURITY_HEADERS = {
     "content-security-policy": (
         "default-src 'self'; script-src 'self'; connect-src 'self'; img-src 'self' data:; "
@@ -39,7 +41,7 @@ async def console_root() -> Response:
 @router.get("/console/{path:path}")
 async def console_file(path: str) -> Response:
     """A file of the console (its views are #fragments of index.html, so there are no others)."""
-    target = (CONSOLE_DIR / path).resolve() if path else CONSOLE_DIR / "index.html"
-    if path and not (target.is_relative_to(CONSOLE_DIR) and target.is_file()):
+    target = CONSOLE_FILES.get(path or "index.html")
+    if target is None:
         raise NotFound(f"No console file '{path}'.")
     return FileResponse(target, media_type=MEDIA_TYPES.get(target.suffix), headers=SECURITY_HEADERS)

@@ -488,8 +488,8 @@ async def test_an_engine_alone_decodes_on_every_core_and_shares_them_otherwise()
         assert calls == [(0, 2)]  # alone: every core
         long = SamplingParams(max_tokens=40, temperature=0.0)
         await asyncio.gather(generate(backend, "a, b, c,", long), generate(backend, "1, 2, 3,", long))
-        # Side by side: engine 0 goes back to its one core (engine 1 starts on one); the engine
-        # that finishes last is alone again for its last tokens.
-        assert calls[1] == (0, 1) and calls[-1][1] == 2
+        # Side by side: engine 0 goes back to its one core once engine 1 has work (whichever starts
+        # first); the engine that finishes last is alone again for its last tokens.
+        assert (0, 1) in calls and calls[-1][1] == 2
     finally:
         await backend.unload()

@@ -489,7 +489,9 @@ async def test_an_engine_alone_decodes_on_every_core_and_shares_them_otherwise()
         long = SamplingParams(max_tokens=40, temperature=0.0)
         await asyncio.gather(generate(backend, "a, b, c,", long), generate(backend, "1, 2, 3,", long))
         # Side by side: engine 0 goes back to its one core once engine 1 has work (whichever starts
-        # first); the engine that finishes last is alone again for its last tokens.
-        assert (0, 1) in calls and calls[-1][1] == 2
+        # first). Both may finish in the same step, so neither need be alone at the end.
+        assert (0, 1) in calls
+        await generate(backend, "x, y, z,", sampling)
+        assert calls[-1][1] == 2  # alone again: every core (the engine re-checks before each step)
     finally:
         await backend.unload()

@@ -74,6 +74,7 @@ bench: proto
 	$(PY) -m bench.fleet
 	$(PY) -m bench.batch
 	$(PY) -m bench.prefix
+	$(PY) -m bench.engines
 
 # Refresh the web console's vendored libraries from npm (pinned versions and hashes inside);
 # the files are committed, so nothing else needs Node.js.

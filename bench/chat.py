@@ -40,6 +40,7 @@ from typing import Any
 
 import grpc
 import httpx
+import psutil
 
 from bench.embeddings import free_port, wait_ready
 from bench.mesh import channel, mesh_env
@@ -54,6 +55,7 @@ IN_PROCESS_AFTER = f"{IN_PROCESS} (after)"
 MANAGED_MODEL = "gemma-3-270m-llama-server"  # in services/common/models.yaml: -np 4
 BARE, MANAGED = "llama-server, bare", "mesh: managed llama-server (SSE)"
 MANAGED_GRPC = "mesh: managed llama-server (gRPC)"
+MESH_SSE, MESH_GRPC = "mesh: gateway SSE", "mesh: gRPC CompleteStream"
 
 
 def prompt(index: int) -> str:
@@ -89,6 +91,7 @@ class Sample:
 
 
 Call = Callable[[int], Awaitable[Sample]]
+Meters = dict[str, Callable[[], float]]  # role -> CPU seconds so far (see cpu_seconds)
 
 
 def spread(values: list[float]) -> dict[str, float | None]:
@@ -100,7 +103,8 @@ def spread(values: list[float]) -> dict[str, float | None]:
     return {"mean": statistics.fmean(ordered) * 1000, "median": statistics.median(ordered) * 1000, "p99": p99 * 1000}
 
 
-def summarize(samples: list[Sample], seconds: float, failed: int) -> dict[str, Any]:
+def summarize(samples: list[Sample], seconds: float, failed: int, cpu: dict[str, float] | None = None) -> dict:
+    tokens = sum(s.output_tokens for s in samples)
     return {
         "completed": len(samples),
         "failed": failed,
@@ -111,18 +115,25 @@ def summarize(samples: list[Sample], seconds: float, failed: int) -> dict[str, A
         "tpot_ms": spread([t for s in samples if (t := s.tpot) is not None]),
         "itl_ms": spread([gap for s in samples for gap in s.itls]),
         "e2el_ms": spread([s.e2el for s in samples]),
+        # where the cores went: CPU milliseconds per output token, by process (or thread) role
+        "cpu_ms_per_token": {role: used * 1000 / tokens for role, used in (cpu or {}).items()} if tokens else {},
     }
 
 
-async def run(calls: dict[str, Call], requests: int, concurrency: int, repetitions: int) -> dict[str, dict[str, Any]]:
+async def run(
+    calls: dict[str, Call], requests: int, concurrency: int, repetitions: int, meters: dict[str, Meters] | None = None
+) -> dict[str, dict[str, Any]]:
     """`requests` requests at `concurrency`, `repetitions` times per path; throughputs are over all
     of them. Several paths take turns by repetition (a, b, a, b, ...), so that this machine's drift
-    between minutes falls on each alike: their ratio is the fair one."""
+    between minutes falls on each alike: their ratio is the fair one. `meters` give each path's
+    CPU time by role, read before and after each of its repetitions."""
+    meters = meters or {}
     for call in calls.values():
         await call(10_000)  # warm-up
     samples: dict[str, list[Sample]] = {name: [] for name in calls}
     failed = dict.fromkeys(calls, 0)
     seconds = dict.fromkeys(calls, 0.0)
+    cpu: dict[str, dict[str, float]] = {name: dict.fromkeys(meters.get(name, {}), 0.0) for name in calls}
     for repetition in range(repetitions):
         for name, call in calls.items():
             pending = list(range(repetition * requests, (repetition + 1) * requests))
@@ -134,10 +145,13 @@ async def run(calls: dict[str, Call], requests: int, concurrency: int, repetitio
                     except (httpx.HTTPError, grpc.aio.AioRpcError, MeshError, ValueError):
                         failed[name] += 1  # e.g. the peer cuts a running stream when another arrives
 
+            used = {role: meter() for role, meter in meters.get(name, {}).items()}
             begin = time.perf_counter()
             await asyncio.gather(*(worker() for _ in range(concurrency)))
             seconds[name] += time.perf_counter() - begin
-    return {name: summarize(samples[name], seconds[name], failed[name]) for name in calls}
+            for role, meter in meters.get(name, {}).items():
+                cpu[name][role] += meter() - used[role]
+    return {name: summarize(samples[name], seconds[name], failed[name], cpu[name]) for name in calls}
 
 
 def sse_call(http: httpx.AsyncClient, url: str, tokens: int, model: str = MODEL) -> Call:
@@ -211,6 +225,49 @@ def rss_mb(pid: int) -> float | None:
     except OSError:
         pass
     return None
+
+
+def cpu_seconds(pid: int, thread: int | None = None) -> float:
+    """CPU time (user and system) of a process, or of one of its threads, from /proc (Linux)."""
+    stat = Path(f"/proc/{pid}/task/{thread}/stat" if thread else f"/proc/{pid}/stat")
+    try:
+        fields = stat.read_text().rsplit(")", 1)[1].split()  # after the command name
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
+def mesh_meters(gateway: int, inference: int, server: Callable[[], float] | None = None) -> Meters:
+    """The mesh's processes by role. The inference service's main thread runs its event loop
+    (gRPC handlers, the backends' asyncio side); its other threads are the engines (llama.cpp's
+    decode and sampling) and gRPC's own threads."""
+    meters: Meters = {
+        "gateway": lambda: cpu_seconds(gateway),
+        "inference loop": lambda: cpu_seconds(inference, inference),
+        "inference threads": lambda: cpu_seconds(inference) - cpu_seconds(inference, inference),
+        "bench client": lambda: cpu_seconds(os.getpid()),
+    }
+    return meters | ({"server": server} if server else {})
+
+
+def children_cpu(pid: int) -> float:
+    """CPU time of a process's live children (the managed llama-server)."""
+    return sum(cpu_seconds(child.pid) for child in psutil.Process(pid).children(recursive=True))
+
+
+CPU_ROLES = ("gateway", "inference loop", "inference threads", "server", "bench client")
+
+
+def cpu_table(results: dict[str, dict[int, dict[str, Any]]]) -> str:
+    """CPU milliseconds per output token by role: what each path's serving costs beside decoding."""
+    lines = [f"{'CPU ms per output token':<36} {'c':>2} " + " ".join(f"{role:>17}" for role in CPU_ROLES)]
+    for path, by_concurrency in results.items():
+        for concurrency, row in by_concurrency.items():
+            used = row.get("cpu_ms_per_token") or {}
+            if used:
+                cells = " ".join(f"{used[role]:17.2f}" if role in used else f"{'-':>17}" for role in CPU_ROLES)
+                lines.append(f"{path:<36} {concurrency:>2} {cells}")
+    return "\n".join(lines)
 
 
 def ratio(value: float | None, base: float | None) -> str:
@@ -293,8 +350,8 @@ async def main() -> None:
             gateway = f"http://127.0.0.1:{http_port}/v1/completions"
             paths = {
                 PEER: sse_call(http, f"http://127.0.0.1:{peer_port}/v1/completions", args.tokens),
-                "mesh: gateway SSE": sse_call(http, gateway, args.tokens),
-                "mesh: gRPC CompleteStream": grpc_call(inference, args.tokens),
+                MESH_SSE: sse_call(http, gateway, args.tokens),
+                MESH_GRPC: grpc_call(inference, args.tokens),
                 BARE: sse_call(http, f"http://127.0.0.1:{bare_port}/v1/completions", args.tokens),
                 MANAGED: sse_call(http, gateway, args.tokens, MANAGED_MODEL),
                 MANAGED_GRPC: grpc_call(inference, args.tokens, MANAGED_MODEL),
@@ -304,13 +361,21 @@ async def main() -> None:
                 GRPC_OVERHEAD: grpc_call(InferenceClient(grpc_channel, timeout=300), args.tokens, NO_COMPUTE),
             }
             server_pids = {PEER: processes[2].pid, BARE: processes[3].pid}
+            mesh = mesh_meters(processes[1].pid, processes[0].pid)
+            client = {"bench client": lambda: cpu_seconds(os.getpid())}
+            meters: dict[str, Meters] = {
+                name: client | {"server": lambda pid=pid: cpu_seconds(pid)} for name, pid in server_pids.items()
+            }
+            meters |= dict.fromkeys((MESH_SSE, MESH_GRPC, SSE_OVERHEAD, GRPC_OVERHEAD), mesh)
+            with_child = mesh_meters(processes[1].pid, processes[0].pid, lambda: children_cpu(processes[0].pid))
+            meters |= dict.fromkeys((MANAGED, MANAGED_GRPC), with_child)
             # The managed server is compared with the bare one in turns (see run).
             paired = {name: paths.pop(name) for name in (BARE, MANAGED, MANAGED_GRPC)}
             groups = [*({name: call} for name, call in paths.items()), paired]
             groups = groups[-1:] if args.managed_only else groups + [{n: c} for n, c in overhead.items()]
             for group in groups:
                 for concurrency in args.concurrency if group.keys() - overhead.keys() else [1]:
-                    rows = await run(group, args.requests, concurrency, args.repetitions)
+                    rows = await run(group, args.requests, concurrency, args.repetitions, meters)
                     for name, row in rows.items():
                         # memory of the process that generates: the peer, or the mesh's inference service
                         row["server_rss_mb"] = rss_mb(server_pids.get(name, processes[0].pid))
@@ -337,6 +402,7 @@ async def main() -> None:
     print(f"\n{args.requests} requests x {args.repetitions} repetitions x {args.tokens} tokens, Gemma 3 270M Q4_K_M,")
     print(f"{os.cpu_count()} cores; ms; ratios of output throughput. JSON: {args.output}\n")
     print(table(results))
+    print("\n" + cpu_table(results) + "\n")
     for concurrency in args.concurrency:
         managed, bare_row = results[MANAGED][concurrency], results[BARE][concurrency]
         overhead = managed["ttft_ms"]["median"] - bare_row["ttft_ms"]["median"]

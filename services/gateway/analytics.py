@@ -13,7 +13,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 MODEL_PATHS = (
     "/v1/chat/completions",
@@ -48,6 +48,14 @@ class RecentError:
     request_id: str
 
 
+def outcome(status: int) -> Literal["succeeded", "failed", "cancelled"]:
+    """What a response's status says of a request: 499 or 0 is the client leaving (0: before any
+    response), not a failure."""
+    if status in (0, 499):
+        return "cancelled"
+    return "succeeded" if status < 400 else "failed"
+
+
 class MetricsHistory:
     def __init__(self, interval_seconds: float = 10.0, keep: int = 360, clock: Callable[[], float] = time.time) -> None:
         self.interval = interval_seconds
@@ -66,7 +74,7 @@ class MetricsHistory:
         `first_byte_seconds` for a stream: when its first event went out."""
         bucket = self._current()
         bucket.requests += 1
-        if status >= 400 and status != 499:
+        if outcome(status) == "failed":
             bucket.errors += 1
             self.recent_errors.append(RecentError(self._clock(), method, path, status, request_id))
         if first_byte_seconds is not None and len(bucket.first_byte_seconds) < MAX_SAMPLES_PER_BUCKET:

@@ -18,7 +18,7 @@ from services.common import tracing
 from services.common.grpc_client import CALL_SPAN
 from services.common.logs import REQUEST_ID, REQUEST_ID_HEADER, request_id_from
 from services.common.metrics import FAST_BUCKETS, PREFIX
-from services.gateway.analytics import MetricsHistory
+from services.gateway.analytics import MetricsHistory, outcome
 
 log = logging.getLogger(__name__)
 
@@ -46,12 +46,13 @@ class RequestStats:
 
     def ended(self, status: int) -> None:
         self.active -= 1
-        if status == 499 or status == 0:  # the client left (0: before any response)
-            self.cancelled += 1
-        elif status < 400:
-            self.succeeded += 1
-        else:
-            self.failed += 1
+        match outcome(status):
+            case "succeeded":
+                self.succeeded += 1
+            case "failed":
+                self.failed += 1
+            case "cancelled":
+                self.cancelled += 1
 
 
 class RequestContextMiddleware:

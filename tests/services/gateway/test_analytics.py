@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from services.gateway.analytics import MAX_SAMPLES_PER_BUCKET, MetricsHistory
+import pytest
+
+from services.gateway.analytics import MAX_SAMPLES_PER_BUCKET, MetricsHistory, outcome
 
 
 class Clock:
@@ -11,6 +13,15 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
+
+
+@pytest.mark.parametrize(
+    ("status", "expected"),
+    [(200, "succeeded"), (302, "succeeded"), (400, "failed"), (503, "failed"), (499, "cancelled"), (0, "cancelled")],
+)
+def test_outcome_of_a_status(status: int, expected: str) -> None:
+    """One reading of a status for the summary's counts and the history's errors alike."""
+    assert outcome(status) == expected
 
 
 def test_buckets_per_interval_with_zeros_between() -> None:

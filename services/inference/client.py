@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Sequence
 from dataclasses import replace
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import grpc
 
@@ -94,16 +94,13 @@ class InferenceClient(ServiceClient):
 
     async def chat(self, requests: Sequence[ChatRequest]) -> list[Completed]:
         async def one(request: ChatRequest) -> Completed:
-            response = await self._stub.Chat(request.to_pb(), timeout=self._timeout)
-            text = "".join(part.text for part in response.message.content)
-            calls = tuple(ToolCall.from_pb(call) for call in response.message.tool_calls)
-            return _completed(response, text, self.node, calls)
+            return Completed.from_pb(await self._stub.Chat(request.to_pb(), timeout=self._timeout), self.node)
 
         return await _all_or_none([one(r) for r in requests])
 
     async def complete(self, requests: Sequence[CompletionRequest]) -> list[Completed]:
         async def one(request: CompletionRequest) -> Completed:
-            return _completed(await self._stub.Complete(request.to_pb(), timeout=self._timeout), None, self.node)
+            return Completed.from_pb(await self._stub.Complete(request.to_pb(), timeout=self._timeout), self.node)
 
         return await _all_or_none([one(r) for r in requests])
 
@@ -312,19 +309,6 @@ def connect_node(spec: NodeSpec, internal_token: str | None, timeout: float) -> 
 def _pull_step(response: pb.PullModelResponse) -> tuple[str, int, int, ModelInfo | None]:
     model = ModelInfo.from_pb(response.model) if response.HasField("model") else None
     return response.file, response.downloaded_bytes, response.total_bytes, model
-
-
-def _completed(response: Any, text: str | None, node: str, tool_calls: tuple[ToolCall, ...] = ()) -> Completed:
-    return Completed(
-        model=response.model,
-        text=response.text if text is None else text,
-        finish_reason=FinishReason.from_pb(response.finish_reason) or FinishReason.STOP,
-        usage=Usage.from_pb(response.usage),
-        tool_calls=tool_calls,
-        node=node,
-        logprobs=tuple(TokenLogprob.from_pb(t) for t in response.logprobs),
-        prompt_logprobs=tuple(TokenLogprob.from_pb(t) for t in getattr(response, "prompt_logprobs", ())),
-    )
 
 
 async def _all_or_none(calls: list[Awaitable[T]]) -> list[T]:

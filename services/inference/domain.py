@@ -477,6 +477,27 @@ class Completed:
     logprobs: tuple[TokenLogprob, ...] = ()
     prompt_logprobs: tuple[TokenLogprob, ...] = ()
 
+    @classmethod
+    def from_pb(cls, response: pb.ChatResponse | pb.CompleteResponse, node: str = "") -> Completed:
+        """A unary reply: a chat's message (its text parts and tool calls) or a completion's text."""
+        if isinstance(response, pb.ChatResponse):
+            text = "".join(part.text for part in response.message.content)
+            tool_calls = tuple(ToolCall.from_pb(call) for call in response.message.tool_calls)
+            prompt_logprobs: tuple[TokenLogprob, ...] = ()
+        else:
+            text, tool_calls = response.text, ()
+            prompt_logprobs = tuple(TokenLogprob.from_pb(t) for t in response.prompt_logprobs)
+        return cls(
+            model=response.model,
+            text=text,
+            finish_reason=FinishReason.from_pb(response.finish_reason) or FinishReason.STOP,
+            usage=Usage.from_pb(response.usage),
+            tool_calls=tool_calls,
+            node=node,
+            logprobs=tuple(TokenLogprob.from_pb(t) for t in response.logprobs),
+            prompt_logprobs=prompt_logprobs,
+        )
+
 
 @dataclass(frozen=True)
 class StreamEvent:

@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import dataclasses
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 from google.protobuf import json_format
 
@@ -29,9 +29,8 @@ from services.common.errors import InvalidArgument, MeshError, http_status
 from services.common.files import FileStore
 from services.embeddings.client import EmbeddingsClient, EmbedRequest
 from services.inference.client import ChatMessage, ChatRequest, Completed, CompletionRequest, FleetClient, Role
-from services.scheduler.domain import Job, Progress
+from services.scheduler.domain import Job, Progress, ReportProgress
 
-ReportProgress = Callable[[Progress], Awaitable[None]]
 IsTransient = Callable[[Exception], bool]
 
 CHECKPOINT_SECONDS = 2.0  # results are saved at least this often while a batch runs

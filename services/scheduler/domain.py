@@ -11,6 +11,7 @@ import enum
 import hashlib
 import re
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -108,6 +109,9 @@ class Progress:
     @classmethod
     def from_pb(cls, message: pb.JobProgress) -> Progress:
         return cls(percent=message.percent, message=message.message, metrics=dict(message.metrics))
+
+
+ReportProgress = Callable[[Progress], Awaitable[None]]  # how a running job reports its progress
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 import grpc
 
@@ -30,11 +30,10 @@ from services.embeddings.client import EmbeddingsClient, EmbedRequest
 from services.inference.client import ChatMessage, ChatRequest, FleetClient, Role, ToolCall, Usage
 from services.scheduler.batches import BatchRunner
 from services.scheduler.config import SchedulerSettings
-from services.scheduler.domain import Job, JobType, Progress, Submission
+from services.scheduler.domain import Job, JobType, Progress, ReportProgress, Submission
 from services.trainer.client import TrainerClient, TrainingState
 
 BACKGROUND_SLOT = "background"
-ReportProgress = Callable[[Progress], Awaitable[None]]
 
 # Failures worth another attempt: the service was down, busy or cut off.
 RETRYABLE_CODES = frozenset(

@@ -8,6 +8,7 @@ endpoint would be, and each result is rendered by the same body builders.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
@@ -26,7 +27,7 @@ from services.gateway.protocol.chat import ChatCompletionRequest, chat_completio
 from services.gateway.protocol.common import OpenAIModel, new_id, usage_body
 from services.gateway.protocol.completions import CompletionRequestIn, completion_body
 from services.gateway.protocol.embeddings import EmbeddingsRequestIn, embeddings_body
-from services.inference.client import ChatMessage, Completed, FinishReason, TokenLogprob, ToolCall, Usage
+from services.inference.client import Completed
 from services.scheduler.client import Job, JobState
 
 Endpoint = Literal["/v1/chat/completions", "/v1/completions", "/v1/embeddings"]
@@ -213,27 +214,15 @@ def _response_body(result: pb.BatchItemResult) -> dict[str, Any]:
         vectors = [e.vector for e in embedded.embeddings]
         return embeddings_body(embedded.model, embedded.prompt_tokens, vectors, "float")
     if result.HasField("chat"):
-        message = ChatMessage.from_pb(result.chat.message)
-        completed = _completed(result.chat, message.content, message.tool_calls)
+        completed = Completed.from_pb(result.chat)
         usage = usage_body([completed.usage], 1)
         chat = chat_completion_body(new_id("chatcmpl"), completed.model, [completed], usage, bool(completed.logprobs))
         return chat.model_dump(mode="json")
-    completed = _completed(result.complete, result.complete.text, ())
+    # The line's body echoes no prompt, so it carries no scored prompt either.
+    completed = dataclasses.replace(Completed.from_pb(result.complete), prompt_logprobs=())
     usage = usage_body([completed.usage], 1)
     body = completion_body(new_id("cmpl"), completed.model, [completed], [""], usage, bool(completed.logprobs))
     return body.model_dump(mode="json")
-
-
-def _completed(reply: Any, text: str, tool_calls: tuple[ToolCall, ...]) -> Completed:
-    """A chat or completion response as the one reply the body builders take."""
-    return Completed(
-        model=reply.model,
-        text=text,
-        finish_reason=FinishReason.from_pb(reply.finish_reason) or FinishReason.STOP,
-        usage=Usage.from_pb(reply.usage),
-        tool_calls=tool_calls,
-        logprobs=tuple(TokenLogprob.from_pb(t) for t in reply.logprobs),
-    )
 
 
 def _jsonl(lines: list[dict[str, Any]]) -> bytes:

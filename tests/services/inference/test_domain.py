@@ -6,6 +6,7 @@ from services.inference.domain import (
     ChatMessage,
     ChatRequest,
     Chunk,
+    Completed,
     CompletionRequest,
     FinishReason,
     ModelInfo,
@@ -13,6 +14,7 @@ from services.inference.domain import (
     Role,
     SamplingParams,
     TokenLogprob,
+    ToolCall,
     Usage,
 )
 
@@ -113,6 +115,33 @@ def test_logprobs_round_trip_and_are_bounded() -> None:
     with pytest.raises(InvalidArgument) as raised:
         CompletionRequest(model="m", prompt="x", logprobs=21).validate()
     assert raised.value.param == "logprobs"
+
+
+def test_a_unary_reply_reads_as_one_completed_choice() -> None:
+    """Chat: the message's text parts and tool calls; completion: its text and scored prompt."""
+    call = ToolCall("call-1", "lookup", '{"q": 1}')
+    logprob = TokenLogprob("a", -0.5, b"a")
+    chat = pb.ChatResponse(
+        model="m",
+        message=ChatMessage(Role.ASSISTANT, "hello").to_pb(),
+        finish_reason=pb.FINISH_REASON_TOOL_CALLS,
+        usage=pb.Usage(prompt_tokens=3, completion_tokens=2, total_tokens=5),
+        logprobs=[logprob.to_pb()],
+    )
+    chat.message.tool_calls.append(call.to_pb())
+    assert Completed.from_pb(chat, node="n1") == Completed(
+        model="m",
+        text="hello",
+        finish_reason=FinishReason.TOOL_CALLS,
+        usage=Usage(3, 2),
+        tool_calls=(call,),
+        node="n1",
+        logprobs=(logprob,),
+    )
+    complete = pb.CompleteResponse(model="m", text="world", prompt_logprobs=[logprob.to_pb()])
+    completed = Completed.from_pb(complete)
+    assert (completed.text, completed.finish_reason) == ("world", FinishReason.STOP)
+    assert completed.prompt_logprobs == (logprob,)
 
 
 def test_model_info_round_trips() -> None:

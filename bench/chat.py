@@ -103,7 +103,9 @@ def spread(values: list[float]) -> dict[str, float | None]:
     return {"mean": statistics.fmean(ordered) * 1000, "median": statistics.median(ordered) * 1000, "p99": p99 * 1000}
 
 
-def summarize(samples: list[Sample], seconds: float, failed: int, cpu: dict[str, float] | None = None) -> dict:
+def summarize(
+    samples: list[Sample], seconds: float, failed: int, cpu: dict[str, float] | None = None
+) -> dict[str, Any]:
     tokens = sum(s.output_tokens for s in samples)
     return {
         "completed": len(samples),
@@ -237,6 +239,9 @@ def cpu_seconds(pid: int, thread: int | None = None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
 
 
+CLIENT_METER: Meters = {"bench client": lambda: cpu_seconds(os.getpid())}
+
+
 def mesh_meters(gateway: int, inference: int, server: Callable[[], float] | None = None) -> Meters:
     """The mesh's processes by role. The inference service's main thread runs its event loop
     (gRPC handlers, the backends' asyncio side); its other threads are the engines (llama.cpp's
@@ -245,9 +250,8 @@ def mesh_meters(gateway: int, inference: int, server: Callable[[], float] | None
         "gateway": lambda: cpu_seconds(gateway),
         "inference loop": lambda: cpu_seconds(inference, inference),
         "inference threads": lambda: cpu_seconds(inference) - cpu_seconds(inference, inference),
-        "bench client": lambda: cpu_seconds(os.getpid()),
     }
-    return meters | ({"server": server} if server else {})
+    return meters | CLIENT_METER | ({"server": server} if server else {})
 
 
 def children_cpu(pid: int) -> float:
@@ -362,9 +366,8 @@ async def main() -> None:
             }
             server_pids = {PEER: processes[2].pid, BARE: processes[3].pid}
             mesh = mesh_meters(processes[1].pid, processes[0].pid)
-            client = {"bench client": lambda: cpu_seconds(os.getpid())}
             meters: dict[str, Meters] = {
-                name: client | {"server": lambda pid=pid: cpu_seconds(pid)} for name, pid in server_pids.items()
+                name: CLIENT_METER | {"server": lambda pid=pid: cpu_seconds(pid)} for name, pid in server_pids.items()
             }
             meters |= dict.fromkeys((MESH_SSE, MESH_GRPC, SSE_OVERHEAD, GRPC_OVERHEAD), mesh)
             with_child = mesh_meters(processes[1].pid, processes[0].pid, lambda: children_cpu(processes[0].pid))

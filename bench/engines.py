@@ -41,8 +41,7 @@ class Context:
         self.batch = lc.llama_batch_init(512, 0, 1)
         self.positions = [0] * sequences
 
-    def step(self, sequences: int, batched: bool, threads: int) -> None:
-        lc.llama_set_n_threads(self.ctx, threads, threads)
+    def step(self, sequences: int, batched: bool) -> None:
         for group in [list(range(sequences))] if batched else [[s] for s in range(sequences)]:
             self.batch.n_tokens = 0
             for sequence in group:
@@ -65,11 +64,12 @@ def rate(contexts: list[Context], sequences: int, batched: bool, threads: int, s
     seconds: list[float] = []
 
     def run(context: Context) -> None:
+        lc.llama_set_n_threads(context.ctx, threads, threads)  # once, outside the timed steps
         for _ in range(3):  # warm-up
-            context.step(sequences, batched, threads)
+            context.step(sequences, batched)
         begin = time.perf_counter()
         for _ in range(steps):
-            context.step(sequences, batched, threads)
+            context.step(sequences, batched)
         seconds.append(time.perf_counter() - begin)
 
     workers = [threading.Thread(target=run, args=(context,)) for context in contexts]

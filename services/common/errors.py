@@ -17,6 +17,28 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 ERROR_DOMAIN = "llmmesh"
+# The longest message an error carries: gRPC's trailers hold 16 KB in all, and a message longer
+# than this is a bug at its source (an error quoting unbounded input).
+MAX_MESSAGE_CHARS = 2000
+QUOTE_CHARS = 64  # how much of a client's value an error quotes
+
+
+def quote(value: object, limit: int = QUOTE_CHARS) -> str:
+    """A client's value as an error may quote it: at most `limit` characters, escaped (NUL,
+    control characters, lone surrogates), and marked when cut, so that an error never echoes
+    unbounded or unprintable input."""
+    text = value if isinstance(value, str) else str(value)
+    cut = len(text) > limit
+    text = text[:limit].encode("utf-8", "backslashreplace").decode("utf-8")
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return f"{text}... ({len(value) if isinstance(value, str) else '?'} characters)" if cut else text
+
+
+def bounded_message(message: str) -> str:
+    """`message` safe to send: valid UTF-8 and at most MAX_MESSAGE_CHARS."""
+    if len(message) > MAX_MESSAGE_CHARS:
+        message = message[:MAX_MESSAGE_CHARS] + "..."
+    return message.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 class MeshError(Exception):
@@ -33,6 +55,7 @@ class MeshError(Exception):
         param: str | None = None,
         retry_after_seconds: int | None = None,
     ) -> None:
+        message = bounded_message(message)
         super().__init__(message)
         self.message = message
         self.reason = reason or self.default_reason
@@ -55,7 +78,7 @@ class ModelNotFound(NotFound):
 
     def __init__(self, model: str, known: list[str]) -> None:
         super().__init__(
-            f"The model '{model}' does not exist. Known models and aliases: {', '.join(known) or 'none'}.",
+            f"The model '{quote(model)}' does not exist. Known models and aliases: {', '.join(known) or 'none'}.",
             param="model",
         )
 

@@ -46,6 +46,7 @@ class RecentError:
     path: str
     status: int
     request_id: str
+    owner: str = ""  # who made the request ("" when it never said who it was)
 
 
 def outcome(status: int) -> Literal["succeeded", "failed", "cancelled"]:
@@ -68,7 +69,13 @@ class MetricsHistory:
         return path.startswith(MODEL_PATHS)
 
     def request_ended(
-        self, method: str, path: str, status: int, first_byte_seconds: float | None, request_id: str = ""
+        self,
+        method: str,
+        path: str,
+        status: int,
+        first_byte_seconds: float | None,
+        request_id: str = "",
+        owner: str = "",
     ) -> None:
         """One model request finished with `status` (0 or 499: the client left, not an error);
         `first_byte_seconds` for a stream: when its first event went out."""
@@ -76,7 +83,7 @@ class MetricsHistory:
         bucket.requests += 1
         if outcome(status) == "failed":
             bucket.errors += 1
-            self.recent_errors.append(RecentError(self._clock(), method, path, status, request_id))
+            self.recent_errors.append(RecentError(self._clock(), method, path, status, request_id, owner))
         if first_byte_seconds is not None and len(bucket.first_byte_seconds) < MAX_SAMPLES_PER_BUCKET:
             bucket.first_byte_seconds.append(first_byte_seconds)
 
@@ -85,9 +92,10 @@ class MetricsHistory:
         bucket.prompt_tokens += prompt_tokens
         bucket.completion_tokens += completion_tokens
 
-    def snapshot(self, seconds: float | None = None) -> dict[str, Any]:
+    def snapshot(self, seconds: float | None = None, owner: str | None = None) -> dict[str, Any]:
         """Every interval of the last `seconds` (all kept ones when None), oldest first; empty
-        intervals are zeros, so a chart's time axis has no holes."""
+        intervals are zeros, so a chart's time axis has no holes. `owner`: the recent errors of
+        that caller only (None: everyone's, for the superuser)."""
         now = self._index(self._clock())
         if seconds is None:
             first = self._buckets[0].index if self._buckets else now
@@ -98,7 +106,11 @@ class MetricsHistory:
         return {
             "interval_seconds": self.interval,
             "points": [self._point(kept.get(index) or _Bucket(index)) for index in range(first, now + 1)],
-            "recent_errors": [vars(error) for error in reversed(self.recent_errors)],
+            "recent_errors": [
+                {name: value for name, value in vars(error).items() if name != "owner"}
+                for error in reversed(self.recent_errors)
+                if owner is None or error.owner == owner
+            ],
         }
 
     def _point(self, bucket: _Bucket) -> dict[str, Any]:

@@ -21,6 +21,7 @@ import asyncpg
 
 from services.common.errors import InvalidArgument, NotFound
 from services.common.postgres import migrate
+from services.common.rate_limits import RateLimits
 
 KEY_PREFIX = "llmm_"
 SCOPES = ("chat", "embeddings", "jobs", "admin")
@@ -91,6 +92,10 @@ class ApiKey:
     created_at: datetime
     revoked_at: datetime | None
     quotas: Quotas = Quotas()
+
+    @property
+    def rate_limits(self) -> RateLimits:
+        return RateLimits(self.rpm_limit, self.tpm_limit)
 
     def body(self) -> dict[str, object]:
         return {

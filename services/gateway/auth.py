@@ -15,79 +15,58 @@ Limits are counted in this gateway process (per replica).
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
-import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import jwt
 from fastapi import Depends, Request
 
-from services.common.errors import PermissionDenied, ResourceExhausted, Unauthenticated
+from services.common.errors import PermissionDenied, ResourceExhausted, Unauthenticated, quote
+from services.common.rate_limits import Windows, retry_after
 from services.gateway.analytics import MetricsHistory
-from services.gateway.api_keys import ApiKey, ApiKeyStore
+from services.gateway.api_keys import KEY_PREFIX, ApiKey, ApiKeyStore
 from services.gateway.config import GatewaySettings
 
 log = logging.getLogger(__name__)
 
-WINDOW_SECONDS = 60.0
-
-
-@dataclass
-class Usage:
-    """One key's recent requests and tokens, and its requests in flight."""
-
-    requests: collections.deque[float] = field(default_factory=collections.deque)
-    tokens: collections.deque[tuple[float, int]] = field(default_factory=collections.deque)
-    in_flight: int = 0
-
-    def trim(self, now: float) -> None:
-        while self.requests and self.requests[0] <= now - WINDOW_SECONDS:
-            self.requests.popleft()
-        while self.tokens and self.tokens[0][0] <= now - WINDOW_SECONDS:
-            self.tokens.popleft()
-
-
 class Limiter:
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self._usage: dict[str, Usage] = collections.defaultdict(Usage)
-        self._clock = clock
+    """This gateway's count of each key's requests, tokens and requests in flight."""
 
-    def admit(self, key: ApiKey) -> None:
-        """Count one request, or ResourceExhausted (429 with Retry-After) when over a limit."""
-        now = self._clock()
-        usage = self._usage[str(key.key_id)]
-        usage.trim(now)
-        if key.rpm_limit is not None and len(usage.requests) >= key.rpm_limit:
-            raise _over("requests per minute", key.rpm_limit, usage.requests[0] + WINDOW_SECONDS - now)
-        if key.tpm_limit is not None and sum(t for _, t in usage.tokens) >= key.tpm_limit:
-            raise _over("tokens per minute", key.tpm_limit, usage.tokens[0][0] + WINDOW_SECONDS - now)
-        usage.requests.append(now)
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.windows = Windows(clock)
+
+    def admit(self, key: ApiKey, count: bool = True) -> None:
+        """ResourceExhausted (429 with Retry-After) when the key is over a limit; else count one
+        request, unless `count` is False (work that is counted when it runs: batches, jobs)."""
+        over = self.windows.over(str(key.key_id), key.rate_limits)
+        if over is not None:
+            raise rate_limited(*over)
+        if count:
+            self.windows.count_request(str(key.key_id))
 
     def add_tokens(self, key: ApiKey, tokens: int) -> None:
-        if tokens:
-            self._usage[str(key.key_id)].tokens.append((self._clock(), tokens))
+        self.windows.add_tokens(str(key.key_id), tokens)
 
     def take_slot(self, key: ApiKey) -> Callable[[], None]:
         """Count one request in flight (streaming or not); the returned function ends it."""
-        usage = self._usage[str(key.key_id)]
-        if key.stream_limit is not None and usage.in_flight >= key.stream_limit:
-            raise _over("concurrent requests", key.stream_limit, 1)
-        usage.in_flight += 1
+        window = self.windows[str(key.key_id)]
+        if key.stream_limit is not None and window.in_flight >= key.stream_limit:
+            raise rate_limited("concurrent requests", key.stream_limit, 1)
+        window.in_flight += 1
 
         def release() -> None:
-            usage.in_flight -= 1
+            window.in_flight -= 1
 
         return release
 
 
-def _over(what: str, limit: int, retry_in: float) -> ResourceExhausted:
+def rate_limited(what: str, limit: int, retry_in: float) -> ResourceExhausted:
     return ResourceExhausted(
         f"Rate limit reached: {limit} {what} for this API key.",
         reason="RATE_LIMITED",
-        retry_after_seconds=max(1, math.ceil(retry_in)),
+        retry_after_seconds=retry_after(retry_in),
     )
 
 
@@ -132,17 +111,23 @@ class Authenticator:
         return Caller(self, kind="superuser", subject=f"admin:{self.verify_jwt(token)['sub']}")
 
     async def caller(self, request: Request) -> Caller:
+        """Who is calling. Anonymous mode serves callers with no credential or an SDK's
+        placeholder ("sk-no-key", "none"); a credential in this mesh's own key format that is
+        unknown or revoked, or an empty `Bearer`, is a 401 in every mode: dropping to anonymous
+        would drop a restricted key's limits."""
         credential = _bearer(request)
-        if not credential:
+        if credential is None:
             if self.settings.allow_anonymous:
                 return Caller(self, kind="anonymous", subject="anonymous")
             raise Unauthenticated("Missing API key: send 'Authorization: Bearer <key>'.", reason="MISSING_API_KEY")
+        if not credential:
+            raise Unauthenticated("Empty credential: send 'Authorization: Bearer <key>'.", reason="INVALID_API_KEY")
         if credential.count(".") == 2 and credential.startswith("eyJ"):
             return self.superuser(credential)
         found = await self.keys.find(credential) if self.keys is not None else None
         if found is None:
-            if self.settings.allow_anonymous:  # OpenAI SDKs always send some key, e.g. "sk-no-key"
-                return Caller(self, kind="anonymous", subject="anonymous")
+            if self.settings.allow_anonymous and not credential.startswith(KEY_PREFIX):
+                return Caller(self, kind="anonymous", subject="anonymous")  # OpenAI SDKs always send some key
             raise Unauthenticated("Invalid or revoked API key.", reason="INVALID_API_KEY")
         return Caller(self, kind="key", subject=f"key:{found.key_id}", key=found)
 
@@ -174,18 +159,26 @@ class Caller:
         (everyone's) for the superuser."""
         return "" if self.kind == "superuser" else self.subject
 
-    def require_scope(self, scope: str) -> Caller:
-        if self.key is not None:
-            if scope not in self.key.scopes:
-                raise PermissionDenied(f"This API key lacks the '{scope}' scope.", reason="MISSING_SCOPE")
-            self.authenticator.limiter.admit(self.key)
+    def require_scope(self, scope: str, count: bool = True) -> Caller:
+        """The caller, if it may use endpoints of scope `scope` and is within its rate limits
+        (counting this request unless `count` is False)."""
+        self.check_scope(scope)
+        self.check_rate(count)
         return self
 
+    def check_scope(self, scope: str) -> None:
+        if self.key is not None and scope not in self.key.scopes:
+            raise PermissionDenied(f"This API key lacks the '{scope}' scope.", reason="MISSING_SCOPE")
+
+    def check_rate(self, count: bool = True) -> None:
+        if self.key is not None:
+            self.authenticator.limiter.admit(self.key, count)
+
     def require_model(self, model: str) -> None:
-        model = model.rpartition("@")[0] or model  # `model@node` pins a node; keys list models
-        if self.key is not None and self.key.models is not None and model not in self.key.models:
+        name = model.rpartition("@")[0] or model  # `model@node` pins a node; keys list models
+        if self.key is not None and self.key.models is not None and name not in self.key.models:
             raise PermissionDenied(
-                f"This API key may not use the model '{model}'.", param="model", reason="MODEL_NOT_ALLOWED"
+                f"This API key may not use the model '{quote(name)}'.", param="model", reason="MODEL_NOT_ALLOWED"
             )
 
     def used(self, prompt_tokens: int, completion_tokens: int) -> None:
@@ -229,7 +222,9 @@ async def get_authenticator(request: Request) -> Authenticator:
 
 
 async def get_caller(request: Request, authenticator: Authenticator = Depends(get_authenticator)) -> Caller:
-    return await authenticator.caller(request)
+    caller = await authenticator.caller(request)
+    request.state.owner = caller.subject  # whose request this was, for the recent-errors list
+    return caller
 
 
 def scope(name: str) -> Callable[..., object]:
@@ -251,13 +246,16 @@ async def superuser(request: Request, authenticator: Authenticator = Depends(get
     return authenticator.superuser(credential)
 
 
-def _bearer(request: Request) -> str:
-    """The bearer credential of the request, or "" when it has none. Anthropic's SDKs send the
-    key as `x-api-key`, which counts the same."""
-    scheme, _, credential = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() == "bearer":
-        return credential.strip()
-    return request.headers.get("x-api-key", "").strip()
+def _bearer(request: Request) -> str | None:
+    """The credential of the request ("" when the header is there but empty), or None when it
+    sends none. Anthropic's SDKs send the key as `x-api-key`, which counts the same."""
+    authorization = request.headers.get("authorization")
+    if authorization is not None:
+        scheme, _, credential = authorization.strip().partition(" ")
+        if scheme.lower() == "bearer":
+            return credential.strip()
+    api_key = request.headers.get("x-api-key")
+    return api_key.strip() if api_key is not None else None
 
 
 def mint_jwt(settings: GatewaySettings, subject: str, ttl_seconds: int, private_key: str | None = None) -> str:

@@ -6,7 +6,7 @@ import json
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from services.gateway.errors import error_body
+from services.gateway.errors import ANTHROPIC_PATHS, anthropic_error_body, error_body
 
 
 class BodySizeLimitMiddleware:
@@ -24,7 +24,7 @@ class BodySizeLimitMiddleware:
         max_bytes = self.path_limits.get(scope["path"], self.default_max_bytes)
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > max_bytes:
-            await self._reject(send, max_bytes)
+            await self._reject(send, max_bytes, scope["path"])
             return
 
         received = 0
@@ -50,16 +50,19 @@ class BodySizeLimitMiddleware:
                 await send(message)
             elif not rejected:
                 rejected = True
-                await self._reject(send, max_bytes)
+                await self._reject(send, max_bytes, scope["path"])
 
         await self.app(scope, limited_receive, guarded_send)
         if too_large and not rejected:
-            await self._reject(send, max_bytes)
+            await self._reject(send, max_bytes, scope["path"])
 
-    async def _reject(self, send: Send, max_bytes: int) -> None:
-        body = json.dumps(
-            error_body(413, f"The request body exceeds the limit of {max_bytes} bytes.", code="request_too_large")
-        ).encode()
+    async def _reject(self, send: Send, max_bytes: int, path: str) -> None:
+        """413 in the error shape of the API family the path belongs to."""
+        message = f"The request body exceeds the limit of {max_bytes} bytes."
+        if path.startswith(ANTHROPIC_PATHS):
+            body = json.dumps(anthropic_error_body(413, message)).encode()
+        else:
+            body = json.dumps(error_body(413, message, code="request_too_large")).encode()
         await send(
             {
                 "type": "http.response.start",

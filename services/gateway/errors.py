@@ -11,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from services.common.errors import MeshError, http_status
+from services.common.errors import MeshError, bounded_message, http_status
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +29,8 @@ def _error_type(status: int) -> str:
 
 
 def error_body(status: int, message: str, *, param: str | None = None, code: str | None = None) -> dict[str, Any]:
+    message = bounded_message(message)  # whatever it quotes, it is valid UTF-8 and bounded
+    param = bounded_message(param)[:200] if param else param
     return {"error": {"message": message, "type": _error_type(status), "param": param, "code": code}}
 
 
@@ -57,7 +59,7 @@ ANTHROPIC_PATHS = "/v1/messages"  # and below: the Anthropic Messages API
 
 def anthropic_error_body(status: int, message: str) -> dict[str, Any]:
     kind = _ANTHROPIC_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
-    return {"type": "error", "error": {"type": kind, "message": message}}
+    return {"type": "error", "error": {"type": kind, "message": bounded_message(message)}}
 
 
 def mesh_error_body(error: MeshError) -> dict[str, Any]:

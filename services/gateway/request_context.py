@@ -109,8 +109,9 @@ class RequestContextMiddleware:
         finally:
             self.stats.ended(status[0])
             if self.history.counts(scope["path"]):
+                owner = scope.get("state", {}).get("owner", "")  # set by auth once it knows the caller
                 self.history.request_ended(
-                    scope["method"], scope["path"], status[0], first_byte[0] if first_byte else None, request_id
+                    scope["method"], scope["path"], status[0], first_byte[0] if first_byte else None, request_id, owner
                 )
             log.info(
                 "%s %s %d",

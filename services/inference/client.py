@@ -15,7 +15,7 @@ import grpc
 
 from llmmesh.inference.v1 import inference_service_pb2 as pb
 from llmmesh.inference.v1 import inference_service_pb2_grpc as pb_grpc
-from services.common.errors import FailedPrecondition, MeshError, NotFound
+from services.common.errors import FailedPrecondition, MeshError, NotFound, quote
 from services.common.fleet import FleetSettings, NodeKind, NodeSpec
 from services.common.grpc_client import ServiceClient, open_channel, rpc_errors, server_stream
 from services.inference.domain import (
@@ -269,7 +269,7 @@ class FleetClient(InferenceClient):
         for state in self.fleet.plan(model, pinned, request):
             if isinstance(state.node, MeshNode):
                 return await state.node.client.count_tokens(request)
-        raise FailedPrecondition(f"No node that serves '{model}' can count tokens.", param="model")
+        raise FailedPrecondition(f"No node that serves '{quote(model)}' can count tokens.", param="model")
 
     async def catalog(self) -> list[FleetModel]:
         """Every model anywhere in the fleet, with the nodes that serve it."""

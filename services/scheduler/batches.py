@@ -29,7 +29,8 @@ from services.common.errors import InvalidArgument, MeshError, http_status
 from services.common.files import FileStore
 from services.embeddings.client import EmbeddingsClient, EmbedRequest
 from services.inference.client import ChatMessage, ChatRequest, Completed, CompletionRequest, FleetClient, Role
-from services.scheduler.domain import Job, Progress, ReportProgress
+from services.scheduler.domain import Job, Progress, ReportProgress, rate_limits_from_pb
+from services.scheduler.pacing import Pacer
 
 IsTransient = Callable[[Exception], bool]
 
@@ -40,7 +41,7 @@ ITEM_RETRIES, ITEM_RETRY_SECONDS = 2, 0.5  # an item's transient failures, retri
 def read_results(files: FileStore, results: str) -> tuple[list[pb.BatchItemResult], int]:
     """Every result saved so far, and how many parts hold them (blocking)."""
     parts = files.read_parts(results)
-    lines = [line for part in parts for line in part.decode().splitlines() if line]
+    lines = [line for part in parts for line in part.decode().split("\n") if line]
     return [json_format.Parse(line, pb.BatchItemResult()) for line in lines], len(parts)
 
 
@@ -48,7 +49,7 @@ def read_items(files: FileStore, name: str) -> list[pb.BatchItem]:
     data = files.get_object(name)
     if data is None:
         raise FileNotFoundError(name)
-    return [json_format.Parse(line, pb.BatchItem()) for line in data.decode().splitlines() if line]
+    return [json_format.Parse(line, pb.BatchItem()) for line in data.decode().split("\n") if line]
 
 
 class BatchRunner:
@@ -59,7 +60,9 @@ class BatchRunner:
         embeddings: EmbeddingsClient,
         concurrency: int,
         is_transient: IsTransient,
+        pacer: Pacer | None = None,
     ) -> None:
+        self._pacer = pacer or Pacer()
         self._files = files
         self._inference = inference
         self._embeddings = embeddings
@@ -124,6 +127,8 @@ class BatchRunner:
     async def _answer(self, job: Job, index: int, item: pb.BatchItem) -> pb.BatchItemResult:
         result = pb.BatchItemResult(custom_id=item.custom_id, index=index)
         kind = item.WhichOneof("request")
+        limits = rate_limits_from_pb(job.request.rate_limits)
+        await self._pacer.start(job.owner, limits)  # each line counts against its key as it runs
         try:
             if kind == "chat":
                 request = dataclasses.replace(ChatRequest.from_pb(item.chat), tenant=job.owner, low_priority=True)
@@ -142,7 +147,15 @@ class BatchRunner:
             if self._is_transient(error):
                 raise
             return _failure(result, error)
+        self._pacer.used(job.owner, limits, _tokens(result))
         return result
+
+
+def _tokens(result: pb.BatchItemResult) -> int:
+    if result.HasField("embed"):
+        return result.embed.usage.prompt_tokens if result.embed.HasField("usage") else 0
+    usage = result.chat.usage if result.HasField("chat") else result.complete.usage
+    return usage.prompt_tokens + usage.completion_tokens
 
 
 class _Progress:

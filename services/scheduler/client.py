@@ -9,11 +9,11 @@ import grpc
 from llmmesh.scheduler.v1 import scheduler_service_pb2 as pb
 from llmmesh.scheduler.v1 import scheduler_service_pb2_grpc as pb_grpc
 from services.common.grpc_client import ServiceClient, rpc_errors, server_stream
-from services.scheduler.domain import Job, JobState, JobType, job_json
+from services.scheduler.domain import Job, JobState, JobType, job_json, rate_limits_pb
 
 # The client speaks its service's domain types: callers import them from here. A job's
 # request and result are the protobuf messages of the services that run them.
-__all__ = ["Job", "JobState", "JobType", "SchedulerClient", "job_json"]
+__all__ = ["Job", "JobState", "JobType", "SchedulerClient", "job_json", "rate_limits_pb"]
 
 
 class SchedulerClient(ServiceClient):

@@ -20,6 +20,7 @@ from google.protobuf import json_format, timestamp_pb2
 
 from llmmesh.scheduler.v1 import scheduler_service_pb2 as pb
 from services.common.errors import InvalidArgument
+from services.common.rate_limits import RateLimits
 
 JOB_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 
@@ -137,6 +138,15 @@ class Submission:
             raise InvalidArgument(f"'ttl_seconds' must be between 1 and {max_ttl}.", param="ttl_seconds")
         if len(message.idempotency_key) > 256:
             raise InvalidArgument("'idempotency_key' is longer than 256 characters.", param="idempotency_key")
+        # PostgreSQL's text holds no NUL: refused here, for gRPC callers as for the gateway's.
+        for name, value in (
+            ("idempotency_key", message.idempotency_key),
+            ("callback_url", message.callback_url),
+            ("owner", message.owner),
+            *((f"request.batch.metadata.{k[:32]}", k + v) for k, v in message.request.batch.metadata.items()),
+        ):
+            if "\x00" in value:
+                raise InvalidArgument(f"'{name}' holds a NUL character (U+0000).", param=name)
         return cls(
             job_id=job_id_for(message.job_id, message.idempotency_key, message.owner),
             job_type=job_type,
@@ -173,6 +183,19 @@ def namespaced(job_id: str, owner: str) -> str:
     prefix = hashlib.sha256(owner.encode()).hexdigest()[:8] + "."
     return job_id if job_id.startswith(prefix) else prefix + job_id
 
+
+
+def rate_limits_pb(limits: RateLimits) -> pb.RateLimits:
+    return pb.RateLimits(
+        requests_per_minute=limits.requests_per_minute, tokens_per_minute=limits.tokens_per_minute
+    )
+
+
+def rate_limits_from_pb(message: pb.RateLimits) -> RateLimits:
+    return RateLimits(
+        message.requests_per_minute if message.HasField("requests_per_minute") else None,
+        message.tokens_per_minute if message.HasField("tokens_per_minute") else None,
+    )
 
 @dataclass(frozen=True)
 class Job:

@@ -266,13 +266,32 @@ class Scheduler:
             log.warning("checking the job stream: %s", error)
 
 
+MAX_PAGE_TOKEN_CHARS = 1024
+
+
 def _page_token(job: Job) -> str:
     return base64.urlsafe_b64encode(json.dumps([job.created_at.isoformat(), job.job_id]).encode()).decode()
 
 
 def _decode_page_token(token: str) -> tuple[datetime, str]:
+    """The position a page token holds; a forged one (not base64 JSON of [time, id], nested
+    deep, a NUL in the id) is INVALID_ARGUMENT, never an internal error."""
+    forged = InvalidArgument("'page_token' is not one this service issued.", param="page_token")
+    if len(token) > MAX_PAGE_TOKEN_CHARS:
+        raise forged
     try:
-        created_at, job_id = json.loads(base64.urlsafe_b64decode(token.encode()))
-        return datetime.fromisoformat(created_at), str(job_id)
-    except (ValueError, TypeError) as error:
-        raise InvalidArgument("'page_token' is not one this service issued.", param="page_token") from error
+        decoded = json.loads(base64.urlsafe_b64decode(token.encode()))
+    except (ValueError, TypeError, RecursionError, UnicodeError):
+        raise forged from None
+    if not (isinstance(decoded, list) and len(decoded) == 2 and all(isinstance(v, str) for v in decoded)):
+        raise forged
+    created_at, job_id = decoded
+    if "\x00" in job_id or len(job_id) > 256:
+        raise forged
+    try:
+        moment = datetime.fromisoformat(created_at)
+    except ValueError:
+        raise forged from None
+    if moment.tzinfo is None:
+        raise forged
+    return moment, job_id

@@ -21,7 +21,7 @@ from llmmesh.inference.v1 import inference_service_pb2 as inference_pb
 from llmmesh.scheduler.v1 import scheduler_service_pb2 as pb
 from llmmesh.trainer.v1 import trainer_service_pb2 as trainer_pb
 from services.common.artifacts import ADAPTER_ID
-from services.common.errors import FailedPrecondition, InvalidArgument, MeshError, Unimplemented
+from services.common.errors import FailedPrecondition, InvalidArgument, MeshError, Unimplemented, quote
 from services.common.files import FileSettings, FileStore
 from services.common.fleet import FleetSettings
 from services.common.grpc_client import open_channel
@@ -30,7 +30,8 @@ from services.embeddings.client import EmbeddingsClient, EmbedRequest
 from services.inference.client import ChatMessage, ChatRequest, FleetClient, Role, ToolCall, Usage
 from services.scheduler.batches import BatchRunner
 from services.scheduler.config import SchedulerSettings
-from services.scheduler.domain import Job, JobType, Progress, ReportProgress, Submission
+from services.scheduler.domain import Job, JobType, Progress, ReportProgress, Submission, rate_limits_from_pb
+from services.scheduler.pacing import Pacer
 from services.trainer.client import TrainerClient, TrainingState
 
 BACKGROUND_SLOT = "background"
@@ -53,14 +54,25 @@ RETRYABLE_CODES = frozenset(
 TRANSIENT_CODES = frozenset(
     {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.DEADLINE_EXCEEDED}
 )
+# RESOURCE_EXHAUSTED is an overload only when a service said so (these reasons, or a Retry-After).
+# gRPC's own RESOURCE_EXHAUSTED (a message or its metadata over the transport's limits) comes
+# back the same however often the request is sent: the request itself is the problem.
+OVERLOAD_REASONS = frozenset({"QUEUE_FULL", "MODEL_QUEUE_FULL", "UPSTREAM_RATE_LIMITED", "NODE_BUSY", "RATE_LIMITED"})
+
+
+def _overload_or_outage(error: MeshError) -> bool:
+    if error.code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return error.reason in OVERLOAD_REASONS or error.retry_after_seconds is not None
+    return True
 
 
 def is_retryable(error: Exception) -> bool:
-    return not isinstance(error, MeshError) or error.code in RETRYABLE_CODES
+    """Whether another attempt may succeed: classified by the failure's cause, not its code alone."""
+    return not isinstance(error, MeshError) or (error.code in RETRYABLE_CODES and _overload_or_outage(error))
 
 
 def is_transient(error: Exception) -> bool:
-    return isinstance(error, MeshError) and error.code in TRANSIENT_CODES
+    return isinstance(error, MeshError) and error.code in TRANSIENT_CODES and _overload_or_outage(error)
 
 
 class JobHandlers:
@@ -85,7 +97,10 @@ class JobHandlers:
         self._embeddings = EmbeddingsClient(self._channels[1], timeout_seconds)
         self._trainer = TrainerClient(self._channels[2], timeout_seconds) if trainer_target else None
         self._files = FileStore(files)
-        self._batches = BatchRunner(self._files, self._inference, self._embeddings, batch_concurrency, is_transient)
+        self._pacer = Pacer()
+        self._batches = BatchRunner(
+            self._files, self._inference, self._embeddings, batch_concurrency, is_transient, self._pacer
+        )
 
     @classmethod
     def from_settings(cls, settings: SchedulerSettings) -> JobHandlers:
@@ -121,7 +136,7 @@ class JobHandlers:
             if chat.model not in ("", BACKGROUND_SLOT):
                 raise InvalidArgument(
                     f"Jobs always run on the '{BACKGROUND_SLOT}' slot; 'model' must be empty or '{BACKGROUND_SLOT}'"
-                    f" (got '{chat.model}'). Choose its model with the setting model.background.name.",
+                    f" (got '{quote(chat.model)}'). Choose its model with the setting model.background.name.",
                     param="request.model",
                 )
             if not chat.messages:
@@ -175,10 +190,17 @@ class JobHandlers:
     ) -> pb.JobResult:
         """Run `job`. When the run is cancelled, `cancelled_by_user` tells a cancel of the job from a
         worker letting go of it (shutdown, a lost lease): only the first stops what it started."""
+        limits = rate_limits_from_pb(job.request.rate_limits)
         if job.job_type in (JobType.CHAT, JobType.VISION):
-            return pb.JobResult(chat=await self._chat(job, report))
+            await self._pacer.start(job.owner, limits)
+            chat = await self._chat(job, report)
+            self._pacer.used(job.owner, limits, chat.usage.prompt_tokens + chat.usage.completion_tokens)
+            return pb.JobResult(chat=chat)
         if job.job_type is JobType.EMBED:
-            return pb.JobResult(embed=(await self._embeddings.embed(EmbedRequest.from_pb(job.request.embed))).to_pb())
+            await self._pacer.start(job.owner, limits)
+            embedded = await self._embeddings.embed(EmbedRequest.from_pb(job.request.embed))
+            self._pacer.used(job.owner, limits, embedded.prompt_tokens)
+            return pb.JobResult(embed=embedded.to_pb())
         if job.job_type is JobType.ADAPTER_TRAIN:
             return pb.JobResult(adapter_train=await self._train(job, report, cancelled_by_user))
         if job.job_type is JobType.BATCH:

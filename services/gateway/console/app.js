@@ -716,9 +716,15 @@ function App() {
 }
 
 // `llmmesh console` opens /console/#token=...: the fragment never reaches a server or a log.
+// A link must not silently sign a signed-in tab in as someone else (a crafted link would make
+// the victim act under the attacker's credential): replacing one asks first.
 const fragment = location.hash.match(/token=([^&]+)/);
 if (fragment) {
-  sessionStorage.setItem(TOKEN_KEY, decodeURIComponent(fragment[1]));
+  const offered = decodeURIComponent(fragment[1]);
+  const current = sessionStorage.getItem(TOKEN_KEY);
+  const replace = !current || current === offered
+    || window.confirm("This link signs the console in with another credential. Replace the one this tab is signed in with?");
+  if (replace) sessionStorage.setItem(TOKEN_KEY, offered);
   history.replaceState(null, "", `${location.pathname}#/overview`);
 }
 const root = document.getElementById("app");

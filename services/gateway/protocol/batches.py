@@ -12,14 +12,16 @@ import dataclasses
 import hashlib
 import json
 import time
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from google.protobuf import json_format
-from pydantic import Field, ValidationError
+from pydantic import Field, StringConstraints, ValidationError
 
 from llmmesh.scheduler.v1 import scheduler_service_pb2 as pb
-from services.common.errors import InvalidArgument
+from services.common.errors import InvalidArgument, MeshError, quote
+from services.common.rate_limits import RateLimits
 from services.embeddings.client import EmbedResult
+from services.gateway.admission import DOORS, admit, check_text
 from services.gateway.auth import Caller
 from services.gateway.config import GatewaySettings
 from services.gateway.errors import error_body
@@ -44,60 +46,81 @@ class BatchLineIn(OpenAIModel):
     body: dict[str, Any]
 
 
+# OpenAI's bounds on a batch's metadata: 16 pairs, keys of 64 characters, values of 512.
+MetadataKey = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+MetadataValue = Annotated[str, StringConstraints(max_length=512)]
+
+
 class BatchCreateIn(OpenAIModel):
     input_file_id: str = Field(min_length=1, max_length=64)
     endpoint: Endpoint
     completion_window: Literal["24h"] = "24h"
-    metadata: dict[str, str] | None = Field(None, max_length=16)
+    metadata: dict[MetadataKey, MetadataValue] | None = Field(None, max_length=16)
 
 
-def check_input_lines(data: bytes, max_lines: int) -> list[BatchLineIn]:
-    """The lines of a batch input file (JSONL), each in OpenAI's request-line shape."""
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise InvalidArgument("A batch input file must be UTF-8 JSONL.", param="file") from None
-    lines = [(number, line) for number, line in enumerate(text.splitlines(), 1) if line.strip()]
-    if not lines:
-        raise InvalidArgument("The batch input file holds no requests.", param="file")
-    if len(lines) > max_lines:
-        raise InvalidArgument(f"A batch input file holds at most {max_lines} requests.", param="file")
+def check_input_lines(data: bytes, max_lines: int, max_line_bytes: int) -> list[BatchLineIn]:
+    """The lines of a batch input file (JSON Lines: split on "\n" only, as the spec says; a
+    U+2028 inside a string is text), each in OpenAI's request-line shape and no longer than its
+    endpoint's body limit. Blocking: run it in a thread."""
     parsed = []
-    for number, line in lines:
-        try:
-            parsed.append(BatchLineIn.model_validate_json(line))
+    for number, raw in enumerate(data.split(b"\n"), 1):
+        line = raw.rstrip(b"\r")
+        if not line.strip():
+            continue
+        if len(line) > max_line_bytes:
+            raise InvalidArgument(
+                f"Line {number} is {len(line)} bytes; a request takes at most {max_line_bytes}.", param="file"
+            )
+        if len(parsed) == max_lines:
+            raise InvalidArgument(f"A batch input file holds at most {max_lines} requests.", param="file")
+        try:  # the stdlib parser, as the HTTP doors parse bodies: text rules are admission's
+            parsed.append(BatchLineIn.model_validate(json.loads(line)))
         except ValidationError as error:
             raise InvalidArgument(f"Line {number}: {_first_problem(error)}", param="file") from None
+        except (ValueError, RecursionError):
+            raise InvalidArgument(f"Line {number} is not valid JSON.", param="file") from None
+    if not parsed:
+        raise InvalidArgument("The batch input file holds no requests.", param="file")
     return parsed
 
 
 def prepare_items(
     lines: list[BatchLineIn], endpoint: str, caller: Caller, settings: GatewaySettings
-) -> list[pb.BatchItem]:
-    """Each line as the request its endpoint would make of it: a 400 names the first bad line."""
-    items, seen = [], set()
+) -> tuple[list[pb.BatchItem], RateLimits]:
+    """Each line as the request its endpoint would make of it, admitted through the batch-line
+    door of its endpoint; a 4xx names the first bad line. Also the key's rate limits, which the
+    scheduler applies as the lines run. Blocking: run it in a thread."""
+    items, seen, limits = [], set(), RateLimits()
     for number, line in enumerate(lines, 1):
-        if line.url != endpoint:
-            raise InvalidArgument(f"Line {number}: 'url' is {line.url}; this batch's endpoint is {endpoint}.")
-        if line.custom_id in seen:
-            raise InvalidArgument(f"Line {number}: custom_id '{line.custom_id}' is used twice.")
-        seen.add(line.custom_id)
         try:
-            items.append(_item(line, caller, settings))
+            if line.url != endpoint:
+                raise InvalidArgument(f"'url' is {quote(line.url)}; this batch's endpoint is {endpoint}.")
+            if line.custom_id in seen:
+                raise InvalidArgument(f"custom_id '{quote(line.custom_id)}' is used twice.")
+            seen.add(line.custom_id)
+            item, limits = _item(line, caller, settings)
+            items.append(item)
         except ValidationError as error:
             raise InvalidArgument(f"Line {number}: body.{_first_problem(error)}", param="input_file_id") from None
-        except InvalidArgument as error:
-            raise InvalidArgument(f"Line {number}: {error.message}", param="input_file_id") from None
-    return items
+        except MeshError as error:
+            raise type(error)(
+                f"Line {number}: {error.message}",
+                reason=error.reason,
+                param="input_file_id",
+                retry_after_seconds=error.retry_after_seconds,
+            ) from None
+    return items, limits
 
 
-def _item(line: BatchLineIn, caller: Caller, settings: GatewaySettings) -> pb.BatchItem:
+def _item(line: BatchLineIn, caller: Caller, settings: GatewaySettings) -> tuple[pb.BatchItem, RateLimits]:
     item = pb.BatchItem(custom_id=line.custom_id)
+    door = DOORS[f"batch_line:{line.url}"]
+    check_text(line.custom_id, "custom_id")
     if line.url == "/v1/embeddings":
         embed = EmbeddingsRequestIn.model_validate(line.body)
-        caller.require_model(embed.model)
+        limits = admit(caller, door, embed, [embed.model])
         item.embed.CopyFrom(embed.to_domain().to_pb())
-        return item
+        return item, limits
     body: ChatCompletionRequest | CompletionRequestIn
     if line.url == "/v1/chat/completions":
         body = ChatCompletionRequest.model_validate(line.body)
@@ -105,14 +128,14 @@ def _item(line: BatchLineIn, caller: Caller, settings: GatewaySettings) -> pb.Ba
         body = CompletionRequestIn.model_validate(line.body)
     if body.stream or body.n != 1:
         raise InvalidArgument("Batch requests take neither 'stream' nor 'n' > 1.")
-    caller.require_model(body.model)
+    limits = admit(caller, door, body, [body.model])
     body.check_limits(settings)
     if isinstance(body, ChatCompletionRequest):
         item.chat.CopyFrom(body.to_domain(max_choices=1)[0].to_pb())
-        return item
+        return item, limits
     prompts = body.to_domain(max_choices=1)  # one per prompt: more are refused past max_choices
     item.complete.CopyFrom(prompts[0].to_pb())
-    return item
+    return item, limits
 
 
 def _first_problem(error: ValidationError) -> str:
@@ -186,7 +209,7 @@ def progress_counts(job: Job) -> tuple[int, int]:
 
 
 def parse_results(parts: list[bytes]) -> list[pb.BatchItemResult]:
-    lines = [line for part in parts for line in part.decode().splitlines() if line]
+    lines = [line for part in parts for line in part.decode().split("\n") if line]
     results = {r.index: r for r in (json_format.Parse(line, pb.BatchItemResult()) for line in lines)}
     return [results[index] for index in sorted(results)]
 

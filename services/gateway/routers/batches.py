@@ -19,7 +19,9 @@ from google.protobuf import json_format
 from llmmesh.scheduler.v1 import scheduler_service_pb2 as pb
 from services.common.errors import InvalidArgument, NotFound
 from services.common.files import FileStore, derived_file_id
-from services.gateway.auth import Caller, scope
+from services.common.rate_limits import RateLimits
+from services.gateway.admission import DOORS, admit
+from services.gateway.auth import Caller, get_caller, scope
 from services.gateway.config import GatewaySettings
 from services.gateway.dependencies import get_files, get_scheduler, get_settings
 from services.gateway.protocol.batches import (
@@ -32,7 +34,7 @@ from services.gateway.protocol.batches import (
     render_results,
     settled,
 )
-from services.scheduler.client import Job, JobType, SchedulerClient
+from services.scheduler.client import Job, JobType, SchedulerClient, rate_limits_pb
 
 router = APIRouter()
 
@@ -45,14 +47,13 @@ async def create_batch(
     settings: GatewaySettings = Depends(get_settings),
     files: FileStore = Depends(get_files),
     scheduler: SchedulerClient = Depends(get_scheduler),
-    caller: Caller = Depends(scope("jobs")),
+    caller: Caller = Depends(get_caller),
 ) -> dict[str, Any]:
+    admit(caller, DOORS["batch"], body)
     record = await asyncio.to_thread(files.get, body.input_file_id, caller.owner)
     if record.purpose != "batch":
         raise InvalidArgument(f"File '{record.id}' was not uploaded with purpose 'batch'.", param="input_file_id")
-    data = await asyncio.to_thread(files.content, record.id, caller.owner)
-    lines = check_input_lines(data, settings.files.max_lines)
-    items = prepare_items(lines, body.endpoint, caller, settings)
+    items, limits = await asyncio.to_thread(_prepare, files, record.id, body.endpoint, caller, settings)
     batch_id = f"batch_{uuid.uuid4().hex}"
     items_object, results_object = f"{batch_id}.items", f"{batch_id}.results"
     prepared = "".join(json_format.MessageToJson(item, indent=None) + "\n" for item in items).encode()
@@ -66,10 +67,20 @@ async def create_batch(
         completion_window=body.completion_window,
         metadata=body.metadata or {},
     )
+    job_request = pb.JobRequest(batch=request, rate_limits=rate_limits_pb(limits))
     job, _ = await scheduler.submit(
-        JobType.BATCH, pb.JobRequest(batch=request), owner=caller.owner, job_id=batch_id, ttl_seconds=BATCH_TTL_SECONDS
+        JobType.BATCH, job_request, owner=caller.owner, job_id=batch_id, ttl_seconds=BATCH_TTL_SECONDS
     )
     return batch_body(job, None, None, (0, 0))
+
+
+def _prepare(
+    files: FileStore, file_id: str, endpoint: str, caller: Caller, settings: GatewaySettings
+) -> tuple[list[pb.BatchItem], RateLimits]:
+    """The input file's lines, parsed and admitted (off the event loop: 50,000 lines take seconds)."""
+    data = files.content(file_id, caller.owner)
+    lines = check_input_lines(data, settings.files.max_lines, settings.max_body_bytes)
+    return prepare_items(lines, endpoint, caller, settings)
 
 
 @router.get("/v1/batches/{batch_id}")

@@ -10,7 +10,8 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
 
-from services.gateway.auth import Caller, scope
+from services.gateway.admission import DOORS, admit
+from services.gateway.auth import Caller, get_caller
 from services.gateway.config import GatewaySettings
 from services.gateway.dependencies import NODE_HEADER, generate, get_inference, get_settings
 from services.gateway.protocol.chat import (
@@ -35,9 +36,9 @@ async def create_chat_completion(
     response: Response,
     settings: GatewaySettings = Depends(get_settings),
     inference: FleetClient = Depends(get_inference),
-    caller: Caller = Depends(scope("chat")),
+    caller: Caller = Depends(get_caller),
 ) -> Any:
-    caller.require_model(body.model)
+    admit(caller, DOORS["chat"], body, [body.model])
     body.check_limits(settings)
     # The response cache is the caller's own: one tenant never reads what another was answered.
     requests = [dataclasses.replace(r, tenant=caller.owner) for r in body.to_domain(settings.max_choices)]

@@ -9,9 +9,10 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from pydantic import Field
 
-from services.common.errors import InvalidArgument, NotFound
+from services.common.errors import InvalidArgument, NotFound, quote
 from services.embeddings.client import EmbeddingsClient, RerankRequest
-from services.gateway.auth import Caller, scope
+from services.gateway.admission import DOORS, admit
+from services.gateway.auth import Caller, get_caller
 from services.gateway.dependencies import cancel_on_disconnect, get_embeddings, get_inference
 from services.gateway.protocol.common import INT32_MAX, OpenAIModel, new_id
 from services.gateway.protocol.embeddings import EmbeddingsRequestIn, embeddings_body
@@ -47,11 +48,11 @@ async def create_embeddings(
     request: Request,
     embeddings: EmbeddingsClient = Depends(get_embeddings),
     inference: InferenceClient = Depends(get_inference),
-    caller: Caller = Depends(scope("embeddings")),
+    caller: Caller = Depends(get_caller),
 ) -> JSONResponse:
     """The embeddings service's models; a name it does not know may be an inference model whose
     managed server serves embeddings (llama-server --embeddings)."""
-    caller.require_model(body.model)
+    admit(caller, DOORS["embeddings"], body, [body.model])
     wanted = body.to_domain()
     try:
         result = await cancel_on_disconnect(request, embeddings.embed(wanted))
@@ -60,7 +61,7 @@ async def create_embeddings(
         if error.reason != "MODEL_NOT_FOUND":
             raise
         if body.dimensions is not None:
-            raise InvalidArgument(f"Model '{body.model}' takes no 'dimensions'.", param="dimensions") from None
+            raise InvalidArgument(f"Model '{quote(body.model)}' takes no 'dimensions'.", param="dimensions") from None
         served = await cancel_on_disconnect(request, inference.embed(EmbeddingRequest(body.model, wanted.texts)))
         model, tokens = served.model, served.prompt_tokens
         vectors = [np.asarray(vector, dtype=np.float32) for vector in served.vectors]
@@ -75,9 +76,9 @@ async def rerank(
     body: RerankRequestIn,
     request: Request,
     embeddings: EmbeddingsClient = Depends(get_embeddings),
-    caller: Caller = Depends(scope("embeddings")),
+    caller: Caller = Depends(get_caller),
 ) -> dict[str, Any]:
-    caller.require_model(body.model)
+    admit(caller, DOORS["rerank"], body, [body.model])
     result = await cancel_on_disconnect(request, embeddings.rerank(body.to_domain()))
     caller.used(result.prompt_tokens, 0)
     return {

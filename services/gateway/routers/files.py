@@ -16,7 +16,8 @@ from fastapi.responses import JSONResponse, Response
 from services.common.errors import InvalidArgument
 from services.common.files import FileStore
 from services.gateway.auth import Caller, scope
-from services.gateway.dependencies import get_files
+from services.gateway.config import GatewaySettings
+from services.gateway.dependencies import get_files, get_settings
 from services.gateway.protocol.batches import check_input_lines
 
 router = APIRouter()
@@ -30,6 +31,7 @@ async def create_file(
     file: UploadFile = File(...),
     purpose: str = Form(...),
     files: FileStore = Depends(get_files),
+    settings: GatewaySettings = Depends(get_settings),
     caller: Caller = Depends(scope("jobs")),
 ) -> JSONResponse:
     if purpose not in UPLOAD_PURPOSES:
@@ -38,7 +40,7 @@ async def create_file(
     if len(data) > files.settings.max_bytes:
         raise InvalidArgument(f"The file is larger than {files.settings.max_bytes} bytes.", param="file")
     if purpose == "batch":
-        check_input_lines(data, files.settings.max_lines)
+        await asyncio.to_thread(check_input_lines, data, files.settings.max_lines, settings.max_body_bytes)
     record = await asyncio.to_thread(files.put, caller.owner, file.filename or "upload", purpose, data)
     return JSONResponse(record.to_openai())
 

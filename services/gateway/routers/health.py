@@ -21,7 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from services.common.errors import MeshError
 from services.embeddings.client import EmbeddingsClient
 from services.gateway.analytics import MetricsHistory
-from services.gateway.auth import scope
+from services.gateway.auth import Caller, scope
 from services.gateway.config import GatewaySettings
 from services.gateway.dependencies import get_embeddings, get_inference, get_scheduler, get_settings
 from services.gateway.request_context import RequestStats
@@ -104,14 +104,17 @@ async def metrics_summary(request: Request, inference: InferenceClient = Depends
     }
 
 
-@router.get("/metrics/history", dependencies=[Depends(scope("admin"))])
+@router.get("/metrics/history")
 async def metrics_history(
-    request: Request, seconds: float | None = Query(None, gt=0, le=86_400, description="How far back; unset: all kept.")
+    request: Request,
+    seconds: float | None = Query(None, gt=0, le=86_400, description="How far back; unset: all kept."),
+    caller: Caller = Depends(scope("admin")),
 ) -> dict[str, Any]:
     """The console's analytics: this gateway's model requests, errors, tokens and stream TTFT
-    per interval (see services/gateway/analytics.py)."""
+    per interval (see services/gateway/analytics.py). The recent errors, which name request ids,
+    are the caller's own unless it is the superuser."""
     history: MetricsHistory = request.app.state.history
-    return history.snapshot(seconds)
+    return history.snapshot(seconds, owner=None if caller.kind == "superuser" else caller.subject)
 
 
 async def _supervisor_status(path: Path | None) -> dict[str, dict[str, Any]]:

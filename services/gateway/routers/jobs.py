@@ -18,7 +18,8 @@ from llmmesh.scheduler.v1 import scheduler_service_pb2 as pb
 from llmmesh.trainer.v1 import trainer_service_pb2 as trainer_pb
 from services.common.errors import InvalidArgument
 from services.gateway.api_keys import Quotas
-from services.gateway.auth import Caller, scope
+from services.gateway.admission import DOORS, admit
+from services.gateway.auth import Caller, get_caller, scope
 from services.gateway.config import GatewaySettings
 from services.gateway.dependencies import get_scheduler, get_settings
 from services.gateway.protocol.chat import ChatCompletionRequest
@@ -26,7 +27,7 @@ from services.gateway.protocol.common import INT32_MAX, OpenAIModel
 from services.gateway.protocol.embeddings import EmbeddingsRequestIn
 from services.gateway.protocol.training import TrainAdapterIn
 from services.gateway.sse import sse_response
-from services.scheduler.client import JobState, JobType, SchedulerClient, job_json
+from services.scheduler.client import JobState, JobType, SchedulerClient, job_json, rate_limits_pb
 
 router = APIRouter()
 
@@ -34,12 +35,12 @@ router = APIRouter()
 class EnqueueRequest(OpenAIModel):
     """The enqueue body of the design documents, plus `priority`."""
 
-    job_id: str | None = None
+    job_id: str | None = Field(None, min_length=1, max_length=128)
     job_type: Literal["chat", "vision", "adapter_train", "embed"]
     request: dict[str, Any]
-    callback_url: str | None = None
+    callback_url: str | None = Field(None, max_length=2048)
     ttl_seconds: int | None = Field(None, ge=1, le=INT32_MAX)
-    idempotency_key: str | None = None
+    idempotency_key: str | None = Field(None, max_length=256)
     priority: int = Field(0, ge=-INT32_MAX, le=INT32_MAX)
 
 
@@ -53,21 +54,32 @@ def training_limits(quotas: Quotas) -> trainer_pb.TrainingLimits:
     )
 
 
-def _typed_request(job_type: JobType, body: dict[str, Any]) -> pb.JobRequest:
+JobBody = ChatCompletionRequest | EmbeddingsRequestIn | TrainAdapterIn
+
+
+def _validated(job_type: JobType, body: dict[str, Any]) -> JobBody:
     """The job's request in the shape of the matching OpenAI endpoint, validated the same way."""
     try:
         if job_type in (JobType.CHAT, JobType.VISION):
             chat = ChatCompletionRequest.model_validate({"model": "background", **body})
             if chat.stream or chat.n != 1:
                 raise InvalidArgument("Job requests take neither 'stream' nor 'n' > 1.", param="request")
-            return pb.JobRequest(chat=chat.to_domain(max_choices=1)[0].to_pb())
+            return chat
         if job_type is JobType.EMBED:
-            return pb.JobRequest(embed=EmbeddingsRequestIn.model_validate(body).to_domain().to_pb())
-        return pb.JobRequest(adapter_train=TrainAdapterIn.model_validate(body).to_pb())
+            return EmbeddingsRequestIn.model_validate(body)
+        return TrainAdapterIn.model_validate(body)
     except ValidationError as error:
         first = error.errors()[0]
         where = ".".join(str(part) for part in ("request", *first["loc"]))
         raise InvalidArgument(f"{where}: {first['msg']}", param=where) from None
+
+
+def _typed_request(validated: JobBody) -> pb.JobRequest:
+    if isinstance(validated, ChatCompletionRequest):
+        return pb.JobRequest(chat=validated.to_domain(max_choices=1)[0].to_pb())
+    if isinstance(validated, EmbeddingsRequestIn):
+        return pb.JobRequest(embed=validated.to_domain().to_pb())
+    return pb.JobRequest(adapter_train=validated.to_pb())
 
 
 @router.post("/internal/queue/enqueue", status_code=202)
@@ -76,15 +88,19 @@ async def enqueue(
     request: Request,
     settings: GatewaySettings = Depends(get_settings),
     scheduler: SchedulerClient = Depends(get_scheduler),
-    caller: Caller = Depends(scope("jobs")),
+    caller: Caller = Depends(get_caller),
 ) -> Any:
     """202 with the new job; 200 with the original one when this submission is a duplicate."""
+    job_type = JobType(body.job_type)
+    validated = _validated(job_type, body.request)
+    model = validated.base_model if isinstance(validated, TrainAdapterIn) else validated.model
+    limits = admit(caller, DOORS[f"job:{job_type.value}"], body, [model])
     quotas = caller.key.quotas if caller.key is not None else Quotas()
     ceiling = settings.max_job_priority if quotas.max_priority is None else quotas.max_priority
     if body.priority > ceiling and caller.kind != "superuser":
         raise InvalidArgument(f"'priority' may be at most {ceiling}.", param="priority")
-    job_type = JobType(body.job_type)
-    typed_request = _typed_request(job_type, body.request)
+    typed_request = _typed_request(validated)
+    typed_request.rate_limits.CopyFrom(rate_limits_pb(limits))
     if typed_request.HasField("adapter_train"):
         typed_request.adapter_train.limits.CopyFrom(training_limits(quotas))
     job, deduplicated = await scheduler.submit(

@@ -10,7 +10,8 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
 
-from services.gateway.auth import Caller, scope
+from services.gateway.admission import DOORS, admit
+from services.gateway.auth import Caller, get_caller
 from services.gateway.config import GatewaySettings
 from services.gateway.dependencies import NODE_HEADER, generate, get_inference, get_settings
 from services.gateway.protocol.messages import (
@@ -35,9 +36,9 @@ async def create_message(
     response: Response,
     settings: GatewaySettings = Depends(get_settings),
     inference: FleetClient = Depends(get_inference),
-    caller: Caller = Depends(scope("chat")),
+    caller: Caller = Depends(get_caller),
 ) -> Any:
-    caller.require_model(body.model)
+    admit(caller, DOORS["messages"], body, [body.model])
     body.check_limits(settings)
     chat = dataclasses.replace(body.chat_request(), tenant=caller.owner)  # the caller's own cache entries
     message_id = new_message_id()
@@ -62,10 +63,10 @@ async def count_tokens(
     body: MessagesInput,
     settings: GatewaySettings = Depends(get_settings),
     inference: FleetClient = Depends(get_inference),
-    caller: Caller = Depends(scope("chat")),
+    caller: Caller = Depends(get_caller),
 ) -> dict[str, int]:
     """The tokens the prompt would take on the model: its chat template, tools included."""
-    caller.require_model(body.model)
+    admit(caller, DOORS["count_tokens"], body, [body.model])
     body.check_limits(settings)
     chat = dataclasses.replace(body.to_domain(), tenant=caller.owner)
     return {"input_tokens": await inference.count_tokens(chat, body.node)}

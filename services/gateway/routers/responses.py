@@ -16,7 +16,8 @@ import asyncpg
 from fastapi import APIRouter, Depends, Request, Response
 
 from services.common.errors import FailedPrecondition
-from services.gateway.auth import Caller, scope
+from services.gateway.admission import DOORS, admit
+from services.gateway.auth import Caller, get_caller
 from services.gateway.config import GatewaySettings
 from services.gateway.dependencies import NODE_HEADER, generate, get_inference, get_response_store, get_settings
 from services.gateway.protocol.responses import (
@@ -42,9 +43,9 @@ async def create_response(
     settings: GatewaySettings = Depends(get_settings),
     inference: FleetClient = Depends(get_inference),
     store: ResponseStore | None = Depends(get_response_store),
-    caller: Caller = Depends(scope("chat")),
+    caller: Caller = Depends(get_caller),
 ) -> Any:
-    caller.require_model(body.model)
+    admit(caller, DOORS["responses"], body, [body.model])
     body.check_limits(settings)
     history: tuple[ChatMessage, ...] = ()
     if body.previous_response_id:

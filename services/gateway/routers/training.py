@@ -62,7 +62,7 @@ async def list_adapters(
     """The caller's stored adapters and shared ones (the superuser: all), newest first: use an
     `id` as `adapter_settings.adapter_id`."""
     adapters = await trainer.list_adapters(base_model, caller.owner)
-    return {"object": "list", "data": [_adapter_json(a) for a in adapters]}
+    return {"object": "list", "data": [_adapter_json(a, caller) for a in adapters]}
 
 
 @router.delete("/v1/adapters/{adapter_id}")
@@ -88,5 +88,10 @@ async def share_adapter(
     return _adapter_json(await trainer.share_adapter(adapter_id))
 
 
-def _adapter_json(adapter: trainer_pb.Adapter) -> dict[str, Any]:
-    return {"id": adapter.adapter_id, "object": "adapter", **as_json(adapter)}
+def _adapter_json(adapter: trainer_pb.Adapter, caller: Caller | None = None) -> dict[str, Any]:
+    """An adapter as the caller may see it: the server's own file paths only for the superuser
+    (`caller` None: the superuser's own route); object-store URIs for everyone."""
+    body = {"id": adapter.adapter_id, "object": "adapter", **as_json(adapter)}
+    if caller is not None and caller.kind != "superuser" and "locations" in body:
+        body["locations"] = [place for place in body["locations"] if "://" in place]
+    return body

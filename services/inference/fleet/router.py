@@ -38,6 +38,7 @@ from services.common.errors import (
     NotFound,
     ResourceExhausted,
     Unavailable,
+    quote,
 )
 from services.common.fleet import FleetSettings
 from services.common.grpc_client import opened
@@ -185,12 +186,12 @@ class Fleet:
             state = self.states[pinned]
             if reason := state.node.refuses(request):
                 raise InvalidArgument(
-                    f"Node '{pinned}' ({state.node.spec.kind.value}) cannot serve requests with {reason}.",
+                    f"Node '{quote(pinned)}' ({state.node.spec.kind.value}) cannot serve requests with {reason}.",
                     param="node",
                 )
             if state is not self.home and state.names and model not in state.names:
                 raise NotFound(
-                    f"Node '{pinned}' does not serve '{model}'. It serves: {', '.join(sorted(state.names))}.",
+                    f"Node '{quote(pinned)}' does not serve '{quote(model)}'. It serves: {', '.join(sorted(state.names))}.",
                     reason="MODEL_NOT_ON_NODE",
                     param="model",
                 )
@@ -202,7 +203,7 @@ class Fleet:
         if not able:
             reason = serving[0].node.refuses(request)
             raise InvalidArgument(
-                f"'{model}' is served only by nodes that cannot take requests with {reason} "
+                f"'{quote(model)}' is served only by nodes that cannot take requests with {reason} "
                 f"({', '.join(s.name for s in serving)}).",
                 param="model",
             )
@@ -337,7 +338,7 @@ class Fleet:
 
     def _exhausted(self, model: str, last: MeshError | None) -> MeshError:
         if last is None:
-            return Unavailable(f"No node can serve '{model}' now.", reason="NO_NODE_AVAILABLE")
+            return Unavailable(f"No node can serve '{quote(model)}' now.", reason="NO_NODE_AVAILABLE")
         return last
 
     def _circuit_changed(self, state: NodeState) -> None:

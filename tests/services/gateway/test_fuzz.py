@@ -5,11 +5,15 @@ the input, no 5xx and no response that breaks the schema. Bounded so that it fit
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import os
+from typing import Any
 
 import httpx
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
 from schemathesis.checks import content_type_conformance, not_a_server_error, response_schema_conformance
 
 EXAMPLES_PER_OPERATION = int(os.environ.get("LLMMESH_SCHEMATHESIS_EXAMPLES", "12"))  # `make fuzz` runs more
@@ -48,6 +52,89 @@ def fuzz(gateway_url: str) -> list[str]:
         check()
         fuzzed.append(f"{operation.method.upper()} {operation.path}")
     return fuzzed
+
+
+def _cursor(text: str) -> str:
+    return base64.urlsafe_b64encode(text.encode()).decode()
+
+
+# What JSON allows and UTF-8 does not, NUL bytes, and forged cursors (page tokens, `after`).
+HOSTILE = [
+    "a\ud800",
+    "\udfff",
+    "a\ud800\udc00\ud800",
+    "a\x00b",
+    "\x00",
+    _cursor("[" * 3000),
+    _cursor('["2026-01-01T00:00:00+00:00", "job-\x00"]'),
+    _cursor('["not a time", 3]'),
+    _cursor("{}"),
+    "!!not base64!!",
+    "x" * 5000,
+]
+URL_SAFE = [value for value in HOSTILE if value.encode("utf-8", "surrogatepass").isascii() and "\x00" not in value]
+
+
+def _poison(value: Any, draw: Any, url: bool) -> Any:
+    """`value` with every string in it (keys too) swapped for a hostile one, drawn by Hypothesis;
+    in a URL only what a URL can carry (a client cannot encode a lone surrogate)."""
+    if isinstance(value, str):
+        return draw(st.sampled_from(URL_SAFE + ["a%00b"] if url else HOSTILE))
+    if isinstance(value, dict):
+        return {(_poison(k, draw, url) if draw(st.booleans()) else k): _poison(v, draw, url) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_poison(v, draw, url) for v in value]
+    return value
+
+
+def fuzz_hostile_strings(gateway_url: str) -> dict[str, int]:
+    """Every operation, every string parameter (body, query, path) made hostile: no 5xx."""
+    schema = schemathesis.openapi.from_dict(httpx.get(f"{gateway_url}/openapi.json").json())
+    seen = {"operations": 0, "requests": 0, "server_errors": 0}
+    with httpx.Client(base_url=gateway_url, timeout=60) as http:
+        for operation in (result.ok() for result in schema.get_all_operations()):
+            if (operation.method.upper(), operation.path) in SKIPPED:
+                continue
+
+            @given(case=operation.as_strategy(), data=st.data())
+            @settings(
+                max_examples=EXAMPLES_PER_OPERATION,
+                deadline=None,
+                derandomize=True,
+                phases=[Phase.explicit, Phase.generate],
+                suppress_health_check=list(HealthCheck),
+            )
+            def check(case: schemathesis.Case, data: st.DataObject) -> None:
+                path = operation.path
+                for name, value in (case.path_parameters or {}).items():
+                    path = path.replace(f"{{{name}}}", str(_poison(str(value), data.draw, url=True)))
+                query = _poison(dict(case.query or {}), data.draw, url=True)
+                body = _poison(case.body, data.draw, url=False) if isinstance(case.body, dict | list) else None
+                if isinstance(body, dict):
+                    for limit in ("max_tokens", "max_output_tokens"):
+                        if isinstance(body.get(limit), int):
+                            body[limit] = min(body[limit], 4)
+                response = http.request(
+                    operation.method.upper(),
+                    path,
+                    params=query,
+                    content=json.dumps(body).encode() if body is not None else None,
+                    headers={"content-type": "application/json"} if body is not None else None,
+                )
+                seen["requests"] += 1
+                if response.status_code >= 500:
+                    seen["server_errors"] += 1
+                assert response.status_code < 500, (operation.method, path, response.text[:500])
+
+            check()
+            seen["operations"] += 1
+    return seen
+
+
+async def test_hostile_strings_in_every_parameter_never_make_the_gateway_fail(gateway_url: str) -> None:
+    seen = await asyncio.to_thread(fuzz_hostile_strings, gateway_url)
+    print(f"hostile-string fuzz: {seen}")
+    assert seen["operations"] > 20 and seen["server_errors"] == 0
 
 
 async def test_no_input_makes_the_gateway_fail(gateway_url: str) -> None:

@@ -162,8 +162,7 @@ def _check_string(text: str, path: str) -> None:
             text.encode("utf-8")
         except UnicodeEncodeError:
             raise InvalidArgument(
-                f"'{path}' is not valid text: it holds a lone UTF-16 surrogate, which JSON allows"
-                " and UTF-8 does not.",
+                f"'{path}' is not valid text: it holds a lone UTF-16 surrogate, which JSON allows and UTF-8 does not.",
                 param=path or None,
                 reason="INVALID_TEXT",
             ) from None

@@ -31,6 +31,7 @@ from services.gateway.config import GatewaySettings
 
 log = logging.getLogger(__name__)
 
+
 class Limiter:
     """This gateway's count of each key's requests, tokens and requests in flight."""
 

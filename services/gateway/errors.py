@@ -98,6 +98,11 @@ def install_error_handlers(app: FastAPI) -> None:
         param = _validation_param(tuple(first.get("loc", ())))
         if first.get("type") == "json_invalid":
             return _response(request, 400, "The request body is not valid JSON.", code="invalid_json")
+        if first.get("type") == "string_unicode":  # the schema met it before admission's text rule did
+            message = (
+                f"'{param}' is not valid text: it holds a lone UTF-16 surrogate, which JSON allows and UTF-8 does not."
+            )
+            return _response(request, 400, message, param=param or None, code="invalid_text")
         message = f"Invalid value for '{param}': {first.get('msg', 'invalid')}." if param else first.get("msg", "")
         return _response(request, 400, message, param=param or None, code="invalid_value")
 

@@ -184,11 +184,8 @@ def namespaced(job_id: str, owner: str) -> str:
     return job_id if job_id.startswith(prefix) else prefix + job_id
 
 
-
 def rate_limits_pb(limits: RateLimits) -> pb.RateLimits:
-    return pb.RateLimits(
-        requests_per_minute=limits.requests_per_minute, tokens_per_minute=limits.tokens_per_minute
-    )
+    return pb.RateLimits(requests_per_minute=limits.requests_per_minute, tokens_per_minute=limits.tokens_per_minute)
 
 
 def rate_limits_from_pb(message: pb.RateLimits) -> RateLimits:
@@ -196,6 +193,7 @@ def rate_limits_from_pb(message: pb.RateLimits) -> RateLimits:
         message.requests_per_minute if message.HasField("requests_per_minute") else None,
         message.tokens_per_minute if message.HasField("tokens_per_minute") else None,
     )
+
 
 @dataclass(frozen=True)
 class Job:

@@ -62,7 +62,7 @@ def check_input_lines(data: bytes, max_lines: int, max_line_bytes: int) -> list[
     """The lines of a batch input file (JSON Lines: split on "\n" only, as the spec says; a
     U+2028 inside a string is text), each in OpenAI's request-line shape and no longer than its
     endpoint's body limit. Blocking: run it in a thread."""
-    parsed = []
+    parsed: list[BatchLineIn] = []
     for number, raw in enumerate(data.split(b"\n"), 1):
         line = raw.rstrip(b"\r")
         if not line.strip():

@@ -101,9 +101,12 @@ async def list_batches(
     scheduler: SchedulerClient = Depends(get_scheduler),
     caller: Caller = Depends(scope("jobs")),
 ) -> dict[str, Any]:
-    jobs, next_token = await scheduler.list(
-        caller.owner, job_types=[JobType.BATCH], full=True, page_size=limit, page_token=after
-    )
+    try:
+        jobs, next_token = await scheduler.list(
+            caller.owner, job_types=[JobType.BATCH], full=True, page_size=limit, page_token=after
+        )
+    except InvalidArgument as error:  # a forged cursor: named as this API names it
+        raise InvalidArgument(error.message.replace("'page_token'", "'after'"), param="after") from None
     data = [await _view(job, files) for job in jobs]
     return {
         "object": "list",

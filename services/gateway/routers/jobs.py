@@ -17,8 +17,8 @@ from pydantic import Field, ValidationError
 from llmmesh.scheduler.v1 import scheduler_service_pb2 as pb
 from llmmesh.trainer.v1 import trainer_service_pb2 as trainer_pb
 from services.common.errors import InvalidArgument
-from services.gateway.api_keys import Quotas
 from services.gateway.admission import DOORS, admit
+from services.gateway.api_keys import Quotas
 from services.gateway.auth import Caller, get_caller, scope
 from services.gateway.config import GatewaySettings
 from services.gateway.dependencies import get_scheduler, get_settings

@@ -191,7 +191,8 @@ class Fleet:
                 )
             if state is not self.home and state.names and model not in state.names:
                 raise NotFound(
-                    f"Node '{quote(pinned)}' does not serve '{quote(model)}'. It serves: {', '.join(sorted(state.names))}.",
+                    f"Node '{quote(pinned)}' does not serve '{quote(model)}'."
+                    f" It serves: {', '.join(sorted(state.names))}.",
                     reason="MODEL_NOT_ON_NODE",
                     param="model",
                 )

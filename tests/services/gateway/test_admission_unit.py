@@ -14,9 +14,9 @@ from services.scheduler.handlers import is_retryable, is_transient
     ("value", "where"),
     [
         ({"messages": [{"content": "ok"}, {"content": "a\ud800"}]}, "messages.1.content"),
-        ({"metadata": {"k\x00": "v"}}, "metadata"),
+        ({"metadata": {"k\x00": "v"}}, "metadata.k\\x00"),
         (["fine", ["deeper", "\x00"]], "1.1"),
-        (BatchCreateIn(input_file_id="f", endpoint="/v1/embeddings", metadata={"a": "b\udfff"}), "metadata.a"),
+        (BatchCreateIn.model_construct(input_file_id="f", metadata={"a": "b\udfff"}), "metadata.a"),
     ],
 )
 def test_text_json_allows_and_utf8_or_postgres_do_not_is_refused_with_where(value: object, where: str) -> None:

@@ -87,6 +87,26 @@ def _poison(value: Any, draw: Any, url: bool) -> Any:
     return value
 
 
+def _send_hostile(http: httpx.Client, operation: Any, case: schemathesis.Case, draw: Any) -> httpx.Response:
+    """The case with every string in its path, query and body made hostile."""
+    path = operation.path
+    for name, value in (case.path_parameters or {}).items():
+        path = path.replace(f"{{{name}}}", str(_poison(str(value), draw, url=True)))
+    query = _poison(dict(case.query or {}), draw, url=True)
+    body = _poison(case.body, draw, url=False) if isinstance(case.body, dict | list) else None
+    if isinstance(body, dict):
+        for limit in ("max_tokens", "max_output_tokens"):
+            if isinstance(body.get(limit), int):
+                body[limit] = min(body[limit], 4)
+    return http.request(
+        operation.method.upper(),
+        path,
+        params=query,
+        content=json.dumps(body).encode() if body is not None else None,  # a lone surrogate as JSON's escape
+        headers={"content-type": "application/json"} if body is not None else None,
+    )
+
+
 def fuzz_hostile_strings(gateway_url: str) -> dict[str, int]:
     """Every operation, every string parameter (body, query, path) made hostile: no 5xx."""
     schema = schemathesis.openapi.from_dict(httpx.get(f"{gateway_url}/openapi.json").json())
@@ -96,37 +116,24 @@ def fuzz_hostile_strings(gateway_url: str) -> dict[str, int]:
             if (operation.method.upper(), operation.path) in SKIPPED:
                 continue
 
-            @given(case=operation.as_strategy(), data=st.data())
-            @settings(
-                max_examples=EXAMPLES_PER_OPERATION,
-                deadline=None,
-                derandomize=True,
-                phases=[Phase.explicit, Phase.generate],
-                suppress_health_check=list(HealthCheck),
-            )
-            def check(case: schemathesis.Case, data: st.DataObject) -> None:
-                path = operation.path
-                for name, value in (case.path_parameters or {}).items():
-                    path = path.replace(f"{{{name}}}", str(_poison(str(value), data.draw, url=True)))
-                query = _poison(dict(case.query or {}), data.draw, url=True)
-                body = _poison(case.body, data.draw, url=False) if isinstance(case.body, dict | list) else None
-                if isinstance(body, dict):
-                    for limit in ("max_tokens", "max_output_tokens"):
-                        if isinstance(body.get(limit), int):
-                            body[limit] = min(body[limit], 4)
-                response = http.request(
-                    operation.method.upper(),
-                    path,
-                    params=query,
-                    content=json.dumps(body).encode() if body is not None else None,
-                    headers={"content-type": "application/json"} if body is not None else None,
+            def run(operation: Any) -> None:
+                @given(case=operation.as_strategy(), data=st.data())
+                @settings(
+                    max_examples=EXAMPLES_PER_OPERATION,
+                    deadline=None,
+                    derandomize=True,
+                    phases=[Phase.explicit, Phase.generate],
+                    suppress_health_check=list(HealthCheck),
                 )
-                seen["requests"] += 1
-                if response.status_code >= 500:
-                    seen["server_errors"] += 1
-                assert response.status_code < 500, (operation.method, path, response.text[:500])
+                def check(case: schemathesis.Case, data: st.DataObject) -> None:
+                    response = _send_hostile(http, operation, case, data.draw)
+                    seen["requests"] += 1
+                    seen["server_errors"] += response.status_code >= 500
+                    assert response.status_code < 500, (operation.method, operation.path, response.text[:500])
 
-            check()
+                check()
+
+            run(operation)
             seen["operations"] += 1
     return seen
 

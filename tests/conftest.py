@@ -298,7 +298,24 @@ async def gateway_url(
     trainer: TrainerServer,
     s3_server: str,
 ) -> AsyncIterator[str]:
-    settings = gateway_settings(
+    settings = mesh_gateway_settings(postgres_url, inference, embeddings, scheduler_server, trainer, s3_server)
+    server, task, url = await serve_http(build_app(settings))
+    yield url
+    server.should_exit = True
+    await task
+
+
+def mesh_gateway_settings(
+    postgres_url: str,
+    inference: InferenceServer,
+    embeddings: EmbeddingsServer,
+    scheduler_server: SchedulerServer,
+    trainer: TrainerServer,
+    s3_server: str,
+    **overrides: object,
+) -> GatewaySettings:
+    """A gateway in front of the session's services."""
+    return gateway_settings(
         database_url=postgres_url,
         inference_target=f"127.0.0.1:{inference.port}",
         embeddings_target=f"127.0.0.1:{embeddings.port}",
@@ -306,11 +323,8 @@ async def gateway_url(
         trainer_target=f"127.0.0.1:{trainer.port}",
         max_body_bytes=64 * 1024,
         files=file_settings(s3_server),
+        **overrides,
     )
-    server, task, url = await serve_http(build_app(settings))
-    yield url
-    server.should_exit = True
-    await task
 
 
 async def wait_until_idle(backend: object, timeout: float = 30.0) -> None:

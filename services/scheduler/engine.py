@@ -16,7 +16,7 @@ import asyncpg
 from nats.errors import Error as NatsError
 
 from llmmesh.scheduler.v1 import scheduler_service_pb2 as pb
-from services.common.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable
+from services.common.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable, quote
 from services.scheduler.callbacks import CallbackDispatcher, CallbackGuard
 from services.scheduler.config import SchedulerSettings
 from services.scheduler.domain import Job, JobState, JobType, Submission, namespaced
@@ -149,10 +149,13 @@ class Scheduler:
         return job, False
 
     async def get(self, job_id: str, owner: str) -> Job:
-        """The job, if `owner` ("": anyone's) owns it; a tenant may name it without its namespace."""
-        job = await self.store.get(namespaced(job_id, owner))
+        """The job, if `owner` ("": anyone's) owns it; a tenant may name it without its namespace.
+        An id no job can have (a NUL, which PostgreSQL's text cannot hold; longer than any id) is
+        not found without asking the store."""
+        possible = "\x00" not in job_id and len(job_id) <= MAX_JOB_ID_CHARS
+        job = await self.store.get(namespaced(job_id, owner)) if possible else None
         if job is None or (owner and job.owner != owner):
-            raise NotFound(f"No job '{job_id}'.", param="job_id", reason="JOB_NOT_FOUND")
+            raise NotFound(f"No job '{quote(job_id)}'.", param="job_id", reason="JOB_NOT_FOUND")
         return job
 
     async def list_jobs(self, request: pb.ListJobsRequest) -> tuple[list[Job], str]:
@@ -267,6 +270,7 @@ class Scheduler:
 
 
 MAX_PAGE_TOKEN_CHARS = 1024
+MAX_JOB_ID_CHARS = 512  # a namespace and a 128-character id
 
 
 def _page_token(job: Job) -> str:

@@ -74,9 +74,11 @@ def check_input_lines(data: bytes, max_lines: int, max_line_bytes: int) -> list[
         if len(parsed) == max_lines:
             raise InvalidArgument(f"A batch input file holds at most {max_lines} requests.", param="file")
         try:  # the stdlib parser, as the HTTP doors parse bodies: text rules are admission's
-            parsed.append(BatchLineIn.model_validate(json.loads(line)))
+            parsed.append(BatchLineIn.model_validate(json.loads(line.decode("utf-8"))))
         except ValidationError as error:
             raise InvalidArgument(f"Line {number}: {_first_problem(error)}", param="file") from None
+        except UnicodeDecodeError:
+            raise InvalidArgument(f"Line {number}: a batch input file must be UTF-8 JSONL.", param="file") from None
         except (ValueError, RecursionError):
             raise InvalidArgument(f"Line {number} is not valid JSON.", param="file") from None
     if not parsed:

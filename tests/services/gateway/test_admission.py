@@ -17,7 +17,7 @@ import dataclasses
 import io
 import json
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import httpx
@@ -27,7 +27,14 @@ from services.common.grpc_client import open_channel
 from services.gateway import admission
 from services.gateway.app import build_app
 from services.scheduler.client import SchedulerClient
-from tests.conftest import INTERNAL_TOKEN, TRAINING_REQUEST, admin_jwt, gateway_settings
+from tests.conftest import (
+    INTERNAL_TOKEN,
+    TRAINING_REQUEST,
+    admin_jwt,
+    gateway_settings,
+    mesh_gateway_settings,
+    serve_http,
+)
 
 ALL_SCOPES = ["chat", "embeddings", "jobs"]
 SURROGATE, NUL, LONG_NAME = "a\ud800b", "a\x00b", "m" * 20_000
@@ -189,19 +196,10 @@ NOT_APPLICABLE = {("batch", "allow_list"), ("batch", "oversize")}
 @pytest.fixture
 async def strict_gateway(
     postgres_url: str, inference, embeddings, scheduler_server, trainer, s3_server: str
-) -> Iterator[str]:
+) -> AsyncIterator[str]:
     """The session's services behind a gateway that wants a key (no anonymous callers)."""
-    from tests.conftest import file_settings, serve_http
-
-    settings = gateway_settings(
-        allow_anonymous=False,
-        database_url=postgres_url,
-        inference_target=f"127.0.0.1:{inference.port}",
-        embeddings_target=f"127.0.0.1:{embeddings.port}",
-        scheduler_target=f"127.0.0.1:{scheduler_server.port}",
-        trainer_target=f"127.0.0.1:{trainer.port}",
-        max_body_bytes=64 * 1024,
-        files=file_settings(s3_server),
+    settings = mesh_gateway_settings(
+        postgres_url, inference, embeddings, scheduler_server, trainer, s3_server, allow_anonymous=False
     )
     server, task, url = await serve_http(build_app(settings))
     yield url

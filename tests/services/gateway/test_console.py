@@ -23,6 +23,7 @@ from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from tests.conftest import GEMMA, admin_jwt
@@ -234,3 +235,21 @@ async def test_the_overview_fits_a_phone(browser: WebDriver) -> None:
 
     page_width, screen_width = await step(phone)
     assert page_width <= screen_width  # tables scroll inside their cards; the page does not
+
+
+async def test_a_sign_in_link_asks_before_replacing_the_tabs_credential(browser: WebDriver, gateway_url: str) -> None:
+    """A crafted /console/#token=... link must not silently sign a signed-in tab in as someone else."""
+
+    def follow(link_token: str, accept: bool) -> str:
+        browser.get("about:blank")  # a full load of the console, as following a link does
+        browser.get(f"{gateway_url}/console/#token={link_token}")
+        alert = WebDriverWait(browser, 10).until(expected_conditions.alert_is_present())
+        alert.accept() if accept else alert.dismiss()
+        wait_for(browser, text_of("#mesh-status"))
+        return browser.execute_script("return sessionStorage.getItem('llmmesh.token')")
+
+    own = admin_jwt()
+    await step(sign_in, browser, gateway_url, own)
+    assert await step(follow, "someone-elses-credential", False) == own
+    assert await step(follow, "someone-elses-credential", True) == "someone-elses-credential"
+    await step(sign_in, browser, gateway_url, own)

@@ -61,8 +61,8 @@ async def test_embed_job(http: httpx.AsyncClient) -> None:
 
 
 async def test_jobs_of_another_key_are_not_found(http: httpx.AsyncClient, make_key) -> None:
-    mine = {"Authorization": f"Bearer {await make_key(['jobs'])}"}
-    theirs = {"Authorization": f"Bearer {await make_key(['jobs'])}"}
+    mine = {"Authorization": f"Bearer {await make_key(['jobs', 'chat'])}"}
+    theirs = {"Authorization": f"Bearer {await make_key(['jobs', 'chat'])}"}
     job = (await http.post("/internal/queue/enqueue", json=chat_body(), headers=mine)).json()
 
     assert (await http.get(f"/v1/jobs/{job['id']}", headers=mine)).status_code == 200
@@ -81,8 +81,8 @@ async def test_jobs_of_another_key_are_not_found(http: httpx.AsyncClient, make_k
 
 async def test_job_ids_are_each_owners_own(http: httpx.AsyncClient, make_key) -> None:
     """Two tenants choosing the same id get two jobs; neither learns the other chose it."""
-    alice = {"Authorization": f"Bearer {await make_key(['jobs'])}"}
-    bob = {"Authorization": f"Bearer {await make_key(['jobs'])}"}
+    alice = {"Authorization": f"Bearer {await make_key(['jobs', 'chat'])}"}
+    bob = {"Authorization": f"Bearer {await make_key(['jobs', 'chat'])}"}
     first = await http.post("/internal/queue/enqueue", json=chat_body(job_id="report-1"), headers=alice)
     second = await http.post("/internal/queue/enqueue", json=chat_body(job_id="report-1"), headers=bob)
     assert first.status_code == second.status_code == 202, second.text

@@ -170,9 +170,9 @@ async def test_an_adapter_is_its_owners_until_the_operator_shares_it(
 
 async def test_each_key_has_its_own_priority_and_training_quotas(http: httpx.AsyncClient, make_key) -> None:
     """Safe defaults for a plain key; the superuser raises or lowers them per key."""
-    plain = {"Authorization": f"Bearer {await make_key(['jobs'])}"}
+    plain = {"Authorization": f"Bearer {await make_key(['jobs', 'chat'])}"}
     quotas = {"max_priority": 50, "max_training_examples": 2, "max_training_seconds": 0.001}
-    trusted = {"Authorization": f"Bearer {await make_key(['jobs'], quotas=quotas)}"}
+    trusted = {"Authorization": f"Bearer {await make_key(['jobs', 'chat'], quotas=quotas)}"}
     chat = {"job_type": "chat", "request": {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1}}
 
     async def final(body: dict[str, object], headers: dict[str, str]) -> dict[str, object]:

@@ -16,7 +16,7 @@ export UV_PROJECT_ENVIRONMENT := $(VENV)
 export UV_PYTHON := 3.11
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: install lock lock-check proto run test fuzz lint bench clean console-vendor
+.PHONY: install lock lock-check proto run test fuzz chaos lint bench clean console-vendor
 
 install: $(INSTALLED)
 
@@ -65,6 +65,11 @@ test: proto
 fuzz: proto
 	LLMMESH_FUZZ_EXAMPLES=600 LLMMESH_SCHEMATHESIS_EXAMPLES=60 $(PY) -m pytest -p no:cacheprovider -s \
 		tests/services/gateway/test_schema_fuzz.py tests/services/gateway/test_fuzz.py $(PYTEST_ARGS)
+
+# The chaos soak: a `make run` mesh under mixed load while every process is killed in turn
+# (ten minutes; CHAOS_ARGS="--minutes 30 --seed 2"); the report lands in .data/chaos.json.
+chaos: proto
+	$(PY) -m tests.chaos $(CHAOS_ARGS)
 
 # Benchmarks measure; they never assert. See bench/.
 bench: proto

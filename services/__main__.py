@@ -27,7 +27,7 @@ from services.gateway.auth import mint_jwt
 from services.gateway.config import GatewaySettings, local_secret, local_settings
 from services.inference.config import InferenceSettings
 from services.scheduler.config import SchedulerSettings
-from services.supervisor import Service, Supervisor, describe_exit
+from services.supervisor import Dependency, Service, Supervisor, describe_exit
 from services.trainer.config import TrainerSettings
 
 STARTUP_TIMEOUT_SECONDS = 300
@@ -95,6 +95,48 @@ def _embedded_postgres(data_dir: Path) -> tuple[str, Any]:
     _forget_dead_handles(pgdata / ".handle_pids.json")
     server = pgserver.get_server(pgdata, cleanup_mode="stop")
     return server.get_uri(), server
+
+
+def _postgres_dependency(server: Any, database_url: str) -> Dependency:
+    """The embedded PostgreSQL, supervised: its postmaster watched through postmaster.pid, and
+    started again (pg_ctl, on the same data directory and socket) when it dies."""
+    from pgserver.utils import PostmasterInfo
+
+    def alive() -> bool:
+        info = PostmasterInfo.read_from_pgdata(server.pgdata)
+        return info is not None and info.is_running()
+
+    def pid() -> int | None:
+        info = PostmasterInfo.read_from_pgdata(server.pgdata)
+        return info.pid if info is not None else None
+
+    def launch() -> None:
+        server.ensure_postgres_running()
+        if server.get_uri() != database_url:  # the services were told the first address
+            raise RuntimeError(f"PostgreSQL came back at {server.get_uri()}, not {database_url}")
+
+    return Dependency(
+        "postgres", "", database_url, launch=launch, alive=alive, halt=server.cleanup, server_pid=pid
+    )
+
+
+def _nats_dependency(nats: EmbeddedNats) -> Dependency:
+    """The embedded nats-server, supervised: a child of the launcher, reaped when it dies and
+    started again on the same port and JetStream store."""
+
+    def alive() -> bool:
+        return nats.process is not None and nats.process.poll() is None
+
+    def cause() -> str:
+        code = nats.process.returncode if nats.process is not None else None
+        return describe_exit(code) if code is not None else "died"
+
+    def pid() -> int | None:
+        return nats.process.pid if nats.process is not None else None
+
+    return Dependency(
+        "nats", "", nats.url, launch=nats.start, alive=alive, halt=nats.stop, describe=cause, server_pid=pid
+    )
 
 
 def _forget_dead_handles(handles: Path) -> None:
@@ -166,8 +208,12 @@ def main() -> None:
     }
     gateway_settings = GatewaySettings()
     gateway_url = f"http://{gateway_settings.host}:{gateway_settings.port}"
-    gateway = Service("gateway", "services.gateway", gateway_url, lambda: _http_ok(f"{gateway_url}/health"))
-    services = [*grpc_services, gateway]
+    gateway = Service("gateway", "services.gateway", gateway_url, lambda: _http_ok(f"{gateway_url}/health/ready"))
+    dependencies = [_postgres_dependency(postgres, database_url)] if postgres is not None else []
+    dependencies += [_nats_dependency(nats)] if nats is not None else []
+    for dependency in dependencies:
+        dependency.state, dependency.started_at = "running", time.monotonic()
+    services = [*dependencies, *grpc_services, gateway]
     supervisor = Supervisor(services, status_file=data_dir / "supervisor.json")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     # Ctrl-C stops the mesh even when started from a shell that ignores SIGINT in background jobs.
@@ -214,11 +260,7 @@ def main() -> None:
     except KeyboardInterrupt:
         pass
     finally:
-        supervisor.stop()
-        if nats is not None:
-            nats.stop()
-        if postgres is not None:
-            postgres.cleanup()
+        supervisor.stop()  # the services, then NATS and PostgreSQL
 
 
 if __name__ == "__main__":

@@ -164,9 +164,9 @@ def status() -> None:
         return
     colour = {"ok": "green", "degraded": "yellow"}.get(health.get("status"), "red")
     console.print(f"mesh: [{colour}]{health.get('status')}[/{colour}]  current model: {health.get('current_model')}")
-    _show(
-        [{"service": name, "state": state} for name, state in health.get("services", {}).items()], ["service", "state"]
-    )
+    rows = [{"service": name, "state": state} for name, state in health.get("services", {}).items()]
+    rows += [{"service": name, "state": dep["state"]} for name, dep in health.get("dependencies", {}).items()]
+    _show(rows, ["service", "state"])
     _show([m for m in models if m.get("type") == "chat"], ["id", "backend", "state", "context_length"], "models")
     if queue.status_code == 200:
         _show(queue.json()["models"], ["model", "state", "running", "waiting"], "queue")

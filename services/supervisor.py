@@ -20,6 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from services.common.exit_codes import IDLE_SHUTDOWN_EXIT_CODE
+
 log = logging.getLogger("llmmesh.supervisor")
 
 FIRST_BACKOFF_SECONDS = 1.0
@@ -67,6 +69,69 @@ class Service:
     def exited(self) -> bool:
         return self.process is not None and self.process.poll() is not None
 
+    def exit_cause(self) -> str:
+        assert self.process is not None and self.process.returncode is not None
+        return describe_exit(self.process.returncode)
+
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
+
+    def idle_shutdown(self) -> bool:
+        """Whether it ended itself for being idle: the documented way for the mesh to stop."""
+        return self.process is not None and self.process.returncode == IDLE_SHUTDOWN_EXIT_CODE
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+
+    def wait(self) -> None:
+        if self.process:
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+
+@dataclass
+class Dependency(Service):
+    """A server the services need (the embedded NATS, PostgreSQL): watched, and restarted with
+    backoff on the same data directory when it dies, like a service. `launch` starts it (blocking
+    until it serves) and raises when it cannot; `alive` tells whether it still runs; `halt` stops it."""
+
+    launch: Callable[[], object] = lambda: None
+    alive: Callable[[], bool] = lambda: True
+    halt: Callable[[], None] = lambda: None
+    describe: Callable[[], str] = lambda: "died"  # how it ended, once not alive
+    server_pid: Callable[[], int | None] = lambda: None
+    cause: str = ""
+
+    def start(self) -> None:
+        self.state, self.started_at = "starting", time.monotonic()
+        try:
+            self.launch()
+            self.cause = ""
+        except Exception as error:  # noqa: BLE001 - a failed start is retried with backoff, like a crash
+            self.cause = f"failed to start: {error}"
+            log.error("%s %s", self.name, self.cause)
+
+    def exited(self) -> bool:
+        return bool(self.cause) or not self.alive()
+
+    def exit_cause(self) -> str:
+        return self.cause or self.describe()
+
+    def pid(self) -> int | None:
+        return self.server_pid()
+
+    def idle_shutdown(self) -> bool:
+        return False
+
+    def stop(self) -> None:
+        self.halt()
+
+    def wait(self) -> None:
+        pass
+
 
 class Supervisor:
     def __init__(self, services: list[Service], status_file: Path | None = None) -> None:
@@ -79,11 +144,12 @@ class Supervisor:
         changed = False
         for service in self.services:
             if service.state in ("starting", "running") and service.exited():
-                assert service.process is not None
-                if service.process.returncode == 0:  # it stopped on its own, cleanly: idle shutdown
+                if service.idle_shutdown():  # nobody used it: the documented stop
                     log.warning("%s stopped on its own (idle shutdown): stopping the mesh", service.name)
                     raise SystemExit(0)
-                service.last_exit = describe_exit(service.process.returncode)
+                # Anything else, a clean exit after a stray SIGTERM included, is restarted, as a
+                # Kubernetes restart policy would: only the launcher's own stop ends the mesh.
+                service.last_exit = service.exit_cause()
                 if service.state == "running" and now - service.started_at >= STABLE_SECONDS:
                     service.backoff = FIRST_BACKOFF_SECONDS
                 service.state, service.next_start = "restarting", now + service.backoff
@@ -116,7 +182,8 @@ class Supervisor:
                 "state": service.state,
                 "restarts": service.restarts,
                 "last_exit": service.last_exit,
-                "pid": service.process.pid if service.process is not None else None,
+                "pid": service.pid(),
+                "kind": "dependency" if isinstance(service, Dependency) else "service",
             }
             for service in self.services
         }
@@ -125,15 +192,15 @@ class Supervisor:
         temporary.replace(self.status_file)  # readers never see half a file
 
     def stop(self) -> None:
-        """SIGTERM to every service (the gateway first), then wait for each to drain."""
-        for service in reversed(self.services):
+        """SIGTERM to every service (the gateway first), wait for each to drain, then stop the
+        dependencies (listed first: they stop last)."""
+        services = [s for s in self.services if not isinstance(s, Dependency)]
+        for service in reversed(services):
             service.state = "stopped"
-            if service.process and service.process.poll() is None:
-                service.process.send_signal(signal.SIGTERM)
-        for service in reversed(self.services):
-            if service.process:
-                try:
-                    service.process.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    service.process.kill()
+            service.stop()
+        for service in reversed(services):
+            service.wait()
+        for dependency in reversed([s for s in self.services if isinstance(s, Dependency)]):
+            dependency.state = "stopped"
+            dependency.stop()
         self.write_status()

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import signal
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -191,6 +192,7 @@ class GrpcService(Generic[SettingsT]):
     settings: SettingsT
     _grpc: GrpcServer | None = None
     _metrics: Any = None
+    exit_code: int = 0  # the process's exit status once stopped (services/common/exit_codes.py)
 
     @property
     def metrics_port(self) -> int | None:
@@ -231,7 +233,8 @@ async def wait_for_shutdown_signal() -> None:
 
 
 def run_service(service: GrpcService[Any]) -> None:
-    """A service process's main: serve until SIGINT/SIGTERM, then shut down gracefully."""
+    """A service process's main: serve until SIGINT/SIGTERM, then shut down gracefully; the
+    process exits with the service's `exit_code` (0, or one of services/common/exit_codes.py)."""
     name = type(service).__name__.removesuffix("Server").lower()
     configure_logging(service.settings.log_level, name)
     tracing.configure_tracing(name, service.settings.otlp_endpoint)
@@ -247,6 +250,8 @@ def run_service(service: GrpcService[Any]) -> None:
         await service.stop()
 
     asyncio.run(serve())
+    if service.exit_code:
+        sys.exit(service.exit_code)
 
 
 SHUTDOWN_MARGIN_SECONDS = 20.0

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import asyncpg
+
+from services.common.errors import Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -28,9 +31,30 @@ _DROPPED = (
 )
 
 
+# PostgreSQL cannot be reached at all (down, restarting, refusing connections): the caller gets
+# Unavailable (503 with Retry-After, gRPC UNAVAILABLE), never an internal error.
+_UNREACHABLE = (
+    OSError,
+    TimeoutError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.PostgresConnectionError,
+    *_DROPPED,
+)
+RETRY_AFTER_SECONDS = 2
+
+
+def database_unavailable(error: BaseException) -> Unavailable:
+    return Unavailable(
+        f"The database is unavailable ({type(error).__name__}); retry shortly.",
+        reason="DATABASE_UNAVAILABLE",
+        retry_after_seconds=RETRY_AFTER_SECONDS,
+    )
+
+
 class RetryingPool:
     """A pool whose statements survive connections that PostgreSQL dropped: each is retried on
-    a fresh connection, as often as the pool may hold stale ones. Anything else is the pool's."""
+    a fresh connection, as often as the pool may hold stale ones. A database that cannot be
+    reached is `Unavailable`; anything else is the pool's."""
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
@@ -50,14 +74,27 @@ class RetryingPool:
     async def fetchval(self, *args: Any) -> Any:
         return await self._retried(self._pool.fetchval, *args)
 
+    @contextlib.asynccontextmanager
+    async def acquire(self) -> AsyncIterator[asyncpg.Connection]:
+        """A connection for a transaction; the database out of reach, at the start or within, is
+        Unavailable (the transaction did not commit)."""
+        try:
+            async with self._pool.acquire() as connection:
+                yield connection
+        except _UNREACHABLE as error:
+            raise database_unavailable(error) from error
+
     async def _retried(self, method: Callable[..., Awaitable[Any]], *args: Any) -> Any:
-        for _ in range(POOL_SIZE):
-            try:
-                return await method(*args)
-            except _DROPPED as error:
-                log.warning("PostgreSQL dropped a pooled connection (%s); sending the statement again", error)
-                await self._pool.expire_connections()  # its siblings went with it: replace them all
-        return await method(*args)
+        try:
+            for _ in range(POOL_SIZE):
+                try:
+                    return await method(*args)
+                except _DROPPED as error:
+                    log.warning("PostgreSQL dropped a pooled connection (%s); sending the statement again", error)
+                    await self._pool.expire_connections()  # its siblings went with it: replace them all
+            return await method(*args)
+        except _UNREACHABLE as error:
+            raise database_unavailable(error) from error
 
 
 async def migrate(pool: asyncpg.Pool, component: str, migrations: Sequence[str]) -> None:

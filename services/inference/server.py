@@ -9,6 +9,7 @@ import signal
 
 from llmmesh.inference.v1 import inference_service_pb2_grpc as pb_grpc
 from services.common.artifacts import ArtifactSettings, ArtifactStore
+from services.common.exit_codes import IDLE_SHUTDOWN_EXIT_CODE
 from services.common.grpc_server import GrpcService, start_grpc_server
 from services.common.registry import ModelRegistry
 from services.inference.adapters import AdapterStore
@@ -99,6 +100,7 @@ class InferenceServer(GrpcService[InferenceSettings]):
                 last = self.models.last_activity or started
                 if idle_limit and not self.models.busy and asyncio.get_running_loop().time() - last >= idle_limit:
                     log.warning("no requests for %.0f s (idle_shutdown_seconds): shutting down", idle_limit)
+                    self.exit_code = IDLE_SHUTDOWN_EXIT_CODE  # the launcher stops the mesh, not restarts it
                     os.kill(os.getpid(), signal.SIGTERM)  # the same graceful path as an operator's SIGTERM
                     return
             except Exception:

@@ -229,7 +229,7 @@ class Scheduler:
                     await self._sweep()
                 while await self.callbacks.deliver_due():
                     pass
-            except (asyncpg.PostgresError, OSError) as error:
+            except (asyncpg.PostgresError, OSError, Unavailable) as error:  # the database is away
                 log.warning("housekeeping: %s", error)
             except Exception:  # noqa: BLE001 - one bad round must not end housekeeping for good
                 LOOP_ERRORS.labels("housekeeping").inc()

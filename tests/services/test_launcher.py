@@ -71,6 +71,8 @@ async def test_mesh_starts_answers_and_stops_on_ctrl_c(tmp_path) -> None:
             assert '"state":"succeeded"' in lines[-1] and "[mock-text:mock] later" in lines[-1]
             assert (await http.get("/v1/adapters")).json() == {"object": "list", "data": []}  # the trainer is up
             await _inference_heals_after_kill_9(http, tmp_path / "data" / "supervisor.json")
+            for dependency in ("nats", "postgres"):
+                await _a_dependency_heals_after_kill_9(http, tmp_path / "data" / "supervisor.json", dependency)
         await _nats_refuses_clients_without_credentials(banner)
         os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
         async with asyncio.timeout(60):
@@ -120,6 +122,58 @@ async def _inference_heals_after_kill_9(http: httpx.AsyncClient, status_file) ->
     assert (await http.get("/health")).json()["restarts"] == {"inference": 1}
 
 
+async def _job(http: httpx.AsyncClient, text: str) -> dict | None:
+    """A chat job on the background slot (mock), followed to its end; None when the queue
+    answered 503 (with Retry-After): it is away, and the job was not accepted."""
+    submitted = await http.post(
+        "/internal/queue/enqueue",
+        json={"job_type": "chat", "request": {"messages": [{"role": "user", "content": text}]}},
+    )
+    if submitted.status_code == 503 and submitted.headers.get("retry-after"):
+        return None
+    assert submitted.status_code == 202, submitted.text
+    async with http.stream("GET", f"/v1/jobs/{submitted.json()['id']}/events") as events:
+        lines = [line async for line in events.aiter_lines() if line.startswith("data: {")]
+    return dict(json.loads(lines[-1].removeprefix("data: ")))
+
+
+async def _a_dependency_heals_after_kill_9(http: httpx.AsyncClient, status_file, name: str) -> None:
+    """kill -9 of the embedded nats-server or PostgreSQL: /health says so while it is down (503
+    degraded, never "ok"), APIs that need it answer 503 with Retry-After (never a 500 or a hang),
+    the launcher starts it again on the same data, and nothing accepted is lost or run twice."""
+    before = await _job(http, f"before {name}")
+    assert before is not None and before["state"] == "succeeded" and before["attempt"] == 1
+    pid = json.loads(status_file.read_text())["services"][name]["pid"]
+    killed = time.monotonic()
+    os.kill(pid, signal.SIGKILL)
+    seen_down = False
+    async with asyncio.timeout(120):  # the bound on recovery
+        while True:
+            health = await http.get("/health")
+            state = health.json().get("dependencies", {}).get(name, {})
+            if state.get("state") == "SERVING" and state.get("restarts") == 1:
+                break
+            if state.get("state") != "SERVING":
+                seen_down = True
+                assert health.status_code == 503 and health.json()["status"] == "degraded", health.text
+                assert name in health.json()["down"]
+            jobs = await http.get("/v1/jobs")
+            assert jobs.status_code in (200, 503), jobs.text  # the job store away: 503, never a 500
+            if jobs.status_code == 503:
+                assert jobs.headers.get("retry-after"), jobs.headers
+            await asyncio.sleep(0.1)  # polling the launcher's view
+    print(f"{name} recovered {time.monotonic() - killed:.1f} s after kill -9")
+    assert seen_down, f"/health never said {name} was down"
+    status = json.loads(status_file.read_text())["services"][name]
+    assert status["last_exit"] and status["pid"] != pid
+    async with asyncio.timeout(60):  # clients reconnect by themselves: a new job is accepted and runs
+        while (after := await _job(http, f"after {name}")) is None:
+            await asyncio.sleep(0.5)
+    assert after["state"] == "succeeded", after
+    listed = (await http.get(f"/v1/jobs/{before['id']}")).json()  # still there, run once
+    assert listed["state"] == "succeeded" and listed["attempt"] == 1
+
+
 async def test_a_killed_launcher_leaves_nothing_behind_and_the_next_run_starts(tmp_path) -> None:
     inherited = {
         k: v for k, v in os.environ.items() if not k.startswith("LLMMESH_") and k not in ("DATABASE_URL", "NATS_URL")
@@ -141,7 +195,7 @@ async def test_a_killed_launcher_leaves_nothing_behind_and_the_next_run_starts(t
     process, _ = await start_launcher(mesh_env())
     try:
         status = json.loads((tmp_path / "data" / "supervisor.json").read_text())["services"]
-        children = [psutil.Process(service["pid"]) for service in status.values()]
+        children = [psutil.Process(service["pid"]) for service in status.values() if service["kind"] == "service"]
         children.append(psutil.Process(int((tmp_path / "data" / "nats" / "nats-server.pid").read_text())))
         os.kill(process.pid, signal.SIGKILL)  # not the group: the children must notice by themselves
         await process.wait()

@@ -1,9 +1,9 @@
 """GET /health: the gateway and every upstream service.
 
-Inference is required: without it the gateway answers 503. Another upstream
-(embeddings, scheduler)
-being down leaves the gateway up ("degraded"), so that a readiness probe does
-not take chat down with embeddings.
+Inference is required: without it the gateway answers 503 "unavailable". Another
+upstream (embeddings, scheduler) or, under `make run`, the embedded NATS or PostgreSQL
+being down is 503 "degraded", naming what is down. A load balancer's readiness probe
+uses /health/ready instead, so that embeddings being down does not take chat down.
 """
 
 from __future__ import annotations
@@ -61,18 +61,50 @@ async def health(
     for name, state in supervised.items():  # under `make run`: a crashed service is being restarted
         if name in services and state.get("state") in ("restarting", "starting") and services[name] != "SERVING":
             services[name] = "RESTARTING"
+    # Under `make run`, the embedded NATS and PostgreSQL, as the launcher last saw them.
+    dependencies = {
+        name: {
+            "state": "SERVING" if state.get("state") == "running" else str(state.get("state", "unknown")).upper(),
+            "restarts": state.get("restarts", 0),
+            "last_exit": state.get("last_exit", ""),
+        }
+        for name, state in supervised.items()
+        if state.get("kind") == "dependency"
+    }
+    down = [name for name, value in services.items() if value != "SERVING"]
+    down += [name for name, value in dependencies.items() if value["state"] != "SERVING"]
     if inference_status != "SERVING":
         status, code = "unavailable", 503
-    elif any(value != "SERVING" for value in services.values()):
-        status, code = "degraded", 200
+    elif down:  # truthful: something the mesh needs is away (readiness to serve chat: /health/ready)
+        status, code = "degraded", 503
     else:
         status, code = "ok", 200
     body: dict[str, Any] = {"status": status, "services": services}
+    if dependencies:
+        body["dependencies"] = dependencies
+    if down:
+        body["down"] = down
     if restarts := {name: state["restarts"] for name, state in supervised.items() if state.get("restarts")}:
         body["restarts"] = restarts
     if inference_status == "SERVING":
         body.update(await _model_and_queue(inference))
     return JSONResponse(body, status_code=code)
+
+
+@router.get("/health/ready")
+async def ready(
+    request: Request,
+    settings: GatewaySettings = Depends(get_settings),
+    inference: InferenceClient = Depends(get_inference),
+) -> JSONResponse:
+    """Readiness: whether this gateway can answer model requests now (not draining, inference
+    serving). A load balancer's probe: embeddings or the job queue being away must not take
+    chat out of rotation; /health says what is degraded."""
+    if request.app.state.drain.draining:
+        return JSONResponse({"ready": False, "reason": "draining"}, status_code=503)
+    if await inference.health(settings.health_timeout_seconds) != "SERVING":
+        return JSONResponse({"ready": False, "reason": "inference is not serving"}, status_code=503)
+    return JSONResponse({"ready": True})
 
 
 async def _model_and_queue(inference: InferenceClient) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from typing import Any
 import asyncpg
 from fastapi import APIRouter, Depends, Request, Response
 
-from services.common.errors import FailedPrecondition
+from services.common.errors import FailedPrecondition, Unavailable
 from services.gateway.admission import DOORS, admit
 from services.gateway.auth import Caller, get_caller
 from services.gateway.config import GatewaySettings
@@ -66,7 +66,7 @@ async def create_response(
         answer = ChatMessage(Role.ASSISTANT, text, tool_calls=calls)
         try:
             return await store.save(response_id, caller.owner, (*body.turns(history), answer))
-        except (OSError, asyncpg.PostgresError) as error:  # the answer still goes out, marked not stored
+        except (OSError, asyncpg.PostgresError, Unavailable) as error:  # the answer goes out, marked not stored
             log.warning("response %s not stored: %s", response_id, error)
             return False
 

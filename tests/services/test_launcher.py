@@ -141,6 +141,9 @@ async def _a_dependency_heals_after_kill_9(http: httpx.AsyncClient, status_file,
     """kill -9 of the embedded nats-server or PostgreSQL: /health says so while it is down (503
     degraded, never "ok"), APIs that need it answer 503 with Retry-After (never a 500 or a hang),
     the launcher starts it again on the same data, and nothing accepted is lost or run twice."""
+    async with asyncio.timeout(120):  # a healthy mesh first (a restarted inference loads its model)
+        while (await http.get("/health")).status_code != 200:
+            await asyncio.sleep(0.2)
     before = await _job(http, f"before {name}")
     assert before is not None and before["state"] == "succeeded" and before["attempt"] == 1
     pid = json.loads(status_file.read_text())["services"][name]["pid"]

@@ -115,9 +115,7 @@ def _postgres_dependency(server: Any, database_url: str) -> Dependency:
         if server.get_uri() != database_url:  # the services were told the first address
             raise RuntimeError(f"PostgreSQL came back at {server.get_uri()}, not {database_url}")
 
-    return Dependency(
-        "postgres", "", database_url, launch=launch, alive=alive, halt=server.cleanup, server_pid=pid
-    )
+    return Dependency("postgres", "", database_url, launch=launch, alive=alive, halt=server.cleanup, server_pid=pid)
 
 
 def _nats_dependency(nats: EmbeddedNats) -> Dependency:

@@ -103,8 +103,15 @@ def _postgres_dependency(server: Any, database_url: str) -> Dependency:
     from pgserver.utils import PostmasterInfo
 
     def alive() -> bool:
+        # Not pgserver's is_running: a killed postmaster is not our child, and until whoever
+        # adopted it reaps it, it is a zombie that psutil still counts as running.
+        import psutil
+
         info = PostmasterInfo.read_from_pgdata(server.pgdata)
-        return info is not None and info.is_running()
+        try:
+            return info is not None and psutil.Process(info.pid).status() != psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            return False
 
     def pid() -> int | None:
         info = PostmasterInfo.read_from_pgdata(server.pgdata)
@@ -115,7 +122,12 @@ def _postgres_dependency(server: Any, database_url: str) -> Dependency:
         if server.get_uri() != database_url:  # the services were told the first address
             raise RuntimeError(f"PostgreSQL came back at {server.get_uri()}, not {database_url}")
 
-    return Dependency("postgres", "", database_url, launch=launch, alive=alive, halt=server.cleanup, server_pid=pid)
+    def cause() -> str:
+        return f"postmaster (pid {pid()}) is gone"
+
+    return Dependency(
+        "postgres", "", database_url, launch=launch, alive=alive, halt=server.cleanup, describe=cause, server_pid=pid
+    )
 
 
 def _nats_dependency(nats: EmbeddedNats) -> Dependency:

@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from services.common.errors import ModelNotFound
+from services.common.errors import ModelNotFound, Unavailable
 from services.embeddings.batcher import MicroBatcher
 from services.embeddings.config import EmbeddingsSettings
 from services.embeddings.domain import (
@@ -54,7 +54,12 @@ class EmbeddingsEngine:
 
     @property
     def encoder(self) -> SentenceEncoder:
-        assert self._encoder is not None, "engine not loaded"
+        """The loaded model; while it loads (a start, a restart), calls are Unavailable with a
+        Retry-After, never an internal error: the service answers health checks meanwhile."""
+        if self._encoder is None:
+            raise Unavailable(
+                "The embeddings model is still loading; retry shortly.", reason="MODEL_LOADING", retry_after_seconds=1
+            )
         return self._encoder
 
     def resolve(self, model: str) -> str:
@@ -65,8 +70,8 @@ class EmbeddingsEngine:
 
     async def embed(self, request: EmbedRequest) -> EmbedResult:
         model = self.resolve(request.model)
-        request.validate(self.limits, self.encoder.dimensions)
-        assert self.batcher is not None
+        request.validate(self.limits, self.encoder.dimensions)  # Unavailable until loaded
+        assert self.batcher is not None  # made with the encoder
         encoded = await self.batcher.submit(request.texts)
         dimensions = request.dimensions or self.encoder.dimensions
         return EmbedResult(

@@ -27,7 +27,7 @@ from services.gateway.auth import mint_jwt
 from services.gateway.config import GatewaySettings, local_secret, local_settings
 from services.inference.config import InferenceSettings
 from services.scheduler.config import SchedulerSettings
-from services.supervisor import Dependency, Service, Supervisor, describe_exit
+from services.supervisor import Dependency, Service, Supervisor, adopt_orphans, describe_exit
 from services.trainer.config import TrainerSettings
 
 STARTUP_TIMEOUT_SECONDS = 300
@@ -144,9 +144,15 @@ def _nats_dependency(nats: EmbeddedNats) -> Dependency:
     def pid() -> int | None:
         return nats.process.pid if nats.process is not None else None
 
-    return Dependency(
-        "nats", "", nats.url, launch=nats.start, alive=alive, halt=nats.stop, describe=cause, server_pid=pid
+    def launch() -> None:
+        nats.start()
+        dependency.process = nats.process  # a Popen of ours: its poll() reaps it, not the orphan reaper
+
+    dependency = Dependency(
+        "nats", "", nats.url, launch=launch, alive=alive, halt=nats.stop, describe=cause, server_pid=pid
     )
+    dependency.process = nats.process
+    return dependency
 
 
 def _forget_dead_handles(handles: Path) -> None:
@@ -164,6 +170,7 @@ def _forget_dead_handles(handles: Path) -> None:
 
 
 def main() -> None:
+    adopt_orphans()  # before PostgreSQL starts: its postmaster becomes ours to reap
     inference_settings, scheduler_settings = InferenceSettings(), SchedulerSettings()
     data_dir = inference_settings.data_dir.resolve()
     database_url, postgres = inference_settings.database_url or scheduler_settings.database_url, None

@@ -28,6 +28,16 @@ FIRST_BACKOFF_SECONDS = 1.0
 MAX_BACKOFF_SECONDS = 30.0
 STABLE_SECONDS = 60.0  # up this long after a restart: the next crash starts the backoff over
 _PR_SET_PDEATHSIG = 1
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+def adopt_orphans() -> None:
+    """Make this process the reaper of its orphaned descendants (Linux): PostgreSQL's postmaster,
+    which pg_ctl leaves behind, is then this process's child, and when it is killed it is reaped
+    here (Supervisor.reap_orphans) instead of lingering as a zombie that looks alive and keeps
+    PostgreSQL from starting again."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1)
 
 
 def die_with_parent(parent: int) -> None:
@@ -138,8 +148,22 @@ class Supervisor:
         self.services = services
         self.status_file = status_file
 
+    def reap_orphans(self) -> None:
+        """Reap exited children that no Popen owns (adopted orphans); a Popen's own child is left
+        for its poll(), which needs its exit status."""
+        owned = {service.process.pid for service in self.services if service.process is not None}
+        while True:
+            try:
+                exited = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            except ChildProcessError:
+                return
+            if exited is None or exited.si_pid in owned:
+                return
+            os.waitpid(exited.si_pid, 0)
+
     def check(self) -> None:
         """One round: notice crashes, restart what is due, mark what became ready."""
+        self.reap_orphans()
         now = time.monotonic()
         changed = False
         for service in self.services:

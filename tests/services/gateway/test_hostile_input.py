@@ -217,8 +217,9 @@ async def test_sigterm_ends_open_streams_with_an_error_event_and_done(inference,
 
 
 async def _healthy(http: httpx.AsyncClient) -> bool:
+    """Ready to answer model requests (this gateway has inference alone: /health says degraded)."""
     try:
-        return (await http.get("/health")).status_code == 200
+        return (await http.get("/health/ready")).status_code == 200
     except httpx.TransportError:
         return False
 
@@ -234,11 +235,12 @@ async def test_health_is_503_while_draining(inference) -> None:
     app = build_app(settings)
     server, task, url = await serve_http(app, grace_seconds=1)
     async with httpx.AsyncClient(base_url=url, timeout=30) as http:
-        assert (await http.get("/health")).status_code == 200
+        assert (await http.get("/health/ready")).status_code == 200
         app.state.drain.begin()
         await asyncio.sleep(0)  # begin() hands over to the event loop
         response = await http.get("/health")
         assert response.status_code == 503 and response.json()["status"] == "draining"
+        assert (await http.get("/health/ready")).json() == {"ready": False, "reason": "draining"}
     server.should_exit = True
     await task
 

@@ -7,6 +7,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
 from llmmesh.inference.v1 import inference_service_pb2 as pb
+from services.common.exit_codes import IDLE_SHUTDOWN_EXIT_CODE
 from services.inference.server import InferenceServer, model_health_name
 from tests.conftest import GEMMA
 
@@ -157,5 +158,5 @@ def test_idle_shutdown_ends_the_service_cleanly(tmp_path) -> None:
     process = subprocess.run(
         [sys.executable, "-m", "services.inference"], env=env, capture_output=True, text=True, timeout=120
     )
-    assert process.returncode == 0, process.stderr[-2000:]
+    assert process.returncode == IDLE_SHUTDOWN_EXIT_CODE, process.stderr[-2000:]  # the launcher stops the mesh
     assert "idle_shutdown_seconds" in process.stderr

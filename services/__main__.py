@@ -103,8 +103,9 @@ def _postgres_dependency(server: Any, database_url: str) -> Dependency:
     from pgserver.utils import PostmasterInfo
 
     def alive() -> bool:
-        # Not pgserver's is_running: a killed postmaster is not our child, and until whoever
-        # adopted it reaps it, it is a zombie that psutil still counts as running.
+        # Not pgserver's is_running: psutil counts a zombie as running. The launcher adopts the
+        # postmaster and reaps it each round (adopt_orphans), but a kill between two rounds
+        # leaves a zombie for up to half a second.
         import psutil
 
         info = PostmasterInfo.read_from_pgdata(server.pgdata)

@@ -24,8 +24,9 @@ from pathlib import Path
 from llmmesh.trainer.v1 import trainer_service_pb2 as pb
 from services.common.artifacts import ArtifactSettings, ArtifactStore
 from services.common.registry import ModelRegistry, ModelSpec
+from services.inference.api import ChatMessage, Role, SamplingParams
 from services.inference.backends.gguf import GGUFBackend
-from services.inference.domain import ChatMessage, GenerationRequest, Role, SamplingParams
+from services.inference.generation import GenerationRequest
 from services.trainer.config import TrainerSettings, TrainingDefaults
 from services.trainer.domain import Hyperparameters, TrainingPlan
 from services.trainer.engine import Trainer

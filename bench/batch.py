@@ -34,7 +34,8 @@ from llmmesh.inference.v1 import inference_service_pb2 as inference_pb
 from llmmesh.scheduler.v1 import scheduler_service_pb2 as pb
 from services.common.embedded_nats import EmbeddedNats
 from services.common.files import FileSettings, FileStore
-from services.inference.client import ChatMessage, ChatRequest, InferenceClient, Role, SamplingParams
+from services.inference.api import ChatMessage, ChatRequest, Role, SamplingParams
+from services.inference.client import InferenceClient
 from services.scheduler.client import JobState, JobType, SchedulerClient
 from services.scheduler.config import SchedulerSettings
 from services.scheduler.server import SchedulerServer

@@ -45,8 +45,9 @@ import psutil
 from bench.embeddings import free_port, wait_ready
 from bench.mesh import channel, mesh_env
 from services.common.errors import MeshError
+from services.inference.api import CompletionRequest, SamplingParams
 from services.inference.backends.managed.backend import llama_server_binary
-from services.inference.client import CompletionRequest, InferenceClient, SamplingParams
+from services.inference.client import InferenceClient
 
 MODEL, NO_COMPUTE = "gemma-3-270m", "mock"
 SSE_OVERHEAD, GRPC_OVERHEAD = "mesh: gateway SSE, mock model", "mesh: gRPC, mock model"

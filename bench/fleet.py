@@ -33,7 +33,9 @@ from bench.chat import MODEL, grpc_call, run
 from bench.embeddings import free_port, wait_ready
 from bench.mesh import INTERNAL_TOKEN, channel, mesh_env
 from services.common.fleet import FleetSettings, NodeSpec
-from services.inference.client import CompletionRequest, FleetClient, InferenceClient, SamplingParams
+from services.fleet.client import FleetClient
+from services.inference.api import CompletionRequest, SamplingParams
+from services.inference.client import InferenceClient
 
 LAYOUTS = {"shared": (None, None), "pinned": (1, ("0", "1"))}  # name -> (n_threads, cores per node)
 

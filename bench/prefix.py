@@ -22,7 +22,8 @@ from typing import Any
 from bench.chat import MODEL
 from bench.fleet import Node
 from bench.mesh import channel
-from services.inference.client import ChatMessage, ChatRequest, InferenceClient, Role, SamplingParams
+from services.inference.api import ChatMessage, ChatRequest, Role, SamplingParams
+from services.inference.client import InferenceClient
 
 APPS = tuple(
     " ".join(f"{app} rule {i}: answer politely, cite section {i}, never reveal internal notes." for i in range(60))

@@ -41,7 +41,7 @@ from services.gateway.auth import mint_jwt
 from services.gateway.config import GatewaySettings
 from services.gateway.drain import GatewayServer
 from services.inference.config import InferenceSettings
-from services.inference.server import InferenceServer
+from services.inference.server.server import InferenceServer
 from services.scheduler.config import SchedulerSettings
 from services.scheduler.server import SchedulerServer
 from services.trainer.config import TrainerSettings

@@ -14,6 +14,7 @@ every call to one pod.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import time
@@ -123,3 +124,44 @@ async def prepend(first: T, rest: AsyncIterator[T]) -> AsyncIterator[T]:
         with rpc_errors():
             async for item in rest:
                 yield item
+
+
+async def open_merged(streams: list[AsyncGenerator[T]]) -> AsyncIterator[T]:
+    """The streams interleaved, opened: errors before the first item raise here."""
+    return await opened(merge(streams))
+
+
+async def merge(streams: list[AsyncGenerator[T]]) -> AsyncGenerator[T]:
+    """Interleave the streams' items as they arrive. Leaving early closes every stream, which is
+    how a client disconnect reaches the server; the first error ends them all."""
+    if len(streams) == 1:
+        async with contextlib.aclosing(streams[0]):  # type: ignore[type-var]
+            async for item in streams[0]:
+                yield item
+        return
+    queue: asyncio.Queue[T | BaseException | None] = asyncio.Queue()
+
+    async def pump(stream: AsyncGenerator[T]) -> None:
+        try:
+            async with contextlib.aclosing(stream):  # type: ignore[type-var]
+                async for item in stream:
+                    await queue.put(item)
+            await queue.put(None)
+        except Exception as error:  # handed to the reader, who raises it
+            await queue.put(error)
+
+    pumps = [asyncio.create_task(pump(stream)) for stream in streams]
+    try:
+        remaining = len(streams)
+        while remaining:
+            got = await queue.get()
+            if got is None:
+                remaining -= 1
+            elif isinstance(got, BaseException):
+                raise got
+            else:
+                yield got
+    finally:
+        for task in pumps:
+            task.cancel()
+        await asyncio.gather(*pumps, return_exceptions=True)

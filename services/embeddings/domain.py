@@ -3,24 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import StrEnum
 
 import numpy as np
 
 from llmmesh.embeddings.v1 import embeddings_service_pb2 as pb
 from services.common.errors import InvalidArgument
+from services.common.proto_enum import ProtoEnum
 
 
-class Scorer(StrEnum):
+class Scorer(ProtoEnum):
+    __pb__ = pb.Scorer
+
     COSINE = "cosine"
     CROSS_ENCODER = "cross_encoder"
-
-    def to_pb(self) -> pb.Scorer.ValueType:
-        return pb.Scorer.Value(f"SCORER_{self.name}")
-
-    @classmethod
-    def from_pb(cls, value: pb.Scorer.ValueType) -> Scorer:
-        return cls[pb.Scorer.Name(value).removeprefix("SCORER_")]
 
 
 @dataclass(frozen=True)

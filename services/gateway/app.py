@@ -13,6 +13,7 @@ from services.common.files import FileStore
 from services.common.grpc_client import open_channel
 from services.common.postgres import open_pool
 from services.embeddings.client import EmbeddingsClient
+from services.fleet.client import FleetClient
 from services.gateway.analytics import MetricsHistory
 from services.gateway.api_keys import ApiKeyStore
 from services.gateway.auth import Authenticator
@@ -40,7 +41,6 @@ from services.gateway.routers import (
     responses,
     training,
 )
-from services.inference.client import FleetClient
 from services.scheduler.client import SchedulerClient
 from services.trainer.client import TrainerClient
 

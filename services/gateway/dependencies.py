@@ -16,11 +16,13 @@ from services.common.errors import Cancelled
 from services.common.files import FileStore
 from services.common.grpc_client import prepend
 from services.embeddings.client import EmbeddingsClient
+from services.fleet.client import FleetClient
 from services.gateway.auth import Caller
 from services.gateway.config import GatewaySettings
 from services.gateway.response_store import ResponseStore
 from services.gateway.sse import Framing, Payload, sse_response
-from services.inference.client import Completed, FleetClient, StreamEvent
+from services.inference.api import Completed, StreamEvent
+from services.inference.client import InferenceClient
 from services.scheduler.client import SchedulerClient
 from services.trainer.client import TrainerClient
 
@@ -34,6 +36,11 @@ async def get_settings(request: Request) -> GatewaySettings:
 
 async def get_inference(request: Request) -> FleetClient:
     return request.app.state.inference
+
+
+async def get_home_inference(request: Request) -> InferenceClient:
+    """The home inference service: administration, queues and embeddings never route."""
+    return request.app.state.inference.home
 
 
 async def get_response_store(request: Request) -> ResponseStore | None:

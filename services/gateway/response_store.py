@@ -13,7 +13,7 @@ import asyncpg
 from llmmesh.inference.v1 import inference_service_pb2 as inference_pb
 from services.common.errors import NotFound
 from services.common.postgres import migrate
-from services.inference.client import ChatMessage, ChatRequest
+from services.inference.api import ChatMessage, ChatRequest
 
 MIGRATIONS = [
     """

@@ -22,7 +22,7 @@ from fastapi.responses import StreamingResponse
 from services.common.errors import MeshError, Unavailable, http_status
 from services.gateway.drain import Drain
 from services.gateway.errors import anthropic_error_body, error_body, mesh_error_body
-from services.inference.client import FinishReason, StreamEvent, Usage
+from services.inference.api import FinishReason, StreamEvent, Usage
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from pydantic_settings import SettingsConfigDict
 
 from services.common.config import ServiceSettings
 from services.common.registry import DEFAULT_MODELS_FILE
-from services.inference.model_manager import Budget
+from services.inference.server.model_manager import Budget
 
 
 class InferenceSettings(ServiceSettings):

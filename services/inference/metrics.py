@@ -22,7 +22,7 @@ from services.common.metrics import (
     TOKEN_LATENCY_BUCKETS,
     TTFT_BUCKETS,
 )
-from services.inference.domain import Chunk, FinishReason
+from services.inference.api import Chunk, FinishReason
 
 log = logging.getLogger(__name__)
 

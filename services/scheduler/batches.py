@@ -28,7 +28,8 @@ from llmmesh.scheduler.v1 import scheduler_service_pb2 as pb
 from services.common.errors import InvalidArgument, MeshError, http_status
 from services.common.files import FileStore
 from services.embeddings.client import EmbeddingsClient, EmbedRequest
-from services.inference.client import ChatMessage, ChatRequest, Completed, CompletionRequest, FleetClient, Role
+from services.fleet.client import FleetClient
+from services.inference.api import ChatMessage, ChatRequest, Completed, CompletionRequest, Role
 from services.scheduler.domain import Job, Progress, ReportProgress, rate_limits_from_pb
 from services.scheduler.pacing import Pacer
 

@@ -7,7 +7,6 @@ scheduler never re-declares another service's contract.
 
 from __future__ import annotations
 
-import enum
 import hashlib
 import re
 import uuid
@@ -20,31 +19,33 @@ from google.protobuf import json_format, timestamp_pb2
 
 from llmmesh.scheduler.v1 import scheduler_service_pb2 as pb
 from services.common.errors import InvalidArgument
+from services.common.proto_enum import ProtoEnum
 from services.common.rate_limits import RateLimits
 
 JOB_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 
 
-class JobType(enum.StrEnum):
+class JobType(ProtoEnum):
+    __pb__ = pb.JobType
+
     CHAT = "chat"
     VISION = "vision"
     ADAPTER_TRAIN = "adapter_train"
     EMBED = "embed"
     BATCH = "batch"
 
-    def to_pb(self) -> pb.JobType.ValueType:
-        return pb.JobType.Value(f"JOB_TYPE_{self.name}")
-
     @classmethod
-    def from_pb(cls, value: pb.JobType.ValueType) -> JobType:
-        if value == pb.JOB_TYPE_UNSPECIFIED:
+    def from_pb(cls, value: int) -> JobType:
+        if (job_type := cls.parse_pb(value)) is None:
             raise InvalidArgument(
                 f"'job_type' is required: one of {', '.join(t.value for t in cls)}.", param="job_type"
             )
-        return cls[pb.JobType.Name(value).removeprefix("JOB_TYPE_")]
+        return job_type
 
 
-class JobState(enum.StrEnum):
+class JobState(ProtoEnum):
+    __pb__ = pb.JobState
+
     QUEUED = "queued"
     RUNNING = "running"
     SUCCEEDED = "succeeded"
@@ -56,29 +57,17 @@ class JobState(enum.StrEnum):
     def terminal(self) -> bool:
         return self in TERMINAL_STATES
 
-    def to_pb(self) -> pb.JobState.ValueType:
-        return pb.JobState.Value(f"JOB_STATE_{self.name}")
-
-    @classmethod
-    def from_pb(cls, value: pb.JobState.ValueType) -> JobState:
-        return cls[pb.JobState.Name(value).removeprefix("JOB_STATE_")]
-
 
 TERMINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.EXPIRED})
 
 
-class CallbackState(enum.StrEnum):
+class CallbackState(ProtoEnum):
+    __pb__ = pb.CallbackState
+
     NONE = "none"
     PENDING = "pending"
     DELIVERED = "delivered"
     FAILED = "failed"
-
-    def to_pb(self) -> pb.CallbackState.ValueType:
-        return pb.CallbackState.Value(f"CALLBACK_STATE_{self.name}")
-
-    @classmethod
-    def from_pb(cls, value: pb.CallbackState.ValueType) -> CallbackState:
-        return cls[pb.CallbackState.Name(value).removeprefix("CALLBACK_STATE_")]
 
 
 # Which JobRequest field each type must set.

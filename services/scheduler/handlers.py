@@ -27,7 +27,8 @@ from services.common.fleet import FleetSettings
 from services.common.grpc_client import open_channel
 from services.common.schema_limits import checked_schema
 from services.embeddings.client import EmbeddingsClient, EmbedRequest
-from services.inference.client import ChatMessage, ChatRequest, FleetClient, Role, ToolCall, Usage
+from services.fleet.client import FleetClient
+from services.inference.api import ChatMessage, ChatRequest, Role, ToolCall, Usage
 from services.scheduler.batches import BatchRunner
 from services.scheduler.config import SchedulerSettings
 from services.scheduler.domain import Job, JobType, Progress, ReportProgress, Submission, rate_limits_from_pb

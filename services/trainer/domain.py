@@ -14,7 +14,6 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
-from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from google.protobuf.json_format import MessageToDict
@@ -27,6 +26,7 @@ from llmmesh.trainer.v1 import trainer_service_pb2 as pb
 from services.common.artifacts import check_adapter_id
 from services.common.chat_templates import ROLES
 from services.common.errors import InvalidArgument
+from services.common.proto_enum import ProtoEnum
 
 MAX_EXAMPLES = 100_000
 INT32_MAX = 2**31 - 1
@@ -251,7 +251,9 @@ def adapter_identity(
     return hashlib.sha256(canonical.encode()).hexdigest()[:32]
 
 
-class TrainingState(StrEnum):
+class TrainingState(ProtoEnum):
+    __pb__ = pb.TrainingState
+
     QUEUED = "queued"
     RUNNING = "running"
     SUCCEEDED = "succeeded"
@@ -261,13 +263,6 @@ class TrainingState(StrEnum):
     @property
     def terminal(self) -> bool:
         return self in (TrainingState.SUCCEEDED, TrainingState.FAILED, TrainingState.CANCELLED)
-
-    def to_pb(self) -> pb.TrainingState.ValueType:
-        return pb.TrainingState.Value(f"TRAINING_STATE_{self.name}")
-
-    @classmethod
-    def from_pb(cls, value: pb.TrainingState.ValueType) -> TrainingState:
-        return cls[pb.TrainingState.Name(value).removeprefix("TRAINING_STATE_")]
 
 
 @dataclass(frozen=True)

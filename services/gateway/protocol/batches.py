@@ -29,7 +29,7 @@ from services.gateway.protocol.chat import ChatCompletionRequest, chat_completio
 from services.gateway.protocol.common import OpenAIModel, new_id, usage_body
 from services.gateway.protocol.completions import CompletionRequestIn, completion_body
 from services.gateway.protocol.embeddings import EmbeddingsRequestIn, embeddings_body
-from services.inference.client import Completed
+from services.inference.api import Completed
 from services.scheduler.client import Job, JobState
 
 Endpoint = Literal["/v1/chat/completions", "/v1/completions", "/v1/embeddings"]

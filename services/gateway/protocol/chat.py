@@ -20,7 +20,7 @@ from services.gateway.protocol.common import (
     SamplingFields,
     UsageOut,
 )
-from services.inference.client import (
+from services.inference.api import (
     ChatMessage,
     ChatRequest,
     Completed,

@@ -14,13 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from services.common import sampling
 from services.common.errors import InvalidArgument
 from services.gateway.config import GatewaySettings
-from services.inference.client import (
-    MAX_TOP_LOGPROBS,
-    ResponseFormat,
-    ResponseFormatKind,
-    SamplingParams,
-    Usage,
-)
+from services.inference.api import MAX_TOP_LOGPROBS, ResponseFormat, ResponseFormatKind, SamplingParams, Usage
 
 # Bounds of the protobuf integer fields these values travel in: larger ones are a 400, not a crash.
 INT32_MAX, INT64_MIN, INT64_MAX = sampling.INT32_MAX, sampling.INT64_MIN, sampling.INT64_MAX

@@ -15,7 +15,7 @@ from services.gateway.protocol.common import (
     SamplingFields,
     UsageOut,
 )
-from services.inference.client import Completed, CompletionRequest, ResponseFormat, TokenLogprob
+from services.inference.api import Completed, CompletionRequest, ResponseFormat, TokenLogprob
 
 
 class CompletionRequestIn(SamplingFields):

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from services.embeddings.client import EmbeddingModelInfo
-from services.inference.client import ModelInfo, NodePresence, NodeView
+from services.fleet.client import NodePresence, NodeView
+from services.inference.api import ModelInfo
 
 
 def model_body(model: ModelInfo) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from services.common import sampling
 from services.common.errors import InvalidArgument
 from services.gateway.config import GatewaySettings
 from services.gateway.protocol.common import INT32_MAX, OpenAIModel
-from services.inference.client import (
+from services.inference.api import (
     ChatMessage,
     ChatRequest,
     FinishReason,

@@ -16,23 +16,24 @@ from fastapi import APIRouter, Depends
 from pydantic import Field
 
 from services.gateway.auth import scope, superuser
-from services.gateway.dependencies import get_inference
+from services.gateway.dependencies import get_home_inference
 from services.gateway.protocol.common import OpenAIModel
 from services.gateway.protocol.models import model_body
 from services.gateway.sse import sse_response
-from services.inference.client import InferenceClient, Setting
+from services.inference.api import Setting
+from services.inference.client import InferenceClient
 
 router = APIRouter()
 
 
 @router.get("/v1/cache/stats", dependencies=[Depends(scope("admin"))])
-async def response_cache_stats(inference: InferenceClient = Depends(get_inference)) -> dict[str, object]:
+async def response_cache_stats(inference: InferenceClient = Depends(get_home_inference)) -> dict[str, object]:
     """The response cache: entries, limits, hits and misses."""
     return await inference.response_cache()
 
 
 @router.get("/v1/queue", dependencies=[Depends(scope("admin"))])
-async def queue(inference: InferenceClient = Depends(get_inference)) -> dict[str, Any]:
+async def queue(inference: InferenceClient = Depends(get_home_inference)) -> dict[str, Any]:
     lines, total_waiting, max_waiting = await inference.queue()
     return {
         "models": [{**dataclasses.asdict(line), "state": line.state.value} for line in lines],
@@ -49,7 +50,7 @@ class PullIn(OpenAIModel):
 
 
 @router.post("/admin/models/pull", response_model=None, dependencies=[Depends(superuser)])
-async def pull_model(body: PullIn, inference: InferenceClient = Depends(get_inference)) -> Any:
+async def pull_model(body: PullIn, inference: InferenceClient = Depends(get_home_inference)) -> Any:
     """Server-sent events: the download's progress ({"file", "downloaded_bytes", "total_bytes"}),
     then the new registry model ({"model": ...}). A bad repository or file is a 4xx before the
     stream starts."""
@@ -66,28 +67,28 @@ async def pull_model(body: PullIn, inference: InferenceClient = Depends(get_infe
 
 
 @router.post("/admin/models/{name:path}/load", dependencies=[Depends(superuser)])
-async def load_model(name: str, inference: InferenceClient = Depends(get_inference)) -> dict[str, Any]:
+async def load_model(name: str, inference: InferenceClient = Depends(get_home_inference)) -> dict[str, Any]:
     return model_body(await inference.load_model(name))
 
 
 @router.post("/admin/models/unload", dependencies=[Depends(superuser)])
-async def unload_models(inference: InferenceClient = Depends(get_inference)) -> dict[str, Any]:
+async def unload_models(inference: InferenceClient = Depends(get_home_inference)) -> dict[str, Any]:
     return {"unloaded": await inference.unload_models()}
 
 
 @router.post("/admin/models/reload", dependencies=[Depends(superuser)])
-async def reload_models(inference: InferenceClient = Depends(get_inference)) -> dict[str, Any]:
+async def reload_models(inference: InferenceClient = Depends(get_home_inference)) -> dict[str, Any]:
     models, unloaded = await inference.reload_models()
     return {"models": [model_body(m) for m in models], "unloaded": unloaded}
 
 
 @router.post("/admin/models/{name:path}/unload", dependencies=[Depends(superuser)])
-async def unload_model(name: str, inference: InferenceClient = Depends(get_inference)) -> dict[str, Any]:
+async def unload_model(name: str, inference: InferenceClient = Depends(get_home_inference)) -> dict[str, Any]:
     return model_body(await inference.unload_model(name))
 
 
 @router.get("/admin/models/{name:path}/logs", response_model=None, dependencies=[Depends(superuser)])
-async def model_logs(name: str, inference: InferenceClient = Depends(get_inference)) -> Any:
+async def model_logs(name: str, inference: InferenceClient = Depends(get_home_inference)) -> Any:
     """Server-sent events: a managed engine's output ({"line": ...}), its kept lines first, then
     each new one as it is written, until the client disconnects (llama-swap's /logs)."""
     lines = await inference.model_logs(name)
@@ -104,7 +105,7 @@ def _setting_body(setting: Setting) -> dict[str, str | None]:
 
 
 @router.get("/settings/", dependencies=[Depends(superuser)])
-async def list_settings(inference: InferenceClient = Depends(get_inference)) -> dict[str, Any]:
+async def list_settings(inference: InferenceClient = Depends(get_home_inference)) -> dict[str, Any]:
     return {"settings": [_setting_body(s) for s in await inference.list_settings()]}
 
 
@@ -114,6 +115,6 @@ class SettingIn(OpenAIModel):
 
 @router.put("/settings/{key}", dependencies=[Depends(superuser)])
 async def update_setting(
-    key: str, body: SettingIn, inference: InferenceClient = Depends(get_inference)
+    key: str, body: SettingIn, inference: InferenceClient = Depends(get_home_inference)
 ) -> dict[str, Any]:
     return _setting_body(await inference.update_setting(key, body.value))

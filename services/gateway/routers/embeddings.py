@@ -13,10 +13,11 @@ from services.common.errors import InvalidArgument, NotFound, quote
 from services.embeddings.client import EmbeddingsClient, RerankRequest
 from services.gateway.admission import DOORS, admit
 from services.gateway.auth import Caller, get_caller
-from services.gateway.dependencies import cancel_on_disconnect, get_embeddings, get_inference
+from services.gateway.dependencies import cancel_on_disconnect, get_embeddings, get_home_inference
 from services.gateway.protocol.common import INT32_MAX, OpenAIModel, new_id
 from services.gateway.protocol.embeddings import EmbeddingsRequestIn, embeddings_body
-from services.inference.client import EmbeddingRequest, InferenceClient
+from services.inference.api import EmbeddingRequest
+from services.inference.client import InferenceClient
 
 router = APIRouter()
 
@@ -47,7 +48,7 @@ async def create_embeddings(
     body: EmbeddingsRequestIn,
     request: Request,
     embeddings: EmbeddingsClient = Depends(get_embeddings),
-    inference: InferenceClient = Depends(get_inference),
+    inference: InferenceClient = Depends(get_home_inference),
     caller: Caller = Depends(get_caller),
 ) -> JSONResponse:
     """The embeddings service's models; a name it does not know may be an inference model whose

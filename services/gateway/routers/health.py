@@ -23,7 +23,7 @@ from services.embeddings.client import EmbeddingsClient
 from services.gateway.analytics import MetricsHistory
 from services.gateway.auth import Caller, scope
 from services.gateway.config import GatewaySettings
-from services.gateway.dependencies import get_embeddings, get_inference, get_scheduler, get_settings
+from services.gateway.dependencies import get_embeddings, get_home_inference, get_scheduler, get_settings
 from services.gateway.request_context import RequestStats
 from services.inference.client import InferenceClient
 from services.scheduler.client import SchedulerClient
@@ -41,7 +41,7 @@ async def metrics() -> Response:
 async def health(
     request: Request,
     settings: GatewaySettings = Depends(get_settings),
-    inference: InferenceClient = Depends(get_inference),
+    inference: InferenceClient = Depends(get_home_inference),
     embeddings: EmbeddingsClient = Depends(get_embeddings),
     scheduler: SchedulerClient = Depends(get_scheduler),
 ) -> JSONResponse:
@@ -95,7 +95,7 @@ async def health(
 async def ready(
     request: Request,
     settings: GatewaySettings = Depends(get_settings),
-    inference: InferenceClient = Depends(get_inference),
+    inference: InferenceClient = Depends(get_home_inference),
 ) -> JSONResponse:
     """Readiness: whether this gateway can answer model requests now (not draining, inference
     serving). A load balancer's probe: embeddings or the job queue being away must not take
@@ -117,7 +117,7 @@ async def _model_and_queue(inference: InferenceClient) -> dict[str, Any]:
 
 
 @router.get("/metrics/summary")
-async def metrics_summary(request: Request, inference: InferenceClient = Depends(get_inference)) -> dict[str, Any]:
+async def metrics_summary(request: Request, inference: InferenceClient = Depends(get_home_inference)) -> dict[str, Any]:
     """llm-queue-proxy's JSON metrics: uptime, requests by outcome, concurrency, queue, current model."""
     stats: RequestStats = request.app.state.request_stats
     finished = stats.succeeded + stats.failed + stats.cancelled

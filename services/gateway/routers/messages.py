@@ -10,6 +10,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
 
+from services.fleet.client import FleetClient
 from services.gateway.admission import DOORS, admit
 from services.gateway.auth import Caller, get_caller
 from services.gateway.config import GatewaySettings
@@ -24,7 +25,7 @@ from services.gateway.protocol.messages import (
     usage_body,
 )
 from services.gateway.sse import Framing, Named, Payload, translate
-from services.inference.client import FinishReason, FleetClient, Usage
+from services.inference.api import FinishReason, Usage
 
 router = APIRouter()
 

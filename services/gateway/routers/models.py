@@ -10,10 +10,10 @@ from fastapi import APIRouter, Depends
 
 from services.common.errors import MeshError, NotFound
 from services.embeddings.client import EmbeddingModelInfo, EmbeddingsClient
+from services.fleet.client import FleetClient
 from services.gateway.auth import get_caller
 from services.gateway.dependencies import get_embeddings, get_inference
 from services.gateway.protocol.models import embedding_model_body, model_body, nodes_body
-from services.inference.client import FleetClient
 
 router = APIRouter()
 log = logging.getLogger(__name__)

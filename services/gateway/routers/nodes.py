@@ -6,10 +6,10 @@ from typing import Any
 
 from fastapi import APIRouter, Depends
 
+from services.fleet.client import FleetClient
 from services.gateway.auth import scope
 from services.gateway.dependencies import get_inference
 from services.gateway.protocol.models import node_body
-from services.inference.client import FleetClient
 
 router = APIRouter()
 

@@ -16,6 +16,7 @@ import asyncpg
 from fastapi import APIRouter, Depends, Request, Response
 
 from services.common.errors import FailedPrecondition, Unavailable
+from services.fleet.client import FleetClient
 from services.gateway.admission import DOORS, admit
 from services.gateway.auth import Caller, get_caller
 from services.gateway.config import GatewaySettings
@@ -29,7 +30,7 @@ from services.gateway.protocol.responses import (
 )
 from services.gateway.response_store import ResponseStore
 from services.gateway.sse import Framing, Named, Payload, translate
-from services.inference.client import ChatMessage, FinishReason, FleetClient, Role, ToolCall, Usage
+from services.inference.api import ChatMessage, FinishReason, Role, ToolCall, Usage
 
 router = APIRouter()
 log = logging.getLogger(__name__)

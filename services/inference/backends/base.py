@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from pydantic import BaseModel, ConfigDict
 
 from services.common.errors import FailedPrecondition, InvalidArgument
-from services.inference.domain import Chunk, GenerationRequest
+from services.inference.api import Chunk
+from services.inference.generation import GenerationRequest
 
 if TYPE_CHECKING:
     from services.common.registry import ModelSpec

@@ -27,6 +27,7 @@ from pydantic import Field
 
 from services.common.chat_templates import ChatTemplate, Prompt
 from services.common.errors import FailedPrecondition, InvalidArgument, Unavailable
+from services.inference.api import Chunk, FinishReason, OutputFrame, ResponseFormat, SamplingParams, TokenLogprob, Usage
 from services.inference.backends.base import BackendOptions
 from services.inference.backends.gguf_batch import (
     BatchEngine,
@@ -39,19 +40,10 @@ from services.inference.backends.gguf_lora import convert_peft_to_gguf
 from services.inference.backends.grammar_builds import build_grammar
 from services.inference.backends.json_schema_grammar import enforceable, with_ranges
 from services.inference.backends.logprobs import token_logprob
+from services.inference.backends.stop_sequences import StopSequenceMatcher
 from services.inference.backends.threaded import ThreadedBackend
-from services.inference.domain import (
-    Chunk,
-    FinishReason,
-    GenerationRequest,
-    OutputFrame,
-    ResponseFormat,
-    SamplingParams,
-    TokenLogprob,
-    Usage,
-)
+from services.inference.generation import GenerationRequest
 from services.inference.metrics import ADAPTER_LOAD_TIME, ADAPTER_LOOKUPS
-from services.inference.stop_sequences import StopSequenceMatcher
 
 log = logging.getLogger(__name__)
 

@@ -35,9 +35,9 @@ from typing import Any
 import numpy as np
 
 from services.common.errors import InvalidArgument
+from services.inference.api import Chunk, FinishReason, SamplingParams, TokenLogprob, Usage
 from services.inference.backends.logprobs import token_logprob
-from services.inference.domain import Chunk, FinishReason, SamplingParams, TokenLogprob, Usage
-from services.inference.stop_sequences import StopSequenceMatcher
+from services.inference.backends.stop_sequences import StopSequenceMatcher
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ import re
 from typing import Any
 
 from services.common.errors import InvalidArgument
+from services.inference.api import OutputFrame, ResponseFormat
 from services.inference.backends.json_schema_grammar import close_objects
-from services.inference.domain import OutputFrame, ResponseFormat
 
 
 def grammar(schema: dict[str, Any]) -> str:

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from services.inference.domain import TokenLogprob
+from services.inference.api import TokenLogprob
 
 
 def token_logprob(logits: np.ndarray, token: int, top: int, piece: Callable[[int], bytes]) -> TokenLogprob:

@@ -21,10 +21,11 @@ from typing import Any, ClassVar
 
 from services.common.chat_templates import ChatTemplate, hf_token_ids
 from services.common.errors import FailedPrecondition, Unavailable
+from services.inference.api import Chunk, FinishReason, SamplingParams, Usage
 from services.inference.backends import guidance
 from services.inference.backends.base import Backend
-from services.inference.domain import Chunk, FinishReason, GenerationRequest, SamplingParams, Usage
-from services.inference.stop_sequences import StopSequenceMatcher
+from services.inference.backends.stop_sequences import StopSequenceMatcher
+from services.inference.generation import GenerationRequest
 
 _END = object()
 

@@ -8,8 +8,9 @@ from collections.abc import AsyncIterator
 from pydantic import Field
 
 from services.common.errors import Internal
+from services.inference.api import Chunk, FinishReason, Usage
 from services.inference.backends.base import Backend, BackendOptions
-from services.inference.domain import Chunk, FinishReason, GenerationRequest, Usage
+from services.inference.generation import GenerationRequest
 
 
 class MockOptions(BackendOptions):

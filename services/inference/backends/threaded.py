@@ -13,8 +13,8 @@ from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+from services.inference.api import Chunk
 from services.inference.backends.base import Backend
-from services.inference.domain import Chunk
 
 T = TypeVar("T")
 Emit = Callable[[Chunk], None]

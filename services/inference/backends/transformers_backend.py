@@ -26,21 +26,14 @@ from services.common import compat
 from services.common.chat_templates import ChatTemplate, Prompt, hf_token_ids
 from services.common.checkpoints import dequantized_checkpoint
 from services.common.errors import FailedPrecondition, NotFound, Unavailable
+from services.inference.api import Chunk, FinishReason, ResponseFormat, SamplingParams, TokenLogprob, Usage
 from services.inference.backends import guidance
 from services.inference.backends.base import BackendOptions
 from services.inference.backends.logprobs import token_logprob
+from services.inference.backends.stop_sequences import StopSequenceMatcher
 from services.inference.backends.threaded import ThreadedBackend
-from services.inference.domain import (
-    Chunk,
-    FinishReason,
-    GenerationRequest,
-    ResponseFormat,
-    SamplingParams,
-    TokenLogprob,
-    Usage,
-)
+from services.inference.generation import GenerationRequest
 from services.inference.metrics import ADAPTER_LOAD_TIME, ADAPTER_LOOKUPS
-from services.inference.stop_sequences import StopSequenceMatcher
 
 log = logging.getLogger(__name__)
 

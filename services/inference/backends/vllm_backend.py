@@ -21,8 +21,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from services.common import compat
 from services.common.chat_templates import ChatTemplate, hf_token_ids
 from services.common.errors import FailedPrecondition, Unavailable
+from services.inference.api import Chunk, FinishReason, SamplingParams, Usage
 from services.inference.backends.base import Backend, BackendOptions
-from services.inference.domain import Chunk, FinishReason, GenerationRequest, SamplingParams, Usage
+from services.inference.generation import GenerationRequest
 
 log = logging.getLogger(__name__)
 

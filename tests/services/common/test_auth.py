@@ -12,7 +12,7 @@ from services.common.config import ServiceSettings
 from services.common.grpc_client import open_channel
 from services.common.registry import ModelRegistry, ModelSpec
 from services.inference.config import InferenceSettings
-from services.inference.server import InferenceServer
+from services.inference.server.server import InferenceServer
 from tests.conftest import INTERNAL_TOKEN
 
 

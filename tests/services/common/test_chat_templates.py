@@ -2,7 +2,7 @@ import pytest
 
 from services.common.chat_templates import ChatTemplate, Prompt
 from services.common.errors import InvalidArgument
-from services.inference.domain import ChatMessage, Role
+from services.inference.api import ChatMessage, Role
 
 
 def test_gemma_turn_format_folds_system_into_first_user_turn() -> None:

@@ -7,7 +7,7 @@ import httpx
 from services.common.registry import ModelRegistry, ModelSpec
 from services.gateway.app import build_app
 from services.inference.config import InferenceSettings
-from services.inference.server import InferenceServer
+from services.inference.server.server import InferenceServer
 from tests.conftest import gateway_settings, serve_http
 
 

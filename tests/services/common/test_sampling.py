@@ -13,7 +13,7 @@ from services.common import sampling
 from services.common.errors import InvalidArgument
 from services.common.registry import SamplingDefaults
 from services.gateway.protocol.common import SamplingFields
-from services.inference.domain import SamplingParams
+from services.inference.api import SamplingParams
 
 
 def test_every_form_has_exactly_the_declared_parameters() -> None:

@@ -11,7 +11,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from services.common.checkpoints import gguf_cache_dir
-from services.inference.server import InferenceServer
+from services.inference.server.server import InferenceServer
 from tests.conftest import GEMMA, loaded_backend
 
 

@@ -10,7 +10,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from services.common.registry import ModelRegistry, ModelSpec
 from services.gateway.app import build_app
 from services.inference.config import InferenceSettings
-from services.inference.server import InferenceServer, model_health_name
+from services.inference.server.server import InferenceServer, model_health_name
 from tests.conftest import GEMMA, gateway_settings, serve_http
 
 

@@ -18,7 +18,7 @@ from services.gateway.app import build_app
 from services.gateway.auth import mint_jwt
 from services.gateway.cli import main as cli
 from services.gateway.config import GatewaySettings
-from services.inference.server import InferenceServer
+from services.inference.server.server import InferenceServer
 from tests.conftest import JWT_SECRET, gateway_settings, serve_http
 
 

@@ -3,7 +3,7 @@
 import httpx
 import pytest
 
-from services.inference.server import InferenceServer
+from services.inference.server.server import InferenceServer
 from tests.conftest import GEMMA, loaded_backend, wait_until_idle
 
 

@@ -130,7 +130,7 @@ async def test_an_adapter_is_its_owners_until_the_operator_shares_it(
     """The trained adapter is its (anonymous) submitter's: another tenant can neither list, use
     nor delete it, and is told exactly what a made-up id gets. Shared by the superuser, every
     tenant lists and uses it; only its owner or the superuser may delete it."""
-    from services.inference import adapters
+    from services.inference.server import adapters
 
     monkeypatch.setattr(adapters, "REFRESH_SECONDS", 0.0)  # inference re-reads the manifest at once
     bob = {"Authorization": f"Bearer {await make_key(['chat', 'jobs'])}"}

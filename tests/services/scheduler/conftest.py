@@ -22,7 +22,7 @@ from services.common.grpc_client import open_channel
 from services.common.registry import ModelRegistry, ModelSpec
 from services.embeddings.server import EmbeddingsServer
 from services.inference.config import InferenceSettings
-from services.inference.server import InferenceServer
+from services.inference.server.server import InferenceServer
 from services.scheduler.config import SchedulerSettings
 from services.scheduler.server import SchedulerServer
 from tests.conftest import CALLBACK_SECRET, INTERNAL_TOKEN, serve_http

@@ -22,7 +22,7 @@ from services.common.grpc_client import open_channel
 from services.common.registry import ModelRegistry, ModelSpec
 from services.gateway.protocol.training import TrainAdapterIn
 from services.inference.config import InferenceSettings
-from services.inference.server import InferenceServer
+from services.inference.server.server import InferenceServer
 from services.scheduler.store import NOTIFY_CHANNEL
 from services.trainer.server import TrainerServer
 from tests.conftest import GEMMA, INTERNAL_TOKEN, TRAINING_REQUEST

@@ -16,7 +16,7 @@ from llmmesh.scheduler.v1 import scheduler_service_pb2_grpc as pb_grpc
 from services.common.fleet import FleetSettings, NodeSpec
 from services.common.grpc_client import open_channel
 from services.inference.backends.managed.runtime import free_port
-from services.inference.server import InferenceServer
+from services.inference.server.server import InferenceServer
 from services.scheduler.callbacks import verify
 from services.scheduler.server import SchedulerServer
 from tests.conftest import INTERNAL_TOKEN

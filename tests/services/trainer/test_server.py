@@ -145,7 +145,7 @@ async def test_training_can_free_the_inference_models_first(tmp_path) -> None:
     from services.common.artifacts import ArtifactSettings
     from services.common.registry import ModelRegistry, ModelSpec
     from services.inference.config import InferenceSettings
-    from services.inference.server import InferenceServer
+    from services.inference.server.server import InferenceServer
     from services.trainer.config import TrainerSettings
     from tests.conftest import build_test_registry
 

@@ -27,6 +27,7 @@ import httpx
 from pydantic import Field
 
 from services.common.errors import FailedPrecondition, Unavailable
+from services.inference.api import Chunk
 from services.inference.backends.base import Backend, BackendOptions
 from services.inference.backends.managed.engine_log import engine_log
 from services.inference.backends.managed.runtime import (
@@ -37,7 +38,7 @@ from services.inference.backends.managed.runtime import (
     wait_ready,
 )
 from services.inference.backends.rest.backend import RestBackend
-from services.inference.domain import Chunk, GenerationRequest
+from services.inference.generation import GenerationRequest
 
 if TYPE_CHECKING:
     from services.common.registry import ModelSpec

@@ -19,17 +19,21 @@ from services.common.errors import (
     ResourceExhausted,
     Unavailable,
 )
+from services.inference.api import Chunk
 from services.inference.backends.base import Backend
-from services.inference.backends.rest.config import Provider, RestConfig, RestOptions, resolve_config
-from services.inference.backends.rest.dialects import (
+from services.inference.backends.rest.config import RestOptions, resolve_config
+from services.inference.generation import GenerationRequest
+from services.upstream.config import Provider, RestConfig
+from services.upstream.dialects import (
     HttpCall,
     StreamState,
+    UpstreamRequest,
     UpstreamStreamError,
     build_call,
     parse_answer,
     parse_stream_event,
 )
-from services.inference.domain import Chunk, GenerationRequest
+from services.upstream.events import read_events
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +77,8 @@ class RestBackend(Backend):
         return self.config.provider is not Provider.GENERIC
 
     async def generate_stream(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
-        call = build_call(self.config, request, stream=self.streams)
+        upstream = UpstreamRequest(request.sampling, request.messages, request.prompt, request.response_format)
+        call = build_call(self.config, upstream, stream=self.streams)
         if call.stream is None:
             response = await self._send(call, stream=False)
             try:
@@ -153,20 +158,3 @@ class RestBackend(Backend):
     def _redact(self, text: str) -> str:
         token = self.config.auth_token.get_secret_value() if self.config.auth_token else ""
         return text.replace(token, "***") if token else text
-
-
-async def read_events(response: httpx.Response, kind: str) -> AsyncIterator[str]:
-    """Data payloads of an SSE stream, or the lines of an NDJSON stream."""
-    data: list[str] = []
-    async for line in response.aiter_lines():
-        if kind == "ndjson":
-            if line.strip():
-                yield line
-            continue
-        if line.startswith("data:"):
-            data.append(line[5:].removeprefix(" "))
-        elif not line and data:
-            yield "\n".join(data)
-            data = []
-    if data:
-        yield "\n".join(data)

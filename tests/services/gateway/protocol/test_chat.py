@@ -5,7 +5,7 @@ from pydantic import ValidationError
 
 from services.common.errors import InvalidArgument
 from services.gateway.protocol.chat import ChatCompletionRequest
-from services.inference.domain import Role
+from services.inference.api import Role
 
 
 def chat(**fields) -> ChatCompletionRequest:

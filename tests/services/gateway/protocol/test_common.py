@@ -1,7 +1,7 @@
 """Usage across choices and prompts."""
 
 from services.gateway.protocol.common import usage_body
-from services.inference.domain import Usage
+from services.inference.api import Usage
 
 
 def test_usage_counts_each_prompt_once() -> None:

@@ -6,9 +6,10 @@ import math
 import pytest
 
 from services.common.errors import InvalidArgument
+from services.inference.api import ChatMessage, FinishReason, Role, SamplingParams
 from services.inference.backends.gguf import usable_cores
-from services.inference.domain import ChatMessage, FinishReason, GenerationRequest, Role, SamplingParams
-from services.inference.server import InferenceServer
+from services.inference.generation import GenerationRequest
+from services.inference.server.server import InferenceServer
 from tests.conftest import GEMMA, loaded_backend, wait_until_idle
 
 

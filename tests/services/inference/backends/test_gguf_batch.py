@@ -14,15 +14,10 @@ import pytest
 
 from services.common.errors import InvalidArgument
 from services.common.registry import ModelSpec
+from services.inference.api import FinishReason, ResponseFormat, ResponseFormatKind, SamplingParams
 from services.inference.backends import create_backend
 from services.inference.backends.gguf_batch import BatchEngine, BatchRequest
-from services.inference.domain import (
-    FinishReason,
-    GenerationRequest,
-    ResponseFormat,
-    ResponseFormatKind,
-    SamplingParams,
-)
+from services.inference.generation import GenerationRequest
 
 GREEDY = SamplingParams(max_tokens=12, temperature=0.0)
 

@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 import pytest_asyncio
 
+from services.inference.api import Chunk, SamplingParams
 from services.inference.backends.gguf import GGUFBackend
 from services.inference.backends.gguf_lora import convert_peft_to_gguf
-from services.inference.domain import Chunk, GenerationRequest, SamplingParams
+from services.inference.generation import GenerationRequest
 from tests.conftest import gemma
 
 pytestmark = pytest.mark.model

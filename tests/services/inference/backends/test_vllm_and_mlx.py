@@ -5,6 +5,7 @@ import pytest
 
 from services.common.errors import InvalidArgument, Unavailable
 from services.common.registry import ModelSpec
+from services.inference.api import SamplingParams
 from services.inference.backends.mlx_backend import MlxBackend, platform_problem, sampler_arguments, shared_prefix
 from services.inference.backends.vllm_backend import (
     VllmBackend,
@@ -13,7 +14,6 @@ from services.inference.backends.vllm_backend import (
     engine_arguments,
     sampling_arguments,
 )
-from services.inference.domain import SamplingParams
 
 
 def test_vllm_sampling_arguments() -> None:

@@ -12,20 +12,13 @@ import pytest
 
 from services.common.errors import InvalidArgument, Unavailable
 from services.common.registry import ModelRegistry, ModelSpec
+from services.inference.api import ChatMessage, ChatRequest, FinishReason, Image, Role, SamplingParams
 from services.inference.backends.rest.backend import RestBackend
 from services.inference.backends.rest.config import RestEnvironment, RestOptions, resolve_config
 from services.inference.config import InferenceSettings
-from services.inference.domain import (
-    ChatMessage,
-    ChatRequest,
-    FinishReason,
-    GenerationRequest,
-    Image,
-    Role,
-    SamplingParams,
-)
-from services.inference.routing import RoutingEnvironment
-from services.inference.server import InferenceServer
+from services.inference.generation import GenerationRequest
+from services.inference.server.server import InferenceServer
+from services.inference.server.slots import RoutingEnvironment
 from tests.conftest import serve_http
 from tests.services.inference.backends.rest.fake_providers import SECRET, anthropic_app, ollama_app
 
@@ -230,9 +223,9 @@ async def test_hybrid_local_live_and_remote_background(gateway_url, monkeypatch)
         engine = server.engine
         assert engine.get_model("background").backend == "rest"
         messages = (ChatMessage(Role.USER, "hybrid"),)
-        remote = await engine.chat(ChatRequest("background", messages, SamplingParams(max_tokens=8)))
+        remote = await engine.chat(ChatRequest("background", messages, sampling=SamplingParams(max_tokens=8)))
         assert (await remote.collect()).text == "[mock-text:mock] hybrid"
-        local = await engine.chat(ChatRequest("live", messages, SamplingParams(max_tokens=4, temperature=0.0)))
+        local = await engine.chat(ChatRequest("live", messages, sampling=SamplingParams(max_tokens=4, temperature=0.0)))
         assert local.model == "gemma"
         assert (await local.collect()).usage.completion_tokens > 0
     finally:

@@ -1,5 +1,5 @@
-"""/v1/chat/completions: the request, its one mapping to the inference contract, and the
-response."""
+"""/v1/chat/completions: the request, its one mapping to the inference contract, the whole
+response and the stream's chunks."""
 
 from __future__ import annotations
 
@@ -9,16 +9,17 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, model_validator
 
 from services.common.errors import InvalidArgument
-from services.gateway.config import GatewaySettings
 from services.gateway.protocol.common import (
     INT32_MAX,
     TOP_LOGPROBS_FIELD,
+    ChoiceChunks,
     ChoiceOut,
     OpenAIModel,
     ReplyOut,
     ResponseFormatIn,
     SamplingFields,
     UsageOut,
+    tool_choice,
 )
 from services.inference.api import (
     ChatMessage,
@@ -27,12 +28,11 @@ from services.inference.api import (
     Image,
     ResponseFormat,
     Role,
+    StreamEvent,
     TokenLogprob,
     Tool,
     ToolCall,
     ToolCallDelta,
-    ToolChoice,
-    ToolChoiceMode,
 )
 
 _ROLES: dict[str, Role] = {
@@ -130,13 +130,8 @@ class NamedToolChoice(OpenAIModel):
     type: Literal["function"]
     function: NamedFunction
 
-
-def _tool_choice(choice: Literal["none", "auto", "required"] | NamedToolChoice | None) -> ToolChoice:
-    if choice is None:
-        return ToolChoice()
-    if isinstance(choice, NamedToolChoice):
-        return ToolChoice(ToolChoiceMode.FUNCTION, choice.function.name)
-    return ToolChoice(ToolChoiceMode(choice))
+    def function_name(self) -> str:
+        return self.function.name
 
 
 class ChatCompletionRequest(SamplingFields):
@@ -156,13 +151,6 @@ class ChatCompletionRequest(SamplingFields):
             self.max_tokens = self.max_completion_tokens
         return self
 
-    def check_limits(self, settings: GatewaySettings) -> None:
-        super().check_limits(settings)
-        if len(self.messages) > settings.max_messages:
-            raise InvalidArgument(
-                f"At most {settings.max_messages} messages per request; got {len(self.messages)}.", param="messages"
-            )
-
     def to_domain(self, max_choices: int) -> list[ChatRequest]:
         """One inference request per choice (`n`)."""
         self.reject_unsupported(max_choices)
@@ -177,7 +165,7 @@ class ChatCompletionRequest(SamplingFields):
                 sampling=sampling,
                 response_format=self.response_format.to_domain() if self.response_format else ResponseFormat(),
                 tools=tuple(tool.to_domain() for tool in self.tools or ()),
-                tool_choice=_tool_choice(self.tool_choice),
+                tool_choice=tool_choice(self.tool_choice),
                 parallel_tool_calls=self.parallel_tool_calls,
                 cache=self.cache,
                 adapter=self.adapter_settings.adapter_id if self.adapter_settings else "",
@@ -286,3 +274,36 @@ def chat_completion_body(
         ],
         usage=usage,
     )
+
+
+class ChatChunks(ChoiceChunks):
+    """The stream: each choice's role first, then its tool calls (as deltas, or whole from
+    backends that send them so), its text with logprobs, and its finish reason."""
+
+    object = "chat.completion.chunk"
+
+    def __init__(self, completion_id: str, choices: int, include_usage: bool) -> None:
+        super().__init__(completion_id, choices, include_usage)
+        self.streamed_calls: set[int] = set()  # choices whose calls arrived as deltas
+
+    def chunks(self, event: StreamEvent, first: bool) -> list[list[dict[str, Any]]]:
+        chunk, index = event.chunk, event.index
+        out = [[_choice(i, {"role": "assistant", "content": ""}, None)] for i in range(self.choices_per_prompt)]
+        out = out if first else []
+        if chunk.tool_call_deltas:  # OpenAI's shape: id and name first, then argument pieces
+            self.streamed_calls.add(index)
+            out.append([_choice(index, {"tool_calls": [tool_call_delta_body(d) for d in chunk.tool_call_deltas]})])
+        if chunk.tool_calls and index not in self.streamed_calls:  # a backend that sends them whole
+            out.append([_choice(index, {"tool_calls": tool_calls_body(chunk.tool_calls, with_index=True)})])
+        if chunk.text or chunk.finish_reason:
+            delta = {"content": chunk.text} if chunk.text else {}
+            logprobs = chat_logprobs(chunk.logprobs).model_dump() if chunk.logprobs else None
+            finish = chunk.finish_reason.value if chunk.finish_reason else None
+            out.append([_choice(index, delta, finish, logprobs)])
+        return out
+
+
+def _choice(
+    index: int, delta: dict[str, Any], finish_reason: str | None = None, logprobs: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    return {"index": index, "delta": delta, "finish_reason": finish_reason, "logprobs": logprobs}

@@ -1,20 +1,32 @@
-"""What every OpenAI endpoint shares: the base model, sampling fields, response formats,
-usage and ids."""
+"""What the generating endpoints share: the base model, the mesh's `node` extension and the input
+caps, OpenAI's sampling fields, response formats, tool choice, usage, ids, and the walk of an
+OpenAI chunk stream over n choices."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import uuid
-from collections.abc import Sequence
-from typing import Any, Literal
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any, ClassVar, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.common import sampling
 from services.common.errors import InvalidArgument
 from services.gateway.config import GatewaySettings
-from services.inference.api import MAX_TOP_LOGPROBS, ResponseFormat, ResponseFormatKind, SamplingParams, Usage
+from services.gateway.sse import Comment, wait_comment
+from services.inference.api import (
+    MAX_TOP_LOGPROBS,
+    ResponseFormat,
+    ResponseFormatKind,
+    SamplingParams,
+    StreamEvent,
+    ToolChoice,
+    ToolChoiceMode,
+    Usage,
+)
 
 # Bounds of the protobuf integer fields these values travel in: larger ones are a 400, not a crash.
 INT32_MAX, INT64_MIN, INT64_MAX = sampling.INT32_MAX, sampling.INT64_MIN, sampling.INT64_MAX
@@ -23,6 +35,45 @@ INT32_MAX, INT64_MIN, INT64_MAX = sampling.INT32_MAX, sampling.INT64_MIN, sampli
 class OpenAIModel(BaseModel):
     # Unknown fields are ignored, as vLLM does: SDKs and frameworks send extras.
     model_config = ConfigDict(extra="ignore")
+
+
+class GenerationIn(OpenAIModel):
+    """What every generating request shares (each API family's own): the mesh's `node` extension,
+    and the configured input caps, answered with 400 before anything reaches a backend."""
+
+    # mesh extension: the fleet node that must answer (also written `model@node`)
+    node: str | None = Field(None, min_length=1, max_length=64)
+
+    max_tokens_param: ClassVar[str] = "max_tokens"  # the family's name for the output cap
+    turns_param: ClassVar[str] = "messages"  # and for the conversation's turns
+    turns_noun: ClassVar[str] = "messages"
+
+    def check_limits(self, settings: GatewaySettings) -> None:
+        max_tokens = getattr(self, self.max_tokens_param, None)
+        if max_tokens is not None and max_tokens > settings.max_tokens_cap:
+            raise InvalidArgument(
+                f"'{self.max_tokens_param}' must be at most {settings.max_tokens_cap}; got {max_tokens}.",
+                param=self.max_tokens_param,
+            )
+        turns = getattr(self, self.turns_param, None)
+        if isinstance(turns, list) and len(turns) > settings.max_messages:
+            raise InvalidArgument(
+                f"At most {settings.max_messages} {self.turns_noun} per request; got {len(turns)}.",
+                param=self.turns_param,
+            )
+
+
+class NamedChoice(Protocol):
+    def function_name(self) -> str: ...
+
+
+def tool_choice(choice: Literal["none", "auto", "required"] | NamedChoice | None) -> ToolChoice:
+    """OpenAI's `tool_choice` (chat and Responses spell the named function differently)."""
+    if choice is None:
+        return ToolChoice()
+    if isinstance(choice, str):
+        return ToolChoice(ToolChoiceMode(choice))
+    return ToolChoice(ToolChoiceMode.FUNCTION, choice.function_name())
 
 
 class StreamOptions(OpenAIModel):
@@ -55,7 +106,7 @@ class AdapterSettingsIn(OpenAIModel):
     scale: float = Field(1.0, ge=0.0, le=2.0, description="1.0 as trained; 0 the base alone")
 
 
-class SamplingFields(OpenAIModel):
+class SamplingFields(GenerationIn):
     """Sampling parameters shared by chat and completions, with OpenAI's bounds."""
 
     # Bounds from their one declaration (services/common/sampling.py).
@@ -74,8 +125,6 @@ class SamplingFields(OpenAIModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
-    # mesh extension: the fleet node that must answer (also written `model@node`)
-    node: str | None = Field(None, min_length=1, max_length=64)
     # Extensions, named as in vLLM and llama.cpp's server.
     top_k: int | None = sampling.BOUNDS["top_k"].field()
     min_p: float | None = sampling.BOUNDS["min_p"].field()
@@ -93,13 +142,6 @@ class SamplingFields(OpenAIModel):
             raise InvalidArgument(f"'n' must be at most {max_choices}; got {self.n}.", param="n")
         if self.logit_bias:
             raise InvalidArgument("'logit_bias' is not supported yet.", param="logit_bias")
-
-    def check_limits(self, settings: GatewaySettings) -> None:
-        """The configured input caps, answered with 400 before anything reaches a backend."""
-        if self.max_tokens is not None and self.max_tokens > settings.max_tokens_cap:
-            raise InvalidArgument(
-                f"'max_tokens' must be at most {settings.max_tokens_cap}; got {self.max_tokens}.", param="max_tokens"
-            )
 
     @property
     def include_usage_chunk(self) -> bool:
@@ -161,3 +203,59 @@ class ReplyOut(BaseModel):
     model: str
     choices: Sequence[ChoiceOut]
     usage: UsageOut
+
+
+class ChoiceChunks:
+    """An OpenAI stream of chunk objects over n choices, the walk that chat and text completions
+    share: waits become SSE comments, each choice's usage is kept, the caller is told what it used
+    however the stream ends, and the usage chunk closes it when asked for. Each family says what
+    chunks one event makes (`chunks`) and how a choice entry looks."""
+
+    object: ClassVar[str]
+
+    def __init__(self, completion_id: str, choices_per_prompt: int, include_usage: bool) -> None:
+        self.completion_id = completion_id
+        self.choices_per_prompt = choices_per_prompt
+        self.include_usage = include_usage
+        self.created = int(time.time())
+        self.model = ""
+
+    def chunks(self, event: StreamEvent, first: bool) -> list[list[dict[str, Any]]]:
+        """The `choices` list of each chunk that `event` makes; `first`: the stream's first event."""
+        raise NotImplementedError
+
+    def chunk(self, choices: list[dict[str, Any]], usage: dict[str, Any] | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "id": self.completion_id,
+            "object": self.object,
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+        }
+        if self.include_usage:  # OpenAI sends usage: null on every chunk but the last when usage is asked for
+            body["usage"] = usage
+        return body
+
+    async def stream(
+        self, events: AsyncIterator[StreamEvent], caller_used: Callable[[int, int], None]
+    ) -> AsyncIterator[dict[str, Any] | Comment]:
+        usages: dict[int, Usage] = {}
+        try:
+            async with contextlib.aclosing(events):  # type: ignore[type-var]
+                async for event in events:
+                    if wait := event.chunk.wait_status:
+                        yield wait_comment(wait.state.value, wait.model, wait.position)
+                        continue
+                    first = not self.model
+                    self.model = event.model
+                    for choices in self.chunks(event, first):
+                        yield self.chunk(choices)
+                    if event.chunk.usage:
+                        usages[event.index] = event.chunk.usage
+        finally:  # also when the stream ends early: what the finished choices used
+            caller_used(
+                sum(u.prompt_tokens for u in usages.values()), sum(u.completion_tokens for u in usages.values())
+            )
+        if self.include_usage:
+            usage = usage_body([usages[i] for i in sorted(usages)], self.choices_per_prompt)
+            yield self.chunk([], usage.model_dump())

@@ -1,21 +1,23 @@
-"""/v1/completions: the request, its mapping to the inference contract, and the response."""
+"""/v1/completions: the request, its mapping to the inference contract, the whole response and
+the stream's chunks."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
 from services.common.errors import InvalidArgument
 from services.gateway.protocol.common import (
     TOP_LOGPROBS_FIELD,
+    ChoiceChunks,
     ChoiceOut,
     ReplyOut,
     ResponseFormatIn,
     SamplingFields,
     UsageOut,
 )
-from services.inference.api import Completed, CompletionRequest, ResponseFormat, TokenLogprob
+from services.inference.api import Completed, CompletionRequest, ResponseFormat, StreamEvent, TokenLogprob
 
 
 class CompletionRequestIn(SamplingFields):
@@ -118,3 +120,37 @@ def completion_body(
         ],
         usage=usage,
     )
+
+
+class CompletionChunks(ChoiceChunks):
+    """The stream: each choice's echoed prompt first (`echo`, scored with logprobs), then its text
+    with logprobs whose offsets continue across chunks, and its finish reason."""
+
+    object = "text_completion"
+
+    def __init__(self, completion_id: str, choices_per_prompt: int, include_usage: bool, echoes: list[str]) -> None:
+        super().__init__(completion_id, choices_per_prompt, include_usage)
+        self.echoes = echoes
+        self.offsets = [len(echo) for echo in echoes]  # where each choice's next token starts in its text
+        self.echoed: set[int] = set()
+
+    def chunks(self, event: StreamEvent, first: bool) -> list[list[dict[str, Any]]]:
+        chunk, index = event.chunk, event.index
+        out = []
+        if self.echoes[index] and index not in self.echoed:  # each prompt before its choice's text
+            self.echoed.add(index)
+            prompt = chunk.prompt_logprobs  # the scored prompt (echo with logprobs)
+            scored = completion_logprobs((), 0, prompt).model_dump() if prompt else None
+            out.append([_choice(index, self.echoes[index], None, scored)])
+        if chunk.text or chunk.finish_reason:
+            logprobs = None
+            if chunk.logprobs:
+                logprobs = completion_logprobs(chunk.logprobs, self.offsets[index]).model_dump()
+                self.offsets[index] += sum(len(t.token) for t in chunk.logprobs)
+            finish = chunk.finish_reason.value if chunk.finish_reason else None
+            out.append([_choice(index, chunk.text, finish, logprobs)])
+        return out
+
+
+def _choice(index: int, text: str, finish_reason: str | None, logprobs: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"index": index, "text": text, "finish_reason": finish_reason, "logprobs": logprobs}

@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any, Literal
 
 from pydantic import Field
 
 from services.common import sampling
 from services.common.errors import InvalidArgument
-from services.gateway.config import GatewaySettings
-from services.gateway.protocol.common import INT32_MAX, OpenAIModel
+from services.gateway.protocol.common import INT32_MAX, GenerationIn, OpenAIModel
+from services.gateway.sse import Named, Payload
 from services.inference.api import (
     ChatMessage,
     ChatRequest,
@@ -137,7 +138,7 @@ class ToolChoiceIn(OpenAIModel):
         )
 
 
-class MessagesInput(OpenAIModel):
+class MessagesInput(GenerationIn):
     """What a prompt is made of: the fields /v1/messages and /v1/messages/count_tokens share."""
 
     model: str = Field(min_length=1)
@@ -145,14 +146,6 @@ class MessagesInput(OpenAIModel):
     system: str | list[TextBlock] | None = None
     tools: list[ToolIn] | None = None
     tool_choice: ToolChoiceIn | None = None
-    # mesh extension, as on chat completions: the fleet node that must answer
-    node: str | None = Field(None, min_length=1, max_length=64)
-
-    def check_limits(self, settings: GatewaySettings) -> None:
-        if len(self.messages) > settings.max_messages:
-            raise InvalidArgument(
-                f"At most {settings.max_messages} messages per request; got {len(self.messages)}.", param="messages"
-            )
 
     def to_domain(self, sampling: SamplingParams | None = None) -> ChatRequest:
         system = self.system if isinstance(self.system, str) else "".join(b.text for b in self.system or ())
@@ -177,13 +170,6 @@ class MessagesRequest(MessagesInput):
     top_p: float | None = sampling.BOUNDS["top_p"].field()
     top_k: int | None = sampling.BOUNDS["top_k"].field()
     stream: bool = False
-
-    def check_limits(self, settings: GatewaySettings) -> None:
-        super().check_limits(settings)
-        if self.max_tokens > settings.max_tokens_cap:
-            raise InvalidArgument(
-                f"'max_tokens' must be at most {settings.max_tokens_cap}; got {self.max_tokens}.", param="max_tokens"
-            )
 
     def chat_request(self) -> ChatRequest:
         stop = tuple(self.stop_sequences or ())
@@ -237,3 +223,48 @@ def message_body(
         "stop_sequence": None,
         "usage": usage_body(usage),
     }
+
+
+class MessageBlocks:
+    """A streamed message's content blocks, one open at a time, numbered from 0 (a `Writer`)."""
+
+    def __init__(self, message_id: str) -> None:
+        self.message_id = message_id
+        self.index = -1
+        self.open: str | None = None  # "text" or "tool_use"
+
+    def start(self, model: str) -> list[Payload]:
+        return [Named("message_start", {"type": "message_start", "message": message_start(self.message_id, model)})]
+
+    def text(self, text: str) -> list[Payload]:
+        opening = self._open({"type": "text", "text": ""}) if self.open != "text" else []
+        return [*opening, self._delta({"type": "text_delta", "text": text})]
+
+    def call(self, call_id: str, name: str) -> list[Payload]:
+        return self._open({"type": "tool_use", "id": call_id, "name": name, "input": {}})
+
+    def arguments(self, piece: str) -> list[Payload]:
+        return [self._delta({"type": "input_json_delta", "partial_json": piece})]
+
+    async def end(self, finish: FinishReason, usage: Usage) -> AsyncIterator[Payload]:
+        for named in self._close():
+            yield named
+        delta = {"stop_reason": STOP_REASONS.get(finish, "end_turn"), "stop_sequence": None}
+        yield Named("message_delta", {"type": "message_delta", "delta": delta, "usage": usage_body(usage)})
+        yield Named("message_stop", {"type": "message_stop"})
+
+    def _open(self, block: dict[str, Any]) -> list[Payload]:
+        events = self._close()
+        self.index += 1
+        self.open = block["type"]
+        start = {"type": "content_block_start", "index": self.index, "content_block": block}
+        return [*events, Named("content_block_start", start)]
+
+    def _delta(self, delta: dict[str, Any]) -> Named:
+        return Named("content_block_delta", {"type": "content_block_delta", "index": self.index, "delta": delta})
+
+    def _close(self) -> list[Payload]:
+        if self.open is None:
+            return []
+        self.open = None
+        return [Named("content_block_stop", {"type": "content_block_stop", "index": self.index})]

@@ -4,17 +4,20 @@ conversation (services/gateway/response_store.py)."""
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import json
 import time
 import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Literal
 
 from pydantic import Field
 
 from services.common import sampling
 from services.common.errors import InvalidArgument
-from services.gateway.config import GatewaySettings
-from services.gateway.protocol.common import INT32_MAX, OpenAIModel
+from services.gateway.protocol.common import INT32_MAX, GenerationIn, OpenAIModel, tool_choice
+from services.gateway.sse import Named, Payload
 from services.inference.api import (
     ChatMessage,
     ChatRequest,
@@ -26,8 +29,6 @@ from services.inference.api import (
     SamplingParams,
     Tool,
     ToolCall,
-    ToolChoice,
-    ToolChoiceMode,
     Usage,
 )
 
@@ -105,6 +106,9 @@ class NamedFunction(OpenAIModel):
     type: Literal["function"]
     name: str
 
+    def function_name(self) -> str:
+        return self.name
+
 
 class TextFormat(OpenAIModel):
     type: Literal["text", "json_object", "json_schema"] = "text"
@@ -124,7 +128,11 @@ class TextOptions(OpenAIModel):
     format: TextFormat = Field(default_factory=TextFormat)
 
 
-class ResponsesRequest(OpenAIModel):
+class ResponsesRequest(GenerationIn):
+    max_tokens_param = "max_output_tokens"
+    turns_param = "input"
+    turns_noun = "input items"
+
     model: str = Field(min_length=1)
     input: str | list[Item]
     instructions: str | None = None
@@ -139,17 +147,6 @@ class ResponsesRequest(OpenAIModel):
     previous_response_id: str | None = Field(None, pattern=r"^[A-Za-z0-9_-]{1,128}$")  # ids this gateway made
     store: bool | None = None
     metadata: dict[str, str] | None = None
-    # mesh extension, as on chat completions: the fleet node that must answer
-    node: str | None = Field(None, min_length=1, max_length=64)
-
-    def check_limits(self, settings: GatewaySettings) -> None:
-        if self.max_output_tokens is not None and self.max_output_tokens > settings.max_tokens_cap:
-            raise InvalidArgument(
-                f"'max_output_tokens' must be at most {settings.max_tokens_cap}; got {self.max_output_tokens}.",
-                param="max_output_tokens",
-            )
-        if isinstance(self.input, list) and len(self.input) > settings.max_messages:
-            raise InvalidArgument(f"At most {settings.max_messages} input items; got {len(self.input)}.", param="input")
 
     def turns(self, history: tuple[ChatMessage, ...] = ()) -> tuple[ChatMessage, ...]:
         """The conversation: a stored one's messages, then this input's. Instructions are not
@@ -187,17 +184,9 @@ class ResponsesRequest(OpenAIModel):
             sampling=SamplingParams(self.temperature, self.top_p, max_tokens=self.max_output_tokens).validate(),
             response_format=self.text.format.to_domain() if self.text else ResponseFormat(),
             tools=tuple(tool.to_domain() for tool in self.tools or ()),
-            tool_choice=_tool_choice(self.tool_choice),
+            tool_choice=tool_choice(self.tool_choice),
             parallel_tool_calls=self.parallel_tool_calls,
         )
-
-
-def _tool_choice(choice: Literal["none", "auto", "required"] | NamedFunction | None) -> ToolChoice:
-    if choice is None:
-        return ToolChoice()
-    if isinstance(choice, NamedFunction):
-        return ToolChoice(ToolChoiceMode.FUNCTION, choice.name)
-    return ToolChoice(ToolChoiceMode(choice))
 
 
 def new_item_id(prefix: str) -> str:
@@ -267,3 +256,96 @@ def _tool_choice_body(choice: Literal["none", "auto", "required"] | NamedFunctio
     if isinstance(choice, NamedFunction):
         return {"type": "function", "name": choice.name}
     return choice or "auto"
+
+
+class ResponseOutput:
+    """A streamed response's output items, one open at a time, each announced, filled and closed
+    with its own events (a `Writer`)."""
+
+    def __init__(
+        self,
+        response_id: str,
+        body: ResponsesRequest,
+        remember: Callable[[str, tuple[ToolCall, ...]], Awaitable[bool]],
+    ) -> None:
+        self.response_id, self.body, self.remember = response_id, body, remember
+        self.model = ""
+        self.items: list[dict[str, Any]] = []
+        self.sequence = itertools.count()
+        self.open: dict[str, Any] | None = None  # the item being written: its id, kind, text or call
+
+    def start(self, model: str) -> list[Payload]:
+        self.model = model
+        started = response_body(self.response_id, self.body, model, [], None, None)
+        return [
+            self._event("response.created", response=started),
+            self._event("response.in_progress", response=started),
+        ]
+
+    def text(self, text: str) -> list[Payload]:
+        events: list[Payload] = []
+        if self.open is None or self.open["kind"] != "message":
+            events += self._close()
+            self.open = {"kind": "message", "id": new_item_id("msg"), "text": ""}
+            events.append(
+                self._event("response.output_item.added", output_index=len(self.items), item=self._item("in_progress"))
+            )
+            part = {"type": "output_text", "text": "", "annotations": []}
+            events.append(self._event("response.content_part.added", **self._where(), content_index=0, part=part))
+        self.open["text"] += text
+        return [*events, self._event("response.output_text.delta", **self._where(), content_index=0, delta=text)]
+
+    def call(self, call_id: str, name: str) -> list[Payload]:
+        events = self._close()
+        self.open = {"kind": "function_call", "id": new_item_id("fc"), "call": ToolCall(call_id, name, "")}
+        added = self._event("response.output_item.added", output_index=len(self.items), item=self._item("in_progress"))
+        return [*events, added]
+
+    def arguments(self, piece: str) -> list[Payload]:
+        assert self.open is not None
+        call = self.open["call"]
+        self.open["call"] = dataclasses.replace(call, arguments=call.arguments + piece)
+        return [self._event("response.function_call_arguments.delta", **self._where(), delta=piece)]
+
+    async def end(self, finish: FinishReason, usage: Usage) -> AsyncIterator[Payload]:
+        for event in self._close():
+            yield event
+        text = "".join(c["text"] for item in self.items if item["type"] == "message" for c in item["content"])
+        calls = [ToolCall(i["call_id"], i["name"], i["arguments"]) for i in self.items if i["type"] == "function_call"]
+        stored = await self.remember(text, tuple(calls))
+        final = response_body(self.response_id, self.body, self.model, self.items, finish, usage, stored)
+        kind = "response.incomplete" if final["status"] == "incomplete" else "response.completed"
+        yield self._event(kind, response=final)
+
+    def _event(self, kind: str, **fields: Any) -> Named:
+        return Named(kind, {"type": kind, "sequence_number": next(self.sequence), **fields})
+
+    def _close(self) -> list[Payload]:
+        if self.open is None:
+            return []
+        where, item = self._where(), self._item("completed")
+        events: list[Payload]
+        if self.open["kind"] == "message":
+            text = self.open["text"]
+            part = {"type": "output_text", "text": text, "annotations": []}
+            events = [
+                self._event("response.output_text.done", **where, content_index=0, text=text),
+                self._event("response.content_part.done", **where, content_index=0, part=part),
+            ]
+        else:
+            arguments = self.open["call"].arguments
+            events = [self._event("response.function_call_arguments.done", **where, arguments=arguments)]
+        events.append(self._event("response.output_item.done", output_index=where["output_index"], item=item))
+        self.items.append(item)
+        self.open = None
+        return events
+
+    def _where(self) -> dict[str, Any]:
+        assert self.open is not None
+        return {"item_id": self.open["id"], "output_index": len(self.items)}
+
+    def _item(self, status: str) -> dict[str, Any]:
+        assert self.open is not None
+        if self.open["kind"] == "message":
+            return message_item(self.open["id"], self.open["text"], status)
+        return function_call_item(self.open["id"], self.open["call"], status)

@@ -5,7 +5,6 @@ content_block_start / _delta / _stop, message_delta (stop_reason, usage), messag
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
@@ -16,16 +15,13 @@ from services.gateway.auth import Caller, get_caller
 from services.gateway.config import GatewaySettings
 from services.gateway.dependencies import NODE_HEADER, generate, get_inference, get_settings
 from services.gateway.protocol.messages import (
-    STOP_REASONS,
+    MessageBlocks,
     MessagesInput,
     MessagesRequest,
     message_body,
-    message_start,
     new_message_id,
-    usage_body,
 )
-from services.gateway.sse import Framing, Named, Payload, translate
-from services.inference.api import FinishReason, Usage
+from services.gateway.sse import Framing, translate
 
 router = APIRouter()
 
@@ -48,7 +44,7 @@ async def create_message(
         caller,
         body.stream,
         lambda: inference.stream_chat([chat], body.node),
-        lambda events: translate(events, _Blocks(message_id), caller.used),
+        lambda events: translate(events, MessageBlocks(message_id), caller.used),
         lambda: inference.chat([chat], body.node),
         framing=Framing.ANTHROPIC,
     )
@@ -71,48 +67,3 @@ async def count_tokens(
     body.check_limits(settings)
     chat = dataclasses.replace(body.to_domain(), tenant=caller.owner)
     return {"input_tokens": await inference.count_tokens(chat, body.node)}
-
-
-class _Blocks:
-    """A streamed message's content blocks, one open at a time, numbered from 0 (a `Writer`)."""
-
-    def __init__(self, message_id: str) -> None:
-        self.message_id = message_id
-        self.index = -1
-        self.open: str | None = None  # "text" or "tool_use"
-
-    def start(self, model: str) -> list[Payload]:
-        return [Named("message_start", {"type": "message_start", "message": message_start(self.message_id, model)})]
-
-    def text(self, text: str) -> list[Payload]:
-        opening = self._open({"type": "text", "text": ""}) if self.open != "text" else []
-        return [*opening, self._delta({"type": "text_delta", "text": text})]
-
-    def call(self, call_id: str, name: str) -> list[Payload]:
-        return self._open({"type": "tool_use", "id": call_id, "name": name, "input": {}})
-
-    def arguments(self, piece: str) -> list[Payload]:
-        return [self._delta({"type": "input_json_delta", "partial_json": piece})]
-
-    async def end(self, finish: FinishReason, usage: Usage) -> AsyncIterator[Payload]:
-        for named in self._close():
-            yield named
-        delta = {"stop_reason": STOP_REASONS.get(finish, "end_turn"), "stop_sequence": None}
-        yield Named("message_delta", {"type": "message_delta", "delta": delta, "usage": usage_body(usage)})
-        yield Named("message_stop", {"type": "message_stop"})
-
-    def _open(self, block: dict[str, Any]) -> list[Payload]:
-        events = self._close()
-        self.index += 1
-        self.open = block["type"]
-        start = {"type": "content_block_start", "index": self.index, "content_block": block}
-        return [*events, Named("content_block_start", start)]
-
-    def _delta(self, delta: dict[str, Any]) -> Named:
-        return Named("content_block_delta", {"type": "content_block_delta", "index": self.index, "delta": delta})
-
-    def _close(self) -> list[Payload]:
-        if self.open is None:
-            return []
-        self.open = None
-        return [Named("content_block_stop", {"type": "content_block_stop", "index": self.index})]

@@ -16,7 +16,7 @@ export UV_PROJECT_ENVIRONMENT := $(VENV)
 export UV_PYTHON := 3.11
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: install lock lock-check proto run test fuzz chaos lint bench clean console-vendor
+.PHONY: install lock lock-check proto run test test-fast fuzz chaos lint bench clean console-vendor
 
 install: $(INSTALLED)
 
@@ -57,8 +57,15 @@ $(GENERATED): $(PROTOS) $(INSTALLED)
 run: proto
 	$(PY) -m services
 
+# Three tiers in one run, fastest first (tests/conftest.py sets each test's tier from what it
+# uses): unit (no servers), mesh (the shared session mesh, real models), slow (own processes,
+# training, the browser, fuzzing). The slowest 25 tests are listed at the end.
 test: proto
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest --durations=25 $(PYTEST_ARGS)
+
+# The unit tier alone, for the edit loop (well under a minute).
+test-fast: proto
+	$(PY) -m pytest -m unit $(PYTEST_ARGS)
 
 # The fuzzers of `make test` with a long budget: schemathesis over every gateway operation and
 # Hypothesis JSON schemas against the real model (about 20 minutes on 2 cores).

@@ -1,4 +1,5 @@
-"""Shared fixtures: real in-process servers on ephemeral ports, started once per test session.
+"""Shared fixtures: real in-process servers on ephemeral ports, started once per test session,
+and the test tiers (see `pytest_collection_modifyitems`).
 
 - `inference`: the inference gRPC service with the real Gemma 3 270M GGUF model
   (default, preloaded) plus mock models.
@@ -12,6 +13,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import re
 import secrets
@@ -62,6 +64,78 @@ ADAPTER_BUCKET = "llmmesh-adapters"
 GEMMA = "gemma-3-270m"
 JWT_SECRET = "test-jwt-secret-of-at-least-32-bytes!"
 API_KEY_SECRET = "test-api-key-secret-of-at-least-32-bytes"
+
+
+# ---- tiers ----
+# Each test's tier follows from what it uses, so that no marker can drift:
+# - slow: it starts its own processes, trains, drives a browser or fuzzes (its own code or its
+#   fixtures' code says so), or it uses a session fixture that trains;
+# - mesh: it uses the session's shared servers (any session-scoped fixture of the tests), or
+#   loads a real model itself;
+# - unit: neither. `make test` runs unit, mesh, slow in that order; `make test-fast` the unit tier.
+TIERS = ("unit", "mesh", "slow")
+SLOW_CODE = re.compile(
+    r"\bsubprocess\b|Popen|create_subprocess|os\.kill|\.send_signal|webdriver|schemathesis|hypothesis"
+    r"|TRAINING_REQUEST|\"adapter_train\"|\"-m\", \"services"
+)
+MODEL_CODE = re.compile(r"create_backend\(|\bLlama\(|SentenceTransformer|CrossEncoder|gemma3_270m")
+SLOW_SESSION_FIXTURES = {"trained_job"}  # shared, but trains a real adapter
+
+
+def _tier(item: pytest.Item) -> str:
+    fixtures = getattr(item, "_fixtureinfo", None)
+    definitions = [d for defs in (fixtures.name2fixturedefs.values() if fixtures else ()) for d in defs]
+    ours = [d for d in definitions if getattr(d.func, "__module__", "").startswith("tests")]
+    if any(d.argname in SLOW_SESSION_FIXTURES for d in ours):
+        return "slow"
+    code = [getattr(item, "function", None)] + [d.func for d in ours if d.scope != "session"]
+    module = getattr(item, "module", None)
+    sources = [_source(f) for f in code if f is not None]
+    # One step into the test helpers that this code calls by name.
+    for name in set(re.findall(r"\b([a-z_][a-z0-9_]*)\(", "\n".join(sources))):
+        helper = getattr(module, name, None)
+        if inspect.isfunction(helper) and helper.__module__.startswith("tests"):
+            sources.append(_source(helper))
+    if any(SLOW_CODE.search(source) for source in sources):
+        return "slow"
+    if any(d.scope == "session" for d in ours) or any(MODEL_CODE.search(source) for source in sources):
+        return "mesh"
+    return "unit"
+
+
+def _source(function: object) -> str:
+    try:
+        return inspect.getsource(function)  # type: ignore[arg-type]
+    except (OSError, TypeError):
+        return ""
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for tier in TIERS:
+        config.addinivalue_line("markers", f"{tier}: the {tier} tier (set from the fixtures a test uses)")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test's tier, and run the tiers in order: failures of the fast ones show first."""
+    for item in items:
+        item.add_marker(_tier(item))
+    items.sort(key=lambda item: TIERS.index(next(m.name for m in item.iter_markers() if m.name in TIERS)))
+
+
+_TIER_SECONDS = dict.fromkeys(TIERS, 0.0)
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    tier = next((k for k in report.keywords if k in TIERS), None)
+    if tier is not None:
+        _TIER_SECONDS[tier] += report.duration
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    seconds = _TIER_SECONDS
+    if any(seconds.values()):
+        spent = ", ".join(f"{tier} {seconds[tier]:.0f} s" for tier in TIERS)
+        terminalreporter.write_line(f"time per tier (setup, call and teardown): {spent}")
 
 
 def gateway_settings(**overrides: object) -> GatewaySettings:

@@ -53,7 +53,6 @@ def _assert_bad_request(response: httpx.Response, param: str) -> None:
     assert error["param"] == param and error["type"] == "invalid_request_error", error
 
 
-@pytest.mark.model
 @pytest.mark.parametrize("case", sorted(HOSTILE_SCHEMAS))
 async def test_hostile_response_formats_are_400s_and_inference_survives(http: httpx.AsyncClient, case: str) -> None:
     response_format = {"type": "json_schema", "json_schema": {"name": "x", "schema": HOSTILE_SCHEMAS[case]}}
@@ -65,7 +64,6 @@ async def test_hostile_response_formats_are_400s_and_inference_survives(http: ht
     await _still_answers(http)
 
 
-@pytest.mark.model
 @pytest.mark.parametrize("case", ["long string", "counted pattern", "properties as a list", "enum not a list"])
 async def test_hostile_tool_parameters_are_400s(http: httpx.AsyncClient, case: str) -> None:
     tool = {"type": "function", "function": {"name": "f", "parameters": HOSTILE_SCHEMAS[case]}}
@@ -96,7 +94,6 @@ class Stock(BaseModel):
     rating: float = Field(ge=0, le=5)
 
 
-@pytest.mark.model
 async def test_one_sided_bounds_are_enforced_exactly(client) -> None:
     for seed in range(3):
         completion = await client.chat.completions.parse(
@@ -112,7 +109,6 @@ async def test_one_sided_bounds_are_enforced_exactly(client) -> None:
         assert stock.count >= 0 and stock.price > 0 and stock.delta <= -1 and 0 <= stock.rating <= 5
 
 
-@pytest.mark.model
 async def test_one_sided_bounds_are_accepted_on_transformers(http: httpx.AsyncClient) -> None:
     # llguidance enforces the bounds itself; its numbers have no digit limit, so the small base
     # model may run out of tokens mid-number: only acceptance is asserted here.
@@ -124,7 +120,6 @@ async def test_one_sided_bounds_are_accepted_on_transformers(http: httpx.AsyncCl
     assert response.status_code == 200, response.text
 
 
-@pytest.mark.model
 async def test_a_draft_4_exclusive_minimum_flag_is_a_flag_not_the_number_1(http: httpx.AsyncClient) -> None:
     schema = {
         "$schema": "http://json-schema.org/draft-04/schema#",
@@ -260,7 +255,6 @@ async def test_the_response_cache_is_each_callers_own(http: httpx.AsyncClient, m
     assert backend.stats.tokens_generated > generated  # B's: generated, not A's entry
 
 
-@pytest.mark.model
 async def test_characters_beyond_the_bmp_are_enforced_exactly(http: httpx.AsyncClient) -> None:
     """Found by the schema fuzzer: the converter wrote such a character as two surrogate escapes,
     which GBNF reads as two code points that are no character, so the output broke its schema."""
@@ -276,7 +270,6 @@ async def test_characters_beyond_the_bmp_are_enforced_exactly(http: httpx.AsyncC
     jsonschema.validate(json.loads(choice["message"]["content"]), schema)
 
 
-@pytest.mark.model
 @pytest.mark.parametrize("model", [GEMMA, "gemma-hf"])
 async def test_a_message_cannot_spell_the_templates_turn_markers(http: httpx.AsyncClient, inference, model) -> None:
     """A user's `<end_of_turn>` is the plain text it is, not the token that ends the turn."""

@@ -30,7 +30,6 @@ async def events(http: httpx.AsyncClient, job_id: str, **headers: str) -> list[d
     return updates
 
 
-@pytest.mark.model
 async def test_enqueue_follow_and_read_a_chat_job(http: httpx.AsyncClient) -> None:
     body = chat_body(job_id=f"gw-{uuid.uuid4().hex[:8]}", idempotency_key="once")
     accepted = await http.post("/internal/queue/enqueue", json=body)

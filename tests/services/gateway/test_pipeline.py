@@ -90,7 +90,6 @@ async def test_pipeline_endpoints_need_a_valid_superuser_jwt(
         assert response.json()["error"]["message"]
 
 
-@pytest.mark.model
 async def test_a_build_from_seed_file_to_gguf(admin: httpx.AsyncClient) -> None:
     bad = await admin.post("/v1/pipeline/build", json={"base_model": GEMMA, "seed_jsonl": "not json"})
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "seed"
@@ -139,7 +138,6 @@ async def test_a_build_from_seed_file_to_gguf(admin: httpx.AsyncClient) -> None:
     assert "code name" in text, text
 
 
-@pytest.mark.model
 async def test_a_build_can_be_cancelled(admin: httpx.AsyncClient) -> None:
     hyperparameters = {**HYPERPARAMETERS, "max_steps": 500, "seed": 3}
     started = await admin.post(

@@ -11,7 +11,6 @@ from tests.services.gateway.test_structured_output import ADD, ASK, WEATHER
 TOOLS = {"get_weather": WEATHER, "add": ADD}
 
 
-@pytest.mark.model
 @pytest.mark.parametrize("model", ["gemma-hermes", "gemma-hf-hermes", "gemma-llama3-json"])
 async def test_required_calls_come_back_valid(client, model: str) -> None:
     completion = await client.chat.completions.create(
@@ -30,7 +29,6 @@ async def test_required_calls_come_back_valid(client, model: str) -> None:
         jsonschema.validate(json.loads(call.function.arguments), TOOLS[call.function.name]["function"]["parameters"])
 
 
-@pytest.mark.model
 async def test_streamed_hermes_calls_reassemble_and_round_trip(client) -> None:
     kwargs = {
         "model": "gemma-hermes",
@@ -64,7 +62,6 @@ async def test_streamed_hermes_calls_reassemble_and_round_trip(client) -> None:
     assert final.choices[0].message.content and final.choices[0].message.tool_calls is None
 
 
-@pytest.mark.model
 async def test_auto_lets_the_model_answer_or_call(client) -> None:
     completion = await client.chat.completions.create(
         model="gemma-hermes", messages=ASK, tools=[WEATHER], tool_choice="auto", max_tokens=40, temperature=0.0

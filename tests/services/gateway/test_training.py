@@ -12,8 +12,6 @@ from prometheus_client import REGISTRY
 
 from tests.conftest import GEMMA, SECRET_EXAMPLES, TRAINING_REQUEST
 
-pytestmark = pytest.mark.model
-
 
 def adapter_id(trained_job: list[dict[str, object]]) -> str:
     return str(trained_job[-1]["result"]["adapter_id"])  # type: ignore[index]

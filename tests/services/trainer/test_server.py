@@ -75,7 +75,6 @@ async def test_bad_plans_are_refused(
     assert refused.value.code() == code, refused.value.details()
 
 
-@pytest.mark.model
 async def test_a_dataset_from_s3_with_the_same_examples_is_the_same_adapter(
     stub: pb_grpc.TrainerServiceStub, s3_server: str, trained_job: list[dict[str, object]]
 ) -> None:
@@ -92,7 +91,6 @@ async def test_a_dataset_from_s3_with_the_same_examples_is_the_same_adapter(
     assert response.job.adapter_id in [a.adapter_id for a in listed.adapters]
 
 
-@pytest.mark.model
 async def test_killing_the_training_process_fails_the_job_and_the_service_stays_healthy(
     stub: pb_grpc.TrainerServiceStub, trainer: TrainerServer
 ) -> None:
@@ -114,7 +112,6 @@ async def test_killing_the_training_process_fails_the_job_and_the_service_stays_
     assert final.adapter_id not in [a.adapter_id for a in (await stub.ListAdapters(pb.ListAdaptersRequest())).adapters]
 
 
-@pytest.mark.model
 async def test_cancel_stops_a_run(stub: pb_grpc.TrainerServiceStub, trainer: TrainerServer) -> None:
     started = await stub.TrainAdapter(plan(hyperparameters={"max_steps": 200, "batch_size": 1, "seed": 8}))
     cancelled = await stub.CancelTraining(pb.CancelTrainingRequest(training_id=started.job.training_id))
@@ -137,7 +134,6 @@ async def test_unknown_jobs_and_adapters(stub: pb_grpc.TrainerServiceStub) -> No
         assert missing.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-@pytest.mark.model
 async def test_training_can_free_the_inference_models_first(tmp_path) -> None:
     """One GPU for both: inference unloads its models for the run and loads them again after."""
     from llmmesh.inference.v1 import inference_service_pb2 as inference_pb
@@ -185,7 +181,6 @@ async def test_training_can_free_the_inference_models_first(tmp_path) -> None:
         await inference.stop(grace=1)
 
 
-@pytest.mark.model
 async def test_a_cancel_while_the_run_checks_the_store_is_not_overwritten(
     trainer: TrainerServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import numpy as np
-import pytest
 import pytest_asyncio
 
 from services.inference.api import Chunk, SamplingParams
@@ -18,8 +17,6 @@ from services.inference.backends.gguf import GGUFBackend
 from services.inference.backends.gguf_lora import convert_peft_to_gguf
 from services.inference.generation import GenerationRequest
 from tests.conftest import gemma
-
-pytestmark = pytest.mark.model
 
 HIDDEN, Q_OUT, KV_OUT, LAYERS, RANK = 640, 1024, 256, 18, 4  # Gemma 3 270M
 

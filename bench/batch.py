@@ -45,7 +45,7 @@ def interactive_request(index: int, tokens: int = 16) -> ChatRequest:
     return ChatRequest(
         MODEL,
         (ChatMessage(Role.USER, f"Tell me one fact about the number {index}."),),
-        SamplingParams(max_tokens=tokens, temperature=0),
+        sampling=SamplingParams(max_tokens=tokens, temperature=0),
     )
 
 

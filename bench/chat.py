@@ -45,6 +45,7 @@ import psutil
 from bench.embeddings import free_port, wait_ready
 from bench.mesh import channel, mesh_env
 from services.common.errors import MeshError
+from services.fleet.client import FleetClient
 from services.inference.api import CompletionRequest, SamplingParams
 from services.inference.backends.managed.backend import llama_server_binary
 from services.inference.client import InferenceClient
@@ -187,9 +188,9 @@ def sse_call(http: httpx.AsyncClient, url: str, tokens: int, model: str = MODEL)
     return call
 
 
-def grpc_call(client: InferenceClient, tokens: int, model: str = MODEL) -> Call:
+def grpc_call(client: InferenceClient | FleetClient, tokens: int, model: str = MODEL) -> Call:
     async def call(index: int) -> Sample:
-        request = CompletionRequest(model, prompt(index), SamplingParams(max_tokens=tokens, temperature=0))
+        request = CompletionRequest(model, prompt(index), sampling=SamplingParams(max_tokens=tokens, temperature=0))
         sample = Sample(time.perf_counter())
         async for event in await client.stream_complete([request]):
             if event.chunk.text:

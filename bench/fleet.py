@@ -137,7 +137,7 @@ async def failover_latency(args: argparse.Namespace, root: Path) -> list[float]:
     try:
         await asyncio.gather(spare.start(), preferred.start())
         client = fleet_client(spare, NodeSpec(name="local", tier=2), preferred.spec("preferred"))
-        request = [CompletionRequest(MODEL, "1, 2, 3,", SamplingParams(max_tokens=4, temperature=0))]
+        request = [CompletionRequest(MODEL, "1, 2, 3,", sampling=SamplingParams(max_tokens=4, temperature=0))]
         for _ in range(args.failovers):
             await known(client, 2)
             async with asyncio.timeout(60):  # the circuit closes again once the restarted node answers

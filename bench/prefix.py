@@ -35,7 +35,7 @@ async def one(client: InferenceClient, index: int) -> tuple[float, int, int]:
     """TTFT, prompt tokens and prompt tokens served from the cache, of one streamed request."""
     system = APPS[index % 2]
     messages = (ChatMessage(Role.SYSTEM, system), ChatMessage(Role.USER, f"Question {index}: what is {index} + 1?"))
-    request = ChatRequest(MODEL, messages, SamplingParams(max_tokens=8, temperature=0))
+    request = ChatRequest(MODEL, messages, sampling=SamplingParams(max_tokens=8, temperature=0))
     started, ttft = time.perf_counter(), 0.0
     events = await client.stream_chat([request])
     usage = None

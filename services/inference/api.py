@@ -8,7 +8,7 @@ import dataclasses
 import math
 import re
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any, TypeVar
 
 from llmmesh.inference.v1 import inference_service_pb2 as pb
@@ -594,6 +594,7 @@ class GenerationOptions:
 class ChatRequest(GenerationOptions):
     model: str
     messages: tuple[ChatMessage, ...]
+    _: KW_ONLY  # the rest by name, as the shared options are
     tools: tuple[Tool, ...] = ()
     tool_choice: ToolChoice = field(default_factory=ToolChoice)
     parallel_tool_calls: bool = True
@@ -645,6 +646,7 @@ class ChatRequest(GenerationOptions):
 class CompletionRequest(GenerationOptions):
     model: str
     prompt: str
+    _: KW_ONLY
     prompt_logprobs: bool = False  # with logprobs: also score the prompt (echo with logprobs)
 
     def validate(self) -> CompletionRequest:

@@ -1,6 +1,7 @@
 """JSON output and tool calls through the gateway, on the real Gemma 3 270M (grammar-constrained)."""
 
 import json
+import os
 from typing import Literal
 
 import httpx
@@ -109,10 +110,14 @@ NESTED_SCHEMAS = [
 ]
 
 
+# Requests of n=4 samples at temperature 1.0 per schema: `make fuzz` draws 20 samples, `make test` 8.
+SAMPLED_REQUESTS = int(os.environ.get("LLMMESH_SAMPLED_REQUESTS", "2"))
+
+
 @pytest.mark.parametrize("schema", NESTED_SCHEMAS, ids=["enums-ranges-arrays", "nested-objects"])
 async def test_sampled_outputs_always_validate(client, schema) -> None:
     validated = 0
-    for _ in range(5):  # 5 requests x n=4: 20 samples at temperature 1.0
+    for _ in range(SAMPLED_REQUESTS):
         completion = await client.chat.completions.create(
             model=GEMMA,
             messages=[{"role": "user", "content": "Produce a record."}],
@@ -126,7 +131,7 @@ async def test_sampled_outputs_always_validate(client, schema) -> None:
             if choice.finish_reason == "stop":  # a length stop is reported as such, never passed off as valid
                 jsonschema.validate(json.loads(choice.message.content), schema)
                 validated += 1
-    assert validated >= 12
+    assert validated >= 4 * SAMPLED_REQUESTS * 3 // 5  # most samples finish within max_tokens
 
 
 async def test_required_tool_choice_calls_one_of_the_tools(client) -> None:

@@ -67,7 +67,9 @@ async def test_a_pulled_model_is_registered_answers_and_survives_a_restart(hub, 
             reply = await client.chat(
                 [
                     ChatRequest(
-                        PULLED, (ChatMessage(Role.USER, "Say hello."),), SamplingParams(max_tokens=8, temperature=0)
+                        PULLED,
+                        (ChatMessage(Role.USER, "Say hello."),),
+                        sampling=SamplingParams(max_tokens=8, temperature=0),
                     )
                 ]
             )

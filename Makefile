@@ -60,11 +60,11 @@ run: proto
 # Three tiers in one run, fastest first (tests/conftest.py sets each test's tier from what it
 # uses): unit (no servers), mesh (the shared session mesh, real models), slow (own processes,
 # training, the browser, fuzzing). Two workers, each with its own session mesh, keep both cores
-# busy (one worker leaves one idle half the time); a module stays on one worker (see
-# tests/conftest.py). The slowest 25 tests are listed at the end.
+# busy (one worker leaves one idle half the time); a module stays on one worker, with its module
+# fixtures. The slowest 25 tests are listed at the end.
 TEST_WORKERS ?= 2
 test: proto
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup --durations=25 $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadscope --durations=25 $(PYTEST_ARGS)
 
 # The unit tier alone, for the edit loop (well under a minute).
 test-fast: proto

@@ -86,7 +86,7 @@ def _tier(item: pytest.Item) -> str:
     fixtures = getattr(item, "_fixtureinfo", None)
     definitions = [d for defs in (fixtures.name2fixturedefs.values() if fixtures else ()) for d in defs]
     ours = [d for d in definitions if getattr(d.func, "__module__", "").startswith("tests")]
-    if _uses(item, SLOW_SESSION_FIXTURES):
+    if SLOW_SESSION_FIXTURES & set(getattr(item, "fixturenames", ())):
         return "slow"
     code = [getattr(item, "function", None)] + [d.func for d in ours if d.scope != "session"]
     module = getattr(item, "module", None)
@@ -116,24 +116,10 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark each test's tier, and run the tiers in order: failures of the fast ones show first.
-    Under xdist (`--dist loadgroup`) a module stays on one worker, with its module fixtures, and
-    the modules that share a costly session fixture (SLOW_SESSION_FIXTURES) share a worker too,
-    so that it is made once."""
-    costly = {_module(item) for item in items if _uses(item, SLOW_SESSION_FIXTURES)}
+    """Mark each test's tier, and run the tiers in order: failures of the fast ones show first."""
     for item in items:
         item.add_marker(_tier(item))
-        module = _module(item)
-        item.add_marker(pytest.mark.xdist_group("costly-session-fixtures" if module in costly else module))
     items.sort(key=lambda item: TIERS.index(next(m.name for m in item.iter_markers() if m.name in TIERS)))
-
-
-def _module(item: pytest.Item) -> str:
-    return item.nodeid.split("::")[0]
-
-
-def _uses(item: pytest.Item, fixtures: set[str]) -> bool:
-    return bool(fixtures & set(getattr(item, "fixturenames", ())))
 
 
 _TIER_SECONDS = dict.fromkeys(TIERS, 0.0)

@@ -80,7 +80,8 @@ def sign_in(driver: WebDriver, url: str, credential: str) -> None:
 
 
 def go(driver: WebDriver, view: str) -> None:
-    driver.find_element(By.ID, f"nav-{view}").click()
+    """Open a view from the nav, once the shell has rendered it (a view may be re-rendering)."""
+    wait_for(driver, lambda d: d.find_element(By.ID, f"nav-{view}"), 30).click()
 
 
 async def test_the_page_has_no_cookie_and_a_strict_policy(http: httpx.AsyncClient) -> None:

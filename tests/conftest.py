@@ -62,6 +62,7 @@ for _name, _value in (
 ADAPTER_BUCKET = "llmmesh-adapters"
 
 GEMMA = "gemma-3-270m"
+TRANSFORMERS_CACHE = Path(".data/transformers").resolve()  # dequantized GGUF copies, made once
 JWT_SECRET = "test-jwt-secret-of-at-least-32-bytes!"
 API_KEY_SECRET = "test-api-key-secret-of-at-least-32-bytes"
 
@@ -160,7 +161,7 @@ def gemma(name: str, backend: str = "gguf", **fields: object) -> ModelSpec:
     if backend == "gguf":
         defaults: dict[str, object] = {"context_length": 2048, "options": {"n_threads": 2}}
     else:  # transformers, loaded on first use from the dequantized cache
-        defaults = {"context_length": 1024, "options": {"cache_dir": str(Path(".data/transformers").resolve())}}
+        defaults = {"context_length": 1024, "options": {"cache_dir": str(TRANSFORMERS_CACHE)}}
     return ModelSpec(
         name=name,
         backend=backend,

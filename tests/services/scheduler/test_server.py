@@ -244,6 +244,10 @@ async def test_jobs_and_callbacks_are_counted(
     submitted = await jobs.SubmitJob(chat_job(callback_url=f"{callbacks.url}/hook"))
     await watch_until_done(jobs, submitted.job.job_id)
     await wait_for_callback(jobs, scheduler, submitted.job.job_id)
+    # A transition is counted once its UPDATE returns, which can be just after a watcher saw it.
+    async with asyncio.timeout(10):
+        while any(sample("llmmesh:jobs_total", job_type="chat", state=s) < before[s] + 1 for s in before):
+            await asyncio.sleep(0.05)
     for state in before:
         assert sample("llmmesh:jobs_total", job_type="chat", state=state) == before[state] + 1, state
     assert sample("llmmesh:job_callback_attempts_total", outcome="delivered") == delivered + 1

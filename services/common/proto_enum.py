@@ -4,6 +4,7 @@ and 0 is always `..._UNSPECIFIED`."""
 
 from __future__ import annotations
 
+import functools
 import re
 from enum import StrEnum
 from typing import Any, ClassVar, Self
@@ -37,6 +38,7 @@ class ProtoEnum(StrEnum):
         return member
 
 
+@functools.cache  # once per enum: to_pb runs for every message and chunk
 def _prefix(pb_enum: Any) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", pb_enum.DESCRIPTOR.name).upper() + "_"
 

@@ -61,7 +61,7 @@ class FleetClient:
     async def stream_chat(self, requests: Sequence[ChatRequest], node: str | None = None) -> AsyncIterator[StreamEvent]:
         model, pinned, requests = self._route(requests, node)
         if self.fleet.single:
-            return await self.fleet.home.node.stream_chat(requests)  # no router in the way of a lone service
+            return await self.home.stream_chat(requests)  # no router in the way of a lone service
         return await self.fleet.stream(model, pinned, requests, lambda n, rs: n.stream_chat(rs))
 
     async def stream_complete(
@@ -69,7 +69,7 @@ class FleetClient:
     ) -> AsyncIterator[StreamEvent]:
         model, pinned, requests = self._route(requests, node)
         if self.fleet.single:
-            return await self.fleet.home.node.stream_complete(requests)
+            return await self.home.stream_complete(requests)
         return await self.fleet.stream(model, pinned, requests, lambda n, rs: n.stream_complete(rs))
 
     def _route(self, requests: Sequence[R], node: str | None) -> tuple[str, str | None, Sequence[R]]:

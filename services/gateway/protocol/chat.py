@@ -288,8 +288,8 @@ class ChatChunks(ChoiceChunks):
 
     def chunks(self, event: StreamEvent, first: bool) -> list[list[dict[str, Any]]]:
         chunk, index = event.chunk, event.index
-        out = [[_choice(i, {"role": "assistant", "content": ""}, None)] for i in range(self.choices_per_prompt)]
-        out = out if first else []
+        roles = [[_choice(i, {"role": "assistant", "content": ""})] for i in range(self.choices_per_prompt)]
+        out = roles if first else []
         if chunk.tool_call_deltas:  # OpenAI's shape: id and name first, then argument pieces
             self.streamed_calls.add(index)
             out.append([_choice(index, {"tool_calls": [tool_call_delta_body(d) for d in chunk.tool_call_deltas]})])

@@ -22,7 +22,7 @@ from fastapi.responses import StreamingResponse
 from services.common.errors import MeshError, Unavailable, http_status
 from services.gateway.drain import Drain
 from services.gateway.errors import anthropic_error_body, error_body, mesh_error_body
-from services.inference.api import FinishReason, StreamEvent, Usage
+from services.inference.api import Chunk, Completed, FinishReason, StreamEvent, Usage
 
 log = logging.getLogger(__name__)
 
@@ -194,10 +194,21 @@ async def translate(
                         yield payload
                 if chunk.tool_calls and not streamed_calls:  # a backend that sends its calls whole
                     for call in chunk.tool_calls:
-                        for payload in [*writer.call(call.id, call.name), *writer.arguments(call.arguments or "{}")]:
+                        arguments = call.arguments or ("" if chunk.finish_reason is FinishReason.LENGTH else "{}")
+                        for payload in [*writer.call(call.id, call.name), *writer.arguments(arguments)]:
                             yield payload
                 usage, finish = chunk.usage or usage, chunk.finish_reason or finish
     finally:
         caller_used(usage.prompt_tokens, usage.completion_tokens)
     async for payload in writer.end(finish, usage):
         yield payload
+
+
+async def replay(done: Completed, writer: Writer) -> list[Payload]:
+    """A whole reply walked as its stream is: one writer makes both answers, so they agree."""
+    chunk = Chunk(text=done.text, finish_reason=done.finish_reason, usage=done.usage, tool_calls=done.tool_calls)
+
+    async def events() -> AsyncIterator[StreamEvent]:
+        yield StreamEvent(0, done.model, chunk, done.node)
+
+    return [payload async for payload in translate(events(), writer, lambda prompt, completion: None)]

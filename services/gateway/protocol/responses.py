@@ -4,7 +4,6 @@ conversation (services/gateway/response_store.py)."""
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import json
 import time
@@ -12,7 +11,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import BaseModel, Field
 
 from services.common import sampling
 from services.common.errors import InvalidArgument
@@ -113,6 +112,7 @@ class NamedFunction(OpenAIModel):
 class TextFormat(OpenAIModel):
     type: Literal["text", "json_object", "json_schema"] = "text"
     name: str = "response"
+    description: str | None = None
     schema_: dict[str, Any] | None = Field(None, alias="schema")
     strict: bool | None = None
 
@@ -193,90 +193,174 @@ def new_item_id(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4().hex}"
 
 
-def message_item(item_id: str, text: str, status: str = "completed") -> dict[str, Any]:
-    content = [{"type": "output_text", "text": text, "annotations": []}] if status == "completed" else []
-    return {"type": "message", "id": item_id, "status": status, "role": "assistant", "content": content}
+# The answer, in the Open Responses shape (which OpenAI's Responses API shares).
+
+ItemStatus = Literal["in_progress", "completed", "incomplete"]
 
 
-def function_call_item(item_id: str, call: ToolCall, status: str = "completed") -> dict[str, Any]:
-    return {
-        "type": "function_call",
-        "id": item_id,
-        "call_id": call.id,
-        "name": call.name,
-        "arguments": call.arguments if status == "completed" else "",
-        "status": status,
-    }
+class OutputText(BaseModel):
+    type: Literal["output_text"] = "output_text"
+    text: str
+    annotations: list[dict[str, Any]] = Field(default_factory=list)
+    logprobs: list[dict[str, Any]] = Field(default_factory=list)  # logprobs are not offered on this API
 
 
-def response_body(
-    response_id: str,
-    body: ResponsesRequest,
-    model: str,
-    output: list[dict[str, Any]],
-    finish: FinishReason | None,
-    usage: Usage | None,
-    stored: bool = False,
-) -> dict[str, Any]:
-    """The response object; `finish` None: still in progress."""
-    status = "in_progress" if finish is None else ("incomplete" if finish is FinishReason.LENGTH else "completed")
-    return {
-        "id": response_id,
-        "object": "response",
-        "created_at": int(time.time()),
-        "status": status,
-        "error": None,
-        "incomplete_details": {"reason": "max_output_tokens"} if status == "incomplete" else None,
-        "instructions": body.instructions,
-        "max_output_tokens": body.max_output_tokens,
-        "model": model,
-        "output": output,
-        "parallel_tool_calls": body.parallel_tool_calls,
-        "previous_response_id": body.previous_response_id,
-        "store": stored,
-        "temperature": body.temperature,
-        "top_p": body.top_p,
-        "text": {"format": (body.text.format if body.text else TextFormat()).model_dump(by_alias=True)},
-        "tool_choice": _tool_choice_body(body.tool_choice),
-        "tools": [tool.model_dump() for tool in body.tools or ()],
-        "metadata": body.metadata or {},
-        "usage": None
-        if usage is None
-        else {
-            "input_tokens": usage.prompt_tokens,
-            "input_tokens_details": {"cached_tokens": usage.cached_prompt_tokens},
-            "output_tokens": usage.completion_tokens,
-            "output_tokens_details": {"reasoning_tokens": 0},
-            "total_tokens": usage.prompt_tokens + usage.completion_tokens,
-        },
-    }
+class MessageOut(BaseModel):
+    type: Literal["message"] = "message"
+    id: str
+    status: ItemStatus
+    role: Literal["assistant"] = "assistant"
+    content: list[OutputText]
 
 
-def _tool_choice_body(choice: Literal["none", "auto", "required"] | NamedFunction | None) -> Any:
-    if isinstance(choice, NamedFunction):
-        return {"type": "function", "name": choice.name}
-    return choice or "auto"
+class FunctionCallOut(BaseModel):
+    type: Literal["function_call"] = "function_call"
+    id: str
+    call_id: str
+    name: str
+    arguments: str
+    status: ItemStatus
+
+
+class InputTokensDetails(BaseModel):
+    cached_tokens: int
+    cache_write_tokens: int = 0
+
+
+class OutputTokensDetails(BaseModel):
+    reasoning_tokens: int = 0
+
+
+class ResponseUsage(BaseModel):
+    input_tokens: int
+    input_tokens_details: InputTokensDetails
+    output_tokens: int
+    output_tokens_details: OutputTokensDetails = Field(default_factory=OutputTokensDetails)
+    total_tokens: int
+
+    @classmethod
+    def of(cls, usage: Usage) -> ResponseUsage:
+        return cls(
+            input_tokens=usage.prompt_tokens,
+            input_tokens_details=InputTokensDetails(cached_tokens=usage.cached_prompt_tokens),
+            output_tokens=usage.completion_tokens,
+            total_tokens=usage.prompt_tokens + usage.completion_tokens,
+        )
+
+
+class IncompleteDetails(BaseModel):
+    reason: Literal["max_output_tokens"] = "max_output_tokens"
+
+
+class ReasoningOut(BaseModel):
+    effort: None = None  # no reasoning models here
+    summary: None = None
+
+
+class FormatOut(BaseModel):
+    """`text.format` as asked: plain text is only its type."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    name: str | None = Field(None, exclude_if=lambda value: value is None)
+    description: str | None = Field(None, exclude_if=lambda value: value is None)
+    schema_: dict[str, Any] | None = Field(None, alias="schema", exclude_if=lambda value: value is None)
+    strict: bool | None = Field(None, exclude_if=lambda value: value is None)
+
+    @classmethod
+    def of(cls, asked: TextFormat | None) -> FormatOut:
+        if asked is None or asked.type != "json_schema":
+            return cls(type=asked.type if asked else "text")
+        return cls(
+            type="json_schema",
+            name=asked.name,
+            description=asked.description or "",
+            schema=asked.schema_,
+            strict=bool(asked.strict),
+        )
+
+
+class TextOut(BaseModel):
+    format: FormatOut
+
+
+class ResponseObject(BaseModel):
+    """The response resource: created, in progress, and final alike."""
+
+    id: str
+    object: Literal["response"] = "response"
+    created_at: int
+    completed_at: int | None = None
+    status: Literal["in_progress", "completed", "incomplete"]
+    incomplete_details: IncompleteDetails | None = None
+    error: None = None  # a failed generation is an error answer (or event), not a response
+    model: str
+    previous_response_id: str | None
+    instructions: str | None
+    output: list[MessageOut | FunctionCallOut]
+    tools: list[FunctionTool]
+    tool_choice: str | dict[str, str]
+    truncation: Literal["disabled"] = "disabled"  # too long a conversation is refused, never cut
+    parallel_tool_calls: bool
+    text: TextOut
+    temperature: float
+    top_p: float
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    top_logprobs: int = 0
+    reasoning: ReasoningOut = Field(default_factory=ReasoningOut)
+    usage: ResponseUsage | None = None
+    max_output_tokens: int | None
+    max_tool_calls: int | None = None
+    store: bool
+    background: bool = False
+    service_tier: Literal["default"] = "default"
+    metadata: dict[str, str]
+    safety_identifier: str | None = None
+    prompt_cache_key: str | None = None
+
+    @classmethod
+    def started(cls, response_id: str, body: ResponsesRequest, model: str, store: bool) -> ResponseObject:
+        choice = body.tool_choice
+        return cls(
+            id=response_id,
+            created_at=int(time.time()),
+            status="in_progress",
+            model=model,
+            previous_response_id=body.previous_response_id,
+            instructions=body.instructions,
+            output=[],
+            tools=body.tools or [],
+            tool_choice={"type": "function", "name": choice.name}
+            if isinstance(choice, NamedFunction)
+            else choice or "auto",
+            parallel_tool_calls=body.parallel_tool_calls,
+            text=TextOut(format=FormatOut.of(body.text.format if body.text else None)),
+            # What the request set, else OpenAI's documented default (a model's configured default may differ).
+            temperature=1.0 if body.temperature is None else body.temperature,
+            top_p=1.0 if body.top_p is None else body.top_p,
+            max_output_tokens=body.max_output_tokens,
+            store=store,
+            metadata=body.metadata or {},
+        )
 
 
 class ResponseOutput:
-    """A streamed response's output items, one open at a time, each announced, filled and closed
-    with its own events (a `Writer`)."""
+    """A response's output items, one open at a time, each announced, filled and closed with
+    its own events (a `Writer`). A whole reply is the same walk (`Completed` replayed), so
+    both answers come from one place."""
 
     def __init__(
         self,
-        response_id: str,
-        body: ResponsesRequest,
+        response: ResponseObject,
         remember: Callable[[str, tuple[ToolCall, ...]], Awaitable[bool]],
     ) -> None:
-        self.response_id, self.body, self.remember = response_id, body, remember
-        self.model = ""
-        self.items: list[dict[str, Any]] = []
+        self.response, self.remember = response, remember
         self.sequence = itertools.count()
-        self.open: dict[str, Any] | None = None  # the item being written: its id, kind, text or call
+        self.open: MessageOut | FunctionCallOut | None = None
 
     def start(self, model: str) -> list[Payload]:
-        self.model = model
-        started = response_body(self.response_id, self.body, model, [], None, None)
+        self.response.model = model
+        started = self.response.model_dump(by_alias=True)
         return [
             self._event("response.created", response=started),
             self._event("response.in_progress", response=started),
@@ -284,68 +368,78 @@ class ResponseOutput:
 
     def text(self, text: str) -> list[Payload]:
         events: list[Payload] = []
-        if self.open is None or self.open["kind"] != "message":
-            events += self._close()
-            self.open = {"kind": "message", "id": new_item_id("msg"), "text": ""}
-            events.append(
-                self._event("response.output_item.added", output_index=len(self.items), item=self._item("in_progress"))
-            )
-            part = {"type": "output_text", "text": "", "annotations": []}
+        if not isinstance(self.open, MessageOut):
+            events += self._close("completed")
+            self.open = MessageOut(id=new_item_id("msg"), status="in_progress", content=[])
+            events.append(self._added())
+            part = OutputText(text="").model_dump()
             events.append(self._event("response.content_part.added", **self._where(), content_index=0, part=part))
-        self.open["text"] += text
-        return [*events, self._event("response.output_text.delta", **self._where(), content_index=0, delta=text)]
+            self.open.content.append(OutputText(text=""))
+        self.open.content[0].text += text
+        delta = self._event("response.output_text.delta", **self._where(), content_index=0, delta=text, logprobs=[])
+        return [*events, delta]
 
     def call(self, call_id: str, name: str) -> list[Payload]:
-        events = self._close()
-        self.open = {"kind": "function_call", "id": new_item_id("fc"), "call": ToolCall(call_id, name, "")}
-        added = self._event("response.output_item.added", output_index=len(self.items), item=self._item("in_progress"))
-        return [*events, added]
+        events = self._close("completed")
+        self.open = FunctionCallOut(
+            id=new_item_id("fc"), call_id=call_id, name=name, arguments="", status="in_progress"
+        )
+        return [*events, self._added()]
 
     def arguments(self, piece: str) -> list[Payload]:
-        assert self.open is not None
-        call = self.open["call"]
-        self.open["call"] = dataclasses.replace(call, arguments=call.arguments + piece)
+        assert isinstance(self.open, FunctionCallOut)
+        self.open.arguments += piece
         return [self._event("response.function_call_arguments.delta", **self._where(), delta=piece)]
 
     async def end(self, finish: FinishReason, usage: Usage) -> AsyncIterator[Payload]:
-        for event in self._close():
+        cut = finish is FinishReason.LENGTH
+        for event in self._close("incomplete" if cut else "completed"):  # the item being written when cut
             yield event
-        text = "".join(c["text"] for item in self.items if item["type"] == "message" for c in item["content"])
-        calls = [ToolCall(i["call_id"], i["name"], i["arguments"]) for i in self.items if i["type"] == "function_call"]
-        stored = await self.remember(text, tuple(calls))
-        final = response_body(self.response_id, self.body, self.model, self.items, finish, usage, stored)
-        kind = "response.incomplete" if final["status"] == "incomplete" else "response.completed"
-        yield self._event(kind, response=final)
+        response = self.response
+        text = "".join(part.text for item in response.output if isinstance(item, MessageOut) for part in item.content)
+        calls = tuple(
+            ToolCall(item.call_id, item.name, item.arguments)
+            for item in response.output
+            if isinstance(item, FunctionCallOut)
+        )
+        if not await self.remember(text, calls):
+            response.store = False
+        response.status = "incomplete" if cut else "completed"
+        response.incomplete_details = IncompleteDetails() if cut else None
+        response.completed_at = None if cut else int(time.time())
+        response.usage = ResponseUsage.of(usage)
+        final = response.model_dump(by_alias=True)
+        yield self._event("response.incomplete" if cut else "response.completed", response=final)
 
     def _event(self, kind: str, **fields: Any) -> Named:
         return Named(kind, {"type": kind, "sequence_number": next(self.sequence), **fields})
 
-    def _close(self) -> list[Payload]:
+    def _added(self) -> Named:
+        assert self.open is not None
+        item = self.open.model_dump()
+        return self._event("response.output_item.added", output_index=len(self.response.output), item=item)
+
+    def _close(self, status: ItemStatus) -> list[Payload]:
         if self.open is None:
             return []
-        where, item = self._where(), self._item("completed")
+        where, item = self._where(), self.open
+        item.status = status
         events: list[Payload]
-        if self.open["kind"] == "message":
-            text = self.open["text"]
-            part = {"type": "output_text", "text": text, "annotations": []}
+        if isinstance(item, MessageOut):
+            part = item.content[0].model_dump()
             events = [
-                self._event("response.output_text.done", **where, content_index=0, text=text),
+                self._event("response.output_text.done", **where, content_index=0, text=part["text"], logprobs=[]),
                 self._event("response.content_part.done", **where, content_index=0, part=part),
             ]
         else:
-            arguments = self.open["call"].arguments
-            events = [self._event("response.function_call_arguments.done", **where, arguments=arguments)]
-        events.append(self._event("response.output_item.done", output_index=where["output_index"], item=item))
-        self.items.append(item)
+            done = {"name": item.name, "arguments": item.arguments}
+            events = [self._event("response.function_call_arguments.done", **where, **done)]
+        done_item = item.model_dump()
+        events.append(self._event("response.output_item.done", output_index=where["output_index"], item=done_item))
+        self.response.output.append(item)
         self.open = None
         return events
 
     def _where(self) -> dict[str, Any]:
         assert self.open is not None
-        return {"item_id": self.open["id"], "output_index": len(self.items)}
-
-    def _item(self, status: str) -> dict[str, Any]:
-        assert self.open is not None
-        if self.open["kind"] == "message":
-            return message_item(self.open["id"], self.open["text"], status)
-        return function_call_item(self.open["id"], self.open["call"], status)
+        return {"item_id": self.open.id, "output_index": len(self.response.output)}

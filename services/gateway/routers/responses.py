@@ -19,16 +19,9 @@ from services.gateway.admission import DOORS, admit
 from services.gateway.auth import Caller, get_caller
 from services.gateway.config import GatewaySettings
 from services.gateway.dependencies import NODE_HEADER, generate, get_inference, get_response_store, get_settings
-from services.gateway.protocol.responses import (
-    ResponseOutput,
-    ResponsesRequest,
-    function_call_item,
-    message_item,
-    new_item_id,
-    response_body,
-)
+from services.gateway.protocol.responses import ResponseObject, ResponseOutput, ResponsesRequest, new_item_id
 from services.gateway.response_store import ResponseStore
-from services.gateway.sse import Framing, translate
+from services.gateway.sse import Framing, Named, replay, translate
 from services.inference.api import ChatMessage, Role, ToolCall
 
 router = APIRouter()
@@ -70,20 +63,22 @@ async def create_response(
             log.warning("response %s not stored: %s", response_id, error)
             return False
 
+    def output() -> ResponseOutput:
+        return ResponseOutput(ResponseObject.started(response_id, body, body.model, store=will_store), remember)
+
+    will_store = store is not None and body.store is not False
     reply = await generate(
         request,
         caller,
         body.stream,
         lambda: inference.stream_chat([chat], body.node),
-        lambda events: translate(events, ResponseOutput(response_id, body, remember), caller.used),
+        lambda events: translate(events, output(), caller.used),
         lambda: inference.chat([chat], body.node),
         framing=Framing.RESPONSES,
     )
     if isinstance(reply, Response):
         return reply
     response.headers[NODE_HEADER] = reply[0].node
-    done = reply[0]
-    output = [message_item(new_item_id("msg"), done.text)] if done.text or not done.tool_calls else []
-    output += [function_call_item(new_item_id("fc"), call) for call in done.tool_calls]
-    stored = await remember(done.text, done.tool_calls)
-    return response_body(response_id, body, done.model, output, done.finish_reason, done.usage, stored)
+    final = (await replay(reply[0], output()))[-1]  # response.completed (or .incomplete)
+    assert isinstance(final, Named)
+    return final.data["response"]

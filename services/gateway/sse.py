@@ -152,7 +152,9 @@ class Writer(Protocol):
     """How one API writes a streamed answer as its own events (Anthropic's content blocks,
     the Responses API's output items); `translate` walks the chunks for it."""
 
-    def start(self, model: str) -> list[Payload]: ...
+    def start(self, model: str, usage: Usage | None) -> list[Payload]:
+        """The answer opens; `usage`: the prompt's tokens, where the first chunk counts them."""
+        ...
 
     def text(self, text: str) -> list[Payload]: ...
 
@@ -181,7 +183,7 @@ async def translate(
                     continue
                 if not started:
                     started = True
-                    for payload in writer.start(event.model):
+                    for payload in writer.start(event.model, chunk.usage):
                         yield payload
                 for payload in writer.text(chunk.text) if chunk.text else ():
                     yield payload

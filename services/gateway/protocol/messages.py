@@ -8,6 +8,7 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any, Literal
 
+import jiter
 from pydantic import Field
 
 from services.common import sampling
@@ -147,7 +148,33 @@ class MessagesInput(GenerationIn):
     tools: list[ToolIn] | None = None
     tool_choice: ToolChoiceIn | None = None
 
+    def check_tool_results(self) -> None:
+        """As Anthropic checks: each assistant turn's tool_use blocks are answered, every one,
+        by tool_result blocks in the user turn right after it, and a tool_result answers a
+        tool_use of the turn before."""
+        asked: list[str] = []
+        for index, message in enumerate(self.messages):
+            blocks = message.content if isinstance(message.content, list) else []
+            if message.role == "user":
+                answered = [b.tool_use_id for b in blocks if isinstance(b, ToolResultBlock)]
+                if missing := [call_id for call_id in asked if call_id not in answered]:
+                    raise InvalidArgument(
+                        f"messages.{index}: `tool_use` ids were found without `tool_result` blocks immediately "
+                        f"after: {_ids(missing)}. Each `tool_use` block must have a corresponding `tool_result` "
+                        "block in the next message.",
+                        param=f"messages.{index}.content",
+                    )
+                if unexpected := [call_id for call_id in answered if call_id not in asked]:
+                    raise InvalidArgument(
+                        f"messages.{index}: unexpected `tool_use_id` found in `tool_result` blocks: "
+                        f"{_ids(unexpected)}. Each `tool_result` block must have a corresponding `tool_use` "
+                        "block in the previous message.",
+                        param=f"messages.{index}.content",
+                    )
+            asked = [b.id for b in blocks if isinstance(b, ToolUseBlock)] if message.role == "assistant" else []
+
     def to_domain(self, sampling: SamplingParams | None = None) -> ChatRequest:
+        self.check_tool_results()
         system = self.system if isinstance(self.system, str) else "".join(b.text for b in self.system or ())
         messages = [ChatMessage(Role.SYSTEM, system)] if system else []
         for index, message in enumerate(self.messages):
@@ -161,6 +188,12 @@ class MessagesInput(GenerationIn):
             tool_choice=choice,
             parallel_tool_calls=not (self.tool_choice and self.tool_choice.disable_parallel_tool_use),
         )
+
+
+def _ids(ids: list[str]) -> str:
+    """A few ids, each cut short: an error never quotes unbounded input."""
+    shown = ", ".join(call_id[:64] for call_id in ids[:4])
+    return shown + (f" (and {len(ids) - 4} more)" if len(ids) > 4 else "")
 
 
 class MessagesRequest(MessagesInput):
@@ -182,9 +215,11 @@ def new_message_id() -> str:
 
 
 def tool_input(arguments: str) -> dict[str, Any]:
-    """A call's arguments as Anthropic's `input` object (grammar-constrained output is an object)."""
+    """A call's arguments as Anthropic's `input` object (grammar-constrained output is an object).
+    A call cut at max_tokens has its arguments so far: read as Anthropic's SDK reads them
+    streamed (complete values only), so a whole reply and a stream agree."""
     try:
-        parsed = json.loads(arguments or "{}")
+        parsed = jiter.from_json((arguments or "{}").encode(), partial_mode=True)
     except ValueError:
         return {}
     return parsed if isinstance(parsed, dict) else {"value": parsed}
@@ -194,8 +229,9 @@ def usage_body(usage: Usage) -> dict[str, int]:
     return {"input_tokens": usage.prompt_tokens, "output_tokens": usage.completion_tokens}
 
 
-def message_start(message_id: str, model: str) -> dict[str, Any]:
-    """The message as a stream's first event shows it: no content, no stop reason yet."""
+def message_start(message_id: str, model: str, input_tokens: int) -> dict[str, Any]:
+    """The message as a stream's first event shows it: no content, no stop reason yet, and the
+    prompt's tokens (known before generation, as Anthropic sends them)."""
     return {
         "id": message_id,
         "type": "message",
@@ -204,67 +240,61 @@ def message_start(message_id: str, model: str) -> dict[str, Any]:
         "content": [],
         "stop_reason": None,
         "stop_sequence": None,
-        "usage": {"input_tokens": 0, "output_tokens": 0},
-    }
-
-
-def message_body(
-    message_id: str, model: str, text: str, calls: tuple[ToolCall, ...], finish: FinishReason, usage: Usage
-) -> dict[str, Any]:
-    content: list[dict[str, Any]] = [{"type": "text", "text": text}] if text or not calls else []
-    content += [{"type": "tool_use", "id": c.id, "name": c.name, "input": tool_input(c.arguments)} for c in calls]
-    return {
-        "id": message_id,
-        "type": "message",
-        "role": "assistant",
-        "model": model,
-        "content": content,
-        "stop_reason": STOP_REASONS.get(finish, "end_turn"),
-        "stop_sequence": None,
-        "usage": usage_body(usage),
+        "usage": {"input_tokens": input_tokens, "output_tokens": 0},
     }
 
 
 class MessageBlocks:
-    """A streamed message's content blocks, one open at a time, numbered from 0 (a `Writer`)."""
+    """A message's content blocks, one open at a time, numbered from 0 (a `Writer`). A whole
+    reply is the same walk (`Completed` replayed), ending in `message`: both answers agree."""
 
     def __init__(self, message_id: str) -> None:
         self.message_id = message_id
-        self.index = -1
-        self.open: str | None = None  # "text" or "tool_use"
+        self.message: dict[str, Any] = {}
+        self.open: dict[str, Any] | None = None  # the block being written
+        self.partial_json = ""  # the open tool_use block's input, as generated
 
-    def start(self, model: str) -> list[Payload]:
-        return [Named("message_start", {"type": "message_start", "message": message_start(self.message_id, model)})]
+    def start(self, model: str, usage: Usage | None) -> list[Payload]:
+        self.message = message_start(self.message_id, model, usage.prompt_tokens if usage else 0)
+        return [Named("message_start", {"type": "message_start", "message": {**self.message, "content": []}})]
 
     def text(self, text: str) -> list[Payload]:
-        opening = self._open({"type": "text", "text": ""}) if self.open != "text" else []
+        opening = self._open({"type": "text", "text": ""}) if not self.open or self.open["type"] != "text" else []
+        assert self.open is not None
+        self.open["text"] += text
         return [*opening, self._delta({"type": "text_delta", "text": text})]
 
     def call(self, call_id: str, name: str) -> list[Payload]:
         return self._open({"type": "tool_use", "id": call_id, "name": name, "input": {}})
 
     def arguments(self, piece: str) -> list[Payload]:
+        self.partial_json += piece
         return [self._delta({"type": "input_json_delta", "partial_json": piece})]
 
     async def end(self, finish: FinishReason, usage: Usage) -> AsyncIterator[Payload]:
         for named in self._close():
             yield named
         delta = {"stop_reason": STOP_REASONS.get(finish, "end_turn"), "stop_sequence": None}
+        self.message.update(delta, usage=usage_body(usage))
         yield Named("message_delta", {"type": "message_delta", "delta": delta, "usage": usage_body(usage)})
         yield Named("message_stop", {"type": "message_stop"})
 
     def _open(self, block: dict[str, Any]) -> list[Payload]:
         events = self._close()
-        self.index += 1
-        self.open = block["type"]
-        start = {"type": "content_block_start", "index": self.index, "content_block": block}
+        start = {"type": "content_block_start", "index": len(self.message["content"]), "content_block": dict(block)}
+        self.open, self.partial_json = block, ""
         return [*events, Named("content_block_start", start)]
 
     def _delta(self, delta: dict[str, Any]) -> Named:
-        return Named("content_block_delta", {"type": "content_block_delta", "index": self.index, "delta": delta})
+        index = len(self.message["content"])
+        return Named("content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta})
 
     def _close(self) -> list[Payload]:
         if self.open is None:
             return []
+        if self.open["type"] == "tool_use":
+            self.open["input"] = tool_input(self.partial_json)
+        index = len(self.message["content"])
+        self.message["content"].append(self.open)
         self.open = None
-        return [Named("content_block_stop", {"type": "content_block_stop", "index": self.index})]
+        return [Named("content_block_stop", {"type": "content_block_stop", "index": index})]

@@ -358,7 +358,7 @@ class ResponseOutput:
         self.sequence = itertools.count()
         self.open: MessageOut | FunctionCallOut | None = None
 
-    def start(self, model: str) -> list[Payload]:
+    def start(self, model: str, usage: Usage | None) -> list[Payload]:
         self.response.model = model
         started = self.response.model_dump(by_alias=True)
         return [

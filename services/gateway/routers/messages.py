@@ -14,14 +14,8 @@ from services.gateway.admission import DOORS, admit
 from services.gateway.auth import Caller, get_caller
 from services.gateway.config import GatewaySettings
 from services.gateway.dependencies import NODE_HEADER, generate, get_inference, get_settings
-from services.gateway.protocol.messages import (
-    MessageBlocks,
-    MessagesInput,
-    MessagesRequest,
-    message_body,
-    new_message_id,
-)
-from services.gateway.sse import Framing, translate
+from services.gateway.protocol.messages import MessageBlocks, MessagesInput, MessagesRequest, new_message_id
+from services.gateway.sse import Framing, replay, translate
 
 router = APIRouter()
 
@@ -51,8 +45,9 @@ async def create_message(
     if isinstance(reply, Response):
         return reply
     response.headers[NODE_HEADER] = reply[0].node
-    done = reply[0]
-    return message_body(message_id, done.model, done.text, done.tool_calls, done.finish_reason, done.usage)
+    blocks = MessageBlocks(message_id)
+    await replay(reply[0], blocks)
+    return blocks.message
 
 
 @router.post("/v1/messages/count_tokens")

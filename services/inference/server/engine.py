@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 from collections.abc import AsyncIterator
 
@@ -22,6 +23,7 @@ from services.inference.api import (
     ResponseFormat,
     SamplingParams,
     Setting,
+    Usage,
     WaitUpdate,
 )
 from services.inference.backends import backend_class
@@ -253,7 +255,13 @@ class InferenceEngine:
         try:
             await self._attach_adapter(lease.backend, request.adapter)
             async with contextlib.aclosing(lease.backend.generate_stream(request)) as chunks:  # type: ignore[type-var]
+                # The prompt's size goes out with the first token, where the backend has a tokenizer:
+                # Anthropic's message_start shows it, and a stream cut short is still charged for it.
+                counted = type(lease.backend).count_tokens is Backend.count_tokens
                 async for chunk in chunks:
+                    if not counted and chunk.usage is None:
+                        chunk = dataclasses.replace(chunk, usage=Usage(await lease.backend.count_tokens(request), 0))
+                    counted = True
                     yield chunk
         finally:
             lease.release()
@@ -400,17 +408,15 @@ async def _tool_replies(chunks: AsyncIterator[Chunk], reader: tools.ReplyReader)
                 yield chunk
                 continue
             text, deltas = reader.feed(chunk.text)
-            if text or deltas or chunk.logprobs:
-                yield Chunk(text=text, tool_call_deltas=deltas, logprobs=chunk.logprobs)
+            early_usage = chunk.usage if chunk.finish_reason is None else None  # the prompt's, on the first
+            if text or deltas or chunk.logprobs or early_usage:
+                yield Chunk(text=text, tool_call_deltas=deltas, logprobs=chunk.logprobs, usage=early_usage)
             if chunk.finish_reason is None:
                 continue
-            if chunk.finish_reason is FinishReason.LENGTH:
-                yield Chunk(text="", finish_reason=FinishReason.LENGTH, usage=chunk.usage)  # cut mid-call
-                return
-            content, calls = reader.finish()
-            if calls:
-                yield Chunk(text="", finish_reason=FinishReason.TOOL_CALLS, usage=chunk.usage, tool_calls=calls)
-                return
+            cut = chunk.finish_reason is FinishReason.LENGTH
+            content, calls = reader.finish(cut)  # cut: the calls so far, as their deltas streamed them
             if content:
                 yield Chunk(text=content)
-            yield Chunk(text="", finish_reason=FinishReason.STOP, usage=chunk.usage)
+            finish = FinishReason.LENGTH if cut else FinishReason.TOOL_CALLS if calls else FinishReason.STOP
+            yield Chunk(text="", finish_reason=finish, usage=chunk.usage, tool_calls=calls)
+            return

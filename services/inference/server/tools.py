@@ -156,7 +156,7 @@ class GenericSyntax(ToolSyntax):
         )
 
     def reader(self) -> ReplyReader:
-        return ReplyReader(CallScanner(call_depth=3), content_of=_generic_content)
+        return ReplyReader(CallScanner(call_depth=3), content_of=_generic_content, prose_key="content")
 
 
 def _generic_content(text: str) -> str:
@@ -373,25 +373,72 @@ class CallScanner:
             call["emitted"] = end - call["start"]
             yield ToolCallDelta(call["index"], call["id"], "", self._text[start:end])
 
-    def tool_calls(self) -> tuple[ToolCall, ...]:
+    def tool_calls(self, cut: bool = False) -> tuple[ToolCall, ...]:
+        """The whole calls; `cut` (the reply stopped at max_tokens): also the last one as far as
+        it was generated, named, with its arguments so far, as its deltas streamed it."""
         return tuple(
-            ToolCall(call["id"], call["name"], self._text[call["start"] : call["end"]])
+            ToolCall(call["id"], call["name"], self._text[call["start"] : call.get("end", self._position)])
+            if "start" in call
+            else ToolCall(call["id"], call["name"], "")
             for call in self.calls
-            if call["name"] is not None and "end" in call
+            if call["name"] is not None and ("end" in call or cut)
         )
+
+
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+class JsonStringReader:
+    """The decoded text of a JSON string as its raw text arrives, up to its closing quote;
+    an escape sequence split between pieces (a surrogate pair's two halves included) waits
+    for its end."""
+
+    ESCAPE = re.compile(r"\\(?:u[0-9a-fA-F]{4}(?:\\u[0-9a-fA-F]{4})?|[^u])")
+    LOW_HALF_SO_FAR = re.compile(r"(?:\\(?:u[0-9a-fA-F]{0,3})?)?")
+
+    def __init__(self, start: int) -> None:
+        self.position = start  # in the reply's text: the first character not yet decoded
+        self.closed = False
+
+    def read(self, text: str) -> str:
+        decoded, index = [], self.position
+        while index < len(text) and not self.closed:
+            char = text[index]
+            if char == '"':
+                self.closed = True
+                index += 1
+            elif char == "\\":
+                escape = self.ESCAPE.match(text, index)
+                if escape is None or self._awaits_low_half(escape.group(), text[escape.end() :]):
+                    break  # the rest of the escape is still to come
+                decoded.append(json.loads(f'"{escape.group()}"'))
+                index = escape.end()
+            else:
+                decoded.append(char)
+                index += 1
+        self.position = index
+        # A lone surrogate (the model wrote half a pair) cannot be sent as UTF-8.
+        return LONE_SURROGATE.sub("\ufffd", "".join(decoded))
+
+    def _awaits_low_half(self, escape: str, rest: str) -> bool:
+        high = len(escape) == 6 and 0xD800 <= int(escape[2:], 16) <= 0xDBFF
+        return high and len(rest) < 6 and self.LOW_HALF_SO_FAR.fullmatch(rest) is not None
 
 
 @dataclass
 class ReplyReader:
     """Reads a tool-aware reply as it streams: call deltas as soon as they are generated, and
-    plain text as text when the syntax lets the model answer in prose (`text_start`: what a
-    reply of calls begins with)."""
+    prose as it is generated: plain text when the syntax lets the model answer in prose
+    (`text_start`: what a reply of calls begins with), or the string of a JSON answer
+    {"<prose_key>": "..."}, decoded as it arrives."""
 
     scanner: CallScanner
     content_of: Any
     text_start: str | None = None
+    prose_key: str | None = None
     _text: str = ""
     _prose: bool | None = None
+    _prose_string: JsonStringReader | None = None
 
     def feed(self, text: str) -> tuple[str, tuple[ToolCallDelta, ...]]:
         """(prose to pass on, call deltas) for the next piece of the reply."""
@@ -400,11 +447,18 @@ class ReplyReader:
             self._prose = not self._text.lstrip().startswith(self.text_start)
         if self._prose:
             return text, ()
+        if self.prose_key is not None and self._prose_string is None:
+            opening = re.match(rf'\s*\{{\s*"{self.prose_key}"\s*:\s*"', self._text)
+            if opening is not None:
+                self._prose_string = JsonStringReader(opening.end())
+        if self._prose_string is not None:
+            return self._prose_string.read(self._text), ()
         return "", tuple(self.scanner.feed(text))
 
-    def finish(self) -> tuple[str, tuple[ToolCall, ...]]:
-        """(content held back, calls) once the reply is complete."""
-        if self._prose:
+    def finish(self, cut: bool = False) -> tuple[str, tuple[ToolCall, ...]]:
+        """(content held back, calls) once the reply ends; `cut`: at max_tokens, when the calls
+        are those generated so far, the last one possibly unfinished."""
+        if self._prose or self._prose_string is not None:
             return "", ()
-        calls = self.scanner.tool_calls()
-        return ("", calls) if calls else (self.content_of(self._text), ())
+        calls = self.scanner.tool_calls(cut)
+        return ("", calls) if calls or cut else (self.content_of(self._text), ())

@@ -56,10 +56,34 @@ def test_arguments_stream_before_the_call_ends() -> None:
     assert [d.arguments for d in deltas] == ["", '{"city":"Pa']
 
 
-def test_generic_content_and_hermes_prose() -> None:
-    assert read("generic", '{"content":"It is sunny."}', 4)[2] == ("It is sunny.", ())
+def test_generic_content_and_hermes_prose_stream_as_generated() -> None:
+    assert read("generic", '{"content":"It is sunny."}', 4)[:3:2] == ("It is sunny.", ("", ()))
     prose, deltas, finished = read("hermes", "It is sunny in Paris.", 3)
     assert prose == "It is sunny in Paris." and not deltas and finished == ("", ())
+
+
+@pytest.mark.parametrize("piece", [1, 2, 3, 5, 7])
+def test_generic_prose_decodes_escapes_split_between_pieces(piece: int) -> None:
+    answer = r"Say \"hi\"\n\u00e9 \ud83d\ude00 \\ end"
+    prose, deltas, finished = read("generic", f'{{ "content" : "{answer}"}}', piece)
+    assert prose == json.loads(f'"{answer}"') and not deltas and finished == ("", ())
+
+
+def test_a_reply_cut_at_max_tokens_keeps_its_calls_as_streamed() -> None:
+    reader = tools.SYNTAXES["generic"].reader()
+    _, deltas = reader.feed(
+        '{"tool_calls":[{"name":"get_weather","arguments":{"city":"Paris"}},{"name":"get_weather","ar'
+    )
+    first, second = reader.finish(cut=True)[1]
+    assert first.arguments == '{"city":"Paris"}' and (second.name, second.arguments) == ("get_weather", "")
+    assert [d.id for d in deltas if d.name] == [first.id, second.id]
+    reader = tools.SYNTAXES["generic"].reader()
+    reader.feed('{"tool_calls":[{"name":"get_weather","arguments":{"ci')
+    [cut] = reader.finish(cut=True)[1]
+    assert cut.arguments == '{"ci'  # what the deltas carried: the same reply either way
+    reader = tools.SYNTAXES["generic"].reader()
+    reader.feed('{"content":"Once upon')
+    assert reader.finish(cut=True) == ("", ())  # the prose went out as it came
 
 
 def test_syntax_follows_the_template_unless_configured_or_unenforceable() -> None:

@@ -201,7 +201,7 @@ class _Progress:
 def _failure(result: pb.BatchItemResult, error: MeshError) -> pb.BatchItemResult:
     result.error.CopyFrom(
         pb.BatchItemError(
-            status_code=http_status(error), code=error.code.name, message=error.message, param=error.param or ""
+            status_code=http_status(error), code=error.reason, message=error.message, param=error.param or ""
         )
     )
     return result

@@ -103,7 +103,7 @@ def prepare_items(
             item, limits = _item(line, caller, settings)
             items.append(item)
         except ValidationError as error:
-            raise InvalidArgument(f"Line {number}: body.{_first_problem(error)}", param="input_file_id") from None
+            raise InvalidArgument(f"Line {number}: {_first_problem(error, 'body')}", param="input_file_id") from None
         except MeshError as error:
             raise type(error)(
                 f"Line {number}: {error.message}",
@@ -140,9 +140,11 @@ def _item(line: BatchLineIn, caller: Caller, settings: GatewaySettings) -> tuple
     return item, limits
 
 
-def _first_problem(error: ValidationError) -> str:
+def _first_problem(error: ValidationError, within: str = "") -> str:
+    """`where: what` of the first problem (just `what` for the line itself)."""
     first = error.errors()[0]
-    return f"{'.'.join(str(part) for part in first['loc'])}: {first['msg']}"
+    where = ".".join(str(part) for part in (within, *first["loc"]) if part != "")
+    return f"{where}: {first['msg']}" if where else first["msg"]
 
 
 # ---- the batch object ----
@@ -224,7 +226,8 @@ def render_results(batch_id: str, results: list[pb.BatchItemResult]) -> tuple[by
         outcome = result.WhichOneof("outcome")
         if outcome == "error":
             failure = result.error
-            body = error_body(failure.status_code, failure.message, param=failure.param or None)
+            code = failure.code.lower() or None  # the code the same request over HTTP is answered with
+            body = error_body(failure.status_code, failure.message, param=failure.param or None, code=code)
             response = {"status_code": failure.status_code, "request_id": line_id, "body": body}
             errors.append({"id": line_id, "custom_id": result.custom_id, "response": response, "error": None})
             continue

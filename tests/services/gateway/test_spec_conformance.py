@@ -182,7 +182,7 @@ async def test_batches(http: httpx.AsyncClient) -> None:
     errors = (await http.get(f"/v1/files/{batch['error_file_id']}/content")).text.splitlines()
     [error] = [json.loads(line) for line in errors]
     assert error["custom_id"] == "refused" and error["response"]["status_code"] == 404
-    assert error["error"] is None or error["error"]["code"]
+    assert error["response"]["body"]["error"]["code"] == "model_not_found"  # as over HTTP
     cancelled = await http.post(f"/v1/batches/{batch_id}/cancel")
     OPENAI.check("Batch", cancelled.json()) if cancelled.status_code == 200 else None
 

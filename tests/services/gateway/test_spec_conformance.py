@@ -1,6 +1,7 @@
 """Every answer and stream event of every gateway operation, validated against the published
-specifications (tests/specs): OpenAI's OpenAPI document, and the Open Responses schemas for
-/v1/responses. Raw HTTP, so that what is checked is what goes on the wire."""
+specifications (tests/specs): OpenAI's OpenAPI document, the Open Responses schemas for
+/v1/responses, and Anthropic's Messages shapes from its API reference. Raw HTTP, so that what
+is checked is what goes on the wire."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pytest
 
 from tests.conftest import GEMMA
 from tests.specs import OPEN_RESPONSES, OPENAI, check_responses_event
+from tests.specs import anthropic as anthropic_spec
 
 WEATHER = {
     "name": "get_weather",
@@ -204,3 +206,59 @@ async def test_errors(http: httpx.AsyncClient, method: str, path: str, body: dic
     reply = await http.request(method, path, json=body)
     assert 400 <= reply.status_code < 500, reply.text
     OPENAI.check("ErrorResponse", reply.json())
+
+
+MESSAGES_CASES = {
+    "plain": {"model": "mock", "messages": [{"role": "user", "content": "hello there"}], "max_tokens": 16},
+    "cut": {"model": "mock", "messages": [{"role": "user", "content": "a b c d"}], "max_tokens": 2},
+    "tool use": {
+        "model": GEMMA,
+        "messages": [{"role": "user", "content": "Weather in Paris?"}],
+        "tools": [
+            {"name": WEATHER["name"], "description": WEATHER["description"], "input_schema": WEATHER["parameters"]}
+        ],
+        "tool_choice": {"type": "any"},
+        "max_tokens": 48,
+    },
+}
+
+
+async def named_sse(http: httpx.AsyncClient, path: str, body: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(event name, data) of a stream with named events."""
+    events, name = [], ""
+    async with http.stream("POST", path, json=body) as response:
+        assert response.status_code == 200, await response.aread()
+        async for line in response.aiter_lines():
+            if line.startswith("event: "):
+                name = line.removeprefix("event: ")
+            elif line.startswith("data: "):
+                events.append((name, json.loads(line.removeprefix("data: "))))
+    return events
+
+
+@pytest.mark.parametrize("case", MESSAGES_CASES)
+async def test_anthropic_messages(http: httpx.AsyncClient, case: str) -> None:
+    body = {**MESSAGES_CASES[case], "temperature": 0}
+    unary = await http.post("/v1/messages", json=body)
+    assert unary.status_code == 200, unary.text
+    anthropic_spec.Message.model_validate(unary.json())
+    events = await named_sse(http, "/v1/messages", {**body, "stream": True})
+    anthropic_spec.check_stream(events)
+    assert events[0][1]["message"]["usage"]["input_tokens"] == unary.json()["usage"]["input_tokens"] > 0
+    counted = await http.post("/v1/messages/count_tokens", json={k: v for k, v in body.items() if k != "max_tokens"})
+    anthropic_spec.TokenCount.model_validate(counted.json())
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"model": "no-such-model", "max_tokens": 8, "messages": [{"role": "user", "content": "x"}]},
+        {"model": "mock", "max_tokens": 8, "messages": []},
+        {"model": "mock", "messages": [{"role": "user", "content": "x"}]},
+        {"model": "mock", "max_tokens": 8, "messages": [{"role": "user", "content": "x"}], "temperature": 1.5},
+    ],
+)
+async def test_anthropic_errors(http: httpx.AsyncClient, body: dict[str, Any]) -> None:
+    reply = await http.post("/v1/messages", json=body)
+    assert 400 <= reply.status_code < 500, reply.text
+    anthropic_spec.Error.model_validate(reply.json())

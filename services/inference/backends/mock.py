@@ -1,9 +1,11 @@
-"""A deterministic backend for tests: it echoes `[mock-text:<model>] <last user message>`."""
+"""A deterministic backend for tests: it echoes `[mock-text:<model>] <last user message>`, and
+how many images the conversation holds, if any (a stand-in for a vision model)."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import ClassVar
 
 from pydantic import Field
 
@@ -29,6 +31,7 @@ class MockBackend(Backend):
 
     Options = MockOptions
     options: MockOptions
+    supports_images: ClassVar[bool] = True
 
     @property
     def parallel_slots(self) -> int:
@@ -53,7 +56,9 @@ class MockBackend(Backend):
             # is retried until the job's TTL.
             raise Internal(f"mock backend failure (the request contains '{self.fail_on}')")
         prompt_words = await self.count_tokens(request)
-        words = f"[mock-text:{self.spec.name}] {source}".split(" ")
+        images = sum(len(message.images) for message in request.messages)
+        seen = f" [{images} image{'s' if images > 1 else ''}]" if images else ""
+        words = f"[mock-text:{self.spec.name}] {source}{seen}".split(" ")
         limit = request.sampling.max_tokens or len(words)
         emitted = 0
         self.stats.running += 1

@@ -7,7 +7,7 @@ import openai
 import pytest
 
 from services.gateway.app import build_app
-from tests.conftest import gateway_settings, serve_http
+from tests.conftest import GEMMA, gateway_settings, serve_http
 
 
 async def test_chat_completion(client) -> None:
@@ -120,10 +120,12 @@ async def test_bad_input_is_400_naming_the_parameter(http, body, param) -> None:
 
 async def test_images_to_a_text_only_model_are_400(http) -> None:
     image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw=="}}
-    body = {"model": "mock", "messages": [{"role": "user", "content": [{"type": "text", "text": "x"}, image]}]}
+    body = {"model": GEMMA, "messages": [{"role": "user", "content": [{"type": "text", "text": "x"}, image]}]}
     response = await http.post("/v1/chat/completions", json=body)
     assert response.status_code == 400
     assert "does not accept images" in response.json()["error"]["message"]
+    seen = await http.post("/v1/chat/completions", json={**body, "model": "mock"})  # a stand-in vision model
+    assert seen.json()["choices"][0]["message"]["content"] == "[mock-text:mock] x [1 image]"
 
 
 async def test_malformed_json_is_400(http) -> None:

@@ -182,7 +182,7 @@ def build_test_registry() -> ModelRegistry:
             gemma("gemma-hf-hermes", backend="transformers", tool_syntax="hermes"),
             # Batched decoding (two sequences): prompt scoring, low priority.
             gemma("gemma-batched", options={"n_threads": 1, "n_parallel": 2}),
-            ModelSpec(name="mock", backend="mock", aliases=("mock-alias",)),
+            ModelSpec(name="mock", backend="mock", aliases=("mock-alias",), options={"images": True}),
             # Paces its words so that a stream can be cancelled halfway through.
             ModelSpec(name="mock-slow", backend="mock", options={"token_delay_seconds": 0.05}),
         ],

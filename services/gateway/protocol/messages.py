@@ -155,22 +155,18 @@ class MessagesInput(GenerationIn):
         asked: list[str] = []
         for index, message in enumerate(self.messages):
             blocks = message.content if isinstance(message.content, list) else []
-            if message.role == "user":
-                answered = [b.tool_use_id for b in blocks if isinstance(b, ToolResultBlock)]
-                if missing := [call_id for call_id in asked if call_id not in answered]:
-                    raise InvalidArgument(
-                        f"messages.{index}: `tool_use` ids were found without `tool_result` blocks immediately "
-                        f"after: {_ids(missing)}. Each `tool_use` block must have a corresponding `tool_result` "
-                        "block in the next message.",
-                        param=f"messages.{index}.content",
-                    )
-                if unexpected := [call_id for call_id in answered if call_id not in asked]:
-                    raise InvalidArgument(
-                        f"messages.{index}: unexpected `tool_use_id` found in `tool_result` blocks: "
-                        f"{_ids(unexpected)}. Each `tool_result` block must have a corresponding `tool_use` "
-                        "block in the previous message.",
-                        param=f"messages.{index}.content",
-                    )
+            answered = [b.tool_use_id for b in blocks if isinstance(b, ToolResultBlock)]
+            missing = [call_id for call_id in asked if call_id not in answered]
+            unexpected = [call_id for call_id in answered if call_id not in asked]
+            if missing or unexpected:
+                problem = (
+                    f"`tool_use` ids were found without `tool_result` blocks immediately after: {_ids(missing)}. "
+                    "Each `tool_use` block must have a corresponding `tool_result` block in the next message."
+                    if missing
+                    else f"unexpected `tool_use_id` found in `tool_result` blocks: {_ids(unexpected)}. Each "
+                    "`tool_result` block must have a corresponding `tool_use` block in the previous message."
+                )
+                raise InvalidArgument(f"messages.{index}: {problem}", param=f"messages.{index}.content")
             asked = [b.id for b in blocks if isinstance(b, ToolUseBlock)] if message.role == "assistant" else []
 
     def to_domain(self, sampling: SamplingParams | None = None) -> ChatRequest:

@@ -42,7 +42,7 @@ class Backend(ABC):
     """
 
     # Optional capabilities, declared rather than discovered by hasattr().
-    supports_images: ClassVar[bool] = False
+    supports_images: ClassVar[bool] = False  # see accepts_images
     supports_adapters: ClassVar[bool] = False
     supports_adapter_scale: ClassVar[bool] = False  # GenerationRequest.adapter_scale other than 1.0
     # Whether a slot's settings change what the backend talks to (REST: a URL per slot).
@@ -63,6 +63,11 @@ class Backend(ABC):
     @classmethod
     def check_schema(cls, schema: dict[str, Any]) -> None:
         """Raise InvalidArgument naming a schema feature this backend cannot enforce."""
+
+    @classmethod
+    def accepts_images(cls, spec: ModelSpec) -> bool:
+        """Whether `spec`'s model reads images (a backend may leave it to the model's options)."""
+        return cls.supports_images
 
     def __init__(self, spec: ModelSpec) -> None:
         self.spec = spec

@@ -1,15 +1,15 @@
 """A deterministic backend for tests: it echoes `[mock-text:<model>] <last user message>`, and
-how many images the conversation holds, if any (a stand-in for a vision model)."""
+with option `images`, how many images the conversation holds (a stand-in for a vision model)."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import ClassVar
 
 from pydantic import Field
 
 from services.common.errors import Internal
+from services.common.registry import ModelSpec
 from services.inference.api import Chunk, FinishReason, Usage
 from services.inference.backends.base import Backend, BackendOptions
 from services.inference.generation import GenerationRequest
@@ -19,6 +19,7 @@ class MockOptions(BackendOptions):
     token_delay_seconds: float = Field(0.0, ge=0)
     fail_on: str = ""
     n_parallel: int = Field(1, ge=1, description="As a batching backend declares it: counted by the queue bound.")
+    images: bool = Field(False, description="Accept images, as a vision model would, and count them.")
 
 
 class MockBackend(Backend):
@@ -31,11 +32,14 @@ class MockBackend(Backend):
 
     Options = MockOptions
     options: MockOptions
-    supports_images: ClassVar[bool] = True
 
     @property
     def parallel_slots(self) -> int:
         return self.options.n_parallel
+
+    @classmethod
+    def accepts_images(cls, spec: ModelSpec) -> bool:
+        return bool(spec.options.get("images", False))
 
     async def load(self) -> None:
         self.token_delay = self.options.token_delay_seconds

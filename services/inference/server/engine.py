@@ -76,7 +76,7 @@ class InferenceEngine:
         request.validate()
         spec = self.router.resolve(request.model)
         backend = backend_class(spec.backend)
-        if any(m.images for m in request.messages) and not backend.supports_images:
+        if any(m.images for m in request.messages) and not backend.accepts_images(spec):
             raise InvalidArgument(
                 f"Model '{spec.name}' ({spec.backend} backend) does not accept images.", param="messages"
             )
@@ -314,7 +314,7 @@ class InferenceEngine:
             is_default=spec.name == self.router.registry.default_model,
             memory_mb=spec.memory_mb,
             requests_running=self.models.running(spec),
-            supports_images=backend_class(spec.backend).supports_images,
+            supports_images=backend_class(spec.backend).accepts_images(spec),
         )
 
     def queue(self) -> list[QueueLine]:

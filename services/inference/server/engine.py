@@ -255,13 +255,16 @@ class InferenceEngine:
         try:
             await self._attach_adapter(lease.backend, request.adapter)
             async with contextlib.aclosing(lease.backend.generate_stream(request)) as chunks:  # type: ignore[type-var]
-                # The prompt's size goes out with the first token, where the backend has a tokenizer:
-                # Anthropic's message_start shows it, and a stream cut short is still charged for it.
-                counted = type(lease.backend).count_tokens is Backend.count_tokens
+                # The prompt's size goes out with the first token, where the backend has a tokenizer
+                # (Anthropic's message_start shows it; a stream cut short is still charged for it).
+                # Counted before generation starts, so never alongside this request's own decoding.
+                prompt_tokens = None
+                if type(lease.backend).count_tokens is not Backend.count_tokens:
+                    prompt_tokens = await lease.backend.count_tokens(request)
                 async for chunk in chunks:
-                    if not counted and chunk.usage is None:
-                        chunk = dataclasses.replace(chunk, usage=Usage(await lease.backend.count_tokens(request), 0))
-                    counted = True
+                    if prompt_tokens is not None and chunk.usage is None:
+                        chunk = dataclasses.replace(chunk, usage=Usage(prompt_tokens, 0))
+                    prompt_tokens = None
                     yield chunk
         finally:
             lease.release()

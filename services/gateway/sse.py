@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Protocol
@@ -42,7 +42,7 @@ class Named:
     data: dict[str, Any]
 
 
-Payload = dict[str, Any] | Named | Comment
+Payload = Mapping[str, Any] | Named | Comment  # a JSON object (a TypedDict too), a named event, a comment
 
 
 def _event(payload: Payload | str) -> str:

@@ -4,16 +4,18 @@ response and the stream's chunks."""
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
+from typing import Any, Literal, Required, TypedDict
 
 from pydantic import BaseModel, Field, model_validator
 
 from services.common.errors import InvalidArgument
 from services.gateway.protocol.common import (
+    FINISH_NAMES,
     INT32_MAX,
     TOP_LOGPROBS_FIELD,
     ChoiceChunks,
     ChoiceOut,
+    FinishName,
     OpenAIModel,
     ReplyOut,
     ResponseFormatIn,
@@ -176,26 +178,45 @@ class ChatCompletionRequest(SamplingFields):
         ]
 
 
-def tool_calls_body(calls: tuple[ToolCall, ...], with_index: bool = False) -> list[dict[str, Any]]:
+class FunctionDeltaOut(TypedDict, total=False):
+    name: str
+    arguments: str
+
+
+class ToolCallDeltaOut(TypedDict, total=False):
+    """A piece of a streamed call: the first has its `id`, `type` and `function.name`."""
+
+    index: Required[int]
+    id: str
+    type: Literal["function"]
+    function: Required[FunctionDeltaOut]
+
+
+class ChatDelta(TypedDict, total=False):
+    role: Literal["assistant"]
+    content: str
+    tool_calls: list[ToolCallDeltaOut]
+
+
+class ChatChunkChoice(TypedDict):
+    index: int
+    delta: ChatDelta
+    finish_reason: FinishName | None
+    logprobs: dict[str, Any] | None
+
+
+def tool_call_deltas(calls: tuple[ToolCall, ...]) -> list[ToolCallDeltaOut]:
+    """Whole calls (from backends that send them so) as one delta each."""
     return [
-        {
-            **({"index": index} if with_index else {}),
-            "id": call.id,
-            "type": "function",
-            "function": {"name": call.name, "arguments": call.arguments},
-        }
-        for index, call in enumerate(calls)
+        {"index": i, "id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}
+        for i, call in enumerate(calls)
     ]
 
 
-def tool_call_delta_body(delta: ToolCallDelta) -> dict[str, Any]:
+def tool_call_delta(delta: ToolCallDelta) -> ToolCallDeltaOut:
     if delta.name:
-        return {
-            "index": delta.index,
-            "id": delta.id,
-            "type": "function",
-            "function": {"name": delta.name, "arguments": delta.arguments},
-        }
+        function: FunctionDeltaOut = {"name": delta.name, "arguments": delta.arguments}
+        return {"index": delta.index, "id": delta.id, "type": "function", "function": function}
     return {"index": delta.index, "function": {"arguments": delta.arguments}}
 
 
@@ -276,7 +297,7 @@ def chat_completion_body(
     )
 
 
-class ChatChunks(ChoiceChunks):
+class ChatChunks(ChoiceChunks[ChatChunkChoice]):
     """The stream: each choice's role first, then its tool calls (as deltas, or whole from
     backends that send them so), its text with logprobs, and its finish reason."""
 
@@ -286,24 +307,24 @@ class ChatChunks(ChoiceChunks):
         super().__init__(completion_id, choices, include_usage)
         self.streamed_calls: set[int] = set()  # choices whose calls arrived as deltas
 
-    def chunks(self, event: StreamEvent, first: bool) -> list[list[dict[str, Any]]]:
+    def chunks(self, event: StreamEvent, first: bool) -> list[list[ChatChunkChoice]]:
         chunk, index = event.chunk, event.index
         roles = [[_choice(i, {"role": "assistant", "content": ""})] for i in range(self.choices_per_prompt)]
         out = roles if first else []
         if chunk.tool_call_deltas:  # OpenAI's shape: id and name first, then argument pieces
             self.streamed_calls.add(index)
-            out.append([_choice(index, {"tool_calls": [tool_call_delta_body(d) for d in chunk.tool_call_deltas]})])
+            out.append([_choice(index, {"tool_calls": [tool_call_delta(d) for d in chunk.tool_call_deltas]})])
         if chunk.tool_calls and index not in self.streamed_calls:  # a backend that sends them whole
-            out.append([_choice(index, {"tool_calls": tool_calls_body(chunk.tool_calls, with_index=True)})])
+            out.append([_choice(index, {"tool_calls": tool_call_deltas(chunk.tool_calls)})])
         if chunk.text or chunk.finish_reason:
-            delta = {"content": chunk.text} if chunk.text else {}
+            delta: ChatDelta = {"content": chunk.text} if chunk.text else {}
             logprobs = chat_logprobs(chunk.logprobs).model_dump() if chunk.logprobs else None
-            finish = chunk.finish_reason.value if chunk.finish_reason else None
+            finish = FINISH_NAMES[chunk.finish_reason] if chunk.finish_reason else None
             out.append([_choice(index, delta, finish, logprobs)])
         return out
 
 
 def _choice(
-    index: int, delta: dict[str, Any], finish_reason: str | None = None, logprobs: dict[str, Any] | None = None
-) -> dict[str, Any]:
+    index: int, delta: ChatDelta, finish_reason: FinishName | None = None, logprobs: dict[str, Any] | None = None
+) -> ChatChunkChoice:
     return {"index": index, "delta": delta, "finish_reason": finish_reason, "logprobs": logprobs}

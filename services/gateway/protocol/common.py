@@ -9,7 +9,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any, ClassVar, Literal, Protocol
+from typing import Any, ClassVar, Generic, Literal, NotRequired, Protocol, TypedDict, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -19,6 +19,7 @@ from services.gateway.config import GatewaySettings
 from services.gateway.sse import Comment, wait_comment
 from services.inference.api import (
     MAX_TOP_LOGPROBS,
+    FinishReason,
     ResponseFormat,
     ResponseFormatKind,
     SamplingParams,
@@ -162,6 +163,14 @@ STREAMED: dict[int | str, dict[str, Any]] = {
 }
 
 
+FinishName = Literal["stop", "length", "tool_calls", "content_filter"]
+FINISH_NAMES: dict[FinishReason, FinishName] = {
+    FinishReason.STOP: "stop",
+    FinishReason.LENGTH: "length",
+    FinishReason.TOOL_CALLS: "tool_calls",
+}
+
+
 class PromptTokensDetails(BaseModel):
     cached_tokens: int = 0  # prompt tokens served from a cache
 
@@ -190,7 +199,7 @@ class ChoiceOut(BaseModel):
     """What every choice of a whole reply has (each reply adds its own `logprobs` shape)."""
 
     index: int
-    finish_reason: Literal["stop", "length", "tool_calls", "content_filter"]
+    finish_reason: FinishName
 
 
 class ReplyOut(BaseModel):
@@ -205,11 +214,26 @@ class ReplyOut(BaseModel):
     usage: UsageOut
 
 
-class ChoiceChunks:
+ChoiceT = TypeVar("ChoiceT")
+
+
+class ChunkOut(TypedDict, Generic[ChoiceT]):
+    """A streamed chunk object (chat's `chat.completion.chunk`, completions' `text_completion`):
+    a dict, since one is made per token, typed all the same."""
+
+    id: str
+    object: str
+    created: int
+    model: str
+    choices: list[ChoiceT]
+    usage: NotRequired[dict[str, Any] | None]  # with stream_options.include_usage only
+
+
+class ChoiceChunks(Generic[ChoiceT]):
     """An OpenAI stream of chunk objects over n choices, the walk that chat and text completions
     share: waits become SSE comments, each choice's usage is kept, the caller is told what it used
     however the stream ends, and the usage chunk closes it when asked for. Each family says what
-    chunks one event makes (`chunks`) and how a choice entry looks."""
+    chunks one event makes (`chunks`) and how a choice entry looks (`ChoiceT`)."""
 
     object: ClassVar[str]
 
@@ -220,12 +244,12 @@ class ChoiceChunks:
         self.created = int(time.time())
         self.model = ""
 
-    def chunks(self, event: StreamEvent, first: bool) -> list[list[dict[str, Any]]]:
+    def chunks(self, event: StreamEvent, first: bool) -> list[list[ChoiceT]]:
         """The `choices` list of each chunk that `event` makes; `first`: the stream's first event."""
         raise NotImplementedError
 
-    def chunk(self, choices: list[dict[str, Any]], usage: dict[str, Any] | None = None) -> dict[str, Any]:
-        body: dict[str, Any] = {
+    def chunk(self, choices: list[ChoiceT], usage: dict[str, Any] | None = None) -> ChunkOut[ChoiceT]:
+        body: ChunkOut[ChoiceT] = {
             "id": self.completion_id,
             "object": self.object,
             "created": self.created,
@@ -238,7 +262,7 @@ class ChoiceChunks:
 
     async def stream(
         self, events: AsyncIterator[StreamEvent], caller_used: Callable[[int, int], None]
-    ) -> AsyncIterator[dict[str, Any] | Comment]:
+    ) -> AsyncIterator[ChunkOut[ChoiceT] | Comment]:
         usages: dict[int, Usage] = {}
         try:
             async with contextlib.aclosing(events):  # type: ignore[type-var]

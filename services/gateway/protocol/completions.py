@@ -3,15 +3,17 @@ the stream's chunks."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict
 
 from pydantic import BaseModel, Field
 
 from services.common.errors import InvalidArgument
 from services.gateway.protocol.common import (
+    FINISH_NAMES,
     TOP_LOGPROBS_FIELD,
     ChoiceChunks,
     ChoiceOut,
+    FinishName,
     ReplyOut,
     ResponseFormatIn,
     SamplingFields,
@@ -122,7 +124,14 @@ def completion_body(
     )
 
 
-class CompletionChunks(ChoiceChunks):
+class CompletionChunkChoice(TypedDict):
+    index: int
+    text: str
+    finish_reason: FinishName | None
+    logprobs: dict[str, Any] | None
+
+
+class CompletionChunks(ChoiceChunks[CompletionChunkChoice]):
     """The stream: each choice's echoed prompt first (`echo`, scored with logprobs), then its text
     with logprobs whose offsets continue across chunks, and its finish reason."""
 
@@ -134,7 +143,7 @@ class CompletionChunks(ChoiceChunks):
         self.offsets = [len(echo) for echo in echoes]  # where each choice's next token starts in its text
         self.echoed: set[int] = set()
 
-    def chunks(self, event: StreamEvent, first: bool) -> list[list[dict[str, Any]]]:
+    def chunks(self, event: StreamEvent, first: bool) -> list[list[CompletionChunkChoice]]:
         chunk, index = event.chunk, event.index
         out = []
         if self.echoes[index] and index not in self.echoed:  # each prompt before its choice's text
@@ -147,10 +156,12 @@ class CompletionChunks(ChoiceChunks):
             if chunk.logprobs:
                 logprobs = completion_logprobs(chunk.logprobs, self.offsets[index]).model_dump()
                 self.offsets[index] += sum(len(t.token) for t in chunk.logprobs)
-            finish = chunk.finish_reason.value if chunk.finish_reason else None
+            finish = FINISH_NAMES[chunk.finish_reason] if chunk.finish_reason else None
             out.append([_choice(index, chunk.text, finish, logprobs)])
         return out
 
 
-def _choice(index: int, text: str, finish_reason: str | None, logprobs: dict[str, Any] | None = None) -> dict[str, Any]:
+def _choice(
+    index: int, text: str, finish_reason: FinishName | None, logprobs: dict[str, Any] | None = None
+) -> CompletionChunkChoice:
     return {"index": index, "text": text, "finish_reason": finish_reason, "logprobs": logprobs}

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict
 
 import jiter
 from pydantic import Field
@@ -29,7 +29,12 @@ from services.inference.api import (
     Usage,
 )
 
-STOP_REASONS = {FinishReason.STOP: "end_turn", FinishReason.LENGTH: "max_tokens", FinishReason.TOOL_CALLS: "tool_use"}
+StopReasonName = Literal["end_turn", "max_tokens", "tool_use"]
+STOP_REASONS: dict[FinishReason, StopReasonName] = {
+    FinishReason.STOP: "end_turn",
+    FinishReason.LENGTH: "max_tokens",
+    FinishReason.TOOL_CALLS: "tool_use",
+}
 
 
 class TextBlock(OpenAIModel):
@@ -221,23 +226,39 @@ def tool_input(arguments: str) -> dict[str, Any]:
     return parsed if isinstance(parsed, dict) else {"value": parsed}
 
 
-def usage_body(usage: Usage) -> dict[str, int]:
+# The answer, in the shapes of Anthropic's API reference (dicts, as one is made per token).
+
+
+class TextBlockOut(TypedDict):
+    type: Literal["text"]
+    text: str
+
+
+class ToolUseBlockOut(TypedDict):
+    type: Literal["tool_use"]
+    id: str
+    name: str
+    input: dict[str, Any]
+
+
+class UsageOut(TypedDict):
+    input_tokens: int
+    output_tokens: int
+
+
+class MessageOut(TypedDict):
+    id: str
+    type: Literal["message"]
+    role: Literal["assistant"]
+    model: str
+    content: list[TextBlockOut | ToolUseBlockOut]
+    stop_reason: StopReasonName | None
+    stop_sequence: str | None
+    usage: UsageOut
+
+
+def usage_body(usage: Usage) -> UsageOut:
     return {"input_tokens": usage.prompt_tokens, "output_tokens": usage.completion_tokens}
-
-
-def message_start(message_id: str, model: str, input_tokens: int) -> dict[str, Any]:
-    """The message as a stream's first event shows it: no content, no stop reason yet, and the
-    prompt's tokens (known before generation, as Anthropic sends them)."""
-    return {
-        "id": message_id,
-        "type": "message",
-        "role": "assistant",
-        "model": model,
-        "content": [],
-        "stop_reason": None,
-        "stop_sequence": None,
-        "usage": {"input_tokens": input_tokens, "output_tokens": 0},
-    }
 
 
 class MessageBlocks:
@@ -245,20 +266,34 @@ class MessageBlocks:
     reply is the same walk (`Completed` replayed), ending in `message`: both answers agree."""
 
     def __init__(self, message_id: str) -> None:
-        self.message_id = message_id
-        self.message: dict[str, Any] = {}
-        self.open: dict[str, Any] | None = None  # the block being written
+        # As a stream's first event shows it: no content, no stop reason yet, and the prompt's
+        # tokens (known before generation, as Anthropic sends them).
+        self.message: MessageOut = {
+            "id": message_id,
+            "type": "message",
+            "role": "assistant",
+            "model": "",
+            "content": [],
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": {"input_tokens": 0, "output_tokens": 0},
+        }
+        self.open: TextBlockOut | ToolUseBlockOut | None = None  # the block being written
         self.partial_json = ""  # the open tool_use block's input, as generated
 
     def start(self, model: str, usage: Usage | None) -> list[Payload]:
-        self.message = message_start(self.message_id, model, usage.prompt_tokens if usage else 0)
-        return [Named("message_start", {"type": "message_start", "message": {**self.message, "content": []}})]
+        self.message["model"] = model
+        self.message["usage"]["input_tokens"] = usage.prompt_tokens if usage else 0
+        started = {**self.message, "content": [], "usage": dict(self.message["usage"])}  # a snapshot
+        return [Named("message_start", {"type": "message_start", "message": started})]
 
     def text(self, text: str) -> list[Payload]:
-        opening = self._open({"type": "text", "text": ""}) if not self.open or self.open["type"] != "text" else []
-        assert self.open is not None
+        events: list[Payload] = []
+        if self.open is None or self.open["type"] != "text":
+            events = self._open({"type": "text", "text": ""})
+        assert self.open is not None and self.open["type"] == "text"
         self.open["text"] += text
-        return [*opening, self._delta({"type": "text_delta", "text": text})]
+        return [*events, self._delta({"type": "text_delta", "text": text})]
 
     def call(self, call_id: str, name: str) -> list[Payload]:
         return self._open({"type": "tool_use", "id": call_id, "name": name, "input": {}})
@@ -270,18 +305,20 @@ class MessageBlocks:
     async def end(self, finish: FinishReason, usage: Usage) -> AsyncIterator[Payload]:
         for named in self._close():
             yield named
-        delta = {"stop_reason": STOP_REASONS.get(finish, "end_turn"), "stop_sequence": None}
-        self.message.update(delta, usage=usage_body(usage))
+        stop_reason = STOP_REASONS.get(finish, "end_turn")
+        self.message["stop_reason"], self.message["usage"] = stop_reason, usage_body(usage)
+        delta = {"stop_reason": stop_reason, "stop_sequence": None}
         yield Named("message_delta", {"type": "message_delta", "delta": delta, "usage": usage_body(usage)})
         yield Named("message_stop", {"type": "message_stop"})
 
-    def _open(self, block: dict[str, Any]) -> list[Payload]:
+    def _open(self, block: TextBlockOut | ToolUseBlockOut) -> list[Payload]:
         events = self._close()
-        start = {"type": "content_block_start", "index": len(self.message["content"]), "content_block": dict(block)}
+        index = len(self.message["content"])
+        start = {"type": "content_block_start", "index": index, "content_block": dict(block)}
         self.open, self.partial_json = block, ""
         return [*events, Named("content_block_start", start)]
 
-    def _delta(self, delta: dict[str, Any]) -> Named:
+    def _delta(self, delta: dict[str, str]) -> Named:
         index = len(self.message["content"])
         return Named("content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta})
 

@@ -127,7 +127,7 @@ RESPONSES_CASES = {
         "input": "Weather in Paris?",
         "tools": [RESPONSES_TOOL],
         "tool_choice": "required",
-        "max_output_tokens": 12,
+        "max_output_tokens": 16,
     },
 }
 
@@ -143,6 +143,14 @@ async def test_responses(http: httpx.AsyncClient, case: str) -> None:
     for event in events:
         check_responses_event(event)
     assert [e["sequence_number"] for e in events] == list(range(len(events)))
+    started, final = events[0]["response"], events[-1]["response"]
+    assert started["store"] == final["store"] and final["temperature"] == 0 and final["top_p"] == 1.0
+    if "text" not in body:
+        assert final["text"] == {"format": {"type": "text"}}  # plain text is only its type
+    if final["status"] == "incomplete":  # the item being written when the cut came says so too
+        assert final["output"] and final["output"][-1]["status"] == "incomplete" and final["completed_at"] is None
+    else:
+        assert all(item["status"] == "completed" for item in final["output"]) and final["completed_at"]
 
 
 async def test_files(http: httpx.AsyncClient) -> None:

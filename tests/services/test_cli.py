@@ -149,3 +149,12 @@ async def test_the_console_script_runs_as_a_subprocess(gateway_url: str) -> None
     )
     assert result.returncode == 0, result.stderr
     assert "gemma-3-270m" in {model["id"] for model in json.loads(result.stdout)}
+
+
+def test_documented_entry_points_run_from_a_fresh_shell(tmp_path: Path) -> None:
+    """README's commands outside make: no PYTHONPATH, another directory (make proto registers gen/)."""
+    environment = {name: value for name, value in os.environ.items() if name != "PYTHONPATH"}
+    script = str(Path(sys.executable).with_name("llmmesh"))
+    for command in ([sys.executable, "-m", "services.gateway.cli", "token", "--help"], [script, "token", "--help"]):
+        result = subprocess.run(command, cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr

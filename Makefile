@@ -73,7 +73,7 @@ test-fast: proto
 	$(PY) -m pytest -m unit $(PYTEST_ARGS)
 
 # The fuzzers of `make test` with a long budget: schemathesis over every gateway operation and
-# Hypothesis JSON schemas against the real model (about 20 minutes on 2 cores).
+# Hypothesis JSON schemas against the real model (about 20 minutes on 2 cores; docs/install.md).
 fuzz: proto
 	LLMMESH_FUZZ_EXAMPLES=600 LLMMESH_SCHEMATHESIS_EXAMPLES=60 LLMMESH_SAMPLED_REQUESTS=5 \
 		$(PY) -m pytest -p no:cacheprovider -s tests/services/gateway/test_schema_fuzz.py \

@@ -5,6 +5,4 @@ from services.inference.config import InferenceSettings
 from services.inference.server.server import InferenceServer
 
 if __name__ == "__main__":
-    import os, sys
-    if os.environ.get("EXP_SWITCH"): sys.setswitchinterval(float(os.environ["EXP_SWITCH"]))
     run_service(InferenceServer(InferenceSettings()))

@@ -195,6 +195,12 @@ class GGUFOptions(BackendOptions):
     # 270M at 4 x 8192 tokens: 1013 MB resident with full-size windows, see README). A cached
     # prefix is then reused only while its window is still held.
     swa_full: bool = Field(False, description="Full-size KV for sliding-window layers (batched decoding).")
+    # Set: the slots share one pool (llama.cpp's unified KV), so more slots fit the memory of
+    # fewer; a request waits while its longest (prompt plus max tokens) does not fit beside the
+    # running ones. At least context_length per engine.
+    kv_cells: int | None = Field(
+        None, ge=1, description="KV cells the slots share (split among engines). Unset: context_length per slot."
+    )
 
 
 class GGUFBackend(ThreadedBackend):
@@ -264,6 +270,18 @@ class GGUFBackend(ThreadedBackend):
             raise Unavailable(f"GGUF file for model '{self.spec.name}' not found: {path}")
         options = self.options
         n_parallel = options.n_parallel
+        # Engines: by default one, batching every sequence on every core, as llama-server does.
+        # `n_engines` > 1 puts engines side by side, each with its own context, thread and share
+        # of the slots over the same weights. Side by side lost at every load once the OpenMP
+        # stall below was gone (bench.engines, 2 cores, 1/2/4 sequences: 39/61/90 tok/s batched,
+        # 23/46/45-65 apart), and engines that each own a thread team bring the stall back.
+        n_engines = max(min(options.n_engines or 1, n_parallel), 1) if n_parallel > 1 else 0
+        kv_cells = options.kv_cells // n_engines if options.kv_cells and n_engines else None
+        if kv_cells is not None and kv_cells < self.spec.context_length:
+            raise FailedPrecondition(
+                f"model '{self.spec.name}': kv_cells gives each engine {kv_cells} cells, fewer than"
+                f" its context_length {self.spec.context_length}"
+            )
         # llama-cpp-python's defaults: decoding on half the cores, prompts on all. Measured on 2
         # cores, one decode thread gave steadier and faster streams than two (bench/chat.py): the
         # other core serves the event loop, gRPC and the clients instead of preempting a barrier.
@@ -293,13 +311,7 @@ class GGUFBackend(ThreadedBackend):
         self._template = self._chat_template()
         warmup = SamplingParams(max_tokens=1)
         self._generate_blocking(self._tokens(Prompt.raw("Hello")), warmup, (), threading.Event(), lambda _: None)
-        # Engines: by default one, batching every sequence on every core, as llama-server does.
-        # `n_engines` > 1 puts engines side by side, each with its own context, thread and share
-        # of the slots over the same weights. Side by side lost at every load once the OpenMP
-        # stall above was gone (bench.engines, 2 cores, 1/2/4 sequences: 39/61/90 tok/s batched,
-        # 23/46/45-65 apart), and engines that each own a thread team bring the stall back.
         on_gpu = bool(options.n_gpu_layers)
-        n_engines = max(min(options.n_engines or 1, n_parallel), 1) if n_parallel > 1 else 0
         interactive = SharedCount()  # one engine's interactive work pauses every engine's batch work
         busy_engines = SharedCount()  # an engine alone with work decodes on every core
         self._engines: list[BatchEngine] = [
@@ -317,6 +329,7 @@ class GGUFBackend(ThreadedBackend):
                 interactive=interactive,
                 busy_engines=busy_engines,
                 n_threads_alone=options.n_threads_alone or self._threads_batch,
+                kv_cells=kv_cells,
             )
             for _ in range(n_engines)
         ]

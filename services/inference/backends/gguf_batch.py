@@ -137,6 +137,7 @@ class BatchEngine:
         swa_full: bool = False,
         busy_engines: SharedCount | None = None,
         n_threads_alone: int | None = None,
+        kv_cells: int | None = None,
     ) -> None:
         import llama_cpp as lc
 
@@ -144,7 +145,9 @@ class BatchEngine:
         self._llm = llm
         self._vocab = llm._model.vocab
         params = lc.llama_context_default_params()
-        params.n_ctx = n_ctx_per_sequence * n_parallel
+        # A KV range per sequence, or one pool of `kv_cells` the sequences share (llama.cpp's
+        # unified KV): more slots in the same memory, admitted while their cells fit (_fits).
+        params.n_ctx = kv_cells or n_ctx_per_sequence * n_parallel
         params.n_batch = params.n_ubatch = max(n_batch, 512)
         params.n_seq_max = n_parallel
         params.n_threads, params.n_threads_batch = n_threads, n_threads_batch or n_threads
@@ -156,12 +159,13 @@ class BatchEngine:
         self._alone = False
         self._busy_engines = busy_engines or SharedCount()
         self._busy = False
-        params.kv_unified = False  # each sequence its own KV range: sequences share no prefix
+        params.kv_unified = bool(kv_cells)
         params.swa_full = swa_full
         self._ctx = lc.llama_init_from_model(llm._model.model, params)
         if not self._ctx:
             raise RuntimeError("llama.cpp could not create the batched context")
         self._memory = lc.llama_get_memory(self._ctx)
+        self._pool = lc.llama_n_ctx(self._ctx) if kv_cells else 0
         # Without full-size windows, a sliding-window layer holds only a sequence's last n_swa
         # positions: a prefix is reusable only while its window is still there.
         self._n_swa = 0 if swa_full else max(lc.llama_model_n_swa(llm._model.model), 0)
@@ -257,6 +261,9 @@ class BatchEngine:
             if request.low_priority and len(self._free_slots) == 1 and self._active:
                 deferred.append(request)  # the last slot stays free for an interactive request
                 continue
+            if self._pool and not self._fits(request):
+                self._waiting.appendleft(request)  # in order: it goes first once running ones end
+                break
             try:
                 sampler = self._sampler(request)
             except InvalidArgument as error:  # this request fails alone; the engine goes on
@@ -275,6 +282,29 @@ class BatchEngine:
         self._waiting.extendleft(reversed(deferred))
         if self._waiting and self._waiting[0] is None and not self._active:
             return False
+        return True
+
+    def _fits(self, request: BatchRequest) -> bool:
+        """Whether the shared pool holds `request` at its longest (prompt and every token it may
+        generate) beside the running sequences' own longest, after dropping, if need be, the
+        prefix caches of free slots, those least useful to it first. False: it waits."""
+        running = sum(len(s.request.tokens) + s.request.max_tokens for s in self._active)
+        need = len(request.tokens) + request.max_tokens
+        if running + need > self._pool:
+            return False
+
+        def shared(slot: int) -> int:
+            return common_prefix(self._slot_tokens[slot], request.tokens[:-1])
+
+        caches = sorted((s for s in self._free_slots if self._slot_tokens[s]), key=shared)
+        reusable = shared(caches[-1]) if caches and request.weights == self._slot_weights[caches[-1]] else 0
+        held = sum(len(self._slot_tokens[s]) for s in caches) - reusable  # a reused prefix is in `need`
+        for slot in caches:
+            if running + need + held <= self._pool:
+                break
+            held -= len(self._slot_tokens[slot]) - (reusable if slot == caches[-1] else 0)
+            self._lc.llama_memory_seq_rm(self._memory, slot, -1, -1)
+            self._slot_tokens[slot].clear()
         return True
 
     def _best_slot(self, tokens: list[int], weights: tuple[str, float], reuse: bool = True) -> tuple[int, int]:

@@ -12,7 +12,7 @@ import threading
 
 import pytest
 
-from services.common.errors import InvalidArgument
+from services.common.errors import FailedPrecondition, InvalidArgument
 from services.common.registry import ModelSpec
 from services.inference.api import FinishReason, ResponseFormat, ResponseFormatKind, SamplingParams
 from services.inference.backends import create_backend
@@ -490,3 +490,41 @@ async def test_an_engine_alone_decodes_on_every_core_and_shares_them_otherwise()
         assert calls[-1][1] == 2  # alone again: every core (the engine re-checks before each step)
     finally:
         await backend.unload()
+
+
+async def test_a_shared_kv_pool_admits_what_fits_and_queues_the_rest() -> None:
+    """Three sequences that may each grow to 110 cells, in a pool of 256: two run, the third
+    waits for one to end (its cache dropped to make room), and all finish whole."""
+    spec = gemma("gemma-pool", n_threads=2, n_parallel=4, n_engines=1, kv_cells=256)
+    backend = create_backend(spec.model_copy(update={"context_length": 256}))
+    await backend.load()
+    try:
+        engine = backend._engines[0]
+        most, done = 0, asyncio.Event()
+
+        async def watch() -> None:
+            nonlocal most
+            while not done.is_set():
+                most = max(most, engine.running)
+                await asyncio.sleep(0.005)
+
+        watcher = asyncio.create_task(watch())
+        sampling = SamplingParams(max_tokens=100, temperature=0.0)
+        results = await asyncio.gather(*(generate(backend, f"{n}, {n + 1},", sampling) for n in (1, 20, 300)))
+        done.set()
+        await watcher
+        assert most == 2  # the third waited: 3 x (prompt + 100) > 256
+        for text, last in results:
+            assert text and last.usage.completion_tokens <= 100
+            assert last.finish_reason in (FinishReason.LENGTH, FinishReason.STOP)
+        async with asyncio.timeout(5):  # the engine frees a slot just after its last chunk
+            while engine.running or engine._waiting:
+                await asyncio.sleep(0.01)
+    finally:
+        await backend.unload()
+
+
+async def test_a_pool_smaller_than_the_context_is_refused_at_load() -> None:
+    backend = create_backend(gemma("gemma-small-pool", n_threads=2, n_parallel=2, kv_cells=128))
+    with pytest.raises(FailedPrecondition, match="fewer than its context_length 512"):
+        await backend.load()

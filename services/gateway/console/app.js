@@ -11,7 +11,17 @@ const VIEWS = ["overview", "models", "playground", "jobs", "training", "analytic
 
 // ---- the API ------------------------------------------------------------------------------
 
+const REASON_KEY = "llmmesh.signed-out-because";
 const token = () => sessionStorage.getItem(TOKEN_KEY) || "";
+
+// The gateway refused this tab's credential (an expired JWT, a revoked key): back to sign-in,
+// saying why, instead of views that each show the error or nothing.
+function signOut(reason) {
+  sessionStorage.removeItem(TOKEN_KEY);
+  if (reason) sessionStorage.setItem(REASON_KEY, reason);
+  location.hash = "#/overview";
+  location.reload();
+}
 // The gateway's own test: a three-part JWT is a superuser's; anything else is an API key.
 const isSuperuser = () => token().startsWith("eyJ") && token().split(".").length === 3;
 
@@ -45,7 +55,9 @@ async function api(path, options = {}) {
     data = { error: text };
   }
   if (!response.ok && !(options.accept || []).includes(response.status)) {
-    throw new ApiError(response.status, errorMessage(data) || `${response.status} ${response.statusText}`);
+    const message = errorMessage(data) || `${response.status} ${response.statusText}`;
+    if (response.status === 401 && token() && !options.signingIn) signOut(message);
+    throw new ApiError(response.status, message);
   }
   return data;
 }
@@ -56,7 +68,9 @@ async function* sse(path, options = {}) {
   if (!response.ok) {
     let body = null;
     try { body = await response.json(); } catch { /* not JSON */ }
-    throw new ApiError(response.status, errorMessage(body) || `${response.status} ${response.statusText}`);
+    const message = errorMessage(body) || `${response.status} ${response.statusText}`;
+    if (response.status === 401 && token()) signOut(message);
+    throw new ApiError(response.status, message);
   }
   const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
   let buffer = "";
@@ -194,7 +208,7 @@ function Overview() {
     </div>
     <${Card} title="Models">
       <${Table} id="overview-models" rows=${(models && models.data) || []} columns=${[
-        ["model", (m) => m.id], ["backend", (m) => m.backend], ["state", (m) => html`<${StateBadge} value=${m.state} />`],
+        ["model", (m) => m.id], ["backend", (m) => m.backend], ["state", (m) => html`<${ModelState} model=${m} />`],
         ["running", (m) => m.requests_running], ["context", (m) => m.context_length]]} />
     <//>
     <${Card} title="Work in the models">
@@ -246,11 +260,11 @@ function Models() {
       <${Table} id="models" rows=${(models && models.data) || []} columns=${[
         ["model", (m) => html`<strong>${m.id}</strong>${m.is_default ? html` <span class="badge">default</span>` : ""}`],
         ["backend", (m) => m.backend],
-        ["state", (m) => html`<span data-model-state=${m.id}><${StateBadge} value=${m.state} /></span>`],
+        ["state", (m) => html`<span data-model-state=${m.id}><${ModelState} model=${m} /></span>`],
         ["context", (m) => m.context_length],
-        ["memory", (m) => (m.memory_mb ? `${m.memory_mb} MB` : "")],
+        ["memory", (m) => (m.memory_mb && !m.resolves_to ? `${m.memory_mb} MB` : "")],
         ["aliases", (m) => m.aliases.join(", ")],
-        ["", (m) => admin && html`<div class="row">
+        ["", (m) => admin && m.type === "chat" && !m.resolves_to && html`<div class="row">
           ${m.state === "loaded"
             ? html`<button data-unload=${m.id} disabled=${!!busy} onClick=${() => act(`Unloading ${m.id}`, `/admin/models/${enc(m.id)}/unload`)}>Unload</button>`
             : html`<button data-load=${m.id} disabled=${!!busy} onClick=${() => act(`Loading ${m.id}`, `/admin/models/${enc(m.id)}/load`)}>Load</button>`}
@@ -304,6 +318,10 @@ function Pull({ onPulled }) {
 // ---- playground ---------------------------------------------------------------------------
 
 const chatModels = (models) => ((models && models.data) || []).filter((m) => m.type === "chat");
+// A slot, tier or alias names another model; an embedding model is the embeddings service's.
+const ModelState = ({ model }) => (model.resolves_to
+  ? html`<span class="muted">→ ${model.resolves_to}</span>`
+  : model.type === "embedding" ? html`<span class="muted">embeddings service</span>` : html`<${StateBadge} value=${model.state} />`);
 
 function Playground() {
   const [models] = usePoll(() => api("/v1/models"), 0);
@@ -342,9 +360,11 @@ function Playground() {
       ...(settings.adapter ? { adapter_settings: { adapter_id: settings.adapter } } : {}),
     };
     let usage = null;
+    let finish = null;
     try {
       for await (const chunk of sse("/v1/chat/completions", { method: "POST", body, signal: stopper.current.signal })) {
         const piece = chunk.choices && chunk.choices[0] && chunk.choices[0].delta.content;
+        finish = (chunk.choices && chunk.choices[0] && chunk.choices[0].finish_reason) || finish;
         if (piece) {
           if (first === null) first = performance.now();
           answer = { ...answer, content: answer.content + piece };
@@ -361,7 +381,8 @@ function Playground() {
     const tokens = usage ? usage.completion_tokens : 0;
     const ttft = first === null ? null : first - started;
     const rate = first !== null && tokens > 1 && ended > first ? ((tokens - 1) * 1000) / (ended - first) : null;
-    answer = { ...answer, meta: `TTFT ${ttft === null ? "—" : `${ttft.toFixed(0)} ms`} · ${rate === null ? "—" : rate.toFixed(1)} tok/s · ${tokens} tokens` };
+    const cut = finish === "length" ? " · cut at max tokens" : "";
+    answer = { ...answer, meta: `TTFT ${ttft === null ? "—" : `${ttft.toFixed(0)} ms`} · ${rate === null ? "—" : rate.toFixed(1)} tok/s · ${tokens} tokens${cut}` };
     setMessages([...history, answer]);
   };
 
@@ -405,6 +426,7 @@ function Jobs() {
   const query = new URLSearchParams(Object.entries(filter).filter(([, v]) => v)).toString();
   const [jobs, error, reload] = usePoll(() => api(`/v1/jobs?limit=100&${query}`), 5, [query]);
   const cancel = async (id) => {
+    if (!window.confirm(`Cancel job ${id}?`)) return;
     try {
       await api(`/v1/jobs/${encodeURIComponent(id)}/cancel`, { method: "POST" });
     } finally {
@@ -430,6 +452,8 @@ function Jobs() {
 function JobEvents({ id }) {
   const [events, setEvents] = useState([]);
   const [error, setError] = useState(null);
+  const top = useRef(null);
+  useEffect(() => { if (top.current) top.current.scrollIntoView({ block: "start" }); }, [id]);
   useEffect(() => {
     const stop = new AbortController();
     (async () => {
@@ -444,7 +468,7 @@ function JobEvents({ id }) {
     return () => stop.abort();
   }, [id]);
   const last = events.length ? events[events.length - 1].job : null;
-  return html`
+  return html`<div ref=${top}>
     <${Card} title=${`Live events of ${id}`}>
       <${ErrorLine} error=${error} />
       ${last && html`<p id="job-state">State <${StateBadge} value=${last.state} />${last.error ? html` <span class="error">${last.error}</span>` : ""}</p>`}
@@ -452,7 +476,7 @@ function JobEvents({ id }) {
         ${events.map((e) => html`<div>${e.at} ${e.job.state}${e.job.progress ? ` ${JSON.stringify(e.job.progress)}` : ""}</div>`)}
       </div>
       ${last && last.result && html`<details><summary>Result</summary><pre>${JSON.stringify(last.result, null, 2)}</pre></details>`}
-    <//>`;
+    <//></div>`;
 }
 
 // ---- training -----------------------------------------------------------------------------
@@ -666,12 +690,22 @@ function Session() {
 
 function Login({ onSignedIn }) {
   const [value, setValue] = useState("");
-  const [error, setError] = useState(null);
+  const [error, setError] = useState(() => {
+    const reason = sessionStorage.getItem(REASON_KEY);
+    sessionStorage.removeItem(REASON_KEY);
+    return reason ? new Error(`Signed out: ${reason}`) : null;
+  });
   const signIn = async (e) => {
     e.preventDefault();
-    sessionStorage.setItem(TOKEN_KEY, value.trim());
+    const credential = value.trim();
+    // A local gateway without keys lets any other string in as anonymous: say so, not "signed in".
+    if (credential && !credential.startsWith("llmm_") && !(credential.startsWith("eyJ") && credential.split(".").length === 3)) {
+      setError(new Error("That is neither an API key (llmm_…) nor a JWT."));
+      return;
+    }
+    sessionStorage.setItem(TOKEN_KEY, credential);
     try {
-      await api("/v1/models");
+      await api("/v1/models", { signingIn: true });
       onSignedIn();
     } catch (err) {
       sessionStorage.removeItem(TOKEN_KEY);

@@ -105,6 +105,27 @@ async def test_a_wrong_key_is_refused_at_sign_in(browser: WebDriver, gateway_url
     assert "JWT" in error or "token" in error.lower(), error
 
 
+async def test_sign_in_refuses_what_is_no_credential(browser: WebDriver, gateway_url: str) -> None:
+    # A local gateway lets any string in as anonymous; the console says it is no key instead.
+    await step(sign_in, browser, gateway_url, "hello")
+    error = await step(wait_for, browser, text_of("[role=alert]"))
+    assert "neither an API key" in error, error
+
+
+async def test_an_expired_jwt_returns_to_sign_in_saying_so(browser: WebDriver, gateway_url: str) -> None:
+    await step(sign_in, browser, gateway_url, admin_jwt(ttl_seconds=2))
+    await step(wait_for, browser, text_of("#mesh-status"))
+    await asyncio.sleep(3)
+
+    def next_view() -> str:
+        go(browser, "models")  # its first call carries the expired JWT
+        return wait_for(browser, lambda d: "Signed out" in text_of("[role=alert]")(d) and text_of("[role=alert]")(d))
+
+    message = await step(next_view)
+    assert "expired" in message.lower(), message
+    assert await step(lambda: browser.find_elements(By.ID, "sign-in"))
+
+
 async def test_overview_after_signing_in(browser: WebDriver, gateway_url: str) -> None:
     await step(sign_in, browser, gateway_url, admin_jwt())
     status = await step(wait_for, browser, text_of("#mesh-status"))
@@ -114,7 +135,9 @@ async def test_overview_after_signing_in(browser: WebDriver, gateway_url: str) -
     models = await step(
         wait_for, browser, lambda d: GEMMA in text_of("#overview-models")(d) and text_of("#overview-models")(d)
     )
-    assert "gguf" in models
+    assert "gguf" in models and "undefined" not in models
+    assert "→ " in models  # slots, tiers and aliases name the model they reach
+    assert "embeddings service" in models
     queue = await step(wait_for, browser, lambda d: GEMMA in text_of("#queue")(d) and text_of("#queue")(d))
     assert "loaded" in queue  # the engines' running and waiting work, per model
     await step(shot, browser, "overview")
@@ -126,6 +149,9 @@ async def test_the_playground_streams_an_answer_from_the_real_model(browser: Web
         model = wait_for(browser, lambda d: d.find_element(By.ID, "playground-model"))
         wait_for(browser, lambda d: len(Select(model).options) > 1)
         Select(model).select_by_visible_text(GEMMA)
+        limit = browser.find_element(By.CSS_SELECTOR, "input[type=number][max='32768']")
+        limit.send_keys(Keys.CONTROL, "a")
+        limit.send_keys("4")
         browser.find_element(By.ID, "prompt").send_keys("Write one sentence about the sea.")
         browser.find_element(By.ID, "send").click()
         return wait_for(
@@ -136,6 +162,7 @@ async def test_the_playground_streams_an_answer_from_the_real_model(browser: Web
     text, meta = answer.rsplit("\n", 1)
     assert text.strip(), answer
     assert meta.startswith("TTFT ") and " ms " in meta, meta  # the first token's time was measured
+    assert meta.endswith("4 tokens · cut at max tokens"), meta
     await step(shot, browser, "playground")
 
 
@@ -169,6 +196,9 @@ async def test_a_jobs_live_events(browser: WebDriver, admin: httpx.AsyncClient) 
         go(browser, "jobs")
         wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, f'[data-job="{job["id"]}"]'))[0].click()
         state = wait_for(browser, lambda d: "succeeded" in text_of("#job-state")(d) and text_of("#job-state")(d))
+        seen = "const r = document.getElementById('job-events').getBoundingClientRect();"
+        seen += " return r.top >= 0 && r.top < window.innerHeight;"
+        assert browser.execute_script(seen), "the events are drawn off screen"
         shot(browser, "jobs")
         return state, text_of("#job-events")(browser)
 

@@ -453,7 +453,9 @@ function JobEvents({ id }) {
   const [events, setEvents] = useState([]);
   const [error, setError] = useState(null);
   const top = useRef(null);
-  useEffect(() => { if (top.current) top.current.scrollIntoView({ block: "start" }); }, [id]);
+  // Below a long jobs table the card would open off screen: bring all of it into view (its
+  // events box keeps a minimum height, so the card is nearly its full size already).
+  useEffect(() => { if (top.current) top.current.scrollIntoView({ block: "nearest" }); }, [id]);
   useEffect(() => {
     const stop = new AbortController();
     (async () => {

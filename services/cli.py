@@ -34,10 +34,13 @@ from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TaskProgressColumn, TextColumn, TransferSpeedColumn
 from rich.table import Table
 
-app = typer.Typer(help="LLM Mesh from the terminal.", no_args_is_help=True, add_completion=False)
-models_app = typer.Typer(help="The model registry: list, pull, load, unload.", no_args_is_help=True)
-jobs_app = typer.Typer(help="Async jobs: list, watch, cancel.", no_args_is_help=True)
-keys_app = typer.Typer(help="App API keys (superuser).", no_args_is_help=True)
+# Plain click help: typer's rich help shows every flag as "<bool>".
+app = typer.Typer(help="LLM Mesh from the terminal.", no_args_is_help=True, rich_markup_mode=None, add_completion=False)
+models_app = typer.Typer(
+    help="The model registry: list, pull, load, unload.", no_args_is_help=True, rich_markup_mode=None
+)
+jobs_app = typer.Typer(help="Async jobs: list, watch, cancel.", no_args_is_help=True, rich_markup_mode=None)
+keys_app = typer.Typer(help="App API keys (superuser).", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(models_app, name="models")
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(keys_app, name="keys")
@@ -60,8 +63,10 @@ options = Options()
 
 @app.callback()
 def main(
-    url: Annotated[str, typer.Option(envvar="LLMMESH_URL", help="The gateway.")] = Options.url,
-    token: Annotated[str | None, typer.Option(envvar="LLMMESH_TOKEN", help="API key or superuser JWT.")] = None,
+    url: Annotated[str, typer.Option(envvar="LLMMESH_URL", metavar="URL", help="The gateway.")] = Options.url,
+    token: Annotated[
+        str | None, typer.Option(envvar="LLMMESH_TOKEN", metavar="TOKEN", help="API key or superuser JWT.")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="JSON output, for scripts.")] = False,
 ) -> None:
     options.url, options.token, options.as_json = url.rstrip("/"), token, as_json

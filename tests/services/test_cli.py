@@ -110,6 +110,12 @@ async def test_jobs_watch_exits_1_when_the_job_did_not_succeed(gateway_url: str)
     assert code == (0 if state == "succeeded" else 1)
 
 
+def test_help_shows_flags_as_flags() -> None:
+    result = CliRunner().invoke(app, ["--help"])
+    assert result.exit_code == 0 and "--json" in result.stdout and "<bool>" not in result.stdout
+    assert "--url URL" in result.stdout
+
+
 def test_tables_show_dates_and_lists_as_people_read_them() -> None:
     assert cli._cell("created_at", 86400) == "1970-01-02 00:00:00 UTC"
     assert cli._cell("scopes", ["chat", "jobs"]) == "chat, jobs"

@@ -728,6 +728,22 @@ function Login({ onSignedIn }) {
     </main>`;
 }
 
+// `llmmesh console` opens /console/#token=...: the fragment never reaches a server or a log.
+// A link must not silently sign a signed-in tab in as someone else (a crafted link would make
+// the victim act under the attacker's credential): replacing one asks first. Whether taken or
+// not, the token leaves the address bar. True when the tab now holds the link's credential.
+function adoptLinkedToken() {
+  const fragment = location.hash.match(/token=([^&]+)/);
+  if (!fragment) return false;
+  const offered = decodeURIComponent(fragment[1]);
+  const current = sessionStorage.getItem(TOKEN_KEY);
+  const replace = !current || current === offered
+    || window.confirm("This link signs the console in with another credential. Replace the one this tab is signed in with?");
+  if (replace) sessionStorage.setItem(TOKEN_KEY, offered);
+  history.replaceState(null, "", `${location.pathname}#/overview`);
+  return replace;
+}
+
 const currentView = () => {
   const name = location.hash.replace(/^#\/?/, "");
   return VIEWS.includes(name) ? name : "overview";
@@ -737,7 +753,15 @@ function App() {
   const [signedIn, setSignedIn] = useState(sessionStorage.getItem(TOKEN_KEY) !== null);
   const [view, setView] = useState(currentView());
   useEffect(() => {
-    const follow = () => setView(currentView());
+    const follow = () => {
+      // A link opened in a tab already on the console changes only the fragment: no reload.
+      if (adoptLinkedToken()) {
+        setSignedIn(true);
+        location.reload(); // every view starts again under the new credential
+        return;
+      }
+      setView(currentView());
+    };
     window.addEventListener("hashchange", follow);
     return () => window.removeEventListener("hashchange", follow);
   }, []);
@@ -751,18 +775,7 @@ function App() {
     <main><${View} key=${view} /></main>`;
 }
 
-// `llmmesh console` opens /console/#token=...: the fragment never reaches a server or a log.
-// A link must not silently sign a signed-in tab in as someone else (a crafted link would make
-// the victim act under the attacker's credential): replacing one asks first.
-const fragment = location.hash.match(/token=([^&]+)/);
-if (fragment) {
-  const offered = decodeURIComponent(fragment[1]);
-  const current = sessionStorage.getItem(TOKEN_KEY);
-  const replace = !current || current === offered
-    || window.confirm("This link signs the console in with another credential. Replace the one this tab is signed in with?");
-  if (replace) sessionStorage.setItem(TOKEN_KEY, offered);
-  history.replaceState(null, "", `${location.pathname}#/overview`);
-}
+adoptLinkedToken();
 const root = document.getElementById("app");
 root.textContent = ""; // the "Loading" line: render() adds to what is there
 render(html`<${App} />`, root);

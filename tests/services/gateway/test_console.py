@@ -292,3 +292,21 @@ async def test_a_sign_in_link_asks_before_replacing_the_tabs_credential(browser:
     assert await step(follow, "someone-elses-credential", False) == own
     assert await step(follow, "someone-elses-credential", True) == "someone-elses-credential"
     await step(sign_in, browser, gateway_url, own)
+
+
+async def test_a_sign_in_link_opened_in_a_tab_already_on_the_console(browser: WebDriver, gateway_url: str) -> None:
+    """Only the fragment changes (no page load): the link is still honoured, after asking, and
+    its token leaves the address bar."""
+    own, other = admin_jwt(), admin_jwt(ttl_seconds=1800)
+
+    def follow_in_place() -> list[str]:
+        browser.execute_script(f"location.hash = '#token={other}'")
+        WebDriverWait(browser, 10).until(expected_conditions.alert_is_present()).accept()
+        wait_for(browser, text_of("#mesh-status"))
+        return browser.execute_script("return [sessionStorage.getItem('llmmesh.token'), location.href]")
+
+    await step(sign_in, browser, gateway_url, own)
+    await step(wait_for, browser, text_of("#mesh-status"))
+    held, address = await step(follow_in_place)
+    assert held == other and "token=" not in address
+    await step(sign_in, browser, gateway_url, own)

@@ -387,7 +387,7 @@ function Playground() {
   };
 
   return html`
-    <div class="grid" style="grid-template-columns: minmax(220px, 1fr) minmax(0, 3fr)">
+    <div class="grid playground">
       <${Card} title="Settings">
         <label>Model<select id="playground-model" value=${model} onChange=${set("model")}>
           ${choices.map((m) => html`<option value=${m.id}>${m.id}</option>`)}

@@ -261,19 +261,35 @@ async def test_settings_create_an_api_key(browser: WebDriver, admin: httpx.Async
     assert "from-the-console" in names
 
 
-async def test_the_overview_fits_a_phone(browser: WebDriver) -> None:
-    def phone() -> tuple[int, int]:
-        browser.set_window_size(390, 844)
+VIEWS = ("overview", "models", "playground", "jobs", "training", "analytics", "settings")
+
+
+@pytest.mark.parametrize("width", [390, 1400])
+async def test_every_view_fits_the_screen(browser: WebDriver, width: int) -> None:
+    """A phone (390 px) and a desktop (1400 px): no view scrolls sideways (tables scroll inside
+    their cards), and no button pokes out of its card. Screenshots of each view at each width."""
+
+    def look() -> dict[str, list[int]]:
+        browser.set_window_size(width, 844 if width < 600 else 900)
+        overflow = "return [document.documentElement.scrollWidth, window.innerWidth, [...document.querySelectorAll("
+        # On a phone a wide table scrolls inside its card (.scroll); on a desktop nothing should.
+        inside = ":not(.scroll button)" if width < 600 else ""
+        overflow += f"'section.card button{inside}')].filter((b) => {{ const c = b.closest('section.card').getBoundingClientRect();"
+        overflow += " const r = b.getBoundingClientRect(); return r.right > c.right + 1 || r.left < c.left - 1; }).length]"
+        found = {}
         try:
-            go(browser, "overview")
-            wait_for(browser, text_of("#mesh-status"))
-            shot(browser, "overview-phone")
-            return browser.execute_script("return [document.body.scrollWidth, window.innerWidth]")
+            for view in VIEWS:
+                go(browser, view)
+                wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "section.card"))
+                found[view] = browser.execute_script(overflow)
+                shot(browser, f"{view}-{width}")
         finally:
             browser.set_window_size(1280, 900)
+        return found
 
-    page_width, screen_width = await step(phone)
-    assert page_width <= screen_width  # tables scroll inside their cards; the page does not
+    for view, (page_width, screen_width, loose_buttons) in (await step(look)).items():
+        assert page_width <= screen_width, f"{view} scrolls sideways at {width} px"
+        assert not loose_buttons, f"{view}: {loose_buttons} buttons outside their card at {width} px"
 
 
 async def test_a_sign_in_link_asks_before_replacing_the_tabs_credential(browser: WebDriver, gateway_url: str) -> None:

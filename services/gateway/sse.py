@@ -144,6 +144,32 @@ def sse_response(
     return _SSEResponse(payloads, on_close, framing)
 
 
+HEARTBEAT_SECONDS = 15.0
+
+
+async def with_heartbeats(payloads: AsyncIterator[Payload], every: float = HEARTBEAT_SECONDS) -> AsyncIterator[Payload]:
+    """`payloads`, with a `: keepalive` comment after each `every` seconds of silence: a long job
+    or training run sends nothing for minutes, and proxies and clients (60 s is common) would
+    take the quiet stream for a dead one."""
+    pending: asyncio.Task[Payload] | None = None
+    try:
+        while True:
+            pending = pending or asyncio.ensure_future(anext(payloads))
+            done, _ = await asyncio.wait({pending}, timeout=every)
+            if not done:
+                yield Comment("keepalive")
+                continue
+            try:
+                payload = pending.result()
+            except StopAsyncIteration:
+                return
+            pending = None
+            yield payload
+    finally:
+        if pending is not None:
+            pending.cancel()
+
+
 def wait_comment(state: str, model: str, position: int) -> Comment:
     return Comment(f"{state} position={position} model={model}" if position else f"{state} model={model}")
 

@@ -26,7 +26,7 @@ from services.gateway.protocol.chat import ChatCompletionRequest
 from services.gateway.protocol.common import INT32_MAX, OpenAIModel
 from services.gateway.protocol.embeddings import EmbeddingsRequestIn
 from services.gateway.protocol.training import TrainAdapterIn
-from services.gateway.sse import sse_response
+from services.gateway.sse import sse_response, with_heartbeats
 from services.scheduler.client import JobState, JobType, SchedulerClient, job_json, rate_limits_pb
 
 router = APIRouter()
@@ -177,4 +177,4 @@ async def job_events(
         async for job in updates:
             yield job_json(job)
 
-    return sse_response(events())
+    return sse_response(with_heartbeats(events()))

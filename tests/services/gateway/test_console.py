@@ -271,11 +271,15 @@ async def test_every_view_fits_the_screen(browser: WebDriver, width: int) -> Non
 
     def look() -> dict[str, list[int]]:
         browser.set_window_size(width, 844 if width < 600 else 900)
-        overflow = "return [document.documentElement.scrollWidth, window.innerWidth, [...document.querySelectorAll("
         # On a phone a wide table scrolls inside its card (.scroll); on a desktop nothing should.
-        inside = ":not(.scroll button)" if width < 600 else ""
-        overflow += f"'section.card button{inside}')].filter((b) => {{ const c = b.closest('section.card').getBoundingClientRect();"
-        overflow += " const r = b.getBoundingClientRect(); return r.right > c.right + 1 || r.left < c.left - 1; }).length]"
+        buttons = "section.card button" + (":not(.scroll button)" if width < 600 else "")
+        overflow = f"""
+            const outside = [...document.querySelectorAll("{buttons}")].filter((button) => {{
+              const card = button.closest("section.card").getBoundingClientRect();
+              const box = button.getBoundingClientRect();
+              return box.right > card.right + 1 || box.left < card.left - 1;
+            }});
+            return [document.documentElement.scrollWidth, window.innerWidth, outside.length];"""
         found = {}
         try:
             for view in VIEWS:

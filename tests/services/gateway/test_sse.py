@@ -1,9 +1,11 @@
 """Errors in the middle of a stream: one error event, then [DONE]."""
 
+import asyncio
 import json
+from collections.abc import AsyncIterator
 
 from services.common.errors import Unavailable
-from services.gateway.sse import Framing, Named, _events
+from services.gateway.sse import Comment, Framing, Named, Payload, _events, with_heartbeats
 
 
 async def test_mid_stream_error_becomes_one_event_then_done() -> None:
@@ -45,3 +47,14 @@ async def test_named_event_framings_end_with_an_error_event_and_no_done() -> Non
     responses = [event async for event in _events(payloads(), Framing.RESPONSES)]
     error = json.loads(responses[1].split("\n")[1].removeprefix("data: "))
     assert error["type"] == "error" and error["code"] == "unavailable" and len(responses) == 2
+
+
+async def test_a_quiet_stream_carries_keepalive_comments_and_ends_with_its_source() -> None:
+    async def slow() -> AsyncIterator[Payload]:
+        yield {"state": "running"}
+        await asyncio.sleep(0.25)  # a training run that says nothing for a while
+        yield {"state": "succeeded"}
+
+    seen = [payload async for payload in with_heartbeats(slow(), every=0.05)]
+    assert seen[0] == {"state": "running"} and seen[-1] == {"state": "succeeded"}
+    assert 2 <= seen.count(Comment("keepalive")) == len(seen) - 2

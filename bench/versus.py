@@ -96,7 +96,6 @@ async def main() -> None:
                     return False
 
             await wait_ready(lambda: up(f"http://127.0.0.1:{http_port}/health/ready"), gateway)
-
             await wait_ready(lambda: up(f"http://127.0.0.1:{bare_port}/health"), server)
             calls = {
                 MESH: sse_call(http, f"http://127.0.0.1:{http_port}/v1/completions", args.tokens),

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Protocol
@@ -147,7 +147,9 @@ def sse_response(
 HEARTBEAT_SECONDS = 15.0
 
 
-async def with_heartbeats(payloads: AsyncIterator[Payload], every: float = HEARTBEAT_SECONDS) -> AsyncIterator[Payload]:
+async def with_heartbeats(
+    payloads: AsyncGenerator[Payload, None], every: float = HEARTBEAT_SECONDS
+) -> AsyncIterator[Payload]:
     """`payloads`, with a `: keepalive` comment after each `every` seconds of silence: a long job
     or training run sends nothing for minutes, and proxies and clients (60 s is common) would
     take the quiet stream for a dead one."""
@@ -165,9 +167,11 @@ async def with_heartbeats(payloads: AsyncIterator[Payload], every: float = HEART
                 return
             pending = None
             yield payload
-    finally:
+    finally:  # the client left or the source ended: close the source now (its RPC), not at GC
         if pending is not None:
             pending.cancel()
+            await asyncio.wait({pending})
+        await payloads.aclose()
 
 
 def wait_comment(state: str, model: str, position: int) -> Comment:

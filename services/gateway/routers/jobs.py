@@ -7,7 +7,7 @@ did not exist. A superuser sees every job.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -26,7 +26,7 @@ from services.gateway.protocol.chat import ChatCompletionRequest
 from services.gateway.protocol.common import INT32_MAX, OpenAIModel
 from services.gateway.protocol.embeddings import EmbeddingsRequestIn
 from services.gateway.protocol.training import TrainAdapterIn
-from services.gateway.sse import sse_response, with_heartbeats
+from services.gateway.sse import Payload, sse_response, with_heartbeats
 from services.scheduler.client import JobState, JobType, SchedulerClient, job_json, rate_limits_pb
 
 router = APIRouter()
@@ -173,7 +173,7 @@ async def job_events(
     """Server-sent events: the job now, each change, and `[DONE]` once it ended."""
     updates = await scheduler.watch(job_id, caller.owner)
 
-    async def events() -> AsyncIterator[dict[str, Any]]:
+    async def events() -> AsyncGenerator[Payload, None]:
         async for job in updates:
             yield job_json(job)
 

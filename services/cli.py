@@ -242,11 +242,14 @@ def models_pull(
     model: dict[str, Any] | None = None
     columns = (TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), DownloadColumn())
     with Progress(*columns, TransferSpeedColumn(), console=stderr, disable=options.as_json) as progress:
-        task = None
+        # The stages: finding the repository (and any wait for the Hub), the download, the entry.
+        task = progress.add_task(f"finding {repo} on the Hub", total=None)
         for event in _events("POST", "/admin/models/pull", json=body):
-            if task is None:
-                task = progress.add_task(event["file"], total=event["total_bytes"] or None)
-            progress.update(task, completed=event["downloaded_bytes"], total=event["total_bytes"] or None)
+            if event.get("status"):
+                progress.update(task, description=event["status"])
+                continue
+            total = event["total_bytes"] or None
+            progress.update(task, description=event["file"], completed=event["downloaded_bytes"], total=total)
             model = event.get("model") or model
     if model is None:
         _fail("the pull ended without a model")

@@ -11,6 +11,7 @@ import pytest
 import typer.main
 
 from services.cli import app
+from services.common import settings_reference
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -90,3 +91,12 @@ def test_every_python_module_exists() -> None:
     assert modules
     for module in sorted(modules):
         assert importlib.util.find_spec(module) is not None, module
+
+
+def test_the_configuration_page_says_what_the_code_reads() -> None:
+    page = ROOT / "docs" / "configuration.md"
+    assert settings_reference.embedded(page.read_text()) == page.read_text(), "stale: run `make docs`"
+    reference = settings_reference.reference()
+    assert "|  |" not in reference  # every setting describes itself
+    for variable in ("LLMMESH_INFERENCE_MODELS_FILE", "LIVE_MODEL_NAME", "LLMMESH_GATEWAY_MAX_BODY_BYTES"):
+        assert f"`{variable}`" in reference

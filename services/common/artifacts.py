@@ -51,10 +51,14 @@ class ArtifactSettings(BaseSettings):
     s3_bucket: str = Field("", description="Also keep adapters in this S3/MinIO bucket. Empty: local only.")
     s3_prefix: str = Field("adapters", description="Key prefix inside the bucket.")
     s3_endpoint_url: str = Field("", description="S3 API endpoint (MinIO, moto). Empty: AWS.")
-    s3_region: str = Field("us-east-1")
+    s3_region: str = Field("us-east-1", description="The S3 region.")
     # Credentials come from boto3's usual chain (AWS_ACCESS_KEY_ID, instance roles, ...); a
     # static secret key is read here only to refuse a weak one.
-    s3_secret_access_key: SecretStr | None = Field(None, validation_alias=AliasChoices("AWS_SECRET_ACCESS_KEY"))
+    s3_secret_access_key: SecretStr | None = Field(
+        None,
+        validation_alias=AliasChoices("AWS_SECRET_ACCESS_KEY"),
+        description="Checked to be no placeholder when set (boto3 reads it, with the rest of its AWS_* chain).",
+    )
     lru_size: int = Field(10, ge=1, description="Extracted adapters remembered in memory.")
     evict_from_disk: bool = Field(False, description="Delete an extracted adapter when it leaves the LRU.")
     max_unzipped_bytes: int = Field(2 * 1024**3, ge=1, description="Largest adapter accepted, inflated.")

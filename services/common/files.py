@@ -42,7 +42,7 @@ class FileSettings(BaseSettings):
     s3_bucket: str = Field("", description="Keep files in this S3/MinIO bucket instead (a cluster).")
     s3_prefix: str = Field("files", description="Key prefix inside the bucket.")
     s3_endpoint_url: str = Field("", description="S3 API endpoint (MinIO, moto). Empty: AWS.")
-    s3_region: str = Field("us-east-1")
+    s3_region: str = Field("us-east-1", description="The S3 region.")
     max_bytes: int = Field(100 * 1024 * 1024, ge=1, description="Largest file accepted.")
     max_lines: int = Field(50_000, ge=1, description="Most requests in one batch input file.")
     max_files_per_owner: int = Field(1000, ge=1, description="Files one owner may keep at once.")

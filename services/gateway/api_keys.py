@@ -231,11 +231,13 @@ class ApiKeyStore:
             completion_tokens,
         )
 
-    async def usage(self, key_id: uuid.UUID) -> dict[str, int]:
+    async def usage(self, key_id: uuid.UUID) -> dict[str, int | None]:
+        """Requests and tokens so far, and the minute of the last use (Unix seconds; None: never)."""
         row = await self.pool.fetchrow(
             "SELECT coalesce(sum(requests), 0)::bigint AS requests,"
             " coalesce(sum(prompt_tokens), 0)::bigint AS prompt_tokens,"
-            " coalesce(sum(completion_tokens), 0)::bigint AS completion_tokens"
+            " coalesce(sum(completion_tokens), 0)::bigint AS completion_tokens,"
+            " extract(epoch FROM max(minute))::bigint AS last_used_at"
             " FROM api_key_usage WHERE key_id = $1",
             key_id,
         )

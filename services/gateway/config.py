@@ -61,9 +61,17 @@ class GatewaySettings(ServiceSettings):
     jwt_public_key: str | None = Field(
         None, validation_alias=AliasChoices("LLMMESH_JWT_PUBLIC_KEY"), description="PEM public key, for RS256."
     )
-    jwt_algorithm: Literal["HS256", "RS256"] = Field("HS256", validation_alias=AliasChoices("LLMMESH_JWT_ALGORITHM"))
-    jwt_issuer: str = Field("llmmesh", validation_alias=AliasChoices("LLMMESH_JWT_ISSUER"))
-    jwt_audience: str = Field("llmmesh", validation_alias=AliasChoices("LLMMESH_JWT_AUDIENCE"))
+    jwt_algorithm: Literal["HS256", "RS256"] = Field(
+        "HS256",
+        validation_alias=AliasChoices("LLMMESH_JWT_ALGORITHM"),
+        description="HS256 (a shared secret) or RS256 (a public key).",
+    )
+    jwt_issuer: str = Field(
+        "llmmesh", validation_alias=AliasChoices("LLMMESH_JWT_ISSUER"), description="The iss a JWT must carry."
+    )
+    jwt_audience: str = Field(
+        "llmmesh", validation_alias=AliasChoices("LLMMESH_JWT_AUDIENCE"), description="The aud a JWT must carry."
+    )
     jwt_max_lifetime_seconds: int = Field(
         24 * 3600,
         ge=60,

@@ -784,10 +784,17 @@ class Setting:
     value: str
     description: str
     updated_at: str = ""  # RFC 3339; empty when not stored
+    effective_value: str = ""  # in force now, from the store, the environment or the registry
 
     def to_pb(self) -> pb.Setting:
-        return pb.Setting(key=self.key, value=self.value, description=self.description, updated_at=self.updated_at)
+        return pb.Setting(
+            key=self.key,
+            value=self.value,
+            description=self.description,
+            updated_at=self.updated_at,
+            effective_value=self.effective_value,
+        )
 
     @classmethod
     def from_pb(cls, setting: pb.Setting) -> Setting:
-        return cls(setting.key, setting.value, setting.description, setting.updated_at)
+        return cls(setting.key, setting.value, setting.description, setting.updated_at, setting.effective_value)

@@ -121,8 +121,9 @@ class InferenceClient(ServiceClient):
 
     async def pull_model(
         self, repo: str, file: str = "", revision: str = "", name: str = ""
-    ) -> AsyncIterator[tuple[str, int, int, ModelInfo | None]]:
-        """A model pull's progress: (file, bytes so far, total bytes, the new model on the last step)."""
+    ) -> AsyncIterator[tuple[str, int, int, ModelInfo | None, str]]:
+        """A model pull's progress: (file, bytes so far, total bytes, the new model on the last step,
+        what it waits for when no bytes move)."""
         call = self._stub.PullModel(pb.PullModelRequest(repo=repo, file=file, revision=revision, name=name))
         return await server_stream(
             call,
@@ -131,6 +132,7 @@ class InferenceClient(ServiceClient):
                 r.downloaded_bytes,
                 r.total_bytes,
                 ModelInfo.from_pb(r.model) if r.HasField("model") else None,
+                r.status,
             ),
         )
 

@@ -6,6 +6,7 @@ are accepted too (services/common/compat.py).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Optional
 
@@ -37,7 +38,10 @@ TrainingDefaults = create_model(
     **{
         name: (
             Optional[info.annotation],  # noqa: UP045 - a runtime type, not an annotation
-            compat.env(f"LLMMESH_TRAINER_{_ENV_NAMES.get(name, name.upper())}"),
+            compat.env(
+                f"LLMMESH_TRAINER_{_ENV_NAMES.get(name, name.upper())}",
+                description=f"{info.description} Unset: {json.dumps(info.default)}.",
+            ),
         )
         for name, info in Hyperparameters.model_fields.items()
     },  # type: ignore[call-overload]

@@ -40,23 +40,20 @@ class Hyperparameters(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    lora_r: int = Field(16, ge=1, le=1024)
-    lora_alpha: float = Field(32.0, gt=0)
-    lora_dropout: float = Field(0.05, ge=0, lt=1)
-    learning_rate: float = Field(2e-4, gt=0, le=1)
-    epochs: int = Field(1, ge=1, le=1000)
-    batch_size: int = Field(4, ge=1, le=1024)
-    max_seq_length: int = Field(512, ge=8, le=131072)
-    train_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    load_in_4bit: bool = False
-    target_modules: tuple[Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_]+$")], ...] = (
-        "q_proj",
-        "k_proj",
-        "v_proj",
-        "o_proj",
+    lora_r: int = Field(16, ge=1, le=1024, description="LoRA rank.")
+    lora_alpha: float = Field(32.0, gt=0, description="LoRA scaling (alpha / r).")
+    lora_dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA layers.")
+    learning_rate: float = Field(2e-4, gt=0, le=1, description="AdamW learning rate.")
+    epochs: int = Field(1, ge=1, le=1000, description="Passes over the dataset.")
+    batch_size: int = Field(4, ge=1, le=1024, description="Examples per step.")
+    max_seq_length: int = Field(512, ge=8, le=131072, description="Longer examples are cut to this many tokens.")
+    train_dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Weights' dtype in training.")
+    load_in_4bit: bool = Field(False, description="Train on 4-bit weights (QLoRA, CUDA).")
+    target_modules: tuple[Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_]+$")], ...] = Field(
+        ("q_proj", "k_proj", "v_proj", "o_proj"), description="The modules adapted (a JSON list)."
     )
-    max_steps: int = Field(0, ge=0, le=INT32_MAX)  # 0: the epochs decide
-    seed: int = Field(0, ge=0, le=INT32_MAX)
+    max_steps: int = Field(0, ge=0, le=INT32_MAX, description="Stop after this many steps; 0: the epochs decide.")
+    seed: int = Field(0, ge=0, le=INT32_MAX, description="Random seed of the run.")
 
     @classmethod
     def checked(cls, values: dict[str, Any]) -> Hyperparameters:

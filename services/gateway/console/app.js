@@ -139,7 +139,10 @@ const Table = ({ columns, rows, empty = "Nothing yet.", id }) => html`
     </table>
   </div>`;
 
-const when = (seconds) => (seconds ? new Date(seconds * 1000).toLocaleTimeString() : "");
+// Unix seconds as a date and time in the browser's locale and zone.
+const when = (seconds) => (seconds ? new Date(seconds * 1000).toLocaleString([], { dateStyle: "medium", timeStyle: "medium" }) : "");
+const span = (seconds) => (seconds < 60 ? `${seconds.toFixed(1)} s` : seconds < 3600
+  ? `${Math.floor(seconds / 60)} min ${Math.round(seconds % 60)} s` : `${(seconds / 3600).toFixed(1)} h`);
 const AdminOnly = () => html`<p class="muted">Sign in with a superuser JWT to manage this.</p>`;
 
 // A uPlot chart whose data is replaced in place; the width follows its container.
@@ -240,11 +243,11 @@ function Models() {
   const [actionError, setActionError] = useState(null);
   const admin = isSuperuser();
 
-  const act = async (label, path, body) => {
+  const act = async (label, run) => {
     setBusy(label);
     setActionError(null);
     try {
-      await api(path, { method: body === undefined ? "POST" : "PUT", body });
+      await run();
       await reload();
     } catch (e) {
       setActionError(e);
@@ -254,7 +257,7 @@ function Models() {
   };
   const enc = encodeURIComponent;
   return html`
-    <${Card} title="Registry" actions=${admin && html`<button disabled=${!!busy} onClick=${() => act("reload", "/admin/models/reload")}>Reload registry</button>`}>
+    <${Card} title="Registry" actions=${admin && html`<button disabled=${!!busy} onClick=${() => act("Reloading the registry", () => api("/admin/models/reload", { method: "POST" }))}>Reload registry</button>`}>
       <${ErrorLine} error=${error || actionError} />
       ${busy && html`<p class="muted" id="model-busy">${busy}…</p>`}
       <${Table} id="models" rows=${(models && models.data) || []} columns=${[
@@ -266,9 +269,9 @@ function Models() {
         ["aliases", (m) => m.aliases.join(", ")],
         ["", (m) => admin && m.type === "chat" && !m.resolves_to && html`<div class="row">
           ${m.state === "loaded"
-            ? html`<button data-unload=${m.id} disabled=${!!busy} onClick=${() => act(`Unloading ${m.id}`, `/admin/models/${enc(m.id)}/unload`)}>Unload</button>`
-            : html`<button data-load=${m.id} disabled=${!!busy} onClick=${() => act(`Loading ${m.id}`, `/admin/models/${enc(m.id)}/load`)}>Load</button>`}
-          <button title="Serve it in the live slot" disabled=${!!busy} onClick=${() => act(`Making ${m.id} live`, "/settings/model.live.name", { value: m.id })}>Make live</button>
+            ? html`<button data-unload=${m.id} disabled=${!!busy} onClick=${() => act(`Unloading ${m.id}`, () => api(`/admin/models/${enc(m.id)}/unload`, { method: "POST" }))}>Unload</button>`
+            : html`<button data-load=${m.id} disabled=${!!busy} onClick=${() => act(`Loading ${m.id}`, () => api(`/admin/models/${enc(m.id)}/load`, { method: "POST" }))}>Load</button>`}
+          <button data-make-live=${m.id} title="Serve it in the live slot" disabled=${!!busy} onClick=${() => act(`Making ${m.id} live`, () => applySetting("model.live.name", m.id))}>Make live</button>
         </div>`]]} />
       ${!admin && html`<${AdminOnly} />`}
     <//>
@@ -279,23 +282,25 @@ function Pull({ onPulled }) {
   const [form, setForm] = useState({ repo: "", file: "", name: "" });
   const [progress, setProgress] = useState(null);
   const [error, setError] = useState(null);
-  const [running, setRunning] = useState(false);
+  const [running, setRunning] = useState(null); // the running pull's AbortController
   const set = (field) => (e) => setForm({ ...form, [field]: e.target.value });
 
   const pull = async (e) => {
     e.preventDefault();
-    setRunning(true);
+    const stop = new AbortController();
+    setRunning(stop);
     setError(null);
-    setProgress(null);
+    setProgress({ status: `Finding ${form.repo} on the Hub…` });
     try {
-      for await (const event of sse("/admin/models/pull", { method: "POST", body: form })) {
+      for await (const event of sse("/admin/models/pull", { method: "POST", body: form, signal: stop.signal })) {
         setProgress(event);
       }
       onPulled();
     } catch (err) {
-      setError(err);
+      setProgress(null);
+      setError(err.name === "AbortError" ? new Error("Pull cancelled; a later pull of the same file resumes it.") : err);
     } finally {
-      setRunning(false);
+      setRunning(null);
     }
   };
   const share = progress && progress.total_bytes ? progress.downloaded_bytes / progress.total_bytes : 0;
@@ -305,13 +310,17 @@ function Pull({ onPulled }) {
         <label>Repository<input required placeholder="owner/name" value=${form.repo} onInput=${set("repo")} /></label>
         <label>File pattern<input placeholder="Q4_K_M" value=${form.file} onInput=${set("file")} /></label>
         <label>Registry name<input placeholder="(from the repository)" value=${form.name} onInput=${set("name")} /></label>
-        <button class="primary" disabled=${running}>Pull</button>
+        <button class="primary" disabled=${!!running}>Pull</button>
+        ${running && html`<button type="button" id="pull-cancel" class="danger" onClick=${() => running.abort()}>Cancel</button>`}
       </form>
       <${ErrorLine} error=${error} />
-      ${progress && html`
-        <p class="muted">${progress.file}: ${(progress.downloaded_bytes / 1e6).toFixed(1)} / ${(progress.total_bytes / 1e6).toFixed(1)} MB</p>
-        <div class="progress"><div style=${`width: ${Math.round(share * 100)}%`}></div></div>
-        ${progress.model && html`<p class="ok">Added <strong>${progress.model.id}</strong> to the registry.</p>`}`}
+      <div id="pull-progress">
+      ${progress && progress.status && html`<p class="muted">${progress.status}</p>`}
+      ${progress && progress.file && !progress.model && html`
+        <p class="muted">Downloading ${progress.file}: ${(progress.downloaded_bytes / 1e6).toFixed(1)} / ${(progress.total_bytes / 1e6).toFixed(1)} MB</p>
+        <div class="progress"><div style=${`width: ${Math.round(share * 100)}%`}></div></div>`}
+      ${progress && progress.model && html`<p class="ok">Added <strong>${progress.model.id}</strong> to the registry.</p>`}
+      </div>
     <//>`;
 }
 
@@ -418,13 +427,27 @@ function Playground() {
 // ---- jobs ---------------------------------------------------------------------------------
 
 const JOB_STATES = ["queued", "running", "succeeded", "failed", "cancelled", "expired"];
-const JOB_TYPES = ["chat", "vision", "adapter_train", "embed"]; // /v1/jobs filters; batches are at /v1/batches
+const JOB_TYPES = ["chat", "vision", "adapter_train", "embed", "batch"];
+const JOBS_PER_PAGE = 50;
+
+// How long a job ran (or has been running); nothing before it starts.
+const jobDuration = (job) => (job.started_at ? span((job.ended_at || Date.now() / 1000) - job.started_at) : "");
+const jobProgress = (job) => {
+  const p = job.progress;
+  if (!p) return "";
+  const metrics = Object.entries(p.metrics || {}).map(([name, value]) => `${name} ${Number(value.toFixed(4))}`);
+  return [p.message, p.percent ? `${Math.round(p.percent)}%` : "", ...metrics].filter(Boolean).join(" · ");
+};
 
 function Jobs() {
   const [filter, setFilter] = useState({ state: "", job_type: "" });
+  // The page tokens walked so far: "" is the newest page; "Older" pushes, "Newer" pops.
+  const [pages, setPages] = useState([""]);
   const [selected, setSelected] = useState(null);
-  const query = new URLSearchParams(Object.entries(filter).filter(([, v]) => v)).toString();
-  const [jobs, error, reload] = usePoll(() => api(`/v1/jobs?limit=100&${query}`), 5, [query]);
+  const [lookup, setLookup] = useState("");
+  const page = pages[pages.length - 1];
+  const query = new URLSearchParams(Object.entries({ ...filter, page_token: page }).filter(([, v]) => v)).toString();
+  const [jobs, error, reload] = usePoll(() => api(`/v1/jobs?limit=${JOBS_PER_PAGE}&${query}`), 5, [query]);
   const cancel = async (id) => {
     if (!window.confirm(`Cancel job ${id}?`)) return;
     try {
@@ -433,18 +456,27 @@ function Jobs() {
       reload();
     }
   };
-  const set = (field) => (e) => setFilter({ ...filter, [field]: e.target.value });
+  const set = (field) => (e) => { setFilter({ ...filter, [field]: e.target.value }); setPages([""]); };
+  const find = (e) => { e.preventDefault(); if (lookup.trim()) setSelected(lookup.trim()); };
   return html`
     <${Card} title="Jobs" actions=${html`<div class="row">
       <select aria-label="state" value=${filter.state} onChange=${set("state")}><option value="">any state</option>${JOB_STATES.map((s) => html`<option>${s}</option>`)}</select>
       <select aria-label="type" value=${filter.job_type} onChange=${set("job_type")}><option value="">any type</option>${JOB_TYPES.map((s) => html`<option>${s}</option>`)}</select>
+      <form class="row" onSubmit=${find}><input id="job-lookup" aria-label="job id" placeholder="job id" value=${lookup} onInput=${(e) => setLookup(e.target.value)} /><button>Open</button></form>
     </div>`}>
       <${ErrorLine} error=${error} />
       <${Table} id="jobs" rows=${(jobs && jobs.data) || []} columns=${[
         ["job", (j) => html`<a href="#/jobs" data-job=${j.id} onClick=${(e) => { e.preventDefault(); setSelected(j.id); }}>${j.id}</a>`],
         ["type", (j) => j.job_type], ["state", (j) => html`<${StateBadge} value=${j.state} />`],
+        ["progress", (j) => html`<span data-progress=${j.id}>${jobProgress(j)}</span>`],
         ["attempt", (j) => j.attempt], ["created", (j) => when(j.created_at)],
+        ["took", (j) => html`<span data-duration=${j.id}>${jobDuration(j)}</span>`],
         ["", (j) => (["queued", "running"].includes(j.state) ? html`<button class="danger" onClick=${() => cancel(j.id)}>Cancel</button>` : "")]]} />
+      <div class="row pager">
+        <button id="jobs-newer" disabled=${pages.length === 1} onClick=${() => setPages(pages.slice(0, -1))}>Newer</button>
+        <span class="muted">page ${pages.length}</span>
+        <button id="jobs-older" disabled=${!(jobs && jobs.has_more)} onClick=${() => setPages([...pages, jobs.next_page_token])}>Older</button>
+      </div>
     <//>
     ${selected && html`<${JobEvents} key=${selected} id=${selected} />`}`;
 }
@@ -611,6 +643,12 @@ function Settings() {
   return html`${admin ? html`<${SettingsStore} /><${Keys} />` : html`<${Card} title="Settings"><${AdminOnly} /><//>`}<${Session} />`;
 }
 
+// A stored setting takes effect on the registry's next reload: the console applies it at once.
+async function applySetting(key, value) {
+  await api(`/settings/${encodeURIComponent(key)}`, { method: "PUT", body: { value } });
+  await api("/admin/models/reload", { method: "POST" });
+}
+
 function SettingsStore() {
   const [settings, error, reload] = usePoll(() => api("/settings/"), 0);
   const [edits, setEdits] = useState({});
@@ -618,7 +656,7 @@ function SettingsStore() {
   const save = async (key) => {
     setSaveError(null);
     try {
-      await api(`/settings/${encodeURIComponent(key)}`, { method: "PUT", body: { value: edits[key] ?? "" } });
+      await applySetting(key, edits[key] ?? "");
       setEdits({ ...edits, [key]: undefined });
       reload();
     } catch (err) {
@@ -630,7 +668,8 @@ function SettingsStore() {
       <${ErrorLine} error=${error || saveError} />
       <${Table} rows=${(settings && settings.settings) || []} columns=${[
         ["key", (s) => html`<code>${s.key}</code><div class="muted">${s.description}</div>`],
-        ["value", (s) => html`<input aria-label=${s.key} value=${edits[s.key] ?? s.value ?? ""} onInput=${(e) => setEdits({ ...edits, [s.key]: e.target.value })} />`],
+        ["in force", (s) => html`<span data-effective=${s.key}>${s.effective_value || html`<span class="muted">none</span>`}</span>`],
+        ["stored", (s) => html`<input aria-label=${s.key} placeholder=${s.value ? "" : "(not stored)"} value=${edits[s.key] ?? s.value ?? ""} onInput=${(e) => setEdits({ ...edits, [s.key]: e.target.value })} />`],
         ["updated", (s) => (s.updated_at ? new Date(s.updated_at).toLocaleString() : "")],
         ["", (s) => html`<button disabled=${edits[s.key] === undefined} onClick=${() => save(s.key)}>Save</button>`]]} />
     <//>`;
@@ -641,6 +680,7 @@ function Keys() {
   const [form, setForm] = useState({ name: "", scopes: "chat,embeddings,jobs", rpm_limit: "" });
   const [created, setCreated] = useState(null);
   const [actionError, setActionError] = useState(null);
+  const [showRevoked, setShowRevoked] = useState(false);
   const create = async (e) => {
     e.preventDefault();
     setActionError(null);
@@ -653,17 +693,21 @@ function Keys() {
       setActionError(err);
     }
   };
-  const revoke = async (id) => {
+  const revoke = async (key) => {
+    if (!window.confirm(`Revoke the key ${key.name}? Whoever uses it is refused from now on.`)) return;
     try {
-      await api(`/admin/keys/${encodeURIComponent(id)}`, { method: "DELETE" });
+      await api(`/admin/keys/${encodeURIComponent(key.id)}`, { method: "DELETE" });
       reload();
     } catch (err) {
       setActionError(err);
     }
   };
   const set = (field) => (e) => setForm({ ...form, [field]: e.target.value });
+  const all = (keys && keys.data) || [];
+  const revoked = all.filter((k) => k.revoked_at).length;
+  const limits = (k) => Object.entries(k.limits || {}).filter(([, v]) => v).map(([name, v]) => `${v} ${name}`).join(", ") || "none";
   return html`
-    <${Card} title="API keys">
+    <${Card} title="API keys" actions=${revoked > 0 && html`<label class="inline"><input type="checkbox" id="show-revoked" checked=${showRevoked} onChange=${(e) => setShowRevoked(e.target.checked)} /> show ${revoked} revoked</label>`}>
       <${ErrorLine} error=${error || actionError} />
       <form class="row" onSubmit=${create}>
         <label>Name<input required value=${form.name} onInput=${set("name")} /></label>
@@ -672,10 +716,14 @@ function Keys() {
         <button class="primary">Create key</button>
       </form>
       ${created && html`<p>New key (shown once): <code id="new-key">${created.key}</code></p>`}
-      <${Table} id="keys" rows=${(keys && keys.data) || []} columns=${[
-        ["name", (k) => k.name], ["id", (k) => html`<code>${k.id}</code>`], ["scopes", (k) => (k.scopes || []).join(", ")],
-        ["revoked", (k) => String(!!k.revoked_at)],
-        ["", (k) => (!k.revoked_at ? html`<button class="danger" onClick=${() => revoke(k.id)}>Revoke</button>` : "")]]} />
+      <${Table} id="keys" rows=${all.filter((k) => showRevoked || !k.revoked_at)} columns=${[
+        ["name", (k) => html`<strong>${k.name}</strong><div class="muted"><code>${k.hint}</code></div>`],
+        ["scopes", (k) => (k.scopes || []).join(", ")], ["models", (k) => (k.models ? k.models.join(", ") : "all")],
+        ["limits", limits],
+        ["created", (k) => when(k.created_at)],
+        ["last used", (k) => (k.usage && k.usage.last_used_at ? when(k.usage.last_used_at) : html`<span class="muted">never</span>`)],
+        ["requests", (k) => (k.usage ? k.usage.requests : "")],
+        ["", (k) => (k.revoked_at ? html`<span class="muted">revoked ${when(k.revoked_at)}</span>` : html`<button class="danger" data-revoke=${k.name} onClick=${() => revoke(k)}>Revoke</button>`)]]} />
     <//>`;
 }
 
@@ -718,9 +766,10 @@ function Login({ onSignedIn }) {
     <main class="login">
       <${Card} title="LLM Mesh console">
         <form onSubmit=${signIn}>
-          <label>A superuser JWT (<code>llmmesh console</code> prints a link with one) or an API key
+          <label><span id="token-label">API key or superuser JWT</span>
             <input id="token" type="password" autocomplete="off" value=${value} onInput=${(e) => setValue(e.target.value)} /></label>
-          <p class="muted">Kept in this browser tab only, sent as an Authorization header. Leave it empty on a local mesh without keys.</p>
+          <p class="muted"><code>llmmesh console</code> opens a sign-in link with a JWT. The credential is kept in this
+            browser tab only, sent as an Authorization header. Leave it empty on a local mesh without keys.</p>
           <button id="sign-in" class="primary">Sign in</button>
         </form>
         <${ErrorLine} error=${error} />

@@ -51,14 +51,16 @@ class PullIn(OpenAIModel):
 
 @router.post("/admin/models/pull", response_model=None, dependencies=[Depends(superuser)])
 async def pull_model(body: PullIn, inference: InferenceClient = Depends(get_home_inference)) -> Any:
-    """Server-sent events: the download's progress ({"file", "downloaded_bytes", "total_bytes"}),
-    then the new registry model ({"model": ...}). A bad repository or file is a 4xx before the
-    stream starts."""
+    """Server-sent events: the download's progress ({"file", "downloaded_bytes", "total_bytes"},
+    with a "status" while the Hub does not answer), then the new registry model ({"model": ...}).
+    A bad repository or file is a 4xx before the stream starts."""
     steps = await inference.pull_model(body.repo, body.file, body.revision, body.name)
 
     async def events() -> AsyncIterator[dict[str, Any]]:
-        async for file, downloaded, total, model in steps:
+        async for file, downloaded, total, model, status in steps:
             event: dict[str, Any] = {"file": file, "downloaded_bytes": downloaded, "total_bytes": total}
+            if status:
+                event["status"] = status
             if model is not None:
                 event["model"] = model_body(model)
             yield event

@@ -120,7 +120,9 @@ async def enqueue(
 async def list_jobs(
     request: Request,
     state: list[Literal["queued", "running", "succeeded", "failed", "cancelled", "expired"]] = Query(default=[]),
-    job_type: list[Literal["chat", "vision", "adapter_train", "embed"]] = Query(default=[]),
+    job_type: list[Literal["chat", "vision", "adapter_train", "embed", "batch"]] = Query(
+        default=[], description="batch: the jobs behind /v1/batches."
+    ),
     limit: int = Query(50, ge=1, le=200),
     page_token: str = "",
     view: Literal["basic", "full"] = Query("basic", description="full: with each job's request and result."),

@@ -43,11 +43,17 @@ class TransformersEnvironment(BaseSettings):
 
     model_config = SettingsConfigDict(extra="ignore", frozen=True)
 
-    device: str = compat.env("LLMMESH_TRANSFORMERS_DEVICE", "auto")
-    dtype: str = compat.env("LLMMESH_TRANSFORMERS_DTYPE", "auto")
+    device: str = compat.env("LLMMESH_TRANSFORMERS_DEVICE", "auto", description="auto, cpu, cuda or mps.")
+    dtype: str = compat.env(
+        "LLMMESH_TRANSFORMERS_DTYPE", "auto", description="torch dtype: auto, float32, float16, bfloat16."
+    )
     quantization: str = compat.env("LLMMESH_TRANSFORMERS_QUANTIZATION", "none", description="none, 4bit or 8bit (CUDA)")
-    use_quantization: bool = compat.env("LLMMESH_TRANSFORMERS_USE_QUANTIZATION", False)
-    cache_dir: Path = compat.env("LLMMESH_TRANSFORMERS_CACHE_DIR", Path(".data/transformers"))
+    use_quantization: bool = compat.env(
+        "LLMMESH_TRANSFORMERS_USE_QUANTIZATION", False, description="Quantize on load (CUDA)."
+    )
+    cache_dir: Path = compat.env(
+        "LLMMESH_TRANSFORMERS_CACHE_DIR", Path(".data/transformers"), description="Dequantized GGUF checkpoints."
+    )
 
 
 def pick_device(requested: str, cuda: bool, mps: bool) -> str:

@@ -33,10 +33,12 @@ class VllmEnvironment(BaseSettings):
 
     model_config = SettingsConfigDict(extra="ignore", frozen=True)
 
-    tensor_parallel_size: int = compat.env("LLMMESH_VLLM_TENSOR_PARALLEL_SIZE", 1)
-    gpu_memory_utilization: float = compat.env("LLMMESH_VLLM_GPU_MEMORY_UTILIZATION", 0.9)
-    max_loras: int = compat.env("LLMMESH_VLLM_MAX_LORAS", 1)
-    max_lora_rank: int = compat.env("LLMMESH_VLLM_MAX_LORA_RANK", 64)
+    tensor_parallel_size: int = compat.env("LLMMESH_VLLM_TENSOR_PARALLEL_SIZE", 1, description="GPUs one model spans.")
+    gpu_memory_utilization: float = compat.env(
+        "LLMMESH_VLLM_GPU_MEMORY_UTILIZATION", 0.9, description="Share of GPU memory vLLM takes."
+    )
+    max_loras: int = compat.env("LLMMESH_VLLM_MAX_LORAS", 1, description="LoRA adapters in one batch.")
+    max_lora_rank: int = compat.env("LLMMESH_VLLM_MAX_LORA_RANK", 64, description="Largest adapter rank served.")
 
 
 class VllmOptions(BackendOptions):

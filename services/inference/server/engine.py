@@ -45,6 +45,7 @@ from services.inference.server.slots import (
     ModelRouter,
     RoutingEnvironment,
     build_routes,
+    effective_setting,
     require_known_key,
     validate_setting,
     with_pulled,
@@ -379,6 +380,7 @@ class InferenceEngine:
                 value=stored[key].value if key in stored else "",
                 description=description,
                 updated_at=stored[key].updated_at.isoformat() if key in stored else "",
+                effective_value=effective_setting(key, self.router.routes, self.router.registry),
             )
             for key, description in SETTING_KEYS.items()
         ]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import fnmatch
 import json
+import logging
 import os
 import re
 import sys
@@ -33,6 +34,7 @@ REVISION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$")
 PREFERRED = ("q4_k_m", "q4_k_s", "q5_k_m", "q4_0", "q8_0")
 MAX_CONTEXT = 8192  # the default context of a pulled model's entry; the registry may raise it
 PROGRESS_SECONDS = 0.25
+MAX_MESSAGE = 500  # errors and statuses quote the Hub's words, bounded
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,7 @@ class PullProgress:
     downloaded: int
     total: int
     spec: ModelSpec | None = None
+    status: str = ""  # what the pull waits for while no bytes move (the Hub not answering)
 
 
 def check_pull(repo: str, file: str, revision: str) -> None:
@@ -76,6 +79,8 @@ async def pull(repo: str, file: str, revision: str, name: str) -> AsyncIterator[
             events.append(event)
             if event["event"] == "progress":
                 steps.put_nowait(PullProgress(event["file"], int(event["downloaded"]), int(event["total"])))
+            elif event["event"] == "status":
+                steps.put_nowait(PullProgress("", 0, 0, status=str(event["message"])[:MAX_MESSAGE]))
 
         run = asyncio.create_task(child.run(on_event))
         run.add_done_callback(lambda _: steps.put_nowait(None))  # the end of the steps
@@ -109,9 +114,9 @@ async def pull(repo: str, file: str, revision: str, name: str) -> AsyncIterator[
 def _failure(events: list[Event], failure: ChildFailed) -> Exception:
     """The child's own account of what went wrong, as the error a caller can act on."""
     error = next((e for e in reversed(events) if e["event"] == "error"), None)
-    if error is None:
-        return Unavailable(f"The model pull failed: {failure}")
-    kind, message = error.get("kind"), str(error.get("message", ""))
+    if error is None:  # it died without saying why: its last words, never a whole traceback
+        return Unavailable(f"The model pull failed: {str(failure).split(' | ')[-1][-MAX_MESSAGE:]}")
+    kind, message = error.get("kind"), str(error.get("message", ""))[:MAX_MESSAGE]
     if kind == "not_found":
         return NotFound(message, param="repo")
     if kind == "invalid":
@@ -157,11 +162,33 @@ def gguf_context_length(path: str) -> int | None:
     return int(field.parts[field.data[0]][0]) if field is not None else None
 
 
+class RetriesReported(logging.Handler):
+    """huggingface_hub retries a Hub that does not answer for about 25 s, saying so only in its
+    log: each retry becomes a status event, so the caller hears at once what the wait is."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.reason = ""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if " thrown while requesting " in message:
+            self.reason = message.split(" thrown while requesting ")[0].strip("'\" ")
+        elif message.startswith("Retrying in"):
+            emit("status", message=f"The Hub did not answer ({self.reason}); {message[0].lower()}{message[1:]}")
+
+
+def one_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}"[:MAX_MESSAGE]
+
+
 def main(run_dir: Path) -> None:
-    from huggingface_hub import HfApi, hf_hub_download
+    from huggingface_hub import HfApi, constants, hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
     from tqdm import tqdm
 
+    logging.getLogger("huggingface_hub").addHandler(RetriesReported())
     request = json.loads((run_dir / "request.json").read_text())
     repo, revision = request["repo"], request["revision"] or None
     try:
@@ -172,6 +199,9 @@ def main(run_dir: Path) -> None:
         sys.exit(2)
     except (LookupError, ValueError) as error:
         emit("error", kind="invalid", message=str(error))
+        sys.exit(2)
+    except Exception as error:  # the Hub unreachable or failing: one line, not a traceback
+        emit("error", kind="unavailable", message=f"Cannot list {repo} on {constants.ENDPOINT}: {one_line(error)}")
         sys.exit(2)
 
     class Reported(tqdm):  # type: ignore[type-arg]
@@ -187,7 +217,12 @@ def main(run_dir: Path) -> None:
             return shown
 
     emit("progress", file=chosen, downloaded=0, total=0)
-    path = hf_hub_download(repo, chosen, revision=revision, tqdm_class=Reported)
+    try:
+        path = hf_hub_download(repo, chosen, revision=revision, tqdm_class=Reported)
+    except Exception as error:
+        where = f"{chosen} from {constants.ENDPOINT}"
+        emit("error", kind="unavailable", message=f"Cannot download {where}: {one_line(error)}")
+        sys.exit(2)
     size = os.path.getsize(path)
     emit("progress", file=chosen, downloaded=size, total=size)
     emit("done", file=chosen, path=str(Path(path).resolve()), size=size, context_length=gguf_context_length(path))

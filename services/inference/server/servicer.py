@@ -109,6 +109,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
                 file=step.file,
                 downloaded_bytes=step.downloaded,
                 total_bytes=step.total,
+                status=step.status,
                 model=self.engine.get_model(step.spec.name).to_pb() if step.spec is not None else None,
             )
 

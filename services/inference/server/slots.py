@@ -41,15 +41,38 @@ class RoutingEnvironment(BaseSettings):
 
     model_config = SettingsConfigDict(extra="ignore", frozen=True)
 
-    live_model_backend: str | None = compat.env("LIVE_MODEL_BACKEND")
-    live_model_name: str | None = compat.env("LIVE_MODEL_NAME")
-    background_model_backend: str | None = compat.env("BACKGROUND_MODEL_BACKEND")
-    background_model_name: str | None = compat.env("BACKGROUND_MODEL_NAME")
-    model_backend: str | None = compat.env("MODEL_BACKEND")
-    model_name: str | None = compat.env("MODEL_NAME")
-    light_model_name: str | None = compat.env("LIGHT_MODEL_NAME")
-    medium_model_name: str | None = compat.env("MEDIUM_MODEL_NAME")
-    heavy_model_name: str | None = compat.env("HEAVY_MODEL_NAME")
+    live_model_backend: str | None = compat.env(
+        "LIVE_MODEL_BACKEND",
+        description="Backend of the live slot; the settings store's model.live.backend wins over it.",
+    )
+    live_model_name: str | None = compat.env(
+        "LIVE_MODEL_NAME",
+        description="Model of the live slot (a registry name or a model file); model.live.name wins over it.",
+    )
+    background_model_backend: str | None = compat.env(
+        "BACKGROUND_MODEL_BACKEND", description="Backend of the background slot (jobs). Unset: the live slot's."
+    )
+    background_model_name: str | None = compat.env(
+        "BACKGROUND_MODEL_NAME", description="Model of the background slot (jobs). Unset: the live slot's."
+    )
+    model_backend: str | None = compat.env(
+        "MODEL_BACKEND", description="Backend of both slots where neither names one."
+    )
+    model_name: str | None = compat.env(
+        "MODEL_NAME", description="Model of both slots where neither names one. Unset: the registry's default_model."
+    )
+    light_model_name: str | None = compat.env(
+        "LIGHT_MODEL_NAME",
+        description="Model of both slots where neither names one. Unset: the registry's default_model.",
+    )
+    medium_model_name: str | None = compat.env(
+        "MEDIUM_MODEL_NAME",
+        description="Model of both slots where neither names one. Unset: the registry's default_model.",
+    )
+    heavy_model_name: str | None = compat.env(
+        "HEAVY_MODEL_NAME",
+        description="Model of both slots where neither names one. Unset: the registry's default_model.",
+    )
 
 
 # key -> what it controls (shown by ListSettings and GET /settings/)
@@ -82,6 +105,18 @@ def with_pulled(registry: ModelRegistry, stored: Mapping[str, str]) -> ModelRegi
     if not pulled:
         return registry
     return ModelRegistry.from_specs([*registry.models, *pulled], registry.default_model, registry.tiers)
+
+
+def effective_setting(key: str, routes: Mapping[str, ModelSpec], registry: ModelRegistry) -> str:
+    """What a `model.<route>.*` key is in force now, stored or not: the route's backend, or its
+    model (the registry name, or the file a made entry serves)."""
+    _, route, field = key.split(".")
+    spec = routes.get(route)
+    if spec is None:
+        return ""
+    if field == "backend":
+        return spec.backend
+    return spec.name if registry.find(spec.name) is not None else spec.path or ""
 
 
 def require_known_key(key: str) -> None:

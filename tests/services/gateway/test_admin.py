@@ -28,14 +28,26 @@ async def test_settings_list_and_validation(admin) -> None:
     assert (await admin.put("/settings/model.live.name", json={})).status_code == 400
 
 
+async def in_force(admin, key: str) -> tuple[str, str]:
+    """A setting's (stored value, value in force)."""
+    setting = next(s for s in (await admin.get("/settings/")).json()["settings"] if s["key"] == key)
+    return setting["value"], setting["effective_value"]
+
+
 async def test_reload_picks_up_a_changed_setting(http, admin) -> None:
     assert (await http.post("/v1/chat/completions", json=chat("live", max_tokens=1))).json()["model"] == GEMMA
+    # Nothing stored, yet the live slot serves the registry's default: the list says so.
+    assert await in_force(admin, "model.live.name") == ("", GEMMA)
+    assert await in_force(admin, "model.live.backend") == ("", "gguf")
     try:
         stored = await admin.put("/settings/model.live.name", json={"value": "mock"})
         assert stored.json()["value"] == "mock" and stored.json()["updated_at"]
         # Stored, not yet applied: it takes effect on the next reload.
         assert (await http.post("/v1/chat/completions", json=chat("live", max_tokens=1))).json()["model"] == GEMMA
+        assert await in_force(admin, "model.live.name") == ("mock", GEMMA)
         assert (await admin.post("/admin/models/reload")).status_code == 200
+        assert await in_force(admin, "model.live.name") == ("mock", "mock")
+        assert await in_force(admin, "model.background.name") == ("", "mock")
         reply = (await http.post("/v1/chat/completions", json=chat("live", "after reload"))).json()
         assert reply["choices"][0]["message"]["content"] == "[mock-text:mock] after reload"
         listed = {m["id"]: m for m in (await http.get("/v1/models")).json()["data"]}

@@ -81,7 +81,9 @@ async def test_keys_missing_bad_revoked_scoped_and_model_limited(strict) -> None
     async with asyncio.timeout(10):  # usage is written in the background
         while not (usage := await key_usage(http, admin, key_id))["requests"]:
             await asyncio.sleep(0.05)
+    last_used = usage.pop("last_used_at")
     assert usage == {"requests": 1, "prompt_tokens": 1, "completion_tokens": 2}
+    assert 0 <= time.time() - last_used < 120  # the minute it was used in
     assert (await http.delete(f"/admin/keys/{key_id}", headers=admin)).json()["revoked_at"]
     revoked = await http.post("/v1/chat/completions", json=chat(), headers=bearer(key))
     assert revoked.status_code == 401 and revoked.json()["error"]["code"] == "invalid_api_key"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -112,6 +113,24 @@ async def test_sign_in_refuses_what_is_no_credential(browser: WebDriver, gateway
     assert "neither an API key" in error, error
 
 
+@pytest.mark.parametrize("width", [390, 1400])
+async def test_the_sign_in_label_is_one_line(browser: WebDriver, gateway_url: str, width: int) -> None:
+    def lines() -> int:
+        browser.set_window_size(width, 844 if width < 600 else 900)
+        try:
+            browser.get(f"{gateway_url}/console/")
+            browser.execute_script("sessionStorage.clear()")
+            browser.refresh()
+            wait_for(browser, lambda d: d.find_element(By.ID, "token-label"))
+            # One client rect per line box the label's text is laid out in.
+            count = "const r = document.createRange(); r.selectNodeContents(document.getElementById('token-label'));"
+            return browser.execute_script(count + " return r.getClientRects().length;")
+        finally:
+            browser.set_window_size(1280, 900)
+
+    assert await step(lines) == 1
+
+
 async def test_an_expired_jwt_returns_to_sign_in_saying_so(browser: WebDriver, gateway_url: str) -> None:
     await step(sign_in, browser, gateway_url, admin_jwt(ttl_seconds=2))
     await step(wait_for, browser, text_of("#mesh-status"))
@@ -209,6 +228,47 @@ async def test_a_jobs_live_events(browser: WebDriver, admin: httpx.AsyncClient) 
     state, events = await step(watch)
     assert "succeeded" in state and "succeeded" in events
 
+    def table() -> tuple[str, str, str, bool]:
+        created = wait_for(browser, text_of(f'[data-job="{job["id"]}"]'))
+        link = browser.find_element(By.CSS_SELECTOR, f'[data-job="{job["id"]}"]')
+        row = link.find_element(By.XPATH, "./ancestor::tr")
+        took = text_of(f'[data-duration="{job["id"]}"]')(browser)
+        older = browser.find_element(By.ID, "jobs-older")
+        return created, row.text, took, older.is_enabled()
+
+    _, row, took, more = await step(table)
+    assert took.endswith(" s"), took  # how long it ran
+    assert str(time.localtime().tm_year) in row, row  # a date, not only a time of day
+    assert not more  # under 50 jobs here: one page
+
+
+async def test_jobs_page_and_filter_batches(browser: WebDriver, admin: httpx.AsyncClient) -> None:
+    quick = {"job_type": "chat", "request": {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1}}
+    ids = []
+    for _ in range(55):  # past one page of 50
+        ids.append((await admin.post("/internal/queue/enqueue", json=quick)).json()["id"])
+    assert (await admin.get("/v1/jobs", params={"job_type": "batch"})).status_code == 200
+
+    def page_through() -> tuple[list[str], list[str], list[str]]:
+        go(browser, "jobs")
+        wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, f'[data-job="{ids[-1]}"]'))
+        first = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#jobs [data-job]")]
+        wait_for(browser, lambda d: d.find_element(By.ID, "jobs-older").is_enabled())
+        browser.find_element(By.ID, "jobs-older").click()
+        wait_for(browser, lambda d: not d.find_elements(By.CSS_SELECTOR, f'[data-job="{ids[-1]}"]'))
+        second = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#jobs [data-job]")]
+        browser.find_element(By.ID, "jobs-newer").click()
+        Select(browser.find_element(By.CSS_SELECTOR, "select[aria-label=type]")).select_by_visible_text("batch")
+        wait_for(browser, lambda d: not d.find_elements(By.CSS_SELECTOR, f'[data-job="{ids[-1]}"]'))
+        batches = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#jobs [data-job]")]
+        Select(browser.find_element(By.CSS_SELECTOR, "select[aria-label=type]")).select_by_visible_text("any type")
+        return first, second, batches
+
+    first, second, batches = await step(page_through)
+    assert len(first) == 50 and first[0] == ids[-1]
+    assert second and not set(first) & set(second)
+    assert not set(batches) & set(ids)
+
 
 async def test_a_training_run_draws_its_loss_and_stores_an_adapter(browser: WebDriver) -> None:
     def train() -> str:
@@ -259,6 +319,49 @@ async def test_settings_create_an_api_key(browser: WebDriver, admin: httpx.Async
     assert key.startswith("llmm_")
     names = [k["name"] for k in (await admin.get("/admin/keys")).json()["data"]]
     assert "from-the-console" in names
+
+    def columns_and_revoke() -> tuple[str, str, bool]:
+        row = wait_for(browser, lambda d: d.find_element(By.CSS_SELECTOR, '[data-revoke="from-the-console"]'))
+        header = browser.find_element(By.CSS_SELECTOR, "#keys thead").text
+        text = row.find_element(By.XPATH, "./ancestor::tr").text
+        row.click()
+        browser.switch_to.alert.accept()
+        # Revoked keys leave the list, behind a "show revoked" box.
+        wait_for(browser, lambda d: not d.find_elements(By.CSS_SELECTOR, '[data-revoke="from-the-console"]'))
+        gone = "from-the-console" not in browser.find_element(By.ID, "keys").text
+        browser.find_element(By.ID, "show-revoked").click()
+        wait_for(browser, lambda d: "from-the-console" in d.find_element(By.ID, "keys").text)
+        browser.find_element(By.ID, "show-revoked").click()
+        return header, text, gone
+
+    header, row, gone = await step(columns_and_revoke)
+    for column in ("created", "last used", "limits"):
+        assert column in header.lower(), header
+    assert "never" in row and str(time.localtime().tm_year) in row, row
+    assert gone
+
+
+async def test_settings_show_what_is_in_force_and_make_live_applies_at_once(
+    browser: WebDriver, admin: httpx.AsyncClient
+) -> None:
+    def in_force() -> str:
+        go(browser, "settings")
+        return wait_for(browser, text_of('[data-effective="model.live.name"]'))
+
+    def make_mock_live() -> str:
+        go(browser, "models")
+        wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, '[data-make-live="mock"]'))[0].click()
+        live = text_of('[data-model-state="live"]')
+        return wait_for(browser, lambda d: "mock" in live(d) and live(d))
+
+    # Nothing is stored for the live slot, yet it serves the registry's default.
+    assert await step(in_force) == GEMMA
+    try:
+        assert await step(make_mock_live) == "→ mock"  # applied, not only stored
+        assert (await admin.get("/v1/models/live")).json()["resolves_to"] == "mock"
+    finally:
+        await admin.put("/settings/model.live.name", json={"value": ""})
+        await admin.post("/admin/models/reload")
 
 
 VIEWS = ("overview", "models", "playground", "jobs", "training", "analytics", "settings")

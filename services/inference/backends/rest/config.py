@@ -22,16 +22,38 @@ from services.upstream.config import AuthType, Provider, RequestFormat, RestConf
 class RestEnvironment(BaseSettings):
     model_config = SettingsConfigDict(extra="ignore", frozen=True)
 
-    live_url: str | None = compat.env("LLMMESH_REST_LIVE_URL")
-    background_url: str | None = compat.env("LLMMESH_REST_BACKGROUND_URL")
-    live_model: str | None = compat.env("LLMMESH_REST_MODEL_NAME")
-    background_model: str | None = compat.env("LLMMESH_REST_BACKGROUND_MODEL_NAME")
-    provider: Provider = compat.env("LLMMESH_REST_PROVIDER", Provider.GENERIC)
-    request_format: RequestFormat = compat.env("LLMMESH_REST_REQUEST_FORMAT", RequestFormat.OPENAI)
-    auth_type: AuthType = compat.env("LLMMESH_REST_AUTH_TYPE", AuthType.NONE)
-    auth_token: SecretStr | None = compat.env("LLMMESH_REST_AUTH_TOKEN")
-    auth_header: str = compat.env("LLMMESH_REST_AUTH_HEADER", "Authorization")
-    timeout: float = compat.env("LLMMESH_REST_TIMEOUT", 60.0)
+    live_url: str | None = compat.env(
+        "LLMMESH_REST_LIVE_URL", description="Base URL of the remote API the live slot's rest model calls."
+    )
+    background_url: str | None = compat.env(
+        "LLMMESH_REST_BACKGROUND_URL", description="Base URL for the background slot. Unset: the live URL."
+    )
+    live_model: str | None = compat.env(
+        "LLMMESH_REST_MODEL_NAME", description="The remote model name the live slot asks for."
+    )
+    background_model: str | None = compat.env(
+        "LLMMESH_REST_BACKGROUND_MODEL_NAME", description="The remote model name for the background slot."
+    )
+    provider: Provider = compat.env(
+        "LLMMESH_REST_PROVIDER",
+        Provider.GENERIC,
+        description="The remote API: openai, anthropic, ollama, lmstudio or generic.",
+    )
+    request_format: RequestFormat = compat.env(
+        "LLMMESH_REST_REQUEST_FORMAT",
+        RequestFormat.OPENAI,
+        description="The request body: openai, ollama, chatml or generic.",
+    )
+    auth_type: AuthType = compat.env(
+        "LLMMESH_REST_AUTH_TYPE",
+        AuthType.NONE,
+        description="How the token is sent: none, bearer, api_key or custom (auth_header).",
+    )
+    auth_token: SecretStr | None = compat.env("LLMMESH_REST_AUTH_TOKEN", description="The remote API's token.")
+    auth_header: str = compat.env(
+        "LLMMESH_REST_AUTH_HEADER", "Authorization", description="The header a token goes in."
+    )
+    timeout: float = compat.env("LLMMESH_REST_TIMEOUT", 60.0, description="Seconds a remote call may take.")
 
 
 class RestOptions(BackendOptions):

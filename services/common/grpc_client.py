@@ -25,9 +25,12 @@ from typing import Any, TypeVar
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from llmmesh.process.v1 import process_service_pb2 as process_pb2
+from llmmesh.process.v1 import process_service_pb2_grpc as process_pb2_grpc
 from services.common.auth import internal_token_interceptors
 from services.common.errors import from_rpc_error
 from services.common.grpc_server import MAX_MESSAGE_BYTES
+from services.common.process_service import ProcessStats
 
 T = TypeVar("T")
 
@@ -78,7 +81,18 @@ class ServiceClient:
 
     def __init__(self, channel: grpc.aio.Channel, timeout: float) -> None:
         self._health = health_pb2_grpc.HealthStub(channel)
+        self._process = process_pb2_grpc.ProcessServiceStub(channel)
         self._timeout = timeout
+
+    async def process_stats(self, timeout: float) -> ProcessStats:
+        """The service process's memory and CPU (ProcessService)."""
+        with rpc_errors():
+            return ProcessStats.from_pb(await self._process.GetStats(process_pb2.GetStatsRequest(), timeout=timeout))
+
+    async def watch_logs(self, tail: int) -> AsyncIterator[str]:
+        """The service's last `tail` log lines (JSON), then each new one until the reader stops."""
+        call = self._process.WatchLogs(process_pb2.WatchLogsRequest(tail=tail))
+        return await server_stream(call, lambda response: response.line)
 
     async def health(self, timeout: float) -> str:
         """The service's overall grpc.health.v1 status name, or UNREACHABLE."""

@@ -20,12 +20,15 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
+from llmmesh.process.v1 import process_service_pb2_grpc as process_pb2_grpc
 from services.common import tracing
 from services.common.auth import EXEMPT_PREFIXES, InternalTokenInterceptor
 from services.common.config import ServiceSettings
 from services.common.errors import MeshError, to_status
 from services.common.logs import REQUEST_ID, REQUEST_ID_HEADER, configure_logging, request_id_from
 from services.common.metrics import serve_metrics
+from services.common.process_service import SERVICE_NAME as PROCESS_SERVICE_NAME
+from services.common.process_service import ProcessServicer
 
 log = logging.getLogger(__name__)
 
@@ -169,12 +172,18 @@ async def start_grpc_server(
         ],
     )
     register(server)
+    process_pb2_grpc.add_ProcessServiceServicer_to_server(ProcessServicer(), server)
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     for name in ("", *service_names):
         await health.set(name, SERVING if serving else NOT_SERVING)
     reflection.enable_server_reflection(
-        (*service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+        (
+            *service_names,
+            PROCESS_SERVICE_NAME,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ),
         server,
     )
     bound_port = server.add_insecure_port(f"{host}:{port}")

@@ -38,6 +38,7 @@ from services.gateway.routers import (
     models,
     nodes,
     pipeline,
+    processes,
     responses,
     training,
 )
@@ -128,6 +129,7 @@ def build_app(settings: GatewaySettings) -> FastAPI:
         training,
         pipeline,
         admin,
+        processes,
         keys,
         health,
         console,

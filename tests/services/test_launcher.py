@@ -70,6 +70,7 @@ async def test_mesh_starts_answers_and_stops_on_ctrl_c(tmp_path) -> None:
                 lines = [line async for line in events.aiter_lines() if line.startswith("data: {")]
             assert '"state":"succeeded"' in lines[-1] and "[mock-text:mock] later" in lines[-1]
             assert (await http.get("/v1/adapters")).json() == {"object": "list", "data": []}  # the trainer is up
+            await _each_process_reports_itself(http, admin, tmp_path / "data" / "supervisor.json")
             await _inference_heals_after_kill_9(http, tmp_path / "data" / "supervisor.json")
             for dependency in ("nats", "postgres"):
                 await _a_dependency_heals_after_kill_9(http, tmp_path / "data" / "supervisor.json", dependency)
@@ -98,6 +99,25 @@ async def start_launcher(env: dict[str, str]) -> tuple[asyncio.subprocess.Proces
         while b"Press Ctrl-C" not in (line := await process.stdout.readline()):
             banner.append(line.decode())
     return process, banner
+
+
+async def _each_process_reports_itself(http: httpx.AsyncClient, admin: dict[str, str], status_file) -> None:
+    """The console's Overview and Logs views: each service's memory and CPU, and its log lines."""
+    assert (await http.get("/admin/processes")).status_code == 401
+    processes = {p["service"]: p for p in (await http.get("/admin/processes", headers=admin)).json()["data"]}
+    supervised = json.loads(status_file.read_text())["services"]
+    for name in ("inference", "embeddings", "scheduler", "trainer", "gateway"):
+        assert processes[name]["state"] == "up", processes[name]
+        assert processes[name]["pid"] == supervised[name]["pid"]  # each answers for itself
+        assert processes[name]["rss_bytes"] > 20 * 2**20 and processes[name]["cpu_seconds"] > 0
+    for name in ("inference", "scheduler"):
+        async with http.stream("GET", f"/admin/logs/{name}", headers=admin, params={"tail": 50}) as response:
+            assert response.status_code == 200
+            events = (line async for line in response.aiter_lines() if line.startswith("data: "))
+            first = json.loads(json.loads((await anext(events)).removeprefix("data: "))["line"])
+        assert first["service"] == name and first["message"], first
+    missing = await http.get("/admin/logs/nothing", headers=admin)
+    assert missing.status_code == 404 and missing.json()["error"]["param"] == "service"
 
 
 async def _inference_heals_after_kill_9(http: httpx.AsyncClient, status_file) -> None:

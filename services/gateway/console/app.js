@@ -7,7 +7,7 @@ import htm from "./vendor/htm.mjs";
 
 const html = htm.bind(h);
 const TOKEN_KEY = "llmmesh.token";
-const VIEWS = ["overview", "models", "playground", "jobs", "training", "analytics", "settings"];
+const VIEWS = ["overview", "models", "playground", "jobs", "training", "analytics", "logs", "settings"];
 
 // ---- the API ------------------------------------------------------------------------------
 
@@ -139,8 +139,13 @@ const Table = ({ columns, rows, empty = "Nothing yet.", id }) => html`
     </table>
   </div>`;
 
-// Unix seconds as a date and time in the browser's locale and zone.
-const when = (seconds) => (seconds ? new Date(seconds * 1000).toLocaleString([], { dateStyle: "medium", timeStyle: "medium" }) : "");
+// Unix seconds as the browser's local date and time, compact and unambiguous: 2026-12-05 11:01:49.
+const pad = (n) => String(n).padStart(2, "0");
+const when = (seconds) => {
+  if (!seconds) return "";
+  const d = new Date(seconds * 1000);
+  return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
+};
 const span = (seconds) => (seconds < 60 ? `${seconds.toFixed(1)} s` : seconds < 3600
   ? `${Math.floor(seconds / 60)} min ${Math.round(seconds % 60)} s` : `${(seconds / 3600).toFixed(1)} h`);
 const AdminOnly = () => html`<p class="muted">Sign in with a superuser JWT to manage this.</p>`;
@@ -209,6 +214,7 @@ function Overview() {
           <p class="muted">${summary.active_workers} running now, peak ${summary.peak_concurrency} · up ${Math.round(summary.uptime_seconds)} s</p>`}
       <//>
     </div>
+    ${isSuperuser() && html`<${Processes} />`}
     <${Card} title="Models">
       <${Table} id="overview-models" rows=${(models && models.data) || []} columns=${[
         ["model", (m) => m.id], ["backend", (m) => m.backend], ["state", (m) => html`<${ModelState} model=${m} />`],
@@ -232,6 +238,33 @@ function Overview() {
         <${Table} id="recent-errors" rows=${(history && history.recent_errors) || []} empty="No errors." columns=${[
           ["time", (e) => when(e.time)], ["request", (e) => `${e.method} ${e.path}`], ["status", (e) => html`<span class="bad">${e.status}</span>`],
           ["request id", (e) => html`<code>${e.request_id}</code>`]]} />`}
+    <//>`;
+}
+
+// Each process's memory, and its CPU over the last poll (the difference of two reports).
+function Processes() {
+  const [processes, error] = usePoll(() => api("/admin/processes"), 3);
+  const previous = useRef({});
+  const cpu = {};
+  for (const p of (processes && processes.data) || []) {
+    const before = previous.current[p.service];
+    if (before && before.pid === p.pid && p.uptime_seconds > before.uptime_seconds) {
+      cpu[p.service] = (100 * (p.cpu_seconds - before.cpu_seconds)) / (p.uptime_seconds - before.uptime_seconds);
+    }
+  }
+  useEffect(() => {
+    for (const p of (processes && processes.data) || []) if (p.state === "up") previous.current[p.service] = p;
+  }, [processes]);
+  return html`
+    <${Card} title="Processes">
+      <${ErrorLine} error=${error} />
+      <${Table} id="processes" rows=${(processes && processes.data) || []} columns=${[
+        ["service", (p) => p.service], ["state", (p) => html`<${StateBadge} value=${p.state} />`],
+        ["memory", (p) => html`<span data-memory=${p.service}>${p.rss_bytes ? `${Math.round(p.rss_bytes / 2 ** 20)} MB` : ""}</span>`],
+        ["CPU", (p) => html`<span data-cpu=${p.service}>${cpu[p.service] === undefined ? "" : `${cpu[p.service].toFixed(0)}%`}</span>`],
+        ["threads", (p) => p.threads || ""], ["up", (p) => (p.uptime_seconds ? span(p.uptime_seconds) : "")],
+        ["pid", (p) => p.pid || ""]]} />
+      <p class="muted">CPU is the share of one core since the previous reading; 200% is two cores.</p>
     <//>`;
 }
 
@@ -432,11 +465,12 @@ const JOBS_PER_PAGE = 50;
 
 // How long a job ran (or has been running); nothing before it starts.
 const jobDuration = (job) => (job.started_at ? span((job.ended_at || Date.now() / 1000) - job.started_at) : "");
+// The step and share done; the metrics (loss, ...) show on hover.
 const jobProgress = (job) => {
   const p = job.progress;
-  if (!p) return "";
+  if (!p) return ["", ""];
   const metrics = Object.entries(p.metrics || {}).map(([name, value]) => `${name} ${Number(value.toFixed(4))}`);
-  return [p.message, p.percent ? `${Math.round(p.percent)}%` : "", ...metrics].filter(Boolean).join(" · ");
+  return [[p.message, p.percent ? `${Math.round(p.percent)}%` : ""].filter(Boolean).join(" · "), metrics.join(", ")];
 };
 
 function Jobs() {
@@ -468,7 +502,7 @@ function Jobs() {
       <${Table} id="jobs" rows=${(jobs && jobs.data) || []} columns=${[
         ["job", (j) => html`<a href="#/jobs" data-job=${j.id} onClick=${(e) => { e.preventDefault(); setSelected(j.id); }}>${j.id}</a>`],
         ["type", (j) => j.job_type], ["state", (j) => html`<${StateBadge} value=${j.state} />`],
-        ["progress", (j) => html`<span data-progress=${j.id}>${jobProgress(j)}</span>`],
+        ["progress", (j) => { const [done, metrics] = jobProgress(j); return html`<span data-progress=${j.id} title=${metrics}>${done}</span>`; }],
         ["attempt", (j) => j.attempt], ["created", (j) => when(j.created_at)],
         ["took", (j) => html`<span data-duration=${j.id}>${jobDuration(j)}</span>`],
         ["", (j) => (["queued", "running"].includes(j.state) ? html`<button class="danger" onClick=${() => cancel(j.id)}>Cancel</button>` : "")]]} />
@@ -634,6 +668,61 @@ function Analytics() {
       <${Card} title="Time to first token (streams), ms"><${Chart} series=${{ lines: ["p50", "p95"], points: true }} data=${[time, column("ttft_p50_ms"), column("ttft_p95_ms")]} /><//>
       <${Card} title="Errors"><${Chart} series=${{ lines: ["errors"] }} data=${[time, column("errors")]} /><//>
     </div>`}`;
+}
+
+// ---- logs ---------------------------------------------------------------------------------
+
+const SERVICES = ["gateway", "inference", "embeddings", "scheduler", "trainer"];
+const MAX_LOG_LINES = 1000;
+
+const logLine = (text) => {
+  try {
+    return JSON.parse(text);
+  } catch {
+    return { message: text };
+  }
+};
+
+// One service's log: its recent lines, then each new one as it is logged.
+function Logs() {
+  const [service, setService] = useState("inference");
+  const [lines, setLines] = useState([]);
+  const [filter, setFilter] = useState("");
+  const [follow, setFollow] = useState(true);
+  const [error, setError] = useState(null);
+  const box = useRef(null);
+  useEffect(() => {
+    if (!isSuperuser()) return undefined;
+    const stop = new AbortController();
+    setLines([]);
+    setError(null);
+    (async () => {
+      try {
+        for await (const event of sse(`/admin/logs/${service}?tail=200`, { signal: stop.signal })) {
+          setLines((old) => [...old.slice(1 - MAX_LOG_LINES), logLine(event.line)]);
+        }
+      } catch (err) {
+        if (err.name !== "AbortError") setError(err);
+      }
+    })();
+    return () => stop.abort();
+  }, [service]);
+  useEffect(() => { if (follow && box.current) box.current.scrollTop = box.current.scrollHeight; }, [lines, follow]);
+  if (!isSuperuser()) return html`<${Card} title="Logs"><${AdminOnly} /><//>`;
+  const needle = filter.toLowerCase();
+  const shown = needle ? lines.filter((l) => JSON.stringify(l).toLowerCase().includes(needle)) : lines;
+  return html`
+    <${Card} title="Logs" actions=${html`<div class="row">
+      <select id="log-service" aria-label="service" value=${service} onChange=${(e) => setService(e.target.value)}>${SERVICES.map((s) => html`<option>${s}</option>`)}</select>
+      <input aria-label="filter" placeholder="filter" value=${filter} onInput=${(e) => setFilter(e.target.value)} />
+      <label class="inline"><input type="checkbox" checked=${follow} onChange=${(e) => setFollow(e.target.checked)} /> follow</label>
+    </div>`}>
+      <${ErrorLine} error=${error} />
+      <div class="events logs" id="log-lines" ref=${box}>
+        ${shown.map((l) => html`<div class=${`level-${l.level || "info"}`}>${l.time ? l.time.slice(11, 23) : ""} ${(l.level || "").toUpperCase()} ${l.logger || ""}${l.request_id ? ` [${l.request_id}]` : ""} ${l.message}${l.exception ? `\n${l.exception}` : ""}</div>`)}
+      </div>
+      <p class="muted">${shown.length} of ${lines.length} lines (the last ${MAX_LOG_LINES} are kept)</p>
+    <//>`;
 }
 
 // ---- settings -----------------------------------------------------------------------------
@@ -815,7 +904,7 @@ function App() {
     return () => window.removeEventListener("hashchange", follow);
   }, []);
   if (!signedIn) return html`<${Login} onSignedIn=${() => setSignedIn(true)} />`;
-  const View = { overview: Overview, models: Models, playground: Playground, jobs: Jobs, training: Training, analytics: Analytics, settings: Settings }[view];
+  const View = { overview: Overview, models: Models, playground: Playground, jobs: Jobs, training: Training, analytics: Analytics, logs: Logs, settings: Settings }[view];
   return html`
     <header>
       <h1>LLM Mesh</h1>

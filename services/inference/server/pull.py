@@ -193,15 +193,16 @@ def main(run_dir: Path) -> None:
     repo, revision = request["repo"], request["revision"] or None
     try:
         files = HfApi().list_repo_files(repo, revision=revision)
-        chosen = choose_file(files, request["file"])
     except (RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError) as error:
         emit("error", kind="not_found", message=f"No repository '{repo}' (or revision) on the Hub: {error}")
         sys.exit(2)
-    except (LookupError, ValueError) as error:
-        emit("error", kind="invalid", message=str(error))
-        sys.exit(2)
     except Exception as error:  # the Hub unreachable or failing: one line, not a traceback
         emit("error", kind="unavailable", message=f"Cannot list {repo} on {constants.ENDPOINT}: {one_line(error)}")
+        sys.exit(2)
+    try:
+        chosen = choose_file(files, request["file"])
+    except (LookupError, ValueError) as error:
+        emit("error", kind="invalid", message=str(error))
         sys.exit(2)
 
     class Reported(tqdm):  # type: ignore[type-arg]

@@ -10,6 +10,8 @@ The gateway serves on this test's event loop, so every browser step runs in a th
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import os
 import shutil
 import time
@@ -28,6 +30,7 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
+from services.common.logs import RECENT
 from tests.conftest import GEMMA, admin_jwt
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
@@ -137,7 +140,10 @@ async def test_an_expired_jwt_returns_to_sign_in_saying_so(browser: WebDriver, g
     await asyncio.sleep(3)
 
     def next_view() -> str:
-        go(browser, "models")  # its first call carries the expired JWT
+        # The next call with the expired JWT signs out: the overview's own polling, or the view opened now.
+        with contextlib.suppress(StaleElementReferenceException):
+            for link in browser.find_elements(By.ID, "nav-models"):
+                link.click()
         return wait_for(browser, lambda d: "Signed out" in text_of("[role=alert]")(d) and text_of("[role=alert]")(d))
 
     message = await step(next_view)
@@ -358,13 +364,49 @@ async def test_settings_show_what_is_in_force_and_make_live_applies_at_once(
     assert await step(in_force) == GEMMA
     try:
         assert await step(make_mock_live) == "→ mock"  # applied, not only stored
-        assert (await admin.get("/v1/models/live")).json()["resolves_to"] == "mock"
+        listed = {m["id"]: m for m in (await admin.get("/v1/models")).json()["data"]}
+        assert listed["live"]["resolves_to"] == "mock"
     finally:
         await admin.put("/settings/model.live.name", json={"value": ""})
         await admin.post("/admin/models/reload")
 
 
-VIEWS = ("overview", "models", "playground", "jobs", "training", "analytics", "settings")
+async def test_the_logs_view_follows_a_service_and_overview_shows_each_processs_memory(browser: WebDriver) -> None:
+    # Every service process feeds RECENT from its logging setup; here the services share the
+    # test's process, so the test attaches it as that setup would.
+    root = logging.getLogger()
+    root.addHandler(RECENT)
+    marker = f"console-log-marker-{time.time_ns()}"
+    try:
+        logging.getLogger("tests.console").warning("before the view opened: %s", marker)
+
+        def follow() -> tuple[str, str]:
+            go(browser, "logs")
+            Select(wait_for(browser, lambda d: d.find_element(By.ID, "log-service"))).select_by_visible_text(
+                "scheduler"
+            )
+            old = wait_for(browser, lambda d: marker in text_of("#log-lines")(d) and text_of("#log-lines")(d))
+            return old, browser.find_element(By.CSS_SELECTOR, "#log-lines .level-warning").text
+
+        old, warning = await step(follow)
+        assert "WARNING tests.console before the view opened" in warning, warning
+        logging.getLogger("tests.console").error("live: %s", marker)
+        live = await step(wait_for, browser, lambda d: f"live: {marker}" in text_of("#log-lines")(d))
+        assert live
+
+        def memory() -> str:
+            go(browser, "overview")
+            wait_for(browser, lambda d: d.find_element(By.ID, "nav-logs"))
+            wait_for(browser, lambda d: text_of('[data-cpu="inference"]')(d))  # two readings make a rate
+            shot(browser, "overview")
+            return text_of('[data-memory="inference"]')(browser)
+
+        assert (await step(memory)).endswith(" MB")
+    finally:
+        root.removeHandler(RECENT)
+
+
+VIEWS = ("overview", "models", "playground", "jobs", "training", "analytics", "logs", "settings")
 
 
 @pytest.mark.parametrize("width", [390, 1400])

@@ -109,7 +109,7 @@ bench: proto $(ENGINES)
 # Rewrite what docs/ generates from the code: the configuration reference (the settings' own
 # descriptions); tests/test_docs.py fails when it is stale.
 docs: proto
-	$(PY) -m services.common.settings_reference --write docs/configuration.md
+	$(PY) -m services.settings_reference --write docs/configuration.md
 
 # Refresh the web console's vendored libraries from npm (pinned versions and hashes inside);
 # the files are committed, so nothing else needs Node.js.

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import typer.main
 
+from services import settings_reference
 from services.cli import app
-from services.common import settings_reference
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]

@@ -126,6 +126,7 @@ class TrainRequest:
     training_id: str = ""
     owner: str = ""
     limits: dict[str, float] = field(default_factory=dict)  # the limits the request set
+    name: str = ""  # for people: not part of the adapter's identity
 
     @classmethod
     def from_pb(cls, request: pb.TrainAdapterRequest) -> TrainRequest:
@@ -150,7 +151,18 @@ class TrainRequest:
             training_id=check_adapter_id(request.training_id, "training_id") if request.training_id else "",
             owner=request.owner,
             limits=limits,
+            name=check_adapter_name(request.name),
         )
+
+
+MAX_ADAPTER_NAME = 100
+
+
+def check_adapter_name(name: str) -> str:
+    name = name.strip()
+    if len(name) > MAX_ADAPTER_NAME or any(ord(c) < 32 or ord(c) == 127 for c in name):
+        raise InvalidArgument(f"'name' must be at most {MAX_ADAPTER_NAME} printable characters.", param="name")
+    return name
 
 
 def examples_from_pb(dataset: pb.Examples, param: str) -> list[list[dict[str, str]]]:
@@ -291,6 +303,7 @@ class TrainingPlan:
     hyperparameters: Hyperparameters
     owner: str = ""  # the tenant it is trained for ("": the operator)
     max_run_seconds: float | None = None  # killed past it; None: the trainer's own limit
+    name: str = ""  # for people; not part of its identity
 
     @functools.cached_property
     def adapter_id(self) -> str:  # hashes every example: computed once
@@ -374,6 +387,7 @@ def adapter_to_pb(manifest: dict[str, Any], size_bytes: int, locations: tuple[st
         hyperparameters=pb.Hyperparameters(**dict(manifest.get("hyperparameters", {}))),
         owner=str(manifest.get("owner", "")),
         shared=bool(manifest.get("shared", False)),
+        name=str(manifest.get("name", "")),
     )
 
 

@@ -178,7 +178,15 @@ class Trainer:
         ):
             if not within:  # one caller's run must not hold the trainer (and maybe the GPU) for days
                 raise InvalidArgument(f"'{param}' is over this run's limit of {what}.", param=param)
-        return TrainingPlan(spec.name, examples, eval_examples, hyperparameters, request.owner, limits.max_run_seconds)
+        return TrainingPlan(
+            spec.name,
+            examples,
+            eval_examples,
+            hyperparameters,
+            request.owner,
+            limits.max_run_seconds,
+            request.name,
+        )
 
     def _limits(self, requested: dict[str, float]) -> TrainingLimits:
         """The run's limits: the request's (its API key's), else this trainer's."""
@@ -237,6 +245,7 @@ class Trainer:
                     "metrics": metrics,
                     "created_at": time.time(),
                     "training_id": job.training_id,
+                    "name": plan.name,
                 }
                 stored = await asyncio.to_thread(self.artifacts.put, job.adapter_id, run_dir / "adapter", manifest)
                 job.adapter = adapter_to_pb(stored.manifest, stored.size_bytes, stored.locations)

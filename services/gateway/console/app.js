@@ -436,7 +436,7 @@ function Playground() {
         </select></label>
         <label>Adapter<select value=${settings.adapter} onChange=${set("adapter")}>
           <option value="">none</option>
-          ${((adapters && adapters.data) || []).map((a) => html`<option value=${a.id || a.adapter_id}>${a.id || a.adapter_id}</option>`)}
+          ${((adapters && adapters.data) || []).map((a) => html`<option value=${a.id}>${adapterLabel(a)}</option>`)}
         </select></label>
         <label>Temperature ${settings.temperature}<input type="range" min="0" max="2" step="0.05" value=${settings.temperature} onInput=${set("temperature", true)} /></label>
         <label>Top p ${settings.top_p}<input type="range" min="0" max="1" step="0.01" value=${settings.top_p} onInput=${set("top_p", true)} /></label>
@@ -567,10 +567,13 @@ function parseDataset(text) {
   });
 }
 
+// An adapter as people name it: its name, else the start of its id (a hash).
+const adapterLabel = (a) => (a.name ? `${a.name} (${a.id.slice(0, 8)})` : `${a.id.slice(0, 12)}…`);
+
 function Training() {
   const [models] = usePoll(() => api("/v1/models"), 0);
   const [adapters, adaptersError, reloadAdapters] = usePoll(() => api("/v1/adapters"), 15);
-  const [form, setForm] = useState({ base_model: "", dataset: EXAMPLE_DATASET, max_steps: 20, learning_rate: 0.001, lora_r: 8 });
+  const [form, setForm] = useState({ name: "", base_model: "", dataset: EXAMPLE_DATASET, max_steps: 20, learning_rate: 0.001, lora_r: 8 });
   const [run, setRun] = useState(null);
   const [losses, setLosses] = useState([[], []]);
   const [error, setError] = useState(null);
@@ -600,6 +603,7 @@ function Training() {
     setError(null);
     try {
       const request = {
+        ...(form.name.trim() ? { name: form.name.trim() } : {}),
         base_model: base,
         dataset: parseDataset(form.dataset),
         hyperparameters: { max_steps: form.max_steps, learning_rate: form.learning_rate, lora_r: form.lora_r },
@@ -619,6 +623,7 @@ function Training() {
     <${Card} title="Start a training run">
       <form onSubmit=${start}>
         <div class="row">
+          <label>Adapter name<input id="adapter-name" maxlength="100" placeholder="(none)" value=${form.name} onInput=${set("name")} /></label>
           <label>Base model<select value=${base} onChange=${set("base_model")}>
             ${choices.map((m) => html`<option value=${m.id}>${m.id}</option>`)}</select></label>
           <label>Max steps<input type="number" min="1" value=${form.max_steps} onInput=${set("max_steps", true)} /></label>
@@ -642,8 +647,11 @@ function Training() {
     <${Card} title="Adapters">
       <${ErrorLine} error=${adaptersError} />
       <${Table} id="adapters" rows=${(adapters && adapters.data) || []} columns=${[
-        ["adapter", (a) => a.id || a.adapter_id], ["base model", (a) => a.base_model],
-        ["size", (a) => (a.size_bytes ? `${(a.size_bytes / 1e6).toFixed(1)} MB` : "")], ["shared", (a) => String(!!a.shared)]]} />
+        ["adapter", (a) => html`<strong data-adapter=${a.id}>${a.name || "(unnamed)"}</strong><div class="muted"><code title=${a.id}>${a.id.slice(0, 12)}…</code></div>`],
+        ["base model", (a) => a.base_model],
+        ["trained", (a) => (a.create_time ? when(Date.parse(a.create_time) / 1000) : "")],
+        ["loss", (a) => (a.metrics && a.metrics.train_loss_before !== undefined && a.metrics.train_loss_after !== undefined ? `${a.metrics.train_loss_before.toFixed(3)} → ${a.metrics.train_loss_after.toFixed(3)}` : "")],
+        ["size", (a) => (a.size_bytes ? `${(a.size_bytes / 1e6).toFixed(1)} MB` : "")], ["shared", (a) => (a.shared ? "yes" : "no")]]} />
     <//>`;
 }
 

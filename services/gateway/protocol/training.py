@@ -53,10 +53,12 @@ class TrainAdapterIn(OpenAIModel):
     dataset: Dataset
     eval_dataset: Dataset | None = None
     hyperparameters: HyperparametersIn = Field(default_factory=HyperparametersIn)
+    name: str = Field("", max_length=100, description="A name people read; not part of the adapter's identity.")
 
     def to_pb(self, training_id: str = "") -> trainer_pb.TrainAdapterRequest:
         return trainer_pb.TrainAdapterRequest(
             base_model=self.base_model,
+            name=self.name,
             dataset=_dataset_pb(self.dataset, "dataset"),
             eval_dataset=_dataset_pb(self.eval_dataset, "eval_dataset") if self.eval_dataset else None,
             hyperparameters=self.hyperparameters.to_pb(),

@@ -11,7 +11,9 @@ from services.trainer.domain import (
     Hyperparameters,
     TrainingJob,
     TrainingState,
+    TrainRequest,
     adapter_identity,
+    adapter_to_pb,
     as_json,
     examples_from_jsonl,
     timestamp,
@@ -76,3 +78,19 @@ def test_json_bodies_use_words_seconds_and_numbers() -> None:
     assert body["state"] == "running" and body["create_time"] == 10.5 and body["adapter"]["size_bytes"] == 7
     received = TrainingJob.from_pb(job)  # as the trainer's client hands it on
     assert received.state is TrainingState.RUNNING and received.to_pb() == job and received.to_json() == body
+
+
+def test_an_adapter_name_is_for_people_and_checked_at_the_edge() -> None:
+    example = pb.TrainingExample(instruction=pb.InstructionExample(instruction="a", output="b"))
+    dataset = pb.Dataset(inline=pb.Examples(examples=[example]))
+
+    def request(name: str) -> TrainRequest:
+        return TrainRequest.from_pb(pb.TrainAdapterRequest(base_model="m", dataset=dataset, name=name))
+
+    assert request("  support tone v1 ").name == "support tone v1"
+    for bad in ("x" * 101, "two\nlines", "nul\x00"):
+        with pytest.raises(InvalidArgument) as refused:
+            request(bad)
+        assert refused.value.param == "name" and bad not in refused.value.message
+    manifest = {"adapter_id": "a" * 64, "name": "support tone v1"}
+    assert adapter_to_pb(manifest, 1, ()).name == "support tone v1"

@@ -121,8 +121,8 @@ const Card = ({ title, children, actions }) => html`
 const ErrorLine = ({ error }) => (error ? html`<p class="error" role="alert">${error.message || String(error)}</p>` : null);
 
 const StateBadge = ({ value }) => {
-  const good = ["SERVING", "ok", "loaded", "succeeded", "closed", "true", true];
-  const bad = ["NOT_SERVING", "UNKNOWN", "unavailable", "failed", "open", "false", false, "expired", "cancelled"];
+  const good = ["SERVING", "ok", "up", "loaded", "succeeded", "closed", "true", true];
+  const bad = ["NOT_SERVING", "UNKNOWN", "unavailable", "unreachable", "failed", "open", "false", false, "expired", "cancelled"];
   const tone = good.includes(value) ? "ok" : bad.includes(value) ? "bad" : "warn";
   return html`<span class="badge ${tone}">${String(value)}</span>`;
 };

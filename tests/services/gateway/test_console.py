@@ -249,6 +249,7 @@ async def test_a_jobs_live_events(browser: WebDriver, admin: httpx.AsyncClient) 
 
     _, row, took = await step(table)
     assert took.endswith(" s"), took  # how long it ran
+    assert "chat background" in row, row  # its type and the model it ran on
     assert str(time.localtime().tm_year) in row, row  # a date, not only a time of day
 
 

@@ -253,6 +253,38 @@ async def test_a_jobs_live_events(browser: WebDriver, admin: httpx.AsyncClient) 
     assert str(time.localtime().tm_year) in row, row  # a date, not only a time of day
 
 
+async def test_cancelling_a_job_asks_first(browser: WebDriver, admin: httpx.AsyncClient) -> None:
+    # A key allowed one request a minute: its second job waits for the next minute, cancellable.
+    made = await admin.post("/admin/keys", json={"name": "one-a-minute", "scopes": ["chat", "jobs"], "rpm_limit": 1})
+    key = {"Authorization": f"Bearer {made.json()['key']}"}
+    body = {"job_type": "chat", "request": {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1}}
+    first = await admin.post("/internal/queue/enqueue", json=body, headers=key)
+    waiting = (await admin.post("/internal/queue/enqueue", json=body, headers=key)).json()["id"]
+    assert first.status_code == 202
+
+    def cancel_button(d: WebDriver) -> Any:
+        link = d.find_element(By.CSS_SELECTOR, f'[data-job="{waiting}"]')
+        return link.find_element(By.XPATH, "./ancestor::tr").find_element(By.CSS_SELECTOR, "button.danger")
+
+    def answer(accept: bool) -> None:
+        go(browser, "jobs")
+        click(browser, wait_for(browser, cancel_button))
+        alert = browser.switch_to.alert
+        assert waiting in alert.text
+        alert.accept() if accept else alert.dismiss()
+
+    async def state() -> str:
+        return (await admin.get(f"/v1/jobs/{waiting}")).json()["state"]
+
+    await step(answer, False)
+    await asyncio.sleep(1)
+    assert await state() in ("queued", "running")  # dismissed: nothing happened
+    await step(answer, True)
+    async with asyncio.timeout(30):
+        while await state() != "cancelled":
+            await asyncio.sleep(0.2)
+
+
 async def test_jobs_page_and_filter_batches(browser: WebDriver, admin: httpx.AsyncClient) -> None:
     quick = {"job_type": "chat", "request": {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1}}
     ids = []

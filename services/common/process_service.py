@@ -3,6 +3,7 @@ lines, followed live, and its memory and CPU, for the console's Logs and Overvie
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import resource
 import threading
@@ -34,8 +35,11 @@ class ProcessStats:
     def from_pb(cls, stats: pb.ProcessStats) -> ProcessStats:
         return cls(stats.pid, stats.rss_bytes, stats.cpu_seconds, stats.uptime_seconds, stats.threads)
 
+    def to_pb(self) -> pb.ProcessStats:
+        return pb.ProcessStats(**dataclasses.asdict(self))
 
-def process_stats() -> pb.ProcessStats:
+
+def process_stats() -> ProcessStats:
     """This process's resource use, from /proc where there is one."""
     cpu = os.times()
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # the peak, where /proc is missing
@@ -47,7 +51,7 @@ def process_stats() -> pb.ProcessStats:
                 rss = int(line.split()[1]) * 1024
             elif line.startswith("Threads:"):
                 threads = int(line.split()[1])
-    return pb.ProcessStats(
+    return ProcessStats(
         pid=os.getpid(),
         rss_bytes=rss,
         cpu_seconds=cpu.user + cpu.system,
@@ -65,4 +69,4 @@ class ProcessServicer(pb_grpc.ProcessServiceServicer):
             yield pb.LogLine(line=line)
 
     async def GetStats(self, request: pb.GetStatsRequest, context: grpc.aio.ServicerContext) -> pb.ProcessStats:
-        return process_stats()
+        return process_stats().to_pb()

@@ -289,19 +289,11 @@ def _datetime(message: pb.Job, name: str) -> datetime | None:
 
 
 def job_model(job_type: JobType, requested: str) -> str:
-    """Job.model: the model a request names; a chat or vision job naming none runs on its slot."""
+    """Job.model: the model a request names (the store derives it from the request); a chat or
+    vision job naming none runs on its slot."""
     if not requested and job_type in (JobType.CHAT, JobType.VISION):
         return "background"
     return requested
-
-
-def request_model(request: pb.JobRequest) -> str:
-    kind = request.WhichOneof("kind")
-    if kind in ("chat", "embed"):
-        return str(getattr(request, kind).model)
-    if kind == "adapter_train":
-        return request.adapter_train.base_model
-    return ""
 
 
 def message_to_json(message: Any) -> dict[str, Any]:

@@ -31,7 +31,6 @@ from services.scheduler.domain import (
     Submission,
     job_model,
     message_to_json,
-    request_model,
 )
 from services.scheduler.metrics import JOB_QUEUE_WAIT, JOBS
 
@@ -96,18 +95,18 @@ MIGRATIONS = [
     "ALTER TABLE jobs ADD COLUMN available_at timestamptz",
     # Retention: ended jobs are found by when they ended.
     "CREATE INDEX jobs_by_end ON jobs (ended_at) WHERE ended_at IS NOT NULL",
+    # The model a request names, kept beside it so that lists without payloads can show it.
+    "ALTER TABLE jobs ADD COLUMN model text NOT NULL GENERATED ALWAYS AS (coalesce(request->'chat'->>'model',"
+    " request->'embed'->>'model', request->'adapter_train'->>'base_model', '')) STORED",
 ]
 
 # Columns set whenever a job reaches a terminal state: its callback becomes due now.
 _END = "ended_at = now(), lease = NULL, callback_next_at = CASE WHEN callback_state = 'pending' THEN now() END"
 
 
-# Every column but the payloads (request and result), for lists in the BASIC view: of the request,
-# only the model it names (the JSON keys are the proto's field names).
+# Every column but the payloads (request and result), for lists in the BASIC view.
 _BASIC_COLUMNS = (
-    "job_id, idempotency_key, job_type, state, owner, priority, NULL::jsonb AS request, NULL::jsonb AS result,"
-    " coalesce(request->'chat'->>'model', request->'embed'->>'model', request->'adapter_train'->>'base_model', '')"
-    " AS model,"
+    "job_id, idempotency_key, job_type, state, owner, priority, NULL::jsonb AS request, NULL::jsonb AS result, model,"
     " error, progress, attempt, submission_id, callback_url, callback_state, callback_attempts, callback_error,"
     " created_at, started_at, ended_at, expires_at, trace_context"
 )
@@ -142,7 +141,7 @@ def _job(row: asyncpg.Record) -> Job:
         ended_at=row["ended_at"],
         expires_at=row["expires_at"],
         trace_context=json.loads(row["trace_context"]) if row["trace_context"] else {},
-        model=job_model(JobType(row["job_type"]), row.get("model") or request_model(request)),
+        model=job_model(JobType(row["job_type"]), row["model"]),
     )
 
 

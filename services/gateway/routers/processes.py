@@ -15,7 +15,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from services.common.errors import MeshError, NotFound
 from services.common.grpc_client import ServiceClient
 from services.common.logs import RECENT, RECENT_LINES
-from services.common.process_service import DEFAULT_TAIL, ProcessStats, process_stats
+from services.common.process_service import DEFAULT_TAIL, process_stats
 from services.gateway.auth import superuser
 from services.gateway.sse import Payload, sse_response, with_heartbeats
 
@@ -38,7 +38,7 @@ def _clients(request: Request) -> dict[str, ServiceClient]:
 async def _stats(service: str, client: ServiceClient | None) -> dict[str, Any]:
     try:
         if client is None:
-            stats = ProcessStats.from_pb(process_stats())
+            stats = process_stats()
         else:
             stats = await client.process_stats(STATS_TIMEOUT_SECONDS)
     except MeshError as error:

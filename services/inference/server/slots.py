@@ -63,15 +63,15 @@ class RoutingEnvironment(BaseSettings):
     )
     light_model_name: str | None = compat.env(
         "LIGHT_MODEL_NAME",
-        description="Model of both slots where neither names one. Unset: the registry's default_model.",
+        description="Model of the light tier; model.light.name wins over it. Unset: the registry's tiers.",
     )
     medium_model_name: str | None = compat.env(
         "MEDIUM_MODEL_NAME",
-        description="Model of both slots where neither names one. Unset: the registry's default_model.",
+        description="Model of the medium tier; model.medium.name wins over it. Unset: the registry's tiers.",
     )
     heavy_model_name: str | None = compat.env(
         "HEAVY_MODEL_NAME",
-        description="Model of both slots where neither names one. Unset: the registry's default_model.",
+        description="Model of the heavy tier; model.heavy.name wins over it. Unset: the registry's tiers.",
     )
 
 

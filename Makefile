@@ -98,6 +98,7 @@ chaos: proto
 # Benchmarks measure; they never assert. See bench/.
 bench: proto $(ENGINES)
 	$(PY) -m bench.versus --markdown docs/benchmarks.md
+	$(PY) -m bench.overhead
 	$(PY) -m bench.chat
 	$(PY) -m bench.embeddings
 	$(PY) -m bench.adapters

@@ -349,7 +349,7 @@ async def main() -> None:
                 except httpx.HTTPError:
                     return False
 
-            await wait_ready(lambda: up(f"http://127.0.0.1:{http_port}/health"), processes[1])
+            await wait_ready(lambda: up(f"http://127.0.0.1:{http_port}/health/ready"), processes[1])
             await wait_ready(lambda: up(f"http://127.0.0.1:{peer_port}/v1/models"), processes[2])
             await wait_ready(lambda: up(f"http://127.0.0.1:{bare_port}/health"), processes[3])
             inference = InferenceClient(grpc_channel, timeout=300)

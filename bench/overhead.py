@@ -120,7 +120,8 @@ async def main() -> None:
     print(f"\n`mock`, c=1, {args.tokens} tokens, {args.requests} x {args.repetitions} requests a path, in turns:")
     print(f"{'path':<20} {'TTFT median ms':>15} {'TTFT p99 ms':>12}   CPU ms per request")
     for name, row in rows.items():
-        cpu = ", ".join(f"{role} {used * args.tokens:.2f}" for role, used in row["cpu_ms_per_token"].items())
+        tokens_per_request = row["output_throughput"] / row["request_throughput"]
+        cpu = ", ".join(f"{role} {used * tokens_per_request:.2f}" for role, used in row["cpu_ms_per_token"].items())
         print(f"{name:<20} {row['ttft_ms']['median']:15.2f} {row['ttft_ms']['p99']:12.2f}   {cpu}")
     sse, direct, bare = (rows[name]["ttft_ms"]["median"] for name in (SSE, GRPC, FLOOR))
     print(f"the gateway's first-token cost (SSE - gRPC): {sse - direct:.2f} ms; the bare HTTP floor {bare:.2f}")

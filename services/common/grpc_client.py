@@ -60,13 +60,11 @@ def open_channel(target: str, internal_token: str | None) -> grpc.aio.Channel:
 
 
 @contextlib.contextmanager
-def rpc_errors() -> Iterator[None]:
-    """gRPC errors as the MeshError the service raised; the call is timed into CALL_SPAN."""
+def upstream_wait() -> Iterator[None]:
+    """Times a wait on another service into CALL_SPAN, when the request being served keeps one."""
     span, started = CALL_SPAN.get(), time.perf_counter()
     try:
         yield
-    except grpc.aio.AioRpcError as error:
-        raise from_rpc_error(error) from None
     finally:
         if span is not None:
             ended = time.perf_counter()
@@ -74,6 +72,16 @@ def rpc_errors() -> Iterator[None]:
                 span[0], span[1] = min(span[0], started), max(span[1], ended)
             else:
                 span.extend((started, ended))
+
+
+@contextlib.contextmanager
+def rpc_errors() -> Iterator[None]:
+    """gRPC errors as the MeshError the service raised; the call is timed into CALL_SPAN."""
+    with upstream_wait():
+        try:
+            yield
+        except grpc.aio.AioRpcError as error:
+            raise from_rpc_error(error) from None
 
 
 class ServiceClient:
@@ -122,9 +130,11 @@ async def server_stream(call: grpc.aio.UnaryStreamCall, pick: Callable[[Any], T]
 
 async def opened(stream: AsyncGenerator[T]) -> AsyncIterator[T]:
     """`stream` with its first item in hand: errors before it raise here (and close the stream),
-    so that a caller can still answer with a status."""
+    so that a caller can still answer with a status. The wait for it is the upstream's time (a
+    stream's own rpc_errors closes its span only when the stream ends)."""
     try:
-        first = await anext(stream)
+        with upstream_wait():
+            first = await anext(stream)
     except BaseException:
         await stream.aclose()
         raise

@@ -6,6 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from services.embeddings import batcher as batcher_module
 from services.embeddings.batcher import MicroBatcher
 
 
@@ -89,4 +90,29 @@ async def test_errors_reach_every_caller_in_the_batch(executor) -> None:
     batcher = MicroBatcher(failing, executor=executor, window_seconds=1.0, max_batch=2)
     results = await asyncio.gather(batcher.submit([1]), batcher.submit([2]), return_exceptions=True)
     assert all(isinstance(r, ValueError) for r in results)
+    await batcher.close()
+
+
+async def test_the_wait_for_expected_clients_scales_with_the_last_call(executor, monkeypatch) -> None:
+    """With no window of its own, the batcher still waits up to half the last call's time (held
+    here for a second) for the client it just answered, who comes back 20 ms later: clients come
+    back through the gateway, slowed by the model's threads, and a fixed 5 ms window split 8
+    clients over HTTP into batches of 3 and 5."""
+    monkeypatch.setattr(batcher_module, "CATCH_UP_SECONDS", 10.0)  # the 50 ms cap, raised for a slow machine
+    calls: list[list[int]] = []
+    started, gate = threading.Event(), threading.Event()
+    batcher = MicroBatcher(doubling(calls, started, gate), executor=executor, window_seconds=0.0, max_batch=100)
+
+    async def client(first: int) -> None:
+        await batcher.submit([first])
+        await asyncio.sleep(0.02)  # its way back through the gateway
+        await batcher.submit([first + 100])
+
+    lead = asyncio.ensure_future(client(0))
+    assert await asyncio.to_thread(started.wait, 10)
+    others = [asyncio.ensure_future(batcher.submit([n])) for n in range(1, 8)]
+    await asyncio.sleep(1.0)  # the first call lasts at least this long
+    gate.set()
+    await asyncio.gather(lead, *others)
+    assert calls == [[0], [1, 2, 3, 4, 5, 6, 7, 100]]
     await batcher.close()

@@ -136,6 +136,7 @@ async def run(
         await call(10_000)  # warm-up
     samples: dict[str, list[Sample]] = {name: [] for name in calls}
     failed = dict.fromkeys(calls, 0)
+    errors: dict[str, set[str]] = {name: set() for name in calls}
     seconds = dict.fromkeys(calls, 0.0)
     cpu: dict[str, dict[str, float]] = {name: dict.fromkeys(meters.get(name, {}), 0.0) for name in calls}
     for repetition in range(repetitions):
@@ -146,8 +147,9 @@ async def run(
                 while pending:
                     try:
                         samples[name].append(await call(pending.pop()))
-                    except (httpx.HTTPError, grpc.aio.AioRpcError, MeshError, ValueError):
+                    except (httpx.HTTPError, grpc.aio.AioRpcError, MeshError, ValueError) as error:
                         failed[name] += 1  # e.g. the peer cuts a running stream when another arrives
+                        errors[name].add(f"{type(error).__name__}: {str(error)[:200]}")
 
             used = {role: meter() for role, meter in meters.get(name, {}).items()}
             begin = time.perf_counter()
@@ -155,7 +157,10 @@ async def run(
             seconds[name] += time.perf_counter() - begin
             for role, meter in meters.get(name, {}).items():
                 cpu[name][role] += meter() - used[role]
-    return {name: summarize(samples[name], seconds[name], failed[name], cpu[name]) for name in calls}
+    return {
+        name: summarize(samples[name], seconds[name], failed[name], cpu[name]) | {"errors": sorted(errors[name])}
+        for name in calls
+    }
 
 
 def sse_call(http: httpx.AsyncClient, url: str, tokens: int, model: str = MODEL) -> Call:
@@ -169,7 +174,13 @@ def sse_call(http: httpx.AsyncClient, url: str, tokens: int, model: str = MODEL)
             "stream_options": {"include_usage": True},
         }
         sample, events = Sample(time.perf_counter()), 0
-        async with http.stream("POST", url, json=body) as response:
+        try:
+            response = await http.send(http.build_request("POST", url, json=body), stream=True)
+        except httpx.RemoteProtocolError:
+            # A pooled connection the server had closed (llama-server's, 4-6 times in 32 requests at
+            # c=1): nothing was asked yet, so once more on a new one, as the OpenAI SDK does.
+            response = await http.send(http.build_request("POST", url, json=body), stream=True)
+        try:
             response.raise_for_status()
             async for line in response.aiter_lines():
                 if not line.startswith("data: {"):
@@ -180,6 +191,8 @@ def sse_call(http: httpx.AsyncClient, url: str, tokens: int, model: str = MODEL)
                     events += 1
                 if data.get("usage"):
                     sample.output_tokens = data["usage"]["completion_tokens"]
+        finally:
+            await response.aclose()
         sample.output_tokens = sample.output_tokens or events  # a server without usage in streams
         if not sample.token_times:
             raise ValueError("no tokens")

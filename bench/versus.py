@@ -133,6 +133,10 @@ async def main() -> None:
         f"per level and repetition, {args.repetitions} repetitions, the two in turns. JSON: {args.output}\n"
     )
     print(table(rows))
+    for concurrency, row in rows.items():
+        for path, result in row.items():
+            for error in result["errors"]:
+                print(f"failed at c={concurrency}, {path}: {error}")
     print("\n" + cpu_table(rows))
     inference_mb, server_mb = memory[MESH] or 0, memory[BARE] or 0
     rss = (

@@ -191,6 +191,8 @@ class ManagedServerBackend(Backend):
             raise Unavailable(
                 f"The engine sent {len(vectors)} vectors for {len(texts)} texts.", reason="UPSTREAM_ERROR"
             )
+        if not all(math.isfinite(value) for vector in vectors for value in vector):  # JSON has no NaN
+            raise Unavailable("The engine sent an embedding with NaN or infinite values.", reason="UPSTREAM_ERROR")
         return vectors, tokens
 
     async def _running_proxy(self) -> RestBackend:

@@ -20,6 +20,7 @@ import psutil
 import pytest
 import pytest_asyncio
 
+from services.common.errors import Unavailable
 from services.common.registry import ModelRegistry, ModelSpec
 from services.embeddings.server import EmbeddingsServer
 from services.gateway.app import build_app
@@ -375,6 +376,36 @@ async def test_a_slow_engine_is_not_ready_until_its_health_says_so() -> None:
     finally:
         await runtime.stop()
     assert not await runtime.alive()
+
+
+async def test_an_engine_that_sends_nan_embeddings_is_a_clear_503() -> None:
+    """JSON has no NaN: an engine that writes one (Python's json module does) is the engine's
+    fault, said as such, never a vector the gateway cannot serialize."""
+    script = textwrap.dedent(
+        """
+        import http.server, json, sys
+        class Engine(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                self.send_response(200)
+                self.end_headers()
+            def do_POST(self):
+                body = json.dumps({"data": [{"index": 0, "embedding": [0.5, float("nan")]}]}).encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+        http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), Engine).serve_forever()
+        """
+    )
+    spec = ModelSpec(name="nan-engine", backend="command", options={"cmd": [sys.executable, "-c", script, "${PORT}"]})
+    engine = managed_backend.CommandBackend(spec)
+    await engine.load()
+    try:
+        with pytest.raises(Unavailable, match="NaN or infinite") as raised:
+            await engine.embed(("hello",))
+        assert raised.value.reason == "UPSTREAM_ERROR"
+    finally:
+        await engine.unload()
 
 
 def test_the_binary_is_usable_after_install() -> None:

@@ -43,7 +43,7 @@ import httpx
 import psutil
 
 from bench.embeddings import free_port, wait_ready
-from bench.mesh import channel, mesh_env
+from bench.mesh import answers, channel, mesh_env
 from services.common.errors import MeshError
 from services.fleet.client import FleetClient
 from services.inference.api import CompletionRequest, SamplingParams
@@ -355,16 +355,9 @@ async def main() -> None:
     swap: dict[str, float] = {}
     try:
         async with httpx.AsyncClient(timeout=300) as http, channel(f"127.0.0.1:{grpc_port}") as grpc_channel:
-
-            async def up(url: str) -> bool:
-                try:
-                    return (await http.get(url)).status_code == 200
-                except httpx.HTTPError:
-                    return False
-
-            await wait_ready(lambda: up(f"http://127.0.0.1:{http_port}/health/ready"), processes[1])
-            await wait_ready(lambda: up(f"http://127.0.0.1:{peer_port}/v1/models"), processes[2])
-            await wait_ready(lambda: up(f"http://127.0.0.1:{bare_port}/health"), processes[3])
+            await wait_ready(lambda: answers(http, f"http://127.0.0.1:{http_port}/health/ready"), processes[1])
+            await wait_ready(lambda: answers(http, f"http://127.0.0.1:{peer_port}/v1/models"), processes[2])
+            await wait_ready(lambda: answers(http, f"http://127.0.0.1:{bare_port}/health"), processes[3])
             inference = InferenceClient(grpc_channel, timeout=300)
             gateway = f"http://127.0.0.1:{http_port}/v1/completions"
             paths = {

@@ -6,6 +6,7 @@ import os
 import secrets
 
 import grpc
+import httpx
 
 from services.common.grpc_client import open_channel
 
@@ -29,3 +30,11 @@ def mesh_env(**settings: str) -> dict[str, str]:
 
 def channel(target: str) -> grpc.aio.Channel:
     return open_channel(target, INTERNAL_TOKEN)
+
+
+async def answers(http: httpx.AsyncClient, url: str) -> bool:
+    """Whether `url` answers 200 now (a readiness probe for wait_ready)."""
+    try:
+        return (await http.get(url)).status_code == 200
+    except httpx.HTTPError:
+        return False

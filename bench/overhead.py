@@ -26,7 +26,7 @@ import httpx
 
 from bench.chat import NO_COMPUTE, Call, Sample, grpc_call, mesh_meters, prompt, run
 from bench.embeddings import free_port, wait_ready
-from bench.mesh import channel, mesh_env
+from bench.mesh import answers, channel, mesh_env
 from services.inference.client import InferenceClient
 
 SSE, GRPC, FLOOR = "gateway SSE, mock", "gRPC, mock", "bare Starlette SSE"
@@ -97,15 +97,8 @@ async def main() -> None:
     overheads: list[float] = []
     try:
         async with httpx.AsyncClient(timeout=60) as http, channel(f"127.0.0.1:{grpc_port}") as grpc_channel:
-
-            async def up(url: str) -> bool:
-                try:
-                    return (await http.get(url)).status_code == 200
-                except httpx.HTTPError:
-                    return False
-
-            await wait_ready(lambda: up(f"http://127.0.0.1:{http_port}/health/ready"), gateway)
-            await wait_ready(lambda: up(f"http://127.0.0.1:{floor_port}/health"), floor)
+            await wait_ready(lambda: answers(http, f"http://127.0.0.1:{http_port}/health/ready"), gateway)
+            await wait_ready(lambda: answers(http, f"http://127.0.0.1:{floor_port}/health"), floor)
             calls = {
                 SSE: sse_first_token(http, f"http://127.0.0.1:{http_port}/v1/completions", args.tokens, overheads),
                 GRPC: grpc_call(InferenceClient(grpc_channel, timeout=60), args.tokens, NO_COMPUTE),

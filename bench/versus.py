@@ -30,7 +30,7 @@ import httpx
 
 from bench.chat import CLIENT_METER, Meters, cpu_seconds, mesh_meters, ratio, rss_mb, run, sse_call
 from bench.embeddings import free_port, wait_ready
-from bench.mesh import mesh_env
+from bench.mesh import answers, mesh_env
 from services.inference.backends.managed.backend import llama_server_binary
 
 MESH, BARE = "mesh (gateway SSE)", "llama-server"
@@ -91,15 +91,8 @@ async def main() -> None:
     rows: dict[int, dict[str, dict[str, Any]]] = {}
     try:
         async with httpx.AsyncClient(timeout=600) as http:
-
-            async def up(url: str) -> bool:
-                try:
-                    return (await http.get(url)).status_code == 200
-                except httpx.HTTPError:
-                    return False
-
-            await wait_ready(lambda: up(f"http://127.0.0.1:{http_port}/health/ready"), gateway)
-            await wait_ready(lambda: up(f"http://127.0.0.1:{bare_port}/health"), server)
+            await wait_ready(lambda: answers(http, f"http://127.0.0.1:{http_port}/health/ready"), gateway)
+            await wait_ready(lambda: answers(http, f"http://127.0.0.1:{bare_port}/health"), server)
             calls = {
                 MESH: sse_call(http, f"http://127.0.0.1:{http_port}/v1/completions", args.tokens),
                 BARE: sse_call(http, f"http://127.0.0.1:{bare_port}/v1/completions", args.tokens),

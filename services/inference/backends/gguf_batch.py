@@ -9,8 +9,8 @@ a prefix cache (`prefix_cache: false` frees them at once instead): a new request
 goes to the free slot whose tokens share the longest prefix with its prompt and
 evaluates only the rest (a repeated system prompt is evaluated once); a cancelled
 or failed one always clears them. Each sequence samples with its own
-sampler chain (penalties, grammar, top-k/p, min-p, temperature, seed) and has its
-own stop sequences.
+sampler (greedy, top-k/p, min-p and temperature in numpy, see vocab_sampler; with a
+grammar or penalties, llama.cpp's chain), its own seed and its own stop sequences.
 
 Batching changes the numerics: llama.cpp's kernels give slightly different logits
 for different batch shapes, so a sequence's greedy output alone and batched can
@@ -24,6 +24,7 @@ import codecs
 import collections
 import ctypes
 import dataclasses
+import functools
 import logging
 import queue
 import random
@@ -38,6 +39,7 @@ from services.common.errors import InvalidArgument
 from services.inference.api import Chunk, FinishReason, SamplingParams, TokenLogprob, Usage
 from services.inference.backends.logprobs import token_logprob
 from services.inference.backends.stop_sequences import StopSequenceMatcher
+from services.inference.backends.vocab_sampler import ChainSampler, Sampler, VocabSampler, handles
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +108,7 @@ class BatchRequest:
 class _Sequence:
     slot: int
     request: BatchRequest
-    sampler: Any
+    sampler: Sampler
     position: int = 0  # tokens of this sequence already in the KV cache
     pending: list[int] = field(default_factory=list)  # tokens to evaluate next
     generated: int = 0
@@ -439,7 +441,7 @@ class BatchEngine:
 
     def _sample(self, sequence: _Sequence) -> None:
         lc, request = self._lc, sequence.request
-        token = lc.llama_sampler_sample(sequence.sampler, self._ctx, sequence.batch_index)
+        token = sequence.sampler.sample(self._ctx, sequence.batch_index)
         if lc.llama_vocab_is_eog(self._vocab, token):
             self._finish(sequence, FinishReason.STOP, hit_stop=False)
             return
@@ -478,14 +480,24 @@ class BatchEngine:
         if not keep_cache:
             self._lc.llama_memory_seq_rm(self._memory, sequence.slot, -1, -1)
             self._slot_tokens[sequence.slot].clear()
-        self._lc.llama_sampler_free(sequence.sampler)
+        sequence.sampler.free()
         self._active.remove(sequence)
         if not sequence.request.low_priority:
             self._interactive.add(-1)
         self._free_slots.append(sequence.slot)
 
-    def _sampler(self, request: BatchRequest) -> Any:
-        """The request's own chain, in the order llama-cpp-python builds it."""
+    def _sampler(self, request: BatchRequest) -> Sampler:
+        """The request's own sampler: numpy's draw where it matches the chain (see vocab_sampler),
+        else llama.cpp's chain."""
+        sampling = request.sampling
+        seed = sampling.seed if sampling.seed is not None else random.randrange(2**31)
+        if handles(sampling, grammar=bool(request.grammar)):
+            chain = functools.partial(self._chain, request, seed)  # for logits that are not all finite
+            return VocabSampler(self._lc, self._llm.n_vocab(), sampling, seed, chain)
+        return ChainSampler(self._lc, self._chain(request, seed))
+
+    def _chain(self, request: BatchRequest, seed: int) -> Any:
+        """The request's llama.cpp sampler chain, in the order llama-cpp-python builds it."""
         lc, sampling = self._lc, request.sampling
         chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
 
@@ -513,6 +525,5 @@ class BatchEngine:
             add(lc.llama_sampler_init_top_p(sampling.top_p or 1.0, 1))
             add(lc.llama_sampler_init_min_p(sampling.min_p or 0.0, 1))
             add(lc.llama_sampler_init_temp(sampling.temperature))
-            seed = sampling.seed if sampling.seed is not None else random.randrange(2**31)
             add(lc.llama_sampler_init_dist(ctypes.c_uint32(seed & 0xFFFFFFFF).value))
         return chain

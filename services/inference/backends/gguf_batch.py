@@ -39,7 +39,7 @@ from services.common.errors import InvalidArgument
 from services.inference.api import Chunk, FinishReason, SamplingParams, TokenLogprob, Usage
 from services.inference.backends.logprobs import token_logprob
 from services.inference.backends.stop_sequences import StopSequenceMatcher
-from services.inference.backends.vocab_sampler import ChainSampler, Sampler, VocabSampler, handles
+from services.inference.backends.vocab_sampler import ChainSampler, Sampler, Scratch, VocabSampler, handles
 
 log = logging.getLogger(__name__)
 
@@ -173,6 +173,7 @@ class BatchEngine:
         self._n_swa = 0 if swa_full else max(lc.llama_model_n_swa(llm._model.model), 0)
         self._n_batch = params.n_batch
         self._batch = lc.llama_batch_init(self._n_batch, 0, 1)
+        self._scratch = Scratch.for_vocabulary(llm.n_vocab())
         self._prefix_cache = prefix_cache
         # Fewer decoding sequences than this are decoded one token at a time. On CPU a pair
         # gains nothing batched (2 cores: 25 ms a 2-token step on both cores, 13 ms a token on
@@ -493,7 +494,7 @@ class BatchEngine:
         seed = sampling.seed if sampling.seed is not None else random.randrange(2**31)
         if handles(sampling, grammar=bool(request.grammar)):
             chain = functools.partial(self._chain, request, seed)  # for logits that are not all finite
-            return VocabSampler(self._lc, self._llm.n_vocab(), sampling, seed, chain)
+            return VocabSampler(self._lc, self._scratch, self._llm.n_vocab(), sampling, seed, chain)
         return ChainSampler(self._lc, self._chain(request, seed))
 
     def _chain(self, request: BatchRequest, seed: int) -> Any:

@@ -18,6 +18,7 @@ chain (`ChainSampler`): those need its state or a full sort anyway.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -61,13 +62,30 @@ def handles(sampling: SamplingParams, grammar: bool) -> bool:
     return top_k == 0 and (sampling.top_p or 1.0) >= 1.0 and (sampling.min_p or 0.0) <= 0.0
 
 
+@dataclass(frozen=True)
+class Scratch:
+    """Working arrays for one thread's draws (an engine samples its sequences one at a time, so
+    they share these): the logits copied into whole groups, -inf past the vocabulary so that
+    the tail never wins, and their weights."""
+
+    padded: np.ndarray
+    weights: np.ndarray
+
+    @classmethod
+    def for_vocabulary(cls, n_vocab: int) -> Scratch:
+        padded = np.full(-(-n_vocab // BLOCK) * BLOCK, -np.inf, dtype=np.float32)
+        return cls(padded, np.empty_like(padded))
+
+
 class VocabSampler:
     """Greedy, top-k (with top-p, min-p) or plain temperature sampling over one sequence's logits,
     distributed as llama.cpp's chain of the same settings (see `handles`). `fallback` makes that
     chain for logits that are not all finite, which only llama.cpp's own handling should judge."""
 
-    def __init__(self, lc: Any, n_vocab: int, sampling: SamplingParams, seed: int, fallback: Any) -> None:
-        self._lc, self._n_vocab = lc, n_vocab
+    def __init__(
+        self, lc: Any, scratch: Scratch, n_vocab: int, sampling: SamplingParams, seed: int, fallback: Any
+    ) -> None:
+        self._lc, self._scratch, self._n_vocab = lc, scratch, n_vocab
         self._temperature = sampling.temperature or 0.0
         self._top_k = sampling.top_k or 0
         self._top_p = sampling.top_p or 1.0
@@ -75,9 +93,6 @@ class VocabSampler:
         self._rng = np.random.Generator(np.random.PCG64(seed))
         self._fallback_chain = fallback
         self._fallback: ChainSampler | None = None
-        # Logits copied into whole groups; the tail past the vocabulary never wins (-inf, weight 0).
-        self._padded = np.full(-(-n_vocab // BLOCK) * BLOCK, -np.inf, dtype=np.float32)
-        self._weights = np.empty_like(self._padded)
 
     def sample(self, ctx: Any, index: int) -> int:
         logits = np.ctypeslib.as_array(self._lc.llama_get_logits_ith(ctx, index), shape=(self._n_vocab,))
@@ -86,19 +101,20 @@ class VocabSampler:
             if np.isfinite(logits[token]):
                 return token
         else:
-            self._padded[: self._n_vocab] = logits
-            drawn = self.draw(self._padded)
+            self._scratch.padded[: self._n_vocab] = logits
+            drawn = self.draw()
             if drawn is not None:
                 return drawn
         if self._fallback is None:
             self._fallback = ChainSampler(self._lc, self._fallback_chain())
         return self._fallback.sample(ctx, index)
 
-    def draw(self, padded: np.ndarray) -> int | None:
-        """One token from `padded` (logits, -inf past the vocabulary); None if they are not finite.
+    def draw(self) -> int | None:
+        """One token from the logits in the scratch arrays; None if they are not all finite.
 
         The vocabulary is seen as BLOCK rows: a group is a column (every row's token at one offset),
         so that group maxima and sums are row-wise vector operations, not short reductions."""
+        padded = self._scratch.padded
         columns = len(padded) // BLOCK
         maxima = padded.reshape(BLOCK, columns).max(axis=0)
         best = float(maxima.max())
@@ -108,7 +124,7 @@ class VocabSampler:
             tokens = self._top_k_tokens(padded, maxima)
             return self._draw_among(tokens, padded[tokens])
         # Plain temperature: the weights, then a group by its sum and a token within it.
-        weights = self._weights
+        weights = self._scratch.weights
         np.subtract(padded, np.float32(best), out=weights)
         np.multiply(weights, np.float32(1.0 / self._temperature), out=weights)
         np.exp(weights, out=weights)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from services.inference.api import SamplingParams
-from services.inference.backends.vocab_sampler import BLOCK, VocabSampler, handles
+from services.inference.backends.vocab_sampler import BLOCK, Scratch, VocabSampler, handles
 
 VOCAB = 300 * BLOCK + 37  # 301 groups, the last one part padding, which must never be drawn
 DRAWS = 5_000
@@ -41,13 +41,10 @@ def chain_distribution(values: np.ndarray, sampling: SamplingParams) -> dict[int
 
 
 def draws(values: np.ndarray, sampling: SamplingParams, seed: int = 1, count: int = DRAWS) -> np.ndarray:
-    sampler = VocabSampler(lc, VOCAB, sampling, seed, fallback=None)
-    padded = np.full(-(-VOCAB // BLOCK) * BLOCK, -np.inf, dtype=np.float32)
-    tokens = []
-    for _ in range(count):
-        padded[:VOCAB] = values
-        tokens.append(sampler.draw(padded))
-    return np.array(tokens)
+    scratch = Scratch.for_vocabulary(VOCAB)
+    sampler = VocabSampler(lc, scratch, VOCAB, sampling, seed, fallback=None)
+    scratch.padded[:VOCAB] = values
+    return np.array([sampler.draw() for _ in range(count)])
 
 
 @pytest.mark.parametrize(
@@ -92,7 +89,8 @@ def test_greedy_is_the_first_largest_logit() -> None:
     pointer = values.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
     # llama.cpp's logits at any batch position: this array
     fake = type("Lib", (), {"llama_get_logits_ith": staticmethod(lambda ctx, index: pointer)})
-    sampler = VocabSampler(fake, VOCAB, SamplingParams(temperature=0.0), seed=1, fallback=None)
+    scratch = Scratch.for_vocabulary(VOCAB)
+    sampler = VocabSampler(fake, scratch, VOCAB, SamplingParams(temperature=0.0), seed=1, fallback=None)
     assert sampler.sample(None, 0) == 5
 
 
@@ -105,10 +103,10 @@ def test_the_same_seed_draws_the_same_tokens() -> None:
 def test_logits_that_are_not_finite_go_to_llama_cpp() -> None:
     values = logits()
     values[3] = np.nan
-    sampler = VocabSampler(lc, VOCAB, SamplingParams(temperature=1.0, top_k=10), 1, fallback=None)
-    padded = np.full(-(-VOCAB // BLOCK) * BLOCK, -np.inf, dtype=np.float32)
-    padded[:VOCAB] = values
-    assert sampler.draw(padded) is None
+    scratch = Scratch.for_vocabulary(VOCAB)
+    sampler = VocabSampler(lc, scratch, VOCAB, SamplingParams(temperature=1.0, top_k=10), 1, fallback=None)
+    scratch.padded[:VOCAB] = values
+    assert sampler.draw() is None
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ import pytest
 from services.inference.api import SamplingParams
 from services.inference.backends.vocab_sampler import BLOCK, Scratch, VocabSampler, handles
 
-VOCAB = 300 * BLOCK + 37  # 301 groups, the last one part padding, which must never be drawn
+VOCAB = 300 * BLOCK + 37  # 301 groups of BLOCK; the 219 places past the vocabulary must never be drawn
 DRAWS = 5_000
 
 

@@ -106,6 +106,7 @@ bench: proto $(ENGINES)
 	$(PY) -m bench.batch
 	$(PY) -m bench.prefix
 	$(PY) -m bench.engines
+	$(PY) -m bench.sampling
 
 # Rewrite what docs/ generates from the code: the configuration reference (the settings' own
 # descriptions); tests/test_docs.py fails when it is stale.

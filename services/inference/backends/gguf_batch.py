@@ -24,7 +24,6 @@ import codecs
 import collections
 import ctypes
 import dataclasses
-import functools
 import logging
 import queue
 import random
@@ -39,7 +38,14 @@ from services.common.errors import InvalidArgument
 from services.inference.api import Chunk, FinishReason, SamplingParams, TokenLogprob, Usage
 from services.inference.backends.logprobs import token_logprob
 from services.inference.backends.stop_sequences import StopSequenceMatcher
-from services.inference.backends.vocab_sampler import ChainSampler, Sampler, Scratch, VocabSampler, handles
+from services.inference.backends.vocab_sampler import (
+    ChainSampler,
+    GrammarSampler,
+    Sampler,
+    Scratch,
+    VocabSampler,
+    handles,
+)
 
 log = logging.getLogger(__name__)
 
@@ -489,17 +495,25 @@ class BatchEngine:
 
     def _sampler(self, request: BatchRequest) -> Sampler:
         """The request's own sampler: numpy's draw where it matches the chain (see vocab_sampler),
-        else llama.cpp's chain."""
+        checked against the grammar if there is one, else llama.cpp's chain."""
         sampling = request.sampling
         seed = sampling.seed if sampling.seed is not None else random.randrange(2**31)
-        if handles(sampling, grammar=bool(request.grammar)):
-            chain = functools.partial(self._chain, request, seed)  # for logits that are not all finite
-            return VocabSampler(self._lc, self._scratch, self._llm.n_vocab(), sampling, seed, chain)
-        return ChainSampler(self._lc, self._chain(request, seed))
+        if not handles(sampling):
+            return ChainSampler(self._lc, self._chain(sampling, request.grammar, seed)[0])
 
-    def _chain(self, request: BatchRequest, seed: int) -> Any:
-        """The request's llama.cpp sampler chain, in the order llama-cpp-python builds it."""
-        lc, sampling = self._lc, request.sampling
+        def unconstrained_chain() -> Any:  # for logits that are not all finite
+            return self._chain(sampling, None, seed)[0]
+
+        draw = VocabSampler(self._lc, self._scratch, self._llm.n_vocab(), sampling, seed, unconstrained_chain)
+        if not request.grammar:
+            return draw
+        chain, grammar = self._chain(sampling, request.grammar, seed)
+        return GrammarSampler(self._lc, chain, grammar, draw)
+
+    def _chain(self, sampling: SamplingParams, grammar: str | None, seed: int) -> tuple[Any, Any]:
+        """A llama.cpp sampler chain for these settings, in the order llama-cpp-python builds it,
+        and its grammar sampler (None without a grammar)."""
+        lc = self._lc
         chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
 
         def add(sampler: Any) -> None:
@@ -517,8 +531,10 @@ class BatchEngine:
                 sampling.presence_penalty or 0.0,
             )
         )
-        if request.grammar:
-            add(lc.llama_sampler_init_grammar(self._vocab, request.grammar.encode(), b"root"))
+        constraint = None
+        if grammar:
+            constraint = lc.llama_sampler_init_grammar(self._vocab, grammar.encode(), b"root")
+            add(constraint)
         if not sampling.temperature:
             add(lc.llama_sampler_init_greedy())
         else:
@@ -527,4 +543,4 @@ class BatchEngine:
             add(lc.llama_sampler_init_min_p(sampling.min_p or 0.0, 1))
             add(lc.llama_sampler_init_temp(sampling.temperature))
             add(lc.llama_sampler_init_dist(ctypes.c_uint32(seed & 0xFFFFFFFF).value))
-        return chain
+        return chain, constraint

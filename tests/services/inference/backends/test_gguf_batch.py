@@ -198,6 +198,41 @@ async def test_seeds_stops_and_grammars_stay_per_request(batched) -> None:
         assert isinstance(json.loads(text)["n"], int)
 
 
+async def test_under_a_grammar_the_likeliest_tokens_are_checked_first(batched, monkeypatch) -> None:
+    """Output under a schema is the same whether the grammar checks the likeliest tokens first or,
+    as llama.cpp's chain does, the whole vocabulary for every token; the chain is left to the
+    steps where too few of the likeliest pass."""
+    import llama_cpp
+
+    from services.inference.backends import gguf_batch
+
+    schema = {"type": "object", "properties": {"name": {"type": "string"}, "story": {"type": "string"}}}
+    fmt = ResponseFormat(ResponseFormatKind.JSON_SCHEMA, json.dumps(schema))
+    whole_chain_draws = []
+    real_sample = llama_cpp.llama_sampler_sample
+
+    def counted(*args):
+        whole_chain_draws.append(args)
+        return real_sample(*args)
+
+    monkeypatch.setattr(llama_cpp, "llama_sampler_sample", counted)
+    outputs = {}
+    for sampling in (SamplingParams(max_tokens=24, temperature=0.0), SamplingParams(max_tokens=24, temperature=0.8)):
+        checked, last = await generate(batched, "A JSON object describing a cat:", sampling, response_format=fmt)
+        assert checked.startswith("{")
+        assert len(whole_chain_draws) < last.usage.completion_tokens / 2
+        whole_chain_draws.clear()
+        outputs[sampling.temperature] = checked
+    # Tokens the model would never rank high: the whole vocabulary is checked, and they come out.
+    odd = ResponseFormat(ResponseFormatKind.JSON_SCHEMA, json.dumps({"enum": ["qzxv"]}))
+    text, _ = await generate(batched, "1, 2, 3,", SamplingParams(max_tokens=12, temperature=0.0), response_format=odd)
+    assert text == '"qzxv"' and whole_chain_draws
+    monkeypatch.setattr(gguf_batch, "handles", lambda sampling: False)  # every token through the chain
+    greedy = SamplingParams(max_tokens=24, temperature=0.0)
+    filtered, _ = await generate(batched, "A JSON object describing a cat:", greedy, response_format=fmt)
+    assert outputs[0.0] == filtered
+
+
 async def test_a_shared_prefix_is_evaluated_once(batched) -> None:
     system = "You are a terse assistant that answers with numbers only. " * 6
     _, first = await generate(batched, system + "Count: 1, 2,", SamplingParams(max_tokens=3, temperature=0.0))

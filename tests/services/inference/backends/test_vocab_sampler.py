@@ -60,7 +60,7 @@ def draws(values: np.ndarray, sampling: SamplingParams, seed: int = 1, count: in
     ids=repr,
 )
 def test_it_draws_from_llama_cpps_distribution(sampling: SamplingParams) -> None:
-    assert handles(sampling, grammar=False)
+    assert handles(sampling)
     values = logits()
     expected = chain_distribution(values, sampling)
     drawn = draws(values, sampling)
@@ -73,6 +73,53 @@ def test_it_draws_from_llama_cpps_distribution(sampling: SamplingParams) -> None
     share = min(sum(p for _, p in likeliest[:50]), 1.0)
     drawn_share = sum(counts[token] for token, _ in likeliest[:50])
     assert abs(drawn_share - share) <= 5 * np.sqrt(share * (1 - share) / DRAWS) + 1e-9, (share, drawn_share)
+
+
+def every_third(values: np.ndarray) -> np.ndarray:
+    return np.arange(VOCAB) % 3 == 0
+
+
+def few_likely(values: np.ndarray) -> np.ndarray:
+    """The 10 likeliest tokens and every 1000th: fewer than top-k among the likeliest scanned."""
+    allowed = np.arange(VOCAB) % 1000 == 0
+    allowed[np.argsort(-values)[:10]] = True
+    return allowed
+
+
+@pytest.mark.parametrize(
+    ("sampling", "grammar"),
+    [
+        (SamplingParams(temperature=1.0, top_k=40), every_third),
+        (SamplingParams(temperature=0.7, top_k=64, top_p=0.95, min_p=0.05), every_third),
+        (SamplingParams(temperature=0.8, top_k=40, top_p=0.95, min_p=0.05), few_likely),  # min-p decides
+    ],
+    ids=repr,
+)
+def test_under_a_grammar_it_draws_from_llama_cpps_grammar_first_distribution(sampling, grammar) -> None:
+    """llama.cpp's chain with the grammar first is the chain over logits whose refused tokens are
+    -inf; the sampler has the grammar check only the likeliest."""
+    values = logits()
+    allowed = grammar(values)
+    expected = chain_distribution(np.where(allowed, values, -np.inf).astype(np.float32), sampling)
+    scratch = Scratch.for_vocabulary(VOCAB)
+    sampler = VocabSampler(lc, scratch, VOCAB, sampling, 1, fallback=None)
+    scratch.padded[:VOCAB] = values
+    drawn = np.array([sampler.draw_allowed(lambda tokens: allowed[tokens]) for _ in range(DRAWS)])
+    assert None not in drawn.tolist() and set(drawn.tolist()) <= set(expected)
+    counts = np.bincount(drawn.astype(int), minlength=VOCAB) / DRAWS
+    for token, p in sorted(expected.items(), key=lambda item: -item[1])[:10]:
+        assert abs(counts[token] - p) <= 5 * np.sqrt(p * (1 - p) / DRAWS) + 1e-9, (token, p, counts[token])
+    greedy = VocabSampler(lc, scratch, VOCAB, SamplingParams(temperature=0.0), 1, fallback=None)
+    assert greedy.draw_allowed(lambda tokens: allowed[tokens]) == max(expected, key=lambda token: values[token])
+
+
+def test_under_a_grammar_what_the_likeliest_cannot_decide_goes_to_llama_cpp() -> None:
+    values, scratch = logits(), Scratch.for_vocabulary(VOCAB)
+    scratch.padded[:VOCAB] = values
+    allowed = few_likely(values)
+    no_min_p = VocabSampler(lc, scratch, VOCAB, SamplingParams(temperature=0.8, top_k=40), 1, fallback=None)
+    assert no_min_p.draw_allowed(lambda tokens: allowed[tokens]) is None  # top-k's rest could be drawn
+    assert no_min_p.draw_allowed(lambda tokens: np.zeros(len(tokens), dtype=bool)) is None  # none passes
 
 
 def test_a_wrong_filter_would_be_caught() -> None:
@@ -110,18 +157,17 @@ def test_logits_that_are_not_finite_go_to_llama_cpp() -> None:
 
 
 @pytest.mark.parametrize(
-    ("sampling", "grammar", "handled"),
+    ("sampling", "handled"),
     [
-        (SamplingParams(temperature=0.0, top_p=0.5), False, True),  # greedy ignores the filters
-        (SamplingParams(temperature=0.7, top_k=64, top_p=0.95), False, True),
-        (SamplingParams(temperature=0.7), False, True),
-        (SamplingParams(temperature=0.7, top_p=0.9), False, False),  # a sort of the whole vocabulary
-        (SamplingParams(temperature=0.7, min_p=0.1), False, False),
-        (SamplingParams(temperature=0.7, top_k=5000), False, False),
-        (SamplingParams(temperature=0.7, top_k=40, repeat_penalty=1.1), False, False),
-        (SamplingParams(temperature=0.7, top_k=40, presence_penalty=0.5), False, False),
-        (SamplingParams(temperature=0.0), True, False),  # a grammar needs llama.cpp's state
+        (SamplingParams(temperature=0.0, top_p=0.5), True),  # greedy ignores the filters
+        (SamplingParams(temperature=0.7, top_k=64, top_p=0.95), True),
+        (SamplingParams(temperature=0.7), True),
+        (SamplingParams(temperature=0.7, top_p=0.9), False),  # a sort of the whole vocabulary
+        (SamplingParams(temperature=0.7, min_p=0.1), False),
+        (SamplingParams(temperature=0.7, top_k=5000), False),
+        (SamplingParams(temperature=0.7, top_k=40, repeat_penalty=1.1), False),  # penalties keep a history
+        (SamplingParams(temperature=0.7, top_k=40, presence_penalty=0.5), False),
     ],
 )
-def test_what_stays_with_llama_cpps_chain(sampling: SamplingParams, grammar: bool, handled: bool) -> None:
-    assert handles(sampling, grammar) is handled
+def test_what_stays_with_llama_cpps_chain(sampling: SamplingParams, handled: bool) -> None:
+    assert handles(sampling) is handled

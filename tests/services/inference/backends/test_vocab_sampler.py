@@ -57,7 +57,7 @@ def draws(values: np.ndarray, sampling: SamplingParams, seed: int = 1, count: in
         SamplingParams(temperature=1.0),  # the whole vocabulary
         SamplingParams(temperature=0.3),
     ],
-    ids=repr,
+    ids=["top-k", "top-k top-p", "top-k top-p min-p", "top-k 1000 min-p", "temperature 1", "temperature 0.3"],
 )
 def test_it_draws_from_llama_cpps_distribution(sampling: SamplingParams) -> None:
     assert handles(sampling)
@@ -93,7 +93,7 @@ def few_likely(values: np.ndarray) -> np.ndarray:
         (SamplingParams(temperature=0.7, top_k=64, top_p=0.95, min_p=0.05), every_third),
         (SamplingParams(temperature=0.8, top_k=40, top_p=0.95, min_p=0.05), few_likely),  # min-p decides
     ],
-    ids=repr,
+    ids=["top-k, every third", "top-k top-p min-p, every third", "top-k top-p min-p, few likely"],
 )
 def test_under_a_grammar_it_draws_from_llama_cpps_grammar_first_distribution(sampling, grammar) -> None:
     """llama.cpp's chain with the grammar first is the chain over logits whose refused tokens are

@@ -504,7 +504,7 @@ class BatchEngine:
         def unconstrained_chain() -> Any:  # for logits that are not all finite
             return self._chain(sampling, None, seed)[0]
 
-        draw = VocabSampler(self._lc, self._scratch, self._llm.n_vocab(), sampling, seed, unconstrained_chain)
+        draw = VocabSampler(self._lc, self._scratch, sampling, seed, unconstrained_chain)
         if not request.grammar:
             return draw
         chain, grammar = self._chain(sampling, request.grammar, seed)

@@ -72,13 +72,23 @@ class Scratch:
     they share these): the logits copied into whole groups, -inf past the vocabulary so that
     the tail never wins, and their weights."""
 
+    n_vocab: int
     padded: np.ndarray
     weights: np.ndarray
 
     @classmethod
     def for_vocabulary(cls, n_vocab: int) -> Scratch:
         padded = np.full(-(-n_vocab // BLOCK) * BLOCK, -np.inf, dtype=np.float32)
-        return cls(padded, np.empty_like(padded))
+        return cls(n_vocab, padded, np.empty_like(padded))
+
+    def logits(self, lc: Any, ctx: Any, index: int) -> np.ndarray:
+        """llama.cpp's logits at batch position `index` (its own memory, valid until the next decode)."""
+        return np.ctypeslib.as_array(lc.llama_get_logits_ith(ctx, index), shape=(self.n_vocab,))
+
+    def group_maxima(self) -> np.ndarray | None:
+        """Each group's largest logit (see VocabSampler.draw); None when the logits are not all finite."""
+        maxima = self.padded.reshape(BLOCK, len(self.padded) // BLOCK).max(axis=0)
+        return maxima if np.isfinite(maxima.max()) and not np.isnan(maxima).any() else None
 
 
 class VocabSampler:
@@ -87,9 +97,9 @@ class VocabSampler:
     chain for logits that are not all finite, which only llama.cpp's own handling should judge."""
 
     def __init__(
-        self, lc: Any, scratch: Scratch, n_vocab: int, sampling: SamplingParams, seed: int, fallback: Any
+        self, lc: Any, scratch: Scratch, sampling: SamplingParams, seed: int, fallback: Callable[[], Any]
     ) -> None:
-        self._lc, self._scratch, self._n_vocab = lc, scratch, n_vocab
+        self._lc, self._scratch, self._n_vocab = lc, scratch, scratch.n_vocab
         self._temperature = sampling.temperature or 0.0
         self._top_k = sampling.top_k or 0
         self._top_p = sampling.top_p or 1.0
@@ -99,7 +109,7 @@ class VocabSampler:
         self._fallback: ChainSampler | None = None
 
     def sample(self, ctx: Any, index: int) -> int:
-        logits = np.ctypeslib.as_array(self._lc.llama_get_logits_ith(ctx, index), shape=(self._n_vocab,))
+        logits = self._scratch.logits(self._lc, ctx, index)
         if not self._temperature:
             token = int(logits.argmax())
             if np.isfinite(logits[token]):
@@ -118,12 +128,10 @@ class VocabSampler:
 
         The vocabulary is seen as BLOCK rows: a group is a column (every row's token at one offset),
         so that group maxima and sums are row-wise vector operations, not short reductions."""
-        padded = self._scratch.padded
-        columns = len(padded) // BLOCK
-        maxima = padded.reshape(BLOCK, columns).max(axis=0)
-        best = float(maxima.max())
-        if not np.isfinite(best) or np.isnan(maxima).any():
+        padded, maxima = self._scratch.padded, self._scratch.group_maxima()
+        if maxima is None:
             return None
+        columns, best = len(maxima), float(maxima.max())
         if self._top_k:
             tokens = self._top_tokens(padded, maxima, self._top_k)
             return self._draw_among(tokens, padded[tokens])
@@ -195,15 +203,13 @@ class VocabSampler:
         needed = self._top_k if self._temperature else 1
         if not 0 < needed <= SCANNED:
             return None
-        logits = np.ctypeslib.as_array(self._lc.llama_get_logits_ith(ctx, index), shape=(self._n_vocab,))
-        self._scratch.padded[: self._n_vocab] = logits
+        self._scratch.padded[: self._n_vocab] = self._scratch.logits(self._lc, ctx, index)
         return self.draw_allowed(allowed)
 
     def draw_allowed(self, allowed: Callable[[np.ndarray], np.ndarray]) -> int | None:
         """`constrained`'s draw from the logits in the scratch arrays."""
-        padded = self._scratch.padded
-        maxima = padded.reshape(BLOCK, len(padded) // BLOCK).max(axis=0)
-        if not np.isfinite(maxima.max()) or np.isnan(maxima).any():
+        padded, maxima = self._scratch.padded, self._scratch.group_maxima()
+        if maxima is None:
             return None
         scanned = self._top_tokens(padded, maxima, SCANNED)
         valid = scanned[allowed(scanned)]

@@ -42,7 +42,7 @@ def chain_distribution(values: np.ndarray, sampling: SamplingParams) -> dict[int
 
 def draws(values: np.ndarray, sampling: SamplingParams, seed: int = 1, count: int = DRAWS) -> np.ndarray:
     scratch = Scratch.for_vocabulary(VOCAB)
-    sampler = VocabSampler(lc, scratch, VOCAB, sampling, seed, fallback=None)
+    sampler = VocabSampler(lc, scratch, sampling, seed, fallback=None)
     scratch.padded[:VOCAB] = values
     return np.array([sampler.draw() for _ in range(count)])
 
@@ -102,14 +102,14 @@ def test_under_a_grammar_it_draws_from_llama_cpps_grammar_first_distribution(sam
     allowed = grammar(values)
     expected = chain_distribution(np.where(allowed, values, -np.inf).astype(np.float32), sampling)
     scratch = Scratch.for_vocabulary(VOCAB)
-    sampler = VocabSampler(lc, scratch, VOCAB, sampling, 1, fallback=None)
+    sampler = VocabSampler(lc, scratch, sampling, 1, fallback=None)
     scratch.padded[:VOCAB] = values
     drawn = np.array([sampler.draw_allowed(lambda tokens: allowed[tokens]) for _ in range(DRAWS)])
     assert None not in drawn.tolist() and set(drawn.tolist()) <= set(expected)
     counts = np.bincount(drawn.astype(int), minlength=VOCAB) / DRAWS
     for token, p in sorted(expected.items(), key=lambda item: -item[1])[:10]:
         assert abs(counts[token] - p) <= 5 * np.sqrt(p * (1 - p) / DRAWS) + 1e-9, (token, p, counts[token])
-    greedy = VocabSampler(lc, scratch, VOCAB, SamplingParams(temperature=0.0), 1, fallback=None)
+    greedy = VocabSampler(lc, scratch, SamplingParams(temperature=0.0), 1, fallback=None)
     assert greedy.draw_allowed(lambda tokens: allowed[tokens]) == max(expected, key=lambda token: values[token])
 
 
@@ -117,7 +117,7 @@ def test_under_a_grammar_what_the_likeliest_cannot_decide_goes_to_llama_cpp() ->
     values, scratch = logits(), Scratch.for_vocabulary(VOCAB)
     scratch.padded[:VOCAB] = values
     allowed = few_likely(values)
-    no_min_p = VocabSampler(lc, scratch, VOCAB, SamplingParams(temperature=0.8, top_k=40), 1, fallback=None)
+    no_min_p = VocabSampler(lc, scratch, SamplingParams(temperature=0.8, top_k=40), 1, fallback=None)
     assert no_min_p.draw_allowed(lambda tokens: allowed[tokens]) is None  # top-k's rest could be drawn
     assert no_min_p.draw_allowed(lambda tokens: np.zeros(len(tokens), dtype=bool)) is None  # none passes
 
@@ -137,7 +137,7 @@ def test_greedy_is_the_first_largest_logit() -> None:
     # llama.cpp's logits at any batch position: this array
     fake = type("Lib", (), {"llama_get_logits_ith": staticmethod(lambda ctx, index: pointer)})
     scratch = Scratch.for_vocabulary(VOCAB)
-    sampler = VocabSampler(fake, scratch, VOCAB, SamplingParams(temperature=0.0), seed=1, fallback=None)
+    sampler = VocabSampler(fake, scratch, SamplingParams(temperature=0.0), seed=1, fallback=None)
     assert sampler.sample(None, 0) == 5
 
 
@@ -151,7 +151,7 @@ def test_logits_that_are_not_finite_go_to_llama_cpp() -> None:
     values = logits()
     values[3] = np.nan
     scratch = Scratch.for_vocabulary(VOCAB)
-    sampler = VocabSampler(lc, scratch, VOCAB, SamplingParams(temperature=1.0, top_k=10), 1, fallback=None)
+    sampler = VocabSampler(lc, scratch, SamplingParams(temperature=1.0, top_k=10), 1, fallback=None)
     scratch.padded[:VOCAB] = values
     assert sampler.draw() is None
 

@@ -42,8 +42,7 @@ import grpc
 import httpx
 import psutil
 
-from bench.embeddings import free_port, wait_ready
-from bench.mesh import answers, channel, mesh_env
+from bench.mesh import Meters, answers, channel, cpu_seconds, free_port, mesh_env, rss_mb, wait_ready
 from services.common.errors import MeshError
 from services.fleet.client import FleetClient
 from services.inference.api import CompletionRequest, SamplingParams
@@ -93,7 +92,6 @@ class Sample:
 
 
 Call = Callable[[int], Awaitable[Sample]]
-Meters = dict[str, Callable[[], float]]  # role -> CPU seconds so far (see cpu_seconds)
 
 
 def spread(values: list[float]) -> dict[str, float | None]:
@@ -231,27 +229,6 @@ def in_process(requests: int, tokens: int, repetitions: int) -> dict[str, Any]:
         sample.output_tokens = len(sample.token_times)  # one streamed chunk per token
         samples.append(sample)
     return summarize(samples, time.perf_counter() - begin, 0)
-
-
-def rss_mb(pid: int) -> float | None:
-    """Resident memory of a process, from /proc (Linux)."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
-
-
-def cpu_seconds(pid: int, thread: int | None = None) -> float:
-    """CPU time (user and system) of a process, or of one of its threads, from /proc (Linux)."""
-    stat = Path(f"/proc/{pid}/task/{thread}/stat" if thread else f"/proc/{pid}/stat")
-    try:
-        fields = stat.read_text().rsplit(")", 1)[1].split()  # after the command name
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
 
 
 CLIENT_METER: Meters = {"bench client": lambda: cpu_seconds(os.getpid())}

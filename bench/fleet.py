@@ -30,8 +30,7 @@ from typing import Any
 import yaml
 
 from bench.chat import MODEL, grpc_call, run
-from bench.embeddings import free_port, wait_ready
-from bench.mesh import INTERNAL_TOKEN, channel, mesh_env
+from bench.mesh import INTERNAL_TOKEN, channel, free_port, mesh_env, wait_ready
 from services.common.fleet import FleetSettings, NodeSpec
 from services.fleet.client import FleetClient
 from services.inference.api import CompletionRequest, SamplingParams

@@ -25,8 +25,7 @@ from typing import Any
 import httpx
 
 from bench.chat import NO_COMPUTE, Call, Sample, grpc_call, mesh_meters, prompt, run
-from bench.embeddings import free_port, wait_ready
-from bench.mesh import answers, channel, mesh_env
+from bench.mesh import answers, channel, free_port, mesh_env, wait_ready
 from services.inference.client import InferenceClient
 
 SSE, GRPC, FLOOR = "gateway SSE, mock", "gRPC, mock", "bare Starlette SSE"

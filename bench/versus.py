@@ -28,9 +28,8 @@ from typing import Any
 
 import httpx
 
-from bench.chat import CLIENT_METER, Meters, cpu_seconds, mesh_meters, ratio, rss_mb, run, sse_call
-from bench.embeddings import free_port, wait_ready
-from bench.mesh import answers, mesh_env
+from bench.chat import CLIENT_METER, mesh_meters, ratio, run, sse_call
+from bench.mesh import Meters, answers, cpu_seconds, free_port, mesh_env, rss_mb, wait_ready
 from services.inference.backends.managed.backend import llama_server_binary
 
 MESH, BARE = "mesh (gateway SSE)", "llama-server"

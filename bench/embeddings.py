@@ -53,10 +53,15 @@ def load_model() -> Any:
 
 
 def in_process(model: Any, texts: list[str], batch_size: int) -> tuple[float, dict[str, float]]:
-    """Sentences per second of encode() at `batch_size`, and its CPU milliseconds per sentence."""
+    """Sentences per second of the model calls a server makes for `batch_size` clients, back to
+    back, and their CPU milliseconds per sentence. One encode() call per batch, in arrival order:
+    encode(texts, batch_size) would first sort all 512 texts by length, and batches of equal
+    lengths, which no server can form, pad less (measured: 6.1 ms of CPU a sentence, not 7.5)."""
+    batches = [texts[i : i + batch_size] for i in range(0, len(texts), batch_size)]
     model.encode(texts[:32], batch_size=batch_size)
     start, cpu = time.perf_counter(), cpu_seconds(os.getpid())
-    model.encode(texts, batch_size=batch_size)
+    for batch in batches:
+        model.encode(batch, batch_size=batch_size)
     used_ms = (cpu_seconds(os.getpid()) - cpu) * 1000
     return len(texts) / (time.perf_counter() - start), {"client": used_ms / len(texts)}
 

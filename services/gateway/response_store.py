@@ -1,5 +1,6 @@
 """Stored responses: the conversation a /v1/responses call ended with, so that a later call can
-continue it by `previous_response_id` without sending it again.
+continue it by `previous_response_id` without sending it again, and the response object itself,
+which `GET /v1/responses/{id}` answers again.
 
 A row belongs to the caller that created it (another key gets 404, as for jobs) and is kept
 for the retention period; expired rows are deleted a bounded batch at a time, on writes.
@@ -7,6 +8,8 @@ The conversation is kept as the inference contract's own ChatRequest message (on
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import asyncpg
 
@@ -25,7 +28,9 @@ MIGRATIONS = [
         expires_at    timestamptz NOT NULL
     );
     CREATE INDEX stored_responses_expiry ON stored_responses (expires_at);
-    """
+    """,
+    # The response object as it was answered (JSON); rows stored before it have none.
+    "ALTER TABLE stored_responses ADD COLUMN response json;",
 ]
 MAX_CONVERSATION_BYTES = 4 * 1024 * 1024  # a longer conversation is answered but not stored
 PURGE_BATCH = 100
@@ -39,36 +44,48 @@ class ResponseStore:
     async def migrate(self) -> None:
         await migrate(self._pool, "gateway-responses", MIGRATIONS)
 
-    async def save(self, response_id: str, owner: str, messages: tuple[ChatMessage, ...]) -> bool:
-        """Keep the conversation; False when it is too long to keep."""
+    async def save(self, response_id: str, owner: str, messages: tuple[ChatMessage, ...], response: str) -> bool:
+        """Keep the conversation and the response object (JSON); False when too long to keep."""
         data = ChatRequest(model="", messages=messages).to_pb().SerializeToString()
-        if len(data) > MAX_CONVERSATION_BYTES:
+        if len(data) + len(response) > MAX_CONVERSATION_BYTES:
             return False
         await self._pool.execute(  # one round trip: the insert, and a bounded purge of expired rows
             "WITH purged AS (DELETE FROM stored_responses WHERE response_id IN"
             " (SELECT response_id FROM stored_responses WHERE expires_at < now() LIMIT $5))"
-            " INSERT INTO stored_responses (response_id, owner, conversation, expires_at)"
-            " VALUES ($1, $2, $3, now() + make_interval(secs => $4))",
+            " INSERT INTO stored_responses (response_id, owner, conversation, expires_at, response)"
+            " VALUES ($1, $2, $3, now() + make_interval(secs => $4), $6::json)",
             response_id,
             owner,
             data,
             float(self._retention),
             PURGE_BATCH,
+            response,
         )
         return True
 
+    async def response(self, response_id: str, owner: str) -> str:
+        """The stored response object (JSON); NotFound as for `conversation`."""
+        statement = "SELECT response FROM stored_responses WHERE {mine} AND response IS NOT NULL"
+        return str(await self._mine(statement, response_id, owner, param=None))
+
+    async def delete(self, response_id: str, owner: str) -> None:
+        """Forget a stored response: it can no longer be read or continued."""
+        await self._mine("DELETE FROM stored_responses WHERE {mine} RETURNING 1", response_id, owner, param=None)
+
     async def conversation(self, response_id: str, owner: str) -> tuple[ChatMessage, ...]:
         """The messages a stored response ended with; NotFound for another owner's or an expired one."""
-        data = await self._pool.fetchval(
-            "SELECT conversation FROM stored_responses"
-            " WHERE response_id = $1 AND (owner = $2 OR $2 = '') AND expires_at > now()",
-            response_id,
-            owner,
-        )
-        if data is None:
+        statement = "SELECT conversation FROM stored_responses WHERE {mine}"
+        data = await self._mine(statement, response_id, owner, param="previous_response_id")
+        return ChatRequest.from_pb(inference_pb.ChatRequest.FromString(data)).messages
+
+    async def _mine(self, statement: str, response_id: str, owner: str, param: str | None) -> Any:
+        """`statement`'s one value on the caller's live row (`{mine}`); NotFound when there is none."""
+        mine = "response_id = $1 AND (owner = $2 OR $2 = '') AND expires_at > now()"
+        found = await self._pool.fetchval(statement.format(mine=mine), response_id, owner)
+        if found is None:
             raise NotFound(
-                f"No stored response '{response_id}' (never stored, expired, or not yours).",
-                param="previous_response_id",
+                f"No stored response '{response_id}' (never stored, expired, deleted, or not yours).",
+                param=param,
                 reason="RESPONSE_NOT_FOUND",
             )
-        return ChatRequest.from_pb(inference_pb.ChatRequest.FromString(data)).messages
+        return found

@@ -343,6 +343,16 @@ class ResponseObject(BaseModel):
             metadata=body.metadata or {},
         )
 
+    def answer(self) -> ChatMessage:
+        """The output as the assistant turn that a continued conversation carries."""
+        text = "".join(part.text for item in self.output if isinstance(item, MessageOut) for part in item.content)
+        calls = tuple(
+            ToolCall(item.call_id, item.name, item.arguments)
+            for item in self.output
+            if isinstance(item, FunctionCallOut)
+        )
+        return ChatMessage(Role.ASSISTANT, text, tool_calls=calls)
+
 
 class ResponseOutput:
     """A response's output items, one open at a time, each announced, filled and closed with
@@ -352,7 +362,7 @@ class ResponseOutput:
     def __init__(
         self,
         response: ResponseObject,
-        remember: Callable[[str, tuple[ToolCall, ...]], Awaitable[bool]],
+        remember: Callable[[ResponseObject], Awaitable[bool]],  # store the finished response
     ) -> None:
         self.response, self.remember = response, remember
         self.sequence = itertools.count()
@@ -396,18 +406,12 @@ class ResponseOutput:
         for event in self._close("incomplete" if cut else "completed"):  # the item being written when cut
             yield event
         response = self.response
-        text = "".join(part.text for item in response.output if isinstance(item, MessageOut) for part in item.content)
-        calls = tuple(
-            ToolCall(item.call_id, item.name, item.arguments)
-            for item in response.output
-            if isinstance(item, FunctionCallOut)
-        )
-        if not await self.remember(text, calls):
-            response.store = False
         response.status = "incomplete" if cut else "completed"
         response.incomplete_details = IncompleteDetails() if cut else None
         response.completed_at = None if cut else int(time.time())
         response.usage = ResponseUsage.of(usage)
+        if not await self.remember(response):
+            response.store = False
         final = response.model_dump(by_alias=True)
         yield self._event("response.incomplete" if cut else "response.completed", response=final)
 

@@ -1,8 +1,9 @@
 """POST /v1/responses: OpenAI's Responses API over the same inference calls as chat completions.
-Conversations are stored where PostgreSQL is configured, and `previous_response_id` continues
-one. Streams send the Responses event types: response.created, output items and content parts
-added, text and function-call argument deltas, their done events, and response.completed
-(response.incomplete when max_output_tokens cut it)."""
+Conversations are stored where PostgreSQL is configured: `previous_response_id` continues one,
+and GET and DELETE /v1/responses/{id} read and forget one. Streams send the Responses event
+types: response.created, output items and content parts added, text and function-call argument
+deltas, their done events, and response.completed (response.incomplete when max_output_tokens
+cut it)."""
 
 from __future__ import annotations
 
@@ -11,18 +12,18 @@ import logging
 from typing import Any
 
 import asyncpg
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 
-from services.common.errors import FailedPrecondition, Unavailable
+from services.common.errors import FailedPrecondition, InvalidArgument, Unavailable
 from services.fleet.client import FleetClient
-from services.gateway.admission import DOORS, admit
-from services.gateway.auth import Caller, get_caller
+from services.gateway.admission import DOORS, admit, check_text
+from services.gateway.auth import Caller, get_caller, scope
 from services.gateway.config import GatewaySettings
 from services.gateway.dependencies import NODE_HEADER, generate, get_inference, get_response_store, get_settings
 from services.gateway.protocol.responses import ResponseObject, ResponseOutput, ResponsesRequest, new_item_id
 from services.gateway.response_store import ResponseStore
 from services.gateway.sse import Framing, Named, replay, translate
-from services.inference.api import ChatMessage, Role, ToolCall
+from services.inference.api import ChatMessage
 
 router = APIRouter()
 log = logging.getLogger(__name__)
@@ -42,23 +43,17 @@ async def create_response(
     body.check_limits(settings)
     history: tuple[ChatMessage, ...] = ()
     if body.previous_response_id:
-        if store is None:
-            raise FailedPrecondition(
-                "'previous_response_id' needs stored responses, and this gateway has no database "
-                "(DATABASE_URL): send the whole conversation in 'input'.",
-                param="previous_response_id",
-            )
-        history = await store.conversation(body.previous_response_id, caller.owner)
+        history = await _stored(store, "previous_response_id").conversation(body.previous_response_id, caller.owner)
     chat = dataclasses.replace(body.to_domain(history), tenant=caller.owner)  # the caller's own cache entries
     response_id = new_item_id("resp")
 
-    async def remember(text: str, calls: tuple[ToolCall, ...]) -> bool:
-        """Store the conversation and this answer (unless asked not to); False when not stored."""
+    async def remember(finished: ResponseObject) -> bool:
+        """Store the conversation, this answer and the response (unless asked not to); False when not stored."""
         if store is None or body.store is False:
             return False
-        answer = ChatMessage(Role.ASSISTANT, text, tool_calls=calls)
+        conversation = (*body.turns(history), finished.answer())
         try:
-            return await store.save(response_id, caller.owner, (*body.turns(history), answer))
+            return await store.save(response_id, caller.owner, conversation, finished.model_dump_json(by_alias=True))
         except (OSError, asyncpg.PostgresError, Unavailable) as error:  # the answer goes out, marked not stored
             log.warning("response %s not stored: %s", response_id, error)
             return False
@@ -82,3 +77,38 @@ async def create_response(
     final = (await replay(reply[0], output()))[-1]  # response.completed (or .incomplete)
     assert isinstance(final, Named)
     return final.data["response"]
+
+
+@router.get("/v1/responses/{response_id}")
+async def retrieve_response(
+    response_id: str,
+    stream: bool = Query(False),
+    store: ResponseStore | None = Depends(get_response_store),
+    caller: Caller = Depends(scope("chat")),
+) -> Response:
+    if stream:  # OpenAI streams a background response's events again; nothing here runs in the background
+        raise InvalidArgument("'stream' is not supported when retrieving a stored response.", param="stream")
+    check_text(response_id, "response_id")
+    stored = await _stored(store, "response_id").response(response_id, caller.owner)
+    return Response(stored, media_type="application/json")
+
+
+@router.delete("/v1/responses/{response_id}")
+async def delete_response(
+    response_id: str,
+    store: ResponseStore | None = Depends(get_response_store),
+    caller: Caller = Depends(scope("chat")),
+) -> dict[str, Any]:
+    check_text(response_id, "response_id")
+    await _stored(store, "response_id").delete(response_id, caller.owner)
+    return {"id": response_id, "object": "response", "deleted": True}
+
+
+def _stored(store: ResponseStore | None, param: str) -> ResponseStore:
+    if store is None:
+        raise FailedPrecondition(
+            "Stored responses need a database, and this gateway has none (DATABASE_URL): "
+            "send the whole conversation in 'input'.",
+            param=param,
+        )
+    return store

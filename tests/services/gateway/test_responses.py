@@ -10,7 +10,10 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import GEMMA
+from services.gateway.app import build_app
+from services.inference.server.server import InferenceServer
+from tests.conftest import GEMMA, gateway_settings, serve_http
+from tests.specs import OPEN_RESPONSES, OPENAI
 
 WEATHER = {
     "type": "function",
@@ -160,6 +163,59 @@ async def test_previous_response_id_continues_a_stored_conversation(client: open
         await client.responses.create(model="mock", input="hi", previous_response_id=unstored.id)
 
 
+async def test_a_stored_response_is_retrieved_as_answered_until_deleted(
+    client: openai.AsyncOpenAI, gateway_url: str
+) -> None:
+    created = await client.responses.create(model="mock", input="remember this", metadata={"topic": "memory"})
+    retrieved = await client.responses.retrieve(created.id)
+    assert retrieved.model_dump() == created.model_dump()
+    async with httpx.AsyncClient(base_url=gateway_url) as http:
+        raw = (await http.get(f"/v1/responses/{created.id}")).json()
+        OPENAI.check("Response", raw)
+        OPEN_RESPONSES.check("ResponseResource", raw)
+        streamed_again = await http.get(f"/v1/responses/{created.id}", params={"stream": "true"})
+        assert streamed_again.status_code == 400 and streamed_again.json()["error"]["param"] == "stream"
+        for method in ("GET", "DELETE"):  # PostgreSQL's text cannot hold NUL: a 400, not a 500
+            hostile = await http.request(method, "/v1/responses/resp_%00")
+            assert hostile.status_code == 400 and hostile.json()["error"]["param"] == "response_id"
+
+    stream = await client.responses.create(model="mock", input="and streamed", stream=True)
+    async for event in stream:
+        if event.type == "response.completed":
+            streamed = event.response
+    assert (await client.responses.retrieve(streamed.id)).model_dump() == streamed.model_dump()
+
+    unstored = await client.responses.create(model="mock", input="forget me", store=False)
+    with pytest.raises(openai.NotFoundError):
+        await client.responses.retrieve(unstored.id)
+
+    await client.responses.delete(created.id)
+    with pytest.raises(openai.NotFoundError):
+        await client.responses.retrieve(created.id)
+    with pytest.raises(openai.NotFoundError):
+        await client.responses.create(model="mock", input="what was it", previous_response_id=created.id)
+    with pytest.raises(openai.NotFoundError):
+        await client.responses.delete(created.id)
+
+
+async def test_without_a_database_stored_responses_are_a_clear_400(inference: InferenceServer) -> None:
+    server, task, url = await serve_http(build_app(gateway_settings(inference_target=f"127.0.0.1:{inference.port}")))
+    try:
+        client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+        answered = await client.responses.create(model="mock", input="hi")
+        assert not answered.store  # nothing to keep it in, and the response says so
+        for call in (
+            client.responses.retrieve(answered.id),
+            client.responses.delete(answered.id),
+            client.responses.create(model="mock", input="hi", previous_response_id=answered.id),
+        ):
+            with pytest.raises(openai.BadRequestError, match="DATABASE_URL"):
+                await call
+    finally:
+        server.should_exit = True
+        await task
+
+
 async def test_stored_responses_are_their_owners_and_expire(gateway_url: str, make_key, postgres_url: str) -> None:
     alice, bob = [
         openai.AsyncOpenAI(base_url=f"{gateway_url}/v1", api_key=key, max_retries=0)
@@ -168,6 +224,11 @@ async def test_stored_responses_are_their_owners_and_expire(gateway_url: str, ma
     kept = await alice.responses.create(model="mock", input="a secret")
     with pytest.raises(openai.NotFoundError):
         await bob.responses.create(model="mock", input="tell me", previous_response_id=kept.id)
+    with pytest.raises(openai.NotFoundError):
+        await bob.responses.retrieve(kept.id)
+    with pytest.raises(openai.NotFoundError):
+        await bob.responses.delete(kept.id)
+    assert (await alice.responses.retrieve(kept.id)).id == kept.id
     assert (await alice.responses.create(model="mock", input="again", previous_response_id=kept.id)).store
 
     connection = await asyncpg.connect(postgres_url)

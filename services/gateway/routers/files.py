@@ -8,7 +8,7 @@ so that a bad file is refused before a batch names it.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, File, Form, Query, UploadFile
 from fastapi.responses import JSONResponse, Response
@@ -50,10 +50,13 @@ async def list_files(
     purpose: str = Query(""),
     limit: int = Query(10000, ge=1, le=10000),
     after: str = Query(""),
+    order: Literal["asc", "desc"] = Query("desc", description="By creation time."),
     files: FileStore = Depends(get_files),
     caller: Caller = Depends(scope("jobs")),
 ) -> dict[str, Any]:
-    records = await asyncio.to_thread(files.list_files, caller.owner, purpose)
+    records = await asyncio.to_thread(files.list_files, caller.owner, purpose)  # newest first
+    if order == "asc":
+        records.reverse()
     if after:
         ids = [r.id for r in records]
         if after not in ids:  # an empty page would read as the end of the list

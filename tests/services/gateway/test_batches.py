@@ -188,6 +188,20 @@ async def test_files_and_batches_are_their_owners_alone(gateway_url: str, make_k
         await alice.files.retrieve(uploaded.id)
 
 
+async def test_files_page_by_after_in_either_order(gateway_url: str, make_key) -> None:
+    """The OpenAI SDK's auto-paging follows `after` through the caller's files, newest first or
+    (order=asc) oldest first; an `after` that names none of them is a 400, not an empty page."""
+    owner = openai.AsyncOpenAI(base_url=f"{gateway_url}/v1", api_key=await make_key(["jobs"]), max_retries=0)
+    uploaded = [
+        (await owner.files.create(file=jsonl([chat_line(str(n), "hi", max_tokens=2)]), purpose="batch")).id
+        for n in range(3)
+    ]
+    assert [f.id async for f in owner.files.list(limit=1)] == uploaded[::-1]
+    assert [f.id async for f in owner.files.list(limit=2, order="asc")] == uploaded
+    with pytest.raises(openai.BadRequestError, match="'after'"):
+        await owner.files.list(after="file-not-mine")
+
+
 @pytest.mark.parametrize(
     ("content", "problem"),
     [

@@ -72,10 +72,13 @@ class ResponseStore:
         """Forget a stored response: it can no longer be read or continued."""
         await self._mine("DELETE FROM stored_responses WHERE {mine} RETURNING 1", response_id, owner, param=None)
 
-    async def conversation(self, response_id: str, owner: str) -> tuple[ChatMessage, ...]:
-        """The messages a stored response ended with; NotFound for another owner's or an expired one."""
+    async def conversation(
+        self, response_id: str, owner: str, param: str | None = "previous_response_id"
+    ) -> tuple[ChatMessage, ...]:
+        """The messages a stored response ended with, its answer last; NotFound for another
+        owner's or an expired one, naming `param`."""
         statement = "SELECT conversation FROM stored_responses WHERE {mine}"
-        data = await self._mine(statement, response_id, owner, param="previous_response_id")
+        data = await self._mine(statement, response_id, owner, param=param)
         return ChatRequest.from_pb(inference_pb.ChatRequest.FromString(data)).messages
 
     async def _mine(self, statement: str, response_id: str, owner: str, param: str | None) -> Any:

@@ -27,6 +27,7 @@ OPENAI_ROOTS = (
     "DeleteModelResponse",
     "Response",
     "ResponseStreamEvent",
+    "ResponseItemList",
     "OpenAIFile",
     "ListFilesResponse",
     "DeleteFileResponse",

@@ -8,6 +8,7 @@ from typing import Any
 from services.common.errors import InvalidArgument
 from services.embeddings.client import EmbeddingModelInfo
 from services.fleet.client import NodePresence, NodeView
+from services.gateway.protocol.pages import page_after
 from services.inference.api import ModelInfo
 
 
@@ -94,18 +95,14 @@ def anthropic_page(cards: list[dict[str, Any]], limit: int, after_id: str, befor
     if after_id and before_id:
         raise InvalidArgument("Pass 'after_id' or 'before_id', not both.", param="before_id")
     ids = [card["id"] for card in cards]
-    for param, cursor in (("after_id", after_id), ("before_id", before_id)):
-        if cursor and cursor not in ids:  # an empty page would read as the end of the list
-            raise InvalidArgument(f"'{param}' is not the id of a model in this list.", param=param)
-    if before_id:
-        rest = cards[: ids.index(before_id)]
-        page = rest[-limit:]
+    if before_id:  # the page after it, walking backwards
+        page, more = page_after(cards[::-1], ids[::-1], before_id, limit, "a model", param="before_id")
+        page.reverse()
     else:
-        rest = cards[ids.index(after_id) + 1 :] if after_id else cards
-        page = rest[:limit]
+        page, more = page_after(cards, ids, after_id, limit, "a model", param="after_id")
     return {
         "data": page,
-        "has_more": len(rest) > limit,
+        "has_more": more,
         "first_id": page[0]["id"] if page else None,
         "last_id": page[-1]["id"] if page else None,
     }

@@ -4,6 +4,7 @@ conversation (services/gateway/response_store.py)."""
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import time
@@ -191,6 +192,34 @@ class ResponsesRequest(GenerationIn):
 
 def new_item_id(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4().hex}"
+
+
+def input_items(response_id: str, conversation: tuple[ChatMessage, ...]) -> list[dict[str, Any]]:
+    """The turns a stored response was answered from, as Responses items, oldest first. An
+    item's id comes from the response's and the item's place, so it is the same on every read
+    and `after` can page by it."""
+    items: list[dict[str, Any]] = []
+
+    def add(prefix: str, **fields: Any) -> None:
+        digest = hashlib.sha256(f"{response_id}/{len(items)}".encode()).hexdigest()[:32]
+        items.append({"id": f"{prefix}_{digest}", **fields, "status": "completed"})
+
+    for message in conversation:
+        if message.role is Role.TOOL:
+            add("fco", type="function_call_output", call_id=message.tool_call_id, output=message.content)
+            continue
+        if message.content or message.images or not message.tool_calls:
+            if message.role is Role.ASSISTANT:
+                content = [OutputText(text=message.content).model_dump()]
+            else:
+                content = [{"type": "input_text", "text": message.content}] if message.content else []
+                content += [
+                    {"type": "input_image", "image_url": i.as_data_url(), "detail": "auto"} for i in message.images
+                ]
+            add("msg", type="message", role=message.role.value, content=content)
+        for call in message.tool_calls:
+            add("fc", type="function_call", call_id=call.id, name=call.name, arguments=call.arguments)
+    return items
 
 
 # The answer, in the Open Responses shape (which OpenAI's Responses API shares).

@@ -19,6 +19,7 @@ from services.gateway.auth import Caller, scope
 from services.gateway.config import GatewaySettings
 from services.gateway.dependencies import get_files, get_settings
 from services.gateway.protocol.batches import check_input_lines
+from services.gateway.protocol.pages import page_after
 
 router = APIRouter()
 
@@ -57,18 +58,13 @@ async def list_files(
     records = await asyncio.to_thread(files.list_files, caller.owner, purpose)  # newest first
     if order == "asc":
         records.reverse()
-    if after:
-        ids = [r.id for r in records]
-        if after not in ids:  # an empty page would read as the end of the list
-            raise InvalidArgument("'after' is not the id of a file in this list.", param="after")
-        records = records[ids.index(after) + 1 :]
-    page = records[:limit]
+    page, more = page_after(records, [r.id for r in records], after, limit, "a file")
     return {
         "object": "list",
         "data": [r.to_openai() for r in page],
         "first_id": page[0].id if page else None,
         "last_id": page[-1].id if page else None,
-        "has_more": len(records) > limit,
+        "has_more": more,
     }
 
 

@@ -1,15 +1,15 @@
 """POST /v1/responses: OpenAI's Responses API over the same inference calls as chat completions.
-Conversations are stored where PostgreSQL is configured: `previous_response_id` continues one,
-and GET and DELETE /v1/responses/{id} read and forget one. Streams send the Responses event
-types: response.created, output items and content parts added, text and function-call argument
-deltas, their done events, and response.completed (response.incomplete when max_output_tokens
-cut it)."""
+Conversations are stored where PostgreSQL is configured: `previous_response_id` continues one;
+GET /v1/responses/{id} reads one again, `/input_items` lists the turns it was answered from,
+and DELETE forgets it. Streams send the Responses event types: response.created, output items
+and content parts added, text and function-call argument deltas, their done events, and
+response.completed (response.incomplete when max_output_tokens cut it)."""
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any
+from typing import Any, Literal
 
 import asyncpg
 from fastapi import APIRouter, Depends, Query, Request, Response
@@ -20,7 +20,14 @@ from services.gateway.admission import DOORS, admit, check_text
 from services.gateway.auth import Caller, get_caller, scope
 from services.gateway.config import GatewaySettings
 from services.gateway.dependencies import NODE_HEADER, generate, get_inference, get_response_store, get_settings
-from services.gateway.protocol.responses import ResponseObject, ResponseOutput, ResponsesRequest, new_item_id
+from services.gateway.protocol.pages import page_after
+from services.gateway.protocol.responses import (
+    ResponseObject,
+    ResponseOutput,
+    ResponsesRequest,
+    input_items,
+    new_item_id,
+)
 from services.gateway.response_store import ResponseStore
 from services.gateway.sse import Framing, Named, replay, translate
 from services.inference.api import ChatMessage
@@ -91,6 +98,30 @@ async def retrieve_response(
     check_text(response_id, "response_id")
     stored = await _stored(store, "response_id").response(response_id, caller.owner)
     return Response(stored, media_type="application/json")
+
+
+@router.get("/v1/responses/{response_id}/input_items")
+async def list_input_items(
+    response_id: str,
+    limit: int = Query(20, ge=1, le=100),
+    order: Literal["asc", "desc"] = Query("desc", description="asc: oldest first."),
+    after: str = Query("", description="An item id of this list: the page right after it."),
+    store: ResponseStore | None = Depends(get_response_store),
+    caller: Caller = Depends(scope("chat")),
+) -> dict[str, Any]:
+    check_text(response_id, "response_id")
+    conversation = await _stored(store, "response_id").conversation(response_id, caller.owner, param=None)
+    items = input_items(response_id, conversation[:-1])  # the last turn is the response's own answer
+    if order == "desc":
+        items.reverse()
+    page, more = page_after(items, [item["id"] for item in items], after, limit, "an item")
+    return {
+        "object": "list",
+        "data": page,
+        "first_id": page[0]["id"] if page else None,
+        "last_id": page[-1]["id"] if page else None,
+        "has_more": more,
+    }
 
 
 @router.delete("/v1/responses/{response_id}")

@@ -198,6 +198,36 @@ async def test_a_stored_response_is_retrieved_as_answered_until_deleted(
         await client.responses.delete(created.id)
 
 
+async def test_input_items_list_the_turns_a_response_was_answered_from(
+    client: openai.AsyncOpenAI, gateway_url: str
+) -> None:
+    first = await client.responses.create(model="mock", input="my name is Ada", instructions="Be kind.")
+    turns = [
+        {"role": "user", "content": "what is the weather"},
+        {"type": "function_call", "call_id": "call_1", "name": "get_weather", "arguments": '{"city": "Paris"}'},
+        {"type": "function_call_output", "call_id": "call_1", "output": "sunny"},
+    ]
+    second = await client.responses.create(model="mock", input=turns, previous_response_id=first.id)  # type: ignore[arg-type]
+
+    oldest_first = [item async for item in client.responses.input_items.list(second.id, order="asc", limit=2)]
+    kinds = ["message", "message", "message", "function_call", "function_call_output"]
+    assert [item.type for item in oldest_first] == kinds
+    assert [item.role for item in oldest_first[:3]] == ["user", "assistant", "user"]  # type: ignore[union-attr]
+    assert oldest_first[1].content[0].text == first.output_text  # type: ignore[union-attr]
+    assert oldest_first[3].call_id == oldest_first[4].call_id == "call_1"  # type: ignore[union-attr]
+    newest_first = await client.responses.input_items.list(second.id)
+    assert [item.id for item in newest_first.data] == [item.id for item in oldest_first][::-1]
+    async with httpx.AsyncClient(base_url=gateway_url) as http:
+        listed = await http.get(f"/v1/responses/{second.id}/input_items", params={"limit": 2})
+        OPENAI.check("ResponseItemList", listed.json())
+        assert listed.json()["has_more"] is True
+        forged = await http.get(f"/v1/responses/{second.id}/input_items", params={"after": "msg_forged"})
+        assert forged.status_code == 400 and forged.json()["error"]["param"] == "after"
+    await client.responses.delete(second.id)
+    with pytest.raises(openai.NotFoundError):
+        await client.responses.input_items.list(second.id)
+
+
 async def test_without_a_database_stored_responses_are_a_clear_400(inference: InferenceServer) -> None:
     server, task, url = await serve_http(build_app(gateway_settings(inference_target=f"127.0.0.1:{inference.port}")))
     try:

@@ -34,6 +34,7 @@ from services.gateway.protocol.batches import (
     render_results,
     settled,
 )
+from services.gateway.protocol.pages import openai_list
 from services.scheduler.client import Job, JobType, SchedulerClient, rate_limits_pb
 
 router = APIRouter()
@@ -108,14 +109,8 @@ async def list_batches(
     except InvalidArgument as error:  # a forged cursor: named as this API names it
         raise InvalidArgument(error.message.replace("'page_token'", "'after'"), param="after") from None
     data = [await _view(job, files) for job in jobs]
-    return {
-        "object": "list",
-        "data": data,
-        "first_id": data[0]["id"] if data else None,
-        "last_id": data[-1]["id"] if data else None,
-        "has_more": bool(next_token),
-        "next_page_token": next_token or None,  # the scheduler pages by token: pass it as `after`
-    }
+    # The scheduler pages by token: pass next_page_token as `after`.
+    return {**openai_list(data, bool(next_token)), "next_page_token": next_token or None}
 
 
 @router.post("/v1/batches/{batch_id}/cancel")

@@ -19,7 +19,7 @@ from services.gateway.auth import Caller, scope
 from services.gateway.config import GatewaySettings
 from services.gateway.dependencies import get_files, get_settings
 from services.gateway.protocol.batches import check_input_lines
-from services.gateway.protocol.pages import page_after
+from services.gateway.protocol.pages import openai_list, page_after
 
 router = APIRouter()
 
@@ -59,13 +59,7 @@ async def list_files(
     if order == "asc":
         records.reverse()
     page, more = page_after(records, [r.id for r in records], after, limit, "a file")
-    return {
-        "object": "list",
-        "data": [r.to_openai() for r in page],
-        "first_id": page[0].id if page else None,
-        "last_id": page[-1].id if page else None,
-        "has_more": more,
-    }
+    return openai_list([r.to_openai() for r in page], more)
 
 
 @router.get("/v1/files/{file_id}")

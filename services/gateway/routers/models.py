@@ -46,8 +46,8 @@ async def list_models(
 ) -> dict[str, Any]:
     catalog = await inference.catalog()
     if speaks_anthropic(request):  # /v1/messages takes chat models only
-        names = [(name, entry.info) for entry in catalog for name in (entry.info.name, *entry.info.aliases)]
-        return anthropic_page([anthropic_model_body(*card) for card in names], limit, after_id, before_id)
+        cards = [anthropic_model_body(name, e.info) for e in catalog for name in (e.info.name, *e.info.aliases)]
+        return anthropic_page(cards, limit, after_id, before_id)
     chat_models = []
     for entry in catalog:
         body = {**model_body(entry.info), **nodes_body(entry.nodes)}

@@ -20,7 +20,7 @@ from services.gateway.admission import DOORS, admit, check_text
 from services.gateway.auth import Caller, get_caller, scope
 from services.gateway.config import GatewaySettings
 from services.gateway.dependencies import NODE_HEADER, generate, get_inference, get_response_store, get_settings
-from services.gateway.protocol.pages import page_after
+from services.gateway.protocol.pages import openai_list, page_after
 from services.gateway.protocol.responses import (
     ResponseObject,
     ResponseOutput,
@@ -95,8 +95,7 @@ async def retrieve_response(
 ) -> Response:
     if stream:  # OpenAI streams a background response's events again; nothing here runs in the background
         raise InvalidArgument("'stream' is not supported when retrieving a stored response.", param="stream")
-    check_text(response_id, "response_id")
-    stored = await _stored(store, "response_id").response(response_id, caller.owner)
+    stored = await _stored(store, "response_id", response_id).response(response_id, caller.owner)
     return Response(stored, media_type="application/json")
 
 
@@ -109,19 +108,11 @@ async def list_input_items(
     store: ResponseStore | None = Depends(get_response_store),
     caller: Caller = Depends(scope("chat")),
 ) -> dict[str, Any]:
-    check_text(response_id, "response_id")
-    conversation = await _stored(store, "response_id").conversation(response_id, caller.owner, param=None)
+    conversation = await _stored(store, "response_id", response_id).conversation(response_id, caller.owner, None)
     items = input_items(response_id, conversation[:-1])  # the last turn is the response's own answer
     if order == "desc":
         items.reverse()
-    page, more = page_after(items, [item["id"] for item in items], after, limit, "an item")
-    return {
-        "object": "list",
-        "data": page,
-        "first_id": page[0]["id"] if page else None,
-        "last_id": page[-1]["id"] if page else None,
-        "has_more": more,
-    }
+    return openai_list(*page_after(items, [item["id"] for item in items], after, limit, "an item"))
 
 
 @router.delete("/v1/responses/{response_id}")
@@ -130,12 +121,14 @@ async def delete_response(
     store: ResponseStore | None = Depends(get_response_store),
     caller: Caller = Depends(scope("chat")),
 ) -> dict[str, Any]:
-    check_text(response_id, "response_id")
-    await _stored(store, "response_id").delete(response_id, caller.owner)
+    await _stored(store, "response_id", response_id).delete(response_id, caller.owner)
     return {"id": response_id, "object": "response", "deleted": True}
 
 
-def _stored(store: ResponseStore | None, param: str) -> ResponseStore:
+def _stored(store: ResponseStore | None, param: str, response_id: str = "") -> ResponseStore:
+    """The store, for a response id from the path (text PostgreSQL can hold: no NUL); a 400
+    where the gateway has no database."""
+    check_text(response_id, param)
     if store is None:
         raise FailedPrecondition(
             "Stored responses need a database, and this gateway has none (DATABASE_URL): "

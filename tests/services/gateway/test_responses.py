@@ -175,9 +175,17 @@ async def test_a_stored_response_is_retrieved_as_answered_until_deleted(
         OPEN_RESPONSES.check("ResponseResource", raw)
         streamed_again = await http.get(f"/v1/responses/{created.id}", params={"stream": "true"})
         assert streamed_again.status_code == 400 and streamed_again.json()["error"]["param"] == "stream"
-        for method in ("GET", "DELETE"):  # PostgreSQL's text cannot hold NUL: a 400, not a 500
-            hostile = await http.request(method, "/v1/responses/resp_%00")
-            assert hostile.status_code == 400 and hostile.json()["error"]["param"] == "response_id"
+        for method, path in (
+            ("GET", "/v1/responses/resp_%00"),  # PostgreSQL's text cannot hold NUL: a 400, not a 500
+            ("DELETE", "/v1/responses/resp_%00"),
+            ("GET", "/v1/responses/resp_%00/input_items"),
+            ("GET", "/v1/responses/resp_%ED%A0%80"),  # a lone surrogate, UTF-8 encoded
+        ):
+            hostile = await http.request(method, path)
+            if "%00" in path:
+                assert hostile.status_code == 400 and hostile.json()["error"]["param"] == "response_id"
+            else:  # read as the replacement character: an id no response has
+                assert hostile.status_code == 404, hostile.text
 
     stream = await client.responses.create(model="mock", input="and streamed", stream=True)
     async for event in stream:
@@ -259,6 +267,10 @@ async def test_stored_responses_are_their_owners_and_expire(gateway_url: str, ma
     with pytest.raises(openai.NotFoundError):
         await bob.responses.delete(kept.id)
     assert (await alice.responses.retrieve(kept.id)).id == kept.id
+    embedder = openai.AsyncOpenAI(base_url=f"{gateway_url}/v1", api_key=await make_key(["embeddings"]), max_retries=0)
+    for call in (embedder.responses.retrieve(kept.id), embedder.responses.input_items.list(kept.id)):
+        with pytest.raises(openai.PermissionDeniedError):  # the chat scope, as for creating one
+            await call
     assert (await alice.responses.create(model="mock", input="again", previous_response_id=kept.id)).store
 
     connection = await asyncpg.connect(postgres_url)
